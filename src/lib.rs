@@ -1,0 +1,19 @@
+//! omraft: a cluster manager for highly available KVM guests on DRBD 9 replicated volumes,
+//! whose cluster state lives in a Raft log (openraft) stored in sled.
+//!
+//! - [`model`]: the replicated state, the log's commands and the pure `apply`.
+//! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
+//! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
+//! - [`daemon`]: `omd`, wiring a node together.
+//! - [`cli`]: `omctl`.
+
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod model;
+pub mod raft;
+
+/// Code generated from `proto/omraft.proto`.
+pub mod pb {
+    tonic::include_proto!("omraft.v1");
+}

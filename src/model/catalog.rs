@@ -1,0 +1,310 @@
+//! The cluster configuration keyword catalog: which keywords exist, their types and docs.
+//!
+//! Every `cluster config update` is checked here, inside and before the log, so that an unknown
+//! keyword or a bad value is refused with a message naming it. Pure: no I/O.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::ClusterConfig;
+
+/// `SECTION.KEYWORD`, for example `cluster.name` or `pool#drbdvm.vg`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConfigKey {
+    pub section: String,
+    pub keyword: String,
+}
+
+impl fmt::Display for ConfigKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.section, self.keyword)
+    }
+}
+
+/// Why a configuration change is refused. Each names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0:?} is not a keyword: expected SECTION.KEYWORD, e.g. cluster.name")]
+    Malformed(String),
+    #[error("unknown section {0:?} (known: cluster, pool#NAME)")]
+    UnknownSection(String),
+    #[error("unknown keyword {0}; see the keywords of section {1:?}: {2}")]
+    UnknownKeyword(ConfigKey, String, String),
+    #[error("bad value {value:?} for {key}: {why}")]
+    BadValue { key: ConfigKey, value: String, why: String },
+    #[error("{0} is both set and unset in one update")]
+    SetAndUnset(ConfigKey),
+    #[error("{0} is set twice in one update")]
+    SetTwice(ConfigKey),
+    #[error("section {section} needs keyword {keyword}")]
+    Missing { section: String, keyword: &'static str },
+    #[error("nothing to change: give at least one --set or --unset")]
+    Empty,
+}
+
+/// The type of a keyword's value.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A DNS-label-like name: lowercase letters, digits, '-'.
+    Name,
+    /// One of a fixed list.
+    Choice(&'static [&'static str]),
+    /// A name as LVM or a config map key allows: letters, digits, '.', '_', '-', '+'.
+    Ident,
+}
+
+/// One keyword of the catalog.
+#[derive(Debug)]
+pub struct Keyword {
+    /// `cluster` or `pool` (the kind of `pool#NAME`).
+    pub section: &'static str,
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+    pub default: Option<&'static str>,
+    pub doc: &'static str,
+}
+
+/// Every cluster configuration keyword, in the order `config show` prints them.
+pub const CATALOG: &[Keyword] = &[
+    Keyword {
+        section: "cluster",
+        name: "name",
+        kind: Kind::Name,
+        required: false,
+        default: Some("default"),
+        doc: "The cluster name, used in DRBD resource names (NAME.NAMESPACE.vol.CLUSTER).",
+    },
+    Keyword {
+        section: "pool",
+        name: "type",
+        kind: Kind::Choice(&["drbd", "lvm"]),
+        required: true,
+        default: None,
+        doc: "The pool driver: drbd (replicated volumes over LVM) or lvm (local volumes).",
+    },
+    Keyword {
+        section: "pool",
+        name: "vg",
+        kind: Kind::Ident,
+        required: false,
+        default: None,
+        doc: "The LVM volume group volumes are carved from, on every node.",
+    },
+    Keyword {
+        section: "pool",
+        name: "template",
+        kind: Kind::Ident,
+        required: false,
+        default: None,
+        doc: "For drbd pools: the key of system/cfg/drbd holding the resource file template.",
+    },
+];
+
+/// The section kind of a section name: `cluster` -> `cluster`, `pool#x` -> `pool`.
+fn section_kind(section: &str) -> Result<&'static str, ConfigError> {
+    if section == "cluster" {
+        return Ok("cluster");
+    }
+    if let Some(name) = section.strip_prefix("pool#") {
+        check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
+        return Ok("pool");
+    }
+    Err(ConfigError::UnknownSection(section.to_string()))
+}
+
+fn keywords_of(kind: &str) -> impl Iterator<Item = &'static Keyword> + '_ {
+    CATALOG.iter().filter(move |k| k.section == kind)
+}
+
+impl ConfigKey {
+    /// Parses and checks `SECTION.KEYWORD` against the catalog.
+    pub fn parse(s: &str) -> Result<(ConfigKey, &'static Keyword), ConfigError> {
+        let (section, keyword) = s.split_once('.').ok_or_else(|| ConfigError::Malformed(s.to_string()))?;
+        if section.is_empty() || keyword.is_empty() {
+            return Err(ConfigError::Malformed(s.to_string()));
+        }
+        let key = ConfigKey { section: section.to_string(), keyword: keyword.to_string() };
+        let kind = section_kind(section)?;
+        match keywords_of(kind).find(|k| k.name == keyword) {
+            Some(kw) => Ok((key, kw)),
+            None => {
+                let known: Vec<_> = keywords_of(kind).map(|k| k.name).collect();
+                Err(ConfigError::UnknownKeyword(key, kind.to_string(), known.join(", ")))
+            }
+        }
+    }
+}
+
+fn check_name(v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 63 {
+        return Err("must have 1 to 63 characters".into());
+    }
+    if !v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || v.starts_with('-') {
+        return Err("only lowercase letters, digits and '-' (not first) are allowed".into());
+    }
+    Ok(())
+}
+
+impl Kind {
+    fn check(&self, v: &str) -> Result<(), String> {
+        match self {
+            Kind::Name => check_name(v),
+            Kind::Choice(allowed) => {
+                if allowed.contains(&v) {
+                    Ok(())
+                } else {
+                    Err(format!("allowed values: {}", allowed.join(", ")))
+                }
+            }
+            Kind::Ident => {
+                let ok = !v.is_empty()
+                    && v.len() <= 127
+                    && !v.starts_with('-')
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+                if ok {
+                    Ok(())
+                } else {
+                    Err("1 to 127 letters, digits, '.', '_', '-' or '+', not starting with '-'".into())
+                }
+            }
+        }
+    }
+}
+
+/// Parses `SECTION.KEYWORD` strings and checks values: what the API does before proposing.
+pub fn parse_update(
+    set: &[(String, String)],
+    unset: &[String],
+) -> Result<(Vec<(ConfigKey, String)>, Vec<ConfigKey>), ConfigError> {
+    let set = set.iter().map(|(k, v)| Ok((ConfigKey::parse(k)?.0, v.clone()))).collect::<Result<Vec<_>, _>>()?;
+    let unset = unset.iter().map(|k| Ok(ConfigKey::parse(k)?.0)).collect::<Result<Vec<_>, _>>()?;
+    Ok((set, unset))
+}
+
+/// The configuration after applying `unset` then `set` to `cfg`, or why that is refused.
+pub fn updated(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey]) -> Result<ClusterConfig, ConfigError> {
+    if set.is_empty() && unset.is_empty() {
+        return Err(ConfigError::Empty);
+    }
+    let mut out = cfg.clone();
+    for key in unset {
+        ConfigKey::parse(&key.to_string())?;
+        if set.iter().any(|(k, _)| k == key) {
+            return Err(ConfigError::SetAndUnset(key.clone()));
+        }
+        if let Some(section) = out.get_mut(&key.section) {
+            section.remove(&key.keyword);
+            if section.is_empty() {
+                out.remove(&key.section);
+            }
+        }
+    }
+    for (i, (key, value)) in set.iter().enumerate() {
+        let (_, kw) = ConfigKey::parse(&key.to_string())?;
+        if set[..i].iter().any(|(k, _)| k == key) {
+            return Err(ConfigError::SetTwice(key.clone()));
+        }
+        kw.kind
+            .check(value)
+            .map_err(|why| ConfigError::BadValue { key: key.clone(), value: value.clone(), why })?;
+        out.entry(key.section.clone()).or_default().insert(key.keyword.clone(), value.clone());
+    }
+    for (section, values) in &out {
+        let kind = section_kind(section)?;
+        for kw in keywords_of(kind).filter(|k| k.required) {
+            if !values.contains_key(kw.name) {
+                return Err(ConfigError::Missing { section: section.clone(), keyword: kw.name });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The value of `key`: the one set, else the catalog default.
+pub fn get(cfg: &ClusterConfig, key: &str) -> Result<Option<String>, ConfigError> {
+    let (key, kw) = ConfigKey::parse(key)?;
+    let set = cfg.get(&key.section).and_then(|s| s.get(&key.keyword)).cloned();
+    Ok(set.or_else(|| kw.default.map(str::to_string)))
+}
+
+/// The keywords of `section` in catalog order, with their values.
+pub fn ordered(section: &str, values: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    let kind = section_kind(section).unwrap_or("");
+    let mut out: Vec<(String, String)> = keywords_of(kind)
+        .filter_map(|k| values.get(k.name).map(|v| (k.name.to_string(), v.clone())))
+        .collect();
+    // Keywords no longer in the catalog are still shown, last.
+    for (k, v) in values {
+        if !out.iter().any(|(o, _)| o == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> (ConfigKey, String) {
+        (ConfigKey::parse(k).unwrap().0, v.to_string())
+    }
+
+    #[test]
+    fn tutorial_pool_update_applies_at_once() {
+        let set = [kv("pool#drbdvm.type", "drbd"), kv("pool#drbdvm.vg", "data"), kv("pool#drbdvm.template", "live-migration")];
+        let cfg = updated(&ClusterConfig::new(), &set, &[]).unwrap();
+        let order = ordered("pool#drbdvm", &cfg["pool#drbdvm"]);
+        let names: Vec<_> = order.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["type", "vg", "template"]);
+    }
+
+    #[test]
+    fn unknown_keyword_is_named() {
+        let e = ConfigKey::parse("cluster.nmae").unwrap_err();
+        assert!(e.to_string().contains("cluster.nmae"), "{e}");
+        let e = ConfigKey::parse("clutser.name").unwrap_err();
+        assert!(e.to_string().contains("\"clutser\""), "{e}");
+        assert!(matches!(ConfigKey::parse("name"), Err(ConfigError::Malformed(_))));
+        assert!(matches!(ConfigKey::parse("pool#Bad.type"), Err(ConfigError::UnknownSection(_))));
+    }
+
+    #[test]
+    fn bad_value_is_named_and_nothing_changes() {
+        let cfg = updated(&ClusterConfig::new(), &[kv("cluster.name", "ok")], &[]).unwrap();
+        let e = updated(&cfg, &[kv("cluster.name", "x"), kv("pool#p.type", "nfs")], &[]).unwrap_err();
+        assert!(e.to_string().contains("\"nfs\"") && e.to_string().contains("pool#p.type"), "{e}");
+        assert_eq!(get(&cfg, "cluster.name").unwrap().as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn pool_without_type_is_refused() {
+        let e = updated(&ClusterConfig::new(), &[kv("pool#p.vg", "data")], &[]).unwrap_err();
+        assert_eq!(e, ConfigError::Missing { section: "pool#p".into(), keyword: "type" });
+    }
+
+    #[test]
+    fn unset_removes_and_empties_sections() {
+        let cfg = updated(&ClusterConfig::new(), &[kv("pool#p.type", "lvm"), kv("pool#p.vg", "data")], &[]).unwrap();
+        let cfg = updated(&cfg, &[], &[kv("pool#p.vg", "").0]).unwrap();
+        assert_eq!(cfg["pool#p"].len(), 1);
+        let cfg = updated(&cfg, &[], &[kv("pool#p.type", "").0]).unwrap();
+        assert!(cfg.is_empty());
+    }
+
+    #[test]
+    fn conflicting_update_is_refused() {
+        let k = kv("cluster.name", "a");
+        assert!(matches!(updated(&ClusterConfig::new(), &[k.clone()], &[k.0.clone()]), Err(ConfigError::SetAndUnset(_))));
+        assert!(matches!(updated(&ClusterConfig::new(), &[k.clone(), k], &[]), Err(ConfigError::SetTwice(_))));
+        assert_eq!(updated(&ClusterConfig::new(), &[], &[]), Err(ConfigError::Empty));
+    }
+
+    #[test]
+    fn default_applies_when_unset() {
+        assert_eq!(get(&ClusterConfig::new(), "cluster.name").unwrap().as_deref(), Some("default"));
+        assert_eq!(get(&ClusterConfig::new(), "pool#x.vg").unwrap(), None);
+    }
+}

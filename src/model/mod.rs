@@ -1,0 +1,241 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! This module owns `ClusterState`, the `Command` enum carried by the Raft log and the pure
+//! `apply` function. It never does I/O, never reads a clock and never draws random numbers:
+//! applying the same log gives the same state on every node (DESIGN.md invariant 6).
+
+pub mod catalog;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use catalog::{ConfigError, ConfigKey};
+
+/// Raft node id. Allocated by the cluster (`next_node_id`), never reused.
+pub type NodeId = u64;
+
+/// A node as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `HOST:PORT` of the node's Raft and API listener.
+    pub addr: String,
+    /// A witness votes but never hosts services.
+    pub witness: bool,
+}
+
+/// Cluster configuration: `section -> keyword -> value`, as validated against the catalog.
+pub type ClusterConfig = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Everything the Raft log decides. Small and cloneable: snapshots serialize it whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The next node id to hand out. Only grows, so a wiped node never reuses an id.
+    pub next_node_id: NodeId,
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub config: ClusterConfig,
+}
+
+/// The payload of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry of a new cluster: registers its founding node.
+    Bootstrap { node_id: NodeId, name: String, addr: String },
+    /// Registers a joining node and allocates its id.
+    AddNode { name: String, addr: String, witness: bool },
+    /// Forgets a node (its Raft membership is removed separately, before).
+    RemoveNode { node_id: NodeId },
+    /// Applies every `set` and `unset` of one `cluster config update` at once, or none.
+    UpdateConfig { set: Vec<(ConfigKey, String)>, unset: Vec<ConfigKey> },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Bootstrap { node_id, name, .. } => write!(f, "bootstrap node {name} id {node_id}"),
+            Command::AddNode { name, witness, .. } => {
+                write!(f, "add {} {name}", if *witness { "witness" } else { "node" })
+            }
+            Command::RemoveNode { node_id } => write!(f, "remove node id {node_id}"),
+            Command::UpdateConfig { set, unset } => {
+                write!(f, "config update: {} set, {} unset", set.len(), unset.len())
+            }
+        }
+    }
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The command was applied (or was a membership or blank entry).
+    Done,
+    /// The command allocated this node id.
+    NodeAdded(NodeId),
+    /// The command was refused by the state machine and changed nothing.
+    Refused(String),
+}
+
+/// Why a command cannot be applied to the current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("a node named {0:?} is already in the cluster; remove it first")]
+    DuplicateNodeName(String),
+    #[error("address {0} is already used by node {1:?}")]
+    DuplicateAddr(String, String),
+    #[error("node name {0:?} is invalid: {1}")]
+    BadNodeName(String, &'static str),
+    #[error("no node with id {0}")]
+    UnknownNode(NodeId),
+    #[error("the cluster is already bootstrapped")]
+    AlreadyBootstrapped,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl ClusterState {
+    /// Checks `cmd` against the current state without changing anything.
+    pub fn check(&self, cmd: &Command) -> Result<(), Rejection> {
+        match cmd {
+            Command::Bootstrap { name, .. } => {
+                if !self.nodes.is_empty() {
+                    return Err(Rejection::AlreadyBootstrapped);
+                }
+                validate_node_name(name)
+            }
+            Command::AddNode { name, addr, .. } => {
+                validate_node_name(name)?;
+                for n in self.nodes.values() {
+                    if &n.name == name {
+                        return Err(Rejection::DuplicateNodeName(name.clone()));
+                    }
+                    if &n.addr == addr {
+                        return Err(Rejection::DuplicateAddr(addr.clone(), n.name.clone()));
+                    }
+                }
+                Ok(())
+            }
+            Command::RemoveNode { node_id } => {
+                if self.nodes.contains_key(node_id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownNode(*node_id))
+                }
+            }
+            Command::UpdateConfig { set, unset } => {
+                catalog::updated(&self.config, set, unset)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies `cmd`. A command that fails `check` changes nothing and reports why.
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        if let Err(e) = self.check(cmd) {
+            return Response::Refused(e.to_string());
+        }
+        match cmd {
+            Command::Bootstrap { node_id, name, addr } => {
+                self.nodes.insert(
+                    *node_id,
+                    NodeInfo { name: name.clone(), addr: addr.clone(), witness: false },
+                );
+                self.next_node_id = self.next_node_id.max(node_id + 1);
+                Response::Done
+            }
+            Command::AddNode { name, addr, witness } => {
+                let id = self.next_node_id.max(1);
+                self.next_node_id = id + 1;
+                self.nodes.insert(id, NodeInfo { name: name.clone(), addr: addr.clone(), witness: *witness });
+                Response::NodeAdded(id)
+            }
+            Command::RemoveNode { node_id } => {
+                self.nodes.remove(node_id);
+                Response::Done
+            }
+            Command::UpdateConfig { set, unset } => {
+                // `check` succeeded, so this cannot fail.
+                if let Ok(cfg) = catalog::updated(&self.config, set, unset) {
+                    self.config = cfg;
+                }
+                Response::Done
+            }
+        }
+    }
+
+    /// The id of the node called `name`.
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().find(|(_, n)| n.name == name).map(|(id, _)| *id)
+    }
+}
+
+/// Node names: what a hostname label allows, since they end up in DRBD `on NAME` sections.
+pub fn validate_node_name(name: &str) -> Result<(), Rejection> {
+    let bad = |why| Err(Rejection::BadNodeName(name.to_string(), why));
+    if name.is_empty() || name.len() > 63 {
+        return bad("it must have 1 to 63 characters");
+    }
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return bad("only lowercase letters, digits and '-' are allowed");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return bad("it must not start or end with '-'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot() -> ClusterState {
+        let mut s = ClusterState::default();
+        let r = s.apply(&Command::Bootstrap { node_id: 1, name: "n1".into(), addr: "a:1".into() });
+        assert_eq!(r, Response::Done);
+        s
+    }
+
+    fn add(s: &mut ClusterState, name: &str, addr: &str) -> Response {
+        s.apply(&Command::AddNode { name: name.into(), addr: addr.into(), witness: false })
+    }
+
+    #[test]
+    fn node_ids_are_never_reused() {
+        let mut s = boot();
+        assert_eq!(add(&mut s, "n2", "a:2"), Response::NodeAdded(2));
+        assert_eq!(s.apply(&Command::RemoveNode { node_id: 2 }), Response::Done);
+        assert_eq!(add(&mut s, "n2", "a:2"), Response::NodeAdded(3));
+    }
+
+    #[test]
+    fn duplicate_name_or_address_is_refused_and_changes_nothing() {
+        let mut s = boot();
+        add(&mut s, "n2", "a:2");
+        let before = s.clone();
+        assert!(matches!(add(&mut s, "n2", "a:3"), Response::Refused(m) if m.contains("\"n2\"")));
+        assert!(matches!(add(&mut s, "n3", "a:2"), Response::Refused(m) if m.contains("a:2")));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn bad_node_names_are_refused() {
+        for n in ["", "N1", "n_1", "-n", "n-", &"x".repeat(64)] {
+            assert!(validate_node_name(n).is_err(), "{n:?} accepted");
+        }
+        validate_node_name("node-1").unwrap();
+    }
+
+    #[test]
+    fn second_bootstrap_is_refused() {
+        let mut s = boot();
+        let r = s.apply(&Command::Bootstrap { node_id: 9, name: "x".into(), addr: "b:1".into() });
+        assert_eq!(r, Response::Refused("the cluster is already bootstrapped".into()));
+    }
+
+    #[test]
+    fn remove_unknown_node_is_refused() {
+        let mut s = boot();
+        assert!(matches!(s.apply(&Command::RemoveNode { node_id: 7 }), Response::Refused(_)));
+    }
+}

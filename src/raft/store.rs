@@ -1,0 +1,388 @@
+//! The sled-backed Raft log and state machine.
+//!
+//! One sled database per node, with trees:
+//! - `log`: entries keyed by big-endian index;
+//! - `raft`: the vote, the committed log id and the last purged log id;
+//! - `snapshot`: the current snapshot (meta and data);
+//! - `local`: this node's identity (id, cluster secret), which is not replicated.
+//!
+//! sled's own flush is not power-loss safe (it uses `sync_file_range`), so every write that
+//! openraft must find again after a crash (appends, votes, truncations, snapshots) is followed
+//! by `flush` and an `fsync` of the database file and its directory before it is acknowledged.
+//!
+//! The state machine lives in memory and is rebuilt at start from the last snapshot plus the
+//! committed entries after it, which openraft re-applies.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::model::{ClusterState, Response};
+
+/// A node's sled database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    dir: PathBuf,
+    /// The database file, kept open to fsync it.
+    file: Arc<File>,
+    dir_file: Arc<File>,
+}
+
+/// Errors of opening or maintaining the store outside openraft's traits.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database in {0}")]
+    Open(PathBuf, #[source] sled::Error),
+    #[error("cannot sync the database to disk")]
+    Sync(#[source] std::io::Error),
+    #[error("database error")]
+    Db(#[from] sled::Error),
+    #[error("corrupt record {0:?} in the database")]
+    Corrupt(&'static str, #[source] serde_json::Error),
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("raft.sled");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(32 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Open(path.clone(), e))?;
+        let file = File::open(path.join("db")).map_err(StoreError::Sync)?;
+        let dir_file = File::open(&path).map_err(StoreError::Sync)?;
+        Ok(Store { db, dir: path, file: Arc::new(file), dir_file: Arc::new(dir_file) })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes every write so far durable: sled flush, then fsync of the file and its directory.
+    pub fn sync(&self) -> Result<(), std::io::Error> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.file.sync_data()?;
+        self.dir_file.sync_all()
+    }
+
+    fn tree(&self, name: &str) -> sled::Tree {
+        // Opening a tree only fails on I/O errors, which the next operation reports as well.
+        self.db.open_tree(name).expect("open sled tree")
+    }
+
+    /// The Raft log half of the store.
+    pub fn log_store(&self) -> LogStore {
+        LogStore { store: self.clone(), log: self.tree("log"), meta: self.tree("raft") }
+    }
+
+    /// The state machine half, loaded from the last snapshot.
+    pub fn state_machine(&self) -> Result<StateMachine, StoreError> {
+        let snapshots = self.tree("snapshot");
+        let mut data = SmData::default();
+        if let Some(bytes) = snapshots.get("data")? {
+            data = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
+        }
+        Ok(StateMachine {
+            shared: Arc::new(SmShared { data: RwLock::new(data), store: self.clone(), snapshots, counter: AtomicU64::new(0) }),
+        })
+    }
+
+    /// Reads a value of this node's local (not replicated) identity.
+    pub fn local_get<T: for<'de> Deserialize<'de>>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
+        match self.tree("local").get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(key, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a value of this node's local identity, durably.
+    pub fn local_set<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
+        self.tree("local").insert(key, serde_json::to_vec(value).expect("serialize"))?;
+        self.sync().map_err(StoreError::Sync)
+    }
+
+    /// Forgets all Raft state (log, vote, snapshot): used when this node joins another cluster.
+    /// Call only while no Raft instance uses the store.
+    pub fn wipe_raft(&self) -> Result<(), StoreError> {
+        for t in ["log", "raft", "snapshot"] {
+            self.tree(t).clear()?;
+        }
+        self.sync().map_err(StoreError::Sync)
+    }
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// The Raft log on sled. Cheap to clone; clones share the trees.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    fn meta_get<T: for<'de> Deserialize<'de>>(&self, k: &str) -> Result<Option<T>, StorageError> {
+        match self.meta.get(k).map_err(read_err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_set<T: Serialize>(&self, k: &str, v: &T) -> Result<(), StorageError> {
+        self.meta.insert(k, serde_json::to_vec(v).map_err(write_err)?).map_err(write_err)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.store.sync().map_err(write_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for kv in self.log.range(key(start)..) {
+            let (k, v) = kv.map_err(read_err)?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte log key"));
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.meta_get("last_purged")?;
+        let last = match self.log.last().map_err(read_err)? {
+            Some((_, v)) => Some(serde_json::from_slice::<Entry>(&v).map_err(read_err)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.meta_set("vote", vote)?;
+        self.store.sync().map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.meta_get("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: a lost committed index is recovered from the leader.
+        self.meta_set("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta_get::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&key(entry.log_id.index), serde_json::to_vec(&entry).map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        // Acknowledge only once the entries are on disk.
+        let store = self.store.clone();
+        let res = tokio::task::spawn_blocking(move || store.sync()).await.map_err(std::io::Error::other);
+        let res = res.and_then(|r| r);
+        let failed = res.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
+        callback.log_io_completed(res);
+        match failed {
+            Some(e) => Err(write_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(key(log_id.index)..).keys() {
+            batch.remove(k.map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.sync()
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash in between leaves entries that are ignored.
+        self.meta_set("last_purged", &log_id)?;
+        self.sync()?;
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(..=key(log_id.index)).keys() {
+            batch.remove(k.map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        Ok(())
+    }
+}
+
+/// What the state machine holds: the cluster state and where in the log it stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub state: ClusterState,
+}
+
+struct SmShared {
+    data: RwLock<SmData>,
+    store: Store,
+    snapshots: sled::Tree,
+    counter: AtomicU64,
+}
+
+/// The state machine: `ClusterState` in memory, snapshots in sled. Cheap to clone.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+impl StateMachine {
+    /// Runs `f` on the current state. Never hold the result across an `.await`.
+    pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
+        f(&self.shared.data.read().expect("state machine lock"))
+    }
+
+    fn snapshot_err(e: impl std::error::Error + 'static) -> StorageError {
+        StorageIOError::write_snapshot(None, &e).into()
+    }
+
+    fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
+        let meta_bytes = serde_json::to_vec(meta).map_err(Self::snapshot_err)?;
+        let mut batch = sled::Batch::default();
+        batch.insert("meta", meta_bytes);
+        batch.insert("data", data);
+        self.shared.snapshots.apply_batch(batch).map_err(Self::snapshot_err)?;
+        self.shared.store.sync().map_err(Self::snapshot_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (bytes, last_applied, membership) = self.read(|d| {
+            (serde_json::to_vec(d).map_err(Self::snapshot_err), d.last_applied, d.membership.clone())
+        });
+        let bytes = bytes?;
+        let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+            None => format!("--{n}"),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        self.persist_snapshot(&meta, &bytes)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        Ok(self.read(|d| (d.last_applied, d.membership.clone())))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut data = self.shared.data.write().expect("state machine lock");
+        let mut out = Vec::new();
+        for entry in entries {
+            data.last_applied = Some(entry.log_id);
+            out.push(match entry.payload {
+                EntryPayload::Blank => Response::Done,
+                EntryPayload::Normal(cmd) => data.state.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    data.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::Done
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let mut new: SmData = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        new.last_applied = meta.last_log_id;
+        new.membership = meta.last_membership.clone();
+        self.persist_snapshot(meta, &bytes)?;
+        *self.shared.data.write().expect("state machine lock") = new;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let read = |k| self.shared.snapshots.get(k).map_err(|e| StorageIOError::read_snapshot(None, &e));
+        let (Some(meta), Some(data)) = (read("meta")?, read("data")?) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta<NodeId, BasicNode> =
+            serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+    }
+}
