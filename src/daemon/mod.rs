@@ -1,1 +1,363 @@
+//! `omd`: one node of the cluster. Owns the store, the current Raft instance (replaced when
+//! the node joins another cluster) and the primitives the API builds on: proposing a command
+//! through the leader, linearizable reads, and calls to the leader.
+//!
+//! It never interprets commands (that is `model`) and never speaks protobuf beyond the
+//! generated clients it uses to reach the leader.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tonic::{Code, Status};
+
+use crate::api::auth::Secret;
+use crate::model::{ClusterState, Command, NodeId, Response};
+use crate::pb;
+use crate::raft::network::{Channels, Links, Network};
+use crate::raft::store::{SmData, StateMachine, Store};
+use crate::raft::Raft;
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// `HOST:PORT` peers and clients reach this node at.
+    pub addr: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Build a snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers.
+    pub keep_logs: u64,
+}
+
+impl Settings {
+    /// Defaults for production timing.
+    pub fn new(name: &str, data_dir: PathBuf, addr: &str) -> Settings {
+        Settings {
+            name: name.to_string(),
+            data_dir,
+            addr: addr.to_string(),
+            heartbeat_ms: 250,
+            election_timeout_ms: 1500,
+            snapshot_every: 5000,
+            keep_logs: 1000,
+        }
+    }
+
+    fn raft_config(&self) -> openraft::Config {
+        let mut c = crate::raft::config(self.heartbeat_ms, self.election_timeout_ms);
+        c.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every);
+        c.max_in_snapshot_log_to_keep = self.keep_logs;
+        c
+    }
+}
+
+/// One Raft incarnation of this node: replaced whole when the node joins another cluster.
+pub struct Member {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub secret: Secret,
+}
+
+/// A running node.
+pub struct Node {
+    pub settings: Settings,
+    pub started: Instant,
+    pub store: Store,
+    pub channels: Channels,
+    pub links: Arc<Links>,
+    member: RwLock<Arc<Member>>,
+    /// Held during a join, so two joins never interleave.
+    pub join_lock: tokio::sync::Mutex<()>,
+}
+
+/// Errors of starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {0}")]
+    DataDir(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::raft::store::StoreError),
+    #[error("cannot start raft")]
+    Raft(#[source] openraft::error::Fatal<NodeId>),
+    #[error("invalid raft configuration")]
+    Config(#[source] openraft::ConfigError),
+    #[error(transparent)]
+    Name(#[from] crate::model::Rejection),
+}
+
+const LOCAL_ID: &str = "node_id";
+const LOCAL_SECRET: &str = "secret";
+
+impl Node {
+    /// Opens the data directory and starts Raft: resumes from disk, or founds a new one-node
+    /// cluster when the directory is fresh.
+    pub async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
+        crate::model::validate_node_name(&settings.name)?;
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        restrict(&settings.data_dir, 0o700).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        let store = Store::open(&settings.data_dir)?;
+        let links = Arc::new(Links::default());
+        let channels = Channels::default();
+        let (id, secret, fresh) = match (store.local_get::<NodeId>(LOCAL_ID)?, store.local_get::<Secret>(LOCAL_SECRET)?)
+        {
+            (Some(id), Some(secret)) => (id, secret, false),
+            _ => {
+                let secret = Secret::generate();
+                store.local_set(LOCAL_SECRET, &secret)?;
+                store.local_set(LOCAL_ID, &1u64)?;
+                (1, secret, true)
+            }
+        };
+        let member = start_member(&settings, &store, &channels, &links, id, secret).await?;
+        if fresh {
+            let nodes = BTreeMap::from([(id, BasicNode { addr: settings.addr.clone() })]);
+            member.raft.initialize(nodes).await.map_err(|e| match e {
+                RaftError::Fatal(f) => StartError::Raft(f),
+                RaftError::APIError(_) => unreachable!("a fresh store is not initialized"),
+            })?;
+            tracing::info!(node = %settings.name, id, "founded a new one-node cluster");
+        } else {
+            tracing::info!(node = %settings.name, id, "resumed from {}", store.path().display());
+        }
+        let node = Arc::new(Node {
+            settings,
+            started: Instant::now(),
+            store,
+            channels,
+            links,
+            member: RwLock::new(member),
+            join_lock: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(register_founder(node.clone()));
+        Ok(node)
+    }
+
+    /// The current Raft incarnation.
+    pub fn member(&self) -> Arc<Member> {
+        self.member.read().expect("member lock").clone()
+    }
+
+    /// Reads the local (possibly stale) state machine.
+    pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
+        self.member().sm.read(f)
+    }
+
+    /// The current leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.member();
+        let metrics = m.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.member();
+        let id = m.raft.metrics().borrow().current_leader;
+        id == Some(m.id)
+    }
+
+    /// A `Raft` transport client to `addr`, with the node credential.
+    fn raft_client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, Status> {
+        let ch = self.channels.get(addr).map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
+        Ok(pb::raft_client::RaftClient::new(ch))
+    }
+
+    /// A `Cluster` API client to `addr`, with the node credential attached by `node_request`.
+    pub fn cluster_client(
+        &self,
+        addr: &str,
+    ) -> Result<pb::cluster_client::ClusterClient<tonic::transport::Channel>, Status> {
+        let ch = self.channels.get(addr).map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
+        Ok(pb::cluster_client::ClusterClient::new(ch))
+    }
+
+    /// Wraps `msg` in a request carrying this node's credential.
+    pub fn node_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let cred = format!("Node {}", self.member().secret.node_credential());
+        r.metadata_mut().insert("authorization", cred.parse().expect("hex credential is ascii"));
+        r.set_timeout(timeout);
+        r
+    }
+
+    /// Commits `cmd` through the leader and returns what applying it produced. Retries only
+    /// when the command was certainly not appended (no leader yet, or a node that is not the
+    /// leader any more); any other failure is reported as an unknown outcome.
+    pub async fn write(&self, cmd: Command) -> Result<(u64, Response), Status> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let err = if self.is_leader() {
+                match self.member().raft.client_write(cmd.clone()).await {
+                    Ok(r) => return Ok((r.log_id.index, r.data)),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        Status::unavailable("leadership moved")
+                    }
+                    Err(e) => return Err(Status::unavailable(format!("commit failed: {e}"))),
+                }
+            } else if let Some((_, addr)) = self.leader() {
+                let data = serde_json::to_vec(&cmd).expect("serialize command");
+                let req = self.node_request(pb::RaftMessage { data }, Duration::from_secs(10));
+                match self.raft_client(&addr)?.propose(req).await {
+                    Ok(reply) => {
+                        let r: Result<(u64, Response), String> = serde_json::from_slice(&reply.into_inner().data)
+                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
+                        match r {
+                            Ok(ok) => return Ok(ok),
+                            Err(not_leader) if not_leader == NOT_LEADER => Status::unavailable("leadership moved"),
+                            Err(e) => return Err(Status::unavailable(format!("commit failed on the leader: {e}"))),
+                        }
+                    }
+                    Err(s) if s.code() == Code::Unavailable && s.message().contains("tcp connect") => s,
+                    Err(s) => return Err(Status::unavailable(format!("outcome unknown, leader {addr}: {}", s.message()))),
+                }
+            } else {
+                Status::unavailable("no leader: the cluster has no quorum")
+            };
+            if Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Proposes on this node if it is the leader; `Err(NOT_LEADER)` otherwise. Serves `Propose`.
+    pub async fn propose_local(&self, cmd: Command) -> Result<(u64, Response), String> {
+        match self.member().raft.client_write(cmd).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NOT_LEADER.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits until this node's state machine reflects every write committed before the call
+    /// (read index through the leader), then reads it.
+    pub async fn read_linearizable<T>(&self, f: impl FnOnce(&SmData) -> T) -> Result<T, Status> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.member();
+            let res = if self.is_leader() {
+                match m.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(m.sm.read(f)),
+                    Err(e) => Status::unavailable(format!("read index: {e}")),
+                }
+            } else if let Some((_, addr)) = self.leader() {
+                let req = self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
+                match self.raft_client(&addr)?.read_index(req).await {
+                    Ok(reply) => {
+                        let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.into_inner().data)
+                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
+                        match idx {
+                            Ok(idx) => {
+                                let wait = m.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
+                                wait.applied_index_at_least(idx, "linearizable read")
+                                    .await
+                                    .map_err(|e| Status::unavailable(format!("catching up with the leader: {e}")))?;
+                                return Ok(m.sm.read(f));
+                            }
+                            Err(e) => Status::unavailable(e),
+                        }
+                    }
+                    Err(s) => s,
+                }
+            } else {
+                Status::unavailable("no leader: the cluster has no quorum")
+            };
+            if Instant::now() >= deadline {
+                return Err(res);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replaces the Raft incarnation: stops the current one, wipes the Raft state and starts
+    /// as `id` of the cluster whose secret is `secret`, waiting to be added by its leader.
+    pub async fn rejoin_as(&self, id: NodeId, secret: Secret) -> Result<(), StartError> {
+        let old = self.member();
+        if let Err(e) = old.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        self.store.wipe_raft()?;
+        self.store.local_set(LOCAL_SECRET, &secret)?;
+        self.store.local_set(LOCAL_ID, &id)?;
+        let new = start_member(&self.settings, &self.store, &self.channels, &self.links, id, secret).await?;
+        *self.member.write().expect("member lock") = new;
+        Ok(())
+    }
+
+    /// Stops Raft cleanly and makes the store durable.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.member().raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!("final sync of the store failed: {e}");
+        }
+    }
+
+    /// The cluster name, as the local state has it.
+    pub fn cluster_name(&self) -> String {
+        self.read(|d| cluster_name(&d.state))
+    }
+}
+
+/// The reply `Propose` gives when the node asked is not the leader.
+pub const NOT_LEADER: &str = "not the leader";
+
+/// `cluster.name`, or its default.
+pub fn cluster_name(state: &ClusterState) -> String {
+    crate::model::catalog::get(&state.config, "cluster.name").ok().flatten().unwrap_or_default()
+}
+
+async fn start_member(
+    settings: &Settings,
+    store: &Store,
+    channels: &Channels,
+    links: &Arc<Links>,
+    id: NodeId,
+    secret: Secret,
+) -> Result<Arc<Member>, StartError> {
+    let config = Arc::new(settings.raft_config().validate().map_err(StartError::Config)?);
+    let sm = store.state_machine()?;
+    let network = Network { channels: channels.clone(), secret: secret.clone(), links: links.clone() };
+    let raft = Raft::new(id, config, network, store.log_store(), sm.clone()).await.map_err(StartError::Raft)?;
+    Ok(Arc::new(Member { id, raft, sm, secret }))
+}
+
+/// A founding node registers itself in the state once it leads its one-node cluster. Runs at
+/// every start, so a crash between `initialize` and the registration is repaired.
+async fn register_founder(node: Arc<Node>) {
+    for _ in 0..100 {
+        let m = node.member();
+        let (registered, alone) = m.sm.read(|d| {
+            let voters: Vec<_> = d.membership.membership().voter_ids().collect();
+            (!d.state.nodes.is_empty(), voters == [m.id])
+        });
+        if registered || !alone {
+            return;
+        }
+        if node.is_leader() {
+            let cmd = Command::Bootstrap { node_id: m.id, name: node.settings.name.clone(), addr: node.settings.addr.clone() };
+            match m.raft.client_write(cmd).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!("registering the founding node: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::error!("could not register this node as the founder of its cluster");
+}
+
+/// Sets a path's permission bits.
+pub fn restrict(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

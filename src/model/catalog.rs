@@ -173,27 +173,46 @@ impl Kind {
     }
 }
 
-/// Parses `SECTION.KEYWORD` strings and checks values: what the API does before proposing.
+/// Parses `SECTION.KEYWORD` strings and checks each value's type and the update's
+/// consistency, without looking at the current configuration: what the API checks before
+/// anything reaches the log.
 pub fn parse_update(
     set: &[(String, String)],
     unset: &[String],
 ) -> Result<(Vec<(ConfigKey, String)>, Vec<ConfigKey>), ConfigError> {
-    let set = set.iter().map(|(k, v)| Ok((ConfigKey::parse(k)?.0, v.clone()))).collect::<Result<Vec<_>, _>>()?;
-    let unset = unset.iter().map(|k| Ok(ConfigKey::parse(k)?.0)).collect::<Result<Vec<_>, _>>()?;
-    Ok((set, unset))
+    if set.is_empty() && unset.is_empty() {
+        return Err(ConfigError::Empty);
+    }
+    let mut parsed_set: Vec<(ConfigKey, String)> = Vec::with_capacity(set.len());
+    for (k, value) in set {
+        let (key, kw) = ConfigKey::parse(k)?;
+        if parsed_set.iter().any(|(p, _)| p == &key) {
+            return Err(ConfigError::SetTwice(key));
+        }
+        kw.kind
+            .check(value)
+            .map_err(|why| ConfigError::BadValue { key: key.clone(), value: value.clone(), why })?;
+        parsed_set.push((key, value.clone()));
+    }
+    let mut parsed_unset = Vec::with_capacity(unset.len());
+    for k in unset {
+        let (key, _) = ConfigKey::parse(k)?;
+        if parsed_set.iter().any(|(p, _)| p == &key) {
+            return Err(ConfigError::SetAndUnset(key));
+        }
+        parsed_unset.push(key);
+    }
+    Ok((parsed_set, parsed_unset))
 }
 
 /// The configuration after applying `unset` then `set` to `cfg`, or why that is refused.
 pub fn updated(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey]) -> Result<ClusterConfig, ConfigError> {
-    if set.is_empty() && unset.is_empty() {
-        return Err(ConfigError::Empty);
-    }
+    // Commands come from the log: check them again as if they were new input.
+    let raw_set: Vec<(String, String)> = set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let raw_unset: Vec<String> = unset.iter().map(ToString::to_string).collect();
+    let (set, unset) = parse_update(&raw_set, &raw_unset)?;
     let mut out = cfg.clone();
-    for key in unset {
-        ConfigKey::parse(&key.to_string())?;
-        if set.iter().any(|(k, _)| k == key) {
-            return Err(ConfigError::SetAndUnset(key.clone()));
-        }
+    for key in &unset {
         if let Some(section) = out.get_mut(&key.section) {
             section.remove(&key.keyword);
             if section.is_empty() {
@@ -201,15 +220,8 @@ pub fn updated(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[Config
             }
         }
     }
-    for (i, (key, value)) in set.iter().enumerate() {
-        let (_, kw) = ConfigKey::parse(&key.to_string())?;
-        if set[..i].iter().any(|(k, _)| k == key) {
-            return Err(ConfigError::SetTwice(key.clone()));
-        }
-        kw.kind
-            .check(value)
-            .map_err(|why| ConfigError::BadValue { key: key.clone(), value: value.clone(), why })?;
-        out.entry(key.section.clone()).or_default().insert(key.keyword.clone(), value.clone());
+    for (key, value) in set {
+        out.entry(key.section).or_default().insert(key.keyword, value);
     }
     for (section, values) in &out {
         let kind = section_kind(section)?;

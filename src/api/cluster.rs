@@ -1,0 +1,306 @@
+//! The `Cluster` service: cluster configuration, tokens, join and removal, status.
+
+use std::collections::BTreeSet;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use tonic::{Request, Response, Status};
+
+use super::auth::{self, Role};
+use super::{authorize, status, Access};
+use crate::daemon::Node;
+use crate::model::{catalog, Command, ConfigError, Response as Applied};
+use crate::pb::{self, *};
+
+pub struct ClusterService {
+    pub node: Arc<Node>,
+}
+
+fn invalid(e: ConfigError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The outcome of a committed command, as an API result.
+fn applied(index: u64, r: Applied) -> Result<u64, Status> {
+    match r {
+        Applied::Refused(why) => Err(Status::failed_precondition(why)),
+        _ => Ok(index),
+    }
+}
+
+impl ClusterService {
+    /// `Some(leader address)` when this node is not the leader and the call must go there.
+    fn forward_target(&self) -> Result<Option<String>, Status> {
+        let me = self.node.member().id;
+        match self.node.leader() {
+            Some((id, _)) if id == me => Ok(None),
+            Some((_, addr)) => Ok(Some(addr)),
+            None => Err(Status::unavailable("no leader: the cluster has no quorum")),
+        }
+    }
+
+    /// Adds a registered node as a learner (waiting until it caught up), then as a voter.
+    async fn add_member_here(&self, node_id: u64) -> Result<u64, Status> {
+        let info = self
+            .node
+            .read_linearizable(|d| d.state.nodes.get(&node_id).cloned())
+            .await?
+            .ok_or_else(|| Status::not_found(format!("node id {node_id} is not registered: admit it first")))?;
+        let raft = self.node.member().raft.clone();
+        let node = BasicNode { addr: info.addr.clone() };
+        let learner = tokio::time::timeout(Duration::from_secs(60), raft.add_learner(node_id, node, true)).await;
+        match learner {
+            Err(_) => return Err(Status::deadline_exceeded(format!("{} did not catch up within 60 s", info.name))),
+            Ok(Err(e)) => return Err(Status::unavailable(format!("adding {} as learner: {e}", info.name))),
+            Ok(Ok(_)) => {}
+        }
+        for _ in 0..50 {
+            match raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false).await {
+                Ok(r) => return Ok(r.log_id.index),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => return Err(Status::unavailable(format!("promoting {} to voter: {e}", info.name))),
+            }
+        }
+        Err(Status::unavailable("another membership change kept running; try again"))
+    }
+
+    async fn remove_here(&self, name: &str) -> Result<u64, Status> {
+        let (id, voters, learners, known) = self
+            .node
+            .read_linearizable(|d| {
+                let mem = d.membership.membership();
+                let known: Vec<String> = d.state.nodes.values().map(|n| n.name.clone()).collect();
+                (
+                    d.state.node_id(name),
+                    mem.voter_ids().collect::<BTreeSet<_>>(),
+                    mem.learner_ids().collect::<BTreeSet<_>>(),
+                    known,
+                )
+            })
+            .await?;
+        let id = id.ok_or_else(|| Status::not_found(format!("no node named {name:?} (nodes: {})", known.join(", "))))?;
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(Status::failed_precondition(format!("{name} is the last voter of the cluster")));
+        }
+        let raft = self.node.member().raft.clone();
+        let change = if voters.contains(&id) {
+            Some(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+        } else if learners.contains(&id) {
+            Some(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+        } else {
+            None
+        };
+        if let Some(change) = change {
+            raft.change_membership(change, false)
+                .await
+                .map_err(|e| Status::unavailable(format!("removing {name} from the raft membership: {e}")))?;
+        }
+        let (index, r) = self.node.write(Command::RemoveNode { node_id: id }).await?;
+        applied(index, r)?;
+        Ok(id)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn config_update(&self, req: Request<ConfigUpdateRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let set: Vec<(String, String)> = req.set.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        let (set, unset) = catalog::parse_update(&set, &req.unset).map_err(invalid)?;
+        let (index, r) = self.node.write(Command::UpdateConfig { set, unset }).await?;
+        let log_index = applied(index, r)?;
+        Ok(Response::new(ConfigUpdateReply { log_index }))
+    }
+
+    async fn config_get(&self, req: Request<ConfigGetRequest>) -> Result<Response<ConfigGetReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let key = req.into_inner().key;
+        catalog::ConfigKey::parse(&key).map_err(invalid)?;
+        let value = self.node.read_linearizable(|d| catalog::get(&d.state.config, &key)).await?.map_err(invalid)?;
+        Ok(Response::new(ConfigGetReply { found: value.is_some(), value: value.unwrap_or_default() }))
+    }
+
+    async fn config_show(&self, req: Request<ConfigShowRequest>) -> Result<Response<ConfigShowReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let want = req.into_inner().section;
+        let cfg = self.node.read_linearizable(|d| d.state.config.clone()).await?;
+        let sections: Vec<Section> = cfg
+            .iter()
+            .filter(|(name, _)| want.is_empty() || **name == want)
+            .map(|(name, values)| Section {
+                name: name.clone(),
+                values: catalog::ordered(name, values).into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
+            })
+            .collect();
+        if !want.is_empty() && sections.is_empty() {
+            let known: Vec<&str> = cfg.keys().map(String::as_str).collect();
+            return Err(Status::not_found(format!("section {want:?} is not set (sections: {})", known.join(", "))));
+        }
+        Ok(Response::new(ConfigShowReply { sections }))
+    }
+
+    async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let role = match req.role.as_str() {
+            "join" => Role::Join,
+            "root" => Role::Root,
+            other => return Err(Status::invalid_argument(format!("unknown role {other:?} (roles: join, root)"))),
+        };
+        let secs = if req.duration_secs == 0 { 3600 } else { req.duration_secs };
+        if secs > 30 * 86400 {
+            return Err(Status::invalid_argument("a token may last 30 days at most"));
+        }
+        let exp = auth::unix_now() + secs;
+        Ok(Response::new(IssueTokenReply { token: self.node.member().secret.sign(role, exp), expires_unix: exp }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        authorize(&req, Access::Local)?;
+        let req = req.into_inner();
+        let node = &self.node;
+        let _guard = node.join_lock.try_lock().map_err(|_| Status::aborted("a join is already running"))?;
+        let mut steps = Vec::new();
+        let m = node.member();
+        let (members, registered) = m.sm.read(|d| (d.membership.membership().nodes().count(), d.state.nodes.len()));
+        if members > 1 || registered > 1 {
+            return Err(Status::failed_precondition(format!(
+                "this node already belongs to a cluster of {} nodes: remove it there first",
+                members.max(registered)
+            )));
+        }
+        if req.node.to_socket_addrs().is_err() {
+            return Err(Status::invalid_argument(format!("--node {:?} is not a reachable HOST:PORT", req.node)));
+        }
+        steps.push(format!("Ask {} to admit {} ({})", req.node, node.settings.name, node.settings.addr));
+        let mut admit = Request::new(AdmitRequest {
+            name: node.settings.name.clone(),
+            addr: node.settings.addr.clone(),
+            witness: req.witness,
+        });
+        let bearer = format!("Bearer {}", req.token.trim())
+            .parse()
+            .map_err(|_| Status::invalid_argument("the token has characters a token never has"))?;
+        admit.metadata_mut().insert("authorization", bearer);
+        admit.set_timeout(Duration::from_secs(15));
+        let admitted = node
+            .cluster_client(&req.node)?
+            .admit(admit)
+            .await
+            .map_err(|s| Status::new(s.code(), format!("{} refused to admit this node: {}", req.node, s.message())))?
+            .into_inner();
+        steps.push(format!(
+            "Admitted as node id {} of cluster {} (leader {})",
+            admitted.node_id, admitted.cluster_name, admitted.leader
+        ));
+        let backup = save_backup(node)?;
+        steps.push(format!("Save the pre-join state to {}", backup.display()));
+        steps.push(format!("Stop the local one-node cluster (node id {})", m.id));
+        drop(m);
+        node.rejoin_as(admitted.node_id, auth::Secret(admitted.secret))
+            .await
+            .map_err(|e| Status::internal(format!("restarting raft as node {}: {e}", admitted.node_id)))?;
+        steps.push(format!("Start raft as node id {}", admitted.node_id));
+        steps.push(format!("Ask the leader to add node {} as learner, then voter", admitted.node_id));
+        let add = node.node_request(AddMemberRequest { node_id: admitted.node_id }, Duration::from_secs(90));
+        let added = node
+            .cluster_client(&req.node)?
+            .add_member(add)
+            .await
+            .map_err(|s| Status::new(s.code(), format!("joining the membership: {}", s.message())))?
+            .into_inner();
+        steps.push(format!("Membership committed at log index {}", added.log_index));
+        steps.push(if req.witness { "Joined as witness".into() } else { "Joined".into() });
+        tracing::info!(cluster = %admitted.cluster_name, id = admitted.node_id, "joined");
+        Ok(Response::new(JoinReply { steps, node_id: admitted.node_id }))
+    }
+
+    async fn admit(&self, req: Request<AdmitRequest>) -> Result<Response<AdmitReply>, Status> {
+        authorize(&req, Access::Join)?;
+        let req = req.into_inner();
+        crate::model::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (existing, in_membership) = self
+            .node
+            .read_linearizable(|d| {
+                let id = d.state.node_id(&req.name);
+                (id, id.is_some_and(|id| d.membership.membership().get_node(&id).is_some()))
+            })
+            .await?;
+        if let Some(id) = existing {
+            if in_membership {
+                return Err(Status::already_exists(format!(
+                    "a node named {} is already a member (id {id}): remove it first with `omctl cluster remove --node {}`",
+                    req.name, req.name
+                )));
+            }
+            // Admitted before but never added: forget that id, a fresh one is allocated.
+            let (index, r) = self.node.write(Command::RemoveNode { node_id: id }).await?;
+            applied(index, r)?;
+        }
+        let cmd = Command::AddNode { name: req.name.clone(), addr: req.addr.clone(), witness: req.witness };
+        let (_, r) = self.node.write(cmd).await?;
+        let node_id = match r {
+            Applied::NodeAdded(id) => id,
+            Applied::Refused(why) => return Err(Status::failed_precondition(why)),
+            Applied::Done => return Err(Status::internal("admission allocated no node id")),
+        };
+        tracing::info!(node = %req.name, id = node_id, witness = req.witness, "admitted");
+        let leader = self.node.leader().map(|(_, a)| a).unwrap_or_default();
+        Ok(Response::new(AdmitReply {
+            node_id,
+            secret: self.node.member().secret.0.clone(),
+            cluster_name: self.node.cluster_name(),
+            leader,
+        }))
+    }
+
+    async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<AddMemberReply>, Status> {
+        authorize(&req, Access::Node)?;
+        let msg = req.into_inner();
+        if let Some(addr) = self.forward_target()? {
+            let fwd = self.node.node_request(msg, Duration::from_secs(90));
+            return self.node.cluster_client(&addr)?.add_member(fwd).await;
+        }
+        let log_index = self.add_member_here(msg.node_id).await?;
+        Ok(Response::new(AddMemberReply { log_index }))
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let msg = req.into_inner();
+        if let Some(addr) = self.forward_target()? {
+            let fwd = self.node.node_request(msg, Duration::from_secs(30));
+            return self.node.cluster_client(&addr)?.remove_node(fwd).await;
+        }
+        let node_id = self.remove_here(&msg.name).await?;
+        tracing::info!(node = %msg.name, id = node_id, "removed from the cluster");
+        Ok(Response::new(RemoveNodeReply { node_id }))
+    }
+
+    async fn node_status(&self, req: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        authorize(&req, Access::Admin)?;
+        Ok(Response::new(status::node_status(&self.node)))
+    }
+
+    async fn mon(&self, req: Request<MonRequest>) -> Result<Response<MonReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        Ok(Response::new(status::mon(&self.node).await))
+    }
+}
+
+/// Writes the state this node is about to leave to `DATA/backup/pre-join-UNIX.json`.
+fn save_backup(node: &Node) -> Result<std::path::PathBuf, Status> {
+    let dir = node.settings.data_dir.join("backup");
+    let path = dir.join(format!("pre-join-{}.json", auth::unix_now()));
+    let state = node.read(|d| serde_json::to_vec_pretty(&d.state)).map_err(|e| Status::internal(e.to_string()))?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, state))
+        .map_err(|e| Status::internal(format!("saving {}: {e}", path.display())))?;
+    Ok(path)
+}

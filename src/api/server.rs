@@ -1,0 +1,69 @@
+//! Serving the API: TCP (Raft transport and Cluster API, credentials required) and the local
+//! unix socket (Cluster API, trusted, mode 0600).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use super::auth::{unix_now, Caller};
+use super::cluster::ClusterService;
+use super::raft::RaftService;
+use crate::daemon::Node;
+use crate::pb::cluster_server::ClusterServer;
+use crate::pb::raft_server::RaftServer;
+
+/// Bound listeners, ready to serve.
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub unix: UnixListener,
+    pub unix_path: PathBuf,
+}
+
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Serves both listeners until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<Node>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let tcp_node = node.clone();
+    let tcp_auth = move |mut req: Request<()>| -> Result<Request<()>, Status> {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let caller = tcp_node.member().secret.caller(header.as_deref(), unix_now());
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    };
+    let local = |mut req: Request<()>| -> Result<Request<()>, Status> {
+        req.extensions_mut().insert(Caller::Local);
+        Ok(req)
+    };
+    let raft = RaftServer::new(RaftService { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let cluster = || ClusterServer::new(ClusterService { node: node.clone() });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let tcp = Server::builder()
+        .add_service(tonic::service::interceptor::InterceptedService::new(raft, tcp_auth.clone()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), tcp_auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.tcp), wait(stop_rx.clone()));
+    let unix = Server::builder()
+        .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), wait(stop_rx));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, b) = tokio::join!(tcp, unix);
+    let _ = std::fs::remove_file(&listeners.unix_path);
+    a.and(b)
+}
