@@ -1,1 +1,330 @@
+//! `omctl`: the command line client. Parses arguments into a command, calls the daemon's
+//! `Cluster` API and prints the answer through one printer: human tables and INI like the
+//! tutorial's, or JSON from dedicated view structs (`--output json`).
+//!
+//! Exit codes: 0 success (and broken pipe), 1 user error, 2 unexpected error.
 
+pub mod client;
+mod render;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::Code;
+
+use crate::api::auth::Role;
+use crate::pb;
+use client::Client;
+use render::Printer;
+
+/// omctl: manage an omraft cluster.
+///
+/// Talks to the local daemon's unix socket by default; `--server http://HOST:PORT` reaches a
+/// remote one, which requires `--token` (see `omctl daemon auth --role root`).
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    /// Daemon to talk to: unix:PATH or http://HOST:PORT.
+    #[arg(long, global = true, env = "OMCTL_SERVER", default_value = "unix:/var/lib/omraft/omd.sock")]
+    pub server: String,
+    /// Token for a remote (TCP) daemon.
+    #[arg(long, global = true, env = "OMCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables and INI, as the tutorial shows them.
+    Human,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the cluster: daemons, nodes and objects, per node.
+    Mon {
+        /// Refresh until interrupted.
+        #[arg(long, short)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
+    /// Cluster-wide commands: configuration, join, removal.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Commands about the daemon itself.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Read and change the cluster configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Make the local daemon leave its one-node cluster and join the cluster at --node.
+    Join {
+        /// HOST:PORT of any node of the cluster to join.
+        #[arg(long)]
+        node: String,
+        /// Join token from `omctl daemon auth --role join` on that cluster.
+        #[arg(long)]
+        token: String,
+        /// Join as a witness: votes, never hosts services.
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Remove a node from the cluster (from the Raft membership, then from the state).
+    Remove {
+        /// Name of the node to remove.
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Apply every --set and --unset in one committed change, or none.
+    Update(UpdateArgs),
+    /// Print one keyword's value (or its default).
+    Get {
+        /// SECTION.KEYWORD, e.g. cluster.name.
+        #[arg(long)]
+        kw: String,
+    },
+    /// Print the configuration as INI.
+    Show {
+        /// Only this section, e.g. pool#drbdvm.
+        #[arg(long)]
+        section: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// SECTION.KEYWORD=VALUE to set; repeatable.
+    #[arg(long)]
+    pub set: Vec<String>,
+    /// SECTION.KEYWORD to remove; repeatable.
+    #[arg(long)]
+    pub unset: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCmd {
+    /// Print a token signed with the cluster secret.
+    Auth {
+        /// What the token allows: join (a node joining) or root (every call).
+        #[arg(long, value_enum)]
+        role: Role,
+        /// How long the token is valid, e.g. 90s, 10m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Heartbeats: one row per Raft link of every node.
+    #[command(subcommand)]
+    Hb(HbCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HbCmd {
+    /// Show every node's Raft links: running, beating, last ack, match index.
+    Status,
+}
+
+/// Parses `90s`, `10m`, `1h`, `2d` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 1h or 2d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+/// A failed command: the message and whether the user caused it.
+#[derive(Debug)]
+pub struct Failure {
+    pub user: bool,
+    pub message: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Failure {
+        let user = matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::Aborted
+        );
+        let message = if s.message().is_empty() { s.code().to_string() } else { s.message().to_string() };
+        Failure { user, message }
+    }
+}
+
+impl From<client::ConnectError> for Failure {
+    fn from(e: client::ConnectError) -> Failure {
+        let user = !matches!(e, client::ConnectError::Unreachable(..));
+        Failure { user, message: e.to_string() }
+    }
+}
+
+fn user_error(message: impl Into<String>) -> Failure {
+    Failure { user: true, message: message.into() }
+}
+
+/// Runs omctl and returns its exit code.
+pub async fn main() -> i32 {
+    let cli = Cli::parse();
+    let mut out = Printer::new(cli.output);
+    let code = match run(&cli, &mut out).await {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("omctl: error: {}", f.message);
+            if f.user {
+                1
+            } else {
+                2
+            }
+        }
+    };
+    match out.finish() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("omctl: error: writing output: {e}");
+            2
+        }
+        _ => code,
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    Ok(client::connect(&cli.server, cli.token.as_deref()).await?)
+}
+
+async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Mon { watch, interval } => {
+            let mut c = connect(cli).await?;
+            loop {
+                let reply = c.mon(pb::MonRequest {}).await?.into_inner();
+                if *watch && cli.output == Output::Human {
+                    out.clear_screen();
+                }
+                out.mon(&reply);
+                if !*watch {
+                    return Ok(());
+                }
+                out.flush().ok();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs((*interval).max(1))) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+        Command::Cluster(ClusterCmd::Config(cmd)) => config(cli, cmd, out).await,
+        Command::Cluster(ClusterCmd::Join { node, token, witness }) => {
+            let mut c = connect(cli).await?;
+            let req = pb::JoinRequest { node: node.clone(), token: token.clone(), witness: *witness };
+            let reply = c.join(req).await?.into_inner();
+            out.joined(&reply);
+            Ok(())
+        }
+        Command::Cluster(ClusterCmd::Remove { node }) => {
+            let mut c = connect(cli).await?;
+            let reply = c.remove_node(pb::RemoveNodeRequest { name: node.clone() }).await?.into_inner();
+            out.removed(node, reply.node_id);
+            Ok(())
+        }
+        Command::Daemon(DaemonCmd::Auth { role, duration }) => {
+            let mut c = connect(cli).await?;
+            let role = match role {
+                Role::Join => "join",
+                Role::Root => "root",
+            };
+            let req = pb::IssueTokenRequest { role: role.into(), duration_secs: duration.as_secs().max(1) };
+            let reply = c.issue_token(req).await?.into_inner();
+            out.token(&reply);
+            Ok(())
+        }
+        Command::Daemon(DaemonCmd::Hb(HbCmd::Status)) => {
+            let mut c = connect(cli).await?;
+            let reply = c.mon(pb::MonRequest {}).await?.into_inner();
+            out.hb(&reply);
+            Ok(())
+        }
+    }
+}
+
+async fn config(cli: &Cli, cmd: &ConfigCmd, out: &mut Printer) -> Result<(), Failure> {
+    match cmd {
+        ConfigCmd::Update(args) => {
+            let mut set = Vec::new();
+            for s in &args.set {
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| user_error(format!("--set {s:?}: expected SECTION.KEYWORD=VALUE")))?;
+                set.push(pb::KeyValue { key: k.trim().to_string(), value: v.to_string() });
+            }
+            if set.is_empty() && args.unset.is_empty() {
+                return Err(user_error("nothing to change: give at least one --set or --unset"));
+            }
+            let mut c = connect(cli).await?;
+            let reply = c.config_update(pb::ConfigUpdateRequest { set, unset: args.unset.clone() }).await?.into_inner();
+            out.committed(reply.log_index);
+            Ok(())
+        }
+        ConfigCmd::Get { kw } => {
+            let mut c = connect(cli).await?;
+            let reply = c.config_get(pb::ConfigGetRequest { key: kw.clone() }).await?.into_inner();
+            if !reply.found {
+                return Err(user_error(format!("{kw} is not set and has no default")));
+            }
+            out.value(&reply.value);
+            Ok(())
+        }
+        ConfigCmd::Show { section } => {
+            let mut c = connect(cli).await?;
+            let req = pb::ConfigShowRequest { section: section.clone().unwrap_or_default() };
+            let reply = c.config_show(req).await?.into_inner();
+            out.ini(&reply);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172800)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

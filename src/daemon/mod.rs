@@ -5,6 +5,8 @@
 //! It never interprets commands (that is `model`) and never speaks protobuf beyond the
 //! generated clients it uses to reach the leader.
 
+pub mod run;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -339,12 +341,13 @@ async fn register_founder(node: Arc<Node>) {
         let m = node.member();
         let (registered, alone) = m.sm.read(|d| {
             let voters: Vec<_> = d.membership.membership().voter_ids().collect();
-            (!d.state.nodes.is_empty(), voters == [m.id])
+            // `None` until the initial membership is applied.
+            (!d.state.nodes.is_empty(), (!voters.is_empty()).then(|| voters == [m.id]))
         });
-        if registered || !alone {
+        if registered || alone == Some(false) {
             return;
         }
-        if node.is_leader() {
+        if alone == Some(true) && node.is_leader() {
             let cmd = Command::Bootstrap { node_id: m.id, name: node.settings.name.clone(), addr: node.settings.addr.clone() };
             match m.raft.client_write(cmd).await {
                 Ok(_) => return,

@@ -88,6 +88,8 @@ pub enum Rejection {
     BadNodeName(String, &'static str),
     #[error("no node with id {0}")]
     UnknownNode(NodeId),
+    #[error("the cluster is not bootstrapped yet: retry in a moment")]
+    NotBootstrapped,
     #[error("the cluster is already bootstrapped")]
     AlreadyBootstrapped,
     #[error(transparent)]
@@ -105,6 +107,9 @@ impl ClusterState {
                 validate_node_name(name)
             }
             Command::AddNode { name, addr, .. } => {
+                if self.nodes.is_empty() {
+                    return Err(Rejection::NotBootstrapped);
+                }
                 validate_node_name(name)?;
                 for n in self.nodes.values() {
                     if &n.name == name {
@@ -145,7 +150,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::AddNode { name, addr, witness } => {
-                let id = self.next_node_id.max(1);
+                let id = self.next_node_id;
                 self.next_node_id = id + 1;
                 self.nodes.insert(id, NodeInfo { name: name.clone(), addr: addr.clone(), witness: *witness });
                 Response::NodeAdded(id)
@@ -224,6 +229,12 @@ mod tests {
             assert!(validate_node_name(n).is_err(), "{n:?} accepted");
         }
         validate_node_name("node-1").unwrap();
+    }
+
+    #[test]
+    fn add_before_bootstrap_is_refused() {
+        let mut s = ClusterState::default();
+        assert!(matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.contains("not bootstrapped")));
     }
 
     #[test]

@@ -1,0 +1,95 @@
+//! `omd`'s command line and process lifecycle: bind, start, serve, shut down on SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+
+use super::{restrict, Node, Settings};
+use crate::api::{serve, Listeners};
+
+/// omd: the omraft node daemon.
+///
+/// Starts one node. A fresh data directory founds a new one-node cluster; an existing one
+/// resumes from disk. Join other clusters with `omctl cluster join`. The local API listens on
+/// DATA_DIR/omd.sock (mode 0600); the TCP listener serves peers and authenticated clients.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Args {
+    /// This node's name: lowercase letters, digits and '-' (defaults to the hostname).
+    #[arg(long, env = "OMD_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Where the Raft log, the state snapshots and the local socket live.
+    #[arg(long, env = "OMD_DATA_DIR", default_value = "/var/lib/omraft")]
+    pub data_dir: PathBuf,
+    /// TCP address to listen on for peers and remote clients.
+    #[arg(long, env = "OMD_LISTEN", default_value = "127.0.0.1:1215")]
+    pub listen: String,
+    /// Address peers use to reach this node, if not --listen (required when listening on 0.0.0.0).
+    #[arg(long, env = "OMD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    pub heartbeat_ms: u64,
+    /// Minimal Raft election timeout in milliseconds (the maximum is twice it).
+    #[arg(long, default_value_t = 1500)]
+    pub election_timeout_ms: u64,
+    /// Build a state snapshot every this many log entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for followers that lag.
+    #[arg(long, default_value_t = 1000)]
+    pub keep_logs: u64,
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let name = match args.node_name.clone().or_else(hostname) {
+        Some(n) => n,
+        None => bail!("no --node-name given and the hostname cannot be read"),
+    };
+    let addr = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
+    if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
+        bail!("--listen {} is not an address peers can reach: give --advertise HOST:PORT", args.listen);
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    restrict(&args.data_dir, 0o700)?;
+    let tcp = TcpListener::bind(&args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let sock = args.data_dir.join("omd.sock");
+    if sock.exists() {
+        if UnixStream::connect(&sock).await.is_ok() {
+            bail!("another omd is already serving {}", sock.display());
+        }
+        std::fs::remove_file(&sock).with_context(|| format!("removing stale {}", sock.display()))?;
+    }
+    let unix = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    restrict(&sock, 0o600)?;
+
+    let settings = Settings {
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_ms: args.election_timeout_ms,
+        snapshot_every: args.snapshot_every,
+        keep_logs: args.keep_logs,
+        ..Settings::new(&name, args.data_dir.clone(), &addr)
+    };
+    let node = Node::start(settings).await.context("starting the node")?;
+    tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");
+
+    let listeners = Listeners { tcp, unix, unix_path: sock };
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    serve(node.clone(), listeners, stop).await.context("serving the API")?;
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
