@@ -5,7 +5,7 @@
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
 //! - [`daemon`]: `omd`, wiring a node together.
-//! - [`cli`]: `omctl`.
+//! - [`cli`]: the `omctl` command line.
 
 pub mod api;
 pub mod cli;

@@ -80,7 +80,12 @@ impl Secret {
     pub fn sign(&self, role: Role, exp: u64) -> String {
         let mut n = [0u8; 8];
         getrandom::fill(&mut n).expect("system random source");
-        let payload = serde_json::to_vec(&Payload { role, exp, nonce: hex(&n) }).expect("serialize");
+        let payload = serde_json::to_vec(&Payload {
+            role,
+            exp,
+            nonce: hex(&n),
+        })
+        .expect("serialize");
         let body = hex(&payload);
         format!("{body}.{}", hex(&self.mac(body.as_bytes())))
     }
@@ -92,8 +97,8 @@ impl Secret {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("hmac takes any key length");
         m.update(body.as_bytes());
         m.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-        let payload: Payload =
-            serde_json::from_slice(&unhex(body).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
+        let payload: Payload = serde_json::from_slice(&unhex(body).ok_or(TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
         if payload.exp <= now {
             return Err(TokenError::Expired(now - payload.exp));
         }
@@ -107,7 +112,9 @@ impl Secret {
 
     /// Checks a node credential in constant time.
     pub fn verify_node_credential(&self, cred: &str) -> bool {
-        let Some(sig) = unhex(cred.trim()) else { return false };
+        let Some(sig) = unhex(cred.trim()) else {
+            return false;
+        };
         let mut m = HmacSha256::new_from_slice(&self.0).expect("hmac takes any key length");
         m.update(b"omraft node credential v1");
         m.verify_slice(&sig).is_ok()
@@ -136,7 +143,10 @@ impl Secret {
 
 /// Seconds since the Unix epoch, for token expiry (the only wall-clock use of the API).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -144,10 +154,13 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,20 +173,34 @@ mod tests {
         let t = s.sign(Role::Join, 1000);
         assert_eq!(s.verify(&t, 999), Ok(Role::Join));
         assert_eq!(s.verify(&t, 1005), Err(TokenError::Expired(5)));
-        assert_eq!(Secret::generate().verify(&t, 999), Err(TokenError::BadSignature));
+        assert_eq!(
+            Secret::generate().verify(&t, 999),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(s.verify("garbage", 0), Err(TokenError::Malformed));
         // A tampered payload (role changed) no longer matches its signature.
         let (body, sig) = t.split_once('.').unwrap();
-        let forged = String::from_utf8(unhex(body).unwrap()).unwrap().replace("join", "root");
-        assert_eq!(s.verify(&format!("{}.{sig}", hex(forged.as_bytes())), 0), Err(TokenError::BadSignature));
+        let forged = String::from_utf8(unhex(body).unwrap())
+            .unwrap()
+            .replace("join", "root");
+        assert_eq!(
+            s.verify(&format!("{}.{sig}", hex(forged.as_bytes())), 0),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn node_credential_is_per_cluster() {
         let a = Secret::generate();
-        assert_eq!(a.caller(Some(&format!("Node {}", a.node_credential())), 0), Caller::Node);
+        assert_eq!(
+            a.caller(Some(&format!("Node {}", a.node_credential())), 0),
+            Caller::Node
+        );
         let b = Secret::generate();
-        assert!(matches!(b.caller(Some(&format!("Node {}", a.node_credential())), 0), Caller::Anonymous(_)));
+        assert!(matches!(
+            b.caller(Some(&format!("Node {}", a.node_credential())), 0),
+            Caller::Anonymous(_)
+        ));
         assert!(matches!(a.caller(None, 0), Caller::Anonymous(_)));
     }
 }

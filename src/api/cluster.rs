@@ -48,25 +48,55 @@ impl ClusterService {
             .node
             .read_linearizable(|d| d.state.nodes.get(&node_id).cloned())
             .await?
-            .ok_or_else(|| Status::not_found(format!("node id {node_id} is not registered: admit it first")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node id {node_id} is not registered: admit it first"
+                ))
+            })?;
         let raft = self.node.member().raft.clone();
-        let node = BasicNode { addr: info.addr.clone() };
-        let learner = tokio::time::timeout(Duration::from_secs(60), raft.add_learner(node_id, node, true)).await;
+        let node = BasicNode {
+            addr: info.addr.clone(),
+        };
+        let learner = tokio::time::timeout(
+            Duration::from_secs(60),
+            raft.add_learner(node_id, node, true),
+        )
+        .await;
         match learner {
-            Err(_) => return Err(Status::deadline_exceeded(format!("{} did not catch up within 60 s", info.name))),
-            Ok(Err(e)) => return Err(Status::unavailable(format!("adding {} as learner: {e}", info.name))),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "{} did not catch up within 60 s",
+                    info.name
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(Status::unavailable(format!(
+                    "adding {} as learner: {e}",
+                    info.name
+                )))
+            }
             Ok(Ok(_)) => {}
         }
         for _ in 0..50 {
-            match raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false).await {
+            match raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+                .await
+            {
                 Ok(r) => return Ok(r.log_id.index),
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "promoting {} to voter: {e}",
+                        info.name
+                    )))
                 }
-                Err(e) => return Err(Status::unavailable(format!("promoting {} to voter: {e}", info.name))),
             }
         }
-        Err(Status::unavailable("another membership change kept running; try again"))
+        Err(Status::unavailable(
+            "another membership change kept running; try again",
+        ))
     }
 
     async fn remove_here(&self, name: &str) -> Result<u64, Status> {
@@ -83,9 +113,16 @@ impl ClusterService {
                 )
             })
             .await?;
-        let id = id.ok_or_else(|| Status::not_found(format!("no node named {name:?} (nodes: {})", known.join(", "))))?;
+        let id = id.ok_or_else(|| {
+            Status::not_found(format!(
+                "no node named {name:?} (nodes: {})",
+                known.join(", ")
+            ))
+        })?;
         if voters.contains(&id) && voters.len() == 1 {
-            return Err(Status::failed_precondition(format!("{name} is the last voter of the cluster")));
+            return Err(Status::failed_precondition(format!(
+                "{name} is the last voter of the cluster"
+            )));
         }
         let raft = self.node.member().raft.clone();
         let change = if voters.contains(&id) {
@@ -96,9 +133,9 @@ impl ClusterService {
             None
         };
         if let Some(change) = change {
-            raft.change_membership(change, false)
-                .await
-                .map_err(|e| Status::unavailable(format!("removing {name} from the raft membership: {e}")))?;
+            raft.change_membership(change, false).await.map_err(|e| {
+                Status::unavailable(format!("removing {name} from the raft membership: {e}"))
+            })?;
         }
         let (index, r) = self.node.write(Command::RemoveNode { node_id: id }).await?;
         applied(index, r)?;
@@ -108,67 +145,117 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn config_update(&self, req: Request<ConfigUpdateRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+    async fn config_update(
+        &self,
+        req: Request<ConfigUpdateRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();
         let set: Vec<(String, String)> = req.set.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let (set, unset) = catalog::parse_update(&set, &req.unset).map_err(invalid)?;
-        let (index, r) = self.node.write(Command::UpdateConfig { set, unset }).await?;
+        let (index, r) = self
+            .node
+            .write(Command::UpdateConfig { set, unset })
+            .await?;
         let log_index = applied(index, r)?;
         Ok(Response::new(ConfigUpdateReply { log_index }))
     }
 
-    async fn config_get(&self, req: Request<ConfigGetRequest>) -> Result<Response<ConfigGetReply>, Status> {
+    async fn config_get(
+        &self,
+        req: Request<ConfigGetRequest>,
+    ) -> Result<Response<ConfigGetReply>, Status> {
         authorize(&req, Access::Admin)?;
         let key = req.into_inner().key;
         catalog::ConfigKey::parse(&key).map_err(invalid)?;
-        let value = self.node.read_linearizable(|d| catalog::get(&d.state.config, &key)).await?.map_err(invalid)?;
-        Ok(Response::new(ConfigGetReply { found: value.is_some(), value: value.unwrap_or_default() }))
+        let value = self
+            .node
+            .read_linearizable(|d| catalog::get(&d.state.config, &key))
+            .await?
+            .map_err(invalid)?;
+        Ok(Response::new(ConfigGetReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
     }
 
-    async fn config_show(&self, req: Request<ConfigShowRequest>) -> Result<Response<ConfigShowReply>, Status> {
+    async fn config_show(
+        &self,
+        req: Request<ConfigShowRequest>,
+    ) -> Result<Response<ConfigShowReply>, Status> {
         authorize(&req, Access::Admin)?;
         let want = req.into_inner().section;
-        let cfg = self.node.read_linearizable(|d| d.state.config.clone()).await?;
+        let cfg = self
+            .node
+            .read_linearizable(|d| d.state.config.clone())
+            .await?;
         let sections: Vec<Section> = cfg
             .iter()
             .filter(|(name, _)| want.is_empty() || **name == want)
             .map(|(name, values)| Section {
                 name: name.clone(),
-                values: catalog::ordered(name, values).into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
+                values: catalog::ordered(name, values)
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect(),
             })
             .collect();
         if !want.is_empty() && sections.is_empty() {
             let known: Vec<&str> = cfg.keys().map(String::as_str).collect();
-            return Err(Status::not_found(format!("section {want:?} is not set (sections: {})", known.join(", "))));
+            return Err(Status::not_found(format!(
+                "section {want:?} is not set (sections: {})",
+                known.join(", ")
+            )));
         }
         Ok(Response::new(ConfigShowReply { sections }))
     }
 
-    async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenReply>, Status> {
+    async fn issue_token(
+        &self,
+        req: Request<IssueTokenRequest>,
+    ) -> Result<Response<IssueTokenReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();
         let role = match req.role.as_str() {
             "join" => Role::Join,
             "root" => Role::Root,
-            other => return Err(Status::invalid_argument(format!("unknown role {other:?} (roles: join, root)"))),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown role {other:?} (roles: join, root)"
+                )))
+            }
         };
-        let secs = if req.duration_secs == 0 { 3600 } else { req.duration_secs };
+        let secs = if req.duration_secs == 0 {
+            3600
+        } else {
+            req.duration_secs
+        };
         if secs > 30 * 86400 {
             return Err(Status::invalid_argument("a token may last 30 days at most"));
         }
         let exp = auth::unix_now() + secs;
-        Ok(Response::new(IssueTokenReply { token: self.node.member().secret.sign(role, exp), expires_unix: exp }))
+        Ok(Response::new(IssueTokenReply {
+            token: self.node.member().secret.sign(role, exp),
+            expires_unix: exp,
+        }))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         authorize(&req, Access::Local)?;
         let req = req.into_inner();
         let node = &self.node;
-        let _guard = node.join_lock.try_lock().map_err(|_| Status::aborted("a join is already running"))?;
+        let _guard = node
+            .join_lock
+            .try_lock()
+            .map_err(|_| Status::aborted("a join is already running"))?;
         let mut steps = Vec::new();
         let m = node.member();
-        let (members, registered) = m.sm.read(|d| (d.membership.membership().nodes().count(), d.state.nodes.len()));
+        let (members, registered) = m.sm.read(|d| {
+            (
+                d.membership.membership().nodes().count(),
+                d.state.nodes.len(),
+            )
+        });
         if members > 1 || registered > 1 {
             return Err(Status::failed_precondition(format!(
                 "this node already belongs to a cluster of {} nodes: remove it there first",
@@ -176,9 +263,15 @@ impl pb::cluster_server::Cluster for ClusterService {
             )));
         }
         if req.node.to_socket_addrs().is_err() {
-            return Err(Status::invalid_argument(format!("--node {:?} is not a reachable HOST:PORT", req.node)));
+            return Err(Status::invalid_argument(format!(
+                "--node {:?} is not a reachable HOST:PORT",
+                req.node
+            )));
         }
-        steps.push(format!("Ask {} to admit {} ({})", req.node, node.settings.name, node.settings.addr));
+        steps.push(format!(
+            "Ask {} to admit {} ({})",
+            req.node, node.settings.name, node.settings.addr
+        ));
         let mut admit = Request::new(AdmitRequest {
             name: node.settings.name.clone(),
             addr: node.settings.addr.clone(),
@@ -193,7 +286,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             .cluster_client(&req.node)?
             .admit(admit)
             .await
-            .map_err(|s| Status::new(s.code(), format!("{} refused to admit this node: {}", req.node, s.message())))?
+            .map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!("{} refused to admit this node: {}", req.node, s.message()),
+                )
+            })?
             .into_inner();
         steps.push(format!(
             "Admitted as node id {} of cluster {} (leader {})",
@@ -201,35 +299,62 @@ impl pb::cluster_server::Cluster for ClusterService {
         ));
         let backup = save_backup(node)?;
         steps.push(format!("Save the pre-join state to {}", backup.display()));
-        steps.push(format!("Stop the local one-node cluster (node id {})", m.id));
+        steps.push(format!(
+            "Stop the local one-node cluster (node id {})",
+            m.id
+        ));
         drop(m);
         node.rejoin_as(admitted.node_id, auth::Secret(admitted.secret))
             .await
-            .map_err(|e| Status::internal(format!("restarting raft as node {}: {e}", admitted.node_id)))?;
+            .map_err(|e| {
+                Status::internal(format!("restarting raft as node {}: {e}", admitted.node_id))
+            })?;
         steps.push(format!("Start raft as node id {}", admitted.node_id));
-        steps.push(format!("Ask the leader to add node {} as learner, then voter", admitted.node_id));
-        let add = node.node_request(AddMemberRequest { node_id: admitted.node_id }, Duration::from_secs(90));
+        steps.push(format!(
+            "Ask the leader to add node {} as learner, then voter",
+            admitted.node_id
+        ));
+        let add = node.node_request(
+            AddMemberRequest {
+                node_id: admitted.node_id,
+            },
+            Duration::from_secs(90),
+        );
         let added = node
             .cluster_client(&req.node)?
             .add_member(add)
             .await
             .map_err(|s| Status::new(s.code(), format!("joining the membership: {}", s.message())))?
             .into_inner();
-        steps.push(format!("Membership committed at log index {}", added.log_index));
-        steps.push(if req.witness { "Joined as witness".into() } else { "Joined".into() });
+        steps.push(format!(
+            "Membership committed at log index {}",
+            added.log_index
+        ));
+        steps.push(if req.witness {
+            "Joined as witness".into()
+        } else {
+            "Joined".into()
+        });
         tracing::info!(cluster = %admitted.cluster_name, id = admitted.node_id, "joined");
-        Ok(Response::new(JoinReply { steps, node_id: admitted.node_id }))
+        Ok(Response::new(JoinReply {
+            steps,
+            node_id: admitted.node_id,
+        }))
     }
 
     async fn admit(&self, req: Request<AdmitRequest>) -> Result<Response<AdmitReply>, Status> {
         authorize(&req, Access::Join)?;
         let req = req.into_inner();
-        crate::model::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::model::validate_node_name(&req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (existing, in_membership) = self
             .node
             .read_linearizable(|d| {
                 let id = d.state.node_id(&req.name);
-                (id, id.is_some_and(|id| d.membership.membership().get_node(&id).is_some()))
+                (
+                    id,
+                    id.is_some_and(|id| d.membership.membership().get_node(&id).is_some()),
+                )
             })
             .await?;
         if let Some(id) = existing {
@@ -243,7 +368,11 @@ impl pb::cluster_server::Cluster for ClusterService {
             let (index, r) = self.node.write(Command::RemoveNode { node_id: id }).await?;
             applied(index, r)?;
         }
-        let cmd = Command::AddNode { name: req.name.clone(), addr: req.addr.clone(), witness: req.witness };
+        let cmd = Command::AddNode {
+            name: req.name.clone(),
+            addr: req.addr.clone(),
+            witness: req.witness,
+        };
         let (_, r) = self.node.write(cmd).await?;
         let node_id = match r {
             Applied::NodeAdded(id) => id,
@@ -260,7 +389,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
-    async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<AddMemberReply>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberReply>, Status> {
         authorize(&req, Access::Node)?;
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
@@ -271,7 +403,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(AddMemberReply { log_index }))
     }
 
-    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeReply>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeReply>, Status> {
         authorize(&req, Access::Admin)?;
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
@@ -283,7 +418,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(RemoveNodeReply { node_id }))
     }
 
-    async fn node_status(&self, req: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+    async fn node_status(
+        &self,
+        req: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatus>, Status> {
         authorize(&req, Access::Admin)?;
         Ok(Response::new(status::node_status(&self.node)))
     }
@@ -298,7 +436,9 @@ impl pb::cluster_server::Cluster for ClusterService {
 fn save_backup(node: &Node) -> Result<std::path::PathBuf, Status> {
     let dir = node.settings.data_dir.join("backup");
     let path = dir.join(format!("pre-join-{}.json", auth::unix_now()));
-    let state = node.read(|d| serde_json::to_vec_pretty(&d.state)).map_err(|e| Status::internal(e.to_string()))?;
+    let state = node
+        .read(|d| serde_json::to_vec_pretty(&d.state))
+        .map_err(|e| Status::internal(e.to_string()))?;
     std::fs::create_dir_all(&dir)
         .and_then(|_| std::fs::write(&path, state))
         .map_err(|e| Status::internal(format!("saving {}: {e}", path.display())))?;

@@ -28,9 +28,17 @@ pub enum Access {
 
 /// Refuses a call whose caller lacks `access`, with an error that says what is missing.
 pub fn authorize<T>(req: &Request<T>, access: Access) -> Result<(), Status> {
-    let caller = req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous("no credential given".into()));
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous("no credential given".into()));
     let ok = match (&caller, access) {
-        (Caller::Anonymous(why), _) => return Err(Status::unauthenticated(format!("credential refused: {why}"))),
+        (Caller::Anonymous(why), _) => {
+            return Err(Status::unauthenticated(format!(
+                "credential refused: {why}"
+            )))
+        }
         (Caller::Local, _) => true,
         (Caller::Node, Access::Admin | Access::Node | Access::Join) => true,
         (Caller::Token(Role::Root), Access::Admin) => true,

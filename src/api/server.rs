@@ -34,8 +34,15 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let tcp_node = node.clone();
     let tcp_auth = move |mut req: Request<()>| -> Result<Request<()>, Status> {
-        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let caller = tcp_node.member().secret.caller(header.as_deref(), unix_now());
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let caller = tcp_node
+            .member()
+            .secret
+            .caller(header.as_deref(), unix_now());
         req.extensions_mut().insert(caller);
         Ok(req)
     };
@@ -53,11 +60,20 @@ pub async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
     let tcp = Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(raft, tcp_auth.clone()))
-        .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), tcp_auth))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            raft,
+            tcp_auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            cluster(),
+            tcp_auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.tcp), wait(stop_rx.clone()));
     let unix = Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            cluster(),
+            local,
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), wait(stop_rx));
     tokio::spawn(async move {
         shutdown.await;

@@ -40,7 +40,11 @@ pub enum ConnectError {
 /// Connects to `server` (`unix:PATH` or `http://HOST:PORT`).
 pub async fn connect(server: &str, token: Option<&str>) -> Result<Client, ConnectError> {
     let auth = match token {
-        Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| ConnectError::BadToken)?),
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| ConnectError::BadToken)?,
+        ),
         None => None,
     };
     let unreachable = |e: tonic::transport::Error| {
@@ -60,7 +64,11 @@ pub async fn connect(server: &str, token: Option<&str>) -> Result<Client, Connec
         Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .map_err(unreachable)?

@@ -25,7 +25,12 @@ use render::Printer;
 #[command(version, propagate_version = true)]
 pub struct Cli {
     /// Daemon to talk to: unix:PATH or http://HOST:PORT.
-    #[arg(long, global = true, env = "OMCTL_SERVER", default_value = "unix:/var/lib/omraft/omd.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "OMCTL_SERVER",
+        default_value = "unix:/var/lib/omraft/omd.sock"
+    )]
     pub server: String,
     /// Token for a remote (TCP) daemon.
     #[arg(long, global = true, env = "OMCTL_TOKEN", hide_env_values = true)]
@@ -142,8 +147,14 @@ pub enum HbCmd {
 
 /// Parses `90s`, `10m`, `1h`, `2d` (or plain seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 1h or 2d"))?;
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 1h or 2d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -174,7 +185,11 @@ impl From<tonic::Status> for Failure {
                 | Code::OutOfRange
                 | Code::Aborted
         );
-        let message = if s.message().is_empty() { s.code().to_string() } else { s.message().to_string() };
+        let message = if s.message().is_empty() {
+            s.code().to_string()
+        } else {
+            s.message().to_string()
+        };
         Failure { user, message }
     }
 }
@@ -182,12 +197,18 @@ impl From<tonic::Status> for Failure {
 impl From<client::ConnectError> for Failure {
     fn from(e: client::ConnectError) -> Failure {
         let user = !matches!(e, client::ConnectError::Unreachable(..));
-        Failure { user, message: e.to_string() }
+        Failure {
+            user,
+            message: e.to_string(),
+        }
     }
 }
 
 fn user_error(message: impl Into<String>) -> Failure {
-    Failure { user: true, message: message.into() }
+    Failure {
+        user: true,
+        message: message.into(),
+    }
 }
 
 /// Runs omctl and returns its exit code.
@@ -239,16 +260,27 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             }
         }
         Command::Cluster(ClusterCmd::Config(cmd)) => config(cli, cmd, out).await,
-        Command::Cluster(ClusterCmd::Join { node, token, witness }) => {
+        Command::Cluster(ClusterCmd::Join {
+            node,
+            token,
+            witness,
+        }) => {
             let mut c = connect(cli).await?;
-            let req = pb::JoinRequest { node: node.clone(), token: token.clone(), witness: *witness };
+            let req = pb::JoinRequest {
+                node: node.clone(),
+                token: token.clone(),
+                witness: *witness,
+            };
             let reply = c.join(req).await?.into_inner();
             out.joined(&reply);
             Ok(())
         }
         Command::Cluster(ClusterCmd::Remove { node }) => {
             let mut c = connect(cli).await?;
-            let reply = c.remove_node(pb::RemoveNodeRequest { name: node.clone() }).await?.into_inner();
+            let reply = c
+                .remove_node(pb::RemoveNodeRequest { name: node.clone() })
+                .await?
+                .into_inner();
             out.removed(node, reply.node_id);
             Ok(())
         }
@@ -258,7 +290,10 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
                 Role::Join => "join",
                 Role::Root => "root",
             };
-            let req = pb::IssueTokenRequest { role: role.into(), duration_secs: duration.as_secs().max(1) };
+            let req = pb::IssueTokenRequest {
+                role: role.into(),
+                duration_secs: duration.as_secs().max(1),
+            };
             let reply = c.issue_token(req).await?.into_inner();
             out.token(&reply);
             Ok(())
@@ -277,22 +312,36 @@ async fn config(cli: &Cli, cmd: &ConfigCmd, out: &mut Printer) -> Result<(), Fai
         ConfigCmd::Update(args) => {
             let mut set = Vec::new();
             for s in &args.set {
-                let (k, v) = s
-                    .split_once('=')
-                    .ok_or_else(|| user_error(format!("--set {s:?}: expected SECTION.KEYWORD=VALUE")))?;
-                set.push(pb::KeyValue { key: k.trim().to_string(), value: v.to_string() });
+                let (k, v) = s.split_once('=').ok_or_else(|| {
+                    user_error(format!("--set {s:?}: expected SECTION.KEYWORD=VALUE"))
+                })?;
+                set.push(pb::KeyValue {
+                    key: k.trim().to_string(),
+                    value: v.to_string(),
+                });
             }
             if set.is_empty() && args.unset.is_empty() {
-                return Err(user_error("nothing to change: give at least one --set or --unset"));
+                return Err(user_error(
+                    "nothing to change: give at least one --set or --unset",
+                ));
             }
             let mut c = connect(cli).await?;
-            let reply = c.config_update(pb::ConfigUpdateRequest { set, unset: args.unset.clone() }).await?.into_inner();
+            let reply = c
+                .config_update(pb::ConfigUpdateRequest {
+                    set,
+                    unset: args.unset.clone(),
+                })
+                .await?
+                .into_inner();
             out.committed(reply.log_index);
             Ok(())
         }
         ConfigCmd::Get { kw } => {
             let mut c = connect(cli).await?;
-            let reply = c.config_get(pb::ConfigGetRequest { key: kw.clone() }).await?.into_inner();
+            let reply = c
+                .config_get(pb::ConfigGetRequest { key: kw.clone() })
+                .await?
+                .into_inner();
             if !reply.found {
                 return Err(user_error(format!("{kw} is not set and has no default")));
             }
@@ -301,7 +350,9 @@ async fn config(cli: &Cli, cmd: &ConfigCmd, out: &mut Printer) -> Result<(), Fai
         }
         ConfigCmd::Show { section } => {
             let mut c = connect(cli).await?;
-            let req = pb::ConfigShowRequest { section: section.clone().unwrap_or_default() };
+            let req = pb::ConfigShowRequest {
+                section: section.clone().unwrap_or_default(),
+            };
             let reply = c.config_show(req).await?.into_inner();
             out.ini(&reply);
             Ok(())

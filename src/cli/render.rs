@@ -192,7 +192,11 @@ fn frame(title: &str, names: &[&str], rows: &[(&str, Vec<String>)]) -> String {
 
 impl Printer {
     pub fn new(format: Output) -> Printer {
-        Printer { format, out: BufWriter::new(std::io::stdout()), error: None }
+        Printer {
+            format,
+            out: BufWriter::new(std::io::stdout()),
+            error: None,
+        }
     }
 
     fn write(&mut self, s: &str) {
@@ -226,21 +230,32 @@ impl Printer {
     pub fn token(&mut self, r: &pb::IssueTokenReply) {
         match self.format {
             Output::Human => self.write(&format!("{}\n", r.token)),
-            Output::Json => self.json(&TokenView { token: &r.token, expires_unix: r.expires_unix }),
+            Output::Json => self.json(&TokenView {
+                token: &r.token,
+                expires_unix: r.expires_unix,
+            }),
         }
     }
 
     pub fn joined(&mut self, r: &pb::JoinReply) {
         match self.format {
-            Output::Human => self.write(&r.steps.iter().map(|s| format!("{s}\n")).collect::<String>()),
-            Output::Json => self.json(&JoinView { node_id: r.node_id, steps: &r.steps }),
+            Output::Human => {
+                self.write(&r.steps.iter().map(|s| format!("{s}\n")).collect::<String>())
+            }
+            Output::Json => self.json(&JoinView {
+                node_id: r.node_id,
+                steps: &r.steps,
+            }),
         }
     }
 
     pub fn committed(&mut self, log_index: u64) {
         match self.format {
             Output::Human => self.write("committed\n"),
-            Output::Json => self.json(&CommittedView { committed: true, log_index }),
+            Output::Json => self.json(&CommittedView {
+                committed: true,
+                log_index,
+            }),
         }
     }
 
@@ -254,7 +269,10 @@ impl Printer {
     pub fn removed(&mut self, name: &str, node_id: u64) {
         match self.format {
             Output::Human => self.write(&format!("removed {name} (node id {node_id})\n")),
-            Output::Json => self.json(&RemovedView { removed: name, node_id }),
+            Output::Json => self.json(&RemovedView {
+                removed: name,
+                node_id,
+            }),
         }
     }
 
@@ -278,7 +296,15 @@ impl Printer {
                 let view: BTreeMap<&str, BTreeMap<&str, &str>> = r
                     .sections
                     .iter()
-                    .map(|s| (s.name.as_str(), s.values.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())).collect()))
+                    .map(|s| {
+                        (
+                            s.name.as_str(),
+                            s.values
+                                .iter()
+                                .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+                                .collect(),
+                        )
+                    })
                     .collect();
                 self.json(&view);
             }
@@ -297,9 +323,21 @@ impl Printer {
         }
         let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
         let col = |f: &dyn Fn(&pb::MonNode, &pb::NodeStatus) -> String| -> Vec<String> {
-            r.nodes.iter().map(|n| n.status.as_ref().map(|s| f(n, s)).unwrap_or_else(|| "-".into())).collect()
+            r.nodes
+                .iter()
+                .map(|n| {
+                    n.status
+                        .as_ref()
+                        .map(|s| f(n, s))
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect()
         };
-        let reach: Vec<String> = r.nodes.iter().map(|n| if n.reachable { "O".into() } else { "X".into() }).collect();
+        let reach: Vec<String> = r
+            .nodes
+            .iter()
+            .map(|n| if n.reachable { "O".into() } else { "X".into() })
+            .collect();
         let daemon = frame(
             "Daemon",
             &names,
@@ -307,23 +345,60 @@ impl Printer {
                 ("uptime", col(&|_, s| human_duration(s.uptime_secs))),
                 ("reachable", reach),
                 ("raft role", col(&|_, s| s.raft_role.clone())),
-                ("leader", col(&|_, s| if s.leader_name.is_empty() { "-".into() } else { s.leader_name.clone() })),
+                (
+                    "leader",
+                    col(&|_, s| {
+                        if s.leader_name.is_empty() {
+                            "-".into()
+                        } else {
+                            s.leader_name.clone()
+                        }
+                    }),
+                ),
                 ("term", col(&|_, s| s.term.to_string())),
-                ("applied", col(&|_, s| s.applied_index.map(|i| i.to_string()).unwrap_or_else(|| "-".into()))),
+                (
+                    "applied",
+                    col(&|_, s| {
+                        s.applied_index
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "-".into())
+                    }),
+                ),
             ],
         );
         let nodes = frame(
             "Nodes",
             &names,
             &[
-                ("id", r.nodes.iter().map(|n| n.node_id.to_string()).collect()),
+                (
+                    "id",
+                    r.nodes.iter().map(|n| n.node_id.to_string()).collect(),
+                ),
                 ("address", r.nodes.iter().map(|n| n.addr.clone()).collect()),
-                ("membership", r.nodes.iter().map(|n| n.membership.clone()).collect()),
-                ("role", r.nodes.iter().map(|n| if n.witness { "witness".into() } else { "data".into() }).collect()),
+                (
+                    "membership",
+                    r.nodes.iter().map(|n| n.membership.clone()).collect(),
+                ),
+                (
+                    "role",
+                    r.nodes
+                        .iter()
+                        .map(|n| {
+                            if n.witness {
+                                "witness".into()
+                            } else {
+                                "data".into()
+                            }
+                        })
+                        .collect(),
+                ),
             ],
         );
         let objects = frame("Objects ~ *", &names, &[]);
-        let mut text = format!("Cluster {} (queried {})\n\n{daemon}\n{nodes}\n{objects}", r.cluster_name, r.queried);
+        let mut text = format!(
+            "Cluster {} (queried {})\n\n{daemon}\n{nodes}\n{objects}",
+            r.cluster_name, r.queried
+        );
         for n in r.nodes.iter().filter(|n| !n.error.is_empty()) {
             text.push_str(&format!("\n{}: unreachable: {}\n", n.name, n.error));
         }
@@ -331,7 +406,12 @@ impl Printer {
     }
 
     pub fn hb(&mut self, r: &pb::MonReply) {
-        let links: Vec<&pb::Link> = r.nodes.iter().filter_map(|n| n.status.as_ref()).flat_map(|s| &s.links).collect();
+        let links: Vec<&pb::Link> = r
+            .nodes
+            .iter()
+            .filter_map(|n| n.status.as_ref())
+            .flat_map(|s| &s.links)
+            .collect();
         if self.format == Output::Json {
             let view: Vec<LinkView> = links.into_iter().map(LinkView::from).collect();
             return self.json(&view);
@@ -339,7 +419,11 @@ impl Printer {
         let rows: Vec<Vec<String>> = links
             .iter()
             .map(|l| {
-                let desc = if l.direction == "tx" { format!("→ {}", l.peer) } else { format!("← {}", l.peer) };
+                let desc = if l.direction == "tx" {
+                    format!("→ {}", l.peer)
+                } else {
+                    format!("← {}", l.peer)
+                };
                 vec![
                     flag(l.running).into(),
                     flag(l.beating).into(),
@@ -348,11 +432,22 @@ impl Printer {
                     l.peer.clone(),
                     desc,
                     ack(l.last_ack_ms),
-                    l.match_index.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    l.match_index
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
-        let headers = ["RUNNING", "BEATING", "ID", "NODE", "PEER", "DESC", "LAST_ACK", "MATCH_INDEX"];
+        let headers = [
+            "RUNNING",
+            "BEATING",
+            "ID",
+            "NODE",
+            "PEER",
+            "DESC",
+            "LAST_ACK",
+            "MATCH_INDEX",
+        ];
         let mut text = table(&headers, &rows);
         for n in r.nodes.iter().filter(|n| !n.reachable) {
             text.push_str(&format!("{}: unreachable: {}\n", n.name, n.error));

@@ -103,13 +103,17 @@ impl Node {
     /// cluster when the directory is fresh.
     pub async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
         crate::model::validate_node_name(&settings.name)?;
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
-        restrict(&settings.data_dir, 0o700).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        restrict(&settings.data_dir, 0o700)
+            .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let store = Store::open(&settings.data_dir)?;
         let links = Arc::new(Links::default());
         let channels = Channels::default();
-        let (id, secret, fresh) = match (store.local_get::<NodeId>(LOCAL_ID)?, store.local_get::<Secret>(LOCAL_SECRET)?)
-        {
+        let (id, secret, fresh) = match (
+            store.local_get::<NodeId>(LOCAL_ID)?,
+            store.local_get::<Secret>(LOCAL_SECRET)?,
+        ) {
             (Some(id), Some(secret)) => (id, secret, false),
             _ => {
                 let secret = Secret::generate();
@@ -120,7 +124,12 @@ impl Node {
         };
         let member = start_member(&settings, &store, &channels, &links, id, secret).await?;
         if fresh {
-            let nodes = BTreeMap::from([(id, BasicNode { addr: settings.addr.clone() })]);
+            let nodes = BTreeMap::from([(
+                id,
+                BasicNode {
+                    addr: settings.addr.clone(),
+                },
+            )]);
             member.raft.initialize(nodes).await.map_err(|e| match e {
                 RaftError::Fatal(f) => StartError::Raft(f),
                 RaftError::APIError(_) => unreachable!("a fresh store is not initialized"),
@@ -157,7 +166,12 @@ impl Node {
         let m = self.member();
         let metrics = m.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&id)?.addr.clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .addr
+            .clone();
         Some((id, addr))
     }
 
@@ -168,8 +182,14 @@ impl Node {
     }
 
     /// A `Raft` transport client to `addr`, with the node credential.
-    fn raft_client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, Status> {
-        let ch = self.channels.get(addr).map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
+    fn raft_client(
+        &self,
+        addr: &str,
+    ) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, Status> {
+        let ch = self
+            .channels
+            .get(addr)
+            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
         Ok(pb::raft_client::RaftClient::new(ch))
     }
 
@@ -178,7 +198,10 @@ impl Node {
         &self,
         addr: &str,
     ) -> Result<pb::cluster_client::ClusterClient<tonic::transport::Channel>, Status> {
-        let ch = self.channels.get(addr).map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
+        let ch = self
+            .channels
+            .get(addr)
+            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
         Ok(pb::cluster_client::ClusterClient::new(ch))
     }
 
@@ -186,7 +209,10 @@ impl Node {
     pub fn node_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         let cred = format!("Node {}", self.member().secret.node_credential());
-        r.metadata_mut().insert("authorization", cred.parse().expect("hex credential is ascii"));
+        r.metadata_mut().insert(
+            "authorization",
+            cred.parse().expect("hex credential is ascii"),
+        );
         r.set_timeout(timeout);
         r
     }
@@ -210,16 +236,33 @@ impl Node {
                 let req = self.node_request(pb::RaftMessage { data }, Duration::from_secs(10));
                 match self.raft_client(&addr)?.propose(req).await {
                     Ok(reply) => {
-                        let r: Result<(u64, Response), String> = serde_json::from_slice(&reply.into_inner().data)
-                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
+                        let r: Result<(u64, Response), String> =
+                            serde_json::from_slice(&reply.into_inner().data).map_err(|e| {
+                                Status::internal(format!("bad reply from leader: {e}"))
+                            })?;
                         match r {
                             Ok(ok) => return Ok(ok),
-                            Err(not_leader) if not_leader == NOT_LEADER => Status::unavailable("leadership moved"),
-                            Err(e) => return Err(Status::unavailable(format!("commit failed on the leader: {e}"))),
+                            Err(not_leader) if not_leader == NOT_LEADER => {
+                                Status::unavailable("leadership moved")
+                            }
+                            Err(e) => {
+                                return Err(Status::unavailable(format!(
+                                    "commit failed on the leader: {e}"
+                                )))
+                            }
                         }
                     }
-                    Err(s) if s.code() == Code::Unavailable && s.message().contains("tcp connect") => s,
-                    Err(s) => return Err(Status::unavailable(format!("outcome unknown, leader {addr}: {}", s.message()))),
+                    Err(s)
+                        if s.code() == Code::Unavailable && s.message().contains("tcp connect") =>
+                    {
+                        s
+                    }
+                    Err(s) => {
+                        return Err(Status::unavailable(format!(
+                            "outcome unknown, leader {addr}: {}",
+                            s.message()
+                        )))
+                    }
                 }
             } else {
                 Status::unavailable("no leader: the cluster has no quorum")
@@ -235,7 +278,9 @@ impl Node {
     pub async fn propose_local(&self, cmd: Command) -> Result<(u64, Response), String> {
         match self.member().raft.client_write(cmd).await {
             Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NOT_LEADER.to_string()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(NOT_LEADER.to_string())
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -252,17 +297,26 @@ impl Node {
                     Err(e) => Status::unavailable(format!("read index: {e}")),
                 }
             } else if let Some((_, addr)) = self.leader() {
-                let req = self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
+                let req =
+                    self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
                 match self.raft_client(&addr)?.read_index(req).await {
                     Ok(reply) => {
-                        let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.into_inner().data)
-                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
+                        let idx: Result<Option<u64>, String> =
+                            serde_json::from_slice(&reply.into_inner().data).map_err(|e| {
+                                Status::internal(format!("bad reply from leader: {e}"))
+                            })?;
                         match idx {
                             Ok(idx) => {
-                                let wait = m.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
+                                let wait = m
+                                    .raft
+                                    .wait(Some(deadline.saturating_duration_since(Instant::now())));
                                 wait.applied_index_at_least(idx, "linearizable read")
                                     .await
-                                    .map_err(|e| Status::unavailable(format!("catching up with the leader: {e}")))?;
+                                    .map_err(|e| {
+                                        Status::unavailable(format!(
+                                            "catching up with the leader: {e}"
+                                        ))
+                                    })?;
                                 return Ok(m.sm.read(f));
                             }
                             Err(e) => Status::unavailable(e),
@@ -290,7 +344,15 @@ impl Node {
         self.store.wipe_raft()?;
         self.store.local_set(LOCAL_SECRET, &secret)?;
         self.store.local_set(LOCAL_ID, &id)?;
-        let new = start_member(&self.settings, &self.store, &self.channels, &self.links, id, secret).await?;
+        let new = start_member(
+            &self.settings,
+            &self.store,
+            &self.channels,
+            &self.links,
+            id,
+            secret,
+        )
+        .await?;
         *self.member.write().expect("member lock") = new;
         Ok(())
     }
@@ -316,7 +378,10 @@ pub const NOT_LEADER: &str = "not the leader";
 
 /// `cluster.name`, or its default.
 pub fn cluster_name(state: &ClusterState) -> String {
-    crate::model::catalog::get(&state.config, "cluster.name").ok().flatten().unwrap_or_default()
+    crate::model::catalog::get(&state.config, "cluster.name")
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 async fn start_member(
@@ -327,11 +392,27 @@ async fn start_member(
     id: NodeId,
     secret: Secret,
 ) -> Result<Arc<Member>, StartError> {
-    let config = Arc::new(settings.raft_config().validate().map_err(StartError::Config)?);
+    let config = Arc::new(
+        settings
+            .raft_config()
+            .validate()
+            .map_err(StartError::Config)?,
+    );
     let sm = store.state_machine()?;
-    let network = Network { channels: channels.clone(), secret: secret.clone(), links: links.clone() };
-    let raft = Raft::new(id, config, network, store.log_store(), sm.clone()).await.map_err(StartError::Raft)?;
-    Ok(Arc::new(Member { id, raft, sm, secret }))
+    let network = Network {
+        channels: channels.clone(),
+        secret: secret.clone(),
+        links: links.clone(),
+    };
+    let raft = Raft::new(id, config, network, store.log_store(), sm.clone())
+        .await
+        .map_err(StartError::Raft)?;
+    Ok(Arc::new(Member {
+        id,
+        raft,
+        sm,
+        secret,
+    }))
 }
 
 /// A founding node registers itself in the state once it leads its one-node cluster. Runs at
@@ -342,13 +423,20 @@ async fn register_founder(node: Arc<Node>) {
         let (registered, alone) = m.sm.read(|d| {
             let voters: Vec<_> = d.membership.membership().voter_ids().collect();
             // `None` until the initial membership is applied.
-            (!d.state.nodes.is_empty(), (!voters.is_empty()).then(|| voters == [m.id]))
+            (
+                !d.state.nodes.is_empty(),
+                (!voters.is_empty()).then(|| voters == [m.id]),
+            )
         });
         if registered || alone == Some(false) {
             return;
         }
         if alone == Some(true) && node.is_leader() {
-            let cmd = Command::Bootstrap { node_id: m.id, name: node.settings.name.clone(), addr: node.settings.addr.clone() };
+            let cmd = Command::Bootstrap {
+                node_id: m.id,
+                name: node.settings.name.clone(),
+                addr: node.settings.addr.clone(),
+            };
             match m.raft.client_write(cmd).await {
                 Ok(_) => return,
                 Err(e) => tracing::warn!("registering the founding node: {e}"),

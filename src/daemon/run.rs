@@ -44,7 +44,9 @@ pub struct Args {
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -53,19 +55,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(n) => n,
         None => bail!("no --node-name given and the hostname cannot be read"),
     };
-    let addr = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
+    let addr = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.clone());
     if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
-        bail!("--listen {} is not an address peers can reach: give --advertise HOST:PORT", args.listen);
+        bail!(
+            "--listen {} is not an address peers can reach: give --advertise HOST:PORT",
+            args.listen
+        );
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     restrict(&args.data_dir, 0o700)?;
-    let tcp = TcpListener::bind(&args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let tcp = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     let sock = args.data_dir.join("omd.sock");
     if sock.exists() {
         if UnixStream::connect(&sock).await.is_ok() {
             bail!("another omd is already serving {}", sock.display());
         }
-        std::fs::remove_file(&sock).with_context(|| format!("removing stale {}", sock.display()))?;
+        std::fs::remove_file(&sock)
+            .with_context(|| format!("removing stale {}", sock.display()))?;
     }
     let unix = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     restrict(&sock, 0o600)?;
@@ -80,15 +92,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let node = Node::start(settings).await.context("starting the node")?;
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");
 
-    let listeners = Listeners { tcp, unix, unix_path: sock };
+    let listeners = Listeners {
+        tcp,
+        unix,
+        unix_path: sock,
+    };
     let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    serve(node.clone(), listeners, stop).await.context("serving the API")?;
+    serve(node.clone(), listeners, stop)
+        .await
+        .context("serving the API")?;
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())

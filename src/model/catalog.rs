@@ -32,13 +32,20 @@ pub enum ConfigError {
     #[error("unknown keyword {0}; see the keywords of section {1:?}: {2}")]
     UnknownKeyword(ConfigKey, String, String),
     #[error("bad value {value:?} for {key}: {why}")]
-    BadValue { key: ConfigKey, value: String, why: String },
+    BadValue {
+        key: ConfigKey,
+        value: String,
+        why: String,
+    },
     #[error("{0} is both set and unset in one update")]
     SetAndUnset(ConfigKey),
     #[error("{0} is set twice in one update")]
     SetTwice(ConfigKey),
     #[error("section {section} needs keyword {keyword}")]
-    Missing { section: String, keyword: &'static str },
+    Missing {
+        section: String,
+        keyword: &'static str,
+    },
     #[error("nothing to change: give at least one --set or --unset")]
     Empty,
 }
@@ -108,7 +115,8 @@ fn section_kind(section: &str) -> Result<&'static str, ConfigError> {
         return Ok("cluster");
     }
     if let Some(name) = section.strip_prefix("pool#") {
-        check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
+        check_name(name)
+            .map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
         return Ok("pool");
     }
     Err(ConfigError::UnknownSection(section.to_string()))
@@ -121,17 +129,26 @@ fn keywords_of(kind: &str) -> impl Iterator<Item = &'static Keyword> + '_ {
 impl ConfigKey {
     /// Parses and checks `SECTION.KEYWORD` against the catalog.
     pub fn parse(s: &str) -> Result<(ConfigKey, &'static Keyword), ConfigError> {
-        let (section, keyword) = s.split_once('.').ok_or_else(|| ConfigError::Malformed(s.to_string()))?;
+        let (section, keyword) = s
+            .split_once('.')
+            .ok_or_else(|| ConfigError::Malformed(s.to_string()))?;
         if section.is_empty() || keyword.is_empty() {
             return Err(ConfigError::Malformed(s.to_string()));
         }
-        let key = ConfigKey { section: section.to_string(), keyword: keyword.to_string() };
+        let key = ConfigKey {
+            section: section.to_string(),
+            keyword: keyword.to_string(),
+        };
         let kind = section_kind(section)?;
         match keywords_of(kind).find(|k| k.name == keyword) {
             Some(kw) => Ok((key, kw)),
             None => {
                 let known: Vec<_> = keywords_of(kind).map(|k| k.name).collect();
-                Err(ConfigError::UnknownKeyword(key, kind.to_string(), known.join(", ")))
+                Err(ConfigError::UnknownKeyword(
+                    key,
+                    kind.to_string(),
+                    known.join(", "),
+                ))
             }
         }
     }
@@ -141,7 +158,11 @@ fn check_name(v: &str) -> Result<(), String> {
     if v.is_empty() || v.len() > 63 {
         return Err("must have 1 to 63 characters".into());
     }
-    if !v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || v.starts_with('-') {
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || v.starts_with('-')
+    {
         return Err("only lowercase letters, digits and '-' (not first) are allowed".into());
     }
     Ok(())
@@ -162,24 +183,28 @@ impl Kind {
                 let ok = !v.is_empty()
                     && v.len() <= 127
                     && !v.starts_with('-')
-                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
                 if ok {
                     Ok(())
                 } else {
-                    Err("1 to 127 letters, digits, '.', '_', '-' or '+', not starting with '-'".into())
+                    Err(
+                        "1 to 127 letters, digits, '.', '_', '-' or '+', not starting with '-'"
+                            .into(),
+                    )
                 }
             }
         }
     }
 }
 
+/// A parsed update: keywords to set with their values, keywords to unset.
+pub type Update = (Vec<(ConfigKey, String)>, Vec<ConfigKey>);
+
 /// Parses `SECTION.KEYWORD` strings and checks each value's type and the update's
 /// consistency, without looking at the current configuration: what the API checks before
 /// anything reaches the log.
-pub fn parse_update(
-    set: &[(String, String)],
-    unset: &[String],
-) -> Result<(Vec<(ConfigKey, String)>, Vec<ConfigKey>), ConfigError> {
+pub fn parse_update(set: &[(String, String)], unset: &[String]) -> Result<Update, ConfigError> {
     if set.is_empty() && unset.is_empty() {
         return Err(ConfigError::Empty);
     }
@@ -189,9 +214,11 @@ pub fn parse_update(
         if parsed_set.iter().any(|(p, _)| p == &key) {
             return Err(ConfigError::SetTwice(key));
         }
-        kw.kind
-            .check(value)
-            .map_err(|why| ConfigError::BadValue { key: key.clone(), value: value.clone(), why })?;
+        kw.kind.check(value).map_err(|why| ConfigError::BadValue {
+            key: key.clone(),
+            value: value.clone(),
+            why,
+        })?;
         parsed_set.push((key, value.clone()));
     }
     let mut parsed_unset = Vec::with_capacity(unset.len());
@@ -206,9 +233,16 @@ pub fn parse_update(
 }
 
 /// The configuration after applying `unset` then `set` to `cfg`, or why that is refused.
-pub fn updated(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey]) -> Result<ClusterConfig, ConfigError> {
+pub fn updated(
+    cfg: &ClusterConfig,
+    set: &[(ConfigKey, String)],
+    unset: &[ConfigKey],
+) -> Result<ClusterConfig, ConfigError> {
     // Commands come from the log: check them again as if they were new input.
-    let raw_set: Vec<(String, String)> = set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let raw_set: Vec<(String, String)> = set
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let raw_unset: Vec<String> = unset.iter().map(ToString::to_string).collect();
     let (set, unset) = parse_update(&raw_set, &raw_unset)?;
     let mut out = cfg.clone();
@@ -221,13 +255,18 @@ pub fn updated(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[Config
         }
     }
     for (key, value) in set {
-        out.entry(key.section).or_default().insert(key.keyword, value);
+        out.entry(key.section)
+            .or_default()
+            .insert(key.keyword, value);
     }
     for (section, values) in &out {
         let kind = section_kind(section)?;
         for kw in keywords_of(kind).filter(|k| k.required) {
             if !values.contains_key(kw.name) {
-                return Err(ConfigError::Missing { section: section.clone(), keyword: kw.name });
+                return Err(ConfigError::Missing {
+                    section: section.clone(),
+                    keyword: kw.name,
+                });
             }
         }
     }
@@ -237,12 +276,18 @@ pub fn updated(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[Config
 /// The value of `key`: the one set, else the catalog default.
 pub fn get(cfg: &ClusterConfig, key: &str) -> Result<Option<String>, ConfigError> {
     let (key, kw) = ConfigKey::parse(key)?;
-    let set = cfg.get(&key.section).and_then(|s| s.get(&key.keyword)).cloned();
+    let set = cfg
+        .get(&key.section)
+        .and_then(|s| s.get(&key.keyword))
+        .cloned();
     Ok(set.or_else(|| kw.default.map(str::to_string)))
 }
 
 /// The keywords of `section` in catalog order, with their values.
-pub fn ordered(section: &str, values: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+pub fn ordered(
+    section: &str,
+    values: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
     let kind = section_kind(section).unwrap_or("");
     let mut out: Vec<(String, String)> = keywords_of(kind)
         .filter_map(|k| values.get(k.name).map(|v| (k.name.to_string(), v.clone())))
@@ -266,7 +311,11 @@ mod tests {
 
     #[test]
     fn tutorial_pool_update_applies_at_once() {
-        let set = [kv("pool#drbdvm.type", "drbd"), kv("pool#drbdvm.vg", "data"), kv("pool#drbdvm.template", "live-migration")];
+        let set = [
+            kv("pool#drbdvm.type", "drbd"),
+            kv("pool#drbdvm.vg", "data"),
+            kv("pool#drbdvm.template", "live-migration"),
+        ];
         let cfg = updated(&ClusterConfig::new(), &set, &[]).unwrap();
         let order = ordered("pool#drbdvm", &cfg["pool#drbdvm"]);
         let names: Vec<_> = order.iter().map(|(k, _)| k.as_str()).collect();
@@ -279,27 +328,52 @@ mod tests {
         assert!(e.to_string().contains("cluster.nmae"), "{e}");
         let e = ConfigKey::parse("clutser.name").unwrap_err();
         assert!(e.to_string().contains("\"clutser\""), "{e}");
-        assert!(matches!(ConfigKey::parse("name"), Err(ConfigError::Malformed(_))));
-        assert!(matches!(ConfigKey::parse("pool#Bad.type"), Err(ConfigError::UnknownSection(_))));
+        assert!(matches!(
+            ConfigKey::parse("name"),
+            Err(ConfigError::Malformed(_))
+        ));
+        assert!(matches!(
+            ConfigKey::parse("pool#Bad.type"),
+            Err(ConfigError::UnknownSection(_))
+        ));
     }
 
     #[test]
     fn bad_value_is_named_and_nothing_changes() {
         let cfg = updated(&ClusterConfig::new(), &[kv("cluster.name", "ok")], &[]).unwrap();
-        let e = updated(&cfg, &[kv("cluster.name", "x"), kv("pool#p.type", "nfs")], &[]).unwrap_err();
-        assert!(e.to_string().contains("\"nfs\"") && e.to_string().contains("pool#p.type"), "{e}");
+        let e = updated(
+            &cfg,
+            &[kv("cluster.name", "x"), kv("pool#p.type", "nfs")],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("\"nfs\"") && e.to_string().contains("pool#p.type"),
+            "{e}"
+        );
         assert_eq!(get(&cfg, "cluster.name").unwrap().as_deref(), Some("ok"));
     }
 
     #[test]
     fn pool_without_type_is_refused() {
         let e = updated(&ClusterConfig::new(), &[kv("pool#p.vg", "data")], &[]).unwrap_err();
-        assert_eq!(e, ConfigError::Missing { section: "pool#p".into(), keyword: "type" });
+        assert_eq!(
+            e,
+            ConfigError::Missing {
+                section: "pool#p".into(),
+                keyword: "type"
+            }
+        );
     }
 
     #[test]
     fn unset_removes_and_empties_sections() {
-        let cfg = updated(&ClusterConfig::new(), &[kv("pool#p.type", "lvm"), kv("pool#p.vg", "data")], &[]).unwrap();
+        let cfg = updated(
+            &ClusterConfig::new(),
+            &[kv("pool#p.type", "lvm"), kv("pool#p.vg", "data")],
+            &[],
+        )
+        .unwrap();
         let cfg = updated(&cfg, &[], &[kv("pool#p.vg", "").0]).unwrap();
         assert_eq!(cfg["pool#p"].len(), 1);
         let cfg = updated(&cfg, &[], &[kv("pool#p.type", "").0]).unwrap();
@@ -309,14 +383,32 @@ mod tests {
     #[test]
     fn conflicting_update_is_refused() {
         let k = kv("cluster.name", "a");
-        assert!(matches!(updated(&ClusterConfig::new(), &[k.clone()], &[k.0.clone()]), Err(ConfigError::SetAndUnset(_))));
-        assert!(matches!(updated(&ClusterConfig::new(), &[k.clone(), k], &[]), Err(ConfigError::SetTwice(_))));
-        assert_eq!(updated(&ClusterConfig::new(), &[], &[]), Err(ConfigError::Empty));
+        assert!(matches!(
+            updated(
+                &ClusterConfig::new(),
+                std::slice::from_ref(&k),
+                std::slice::from_ref(&k.0)
+            ),
+            Err(ConfigError::SetAndUnset(_))
+        ));
+        assert!(matches!(
+            updated(&ClusterConfig::new(), &[k.clone(), k], &[]),
+            Err(ConfigError::SetTwice(_))
+        ));
+        assert_eq!(
+            updated(&ClusterConfig::new(), &[], &[]),
+            Err(ConfigError::Empty)
+        );
     }
 
     #[test]
     fn default_applies_when_unset() {
-        assert_eq!(get(&ClusterConfig::new(), "cluster.name").unwrap().as_deref(), Some("default"));
+        assert_eq!(
+            get(&ClusterConfig::new(), "cluster.name")
+                .unwrap()
+                .as_deref(),
+            Some("default")
+        );
         assert_eq!(get(&ClusterConfig::new(), "pool#x.vg").unwrap(), None);
     }
 }

@@ -42,21 +42,38 @@ pub struct ClusterState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// First entry of a new cluster: registers its founding node.
-    Bootstrap { node_id: NodeId, name: String, addr: String },
+    Bootstrap {
+        node_id: NodeId,
+        name: String,
+        addr: String,
+    },
     /// Registers a joining node and allocates its id.
-    AddNode { name: String, addr: String, witness: bool },
+    AddNode {
+        name: String,
+        addr: String,
+        witness: bool,
+    },
     /// Forgets a node (its Raft membership is removed separately, before).
     RemoveNode { node_id: NodeId },
     /// Applies every `set` and `unset` of one `cluster config update` at once, or none.
-    UpdateConfig { set: Vec<(ConfigKey, String)>, unset: Vec<ConfigKey> },
+    UpdateConfig {
+        set: Vec<(ConfigKey, String)>,
+        unset: Vec<ConfigKey>,
+    },
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Bootstrap { node_id, name, .. } => write!(f, "bootstrap node {name} id {node_id}"),
+            Command::Bootstrap { node_id, name, .. } => {
+                write!(f, "bootstrap node {name} id {node_id}")
+            }
             Command::AddNode { name, witness, .. } => {
-                write!(f, "add {} {name}", if *witness { "witness" } else { "node" })
+                write!(
+                    f,
+                    "add {} {name}",
+                    if *witness { "witness" } else { "node" }
+                )
             }
             Command::RemoveNode { node_id } => write!(f, "remove node id {node_id}"),
             Command::UpdateConfig { set, unset } => {
@@ -141,18 +158,37 @@ impl ClusterState {
             return Response::Refused(e.to_string());
         }
         match cmd {
-            Command::Bootstrap { node_id, name, addr } => {
+            Command::Bootstrap {
+                node_id,
+                name,
+                addr,
+            } => {
                 self.nodes.insert(
                     *node_id,
-                    NodeInfo { name: name.clone(), addr: addr.clone(), witness: false },
+                    NodeInfo {
+                        name: name.clone(),
+                        addr: addr.clone(),
+                        witness: false,
+                    },
                 );
                 self.next_node_id = self.next_node_id.max(node_id + 1);
                 Response::Done
             }
-            Command::AddNode { name, addr, witness } => {
+            Command::AddNode {
+                name,
+                addr,
+                witness,
+            } => {
                 let id = self.next_node_id;
                 self.next_node_id = id + 1;
-                self.nodes.insert(id, NodeInfo { name: name.clone(), addr: addr.clone(), witness: *witness });
+                self.nodes.insert(
+                    id,
+                    NodeInfo {
+                        name: name.clone(),
+                        addr: addr.clone(),
+                        witness: *witness,
+                    },
+                );
                 Response::NodeAdded(id)
             }
             Command::RemoveNode { node_id } => {
@@ -171,7 +207,10 @@ impl ClusterState {
 
     /// The id of the node called `name`.
     pub fn node_id(&self, name: &str) -> Option<NodeId> {
-        self.nodes.iter().find(|(_, n)| n.name == name).map(|(id, _)| *id)
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.name == name)
+            .map(|(id, _)| *id)
     }
 }
 
@@ -181,7 +220,10 @@ pub fn validate_node_name(name: &str) -> Result<(), Rejection> {
     if name.is_empty() || name.len() > 63 {
         return bad("it must have 1 to 63 characters");
     }
-    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return bad("only lowercase letters, digits and '-' are allowed");
     }
     if name.starts_with('-') || name.ends_with('-') {
@@ -196,13 +238,21 @@ mod tests {
 
     fn boot() -> ClusterState {
         let mut s = ClusterState::default();
-        let r = s.apply(&Command::Bootstrap { node_id: 1, name: "n1".into(), addr: "a:1".into() });
+        let r = s.apply(&Command::Bootstrap {
+            node_id: 1,
+            name: "n1".into(),
+            addr: "a:1".into(),
+        });
         assert_eq!(r, Response::Done);
         s
     }
 
     fn add(s: &mut ClusterState, name: &str, addr: &str) -> Response {
-        s.apply(&Command::AddNode { name: name.into(), addr: addr.into(), witness: false })
+        s.apply(&Command::AddNode {
+            name: name.into(),
+            addr: addr.into(),
+            witness: false,
+        })
     }
 
     #[test]
@@ -234,19 +284,31 @@ mod tests {
     #[test]
     fn add_before_bootstrap_is_refused() {
         let mut s = ClusterState::default();
-        assert!(matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.contains("not bootstrapped")));
+        assert!(
+            matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.contains("not bootstrapped"))
+        );
     }
 
     #[test]
     fn second_bootstrap_is_refused() {
         let mut s = boot();
-        let r = s.apply(&Command::Bootstrap { node_id: 9, name: "x".into(), addr: "b:1".into() });
-        assert_eq!(r, Response::Refused("the cluster is already bootstrapped".into()));
+        let r = s.apply(&Command::Bootstrap {
+            node_id: 9,
+            name: "x".into(),
+            addr: "b:1".into(),
+        });
+        assert_eq!(
+            r,
+            Response::Refused("the cluster is already bootstrapped".into())
+        );
     }
 
     #[test]
     fn remove_unknown_node_is_refused() {
         let mut s = boot();
-        assert!(matches!(s.apply(&Command::RemoveNode { node_id: 7 }), Response::Refused(_)));
+        assert!(matches!(
+            s.apply(&Command::RemoveNode { node_id: 7 }),
+            Response::Refused(_)
+        ));
     }
 }

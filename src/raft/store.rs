@@ -13,6 +13,10 @@
 //! The state machine lives in memory and is rebuilt at start from the last snapshot plus the
 //! committed entries after it, which openraft re-applies.
 
+// openraft's storage traits return its `StorageError`, which is large; boxing it here would
+// only add a conversion at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::Cursor;
@@ -23,8 +27,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
-    StoredMembership, Vote,
+    BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +70,12 @@ impl Store {
             .map_err(|e| StoreError::Open(path.clone(), e))?;
         let file = File::open(path.join("db")).map_err(StoreError::Sync)?;
         let dir_file = File::open(&path).map_err(StoreError::Sync)?;
-        Ok(Store { db, dir: path, file: Arc::new(file), dir_file: Arc::new(dir_file) })
+        Ok(Store {
+            db,
+            dir: path,
+            file: Arc::new(file),
+            dir_file: Arc::new(dir_file),
+        })
     }
 
     /// Where the database lives.
@@ -88,7 +97,11 @@ impl Store {
 
     /// The Raft log half of the store.
     pub fn log_store(&self) -> LogStore {
-        LogStore { store: self.clone(), log: self.tree("log"), meta: self.tree("raft") }
+        LogStore {
+            store: self.clone(),
+            log: self.tree("log"),
+            meta: self.tree("raft"),
+        }
     }
 
     /// The state machine half, loaded from the last snapshot.
@@ -96,24 +109,36 @@ impl Store {
         let snapshots = self.tree("snapshot");
         let mut data = SmData::default();
         if let Some(bytes) = snapshots.get("data")? {
-            data = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
+            data =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
         }
         Ok(StateMachine {
-            shared: Arc::new(SmShared { data: RwLock::new(data), store: self.clone(), snapshots, counter: AtomicU64::new(0) }),
+            shared: Arc::new(SmShared {
+                data: RwLock::new(data),
+                store: self.clone(),
+                snapshots,
+                counter: AtomicU64::new(0),
+            }),
         })
     }
 
     /// Reads a value of this node's local (not replicated) identity.
-    pub fn local_get<T: for<'de> Deserialize<'de>>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
+    pub fn local_get<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, StoreError> {
         match self.tree("local").get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(key, e))?)),
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(key, e))?,
+            )),
             None => Ok(None),
         }
     }
 
     /// Writes a value of this node's local identity, durably.
     pub fn local_set<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
-        self.tree("local").insert(key, serde_json::to_vec(value).expect("serialize"))?;
+        self.tree("local")
+            .insert(key, serde_json::to_vec(value).expect("serialize"))?;
         self.sync().map_err(StoreError::Sync)
     }
 
@@ -156,7 +181,9 @@ impl LogStore {
     }
 
     fn meta_set<T: Serialize>(&self, k: &str, v: &T) -> Result<(), StorageError> {
-        self.meta.insert(k, serde_json::to_vec(v).map_err(write_err)?).map_err(write_err)?;
+        self.meta
+            .insert(k, serde_json::to_vec(v).map_err(write_err)?)
+            .map_err(write_err)?;
         Ok(())
     }
 
@@ -195,10 +222,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.meta_get("last_purged")?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(serde_json::from_slice::<Entry>(&v).map_err(read_err)?.log_id),
+            Some((_, v)) => Some(
+                serde_json::from_slice::<Entry>(&v)
+                    .map_err(read_err)?
+                    .log_id,
+            ),
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -207,7 +241,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.meta_set("vote", vote)?;
-        self.store.sync().map_err(|e| StorageIOError::write_vote(&e).into())
+        self.store
+            .sync()
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -223,21 +259,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta_get::<Option<LogId>>("committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(&key(entry.log_id.index), serde_json::to_vec(&entry).map_err(write_err)?);
+            batch.insert(
+                &key(entry.log_id.index),
+                serde_json::to_vec(&entry).map_err(write_err)?,
+            );
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         // Acknowledge only once the entries are on disk.
         let store = self.store.clone();
-        let res = tokio::task::spawn_blocking(move || store.sync()).await.map_err(std::io::Error::other);
+        let res = tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(std::io::Error::other);
         let res = res.and_then(|r| r);
-        let failed = res.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
+        let failed = res
+            .as_ref()
+            .err()
+            .map(|e| std::io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(res);
         match failed {
             Some(e) => Err(write_err(e)),
@@ -298,12 +346,19 @@ impl StateMachine {
         StorageIOError::write_snapshot(None, &e).into()
     }
 
-    fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
+    fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(Self::snapshot_err)?;
         let mut batch = sled::Batch::default();
         batch.insert("meta", meta_bytes);
         batch.insert("data", data);
-        self.shared.snapshots.apply_batch(batch).map_err(Self::snapshot_err)?;
+        self.shared
+            .snapshots
+            .apply_batch(batch)
+            .map_err(Self::snapshot_err)?;
         self.shared.store.sync().map_err(Self::snapshot_err)
     }
 }
@@ -311,7 +366,11 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (bytes, last_applied, membership) = self.read(|d| {
-            (serde_json::to_vec(d).map_err(Self::snapshot_err), d.last_applied, d.membership.clone())
+            (
+                serde_json::to_vec(d).map_err(Self::snapshot_err),
+                d.last_applied,
+                d.membership.clone(),
+            )
         });
         let bytes = bytes?;
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
@@ -319,16 +378,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
             None => format!("--{n}"),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
         self.persist_snapshot(&meta, &bytes)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
         Ok(self.read(|d| (d.last_applied, d.membership.clone())))
     }
 
@@ -377,12 +445,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let read = |k| self.shared.snapshots.get(k).map_err(|e| StorageIOError::read_snapshot(None, &e));
+        let read = |k| {
+            self.shared
+                .snapshots
+                .get(k)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))
+        };
         let (Some(meta), Some(data)) = (read("meta")?, read("data")?) else {
             return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, BasicNode> =
             serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }))
     }
 }

@@ -45,13 +45,28 @@ async fn start(name: &str, dir: &std::path::Path, addr: &str, snapshot_every: u6
     let (tx, rx) = oneshot::channel::<()>();
     let n = node.clone();
     let served = tokio::spawn(async move {
-        serve(n, Listeners { tcp, unix, unix_path: sock }, async {
-            let _ = rx.await;
-        })
+        serve(
+            n,
+            Listeners {
+                tcp,
+                unix,
+                unix_path: sock,
+            },
+            async {
+                let _ = rx.await;
+            },
+        )
         .await
         .unwrap();
     });
-    TestNode { name: name.into(), dir: dir.into(), addr: addr.into(), node: Some(node), stop: Some(tx), served: Some(served) }
+    TestNode {
+        name: name.into(),
+        dir: dir.into(),
+        addr: addr.into(),
+        node: Some(node),
+        stop: Some(tx),
+        served: Some(served),
+    }
 }
 
 impl TestNode {
@@ -92,8 +107,14 @@ impl Cluster {
         let token = join_token(&mut c1).await;
         for n in &nodes[1..] {
             let mut c = n.client().await;
-            let req = pb::JoinRequest { node: nodes[0].addr.clone(), token: token.clone(), witness: n.name == "n3" };
-            c.join(req).await.unwrap_or_else(|e| panic!("{} join: {e}", n.name));
+            let req = pb::JoinRequest {
+                node: nodes[0].addr.clone(),
+                token: token.clone(),
+                witness: n.name == "n3",
+            };
+            c.join(req)
+                .await
+                .unwrap_or_else(|e| panic!("{} join: {e}", n.name));
         }
         let cluster = Cluster { _tmp: tmp, nodes };
         eventually(10, "all three to agree on a leader", || {
@@ -116,11 +137,22 @@ async fn write_through_follower_is_visible_on_all() {
     let leader = agreed_leader(&mut c1, 3).await.unwrap();
     let follower = cluster.nodes.iter().find(|n| n.name != leader).unwrap();
     let mut cf = follower.client().await;
-    cf.config_update(set(&[("cluster.name", "drbd4kvm"), ("pool#drbdvm.type", "drbd")])).await.unwrap();
+    cf.config_update(set(&[
+        ("cluster.name", "drbd4kvm"),
+        ("pool#drbdvm.type", "drbd"),
+    ]))
+    .await
+    .unwrap();
     // Reads are linearizable: every node answers with the new value at once.
     for n in &cluster.nodes {
         let mut c = n.client().await;
-        let got = c.config_get(pb::ConfigGetRequest { key: "cluster.name".into() }).await.unwrap().into_inner();
+        let got = c
+            .config_get(pb::ConfigGetRequest {
+                key: "cluster.name".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(got.value, "drbd4kvm", "on {}", n.name);
         let cfg = config(&mut c).await.unwrap();
         assert_eq!(cfg["pool#drbdvm"]["type"], "drbd", "on {}", n.name);
@@ -128,8 +160,11 @@ async fn write_through_follower_is_visible_on_all() {
     // And every node applied it locally.
     for n in &cluster.nodes {
         let node = n.node.as_ref().unwrap();
-        eventually(5, "local apply", || async { node.read(|d| d.state.config.contains_key("pool#drbdvm")).then_some(()) })
-            .await;
+        eventually(5, "local apply", || async {
+            node.read(|d| d.state.config.contains_key("pool#drbdvm"))
+                .then_some(())
+        })
+        .await;
     }
 }
 
@@ -137,7 +172,9 @@ async fn write_through_follower_is_visible_on_all() {
 async fn leader_killed_writes_continue_after_reelection() {
     let mut cluster = Cluster::three(5000).await;
     let mut c1 = cluster.nodes[0].client().await;
-    c1.config_update(set(&[("pool#before.type", "lvm")])).await.unwrap();
+    c1.config_update(set(&[("pool#before.type", "lvm")]))
+        .await
+        .unwrap();
     let leader = agreed_leader(&mut c1, 3).await.unwrap();
     let li = cluster.index_of(&leader);
     cluster.nodes[li].kill().await;
@@ -155,10 +192,16 @@ async fn leader_killed_writes_continue_after_reelection() {
     })
     .await;
     assert_ne!(new_leader, leader);
-    cs.config_update(set(&[("pool#after.type", "drbd")])).await.unwrap();
+    cs.config_update(set(&[("pool#after.type", "drbd")]))
+        .await
+        .unwrap();
     for n in cluster.nodes.iter().filter(|n| n.node.is_some()) {
         let cfg = config(&mut n.client().await).await.unwrap();
-        assert!(cfg.contains_key("pool#before") && cfg.contains_key("pool#after"), "{}: {cfg:?}", n.name);
+        assert!(
+            cfg.contains_key("pool#before") && cfg.contains_key("pool#after"),
+            "{}: {cfg:?}",
+            n.name
+        );
     }
     // The old leader comes back and catches up.
     let old = &cluster.nodes[li];
@@ -166,7 +209,8 @@ async fn leader_killed_writes_continue_after_reelection() {
     cluster.nodes[li] = start(&name, &dir, &addr, 5000).await;
     let back = cluster.nodes[li].node.clone().unwrap();
     eventually(15, "the restarted node to catch up", || async {
-        back.read(|d| d.state.config.contains_key("pool#after")).then_some(())
+        back.read(|d| d.state.config.contains_key("pool#after"))
+            .then_some(())
     })
     .await;
     for n in &mut cluster.nodes {
@@ -186,22 +230,43 @@ async fn late_joiner_catches_up_from_a_snapshot() {
     })
     .await;
     for i in 0..60 {
-        c1.config_update(set(&[(&format!("pool#p{i}.type"), "lvm")])).await.unwrap();
+        c1.config_update(set(&[(&format!("pool#p{i}.type"), "lvm")]))
+            .await
+            .unwrap();
     }
     let leader = n1.node.clone().unwrap();
     // The leader has purged its log behind a snapshot: a joiner cannot replay from index 1.
     eventually(10, "a purge on the leader", || async {
-        leader.member().raft.metrics().borrow().purged.map(|p| p.index).filter(|i| *i > 20)
+        leader
+            .member()
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .map(|p| p.index)
+            .filter(|i| *i > 20)
     })
     .await;
     let addr2 = format!("127.0.0.1:{}", free_port());
     let mut n2 = start("n2", &tmp.path().join("n2"), &addr2, 20).await;
     let token = join_token(&mut c1).await;
     let mut c2 = n2.client().await;
-    c2.join(pb::JoinRequest { node: addr1.clone(), token, witness: false }).await.unwrap();
+    c2.join(pb::JoinRequest {
+        node: addr1.clone(),
+        token,
+        witness: false,
+    })
+    .await
+    .unwrap();
     let joined = n2.node.clone().unwrap();
     eventually(10, "the joiner to install the snapshot", || async {
-        joined.member().raft.metrics().borrow().snapshot.map(|s| s.index)
+        joined
+            .member()
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|s| s.index)
     })
     .await;
     let cfg = config(&mut c2).await.unwrap();
@@ -227,9 +292,21 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
     .await;
     let n1_before = n1.node.as_ref().unwrap().read(|d| d.state.clone());
     let other_cluster = join_token(&mut c2).await;
-    let root = c1.issue_token(pb::IssueTokenRequest { role: "root".into(), duration_secs: 60 }).await.unwrap();
+    let root = c1
+        .issue_token(pb::IssueTokenRequest {
+            role: "root".into(),
+            duration_secs: 60,
+        })
+        .await
+        .unwrap();
     let root = root.into_inner().token;
-    let expired = c1.issue_token(pb::IssueTokenRequest { role: "join".into(), duration_secs: 1 }).await.unwrap();
+    let expired = c1
+        .issue_token(pb::IssueTokenRequest {
+            role: "join".into(),
+            duration_secs: 1,
+        })
+        .await
+        .unwrap();
     let expired = expired.into_inner().token;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let cases = [
@@ -240,18 +317,38 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
     ];
     for (token, why) in cases {
         let err = c2
-            .join(pb::JoinRequest { node: addr1.clone(), token: token.into(), witness: false })
+            .join(pb::JoinRequest {
+                node: addr1.clone(),
+                token: token.into(),
+                witness: false,
+            })
             .await
             .expect_err("join accepted");
-        assert!(err.message().contains(why), "{why:?} not in {:?}", err.message());
-        assert!(matches!(err.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied), "{err:?}");
+        assert!(
+            err.message().contains(why),
+            "{why:?} not in {:?}",
+            err.message()
+        );
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ),
+            "{err:?}"
+        );
     }
     // Neither side changed: n2 still leads its own one-node cluster, n1 registered nobody.
-    assert_eq!(n1.node.as_ref().unwrap().read(|d| d.state.clone()), n1_before);
+    assert_eq!(
+        n1.node.as_ref().unwrap().read(|d| d.state.clone()),
+        n1_before
+    );
     let n2node = n2.node.as_ref().unwrap();
     assert_eq!(n2node.member().id, 1);
     assert_eq!(n2node.read(|d| d.state.nodes.len()), 1);
-    assert!(!tmp.path().join("n2/backup").exists(), "a refused join must not touch the joiner");
+    assert!(
+        !tmp.path().join("n2/backup").exists(),
+        "a refused join must not touch the joiner"
+    );
     n1.kill().await;
     n2.kill().await;
 }
@@ -259,26 +356,50 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_keyword_or_bad_value_commits_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut n1 = start("n1", &tmp.path().join("n1"), &format!("127.0.0.1:{}", free_port()), 5000).await;
+    let mut n1 = start(
+        "n1",
+        &tmp.path().join("n1"),
+        &format!("127.0.0.1:{}", free_port()),
+        5000,
+    )
+    .await;
     let mut c = n1.client().await;
-    c.config_update(set(&[("cluster.name", "ok")])).await.unwrap();
+    c.config_update(set(&[("cluster.name", "ok")]))
+        .await
+        .unwrap();
     let node = n1.node.clone().unwrap();
-    eventually(10, "the founder's registration", || async { node.read(|d| d.state.nodes.len() == 1).then_some(()) }).await;
+    eventually(10, "the founder's registration", || async {
+        node.read(|d| d.state.nodes.len() == 1).then_some(())
+    })
+    .await;
     let index = || node.member().raft.metrics().borrow().last_log_index;
     let before = index();
     let bad = [
         (set(&[("cluster.nmae", "x")]), "cluster.nmae"),
         (set(&[("pool#p.type", "nfs")]), "\"nfs\""),
-        (set(&[("cluster.name", "fine"), ("pool#p.kind", "drbd")]), "pool#p.kind"),
+        (
+            set(&[("cluster.name", "fine"), ("pool#p.kind", "drbd")]),
+            "pool#p.kind",
+        ),
         (set(&[("nodot", "x")]), "nodot"),
     ];
     for (req, named) in bad {
         let err = c.config_update(req).await.expect_err("bad update accepted");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.message().contains(named), "{named} not named in {:?}", err.message());
+        assert!(
+            err.message().contains(named),
+            "{named} not named in {:?}",
+            err.message()
+        );
     }
     assert_eq!(index(), before, "a refused update reached the log");
-    let got = c.config_get(pb::ConfigGetRequest { key: "cluster.name".into() }).await.unwrap().into_inner();
+    let got = c
+        .config_get(pb::ConfigGetRequest {
+            key: "cluster.name".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.value, "ok");
     n1.kill().await;
 }
@@ -287,12 +408,21 @@ async fn unknown_keyword_or_bad_value_commits_nothing() {
 async fn removed_node_leaves_membership_and_state_and_its_name_can_rejoin_with_a_new_id() {
     let mut cluster = Cluster::three(5000).await;
     let mut c1 = cluster.nodes[0].client().await;
-    let reply = c1.remove_node(pb::RemoveNodeRequest { name: "n2".into() }).await.unwrap().into_inner();
+    let reply = c1
+        .remove_node(pb::RemoveNodeRequest { name: "n2".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.node_id, 2);
-    let err = c1.remove_node(pb::RemoveNodeRequest { name: "n9".into() }).await.unwrap_err();
+    let err = c1
+        .remove_node(pb::RemoveNodeRequest { name: "n9".into() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let n1 = cluster.nodes[0].node.clone().unwrap();
-    assert!(n1.read(|d| d.state.node_id("n2").is_none() && d.membership.membership().get_node(&2).is_none()));
+    assert!(n1.read(
+        |d| d.state.node_id("n2").is_none() && d.membership.membership().get_node(&2).is_none()
+    ));
     // n2 wiped and started afresh rejoins under a new id.
     let i = cluster.index_of("n2");
     cluster.nodes[i].kill().await;
@@ -301,7 +431,14 @@ async fn removed_node_leaves_membership_and_state_and_its_name_can_rejoin_with_a
     cluster.nodes[i] = start("n2", &dir, &addr, 5000).await;
     let token = join_token(&mut c1).await;
     let mut c2 = cluster.nodes[i].client().await;
-    let joined = c2.join(pb::JoinRequest { node: cluster.nodes[0].addr.clone(), token, witness: false }).await.unwrap();
+    let joined = c2
+        .join(pb::JoinRequest {
+            node: cluster.nodes[0].addr.clone(),
+            token,
+            witness: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(joined.into_inner().node_id, 4, "ids are never reused");
     for n in &mut cluster.nodes {
         n.kill().await;

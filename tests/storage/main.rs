@@ -1,11 +1,11 @@
 //! Storage tier: openraft's conformance suite on the sled store, and durability across reopen.
 
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
 use omraft::model::Command;
 use omraft::raft::store::{LogStore, StateMachine, Store};
 use omraft::raft::{Entry, StorageError, TypeConfig};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
 
 struct SledBuilder;
 
@@ -19,14 +19,20 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Sle
 }
 
 #[test]
-fn openraft_storage_conformance_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+fn openraft_storage_conformance_suite() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("storage conformance: {e}");
+    }
 }
 
 fn entry(term: u64, index: u64, name: &str) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(Command::AddNode { name: name.into(), addr: format!("h:{index}"), witness: false }),
+        payload: EntryPayload::Normal(Command::AddNode {
+            name: name.into(),
+            addr: format!("h:{index}"),
+            witness: false,
+        }),
     }
 }
 
@@ -37,9 +43,12 @@ async fn appended_entries_and_vote_survive_reopen() {
         let store = Store::open(dir.path()).unwrap();
         let mut log = store.log_store();
         for i in 1..=50 {
-            openraft::storage::RaftLogStorageExt::blocking_append(&mut log, [entry(1, i, &format!("n{i}"))])
-                .await
-                .unwrap();
+            openraft::storage::RaftLogStorageExt::blocking_append(
+                &mut log,
+                [entry(1, i, &format!("n{i}"))],
+            )
+            .await
+            .unwrap();
         }
         log.save_vote(&openraft::Vote::new(3, 2)).await.unwrap();
     }
@@ -48,7 +57,10 @@ async fn appended_entries_and_vote_survive_reopen() {
     let got = log.try_get_log_entries(1..=50).await.unwrap();
     assert_eq!(got.len(), 50);
     assert_eq!(got[49], entry(1, 50, "n50"));
-    assert_eq!(log.read_vote().await.unwrap(), Some(openraft::Vote::new(3, 2)));
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(openraft::Vote::new(3, 2))
+    );
 }
 
 #[tokio::test]
@@ -58,8 +70,14 @@ async fn snapshot_is_reloaded_as_state() {
     {
         let store = Store::open(dir.path()).unwrap();
         let mut sm = store.state_machine().unwrap();
-        sm.apply([entry(1, 1, "n1"), entry(1, 2, "n2")]).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.apply([entry(1, 1, "n1"), entry(1, 2, "n2")])
+            .await
+            .unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     let mut sm = store.state_machine().unwrap();

@@ -9,7 +9,11 @@ use omraft::pb;
 
 /// A free loopback port: bind port 0 and release it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A client of the daemon whose data dir is `dir`, on its unix socket.
@@ -36,42 +40,79 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn kv(key: &str, value: &str) -> pb::KeyValue {
-    pb::KeyValue { key: key.into(), value: value.into() }
+    pb::KeyValue {
+        key: key.into(),
+        value: value.into(),
+    }
 }
 
 pub fn set(pairs: &[(&str, &str)]) -> pb::ConfigUpdateRequest {
-    pb::ConfigUpdateRequest { set: pairs.iter().map(|(k, v)| kv(k, v)).collect(), unset: vec![] }
+    pb::ConfigUpdateRequest {
+        set: pairs.iter().map(|(k, v)| kv(k, v)).collect(),
+        unset: vec![],
+    }
 }
 
 /// The configuration as `section -> keyword -> value`.
-pub async fn config(c: &mut Client) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>, tonic::Status> {
-    let reply = c.config_show(pb::ConfigShowRequest { section: String::new() }).await?.into_inner();
+pub async fn config(
+    c: &mut Client,
+) -> Result<
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    tonic::Status,
+> {
+    let reply = c
+        .config_show(pb::ConfigShowRequest {
+            section: String::new(),
+        })
+        .await?
+        .into_inner();
     Ok(reply
         .sections
         .into_iter()
-        .map(|s| (s.name, s.values.into_iter().map(|kv| (kv.key, kv.value)).collect()))
+        .map(|s| {
+            (
+                s.name,
+                s.values.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            )
+        })
         .collect())
 }
 
 /// A join token from the daemon behind `c`.
 pub async fn join_token(c: &mut Client) -> String {
-    c.issue_token(pb::IssueTokenRequest { role: "join".into(), duration_secs: 600 }).await.unwrap().into_inner().token
+    c.issue_token(pb::IssueTokenRequest {
+        role: "join".into(),
+        duration_secs: 600,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .token
 }
 
 /// The leader's name as `mon` on `c` reports it, once every listed node agrees.
 pub async fn agreed_leader(c: &mut Client, voters: usize) -> Option<String> {
     let mon = c.mon(pb::MonRequest {}).await.ok()?.into_inner();
-    let up: Vec<_> = mon.nodes.iter().filter(|n| n.membership == "voter" && n.reachable).collect();
+    let up: Vec<_> = mon
+        .nodes
+        .iter()
+        .filter(|n| n.membership == "voter" && n.reachable)
+        .collect();
     if up.len() != voters {
         return None;
     }
     let leader = up[0].status.as_ref()?.leader_name.clone();
-    let all_agree = up.iter().all(|n| n.status.as_ref().is_some_and(|s| s.leader_name == leader));
+    let all_agree = up
+        .iter()
+        .all(|n| n.status.as_ref().is_some_and(|s| s.leader_name == leader));
     (all_agree && !leader.is_empty()).then_some(leader)
 }

@@ -1,0 +1,478 @@
+//! Real processes: `omd` daemons on loopback driven by the real `omctl` binary and by the
+//! gRPC API, killed with SIGKILL and SIGTERM. Every daemon is killed by pid when a test ends.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use omraft::pb;
+use support::*;
+
+/// An `omd` process, SIGKILLed on drop.
+struct Omd {
+    name: String,
+    dir: PathBuf,
+    addr: String,
+    child: Option<Child>,
+}
+
+impl Omd {
+    fn spawn(name: &str, root: &Path, addr: &str) -> Omd {
+        let dir = root.join(name);
+        let mut o = Omd {
+            name: name.into(),
+            dir,
+            addr: addr.into(),
+            child: None,
+        };
+        o.start();
+        o
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_omd"))
+            .args([
+                "--node-name",
+                &self.name,
+                "--listen",
+                &self.addr,
+                "--heartbeat-ms",
+                "100",
+            ])
+            .args(["--election-timeout-ms", "600", "--data-dir"])
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn omd");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status (bounded).
+    fn term(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        for _ in 0..200 {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        panic!("omd {} did not exit within 10 s of SIGTERM", self.name);
+    }
+
+    fn server(&self) -> String {
+        format!("unix:{}", self.dir.join("omd.sock").display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Omd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the real omctl against `server`.
+fn omctl(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_omctl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env_remove("OMCTL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run omctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Three daemons: n2 joined to n1, and n3 as a witness, with the real omctl.
+async fn three(root: &Path) -> Vec<Omd> {
+    let nodes: Vec<Omd> = (1..=3)
+        .map(|i| {
+            Omd::spawn(
+                &format!("n{i}"),
+                root,
+                &format!("127.0.0.1:{}", free_port()),
+            )
+        })
+        .collect();
+    let c1 = local_client(&nodes[0].dir).await;
+    eventually(15, "n1 to lead", || {
+        let mut c = c1.clone();
+        async move { agreed_leader(&mut c, 1).await }
+    })
+    .await;
+    for n in &nodes[1..] {
+        local_client(&n.dir).await;
+    }
+    let token = stdout(&omctl(
+        &nodes[0].server(),
+        &["daemon", "auth", "--role", "join"],
+    ))
+    .trim()
+    .to_string();
+    for n in &nodes[1..] {
+        let mut args = vec![
+            "cluster",
+            "join",
+            "--node",
+            &nodes[0].addr,
+            "--token",
+            &token,
+        ];
+        if n.name == "n3" {
+            args.push("--witness");
+        }
+        let out = omctl(&n.server(), &args);
+        assert!(
+            out.status.success(),
+            "{} join: {}\n{}",
+            n.name,
+            stderr(&out),
+            n.log()
+        );
+        assert!(stdout(&out).contains("\nJoined"), "{}", stdout(&out));
+    }
+    eventually(15, "three voters agreeing on a leader", || {
+        let mut c = c1.clone();
+        async move { agreed_leader(&mut c, 3).await }
+    })
+    .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_leader_during_updates_loses_no_acknowledged_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = three(tmp.path()).await;
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            // A bounded stream of updates, spread over every node's socket; a dead node's
+            // socket just fails and the next node is tried.
+            for i in 0..300u32 {
+                let dir = &dirs[i as usize % dirs.len()];
+                let server = format!("unix:{}", dir.join("omd.sock").display());
+                let Ok(mut c) = omraft::cli::client::connect(&server, None).await else {
+                    continue;
+                };
+                let req = set(&[(&format!("pool#w{i}.type"), "lvm")]);
+                if tokio::time::timeout(Duration::from_secs(15), c.config_update(req))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    acked.lock().unwrap().insert(i);
+                }
+            }
+        })
+    };
+    // Kill the leader once the stream is well under way.
+    eventually(30, "50 acknowledged updates", || async {
+        (acked.lock().unwrap().len() >= 50).then_some(())
+    })
+    .await;
+    let c1 = local_client(&nodes[0].dir).await;
+    let leader = eventually(10, "the leader's name", || {
+        let mut c = c1.clone();
+        async move { agreed_leader(&mut c, 3).await }
+    })
+    .await;
+    let li = nodes.iter().position(|n| n.name == leader).unwrap();
+    nodes[li].kill9();
+    writer.await.unwrap();
+    nodes[li].start();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 100,
+        "only {} of 300 updates acknowledged",
+        acked.len()
+    );
+    for n in &nodes {
+        let c = local_client(&n.dir).await;
+        let cfg = eventually(30, "a linearizable read", || {
+            let mut c = c.clone();
+            async move { config(&mut c).await.ok() }
+        })
+        .await;
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|i| !cfg.contains_key(&format!("pool#w{i}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} lost acknowledged updates {missing:?}",
+            n.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omctl_shows_the_tutorial_cluster_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes: Vec<Omd> = three(tmp.path()).await;
+    let s1 = nodes[0].server();
+    let out = omctl(
+        &s1,
+        &[
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "cluster.name=drbd4kvm",
+        ],
+    );
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "committed\n"),
+        "{}",
+        stderr(&out)
+    );
+    let out = omctl(
+        &nodes[2].server(),
+        &["cluster", "config", "get", "--kw", "cluster.name"],
+    );
+    assert_eq!(stdout(&out), "drbd4kvm\n");
+    let pool = [
+        "--set",
+        "pool#drbdvm.type=drbd",
+        "--set",
+        "pool#drbdvm.vg=data",
+        "--set",
+        "pool#drbdvm.template=live-migration",
+    ];
+    let out = omctl(
+        &s1,
+        &[&["cluster", "config", "update"][..], &pool[..]].concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = omctl(
+        &nodes[1].server(),
+        &["cluster", "config", "show", "--section", "pool#drbdvm"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "[pool#drbdvm]\ntype = drbd\nvg = data\ntemplate = live-migration\n"
+    );
+
+    let out = omctl(&s1, &["mon"]);
+    let text = stdout(&out);
+    for want in [
+        "Cluster drbd4kvm",
+        "Daemon ",
+        " uptime",
+        " raft role",
+        " leader",
+        " term",
+        " applied",
+        "Nodes ",
+        "Objects ~ *",
+        "witness",
+    ] {
+        assert!(text.contains(want), "mon lacks {want:?}:\n{text}");
+    }
+    let out = omctl(&s1, &["mon", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("mon json");
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    assert!(v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["reachable"] == true));
+
+    let out = omctl(&s1, &["daemon", "hb", "status"]);
+    let text = stdout(&out);
+    assert!(text.starts_with("RUNNING  BEATING  ID"), "{text}");
+    // A leader's two tx links and the two followers' rx links, all beating.
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(rows.iter().all(|r| r.starts_with("O        O")), "{text}");
+    let out = omctl(&s1, &["daemon", "hb", "status", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("hb json");
+    assert_eq!(v.as_array().unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = Omd::spawn("n1", tmp.path(), &format!("127.0.0.1:{}", free_port()));
+    let n2 = Omd::spawn("n2", tmp.path(), &format!("127.0.0.1:{}", free_port()));
+    let c1 = local_client(&n1.dir).await;
+    local_client(&n2.dir).await;
+    eventually(15, "n1 to lead", || {
+        let mut c = c1.clone();
+        async move { agreed_leader(&mut c, 1).await }
+    })
+    .await;
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["cluster", "config", "update", "--set", "cluster.nmae=x"],
+            "cluster.nmae",
+        ),
+        (
+            &["cluster", "config", "update", "--set", "pool#p.type=nfs"],
+            "\"nfs\"",
+        ),
+        (
+            &["cluster", "config", "update", "--set", "cluster.name"],
+            "SECTION.KEYWORD=VALUE",
+        ),
+        (
+            &["cluster", "config", "get", "--kw", "pool#p.colour"],
+            "pool#p.colour",
+        ),
+        (
+            &["cluster", "config", "show", "--section", "pool#none"],
+            "pool#none",
+        ),
+        (&["cluster", "remove", "--node", "n9"], "n9"),
+    ];
+    for (args, named) in cases {
+        let out = omctl(&n1.server(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("omctl: error: ") && stderr(&out).contains(named),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // Join with a token of another cluster: refused, nothing changes.
+    let foreign = stdout(&omctl(&n2.server(), &["daemon", "auth", "--role", "join"]))
+        .trim()
+        .to_string();
+    let out = omctl(
+        &n2.server(),
+        &["cluster", "join", "--node", &n1.addr, "--token", &foreign],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not signed by this cluster"),
+        "{}",
+        stderr(&out)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&omctl(&n1.server(), &["mon", "-o", "json"]).stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 1, "{v}");
+
+    // Over TCP: nothing without a credential, reads and writes with a root token.
+    let tcp = format!("http://{}", n1.addr);
+    let out = omctl(
+        &tcp,
+        &["cluster", "config", "update", "--set", "cluster.name=x"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no credential"), "{}", stderr(&out));
+    let root = stdout(&omctl(
+        &n1.server(),
+        &["daemon", "auth", "--role", "root", "--duration", "5m"],
+    ))
+    .trim()
+    .to_string();
+    let out = omctl(
+        &tcp,
+        &[
+            "--token",
+            &root,
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "cluster.name=viatcp",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = omctl(
+        &tcp,
+        &[
+            "--token",
+            &foreign,
+            "cluster",
+            "config",
+            "get",
+            "--kw",
+            "cluster.name",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // Unreachable daemon: exit 2.
+    let out = omctl("unix:/nonexistent/omd.sock", &["mon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n1 = Omd::spawn("n1", tmp.path(), &format!("127.0.0.1:{}", free_port()));
+    let mut c = local_client(&n1.dir).await;
+    eventually(15, "n1 to lead", || {
+        let mut c = c.clone();
+        async move { agreed_leader(&mut c, 1).await }
+    })
+    .await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(n1.dir.join("omd.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode");
+    c.config_update(set(&[("cluster.name", "kept")]))
+        .await
+        .unwrap();
+    drop(c);
+    let status = n1.term();
+    assert!(status.success(), "exit {status:?}\n{}", n1.log());
+    assert!(!n1.dir.join("omd.sock").exists(), "socket left behind");
+    n1.start();
+    let mut c = local_client(&n1.dir).await;
+    let v = eventually(15, "the value after restart", || {
+        let mut c = c.clone();
+        async move {
+            c.config_get(pb::ConfigGetRequest {
+                key: "cluster.name".into(),
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    assert_eq!(v.into_inner().value, "kept");
+    assert!(n1.log().contains("resumed from"), "{}", n1.log());
+    let _ = &mut c;
+}
