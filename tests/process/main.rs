@@ -476,3 +476,38 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     assert!(n1.log().contains("resumed from"), "{}", n1.log());
     let _ = &mut c;
 }
+
+#[test]
+fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_omd")).parent().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("--exit")
+        .env("OMRAFT_BIN", bin)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/demo");
+    let (so, se) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "demo failed:\n{so}\n{se}");
+    for want in [
+        "drbd4kvm\n",
+        "Joined\n",
+        "Joined as witness\n",
+        "RUNNING  BEATING",
+        "[pool#drbdvm]",
+    ] {
+        assert!(so.contains(want), "demo output lacks {want:?}:\n{so}");
+    }
+    let tmp = so.lines().find_map(|l| {
+        l.split("/tmp/omraft-demo.")
+            .nth(1)
+            .map(|t| t.split('/').next().unwrap().to_string())
+    });
+    if let Some(t) = tmp {
+        assert!(
+            !Path::new(&format!("/tmp/omraft-demo.{t}")).exists(),
+            "demo left its data behind"
+        );
+    }
+}
