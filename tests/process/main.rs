@@ -460,7 +460,7 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     assert!(status.success(), "exit {status:?}\n{}", n1.log());
     assert!(!n1.dir.join("omd.sock").exists(), "socket left behind");
     n1.start();
-    let mut c = local_client(&n1.dir).await;
+    let c = local_client(&n1.dir).await;
     let v = eventually(15, "the value after restart", || {
         let mut c = c.clone();
         async move {
@@ -474,7 +474,6 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     .await;
     assert_eq!(v.into_inner().value, "kept");
     assert!(n1.log().contains("resumed from"), "{}", n1.log());
-    let _ = &mut c;
 }
 
 #[test]
@@ -510,4 +509,58 @@ fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
             "demo left its data behind"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_follower_does_not_block_writes_or_mon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three(tmp.path()).await;
+    let c1 = local_client(&nodes[0].dir).await;
+    let leader = agreed_leader(&mut c1.clone(), 3).await.unwrap();
+    let hung = nodes
+        .iter()
+        .find(|n| n.name != leader && n.name != "n3")
+        .unwrap_or(&nodes[2]);
+    let writer = nodes.iter().find(|n| n.name == leader).unwrap();
+    let pid = hung.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut c = local_client(&writer.dir).await;
+    for i in 0..20 {
+        let req = set(&[(&format!("pool#s{i}.type"), "lvm")]);
+        let r = tokio::time::timeout(Duration::from_secs(5), c.config_update(req)).await;
+        assert!(
+            matches!(r, Ok(Ok(_))),
+            "write {i} blocked or failed with {} stopped: {r:?}",
+            hung.name
+        );
+    }
+    let t = std::time::Instant::now();
+    let mon = c.mon(pb::MonRequest {}).await.unwrap().into_inner();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "mon took {:?}",
+        t.elapsed()
+    );
+    let row = mon.nodes.iter().find(|n| n.name == hung.name).unwrap();
+    assert!(!row.reachable, "a stopped node shows as reachable");
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let ch = local_client(&hung.dir).await;
+    let cfg = eventually(20, "the resumed follower's read", || {
+        let mut ch = ch.clone();
+        async move { config(&mut ch).await.ok() }
+    })
+    .await;
+    assert!(
+        cfg.contains_key("pool#s19"),
+        "resumed follower missed writes"
+    );
+    let _ = &mut ch;
 }
