@@ -562,5 +562,4 @@ async fn a_hung_follower_does_not_block_writes_or_mon() {
         cfg.contains_key("pool#s19"),
         "resumed follower missed writes"
     );
-    let _ = &mut ch;
 }
