@@ -135,6 +135,7 @@ fn io_err(kind: std::io::ErrorKind, msg: String) -> std::io::Error {
 }
 
 impl Peer {
+    /// One RPC to the peer, bounded by openraft's TTL, recorded in the link statistics.
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
@@ -146,75 +147,66 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result = self.exchange::<Req, Resp, E>(rpc, req, option).await;
+        let result = async {
+            let channel = self.channel.clone().map_err(|e| {
+                RPCError::Unreachable(Unreachable::new(&io_err(
+                    std::io::ErrorKind::InvalidInput,
+                    e,
+                )))
+            })?;
+            let data =
+                serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let mut request = tonic::Request::new(pb::RaftMessage { data });
+            request.metadata_mut().insert(
+                "authorization",
+                self.credential
+                    .parse()
+                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?,
+            );
+            let ttl = option.hard_ttl();
+            request.set_timeout(ttl);
+            let mut client =
+                pb::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
+            let call = async {
+                match rpc {
+                    Rpc::Append => client.append_entries(request).await,
+                    Rpc::Vote => client.vote(request).await,
+                    Rpc::Snapshot => client.install_snapshot(request).await,
+                }
+            };
+            let reply = match tokio::time::timeout(ttl, call).await {
+                Err(_) => {
+                    let e = io_err(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {ttl:?}"),
+                    );
+                    return Err(RPCError::Unreachable(Unreachable::new(&e)));
+                }
+                Ok(Err(status)) => {
+                    let e = io_err(
+                        std::io::ErrorKind::Other,
+                        format!("{}: {}", status.code(), status.message()),
+                    );
+                    return Err(match status.code() {
+                        tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
+                        _ => RPCError::Network(NetworkError::new(&e)),
+                    });
+                }
+                Ok(Ok(reply)) => reply.into_inner(),
+            };
+            let decoded: Result<Resp, RaftError<NodeId, E>> =
+                serde_json::from_slice(&reply.data)
+                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        }
+        .await;
         match &result {
             Ok(_) | Err(RPCError::RemoteError(_)) => self.links.tx_ok(self.target),
             Err(e) => self.links.tx_err(self.target, e.to_string()),
         }
         result
-    }
-
-    async fn exchange<Req, Resp, E>(
-        &self,
-        rpc: Rpc,
-        req: &Req,
-        option: RPCOption,
-    ) -> Result<Resp, RpcErr<E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let channel = self.channel.clone().map_err(|e| {
-            RPCError::Unreachable(Unreachable::new(&io_err(
-                std::io::ErrorKind::InvalidInput,
-                e,
-            )))
-        })?;
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(pb::RaftMessage { data });
-        request.metadata_mut().insert(
-            "authorization",
-            self.credential
-                .parse()
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?,
-        );
-        let ttl = option.hard_ttl();
-        request.set_timeout(ttl);
-        let mut client =
-            pb::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
-        let call = async {
-            match rpc {
-                Rpc::Append => client.append_entries(request).await,
-                Rpc::Vote => client.vote(request).await,
-                Rpc::Snapshot => client.install_snapshot(request).await,
-            }
-        };
-        let reply = match tokio::time::timeout(ttl, call).await {
-            Err(_) => {
-                let e = io_err(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {ttl:?}"),
-                );
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
-            }
-            Ok(Err(status)) => {
-                let e = io_err(
-                    std::io::ErrorKind::Other,
-                    format!("{}: {}", status.code(), status.message()),
-                );
-                return Err(match status.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
-                    _ => RPCError::Network(NetworkError::new(&e)),
-                });
-            }
-            Ok(Ok(reply)) => reply.into_inner(),
-        };
-        let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 

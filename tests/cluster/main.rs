@@ -99,11 +99,7 @@ impl Cluster {
             nodes.push(start(&name, &tmp.path().join(&name), &addr, snapshot_every).await);
         }
         let mut c1 = nodes[0].client().await;
-        eventually(10, "n1 to lead its own cluster", || {
-            let mut c = c1.clone();
-            async move { agreed_leader(&mut c, 1).await }
-        })
-        .await;
+        wait_leader(&c1, 1).await;
         let token = join_token(&mut c1).await;
         for n in &nodes[1..] {
             let mut c = n.client().await;
@@ -117,11 +113,7 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("{} join: {e}", n.name));
         }
         let cluster = Cluster { _tmp: tmp, nodes };
-        eventually(10, "all three to agree on a leader", || {
-            let mut c = c1.clone();
-            async move { agreed_leader(&mut c, 3).await }
-        })
-        .await;
+        wait_leader(&c1, 3).await;
         cluster
     }
 
@@ -224,11 +216,7 @@ async fn late_joiner_catches_up_from_a_snapshot() {
     let addr1 = format!("127.0.0.1:{}", free_port());
     let mut n1 = start("n1", &tmp.path().join("n1"), &addr1, 20).await;
     let mut c1 = n1.client().await;
-    eventually(10, "n1 leading", || {
-        let mut c = c1.clone();
-        async move { agreed_leader(&mut c, 1).await }
-    })
-    .await;
+    wait_leader(&c1, 1).await;
     for i in 0..60 {
         c1.config_update(set(&[(&format!("pool#p{i}.type"), "lvm")]))
             .await
@@ -285,11 +273,7 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
     let mut n2 = start("n2", &tmp.path().join("n2"), &addr2, 5000).await;
     let mut c1 = n1.client().await;
     let mut c2 = n2.client().await;
-    eventually(10, "n1 leading", || {
-        let mut c = c1.clone();
-        async move { agreed_leader(&mut c, 1).await }
-    })
-    .await;
+    wait_leader(&c1, 1).await;
     let n1_before = n1.node.as_ref().unwrap().read(|d| d.state.clone());
     let other_cluster = join_token(&mut c2).await;
     let root = c1

@@ -131,11 +131,7 @@ async fn three(root: &Path) -> Vec<Omd> {
         })
         .collect();
     let c1 = local_client(&nodes[0].dir).await;
-    eventually(15, "n1 to lead", || {
-        let mut c = c1.clone();
-        async move { agreed_leader(&mut c, 1).await }
-    })
-    .await;
+    wait_leader(&c1, 1).await;
     for n in &nodes[1..] {
         local_client(&n.dir).await;
     }
@@ -167,11 +163,7 @@ async fn three(root: &Path) -> Vec<Omd> {
         );
         assert!(stdout(&out).contains("\nJoined"), "{}", stdout(&out));
     }
-    eventually(15, "three voters agreeing on a leader", || {
-        let mut c = c1.clone();
-        async move { agreed_leader(&mut c, 3).await }
-    })
-    .await;
+    wait_leader(&c1, 3).await;
     nodes
 }
 
@@ -208,11 +200,7 @@ async fn kill9_of_the_leader_during_updates_loses_no_acknowledged_update() {
     })
     .await;
     let c1 = local_client(&nodes[0].dir).await;
-    let leader = eventually(10, "the leader's name", || {
-        let mut c = c1.clone();
-        async move { agreed_leader(&mut c, 3).await }
-    })
-    .await;
+    let leader = wait_leader(&c1, 3).await;
     let li = nodes.iter().position(|n| n.name == leader).unwrap();
     nodes[li].kill9();
     writer.await.unwrap();
@@ -334,11 +322,7 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
     let n2 = Omd::spawn("n2", tmp.path(), &format!("127.0.0.1:{}", free_port()));
     let c1 = local_client(&n1.dir).await;
     local_client(&n2.dir).await;
-    eventually(15, "n1 to lead", || {
-        let mut c = c1.clone();
-        async move { agreed_leader(&mut c, 1).await }
-    })
-    .await;
+    wait_leader(&c1, 1).await;
     let cases: &[(&[&str], &str)] = &[
         (
             &["cluster", "config", "update", "--set", "cluster.nmae=x"],
@@ -440,11 +424,7 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let mut n1 = Omd::spawn("n1", tmp.path(), &format!("127.0.0.1:{}", free_port()));
     let mut c = local_client(&n1.dir).await;
-    eventually(15, "n1 to lead", || {
-        let mut c = c.clone();
-        async move { agreed_leader(&mut c, 1).await }
-    })
-    .await;
+    wait_leader(&c, 1).await;
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(n1.dir.join("omd.sock"))
         .unwrap()

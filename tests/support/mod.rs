@@ -116,3 +116,12 @@ pub async fn agreed_leader(c: &mut Client, voters: usize) -> Option<String> {
         .all(|n| n.status.as_ref().is_some_and(|s| s.leader_name == leader));
     (all_agree && !leader.is_empty()).then_some(leader)
 }
+
+/// Waits (at most 20 s) until `voters` reachable voters agree on a leader, and names it.
+pub async fn wait_leader(c: &Client, voters: usize) -> String {
+    eventually(20, &format!("{voters} voters agreeing on a leader"), || {
+        let mut c = c.clone();
+        async move { agreed_leader(&mut c, voters).await }
+    })
+    .await
+}
