@@ -1,6 +1,6 @@
 //! Storage tier: openraft's conformance suite on the sled store, and durability across reopen.
 
-use omraft::model::Command;
+use omraft::model::{Command, ConfigKey};
 use omraft::raft::store::{LogStore, StateMachine, Store};
 use omraft::raft::{Entry, StorageError, TypeConfig};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
@@ -25,13 +25,14 @@ fn openraft_storage_conformance_suite() {
     }
 }
 
+/// A log entry creating pool `name` (valid on an empty state).
 fn entry(term: u64, index: u64, name: &str) -> Entry {
+    let (key, _) = ConfigKey::parse(&format!("pool#{name}.type")).unwrap();
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(Command::AddNode {
-            name: name.into(),
-            addr: format!("h:{index}"),
-            witness: false,
+        payload: EntryPayload::Normal(Command::UpdateConfig {
+            set: vec![(key, "lvm".into())],
+            unset: vec![],
         }),
     }
 }
@@ -83,5 +84,5 @@ async fn snapshot_is_reloaded_as_state() {
     let mut sm = store.state_machine().unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(2));
-    assert_eq!(sm.read(|d| d.state.nodes.len()), 2);
+    assert_eq!(sm.read(|d| d.state.config.len()), 2);
 }
