@@ -7,17 +7,21 @@
 //! (which forwards to the leader). Each level warms up for a second, then measures for
 //! OMRAFT_BENCH_SECS seconds (default 5). It prints a table, then one JSON line starting with
 //! `{"bench":"commit"`. Nothing is asserted about speed; more than 1% failed writes aborts.
+//! OMRAFT_BENCH_LEVELS=64,16,1 changes the concurrency levels and their order.
+//!
+//! All levels share one cluster and every write adds a pool, so each level starts with the
+//! writes of the levels before it in the state: "prior writes" in the table and the JSON.
 //!
 //! Run without `--bench` (as `cargo test --all-targets` does), it is a short smoke run.
 //! The daemons are stopped (SIGTERM, SIGKILL after 5 s) and the directory removed on every exit,
-//! panics included.
+//! panics, SIGINT and SIGTERM included.
 
 mod runner;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,7 @@ use omraft::pb;
 use runner::{Level, Phases};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// Writes in flight, per level, unless OMRAFT_BENCH_LEVELS lists others (e.g. `64,1`).
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Above this share of failed writes a level aborts the benchmark.
 const MAX_ERROR_RATIO: f64 = 0.01;
@@ -267,29 +272,47 @@ async fn client(d: &Daemon) -> Result<Client, String> {
     connect(&d.server(), None).await.map_err(|e| e.to_string())
 }
 
-/// Waits until every daemon's unix socket answers NodeStatus.
+/// Waits until every daemon's unix socket answers and the daemon leads its one-node cluster
+/// with itself registered in the state (before that, it refuses to admit other nodes).
 async fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..cluster.daemons.len() {
+        let mut answered = false;
         loop {
             cluster.check_alive()?;
             let d = &cluster.daemons[i];
-            let answered = async {
+            let probe = async {
                 let mut c = client(d).await?;
-                c.node_status(pb::NodeStatusRequest {})
+                let st = c
+                    .node_status(pb::NodeStatusRequest {})
                     .await
-                    .map_err(status_text)
+                    .map_err(status_text)?
+                    .into_inner();
+                let mon = c
+                    .mon(pb::MonRequest {})
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                Ok::<_, String>((st.raft_role, mon.nodes.len()))
             };
-            match tokio::time::timeout(Duration::from_secs(2), answered).await {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) if Instant::now() >= deadline => {
-                    return Err(format!("{} never answered: {e}", d.name))
+            let why = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                Ok(Ok((role, registered))) if role == "leader" && registered == 1 => break,
+                Ok(Ok((role, registered))) => {
+                    answered = true;
+                    format!("role {role}, {registered} nodes registered")
                 }
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(format!("{} never answered", d.name))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(Err(e)) => e,
+                Err(_) => "no answer within 2 s".to_string(),
+            };
+            if Instant::now() >= deadline {
+                let what = if answered {
+                    "never led its one-node cluster"
+                } else {
+                    "never answered"
+                };
+                return Err(format!("{} {what}: {why}", d.name));
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     Ok(())
@@ -338,7 +361,6 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
     }
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(60);
-    let mut last = String::new();
     loop {
         cluster.check_alive()?;
         let got = within(Duration::from_secs(5), "Mon", async {
@@ -346,7 +368,7 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
             c.mon(pb::MonRequest {}).await.map_err(status_text)
         })
         .await;
-        match got {
+        let last = match got {
             Ok(r) => {
                 let r = r.into_inner();
                 let ready = r
@@ -361,8 +383,7 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
                     );
                     return Ok(());
                 }
-                last = r
-                    .nodes
+                r.nodes
                     .iter()
                     .map(|n| {
                         format!(
@@ -371,10 +392,10 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
                         )
                     })
                     .collect::<Vec<_>>()
-                    .join("; ");
+                    .join("; ")
             }
-            Err(e) => last = e,
-        }
+            Err(e) => e,
+        };
         if Instant::now() >= deadline {
             return Err(format!(
                 "n1 never saw 3 reachable voters; last view: {last}"
@@ -445,6 +466,8 @@ async fn writers(d: &Daemon, n: usize) -> Result<Vec<impl runner::Writer>, Strin
 
 struct Row {
     via: String,
+    /// Writes issued before this level: the state already holds about this many pools.
+    prior_writes: u64,
     level: Level,
 }
 
@@ -455,11 +478,11 @@ struct Outcome {
     total_ok: u64,
 }
 
-async fn bench(cluster: &mut Cluster, phases: Phases) -> Result<Outcome, String> {
+async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Result<Outcome, String> {
     let t0 = Instant::now();
     wait_ready(cluster).await?;
     eprintln!(
-        "  3 daemons answering after {:.2} s",
+        "  3 daemons ready (each leads its one-node cluster) after {:.2} s",
         t0.elapsed().as_secs_f64()
     );
     form_cluster(cluster).await?;
@@ -474,10 +497,11 @@ async fn bench(cluster: &mut Cluster, phases: Phases) -> Result<Outcome, String>
         total_ok: 0,
     };
     'targets: for (via, name) in [("leader", leader), ("follower", follower)] {
-        for n in CONCURRENCY {
+        for &n in levels {
             cluster.check_alive()?;
             let d = cluster.by_name(name).expect("our daemon");
             let ws = writers(d, n).await?;
+            let prior_writes = next.load(Ordering::Relaxed);
             let level = runner::run_level(ws, next.clone(), phases).await;
             out.total_ok += level.attempts - level.errors;
             eprintln!(
@@ -495,6 +519,7 @@ async fn bench(cluster: &mut Cluster, phases: Phases) -> Result<Outcome, String>
             }
             out.rows.push(Row {
                 via: format!("{via} ({name})"),
+                prior_writes,
                 level,
             });
             if ratio > MAX_ERROR_RATIO {
@@ -545,6 +570,7 @@ async fn bench(cluster: &mut Cluster, phases: Phases) -> Result<Outcome, String>
 struct JsonLevel<'a> {
     via: &'a str,
     concurrency: usize,
+    prior_writes: u64,
     writes: u64,
     writes_per_s: f64,
     p50_ms: f64,
@@ -578,13 +604,21 @@ fn max_ms(l: &Level) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<18} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7}",
-        "via", "concurrency", "writes", "writes/s", "p50 ms", "p99 ms", "max ms", "errors"
+        "{:<18} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12}",
+        "via",
+        "concurrency",
+        "writes",
+        "writes/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "prior writes"
     );
     for r in rows {
         let l = &r.level;
         println!(
-            "{:<18} {:>11} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+            "{:<18} {:>11} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>12}",
             r.via,
             l.concurrency,
             l.writes,
@@ -592,7 +626,8 @@ fn print_table(rows: &[Row]) {
             l.percentile_ms(50.0),
             l.percentile_ms(99.0),
             max_ms(l),
-            l.errors
+            l.errors,
+            r.prior_writes
         );
     }
 }
@@ -627,6 +662,7 @@ fn print_json(rows: &[Row], phases: Phases) {
                 JsonLevel {
                     via: r.via.split(' ').next().unwrap_or(&r.via),
                     concurrency: l.concurrency,
+                    prior_writes: r.prior_writes,
                     writes: l.writes,
                     writes_per_s: round(l.writes_per_sec(), 1),
                     p50_ms: round(l.percentile_ms(50.0), 3),
@@ -659,6 +695,20 @@ fn main() -> ExitCode {
         Err(_) if full => 5.0,
         Err(_) => 0.3,
     };
+    let levels: Vec<usize> = match std::env::var("OMRAFT_BENCH_LEVELS") {
+        Err(_) => CONCURRENCY.to_vec(),
+        Ok(v) => {
+            let parsed: Result<Vec<usize>, _> =
+                v.split(',').map(|n| n.trim().parse::<usize>()).collect();
+            match parsed {
+                Ok(l) if !l.is_empty() && l.iter().all(|n| (1..=1024).contains(n)) => l,
+                _ => {
+                    eprintln!("OMRAFT_BENCH_LEVELS={v:?}: expected concurrencies from 1 to 1024, comma-separated");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     let phases = Phases {
         warmup: Duration::from_secs_f64(if full { 1.0 } else { 0.2 }),
         measure: Duration::from_secs_f64(secs),
@@ -677,7 +727,17 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = rt.block_on(bench(&mut cluster, phases));
+    // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
+    let result = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        tokio::select! {
+            r = bench(&mut cluster, phases, &levels) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted (SIGINT)".to_string()),
+            _ = term.recv() => Err("interrupted (SIGTERM)".to_string()),
+        }
+    });
     drop(rt);
 
     if result.is_err() {

@@ -347,6 +347,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let req = req.into_inner();
         crate::model::validate_node_name(&req.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.node.wait_bootstrapped().await?;
         let (existing, in_membership) = self
             .node
             .read_linearizable(|d| {

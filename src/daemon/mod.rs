@@ -45,8 +45,8 @@ impl Settings {
             name: name.to_string(),
             data_dir,
             addr: addr.to_string(),
-            heartbeat_ms: 250,
-            election_timeout_ms: 1500,
+            heartbeat_ms: 400,
+            election_timeout_ms: 1600,
             snapshot_every: 5000,
             keep_logs: 1000,
         }
@@ -134,6 +134,10 @@ impl Node {
                 RaftError::Fatal(f) => StartError::Raft(f),
                 RaftError::APIError(_) => unreachable!("a fresh store is not initialized"),
             })?;
+            // Elect at once rather than after an election timeout: the node is alone.
+            if let Err(e) = member.raft.trigger().elect().await {
+                tracing::warn!("triggering the first election: {e}");
+            }
             tracing::info!(node = %settings.name, id, "founded a new one-node cluster");
         } else {
             tracing::info!(node = %settings.name, id, "resumed from {}", store.path().display());
@@ -332,6 +336,24 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits (at most 10 s) until the cluster's founding node is registered in the state: a
+    /// freshly founded cluster cannot admit anyone before.
+    pub async fn wait_bootstrapped(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .read_linearizable(|d| !d.state.nodes.is_empty())
+            .await?
+        {
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "the cluster is not bootstrapped yet: retry in a moment",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Replaces the Raft incarnation: stops the current one, wipes the Raft state and starts

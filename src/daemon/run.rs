@@ -29,11 +29,11 @@ pub struct Args {
     /// Address peers use to reach this node, if not --listen (required when listening on 0.0.0.0).
     #[arg(long, env = "OMD_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Raft heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 250)]
+    /// Raft heartbeat interval in milliseconds; also the time a peer has to answer an append.
+    #[arg(long, default_value_t = 400)]
     pub heartbeat_ms: u64,
     /// Minimal Raft election timeout in milliseconds (the maximum is twice it).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1600)]
     pub election_timeout_ms: u64,
     /// Build a state snapshot every this many log entries.
     #[arg(long, default_value_t = 5000)]

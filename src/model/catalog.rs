@@ -3,6 +3,7 @@
 //! Every `cluster config update` is checked here, inside and before the log, so that an unknown
 //! keyword or a bad value is refused with a message naming it. Pure: no I/O.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -232,12 +233,17 @@ pub fn parse_update(set: &[(String, String)], unset: &[String]) -> Result<Update
     Ok((parsed_set, parsed_unset))
 }
 
-/// The configuration after applying `unset` then `set` to `cfg`, or why that is refused.
-pub fn updated(
+/// Touched sections and their new contents, `None` for a section the update empties.
+pub type Plan = Vec<(String, Option<BTreeMap<String, String>>)>;
+
+/// The sections an update touches, as they are after it (`None`: the section is emptied and
+/// removed), or why the update is refused. Costs the size of the touched sections, not of the
+/// whole configuration, since it runs for every update on every node.
+pub fn plan(
     cfg: &ClusterConfig,
     set: &[(ConfigKey, String)],
     unset: &[ConfigKey],
-) -> Result<ClusterConfig, ConfigError> {
+) -> Result<Plan, ConfigError> {
     // Commands come from the log: check them again as if they were new input.
     let raw_set: Vec<(String, String)> = set
         .iter()
@@ -245,21 +251,32 @@ pub fn updated(
         .collect();
     let raw_unset: Vec<String> = unset.iter().map(ToString::to_string).collect();
     let (set, unset) = parse_update(&raw_set, &raw_unset)?;
-    let mut out = cfg.clone();
-    for key in &unset {
-        if let Some(section) = out.get_mut(&key.section) {
-            section.remove(&key.keyword);
-            if section.is_empty() {
-                out.remove(&key.section);
-            }
+    let mut touched: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for section in unset
+        .iter()
+        .map(|k| &k.section)
+        .chain(set.iter().map(|(k, _)| &k.section))
+    {
+        if !touched.contains_key(section) {
+            touched.insert(
+                section.clone(),
+                cfg.get(section).cloned().unwrap_or_default(),
+            );
         }
     }
+    for key in unset {
+        touched
+            .get_mut(&key.section)
+            .expect("touched")
+            .remove(&key.keyword);
+    }
     for (key, value) in set {
-        out.entry(key.section)
-            .or_default()
+        touched
+            .get_mut(&key.section)
+            .expect("touched")
             .insert(key.keyword, value);
     }
-    for (section, values) in &out {
+    for (section, values) in touched.iter().filter(|(_, v)| !v.is_empty()) {
         let kind = section_kind(section)?;
         for kw in keywords_of(kind).filter(|k| k.required) {
             if !values.contains_key(kw.name) {
@@ -270,7 +287,31 @@ pub fn updated(
             }
         }
     }
+    Ok(touched
+        .into_iter()
+        .map(|(s, v)| (s, (!v.is_empty()).then_some(v)))
+        .collect())
+}
+
+/// The configuration after applying `unset` then `set` to `cfg`, or why that is refused.
+pub fn updated(
+    cfg: &ClusterConfig,
+    set: &[(ConfigKey, String)],
+    unset: &[ConfigKey],
+) -> Result<ClusterConfig, ConfigError> {
+    let mut out = cfg.clone();
+    apply_plan(&mut out, plan(cfg, set, unset)?);
     Ok(out)
+}
+
+/// Writes the sections of a `plan` into `cfg`.
+pub fn apply_plan(cfg: &mut ClusterConfig, plan: Plan) {
+    for (section, values) in plan {
+        match values {
+            Some(v) => cfg.insert(section, v),
+            None => cfg.remove(&section),
+        };
+    }
 }
 
 /// The value of `key`: the one set, else the catalog default.

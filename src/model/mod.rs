@@ -146,7 +146,7 @@ impl ClusterState {
                 }
             }
             Command::UpdateConfig { set, unset } => {
-                catalog::updated(&self.config, set, unset)?;
+                catalog::plan(&self.config, set, unset)?;
                 Ok(())
             }
         }
@@ -154,8 +154,11 @@ impl ClusterState {
 
     /// Applies `cmd`. A command that fails `check` changes nothing and reports why.
     pub fn apply(&mut self, cmd: &Command) -> Response {
-        if let Err(e) = self.check(cmd) {
-            return Response::Refused(e.to_string());
+        // A config update is checked while it is planned, in one pass: it is the hot path.
+        if !matches!(cmd, Command::UpdateConfig { .. }) {
+            if let Err(e) = self.check(cmd) {
+                return Response::Refused(e.to_string());
+            }
         }
         match cmd {
             Command::Bootstrap {
@@ -195,13 +198,13 @@ impl ClusterState {
                 self.nodes.remove(node_id);
                 Response::Done
             }
-            Command::UpdateConfig { set, unset } => {
-                // `check` succeeded, so this cannot fail.
-                if let Ok(cfg) = catalog::updated(&self.config, set, unset) {
-                    self.config = cfg;
+            Command::UpdateConfig { set, unset } => match catalog::plan(&self.config, set, unset) {
+                Ok(plan) => {
+                    catalog::apply_plan(&mut self.config, plan);
+                    Response::Done
                 }
-                Response::Done
-            }
+                Err(e) => Response::Refused(e.to_string()),
+            },
         }
     }
 
