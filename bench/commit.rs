@@ -108,9 +108,7 @@ impl Cluster {
             let log = cluster.dir.path().join(format!("{name}.log"));
             let addr = format!("127.0.0.1:{port}");
             let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-            let err = out
-                .try_clone()
-                .map_err(|e| format!("{}: {e}", log.display()))?;
+            let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
             let child = Command::new(omd)
                 .arg("--node-name")
                 .arg(name)
@@ -193,11 +191,7 @@ impl Cluster {
             if sent.elapsed() >= STOP_GRACE {
                 for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
                     let _ = d.child.kill();
-                    let status = d
-                        .child
-                        .wait()
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|e| e.to_string());
+                    let status = d.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                     d.exited = Some(format!(
                         "still running {STOP_GRACE:?} after SIGTERM: SIGKILLed ({status})"
                     ));
@@ -288,11 +282,7 @@ async fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
                     .await
                     .map_err(status_text)?
                     .into_inner();
-                let mon = c
-                    .mon(pb::MonRequest {})
-                    .await
-                    .map_err(status_text)?
-                    .into_inner();
+                let mon = c.mon(pb::MonRequest {}).await.map_err(status_text)?.into_inner();
                 Ok::<_, String>((st.raft_role, mon.nodes.len()))
             };
             let why = match tokio::time::timeout(Duration::from_secs(2), probe).await {
@@ -341,15 +331,11 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
             token: token.clone(),
             witness: false,
         };
-        let reply = within(
-            Duration::from_secs(120),
-            &format!("joining {}", d.name),
-            async {
-                c.join(req)
-                    .await
-                    .map_err(|s| format!("joining {}: {}", d.name, status_text(s)))
-            },
-        )
+        let reply = within(Duration::from_secs(120), &format!("joining {}", d.name), async {
+            c.join(req)
+                .await
+                .map_err(|s| format!("joining {}: {}", d.name, status_text(s)))
+        })
         .await?
         .into_inner();
         eprintln!(
@@ -385,21 +371,14 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
                 }
                 r.nodes
                     .iter()
-                    .map(|n| {
-                        format!(
-                            "{} {} reachable={} {}",
-                            n.name, n.membership, n.reachable, n.error
-                        )
-                    })
+                    .map(|n| format!("{} {} reachable={} {}", n.name, n.membership, n.reachable, n.error))
                     .collect::<Vec<_>>()
                     .join("; ")
             }
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(format!(
-                "n1 never saw 3 reachable voters; last view: {last}"
-            ));
+            return Err(format!("n1 never saw 3 reachable voters; last view: {last}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -409,9 +388,7 @@ async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
 async fn roles(cluster: &Cluster) -> Result<(&'static str, &'static str), String> {
     let mut c = client(&cluster.daemons[0]).await?;
     let st = within(Duration::from_secs(5), "NodeStatus", async {
-        c.node_status(pb::NodeStatusRequest {})
-            .await
-            .map_err(status_text)
+        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
     })
     .await?
     .into_inner();
@@ -419,11 +396,7 @@ async fn roles(cluster: &Cluster) -> Result<(&'static str, &'static str), String
         .by_name(&st.leader_name)
         .ok_or_else(|| format!("n1 reports leader {:?}, not one of ours", st.leader_name))?
         .name;
-    let follower = NODES
-        .iter()
-        .copied()
-        .find(|n| *n != leader)
-        .expect("three nodes");
+    let follower = NODES.iter().copied().find(|n| *n != leader).expect("three nodes");
     Ok((leader, follower))
 }
 
@@ -453,12 +426,7 @@ async fn writers(d: &Daemon, n: usize) -> Result<Vec<impl runner::Writer>, Strin
         let conn = client(d).await?;
         out.push(move |i: u64| {
             let mut c = conn.clone();
-            async move {
-                c.config_update(update(i))
-                    .await
-                    .map(|_| ())
-                    .map_err(status_text)
-            }
+            async move { c.config_update(update(i)).await.map(|_| ()).map_err(status_text) }
         });
     }
     Ok(out)
@@ -512,10 +480,8 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Resul
             );
             let ratio = level.error_ratio();
             if !level.error_samples.is_empty() {
-                out.notes.push(format!(
-                    "{via} x{n} errors: {}",
-                    level.error_samples.join(" | ")
-                ));
+                out.notes
+                    .push(format!("{via} x{n} errors: {}", level.error_samples.join(" | ")));
             }
             out.rows.push(Row {
                 via: format!("{via} ({name})"),
@@ -523,10 +489,7 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Resul
                 level,
             });
             if ratio > MAX_ERROR_RATIO {
-                out.aborted = Some(format!(
-                    "{:.1}% of the writes failed at {via} x{n}",
-                    ratio * 100.0
-                ));
+                out.aborted = Some(format!("{:.1}% of the writes failed at {via} x{n}", ratio * 100.0));
                 break 'targets;
             }
             let (now_leader, _) = roles(cluster).await?;
@@ -541,19 +504,13 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Resul
     // Sanity: every acknowledged write is in the state.
     let mut c = client(cluster.by_name(leader).expect("our daemon")).await?;
     let show = within(Duration::from_secs(30), "ConfigShow", async {
-        c.config_show(pb::ConfigShowRequest {
-            section: String::new(),
-        })
-        .await
-        .map_err(status_text)
+        c.config_show(pb::ConfigShowRequest { section: String::new() })
+            .await
+            .map_err(status_text)
     })
     .await?
     .into_inner();
-    let pools = show
-        .sections
-        .iter()
-        .filter(|s| s.name.starts_with("pool#b"))
-        .count() as u64;
+    let pools = show.sections.iter().filter(|s| s.name.starts_with("pool#b")).count() as u64;
     if pools < out.total_ok {
         out.notes.push(format!(
             "only {pools} pool#b sections in the state for {} acknowledged writes",
@@ -605,15 +562,7 @@ fn max_ms(l: &Level) -> f64 {
 fn print_table(rows: &[Row]) {
     println!(
         "{:<18} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12}",
-        "via",
-        "concurrency",
-        "writes",
-        "writes/s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "errors",
-        "prior writes"
+        "via", "concurrency", "writes", "writes/s", "p50 ms", "p99 ms", "max ms", "errors", "prior writes"
     );
     for r in rows {
         let l = &r.level;
@@ -673,10 +622,7 @@ fn print_json(rows: &[Row], phases: Phases) {
             })
             .collect(),
     };
-    println!(
-        "{}",
-        serde_json::to_string(&report).expect("serializing the report")
-    );
+    println!("{}", serde_json::to_string(&report).expect("serializing the report"));
 }
 
 fn main() -> ExitCode {
@@ -686,9 +632,7 @@ fn main() -> ExitCode {
         Ok(v) => match v.trim().parse::<f64>() {
             Ok(s) if s > 0.0 && s <= 3600.0 => s,
             _ => {
-                eprintln!(
-                    "OMRAFT_BENCH_SECS={v:?}: expected seconds, more than 0 and at most 3600"
-                );
+                eprintln!("OMRAFT_BENCH_SECS={v:?}: expected seconds, more than 0 and at most 3600");
                 return ExitCode::FAILURE;
             }
         },
@@ -698,8 +642,7 @@ fn main() -> ExitCode {
     let levels: Vec<usize> = match std::env::var("OMRAFT_BENCH_LEVELS") {
         Err(_) => CONCURRENCY.to_vec(),
         Ok(v) => {
-            let parsed: Result<Vec<usize>, _> =
-                v.split(',').map(|n| n.trim().parse::<usize>()).collect();
+            let parsed: Result<Vec<usize>, _> = v.split(',').map(|n| n.trim().parse::<usize>()).collect();
             match parsed {
                 Ok(l) if !l.is_empty() && l.iter().all(|n| (1..=1024).contains(n)) => l,
                 _ => {
@@ -730,8 +673,7 @@ fn main() -> ExitCode {
     // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
     let result = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
         tokio::select! {
             r = bench(&mut cluster, phases, &levels) => r,
             _ = tokio::signal::ctrl_c() => Err("interrupted (SIGINT)".to_string()),

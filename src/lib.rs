@@ -2,6 +2,7 @@
 //! whose cluster state lives in a Raft log (openraft) stored in sled.
 //!
 //! - [`model`]: the replicated state, the log's commands and the pure `apply`.
+//! - [`config`]: object configuration: INI format, keyword catalogs, references.
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
 //! - [`daemon`]: `omd`, wiring a node together.
@@ -9,6 +10,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod model;
 pub mod raft;

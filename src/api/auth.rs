@@ -97,8 +97,8 @@ impl Secret {
         let mut m = HmacSha256::new_from_slice(&self.0).expect("hmac takes any key length");
         m.update(body.as_bytes());
         m.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-        let payload: Payload = serde_json::from_slice(&unhex(body).ok_or(TokenError::Malformed)?)
-            .map_err(|_| TokenError::Malformed)?;
+        let payload: Payload =
+            serde_json::from_slice(&unhex(body).ok_or(TokenError::Malformed)?).map_err(|_| TokenError::Malformed)?;
         if payload.exp <= now {
             return Err(TokenError::Expired(now - payload.exp));
         }
@@ -173,16 +173,11 @@ mod tests {
         let t = s.sign(Role::Join, 1000);
         assert_eq!(s.verify(&t, 999), Ok(Role::Join));
         assert_eq!(s.verify(&t, 1005), Err(TokenError::Expired(5)));
-        assert_eq!(
-            Secret::generate().verify(&t, 999),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(Secret::generate().verify(&t, 999), Err(TokenError::BadSignature));
         assert_eq!(s.verify("garbage", 0), Err(TokenError::Malformed));
         // A tampered payload (role changed) no longer matches its signature.
         let (body, sig) = t.split_once('.').unwrap();
-        let forged = String::from_utf8(unhex(body).unwrap())
-            .unwrap()
-            .replace("join", "root");
+        let forged = String::from_utf8(unhex(body).unwrap()).unwrap().replace("join", "root");
         assert_eq!(
             s.verify(&format!("{}.{sig}", hex(forged.as_bytes())), 0),
             Err(TokenError::BadSignature)

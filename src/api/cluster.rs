@@ -48,20 +48,12 @@ impl ClusterService {
             .node
             .read_linearizable(|d| d.state.nodes.get(&node_id).cloned())
             .await?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "node id {node_id} is not registered: admit it first"
-                ))
-            })?;
+            .ok_or_else(|| Status::not_found(format!("node id {node_id} is not registered: admit it first")))?;
         let raft = self.node.member().raft.clone();
         let node = BasicNode {
             addr: info.addr.clone(),
         };
-        let learner = tokio::time::timeout(
-            Duration::from_secs(60),
-            raft.add_learner(node_id, node, true),
-        )
-        .await;
+        let learner = tokio::time::timeout(Duration::from_secs(60), raft.add_learner(node_id, node, true)).await;
         match learner {
             Err(_) => {
                 return Err(Status::deadline_exceeded(format!(
@@ -69,12 +61,7 @@ impl ClusterService {
                     info.name
                 )))
             }
-            Ok(Err(e)) => {
-                return Err(Status::unavailable(format!(
-                    "adding {} as learner: {e}",
-                    info.name
-                )))
-            }
+            Ok(Err(e)) => return Err(Status::unavailable(format!("adding {} as learner: {e}", info.name))),
             Ok(Ok(_)) => {}
         }
         for _ in 0..50 {
@@ -86,17 +73,10 @@ impl ClusterService {
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
                 ))) => tokio::time::sleep(Duration::from_millis(200)).await,
-                Err(e) => {
-                    return Err(Status::unavailable(format!(
-                        "promoting {} to voter: {e}",
-                        info.name
-                    )))
-                }
+                Err(e) => return Err(Status::unavailable(format!("promoting {} to voter: {e}", info.name))),
             }
         }
-        Err(Status::unavailable(
-            "another membership change kept running; try again",
-        ))
+        Err(Status::unavailable("another membership change kept running; try again"))
     }
 
     async fn remove_here(&self, name: &str) -> Result<u64, Status> {
@@ -113,12 +93,8 @@ impl ClusterService {
                 )
             })
             .await?;
-        let id = id.ok_or_else(|| {
-            Status::not_found(format!(
-                "no node named {name:?} (nodes: {})",
-                known.join(", ")
-            ))
-        })?;
+        let id =
+            id.ok_or_else(|| Status::not_found(format!("no node named {name:?} (nodes: {})", known.join(", "))))?;
         if voters.contains(&id) && voters.len() == 1 {
             return Err(Status::failed_precondition(format!(
                 "{name} is the last voter of the cluster"
@@ -133,9 +109,9 @@ impl ClusterService {
             None
         };
         if let Some(change) = change {
-            raft.change_membership(change, false).await.map_err(|e| {
-                Status::unavailable(format!("removing {name} from the raft membership: {e}"))
-            })?;
+            raft.change_membership(change, false)
+                .await
+                .map_err(|e| Status::unavailable(format!("removing {name} from the raft membership: {e}")))?;
         }
         let (index, r) = self.node.write(Command::RemoveNode { node_id: id }).await?;
         applied(index, r)?;
@@ -145,26 +121,15 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn config_update(
-        &self,
-        req: Request<ConfigUpdateRequest>,
-    ) -> Result<Response<ConfigUpdateReply>, Status> {
+    async fn config_update(&self, req: Request<ConfigUpdateRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();
         let set: Vec<(String, String)> = req.set.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let (set, unset) = catalog::parse_update(&set, &req.unset).map_err(invalid)?;
-        let (index, r) = self
-            .node
-            .write(Command::UpdateConfig { set, unset })
-            .await?;
-        let log_index = applied(index, r)?;
-        Ok(Response::new(ConfigUpdateReply { log_index }))
+        self.commit(Command::UpdateConfig { set, unset }).await
     }
 
-    async fn config_get(
-        &self,
-        req: Request<ConfigGetRequest>,
-    ) -> Result<Response<ConfigGetReply>, Status> {
+    async fn config_get(&self, req: Request<ConfigGetRequest>) -> Result<Response<ConfigGetReply>, Status> {
         authorize(&req, Access::Admin)?;
         let key = req.into_inner().key;
         catalog::ConfigKey::parse(&key).map_err(invalid)?;
@@ -179,16 +144,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
-    async fn config_show(
-        &self,
-        req: Request<ConfigShowRequest>,
-    ) -> Result<Response<ConfigShowReply>, Status> {
+    async fn config_show(&self, req: Request<ConfigShowRequest>) -> Result<Response<ConfigShowReply>, Status> {
         authorize(&req, Access::Admin)?;
         let want = req.into_inner().section;
-        let cfg = self
-            .node
-            .read_linearizable(|d| d.state.config.clone())
-            .await?;
+        let cfg = self.node.read_linearizable(|d| d.state.config.clone()).await?;
         let sections: Vec<Section> = cfg
             .iter()
             .filter(|(name, _)| want.is_empty() || **name == want)
@@ -210,10 +169,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(ConfigShowReply { sections }))
     }
 
-    async fn issue_token(
-        &self,
-        req: Request<IssueTokenRequest>,
-    ) -> Result<Response<IssueTokenReply>, Status> {
+    async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();
         let role = match req.role.as_str() {
@@ -250,12 +206,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             .map_err(|_| Status::aborted("a join is already running"))?;
         let mut steps = Vec::new();
         let m = node.member();
-        let (members, registered) = m.sm.read(|d| {
-            (
-                d.membership.membership().nodes().count(),
-                d.state.nodes.len(),
-            )
-        });
+        let (members, registered) =
+            m.sm.read(|d| (d.membership.membership().nodes().count(), d.state.nodes.len()));
         if members > 1 || registered > 1 {
             return Err(Status::failed_precondition(format!(
                 "this node already belongs to a cluster of {} nodes: remove it there first",
@@ -299,16 +251,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         ));
         let backup = save_backup(node)?;
         steps.push(format!("Save the pre-join state to {}", backup.display()));
-        steps.push(format!(
-            "Stop the local one-node cluster (node id {})",
-            m.id
-        ));
+        steps.push(format!("Stop the local one-node cluster (node id {})", m.id));
         drop(m);
         node.rejoin_as(admitted.node_id, auth::Secret(admitted.secret))
             .await
-            .map_err(|e| {
-                Status::internal(format!("restarting raft as node {}: {e}", admitted.node_id))
-            })?;
+            .map_err(|e| Status::internal(format!("restarting raft as node {}: {e}", admitted.node_id)))?;
         steps.push(format!("Start raft as node id {}", admitted.node_id));
         steps.push(format!(
             "Ask the leader to add node {} as learner, then voter",
@@ -326,10 +273,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .await
             .map_err(|s| Status::new(s.code(), format!("joining the membership: {}", s.message())))?
             .into_inner();
-        steps.push(format!(
-            "Membership committed at log index {}",
-            added.log_index
-        ));
+        steps.push(format!("Membership committed at log index {}", added.log_index));
         steps.push(if req.witness {
             "Joined as witness".into()
         } else {
@@ -345,8 +289,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     async fn admit(&self, req: Request<AdmitRequest>) -> Result<Response<AdmitReply>, Status> {
         authorize(&req, Access::Join)?;
         let req = req.into_inner();
-        crate::model::validate_node_name(&req.name)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::model::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.node.wait_bootstrapped().await?;
         let (existing, in_membership) = self
             .node
@@ -390,10 +333,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }))
     }
 
-    async fn add_member(
-        &self,
-        req: Request<AddMemberRequest>,
-    ) -> Result<Response<AddMemberReply>, Status> {
+    async fn add_member(&self, req: Request<AddMemberRequest>) -> Result<Response<AddMemberReply>, Status> {
         authorize(&req, Access::Node)?;
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
@@ -404,10 +344,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(AddMemberReply { log_index }))
     }
 
-    async fn remove_node(
-        &self,
-        req: Request<RemoveNodeRequest>,
-    ) -> Result<Response<RemoveNodeReply>, Status> {
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeReply>, Status> {
         authorize(&req, Access::Admin)?;
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
@@ -419,10 +356,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(RemoveNodeReply { node_id }))
     }
 
-    async fn node_status(
-        &self,
-        req: Request<NodeStatusRequest>,
-    ) -> Result<Response<NodeStatus>, Status> {
+    async fn node_status(&self, req: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
         authorize(&req, Access::Admin)?;
         Ok(Response::new(status::node_status(&self.node)))
     }
@@ -430,6 +364,77 @@ impl pb::cluster_server::Cluster for ClusterService {
     async fn mon(&self, req: Request<MonRequest>) -> Result<Response<MonReply>, Status> {
         authorize(&req, Access::Admin)?;
         Ok(Response::new(status::mon(&self.node).await))
+    }
+
+    async fn object_create(&self, req: Request<ObjectCreateRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::object_create(self, req).await
+    }
+
+    async fn object_delete(&self, req: Request<ObjectRef>) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::object_delete(self, req).await
+    }
+
+    async fn object_config_update(
+        &self,
+        req: Request<ObjectConfigUpdateRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::object_config_update(self, req).await
+    }
+
+    async fn object_config_show(
+        &self,
+        req: Request<ObjectConfigShowRequest>,
+    ) -> Result<Response<ConfigShowReply>, Status> {
+        ClusterService::object_config_show(self, req).await
+    }
+
+    async fn object_config_get(
+        &self,
+        req: Request<ObjectConfigGetRequest>,
+    ) -> Result<Response<ConfigGetReply>, Status> {
+        ClusterService::object_config_get(self, req).await
+    }
+
+    async fn object_config_doc(
+        &self,
+        req: Request<ObjectConfigDocRequest>,
+    ) -> Result<Response<ObjectConfigDocReply>, Status> {
+        ClusterService::object_config_doc(self, req).await
+    }
+
+    async fn object_list(&self, req: Request<ObjectListRequest>) -> Result<Response<ObjectListReply>, Status> {
+        ClusterService::object_list(self, req).await
+    }
+
+    async fn key_put(&self, req: Request<KeyPutRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::key_put(self, req).await
+    }
+
+    async fn key_list(&self, req: Request<ObjectRef>) -> Result<Response<KeyListReply>, Status> {
+        ClusterService::key_list(self, req).await
+    }
+
+    async fn key_decode(&self, req: Request<KeyRequest>) -> Result<Response<KeyDecodeReply>, Status> {
+        ClusterService::key_decode(self, req).await
+    }
+
+    async fn key_remove(&self, req: Request<KeyRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::key_remove(self, req).await
+    }
+
+    async fn pool_list(&self, req: Request<PoolListRequest>) -> Result<Response<PoolListReply>, Status> {
+        ClusterService::pool_list(self, req).await
+    }
+
+    async fn device_list(&self, req: Request<ObjectRef>) -> Result<Response<DeviceListReply>, Status> {
+        ClusterService::device_list(self, req).await
+    }
+
+    async fn report_volume_groups(
+        &self,
+        req: Request<ReportVolumeGroupsRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::report_volume_groups(self, req).await
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cluster;
+mod objects;
 mod raft;
 mod server;
 mod status;
@@ -34,11 +35,7 @@ pub fn authorize<T>(req: &Request<T>, access: Access) -> Result<(), Status> {
         .cloned()
         .unwrap_or(Caller::Anonymous("no credential given".into()));
     let ok = match (&caller, access) {
-        (Caller::Anonymous(why), _) => {
-            return Err(Status::unauthenticated(format!(
-                "credential refused: {why}"
-            )))
-        }
+        (Caller::Anonymous(why), _) => return Err(Status::unauthenticated(format!("credential refused: {why}"))),
         (Caller::Local, _) => true,
         (Caller::Node, Access::Admin | Access::Node | Access::Join) => true,
         (Caller::Token(Role::Root), Access::Admin) => true,

@@ -31,10 +31,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
-    async fn append_entries(
-        &self,
-        req: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
         let leader: NodeId = rpc.vote.leader_id().voted_for().unwrap_or_default();
         let res = self.node.member().raft.append_entries(rpc).await;
@@ -49,10 +46,7 @@ impl pb::raft_server::Raft for RaftService {
         encode(&self.node.member().raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         let leader: NodeId = rpc.vote.leader_id().voted_for().unwrap_or_default();
         let res = self.node.member().raft.install_snapshot(rpc).await;

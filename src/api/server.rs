@@ -39,10 +39,7 @@ pub async fn serve(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let caller = tcp_node
-            .member()
-            .secret
-            .caller(header.as_deref(), unix_now());
+        let caller = tcp_node.member().secret.caller(header.as_deref(), unix_now());
         req.extensions_mut().insert(caller);
         Ok(req)
     };
@@ -70,10 +67,7 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.tcp), wait(stop_rx.clone()));
     let unix = Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            cluster(),
-            local,
-        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), wait(stop_rx));
     tokio::spawn(async move {
         shutdown.await;

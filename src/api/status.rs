@@ -27,12 +27,8 @@ pub fn node_status(node: &Node) -> pb::NodeStatus {
     let m = node.member();
     let metrics = m.raft.metrics().borrow().clone();
     let (names, cluster, witness) = m.sm.read(|d| {
-        let names: std::collections::BTreeMap<u64, String> = d
-            .state
-            .nodes
-            .iter()
-            .map(|(id, n)| (*id, n.name.clone()))
-            .collect();
+        let names: std::collections::BTreeMap<u64, String> =
+            d.state.nodes.iter().map(|(id, n)| (*id, n.name.clone())).collect();
         let witness = d.state.nodes.get(&m.id).is_some_and(|n| n.witness);
         (names, crate::daemon::cluster_name(&d.state), witness)
     });

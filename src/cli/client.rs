@@ -64,11 +64,7 @@ pub async fn connect(server: &str, token: Option<&str>) -> Result<Client, Connec
         Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }))
             .await
             .map_err(unreachable)?

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success (and broken pipe), 1 user error, 2 unexpected error.
 
 pub mod client;
+mod object;
 mod render;
 
 use std::time::Duration;
@@ -68,6 +69,37 @@ pub enum Command {
     /// Commands about the daemon itself.
     #[command(subcommand)]
     Daemon(DaemonCmd),
+    /// Objects: services, volumes, config maps, secrets, users.
+    #[command(subcommand)]
+    Object(ObjectsCmd),
+    /// Storage pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// PATH COMMAND...: commands on one object (NAMESPACE/KIND/NAME); see `omctl PATH --help`.
+    #[command(external_subcommand)]
+    Path(Vec<String>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectsCmd {
+    /// List objects whose path matches a glob.
+    Ls {
+        /// Glob over NAMESPACE/KIND/NAME, e.g. '*/svc/*' (default: every object).
+        selector: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Pools with their capacity: cluster-wide sums, or one node's with --node.
+    List {
+        /// Only this pool.
+        #[arg(long)]
+        name: Option<String>,
+        /// One node's figures.
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,11 +179,9 @@ pub enum HbCmd {
 
 /// Parses `90s`, `10m`, `1h`, `2d` (or plain seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
+    let (num, unit) = s
+        .trim()
+        .split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 1h or 2d"))?;
@@ -260,11 +290,7 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             }
         }
         Command::Cluster(ClusterCmd::Config(cmd)) => config(cli, cmd, out).await,
-        Command::Cluster(ClusterCmd::Join {
-            node,
-            token,
-            witness,
-        }) => {
+        Command::Cluster(ClusterCmd::Join { node, token, witness }) => {
             let mut c = connect(cli).await?;
             let req = pb::JoinRequest {
                 node: node.clone(),
@@ -298,6 +324,24 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             out.token(&reply);
             Ok(())
         }
+        Command::Path(args) => object::run(cli, args, out).await,
+        Command::Object(ObjectsCmd::Ls { selector }) => {
+            let mut c = connect(cli).await?;
+            let req = pb::ObjectListRequest {
+                selector: selector.clone().unwrap_or_default(),
+            };
+            out.objects(&c.object_list(req).await?.into_inner());
+            Ok(())
+        }
+        Command::Pool(PoolCmd::List { name, node }) => {
+            let mut c = connect(cli).await?;
+            let req = pb::PoolListRequest {
+                name: name.clone().unwrap_or_default(),
+                node: node.clone().unwrap_or_default(),
+            };
+            out.pools(&c.pool_list(req).await?.into_inner(), node.is_some());
+            Ok(())
+        }
         Command::Daemon(DaemonCmd::Hb(HbCmd::Status)) => {
             let mut c = connect(cli).await?;
             let reply = c.mon(pb::MonRequest {}).await?.into_inner();
@@ -312,18 +356,16 @@ async fn config(cli: &Cli, cmd: &ConfigCmd, out: &mut Printer) -> Result<(), Fai
         ConfigCmd::Update(args) => {
             let mut set = Vec::new();
             for s in &args.set {
-                let (k, v) = s.split_once('=').ok_or_else(|| {
-                    user_error(format!("--set {s:?}: expected SECTION.KEYWORD=VALUE"))
-                })?;
+                let (k, v) = s
+                    .split_once('=')
+                    .ok_or_else(|| user_error(format!("--set {s:?}: expected SECTION.KEYWORD=VALUE")))?;
                 set.push(pb::KeyValue {
                     key: k.trim().to_string(),
                     value: v.to_string(),
                 });
             }
             if set.is_empty() && args.unset.is_empty() {
-                return Err(user_error(
-                    "nothing to change: give at least one --set or --unset",
-                ));
+                return Err(user_error("nothing to change: give at least one --set or --unset"));
             }
             let mut c = connect(cli).await?;
             let reply = c

@@ -39,6 +39,93 @@ struct ValueView<'a> {
 }
 
 #[derive(Serialize)]
+struct BytesView<'a> {
+    bytes: &'a [u8],
+}
+
+#[derive(Serialize)]
+struct ObjectView<'a> {
+    path: &'a str,
+    kind: &'a str,
+}
+
+#[derive(Serialize)]
+struct DocView<'a> {
+    section: &'a str,
+    keyword: &'a str,
+    kind: &'a str,
+    default: Option<&'a str>,
+    readonly: bool,
+    required: bool,
+    doc: &'a str,
+}
+
+impl<'a> From<&'a pb::KeywordDoc> for DocView<'a> {
+    fn from(k: &'a pb::KeywordDoc) -> Self {
+        DocView {
+            section: &k.section,
+            keyword: &k.keyword,
+            kind: &k.kind,
+            default: k.default_value.as_deref(),
+            readonly: k.readonly,
+            required: k.required,
+            doc: &k.doc,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PoolView<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    node: &'a str,
+    name: &'a str,
+    r#type: &'a str,
+    capabilities: Vec<&'a str>,
+    head: &'a str,
+    volume_count: u64,
+    size: u64,
+    used: u64,
+    free: u64,
+}
+
+impl<'a> From<&'a pb::PoolRow> for PoolView<'a> {
+    fn from(p: &'a pb::PoolRow) -> Self {
+        PoolView {
+            node: &p.node,
+            name: &p.name,
+            r#type: &p.r#type,
+            capabilities: p.capabilities.split(',').collect(),
+            head: &p.head,
+            volume_count: p.volume_count,
+            size: p.size,
+            used: p.used,
+            free: p.free,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeviceView<'a> {
+    object: &'a str,
+    resource: &'a str,
+    driver_group: &'a str,
+    role: &'a str,
+    device: &'a str,
+}
+
+impl<'a> From<&'a pb::DeviceRow> for DeviceView<'a> {
+    fn from(d: &'a pb::DeviceRow) -> Self {
+        DeviceView {
+            object: &d.object,
+            resource: &d.resource,
+            driver_group: &d.driver_group,
+            role: &d.role,
+            device: &d.device,
+        }
+    }
+}
+
+#[derive(Serialize)]
 struct RemovedView<'a> {
     removed: &'a str,
     node_id: u64,
@@ -223,6 +310,165 @@ impl Printer {
         self.out.flush()
     }
 
+    pub fn set_format(&mut self, format: Output) {
+        self.format = format;
+    }
+
+    /// A committed change that prints nothing in human form (as the tutorial's create).
+    pub fn quiet_commit(&mut self, log_index: u64) {
+        if self.format == Output::Json {
+            self.json(&CommittedView {
+                committed: true,
+                log_index,
+            });
+        }
+    }
+
+    pub fn key_set(&mut self, path: &str, key: &str, log_index: u64) {
+        match self.format {
+            Output::Human => self.write(&format!("{path}: set key {key}\n")),
+            Output::Json => self.json(&CommittedView {
+                committed: true,
+                log_index,
+            }),
+        }
+    }
+
+    pub fn names(&mut self, names: &[String]) {
+        match self.format {
+            Output::Human => self.write(&names.iter().map(|n| format!("{n}\n")).collect::<String>()),
+            Output::Json => self.json(&names),
+        }
+    }
+
+    /// A key's value as stored (JSON: as text when it is UTF-8, else as bytes).
+    pub fn raw(&mut self, value: &[u8]) {
+        match self.format {
+            Output::Human => {
+                if self.error.is_none() {
+                    if let Err(e) = self.out.write_all(value) {
+                        self.error = Some(e);
+                    }
+                }
+            }
+            Output::Json => match std::str::from_utf8(value) {
+                Ok(text) => self.json(&ValueView { value: text }),
+                Err(_) => self.json(&BytesView { bytes: value }),
+            },
+        }
+    }
+
+    pub fn doc(&mut self, r: &pb::ObjectConfigDocReply) {
+        if self.format == Output::Json {
+            let view: Vec<DocView> = r.keywords.iter().map(DocView::from).collect();
+            return self.json(&view);
+        }
+        let mut text = String::new();
+        for k in &r.keywords {
+            let mut flags = vec![format!("type: {}", k.kind)];
+            if let Some(d) = &k.default_value {
+                flags.push(format!("default: {d}"));
+            }
+            if k.required {
+                flags.push("required".into());
+            }
+            if k.readonly {
+                flags.push("set by the cluster".into());
+            }
+            text.push_str(&format!(
+                "[{}] {}\n  {}\n  {}\n\n",
+                k.section,
+                k.keyword,
+                flags.join(", "),
+                k.doc
+            ));
+        }
+        self.write(&text);
+    }
+
+    pub fn objects(&mut self, r: &pb::ObjectListReply) {
+        if self.format == Output::Json {
+            let view: Vec<ObjectView> = r
+                .objects
+                .iter()
+                .map(|o| ObjectView {
+                    path: &o.path,
+                    kind: &o.kind,
+                })
+                .collect();
+            return self.json(&view);
+        }
+        let rows: Vec<Vec<String>> = r.objects.iter().map(|o| vec![o.path.clone(), o.kind.clone()]).collect();
+        self.write(&table(&["OBJECT", "KIND"], &rows));
+    }
+
+    pub fn pools(&mut self, r: &pb::PoolListReply, per_node: bool) {
+        if self.format == Output::Json {
+            let view: Vec<PoolView> = r.pools.iter().map(PoolView::from).collect();
+            return self.json(&view);
+        }
+        let size = crate::config::kind::format_size;
+        let rows: Vec<Vec<String>> = r
+            .pools
+            .iter()
+            .map(|p| {
+                let mut row = vec![
+                    p.name.clone(),
+                    p.r#type.clone(),
+                    p.capabilities.clone(),
+                    p.head.clone(),
+                    p.volume_count.to_string(),
+                    size(p.size),
+                    size(p.used),
+                    size(p.free),
+                ];
+                if per_node {
+                    row.insert(0, p.node.clone());
+                }
+                row
+            })
+            .collect();
+        let mut headers = vec![
+            "NAME",
+            "TYPE",
+            "CAPABILITIES",
+            "HEAD",
+            "VOLUME_COUNT",
+            "BIN_SIZE",
+            "BIN_USED",
+            "BIN_FREE",
+        ];
+        if per_node {
+            headers.insert(0, "NODE");
+        }
+        self.write(&table(&headers, &rows));
+    }
+
+    pub fn devices(&mut self, r: &pb::DeviceListReply) {
+        if self.format == Output::Json {
+            let view: Vec<DeviceView> = r.devices.iter().map(DeviceView::from).collect();
+            return self.json(&view);
+        }
+        let rows: Vec<Vec<String>> = r
+            .devices
+            .iter()
+            .map(|d| {
+                vec![
+                    d.object.clone(),
+                    d.resource.clone(),
+                    d.driver_group.clone(),
+                    d.driver_name.clone(),
+                    d.role.clone(),
+                    d.device.clone(),
+                ]
+            })
+            .collect();
+        self.write(&table(
+            &["OBJECT", "RESOURCE", "DRIVER_GROUP", "DRIVER_NAME", "ROLE", "DEVICE"],
+            &rows,
+        ));
+    }
+
     pub fn clear_screen(&mut self) {
         self.write("\x1b[2J\x1b[H");
     }
@@ -239,9 +485,7 @@ impl Printer {
 
     pub fn joined(&mut self, r: &pb::JoinReply) {
         match self.format {
-            Output::Human => {
-                self.write(&r.steps.iter().map(|s| format!("{s}\n")).collect::<String>())
-            }
+            Output::Human => self.write(&r.steps.iter().map(|s| format!("{s}\n")).collect::<String>()),
             Output::Json => self.json(&JoinView {
                 node_id: r.node_id,
                 steps: &r.steps,
@@ -269,10 +513,7 @@ impl Printer {
     pub fn removed(&mut self, name: &str, node_id: u64) {
         match self.format {
             Output::Human => self.write(&format!("removed {name} (node id {node_id})\n")),
-            Output::Json => self.json(&RemovedView {
-                removed: name,
-                node_id,
-            }),
+            Output::Json => self.json(&RemovedView { removed: name, node_id }),
         }
     }
 
@@ -299,10 +540,7 @@ impl Printer {
                     .map(|s| {
                         (
                             s.name.as_str(),
-                            s.values
-                                .iter()
-                                .map(|kv| (kv.key.as_str(), kv.value.as_str()))
-                                .collect(),
+                            s.values.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())).collect(),
                         )
                     })
                     .collect();
@@ -325,12 +563,7 @@ impl Printer {
         let col = |f: &dyn Fn(&pb::MonNode, &pb::NodeStatus) -> String| -> Vec<String> {
             r.nodes
                 .iter()
-                .map(|n| {
-                    n.status
-                        .as_ref()
-                        .map(|s| f(n, s))
-                        .unwrap_or_else(|| "-".into())
-                })
+                .map(|n| n.status.as_ref().map(|s| f(n, s)).unwrap_or_else(|| "-".into()))
                 .collect()
         };
         let reach: Vec<String> = r
@@ -358,11 +591,7 @@ impl Printer {
                 ("term", col(&|_, s| s.term.to_string())),
                 (
                     "applied",
-                    col(&|_, s| {
-                        s.applied_index
-                            .map(|i| i.to_string())
-                            .unwrap_or_else(|| "-".into())
-                    }),
+                    col(&|_, s| s.applied_index.map(|i| i.to_string()).unwrap_or_else(|| "-".into())),
                 ),
             ],
         );
@@ -370,26 +599,14 @@ impl Printer {
             "Nodes",
             &names,
             &[
-                (
-                    "id",
-                    r.nodes.iter().map(|n| n.node_id.to_string()).collect(),
-                ),
+                ("id", r.nodes.iter().map(|n| n.node_id.to_string()).collect()),
                 ("address", r.nodes.iter().map(|n| n.addr.clone()).collect()),
-                (
-                    "membership",
-                    r.nodes.iter().map(|n| n.membership.clone()).collect(),
-                ),
+                ("membership", r.nodes.iter().map(|n| n.membership.clone()).collect()),
                 (
                     "role",
                     r.nodes
                         .iter()
-                        .map(|n| {
-                            if n.witness {
-                                "witness".into()
-                            } else {
-                                "data".into()
-                            }
-                        })
+                        .map(|n| if n.witness { "witness".into() } else { "data".into() })
                         .collect(),
                 ),
             ],
@@ -432,9 +649,7 @@ impl Printer {
                     l.peer.clone(),
                     desc,
                     ack(l.last_ack_ms),
-                    l.match_index
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|| "-".into()),
+                    l.match_index.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();

@@ -36,6 +36,9 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub keep_logs: u64,
+    /// Volume groups (name -> bytes) this node reports for pool capacity. Until the LVM
+    /// driver reports what `vgs` sees, they are declared with `omd --report-vg`.
+    pub vgs: BTreeMap<String, u64>,
 }
 
 impl Settings {
@@ -49,6 +52,7 @@ impl Settings {
             election_timeout_ms: 1600,
             snapshot_every: 5000,
             keep_logs: 1000,
+            vgs: BTreeMap::new(),
         }
     }
 
@@ -103,10 +107,8 @@ impl Node {
     /// cluster when the directory is fresh.
     pub async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
         crate::model::validate_node_name(&settings.name)?;
-        std::fs::create_dir_all(&settings.data_dir)
-            .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
-        restrict(&settings.data_dir, 0o700)
-            .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        restrict(&settings.data_dir, 0o700).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let store = Store::open(&settings.data_dir)?;
         let links = Arc::new(Links::default());
         let channels = Channels::default();
@@ -152,6 +154,9 @@ impl Node {
             join_lock: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(register_founder(node.clone()));
+        if !node.settings.vgs.is_empty() {
+            tokio::spawn(report_volume_groups(node.clone()));
+        }
         Ok(node)
     }
 
@@ -170,12 +175,7 @@ impl Node {
         let m = self.member();
         let metrics = m.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&id)?
-            .addr
-            .clone();
+        let addr = metrics.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, addr))
     }
 
@@ -186,10 +186,7 @@ impl Node {
     }
 
     /// A `Raft` transport client to `addr`, with the node credential.
-    fn raft_client(
-        &self,
-        addr: &str,
-    ) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, Status> {
+    fn raft_client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, Status> {
         let ch = self
             .channels
             .get(addr)
@@ -213,10 +210,8 @@ impl Node {
     pub fn node_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         let cred = format!("Node {}", self.member().secret.node_credential());
-        r.metadata_mut().insert(
-            "authorization",
-            cred.parse().expect("hex credential is ascii"),
-        );
+        r.metadata_mut()
+            .insert("authorization", cred.parse().expect("hex credential is ascii"));
         r.set_timeout(timeout);
         r
     }
@@ -240,27 +235,15 @@ impl Node {
                 let req = self.node_request(pb::RaftMessage { data }, Duration::from_secs(10));
                 match self.raft_client(&addr)?.propose(req).await {
                     Ok(reply) => {
-                        let r: Result<(u64, Response), String> =
-                            serde_json::from_slice(&reply.into_inner().data).map_err(|e| {
-                                Status::internal(format!("bad reply from leader: {e}"))
-                            })?;
+                        let r: Result<(u64, Response), String> = serde_json::from_slice(&reply.into_inner().data)
+                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
                         match r {
                             Ok(ok) => return Ok(ok),
-                            Err(not_leader) if not_leader == NOT_LEADER => {
-                                Status::unavailable("leadership moved")
-                            }
-                            Err(e) => {
-                                return Err(Status::unavailable(format!(
-                                    "commit failed on the leader: {e}"
-                                )))
-                            }
+                            Err(not_leader) if not_leader == NOT_LEADER => Status::unavailable("leadership moved"),
+                            Err(e) => return Err(Status::unavailable(format!("commit failed on the leader: {e}"))),
                         }
                     }
-                    Err(s)
-                        if s.code() == Code::Unavailable && s.message().contains("tcp connect") =>
-                    {
-                        s
-                    }
+                    Err(s) if s.code() == Code::Unavailable && s.message().contains("tcp connect") => s,
                     Err(s) => {
                         return Err(Status::unavailable(format!(
                             "outcome unknown, leader {addr}: {}",
@@ -282,9 +265,7 @@ impl Node {
     pub async fn propose_local(&self, cmd: Command) -> Result<(u64, Response), String> {
         match self.member().raft.client_write(cmd).await {
             Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(NOT_LEADER.to_string())
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NOT_LEADER.to_string()),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -301,26 +282,17 @@ impl Node {
                     Err(e) => Status::unavailable(format!("read index: {e}")),
                 }
             } else if let Some((_, addr)) = self.leader() {
-                let req =
-                    self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
+                let req = self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
                 match self.raft_client(&addr)?.read_index(req).await {
                     Ok(reply) => {
-                        let idx: Result<Option<u64>, String> =
-                            serde_json::from_slice(&reply.into_inner().data).map_err(|e| {
-                                Status::internal(format!("bad reply from leader: {e}"))
-                            })?;
+                        let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.into_inner().data)
+                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
                         match idx {
                             Ok(idx) => {
-                                let wait = m
-                                    .raft
-                                    .wait(Some(deadline.saturating_duration_since(Instant::now())));
+                                let wait = m.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
                                 wait.applied_index_at_least(idx, "linearizable read")
                                     .await
-                                    .map_err(|e| {
-                                        Status::unavailable(format!(
-                                            "catching up with the leader: {e}"
-                                        ))
-                                    })?;
+                                    .map_err(|e| Status::unavailable(format!("catching up with the leader: {e}")))?;
                                 return Ok(m.sm.read(f));
                             }
                             Err(e) => Status::unavailable(e),
@@ -342,10 +314,7 @@ impl Node {
     /// freshly founded cluster cannot admit anyone before.
     pub async fn wait_bootstrapped(&self) -> Result<(), Status> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self
-            .read_linearizable(|d| !d.state.nodes.is_empty())
-            .await?
-        {
+        while !self.read_linearizable(|d| !d.state.nodes.is_empty()).await? {
             if Instant::now() >= deadline {
                 return Err(Status::unavailable(
                     "the cluster is not bootstrapped yet: retry in a moment",
@@ -366,15 +335,7 @@ impl Node {
         self.store.wipe_raft()?;
         self.store.local_set(LOCAL_SECRET, &secret)?;
         self.store.local_set(LOCAL_ID, &id)?;
-        let new = start_member(
-            &self.settings,
-            &self.store,
-            &self.channels,
-            &self.links,
-            id,
-            secret,
-        )
-        .await?;
+        let new = start_member(&self.settings, &self.store, &self.channels, &self.links, id, secret).await?;
         *self.member.write().expect("member lock") = new;
         Ok(())
     }
@@ -414,12 +375,7 @@ async fn start_member(
     id: NodeId,
     secret: Secret,
 ) -> Result<Arc<Member>, StartError> {
-    let config = Arc::new(
-        settings
-            .raft_config()
-            .validate()
-            .map_err(StartError::Config)?,
-    );
+    let config = Arc::new(settings.raft_config().validate().map_err(StartError::Config)?);
     let sm = store.state_machine()?;
     let network = Network {
         channels: channels.clone(),
@@ -429,12 +385,7 @@ async fn start_member(
     let raft = Raft::new(id, config, network, store.log_store(), sm.clone())
         .await
         .map_err(StartError::Raft)?;
-    Ok(Arc::new(Member {
-        id,
-        raft,
-        sm,
-        secret,
-    }))
+    Ok(Arc::new(Member { id, raft, sm, secret }))
 }
 
 /// A founding node registers itself in the state once it leads its one-node cluster. Runs at
@@ -467,6 +418,28 @@ async fn register_founder(node: Arc<Node>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::error!("could not register this node as the founder of its cluster");
+}
+
+/// Keeps this node's volume group report in the state current: at start, after a join, and
+/// whenever the state lost it (a node re-admitted under a new id).
+async fn report_volume_groups(node: Arc<Node>) {
+    loop {
+        let m = node.member();
+        let stale =
+            m.sm.read(|d| d.state.nodes.contains_key(&m.id) && d.state.vgs.get(&m.id) != Some(&node.settings.vgs));
+        if stale {
+            let cmd = Command::ReportVolumeGroups {
+                node_id: m.id,
+                vgs: node.settings.vgs.clone(),
+            };
+            match node.write(cmd).await {
+                Ok((_, Response::Refused(why))) => tracing::warn!("volume group report refused: {why}"),
+                Ok(_) => tracing::info!("reported {} volume groups", node.settings.vgs.len()),
+                Err(e) => tracing::debug!("volume group report: {}", e.message()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Sets a path's permission bits.

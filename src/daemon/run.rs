@@ -41,6 +41,20 @@ pub struct Args {
     /// Log entries kept behind a snapshot for followers that lag.
     #[arg(long, default_value_t = 1000)]
     pub keep_logs: u64,
+    /// Declare a volume group and its size for pool capacity, e.g. data=5G; repeatable.
+    /// Stands in for the LVM driver's `vgs` report (simulation, tests, the demo).
+    #[arg(long, value_name = "NAME=SIZE", value_parser = parse_vg)]
+    pub report_vg: Vec<(String, u64)>,
+}
+
+fn parse_vg(s: &str) -> Result<(String, u64), String> {
+    let (name, size) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=SIZE, e.g. data=5G"))?;
+    crate::config::kind::Kind::Ident
+        .check(name)
+        .map_err(|e| format!("volume group {name:?}: {e}"))?;
+    Ok((name.to_string(), crate::config::kind::parse_size(size)?))
 }
 
 fn hostname() -> Option<String> {
@@ -55,18 +69,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(n) => n,
         None => bail!("no --node-name given and the hostname cannot be read"),
     };
-    let addr = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| args.listen.clone());
+    let addr = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
         bail!(
             "--listen {} is not an address peers can reach: give --advertise HOST:PORT",
             args.listen
         );
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     restrict(&args.data_dir, 0o700)?;
     let tcp = TcpListener::bind(&args.listen)
         .await
@@ -76,8 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if UnixStream::connect(&sock).await.is_ok() {
             bail!("another omd is already serving {}", sock.display());
         }
-        std::fs::remove_file(&sock)
-            .with_context(|| format!("removing stale {}", sock.display()))?;
+        std::fs::remove_file(&sock).with_context(|| format!("removing stale {}", sock.display()))?;
     }
     let unix = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     restrict(&sock, 0o600)?;
@@ -87,6 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         election_timeout_ms: args.election_timeout_ms,
         snapshot_every: args.snapshot_every,
         keep_logs: args.keep_logs,
+        vgs: args.report_vg.iter().cloned().collect(),
         ..Settings::new(&name, args.data_dir.clone(), &addr)
     };
     let node = Node::start(settings).await.context("starting the node")?;
@@ -98,16 +108,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         unix_path: sock,
     };
     let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    serve(node.clone(), listeners, stop)
-        .await
-        .context("serving the API")?;
+    serve(node.clone(), listeners, stop).await.context("serving the API")?;
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -9,6 +9,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterConfig;
+use crate::config::kind::check_name;
+pub use crate::config::kind::Kind;
 
 /// `SECTION.KEYWORD`, for example `cluster.name` or `pool#drbdvm.vg`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -33,33 +35,15 @@ pub enum ConfigError {
     #[error("unknown keyword {0}; see the keywords of section {1:?}: {2}")]
     UnknownKeyword(ConfigKey, String, String),
     #[error("bad value {value:?} for {key}: {why}")]
-    BadValue {
-        key: ConfigKey,
-        value: String,
-        why: String,
-    },
+    BadValue { key: ConfigKey, value: String, why: String },
     #[error("{0} is both set and unset in one update")]
     SetAndUnset(ConfigKey),
     #[error("{0} is set twice in one update")]
     SetTwice(ConfigKey),
     #[error("section {section} needs keyword {keyword}")]
-    Missing {
-        section: String,
-        keyword: &'static str,
-    },
+    Missing { section: String, keyword: &'static str },
     #[error("nothing to change: give at least one --set or --unset")]
     Empty,
-}
-
-/// The type of a keyword's value.
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    /// A DNS-label-like name: lowercase letters, digits, '-'.
-    Name,
-    /// One of a fixed list.
-    Choice(&'static [&'static str]),
-    /// A name as LVM or a config map key allows: letters, digits, '.', '_', '-', '+'.
-    Ident,
 }
 
 /// One keyword of the catalog.
@@ -116,8 +100,7 @@ fn section_kind(section: &str) -> Result<&'static str, ConfigError> {
         return Ok("cluster");
     }
     if let Some(name) = section.strip_prefix("pool#") {
-        check_name(name)
-            .map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
+        check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
         return Ok("pool");
     }
     Err(ConfigError::UnknownSection(section.to_string()))
@@ -130,9 +113,7 @@ fn keywords_of(kind: &str) -> impl Iterator<Item = &'static Keyword> + '_ {
 impl ConfigKey {
     /// Parses and checks `SECTION.KEYWORD` against the catalog.
     pub fn parse(s: &str) -> Result<(ConfigKey, &'static Keyword), ConfigError> {
-        let (section, keyword) = s
-            .split_once('.')
-            .ok_or_else(|| ConfigError::Malformed(s.to_string()))?;
+        let (section, keyword) = s.split_once('.').ok_or_else(|| ConfigError::Malformed(s.to_string()))?;
         if section.is_empty() || keyword.is_empty() {
             return Err(ConfigError::Malformed(s.to_string()));
         }
@@ -145,55 +126,7 @@ impl ConfigKey {
             Some(kw) => Ok((key, kw)),
             None => {
                 let known: Vec<_> = keywords_of(kind).map(|k| k.name).collect();
-                Err(ConfigError::UnknownKeyword(
-                    key,
-                    kind.to_string(),
-                    known.join(", "),
-                ))
-            }
-        }
-    }
-}
-
-fn check_name(v: &str) -> Result<(), String> {
-    if v.is_empty() || v.len() > 63 {
-        return Err("must have 1 to 63 characters".into());
-    }
-    if !v
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        || v.starts_with('-')
-    {
-        return Err("only lowercase letters, digits and '-' (not first) are allowed".into());
-    }
-    Ok(())
-}
-
-impl Kind {
-    fn check(&self, v: &str) -> Result<(), String> {
-        match self {
-            Kind::Name => check_name(v),
-            Kind::Choice(allowed) => {
-                if allowed.contains(&v) {
-                    Ok(())
-                } else {
-                    Err(format!("allowed values: {}", allowed.join(", ")))
-                }
-            }
-            Kind::Ident => {
-                let ok = !v.is_empty()
-                    && v.len() <= 127
-                    && !v.starts_with('-')
-                    && v.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
-                if ok {
-                    Ok(())
-                } else {
-                    Err(
-                        "1 to 127 letters, digits, '.', '_', '-' or '+', not starting with '-'"
-                            .into(),
-                    )
-                }
+                Err(ConfigError::UnknownKeyword(key, kind.to_string(), known.join(", ")))
             }
         }
     }
@@ -239,16 +172,9 @@ pub type Plan = Vec<(String, Option<BTreeMap<String, String>>)>;
 /// The sections an update touches, as they are after it (`None`: the section is emptied and
 /// removed), or why the update is refused. Costs the size of the touched sections, not of the
 /// whole configuration, since it runs for every update on every node.
-pub fn plan(
-    cfg: &ClusterConfig,
-    set: &[(ConfigKey, String)],
-    unset: &[ConfigKey],
-) -> Result<Plan, ConfigError> {
+pub fn plan(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey]) -> Result<Plan, ConfigError> {
     // Commands come from the log: check them again as if they were new input.
-    let raw_set: Vec<(String, String)> = set
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    let raw_set: Vec<(String, String)> = set.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let raw_unset: Vec<String> = unset.iter().map(ToString::to_string).collect();
     let (set, unset) = parse_update(&raw_set, &raw_unset)?;
     let mut touched: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -258,17 +184,11 @@ pub fn plan(
         .chain(set.iter().map(|(k, _)| &k.section))
     {
         if !touched.contains_key(section) {
-            touched.insert(
-                section.clone(),
-                cfg.get(section).cloned().unwrap_or_default(),
-            );
+            touched.insert(section.clone(), cfg.get(section).cloned().unwrap_or_default());
         }
     }
     for key in unset {
-        touched
-            .get_mut(&key.section)
-            .expect("touched")
-            .remove(&key.keyword);
+        touched.get_mut(&key.section).expect("touched").remove(&key.keyword);
     }
     for (key, value) in set {
         touched
@@ -317,18 +237,12 @@ pub fn apply_plan(cfg: &mut ClusterConfig, plan: Plan) {
 /// The value of `key`: the one set, else the catalog default.
 pub fn get(cfg: &ClusterConfig, key: &str) -> Result<Option<String>, ConfigError> {
     let (key, kw) = ConfigKey::parse(key)?;
-    let set = cfg
-        .get(&key.section)
-        .and_then(|s| s.get(&key.keyword))
-        .cloned();
+    let set = cfg.get(&key.section).and_then(|s| s.get(&key.keyword)).cloned();
     Ok(set.or_else(|| kw.default.map(str::to_string)))
 }
 
 /// The keywords of `section` in catalog order, with their values.
-pub fn ordered(
-    section: &str,
-    values: &std::collections::BTreeMap<String, String>,
-) -> Vec<(String, String)> {
+pub fn ordered(section: &str, values: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
     let kind = section_kind(section).unwrap_or("");
     let mut out: Vec<(String, String)> = keywords_of(kind)
         .filter_map(|k| values.get(k.name).map(|v| (k.name.to_string(), v.clone())))
@@ -369,10 +283,7 @@ mod tests {
         assert!(e.to_string().contains("cluster.nmae"), "{e}");
         let e = ConfigKey::parse("clutser.name").unwrap_err();
         assert!(e.to_string().contains("\"clutser\""), "{e}");
-        assert!(matches!(
-            ConfigKey::parse("name"),
-            Err(ConfigError::Malformed(_))
-        ));
+        assert!(matches!(ConfigKey::parse("name"), Err(ConfigError::Malformed(_))));
         assert!(matches!(
             ConfigKey::parse("pool#Bad.type"),
             Err(ConfigError::UnknownSection(_))
@@ -382,12 +293,7 @@ mod tests {
     #[test]
     fn bad_value_is_named_and_nothing_changes() {
         let cfg = updated(&ClusterConfig::new(), &[kv("cluster.name", "ok")], &[]).unwrap();
-        let e = updated(
-            &cfg,
-            &[kv("cluster.name", "x"), kv("pool#p.type", "nfs")],
-            &[],
-        )
-        .unwrap_err();
+        let e = updated(&cfg, &[kv("cluster.name", "x"), kv("pool#p.type", "nfs")], &[]).unwrap_err();
         assert!(
             e.to_string().contains("\"nfs\"") && e.to_string().contains("pool#p.type"),
             "{e}"
@@ -436,18 +342,13 @@ mod tests {
             updated(&ClusterConfig::new(), &[k.clone(), k], &[]),
             Err(ConfigError::SetTwice(_))
         ));
-        assert_eq!(
-            updated(&ClusterConfig::new(), &[], &[]),
-            Err(ConfigError::Empty)
-        );
+        assert_eq!(updated(&ClusterConfig::new(), &[], &[]), Err(ConfigError::Empty));
     }
 
     #[test]
     fn default_applies_when_unset() {
         assert_eq!(
-            get(&ClusterConfig::new(), "cluster.name")
-                .unwrap()
-                .as_deref(),
+            get(&ClusterConfig::new(), "cluster.name").unwrap().as_deref(),
             Some("default")
         );
         assert_eq!(get(&ClusterConfig::new(), "pool#x.vg").unwrap(), None);

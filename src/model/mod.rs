@@ -5,6 +5,8 @@
 //! applying the same log gives the same state on every node (DESIGN.md invariant 6).
 
 pub mod catalog;
+pub mod objects;
+pub mod path;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +14,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{ConfigError, ConfigKey};
+pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
+pub use path::ObjectPath;
+
+use crate::config::ini::Ini;
 
 /// Raft node id. Allocated by the cluster (`next_node_id`), never reused.
 pub type NodeId = u64;
@@ -36,6 +42,12 @@ pub struct ClusterState {
     pub next_node_id: NodeId,
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     pub config: ClusterConfig,
+    /// Objects by path (`NAMESPACE/KIND/NAME`).
+    #[serde(default)]
+    pub objects: BTreeMap<String, Object>,
+    /// Each node's volume groups and their sizes in bytes, as the node last reported them.
+    #[serde(default)]
+    pub vgs: BTreeMap<NodeId, BTreeMap<String, u64>>,
 }
 
 /// The payload of a Raft log entry.
@@ -48,17 +60,37 @@ pub enum Command {
         addr: String,
     },
     /// Registers a joining node and allocates its id.
-    AddNode {
-        name: String,
-        addr: String,
-        witness: bool,
-    },
+    AddNode { name: String, addr: String, witness: bool },
     /// Forgets a node (its Raft membership is removed separately, before).
     RemoveNode { node_id: NodeId },
     /// Applies every `set` and `unset` of one `cluster config update` at once, or none.
     UpdateConfig {
         set: Vec<(ConfigKey, String)>,
         unset: Vec<ConfigKey>,
+    },
+    /// Creates an object (its `id` already set by the API), and the volumes it asks for.
+    CreateObject { path: ObjectPath, config: Ini },
+    /// Applies every `set` and `unset` of one object `config update` at once, or none.
+    UpdateObject {
+        path: ObjectPath,
+        set: Vec<(ObjectKey, String)>,
+        unset: Vec<ObjectKey>,
+    },
+    /// Deletes an object; a service's volumes go with it, freeing their allocations.
+    DeleteObject { path: ObjectPath },
+    /// Adds or changes a key of a config map or secret.
+    PutKey {
+        path: ObjectPath,
+        key: String,
+        value: Vec<u8>,
+        mode: KeyMode,
+    },
+    /// Removes a key of a config map or secret.
+    RemoveKey { path: ObjectPath, key: String },
+    /// A node's volume groups and their sizes, replacing its previous report.
+    ReportVolumeGroups {
+        node_id: NodeId,
+        vgs: BTreeMap<String, u64>,
     },
 }
 
@@ -69,15 +101,22 @@ impl fmt::Display for Command {
                 write!(f, "bootstrap node {name} id {node_id}")
             }
             Command::AddNode { name, witness, .. } => {
-                write!(
-                    f,
-                    "add {} {name}",
-                    if *witness { "witness" } else { "node" }
-                )
+                write!(f, "add {} {name}", if *witness { "witness" } else { "node" })
             }
             Command::RemoveNode { node_id } => write!(f, "remove node id {node_id}"),
             Command::UpdateConfig { set, unset } => {
                 write!(f, "config update: {} set, {} unset", set.len(), unset.len())
+            }
+            Command::CreateObject { path, .. } => write!(f, "create {path}"),
+            Command::UpdateObject { path, set, unset } => {
+                write!(f, "{path} config update: {} set, {} unset", set.len(), unset.len())
+            }
+            Command::DeleteObject { path } => write!(f, "delete {path}"),
+            // Never the value: secrets stay out of logs.
+            Command::PutKey { path, key, mode, .. } => write!(f, "{path} key {mode:?} {key}"),
+            Command::RemoveKey { path, key } => write!(f, "{path} key remove {key}"),
+            Command::ReportVolumeGroups { node_id, vgs } => {
+                write!(f, "node {node_id} reports {} volume groups", vgs.len())
             }
         }
     }
@@ -111,6 +150,8 @@ pub enum Rejection {
     AlreadyBootstrapped,
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
 }
 
 impl ClusterState {
@@ -146,26 +187,58 @@ impl ClusterState {
                 }
             }
             Command::UpdateConfig { set, unset } => {
-                catalog::plan(&self.config, set, unset)?;
+                let plan = catalog::plan(&self.config, set, unset)?;
+                Ok(self.check_pools(&plan)?)
+            }
+            Command::CreateObject { path, config } => {
+                self.plan_create(path, config)?;
                 Ok(())
+            }
+            Command::UpdateObject { path, set, unset } => {
+                self.plan_update(path, set, unset)?;
+                Ok(())
+            }
+            Command::DeleteObject { path } => {
+                self.plan_delete(path)?;
+                Ok(())
+            }
+            Command::PutKey { path, key, value, mode } => Ok(self.check_put_key(path, key, value, *mode)?),
+            Command::RemoveKey { path, key } => Ok(self.check_remove_key(path, key)?),
+            Command::ReportVolumeGroups { node_id, .. } => {
+                if self.nodes.contains_key(node_id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownNode(*node_id))
+                }
             }
         }
     }
 
+    /// `cluster.name`, or its default.
+    pub fn cluster_name(&self) -> String {
+        catalog::get(&self.config, "cluster.name")
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
     /// Applies `cmd`. A command that fails `check` changes nothing and reports why.
     pub fn apply(&mut self, cmd: &Command) -> Response {
-        // A config update is checked while it is planned, in one pass: it is the hot path.
-        if !matches!(cmd, Command::UpdateConfig { .. }) {
+        // Commands that plan their change check it while planning, in one pass.
+        let planned = matches!(
+            cmd,
+            Command::UpdateConfig { .. }
+                | Command::CreateObject { .. }
+                | Command::UpdateObject { .. }
+                | Command::DeleteObject { .. }
+        );
+        if !planned {
             if let Err(e) = self.check(cmd) {
                 return Response::Refused(e.to_string());
             }
         }
         match cmd {
-            Command::Bootstrap {
-                node_id,
-                name,
-                addr,
-            } => {
+            Command::Bootstrap { node_id, name, addr } => {
                 self.nodes.insert(
                     *node_id,
                     NodeInfo {
@@ -177,11 +250,7 @@ impl ClusterState {
                 self.next_node_id = self.next_node_id.max(node_id + 1);
                 Response::Done
             }
-            Command::AddNode {
-                name,
-                addr,
-                witness,
-            } => {
+            Command::AddNode { name, addr, witness } => {
                 let id = self.next_node_id;
                 self.next_node_id = id + 1;
                 self.nodes.insert(
@@ -196,24 +265,68 @@ impl ClusterState {
             }
             Command::RemoveNode { node_id } => {
                 self.nodes.remove(node_id);
+                self.vgs.remove(node_id);
                 Response::Done
             }
-            Command::UpdateConfig { set, unset } => match catalog::plan(&self.config, set, unset) {
-                Ok(plan) => {
-                    catalog::apply_plan(&mut self.config, plan);
+            Command::UpdateConfig { set, unset } => {
+                let plan = match catalog::plan(&self.config, set, unset) {
+                    Ok(plan) => plan,
+                    Err(e) => return Response::Refused(e.to_string()),
+                };
+                if let Err(e) = self.check_pools(&plan) {
+                    return Response::Refused(e.to_string());
+                }
+                catalog::apply_plan(&mut self.config, plan);
+                Response::Done
+            }
+            Command::CreateObject { path, config } => match self.plan_create(path, config) {
+                Ok(objects) => {
+                    self.objects.extend(objects);
                     Response::Done
                 }
                 Err(e) => Response::Refused(e.to_string()),
             },
+            Command::UpdateObject { path, set, unset } => match self.plan_update(path, set, unset) {
+                Ok((config, volumes)) => {
+                    if let Some(o) = self.objects.get_mut(&path.to_string()) {
+                        o.config = config;
+                    }
+                    self.objects.extend(volumes);
+                    Response::Done
+                }
+                Err(e) => Response::Refused(e.to_string()),
+            },
+            Command::DeleteObject { path } => match self.plan_delete(path) {
+                Ok(gone) => {
+                    for p in gone {
+                        self.objects.remove(&p);
+                    }
+                    Response::Done
+                }
+                Err(e) => Response::Refused(e.to_string()),
+            },
+            Command::PutKey { path, key, value, .. } => {
+                if let Some(o) = self.objects.get_mut(&path.to_string()) {
+                    o.keys.insert(key.clone(), value.clone());
+                }
+                Response::Done
+            }
+            Command::RemoveKey { path, key } => {
+                if let Some(o) = self.objects.get_mut(&path.to_string()) {
+                    o.keys.remove(key);
+                }
+                Response::Done
+            }
+            Command::ReportVolumeGroups { node_id, vgs } => {
+                self.vgs.insert(*node_id, vgs.clone());
+                Response::Done
+            }
         }
     }
 
     /// The id of the node called `name`.
     pub fn node_id(&self, name: &str) -> Option<NodeId> {
-        self.nodes
-            .iter()
-            .find(|(_, n)| n.name == name)
-            .map(|(id, _)| *id)
+        self.nodes.iter().find(|(_, n)| n.name == name).map(|(id, _)| *id)
     }
 }
 
@@ -287,9 +400,7 @@ mod tests {
     #[test]
     fn add_before_bootstrap_is_refused() {
         let mut s = ClusterState::default();
-        assert!(
-            matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.contains("not bootstrapped"))
-        );
+        assert!(matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.contains("not bootstrapped")));
     }
 
     #[test]
@@ -300,10 +411,7 @@ mod tests {
             name: "x".into(),
             addr: "b:1".into(),
         });
-        assert_eq!(
-            r,
-            Response::Refused("the cluster is already bootstrapped".into())
-        );
+        assert_eq!(r, Response::Refused("the cluster is already bootstrapped".into()));
     }
 
     #[test]

@@ -8,13 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -67,12 +65,7 @@ pub struct LinkStat {
 
 impl Links {
     fn update(&self, peer: NodeId, f: impl FnOnce(&mut LinkStat)) {
-        f(self
-            .inner
-            .lock()
-            .expect("links lock")
-            .entry(peer)
-            .or_default())
+        f(self.inner.lock().expect("links lock").entry(peer).or_default())
     }
 
     pub fn tx_ok(&self, peer: NodeId) {
@@ -136,26 +129,18 @@ fn io_err(kind: std::io::ErrorKind, msg: String) -> std::io::Error {
 
 impl Peer {
     /// One RPC to the peer, bounded by openraft's TTL, recorded in the link statistics.
-    async fn call<Req, Resp, E>(
-        &self,
-        rpc: Rpc,
-        req: &Req,
-        option: RPCOption,
-    ) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, option: RPCOption) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let result = async {
-            let channel = self.channel.clone().map_err(|e| {
-                RPCError::Unreachable(Unreachable::new(&io_err(
-                    std::io::ErrorKind::InvalidInput,
-                    e,
-                )))
-            })?;
-            let data =
-                serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let channel = self
+                .channel
+                .clone()
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&io_err(std::io::ErrorKind::InvalidInput, e))))?;
+            let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             let mut request = tonic::Request::new(pb::RaftMessage { data });
             request.metadata_mut().insert(
                 "authorization",
@@ -165,8 +150,7 @@ impl Peer {
             );
             let ttl = option.hard_ttl();
             request.set_timeout(ttl);
-            let mut client =
-                pb::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
+            let mut client = pb::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
             let call = async {
                 match rpc {
                     Rpc::Append => client.append_entries(request).await,
@@ -176,10 +160,7 @@ impl Peer {
             };
             let reply = match tokio::time::timeout(ttl, call).await {
                 Err(_) => {
-                    let e = io_err(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {ttl:?}"),
-                    );
+                    let e = io_err(std::io::ErrorKind::TimedOut, format!("no answer within {ttl:?}"));
                     return Err(RPCError::Unreachable(Unreachable::new(&e)));
                 }
                 Ok(Err(status)) => {
@@ -188,17 +169,16 @@ impl Peer {
                         format!("{}: {}", status.code(), status.message()),
                     );
                     return Err(match status.code() {
-                        tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                            RPCError::Unreachable(Unreachable::new(&e))
+                        }
                         _ => RPCError::Network(NetworkError::new(&e)),
                     });
                 }
                 Ok(Ok(reply)) => reply.into_inner(),
             };
             let decoded: Result<Resp, RaftError<NodeId, E>> =
-                serde_json::from_slice(&reply.data)
-                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+                serde_json::from_slice(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
         }
         .await;

@@ -27,8 +27,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
-    StorageIOError, StoredMembership, Vote,
+    BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 
@@ -109,8 +109,7 @@ impl Store {
         let snapshots = self.tree("snapshot");
         let mut data = SmData::default();
         if let Some(bytes) = snapshots.get("data")? {
-            data =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
+            data = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
         }
         Ok(StateMachine {
             shared: Arc::new(SmShared {
@@ -123,10 +122,7 @@ impl Store {
     }
 
     /// Reads a value of this node's local (not replicated) identity.
-    pub fn local_get<T: for<'de> Deserialize<'de>>(
-        &self,
-        key: &'static str,
-    ) -> Result<Option<T>, StoreError> {
+    pub fn local_get<T: for<'de> Deserialize<'de>>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
         match self.tree("local").get(key)? {
             Some(v) => Ok(Some(
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(key, e))?,
@@ -222,11 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.meta_get("last_purged")?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(
-                serde_json::from_slice::<Entry>(&v)
-                    .map_err(read_err)?
-                    .log_id,
-            ),
+            Some((_, v)) => Some(serde_json::from_slice::<Entry>(&v).map_err(read_err)?.log_id),
             None => last_purged,
         };
         Ok(LogState {
@@ -241,9 +233,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.meta_set("vote", vote)?;
-        self.store
-            .sync()
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        self.store.sync().map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -259,21 +249,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta_get::<Option<LogId>>("committed")?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(
-                &key(entry.log_id.index),
-                serde_json::to_vec(&entry).map_err(write_err)?,
-            );
+            batch.insert(&key(entry.log_id.index), serde_json::to_vec(&entry).map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         // Acknowledge only once the entries are on disk.
@@ -282,10 +265,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(std::io::Error::other);
         let res = res.and_then(|r| r);
-        let failed = res
-            .as_ref()
-            .err()
-            .map(|e| std::io::Error::new(e.kind(), e.to_string()));
+        let failed = res.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(res);
         match failed {
             Some(e) => Err(write_err(e)),
@@ -346,19 +326,12 @@ impl StateMachine {
         StorageIOError::write_snapshot(None, &e).into()
     }
 
-    fn persist_snapshot(
-        &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        data: &[u8],
-    ) -> Result<(), StorageError> {
+    fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(Self::snapshot_err)?;
         let mut batch = sled::Batch::default();
         batch.insert("meta", meta_bytes);
         batch.insert("data", data);
-        self.shared
-            .snapshots
-            .apply_batch(batch)
-            .map_err(Self::snapshot_err)?;
+        self.shared.snapshots.apply_batch(batch).map_err(Self::snapshot_err)?;
         self.shared.store.sync().map_err(Self::snapshot_err)
     }
 }
@@ -394,9 +367,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
         Ok(self.read(|d| (d.last_applied, d.membership.clone())))
     }
 
@@ -435,8 +406,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let mut new: SmData = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut new: SmData =
+            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.persist_snapshot(meta, &bytes)?;

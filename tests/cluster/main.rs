@@ -108,9 +108,7 @@ impl Cluster {
                 token: token.clone(),
                 witness: n.name == "n3",
             };
-            c.join(req)
-                .await
-                .unwrap_or_else(|e| panic!("{} join: {e}", n.name));
+            c.join(req).await.unwrap_or_else(|e| panic!("{} join: {e}", n.name));
         }
         let cluster = Cluster { _tmp: tmp, nodes };
         wait_leader(&c1, 3).await;
@@ -129,12 +127,9 @@ async fn write_through_follower_is_visible_on_all() {
     let leader = agreed_leader(&mut c1, 3).await.unwrap();
     let follower = cluster.nodes.iter().find(|n| n.name != leader).unwrap();
     let mut cf = follower.client().await;
-    cf.config_update(set(&[
-        ("cluster.name", "drbd4kvm"),
-        ("pool#drbdvm.type", "drbd"),
-    ]))
-    .await
-    .unwrap();
+    cf.config_update(set(&[("cluster.name", "drbd4kvm"), ("pool#drbdvm.type", "drbd")]))
+        .await
+        .unwrap();
     // Reads are linearizable: every node answers with the new value at once.
     for n in &cluster.nodes {
         let mut c = n.client().await;
@@ -153,8 +148,7 @@ async fn write_through_follower_is_visible_on_all() {
     for n in &cluster.nodes {
         let node = n.node.as_ref().unwrap();
         eventually(5, "local apply", || async {
-            node.read(|d| d.state.config.contains_key("pool#drbdvm"))
-                .then_some(())
+            node.read(|d| d.state.config.contains_key("pool#drbdvm")).then_some(())
         })
         .await;
     }
@@ -164,9 +158,7 @@ async fn write_through_follower_is_visible_on_all() {
 async fn leader_killed_writes_continue_after_reelection() {
     let mut cluster = Cluster::three(5000).await;
     let mut c1 = cluster.nodes[0].client().await;
-    c1.config_update(set(&[("pool#before.type", "lvm")]))
-        .await
-        .unwrap();
+    c1.config_update(set(&[("pool#before.type", "lvm")])).await.unwrap();
     let leader = agreed_leader(&mut c1, 3).await.unwrap();
     let li = cluster.index_of(&leader);
     cluster.nodes[li].kill().await;
@@ -184,9 +176,7 @@ async fn leader_killed_writes_continue_after_reelection() {
     })
     .await;
     assert_ne!(new_leader, leader);
-    cs.config_update(set(&[("pool#after.type", "drbd")]))
-        .await
-        .unwrap();
+    cs.config_update(set(&[("pool#after.type", "drbd")])).await.unwrap();
     for n in cluster.nodes.iter().filter(|n| n.node.is_some()) {
         let cfg = config(&mut n.client().await).await.unwrap();
         assert!(
@@ -201,8 +191,7 @@ async fn leader_killed_writes_continue_after_reelection() {
     cluster.nodes[li] = start(&name, &dir, &addr, 5000).await;
     let back = cluster.nodes[li].node.clone().unwrap();
     eventually(15, "the restarted node to catch up", || async {
-        back.read(|d| d.state.config.contains_key("pool#after"))
-            .then_some(())
+        back.read(|d| d.state.config.contains_key("pool#after")).then_some(())
     })
     .await;
     for n in &mut cluster.nodes {
@@ -248,13 +237,7 @@ async fn late_joiner_catches_up_from_a_snapshot() {
     .unwrap();
     let joined = n2.node.clone().unwrap();
     eventually(10, "the joiner to install the snapshot", || async {
-        joined
-            .member()
-            .raft
-            .metrics()
-            .borrow()
-            .snapshot
-            .map(|s| s.index)
+        joined.member().raft.metrics().borrow().snapshot.map(|s| s.index)
     })
     .await;
     let cfg = config(&mut c2).await.unwrap();
@@ -308,24 +291,14 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
             })
             .await
             .expect_err("join accepted");
+        assert!(err.message().contains(why), "{why:?} not in {:?}", err.message());
         assert!(
-            err.message().contains(why),
-            "{why:?} not in {:?}",
-            err.message()
-        );
-        assert!(
-            matches!(
-                err.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            ),
+            matches!(err.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied),
             "{err:?}"
         );
     }
     // Neither side changed: n2 still leads its own one-node cluster, n1 registered nobody.
-    assert_eq!(
-        n1.node.as_ref().unwrap().read(|d| d.state.clone()),
-        n1_before
-    );
+    assert_eq!(n1.node.as_ref().unwrap().read(|d| d.state.clone()), n1_before);
     let n2node = n2.node.as_ref().unwrap();
     assert_eq!(n2node.member().id, 1);
     assert_eq!(n2node.read(|d| d.state.nodes.len()), 1);
@@ -348,9 +321,7 @@ async fn unknown_keyword_or_bad_value_commits_nothing() {
     )
     .await;
     let mut c = n1.client().await;
-    c.config_update(set(&[("cluster.name", "ok")]))
-        .await
-        .unwrap();
+    c.config_update(set(&[("cluster.name", "ok")])).await.unwrap();
     let node = n1.node.clone().unwrap();
     eventually(10, "the founder's registration", || async {
         node.read(|d| d.state.nodes.len() == 1).then_some(())
@@ -361,10 +332,7 @@ async fn unknown_keyword_or_bad_value_commits_nothing() {
     let bad = [
         (set(&[("cluster.nmae", "x")]), "cluster.nmae"),
         (set(&[("pool#p.type", "nfs")]), "\"nfs\""),
-        (
-            set(&[("cluster.name", "fine"), ("pool#p.kind", "drbd")]),
-            "pool#p.kind",
-        ),
+        (set(&[("cluster.name", "fine"), ("pool#p.kind", "drbd")]), "pool#p.kind"),
         (set(&[("nodot", "x")]), "nodot"),
     ];
     for (req, named) in bad {
@@ -404,9 +372,7 @@ async fn removed_node_leaves_membership_and_state_and_its_name_can_rejoin_with_a
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let n1 = cluster.nodes[0].node.clone().unwrap();
-    assert!(n1.read(
-        |d| d.state.node_id("n2").is_none() && d.membership.membership().get_node(&2).is_none()
-    ));
+    assert!(n1.read(|d| d.state.node_id("n2").is_none() && d.membership.membership().get_node(&2).is_none()));
     // n2 wiped and started afresh rejoins under a new id.
     let i = cluster.index_of("n2");
     cluster.nodes[i].kill().await;

@@ -122,45 +122,23 @@ fn stderr(o: &Output) -> String {
 /// Three daemons: n2 joined to n1, and n3 as a witness, with the real omctl.
 async fn three(root: &Path) -> Vec<Omd> {
     let nodes: Vec<Omd> = (1..=3)
-        .map(|i| {
-            Omd::spawn(
-                &format!("n{i}"),
-                root,
-                &format!("127.0.0.1:{}", free_port()),
-            )
-        })
+        .map(|i| Omd::spawn(&format!("n{i}"), root, &format!("127.0.0.1:{}", free_port())))
         .collect();
     let c1 = local_client(&nodes[0].dir).await;
     wait_leader(&c1, 1).await;
     for n in &nodes[1..] {
         local_client(&n.dir).await;
     }
-    let token = stdout(&omctl(
-        &nodes[0].server(),
-        &["daemon", "auth", "--role", "join"],
-    ))
-    .trim()
-    .to_string();
+    let token = stdout(&omctl(&nodes[0].server(), &["daemon", "auth", "--role", "join"]))
+        .trim()
+        .to_string();
     for n in &nodes[1..] {
-        let mut args = vec![
-            "cluster",
-            "join",
-            "--node",
-            &nodes[0].addr,
-            "--token",
-            &token,
-        ];
+        let mut args = vec!["cluster", "join", "--node", &nodes[0].addr, "--token", &token];
         if n.name == "n3" {
             args.push("--witness");
         }
         let out = omctl(&n.server(), &args);
-        assert!(
-            out.status.success(),
-            "{} join: {}\n{}",
-            n.name,
-            stderr(&out),
-            n.log()
-        );
+        assert!(out.status.success(), "{} join: {}\n{}", n.name, stderr(&out), n.log());
         assert!(stdout(&out).contains("\nJoined"), "{}", stdout(&out));
     }
     wait_leader(&c1, 3).await;
@@ -206,11 +184,7 @@ async fn kill9_of_the_leader_during_updates_loses_no_acknowledged_update() {
     writer.await.unwrap();
     nodes[li].start();
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 100,
-        "only {} of 300 updates acknowledged",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "only {} of 300 updates acknowledged", acked.len());
     for n in &nodes {
         let c = local_client(&n.dir).await;
         let cfg = eventually(30, "a linearizable read", || {
@@ -222,11 +196,7 @@ async fn kill9_of_the_leader_during_updates_loses_no_acknowledged_update() {
             .iter()
             .filter(|i| !cfg.contains_key(&format!("pool#w{i}")))
             .collect();
-        assert!(
-            missing.is_empty(),
-            "{} lost acknowledged updates {missing:?}",
-            n.name
-        );
+        assert!(missing.is_empty(), "{} lost acknowledged updates {missing:?}", n.name);
     }
 }
 
@@ -235,16 +205,7 @@ async fn omctl_shows_the_tutorial_cluster_steps() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes: Vec<Omd> = three(tmp.path()).await;
     let s1 = nodes[0].server();
-    let out = omctl(
-        &s1,
-        &[
-            "cluster",
-            "config",
-            "update",
-            "--set",
-            "cluster.name=drbd4kvm",
-        ],
-    );
+    let out = omctl(&s1, &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
     assert_eq!(
         (out.status.code(), stdout(&out).as_str()),
         (Some(0), "committed\n"),
@@ -264,10 +225,7 @@ async fn omctl_shows_the_tutorial_cluster_steps() {
         "--set",
         "pool#drbdvm.template=live-migration",
     ];
-    let out = omctl(
-        &s1,
-        &[&["cluster", "config", "update"][..], &pool[..]].concat(),
-    );
+    let out = omctl(&s1, &[&["cluster", "config", "update"][..], &pool[..]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let out = omctl(
         &nodes[1].server(),
@@ -297,11 +255,7 @@ async fn omctl_shows_the_tutorial_cluster_steps() {
     let out = omctl(&s1, &["mon", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("mon json");
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
-    assert!(v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|n| n["reachable"] == true));
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["reachable"] == true));
 
     let out = omctl(&s1, &["daemon", "hb", "status"]);
     let text = stdout(&out);
@@ -328,22 +282,13 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
             &["cluster", "config", "update", "--set", "cluster.nmae=x"],
             "cluster.nmae",
         ),
-        (
-            &["cluster", "config", "update", "--set", "pool#p.type=nfs"],
-            "\"nfs\"",
-        ),
+        (&["cluster", "config", "update", "--set", "pool#p.type=nfs"], "\"nfs\""),
         (
             &["cluster", "config", "update", "--set", "cluster.name"],
             "SECTION.KEYWORD=VALUE",
         ),
-        (
-            &["cluster", "config", "get", "--kw", "pool#p.colour"],
-            "pool#p.colour",
-        ),
-        (
-            &["cluster", "config", "show", "--section", "pool#none"],
-            "pool#none",
-        ),
+        (&["cluster", "config", "get", "--kw", "pool#p.colour"], "pool#p.colour"),
+        (&["cluster", "config", "show", "--section", "pool#none"], "pool#none"),
         (&["cluster", "remove", "--node", "n9"], "n9"),
     ];
     for (args, named) in cases {
@@ -365,21 +310,13 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
         &["cluster", "join", "--node", &n1.addr, "--token", &foreign],
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not signed by this cluster"),
-        "{}",
-        stderr(&out)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&omctl(&n1.server(), &["mon", "-o", "json"]).stdout).unwrap();
+    assert!(stderr(&out).contains("not signed by this cluster"), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&omctl(&n1.server(), &["mon", "-o", "json"]).stdout).unwrap();
     assert_eq!(v["nodes"].as_array().unwrap().len(), 1, "{v}");
 
     // Over TCP: nothing without a credential, reads and writes with a root token.
     let tcp = format!("http://{}", n1.addr);
-    let out = omctl(
-        &tcp,
-        &["cluster", "config", "update", "--set", "cluster.name=x"],
-    );
+    let out = omctl(&tcp, &["cluster", "config", "update", "--set", "cluster.name=x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no credential"), "{}", stderr(&out));
     let root = stdout(&omctl(
@@ -403,15 +340,7 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = omctl(
         &tcp,
-        &[
-            "--token",
-            &foreign,
-            "cluster",
-            "config",
-            "get",
-            "--kw",
-            "cluster.name",
-        ],
+        &["--token", &foreign, "cluster", "config", "get", "--kw", "cluster.name"],
     );
     assert_eq!(out.status.code(), Some(1));
     // Unreachable daemon: exit 2.
@@ -426,15 +355,9 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     let mut c = local_client(&n1.dir).await;
     wait_leader(&c, 1).await;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(n1.dir.join("omd.sock"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(n1.dir.join("omd.sock")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode");
-    c.config_update(set(&[("cluster.name", "kept")]))
-        .await
-        .unwrap();
+    c.config_update(set(&[("cluster.name", "kept")])).await.unwrap();
     drop(c);
     let status = n1.term();
     assert!(status.success(), "exit {status:?}\n{}", n1.log());
@@ -503,11 +426,7 @@ async fn a_hung_follower_does_not_block_writes_or_mon() {
         .unwrap_or(&nodes[2]);
     let writer = nodes.iter().find(|n| n.name == leader).unwrap();
     let pid = hung.child.as_ref().unwrap().id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let mut c = local_client(&writer.dir).await;
     for i in 0..20 {
         let req = set(&[(&format!("pool#s{i}.type"), "lvm")]);
@@ -520,26 +439,15 @@ async fn a_hung_follower_does_not_block_writes_or_mon() {
     }
     let t = std::time::Instant::now();
     let mon = c.mon(pb::MonRequest {}).await.unwrap().into_inner();
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "mon took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "mon took {:?}", t.elapsed());
     let row = mon.nodes.iter().find(|n| n.name == hung.name).unwrap();
     assert!(!row.reachable, "a stopped node shows as reachable");
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     let ch = local_client(&hung.dir).await;
     let cfg = eventually(20, "the resumed follower's read", || {
         let mut ch = ch.clone();
         async move { config(&mut ch).await.ok() }
     })
     .await;
-    assert!(
-        cfg.contains_key("pool#s19"),
-        "resumed follower missed writes"
-    );
+    assert!(cfg.contains_key("pool#s19"), "resumed follower missed writes");
 }

@@ -44,12 +44,9 @@ async fn appended_entries_and_vote_survive_reopen() {
         let store = Store::open(dir.path()).unwrap();
         let mut log = store.log_store();
         for i in 1..=50 {
-            openraft::storage::RaftLogStorageExt::blocking_append(
-                &mut log,
-                [entry(1, i, &format!("n{i}"))],
-            )
-            .await
-            .unwrap();
+            openraft::storage::RaftLogStorageExt::blocking_append(&mut log, [entry(1, i, &format!("n{i}"))])
+                .await
+                .unwrap();
         }
         log.save_vote(&openraft::Vote::new(3, 2)).await.unwrap();
     }
@@ -58,10 +55,7 @@ async fn appended_entries_and_vote_survive_reopen() {
     let got = log.try_get_log_entries(1..=50).await.unwrap();
     assert_eq!(got.len(), 50);
     assert_eq!(got[49], entry(1, 50, "n50"));
-    assert_eq!(
-        log.read_vote().await.unwrap(),
-        Some(openraft::Vote::new(3, 2))
-    );
+    assert_eq!(log.read_vote().await.unwrap(), Some(openraft::Vote::new(3, 2)));
 }
 
 #[tokio::test]
@@ -71,14 +65,8 @@ async fn snapshot_is_reloaded_as_state() {
     {
         let store = Store::open(dir.path()).unwrap();
         let mut sm = store.state_machine().unwrap();
-        sm.apply([entry(1, 1, "n1"), entry(1, 2, "n2")])
-            .await
-            .unwrap();
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        sm.apply([entry(1, 1, "n1"), entry(1, 2, "n2")]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
     let mut sm = store.state_machine().unwrap();

@@ -40,10 +40,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -65,25 +62,15 @@ pub fn set(pairs: &[(&str, &str)]) -> pb::ConfigUpdateRequest {
 /// The configuration as `section -> keyword -> value`.
 pub async fn config(
     c: &mut Client,
-) -> Result<
-    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
-    tonic::Status,
-> {
+) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>, tonic::Status> {
     let reply = c
-        .config_show(pb::ConfigShowRequest {
-            section: String::new(),
-        })
+        .config_show(pb::ConfigShowRequest { section: String::new() })
         .await?
         .into_inner();
     Ok(reply
         .sections
         .into_iter()
-        .map(|s| {
-            (
-                s.name,
-                s.values.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-            )
-        })
+        .map(|s| (s.name, s.values.into_iter().map(|kv| (kv.key, kv.value)).collect()))
         .collect())
 }
 

@@ -1,0 +1,436 @@
+//! The object half of the `Cluster` API: create, update, show, get, doc, list, delete, keys,
+//! pools and devices. Writes are checked against the state first (confirmed by a
+//! linearizable read when the local state refuses), so bad input never reaches the log.
+
+use std::collections::BTreeMap;
+
+use tonic::{Request, Response, Status};
+
+use super::cluster::ClusterService;
+use super::{authorize, Access};
+use crate::config::ini::{Ini, DEFAULT};
+use crate::config::keywords;
+use crate::model::objects::ObjectError;
+use crate::model::{ClusterState, Command, KeyMode, ObjectKey, ObjectPath, Rejection, Response as Applied};
+use crate::pb::*;
+
+fn path(s: &str) -> Result<ObjectPath, Status> {
+    ObjectPath::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The status a refusal maps to: all are the caller's doing (exit code 1).
+pub fn refused(e: Rejection) -> Status {
+    let msg = e.to_string();
+    match e {
+        Rejection::Object(ObjectError::NotFound(_)) | Rejection::UnknownNode(_) => Status::not_found(msg),
+        Rejection::Object(ObjectError::Exists(_)) | Rejection::DuplicateNodeName(_) => Status::already_exists(msg),
+        Rejection::Object(
+            ObjectError::InUse { .. }
+            | ObjectError::OutOfSpace { .. }
+            | ObjectError::Pool { .. }
+            | ObjectError::Template { .. },
+        ) => Status::failed_precondition(msg),
+        _ => Status::invalid_argument(msg),
+    }
+}
+
+/// A random (version 4) UUID for a new object.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("system random source");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn parse_keys(path: &str, kvs: &[KeyValue]) -> Result<Vec<(ObjectKey, String)>, Status> {
+    kvs.iter()
+        .map(|kv| {
+            ObjectKey::parse(kv.key.trim())
+                .map(|k| (k, kv.value.clone()))
+                .map_err(|e| Status::invalid_argument(format!("{path}: {e}")))
+        })
+        .collect()
+}
+
+impl ClusterService {
+    /// Refuses `cmd` if the state refuses it; proposes it otherwise.
+    pub(super) async fn commit(&self, cmd: Command) -> Result<Response<ConfigUpdateReply>, Status> {
+        if self.node.read(|d| d.state.check(&cmd)).is_err() {
+            // The local state may lag: only a linearizable read may refuse.
+            self.node
+                .read_linearizable(|d| d.state.check(&cmd))
+                .await?
+                .map_err(refused)?;
+        }
+        let (log_index, r) = self.node.write(cmd).await?;
+        match r {
+            Applied::Refused(why) => Err(Status::failed_precondition(why)),
+            _ => Ok(Response::new(ConfigUpdateReply { log_index })),
+        }
+    }
+
+    pub(super) async fn object_create(
+        &self,
+        req: Request<ObjectCreateRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let mut config = Ini::parse(&req.config_text)
+            .map_err(|e| Status::invalid_argument(format!("{}: --config: {e}", req.path)))?;
+        for (k, v) in parse_keys(&req.path, &req.kws)? {
+            config
+                .set(&k.section, &k.keyword, &v)
+                .map_err(|e| Status::invalid_argument(format!("{k}: {e}")))?;
+        }
+        if config.get(DEFAULT, "id").is_some() {
+            return Err(Status::invalid_argument(format!(
+                "{}: id is set by the cluster: remove it",
+                req.path
+            )));
+        }
+        config.set(DEFAULT, "id", &new_uuid()).expect("a uuid is one line");
+        self.commit(Command::CreateObject { path: p, config }).await
+    }
+
+    pub(super) async fn object_delete(&self, req: Request<ObjectRef>) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let p = path(&req.into_inner().path)?;
+        self.commit(Command::DeleteObject { path: p }).await
+    }
+
+    pub(super) async fn object_config_update(
+        &self,
+        req: Request<ObjectConfigUpdateRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let set = parse_keys(&req.path, &req.set)?;
+        let unset = req
+            .unset
+            .iter()
+            .map(|k| ObjectKey::parse(k.trim()).map_err(|e| Status::invalid_argument(format!("{}: {e}", req.path))))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.commit(Command::UpdateObject { path: p, set, unset }).await
+    }
+
+    async fn read_object<T>(
+        &self,
+        p: &ObjectPath,
+        f: impl FnOnce(&ClusterState, &crate::model::Object) -> T,
+    ) -> Result<T, Status> {
+        let key = p.to_string();
+        self.node
+            .read_linearizable(|d| d.state.objects.get(&key).map(|o| f(&d.state, o)))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("{key} does not exist")))
+    }
+
+    pub(super) async fn object_config_show(
+        &self,
+        req: Request<ObjectConfigShowRequest>,
+    ) -> Result<Response<ConfigShowReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let config = self.read_object(&p, |_, o| o.config.clone()).await?;
+        let sections: Vec<Section> = config
+            .sections()
+            .iter()
+            .filter(|s| req.section.is_empty() || s.name == req.section)
+            .filter(|s| !s.entries.is_empty())
+            .map(|s| Section {
+                name: s.name.clone(),
+                values: s
+                    .entries
+                    .iter()
+                    .map(|(k, v)| KeyValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        if !req.section.is_empty() && sections.is_empty() {
+            return Err(Status::not_found(format!("{p}: no section [{}]", req.section)));
+        }
+        Ok(Response::new(ConfigShowReply { sections }))
+    }
+
+    pub(super) async fn object_config_get(
+        &self,
+        req: Request<ObjectConfigGetRequest>,
+    ) -> Result<Response<ConfigGetReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let key = ObjectKey::parse(req.key.trim()).map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
+        let (kw, scope) = key.split_scope();
+        keywords::lookup(&p.kind, &key.section, kw).map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
+        if scope.is_some() && req.eval {
+            return Err(Status::invalid_argument(
+                "give --node instead of an @node scope with --eval",
+            ));
+        }
+        let node = (!req.node.is_empty()).then_some(req.node.clone());
+        let value = self
+            .read_object(&p, |s, o| {
+                if let Some(n) = &node {
+                    if !s.nodes.values().any(|i| &i.name == n) {
+                        return Err(Status::not_found(format!("unknown node {n:?}")));
+                    }
+                }
+                if req.eval {
+                    s.eval(&p, &o.config, &key.section, kw, node.as_deref())
+                        .map_err(|e| Status::invalid_argument(e.to_string()))
+                } else {
+                    Ok(o.config.get(&key.section, &key.keyword).map(str::to_string))
+                }
+            })
+            .await??;
+        Ok(Response::new(ConfigGetReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    pub(super) async fn object_config_doc(
+        &self,
+        req: Request<ObjectConfigDocRequest>,
+    ) -> Result<Response<ObjectConfigDocReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let filter = if req.key.trim().is_empty() {
+            None
+        } else {
+            let k = ObjectKey::parse(req.key.trim()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            keywords::lookup(&p.kind, &k.section, k.split_scope().0)
+                .map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
+            Some(k)
+        };
+        let keywords = keywords::doc(&p.kind)
+            .filter(|k| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| f.split_scope().0 == k.name && keywords::section_type(&f.section) == k.section)
+            })
+            .map(|k| KeywordDoc {
+                section: if k.section == DEFAULT {
+                    DEFAULT.into()
+                } else {
+                    format!("{}#ID", k.section)
+                },
+                keyword: k.name.into(),
+                kind: k.kind.describe(),
+                default_value: k.default.map(str::to_string),
+                readonly: k.readonly,
+                required: k.required,
+                doc: k.doc.into(),
+            })
+            .collect();
+        Ok(Response::new(ObjectConfigDocReply { keywords }))
+    }
+
+    pub(super) async fn object_list(
+        &self,
+        req: Request<ObjectListRequest>,
+    ) -> Result<Response<ObjectListReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let sel = req.into_inner().selector;
+        let sel = if sel.trim().is_empty() {
+            "*".to_string()
+        } else {
+            sel.trim().to_string()
+        };
+        let objects = self
+            .node
+            .read_linearizable(|d| {
+                d.state
+                    .objects
+                    .iter()
+                    .filter(|(p, _)| crate::model::path::glob(&sel, p))
+                    .map(|(p, o)| ObjectRow {
+                        path: p.clone(),
+                        kind: p.split('/').nth(1).unwrap_or_default().into(),
+                        orchestrate: o.config.get(DEFAULT, "orchestrate").unwrap_or("").into(),
+                        nodes: o.config.get(DEFAULT, "nodes").unwrap_or("").into(),
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(ObjectListReply { objects }))
+    }
+
+    pub(super) async fn key_put(&self, req: Request<KeyPutRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let mode = if req.change { KeyMode::Change } else { KeyMode::Add };
+        let cmd = Command::PutKey {
+            path: path(&req.path)?,
+            key: req.name,
+            value: req.value,
+            mode,
+        };
+        self.commit(cmd).await
+    }
+
+    pub(super) async fn key_list(&self, req: Request<ObjectRef>) -> Result<Response<KeyListReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let p = path(&req.into_inner().path)?;
+        let names = self.read_object(&p, |_, o| o.keys.keys().cloned().collect()).await?;
+        Ok(Response::new(KeyListReply { names }))
+    }
+
+    pub(super) async fn key_decode(&self, req: Request<KeyRequest>) -> Result<Response<KeyDecodeReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let value = self.read_object(&p, |_, o| o.keys.get(&req.name).cloned()).await?;
+        let value = value.ok_or_else(|| Status::not_found(format!("{p}: no key {:?}", req.name)))?;
+        Ok(Response::new(KeyDecodeReply { value }))
+    }
+
+    pub(super) async fn key_remove(&self, req: Request<KeyRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        self.commit(Command::RemoveKey {
+            path: path(&req.path)?,
+            key: req.name,
+        })
+        .await
+    }
+
+    pub(super) async fn pool_list(&self, req: Request<PoolListRequest>) -> Result<Response<PoolListReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let pools = self
+            .node
+            .read_linearizable(|d| pool_rows(&d.state, &req.name, &req.node))
+            .await??;
+        Ok(Response::new(PoolListReply { pools }))
+    }
+
+    pub(super) async fn device_list(&self, req: Request<ObjectRef>) -> Result<Response<DeviceListReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let p = path(&req.into_inner().path)?;
+        let devices = self.read_object(&p, |s, o| device_rows(s, &p, o)).await?;
+        Ok(Response::new(DeviceListReply { devices }))
+    }
+
+    pub(super) async fn report_volume_groups(
+        &self,
+        req: Request<ReportVolumeGroupsRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let node_id = self
+            .node
+            .read_linearizable(|d| d.state.node_id(&req.node))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("unknown node {:?}", req.node)))?;
+        let vgs: BTreeMap<String, u64> = req.vgs.into_iter().map(|v| (v.name, v.size)).collect();
+        self.commit(Command::ReportVolumeGroups { node_id, vgs }).await
+    }
+}
+
+const DRBD_CAPABILITIES: &str = "rox,rwx,roo,rwo,snap,blk,shared";
+const LVM_CAPABILITIES: &str = "rox,rwx,roo,rwo,snap,blk";
+
+/// `pool list` rows: cluster-wide sums, or one node's figures.
+pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow>, Status> {
+    let node_id = if node.is_empty() {
+        None
+    } else {
+        Some(
+            s.node_id(node)
+                .ok_or_else(|| Status::not_found(format!("unknown node {node:?}")))?,
+        )
+    };
+    let mut rows = Vec::new();
+    for (section, values) in s.config.iter() {
+        let Some(pool) = section.strip_prefix("pool#") else {
+            continue;
+        };
+        if !name.is_empty() && pool != name {
+            continue;
+        }
+        let vg = values.get("vg").cloned().unwrap_or_default();
+        let ty = values.get("type").cloned().unwrap_or_default();
+        let nodes: Vec<u64> = match node_id {
+            Some(id) => vec![id],
+            None => s.nodes.iter().filter(|(_, n)| !n.witness).map(|(id, _)| *id).collect(),
+        };
+        let size: u64 = nodes.iter().filter_map(|id| s.vgs.get(id)?.get(&vg)).sum();
+        let used: u64 = nodes.iter().map(|id| s.vg_used(*id, &vg)).sum();
+        let count = s
+            .pool_volumes(pool)
+            .filter(|(_, a)| node_id.is_none_or(|id| a.nodes.contains(&id)))
+            .count();
+        rows.push(PoolRow {
+            node: node.to_string(),
+            name: pool.into(),
+            capabilities: if ty == "drbd" {
+                DRBD_CAPABILITIES
+            } else {
+                LVM_CAPABILITIES
+            }
+            .into(),
+            r#type: ty,
+            head: vg,
+            volume_count: count as u64,
+            size,
+            used,
+            free: size.saturating_sub(used),
+        });
+    }
+    if !name.is_empty() && rows.is_empty() {
+        return Err(Status::not_found(format!("no pool named {name:?}")));
+    }
+    Ok(rows)
+}
+
+/// `instance device list` rows: for each volume resource, the exposed and the base device.
+pub fn device_rows(s: &ClusterState, p: &ObjectPath, o: &crate::model::Object) -> Vec<DeviceRow> {
+    let mut rows = Vec::new();
+    let mut push = |resource: &str, alloc: &crate::model::objects::Allocation| {
+        let base = format!("/dev/{}/{}", alloc.vg, alloc.lv);
+        let exposed = alloc
+            .drbd
+            .as_ref()
+            .map_or(base.clone(), |d| format!("/dev/drbd{}", d.minor));
+        for (role, device) in [("exposed", exposed), ("base", base)] {
+            rows.push(DeviceRow {
+                object: p.to_string(),
+                resource: resource.into(),
+                driver_group: "volume".into(),
+                driver_name: String::new(),
+                role: role.into(),
+                device,
+            });
+        }
+    };
+    if let Some(a) = &o.alloc {
+        push("volume", a);
+    }
+    for section in o.config.sections_of("volume") {
+        let Ok(Some(name)) = s.eval(p, &o.config, &section.name, "name", None) else {
+            continue;
+        };
+        let vol = format!("{}/vol/{name}", p.namespace);
+        if let Some(a) = s.objects.get(&vol).and_then(|v| v.alloc.as_ref()) {
+            push(&section.name, a);
+        }
+    }
+    rows
+}

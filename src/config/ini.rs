@@ -1,0 +1,258 @@
+//! The object configuration text format: `[DEFAULT]` then `[TYPE#ID]` sections of
+//! `keyword = value` lines, where a keyword may carry a node scope (`size@n1`).
+//!
+//! Order is kept as written (it is part of what `config show` prints) and the printed form
+//! parses back to the same value.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One `[name]` section and its `keyword = value` lines, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    pub name: String,
+    pub entries: Vec<(String, String)>,
+}
+
+/// An object's configuration. `DEFAULT` is always present and first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ini {
+    sections: Vec<Section>,
+}
+
+/// Why a configuration text does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("line {0}: a section header must look like [NAME]")]
+    BadHeader(usize),
+    #[error("line {0}: expected `keyword = value`")]
+    NoEquals(usize),
+    #[error("line {0}: empty keyword")]
+    EmptyKeyword(usize),
+    #[error("line {0}: section [{1}] appears twice")]
+    DuplicateSection(usize, String),
+    #[error("line {0}: keyword {1:?} appears twice in [{2}]")]
+    DuplicateKeyword(usize, String, String),
+    #[error("line {0}: a value cannot span lines or hold a newline")]
+    Multiline(usize),
+}
+
+pub const DEFAULT: &str = "DEFAULT";
+
+impl Default for Ini {
+    fn default() -> Ini {
+        Ini {
+            sections: vec![Section {
+                name: DEFAULT.into(),
+                entries: vec![],
+            }],
+        }
+    }
+}
+
+impl Ini {
+    /// Parses the text format. Comments start with `#` or `;` at the beginning of a line.
+    pub fn parse(text: &str) -> Result<Ini, ParseError> {
+        let mut ini = Ini::default();
+        let mut current = DEFAULT.to_string();
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix('[') {
+                let name = rest.strip_suffix(']').ok_or(ParseError::BadHeader(n))?.trim();
+                if name.is_empty() || name.contains(['[', ']']) {
+                    return Err(ParseError::BadHeader(n));
+                }
+                let exists = ini.sections.iter().any(|s| s.name == name);
+                let is_default_first = name == DEFAULT && current == DEFAULT && ini.sections[0].entries.is_empty();
+                if exists && !is_default_first {
+                    return Err(ParseError::DuplicateSection(n, name.into()));
+                }
+                if !exists {
+                    ini.sections.push(Section {
+                        name: name.into(),
+                        entries: vec![],
+                    });
+                }
+                current = name.into();
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or(ParseError::NoEquals(n))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                return Err(ParseError::EmptyKeyword(n));
+            }
+            let section = ini.section_mut(&current);
+            if section.entries.iter().any(|(e, _)| e == k) {
+                return Err(ParseError::DuplicateKeyword(n, k.into(), current.clone()));
+            }
+            section.entries.push((k.into(), v.into()));
+        }
+        Ok(ini)
+    }
+
+    fn section_mut(&mut self, name: &str) -> &mut Section {
+        let i = match self.sections.iter().position(|s| s.name == name) {
+            Some(i) => i,
+            None => {
+                self.sections.push(Section {
+                    name: name.into(),
+                    entries: vec![],
+                });
+                self.sections.len() - 1
+            }
+        };
+        &mut self.sections[i]
+    }
+
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// The raw (unevaluated) value of `keyword` in `section`.
+    pub fn get(&self, section: &str, keyword: &str) -> Option<&str> {
+        self.section(section)?
+            .entries
+            .iter()
+            .find(|(k, _)| k == keyword)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets a value, keeping its place if it exists, appending otherwise.
+    pub fn set(&mut self, section: &str, keyword: &str, value: &str) -> Result<(), ParseError> {
+        if value.contains(['\n', '\r']) {
+            return Err(ParseError::Multiline(0));
+        }
+        let s = self.section_mut(section);
+        match s.entries.iter_mut().find(|(k, _)| k == keyword) {
+            Some(e) => e.1 = value.into(),
+            None => s.entries.push((keyword.into(), value.into())),
+        }
+        Ok(())
+    }
+
+    /// Removes a value; a section other than DEFAULT left empty disappears.
+    pub fn unset(&mut self, section: &str, keyword: &str) -> bool {
+        let Some(i) = self.sections.iter().position(|s| s.name == section) else {
+            return false;
+        };
+        let before = self.sections[i].entries.len();
+        self.sections[i].entries.retain(|(k, _)| k != keyword);
+        let removed = self.sections[i].entries.len() != before;
+        if self.sections[i].entries.is_empty() && section != DEFAULT {
+            self.sections.remove(i);
+        }
+        removed
+    }
+
+    /// Section names of the form `TYPE#ID` with this `TYPE`.
+    pub fn sections_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Section> + 'a {
+        self.sections
+            .iter()
+            .filter(move |s| s.name.split_once('#').is_some_and(|(t, _)| t == kind))
+    }
+}
+
+impl fmt::Display for Ini {
+    /// The text form: sections separated by a blank line, DEFAULT first.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for s in &self.sections {
+            if s.name == DEFAULT && s.entries.is_empty() {
+                continue;
+            }
+            if !first {
+                writeln!(f)?;
+            }
+            first = false;
+            writeln!(f, "[{}]", s.name)?;
+            for (k, v) in &s.entries {
+                writeln!(f, "{k} = {v}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TUTORIAL: &str = "[DEFAULT]\nnodes = {clusternodes}\norchestrate = ha\nid = a6867a1e-e8b3-46eb-919f-78d4c60ca9c9\n\n[volume#data]\nname = {name}\nshared = true\nsize = 4G\nformat = false\npool = drbdvm\n";
+
+    #[test]
+    fn tutorial_config_round_trips() {
+        let ini = Ini::parse(TUTORIAL).unwrap();
+        assert_eq!(ini.get("volume#data", "size"), Some("4G"));
+        assert_eq!(ini.to_string(), TUTORIAL);
+    }
+
+    #[test]
+    fn scoped_keywords_and_comments() {
+        let ini = Ini::parse("# c\n[volume#data]\nsize = 4G\nsize@n1 = 8G\n; c\n").unwrap();
+        assert_eq!(ini.get("volume#data", "size@n1"), Some("8G"));
+        assert_eq!(ini.sections()[0].name, DEFAULT);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        assert_eq!(Ini::parse("[a\n"), Err(ParseError::BadHeader(1)));
+        assert_eq!(Ini::parse("[a]\nnovalue\n"), Err(ParseError::NoEquals(2)));
+        assert_eq!(
+            Ini::parse("[a]\nk=1\n[a]\n"),
+            Err(ParseError::DuplicateSection(3, "a".into()))
+        );
+        assert!(matches!(
+            Ini::parse("[a]\nk=1\nk=2\n"),
+            Err(ParseError::DuplicateKeyword(3, ..))
+        ));
+    }
+
+    #[test]
+    fn unset_drops_empty_sections_but_not_default() {
+        let mut ini = Ini::parse("[DEFAULT]\na = 1\n[x#1]\nk = v\n").unwrap();
+        assert!(ini.unset("x#1", "k"));
+        assert!(ini.section("x#1").is_none());
+        assert!(ini.unset(DEFAULT, "a"));
+        assert!(ini.section(DEFAULT).is_some());
+        assert!(!ini.unset("nope", "k"));
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9_@]{0,8}"
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        // Any printable text without newlines, trimmed as the parser trims it.
+        "[ -~]{0,20}".prop_map(|s| s.trim().to_string())
+    }
+
+    proptest! {
+        #[test]
+        fn print_then_parse_is_identity(
+            default in proptest::collection::vec((name(), value()), 0..4),
+            sections in proptest::collection::vec((name(), proptest::collection::vec((name(), value()), 1..4)), 0..4),
+        ) {
+            let mut ini = Ini::default();
+            for (k, v) in &default {
+                ini.set(DEFAULT, k, v).unwrap();
+            }
+            for (i, (s, entries)) in sections.iter().enumerate() {
+                for (k, v) in entries {
+                    ini.set(&format!("{s}#{i}"), k, v).unwrap();
+                }
+            }
+            let text = ini.to_string();
+            prop_assert_eq!(Ini::parse(&text).unwrap(), ini);
+        }
+    }
+}

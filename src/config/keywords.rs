@@ -1,0 +1,379 @@
+//! The object keyword catalog: which sections each kind of object has, and the keywords of
+//! each section type with their type, default and one-line doc (`omctl PATH config doc`).
+
+use super::ini::DEFAULT;
+use super::kind::Kind;
+
+/// One keyword of an object section type.
+#[derive(Debug)]
+pub struct Keyword {
+    /// `DEFAULT`, `volume`, `container` or `disk`.
+    pub section: &'static str,
+    pub name: &'static str,
+    pub kind: Kind,
+    pub default: Option<&'static str>,
+    /// Object kinds whose configuration may hold it.
+    pub kinds: &'static [&'static str],
+    /// Set by the cluster, never by the user.
+    pub readonly: bool,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+const ALL: &[&str] = &["svc", "vol", "cfg", "sec", "usr"];
+const SVC: &[&str] = &["svc"];
+const VOL: &[&str] = &["vol"];
+const SVC_VOL: &[&str] = &["svc", "vol"];
+
+const fn kw(section: &'static str, name: &'static str, kind: Kind, kinds: &'static [&'static str]) -> Keyword {
+    Keyword {
+        section,
+        name,
+        kind,
+        default: None,
+        kinds,
+        readonly: false,
+        required: false,
+        doc: "",
+    }
+}
+
+macro_rules! keyword {
+    ($sec:literal, $name:literal, $kind:expr, $kinds:expr, default = $def:expr, $doc:literal $(, $flag:ident)*) => {{
+        #[allow(unused_mut)]
+        let mut k = kw($sec, $name, $kind, $kinds);
+        k.default = $def;
+        k.doc = $doc;
+        $( k.$flag = true; )*
+        k
+    }};
+}
+
+/// Every object keyword, in the order `config doc` lists them.
+pub static CATALOG: &[Keyword] = &[
+    keyword!(
+        "DEFAULT",
+        "id",
+        Kind::Uuid,
+        ALL,
+        default = None,
+        "The object's unique id, set at creation.",
+        readonly
+    ),
+    keyword!(
+        "DEFAULT",
+        "nodes",
+        Kind::Nodes,
+        SVC_VOL,
+        default = Some("{clusternodes}"),
+        "Nodes the object may run on, in placement order."
+    ),
+    keyword!(
+        "DEFAULT",
+        "orchestrate",
+        Kind::Choice(&["no", "ha", "start"]),
+        SVC,
+        default = Some("no"),
+        "no: the cluster never starts it; start: start once; ha: keep it running, failing over."
+    ),
+    keyword!(
+        "DEFAULT",
+        "topology",
+        Kind::Choice(&["failover"]),
+        SVC,
+        default = Some("failover"),
+        "failover: at most one instance runs at a time."
+    ),
+    keyword!(
+        "DEFAULT",
+        "placement",
+        Kind::Choice(&["nodes order", "spread", "score"]),
+        SVC,
+        default = Some("nodes order"),
+        "How the node to run on is chosen."
+    ),
+    keyword!(
+        "DEFAULT",
+        "priority",
+        Kind::Int,
+        SVC,
+        default = Some("50"),
+        "Lower runs first when nodes compete."
+    ),
+    keyword!(
+        "DEFAULT",
+        "pool",
+        Kind::Name,
+        VOL,
+        default = None,
+        "The pool the volume was allocated from.",
+        readonly
+    ),
+    keyword!(
+        "DEFAULT",
+        "size",
+        Kind::Size,
+        VOL,
+        default = None,
+        "The volume's size.",
+        readonly
+    ),
+    keyword!(
+        "DEFAULT",
+        "access",
+        Kind::Choice(&["rwo", "rox", "rwx", "roo"]),
+        VOL,
+        default = Some("rwo"),
+        "Access mode: read-write by one node (rwo) or others.",
+        readonly
+    ),
+    keyword!(
+        "DEFAULT",
+        "owner",
+        Kind::Text,
+        VOL,
+        default = None,
+        "The service whose volume section created this volume.",
+        readonly
+    ),
+    keyword!(
+        "volume",
+        "name",
+        Kind::Text,
+        SVC,
+        default = Some("{name}"),
+        "Name of the volume object (NAMESPACE/vol/NAME) backing this resource."
+    ),
+    keyword!(
+        "volume",
+        "pool",
+        Kind::Name,
+        SVC,
+        default = None,
+        "The pool to allocate from; default: the first drbd pool if shared, else none."
+    ),
+    keyword!(
+        "volume",
+        "size",
+        Kind::Size,
+        SVC,
+        default = None,
+        "Size of the volume to allocate; the volume is created once it is set."
+    ),
+    keyword!(
+        "volume",
+        "shared",
+        Kind::Bool,
+        SVC,
+        default = Some("false"),
+        "The volume must be reachable from every node (a replicated pool)."
+    ),
+    keyword!(
+        "volume",
+        "format",
+        Kind::Bool,
+        SVC,
+        default = Some("true"),
+        "Create a filesystem on the volume."
+    ),
+    keyword!(
+        "container",
+        "type",
+        Kind::Choice(&["kvm"]),
+        SVC,
+        default = None,
+        "The container driver.",
+        required
+    ),
+    keyword!(
+        "container",
+        "name",
+        Kind::Text,
+        SVC,
+        default = None,
+        "The libvirt domain name.",
+        required
+    ),
+    keyword!(
+        "container",
+        "start_timeout",
+        Kind::Duration,
+        SVC,
+        default = Some("1m"),
+        "How long a start may take."
+    ),
+    keyword!(
+        "container",
+        "stop_timeout",
+        Kind::Duration,
+        SVC,
+        default = Some("2m"),
+        "How long a graceful shutdown may take before the domain is destroyed."
+    ),
+    keyword!(
+        "disk",
+        "type",
+        Kind::Choice(&["lv", "drbd"]),
+        VOL,
+        default = None,
+        "The disk layer.",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "name",
+        Kind::Text,
+        VOL,
+        default = None,
+        "The logical volume name.",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "vg",
+        Kind::Ident,
+        VOL,
+        default = None,
+        "The volume group.",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "size",
+        Kind::Size,
+        VOL,
+        default = None,
+        "The logical volume size.",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "res",
+        Kind::Text,
+        VOL,
+        default = None,
+        "The DRBD resource name.",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "disk",
+        Kind::Text,
+        VOL,
+        default = None,
+        "The DRBD backing device.",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "minor",
+        Kind::Int,
+        VOL,
+        default = None,
+        "The DRBD minor (/dev/drbdMINOR).",
+        readonly
+    ),
+    keyword!(
+        "disk",
+        "port",
+        Kind::Int,
+        VOL,
+        default = None,
+        "The DRBD TCP port.",
+        readonly
+    ),
+];
+
+/// Section types each object kind may have besides DEFAULT.
+pub fn section_types(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "svc" => &["volume", "container"],
+        "vol" => &["disk"],
+        _ => &[],
+    }
+}
+
+/// Why a keyword reference is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeywordError {
+    #[error("section [{0}] is not allowed in a {1} object (sections: {2})")]
+    Section(String, String, String),
+    #[error("unknown keyword {0:?} in section [{1}] (keywords: {2})")]
+    Unknown(String, String, String),
+    #[error("{0} is set by the cluster and cannot be changed")]
+    Readonly(String),
+    #[error("section name {0:?}: the id after '#' must be 1 to 63 of [a-z0-9_-]")]
+    BadId(String),
+}
+
+/// The type of a section name: `DEFAULT` or the part before `#`.
+pub fn section_type(section: &str) -> &str {
+    section.split_once('#').map_or(section, |(t, _)| t)
+}
+
+/// Looks up `keyword` (without its `@node` scope) in `section` of a `kind` object.
+pub fn lookup(kind: &str, section: &str, keyword: &str) -> Result<&'static Keyword, KeywordError> {
+    let stype = section_type(section);
+    if section != DEFAULT {
+        let allowed = section_types(kind);
+        let id = section.split_once('#').map(|(_, id)| id);
+        if !allowed.contains(&stype) || id.is_none() {
+            let list: Vec<String> = std::iter::once(DEFAULT.to_string())
+                .chain(allowed.iter().map(|t| format!("{t}#ID")))
+                .collect();
+            return Err(KeywordError::Section(section.into(), kind.into(), list.join(", ")));
+        }
+        let id = id.unwrap_or_default();
+        if id.is_empty()
+            || id.len() > 63
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+        {
+            return Err(KeywordError::BadId(section.into()));
+        }
+    }
+    let sec = if section == DEFAULT { DEFAULT } else { stype };
+    let in_section = || CATALOG.iter().filter(|k| k.section == sec && k.kinds.contains(&kind));
+    in_section().find(|k| k.name == keyword).ok_or_else(|| {
+        let names: Vec<&str> = in_section().map(|k| k.name).collect();
+        KeywordError::Unknown(keyword.into(), section.into(), names.join(", "))
+    })
+}
+
+/// The keywords of `kind` objects, optionally only `SECTION.KEYWORD`-matching `filter`.
+pub fn doc(kind: &str) -> impl Iterator<Item = &'static Keyword> + '_ {
+    CATALOG.iter().filter(move |k| k.kinds.contains(&kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        assert_eq!(lookup("svc", "volume#data", "size").unwrap().kind, Kind::Size);
+        assert_eq!(lookup("svc", DEFAULT, "nodes").unwrap().default, Some("{clusternodes}"));
+        assert!(matches!(
+            lookup("svc", "volume#data", "sise"),
+            Err(KeywordError::Unknown(..))
+        ));
+        assert!(matches!(
+            lookup("svc", "disk#1", "type"),
+            Err(KeywordError::Section(..))
+        ));
+        assert!(matches!(
+            lookup("cfg", "volume#x", "size"),
+            Err(KeywordError::Section(..))
+        ));
+        assert!(matches!(
+            lookup("svc", "volume#Bad", "size"),
+            Err(KeywordError::BadId(_))
+        ));
+        assert!(matches!(
+            lookup("svc", "volume", "size"),
+            Err(KeywordError::Section(..))
+        ));
+        assert!(lookup("vol", "disk#1", "minor").unwrap().readonly);
+    }
+}

@@ -1,0 +1,852 @@
+//! Objects in the replicated state: services, volumes, config maps, secrets, users; their
+//! configuration checks; the volumes a service's `volume#` sections create; DRBD minors, ports
+//! and node ids allocated here, inside `apply`, so they are identical on every node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::path::ObjectPath;
+use super::{ClusterState, NodeId};
+use crate::config::ini::{Ini, DEFAULT};
+use crate::config::keywords::{self, KeywordError};
+use crate::config::kind::{check_name, format_size, parse_bool, parse_size, Kind};
+use crate::config::refs::{self, Context, RefError};
+
+/// The first DRBD port, as in the tutorial's firewall notes.
+pub const DRBD_BASE_PORT: u16 = 7289;
+/// The largest key a config map or secret holds.
+pub const MAX_KEY_BYTES: usize = 1 << 20;
+/// The config map holding DRBD resource file templates.
+pub const DRBD_TEMPLATES: &str = "system/cfg/drbd";
+
+/// One object: its configuration, its keys (config maps and secrets), and for volumes what
+/// was allocated for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    pub config: Ini,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc: Option<Allocation>,
+}
+
+/// A volume's storage, allocated from a pool on each of its nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub pool: String,
+    pub vg: String,
+    pub size: u64,
+    /// The logical volume (and DRBD resource) name: `NAME.NAMESPACE.vol.CLUSTER`.
+    pub lv: String,
+    pub nodes: Vec<NodeId>,
+    pub drbd: Option<DrbdAllocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrbdAllocation {
+    pub minor: u32,
+    pub port: u16,
+    /// DRBD `node-id` of each node, in `nodes` order.
+    pub node_ids: Vec<(NodeId, u32)>,
+}
+
+/// `SECTION.KEYWORD[@NODE]` of an object; a bare keyword is in DEFAULT.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub section: String,
+    /// The keyword as stored, with its `@node` scope if any.
+    pub keyword: String,
+}
+
+impl ObjectKey {
+    pub fn parse(s: &str) -> Result<ObjectKey, ObjectError> {
+        let (section, keyword) = match s.rsplit_once('.') {
+            // A dot may sit in a scope's node name? No: node names have no dots.
+            Some((sec, kw)) => (sec, kw),
+            None => (DEFAULT, s),
+        };
+        if section.is_empty() || keyword.is_empty() {
+            return Err(ObjectError::BadKey(s.into()));
+        }
+        Ok(ObjectKey {
+            section: section.into(),
+            keyword: keyword.into(),
+        })
+    }
+
+    /// The keyword without its scope, and the scope.
+    pub fn split_scope(&self) -> (&str, Option<&str>) {
+        match self.keyword.split_once('@') {
+            Some((k, node)) => (k, Some(node)),
+            None => (&self.keyword, None),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.section, self.keyword)
+    }
+}
+
+/// How a key is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyMode {
+    /// A new key: refused if it exists.
+    Add,
+    /// An existing key: refused if it does not.
+    Change,
+}
+
+/// Why an object change is refused. Each names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    #[error("{0:?} is not a keyword: expected [SECTION.]KEYWORD[@NODE], e.g. volume#data.size")]
+    BadKey(String),
+    #[error("{path}: {source}")]
+    Keyword { path: String, source: KeywordError },
+    #[error("{path}: bad value {value:?} for {key}: {why}")]
+    Value {
+        path: String,
+        key: String,
+        value: String,
+        why: String,
+    },
+    #[error("{path}: {key}: {source}")]
+    Reference {
+        path: String,
+        key: String,
+        source: RefError,
+    },
+    #[error("{path}: {key}: unknown node {node:?} (nodes: {known})")]
+    UnknownNode {
+        path: String,
+        key: String,
+        node: String,
+        known: String,
+    },
+    #[error("{path}: section [{section}] needs keyword {keyword}")]
+    Missing {
+        path: String,
+        section: String,
+        keyword: String,
+    },
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0}: volumes are created by a service's volume section, not directly")]
+    DirectVolume(String),
+    #[error("{path}: {what} is used by {user}")]
+    InUse { path: String, what: String, user: String },
+    #[error("{path}: [{section}]: no pool: set {section}.pool (pools: {pools})")]
+    NoPool {
+        path: String,
+        section: String,
+        pools: String,
+    },
+    #[error("{path}: [{section}]: unknown pool {pool:?} (pools: {pools})")]
+    UnknownPool {
+        path: String,
+        section: String,
+        pool: String,
+        pools: String,
+    },
+    #[error("pool {pool}: {why}")]
+    Pool { pool: String, why: String },
+    #[error("pool {pool} is out of space on {node}: {need} needed, {free} free")]
+    OutOfSpace {
+        pool: String,
+        node: String,
+        need: String,
+        free: String,
+    },
+    #[error("{path}: {node} is a witness: it never hosts services")]
+    Witness { path: String, node: String },
+    #[error("{path}: {why}")]
+    Volume { path: String, why: String },
+    #[error("{0}: only config maps (cfg) and secrets (sec) hold keys")]
+    NoKeys(String),
+    #[error("{path}: key {key:?} {why}")]
+    Key { path: String, key: String, why: String },
+    #[error("the cluster config refers to {key} of {DRBD_TEMPLATES}: {why}")]
+    Template { key: String, why: String },
+}
+
+/// A deterministic id for objects the cluster creates itself (volumes).
+pub fn derived_uuid(seed: &str) -> String {
+    let h = Sha256::digest(seed.as_bytes());
+    let mut b: [u8; 16] = h[..16].try_into().expect("16 bytes");
+    b[6] = (b[6] & 0x0f) | 0x50; // version 5-like: name-based
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+impl ClusterState {
+    /// Names of the nodes that may host services (witnesses excluded), by node id.
+    pub fn data_nodes(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| !n.witness)
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// The reference context of `path`, for `node` if given.
+    pub fn ref_context<'a>(
+        &'a self,
+        path: &'a ObjectPath,
+        node: Option<&'a str>,
+        nodes: &'a [String],
+        cluster: &'a str,
+    ) -> Context<'a> {
+        Context {
+            name: &path.name,
+            namespace: &path.namespace,
+            kind: &path.kind,
+            nodename: node,
+            clusternodes: nodes,
+            clustername: cluster,
+        }
+    }
+
+    /// Checks every section and keyword of `config` for an object at `path`.
+    pub fn check_config(&self, path: &ObjectPath, config: &Ini, allow_readonly: bool) -> Result<(), ObjectError> {
+        let p = path.to_string();
+        let node_names: Vec<String> = self.nodes.values().map(|n| n.name.clone()).collect();
+        for section in config.sections() {
+            for (kw, value) in &section.entries {
+                let key = ObjectKey {
+                    section: section.name.clone(),
+                    keyword: kw.clone(),
+                };
+                let (name, scope) = key.split_scope();
+                let def = keywords::lookup(&path.kind, &section.name, name).map_err(|source| ObjectError::Keyword {
+                    path: p.clone(),
+                    source,
+                })?;
+                if def.readonly && !allow_readonly {
+                    return Err(ObjectError::Keyword {
+                        path: p.clone(),
+                        source: KeywordError::Readonly(key.to_string()),
+                    });
+                }
+                if let Some(node) = scope {
+                    if !node_names.iter().any(|n| n == node) {
+                        return Err(ObjectError::UnknownNode {
+                            path: p.clone(),
+                            key: key.to_string(),
+                            node: node.into(),
+                            known: node_names.join(", "),
+                        });
+                    }
+                }
+                let refs = refs::references(value).map_err(|source| ObjectError::Reference {
+                    path: p.clone(),
+                    key: key.to_string(),
+                    source,
+                })?;
+                if refs.is_empty() || def.kind == Kind::Nodes {
+                    def.kind.check(value).map_err(|why| ObjectError::Value {
+                        path: p.clone(),
+                        key: key.to_string(),
+                        value: value.clone(),
+                        why,
+                    })?;
+                }
+                if def.kind == Kind::Nodes {
+                    for n in value.split_whitespace().filter(|n| !n.starts_with('{')) {
+                        if !node_names.iter().any(|k| k == n) {
+                            return Err(ObjectError::UnknownNode {
+                                path: p.clone(),
+                                key: key.to_string(),
+                                node: n.into(),
+                                known: node_names.join(", "),
+                            });
+                        }
+                    }
+                }
+            }
+            for def in keywords::CATALOG.iter().filter(|k| {
+                k.required
+                    && k.section == keywords::section_type(&section.name)
+                    && k.kinds.contains(&path.kind.as_str())
+            }) {
+                if config.get(&section.name, def.name).is_none() {
+                    return Err(ObjectError::Missing {
+                        path: p.clone(),
+                        section: section.name.clone(),
+                        keyword: def.name.into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluated value of `section.keyword` of `path`'s config, or its catalog default.
+    pub fn eval(
+        &self,
+        path: &ObjectPath,
+        config: &Ini,
+        section: &str,
+        keyword: &str,
+        node: Option<&str>,
+    ) -> Result<Option<String>, ObjectError> {
+        let scoped = node.and_then(|n| config.get(section, &format!("{keyword}@{n}")));
+        let raw = scoped
+            .or_else(|| config.get(section, keyword))
+            .map(str::to_string)
+            .or_else(|| {
+                keywords::lookup(&path.kind, section, keyword)
+                    .ok()
+                    .and_then(|k| k.default.map(str::to_string))
+            });
+        let Some(raw) = raw else { return Ok(None) };
+        let nodes = self.data_nodes();
+        let cluster = self.cluster_name();
+        let ctx = self.ref_context(path, node, &nodes, &cluster);
+        refs::evaluate(&raw, &ctx)
+            .map(Some)
+            .map_err(|source| ObjectError::Reference {
+                path: path.to_string(),
+                key: format!("{section}.{keyword}"),
+                source,
+            })
+    }
+
+    /// Bytes allocated on `node` in `vg` by every volume.
+    pub fn vg_used(&self, node: NodeId, vg: &str) -> u64 {
+        self.objects
+            .values()
+            .filter_map(|o| o.alloc.as_ref())
+            .filter(|a| a.vg == vg && a.nodes.contains(&node))
+            .map(|a| a.size)
+            .sum()
+    }
+
+    /// The volumes allocated from `pool`.
+    pub fn pool_volumes(&self, pool: &str) -> impl Iterator<Item = (&String, &Allocation)> + '_ {
+        let pool = pool.to_string();
+        self.objects
+            .iter()
+            .filter_map(move |(p, o)| o.alloc.as_ref().filter(|a| a.pool == pool).map(|a| (p, a)))
+    }
+
+    fn pool_names(&self) -> String {
+        self.config
+            .keys()
+            .filter_map(|s| s.strip_prefix("pool#"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The volume objects a service's configuration needs that do not exist yet, allocated.
+    fn plan_volumes(&self, svc: &ObjectPath, config: &Ini) -> Result<Vec<(String, Object)>, ObjectError> {
+        let p = svc.to_string();
+        let mut out: Vec<(String, Object)> = Vec::new();
+        let (mut minors, mut ports) = self.drbd_in_use();
+        let cluster = self.cluster_name();
+        for section in config.sections_of("volume") {
+            let s = &section.name;
+            let Some(size_raw) = self.eval(svc, config, s, "size", None)? else {
+                continue;
+            };
+            let size = parse_size(&size_raw).map_err(|why| ObjectError::Value {
+                path: p.clone(),
+                key: format!("{s}.size"),
+                value: size_raw.clone(),
+                why,
+            })?;
+            let name = self.eval(svc, config, s, "name", None)?.unwrap_or_default();
+            check_name(&name).map_err(|why| ObjectError::Value {
+                path: p.clone(),
+                key: format!("{s}.name"),
+                value: name.clone(),
+                why,
+            })?;
+            let vol = ObjectPath {
+                namespace: svc.namespace.clone(),
+                kind: "vol".into(),
+                name: name.clone(),
+            };
+            let vol_key = vol.to_string();
+            let shared = parse_bool(&self.eval(svc, config, s, "shared", None)?.unwrap_or_default()).unwrap_or(false);
+            let pool = match self.eval(svc, config, s, "pool", None)? {
+                Some(pool) => pool,
+                None if shared => self
+                    .config
+                    .iter()
+                    .find(|(sec, v)| sec.starts_with("pool#") && v.get("type").map(String::as_str) == Some("drbd"))
+                    .map(|(sec, _)| sec["pool#".len()..].to_string())
+                    .ok_or_else(|| ObjectError::NoPool {
+                        path: p.clone(),
+                        section: s.clone(),
+                        pools: self.pool_names(),
+                    })?,
+                None => {
+                    return Err(ObjectError::NoPool {
+                        path: p.clone(),
+                        section: s.clone(),
+                        pools: self.pool_names(),
+                    })
+                }
+            };
+            let pool_cfg = self
+                .config
+                .get(&format!("pool#{pool}"))
+                .ok_or_else(|| ObjectError::UnknownPool {
+                    path: p.clone(),
+                    section: s.clone(),
+                    pool: pool.clone(),
+                    pools: self.pool_names(),
+                })?;
+            if let Some(existing) = self
+                .objects
+                .get(&vol_key)
+                .or_else(|| out.iter().find(|(k, _)| *k == vol_key).map(|(_, o)| o))
+            {
+                let owner = existing.config.get(DEFAULT, "owner").unwrap_or("");
+                if owner != p {
+                    return Err(ObjectError::InUse {
+                        path: vol_key,
+                        what: "this volume".into(),
+                        user: if owner.is_empty() {
+                            "another object".into()
+                        } else {
+                            owner.into()
+                        },
+                    });
+                }
+                if existing
+                    .alloc
+                    .as_ref()
+                    .is_some_and(|a| a.size != size || a.pool != pool)
+                {
+                    return Err(ObjectError::Volume {
+                        path: vol_key,
+                        why: format!(
+                            "already allocated from another pool or size; resizing or moving ({s}) is not supported"
+                        ),
+                    });
+                }
+                continue;
+            }
+            let vg = pool_cfg.get("vg").cloned().ok_or_else(|| ObjectError::Pool {
+                pool: pool.clone(),
+                why: "has no vg: set pool#NAME.vg".into(),
+            })?;
+            let is_drbd = pool_cfg.get("type").map(String::as_str) == Some("drbd");
+            // The nodes: the service's, witnesses refused.
+            let names = self.eval(svc, config, DEFAULT, "nodes", None)?.unwrap_or_default();
+            let mut nodes = Vec::new();
+            for n in names.split_whitespace() {
+                let (id, info) =
+                    self.nodes
+                        .iter()
+                        .find(|(_, i)| i.name == n)
+                        .ok_or_else(|| ObjectError::UnknownNode {
+                            path: p.clone(),
+                            key: "nodes".into(),
+                            node: n.into(),
+                            known: self.data_nodes().join(", "),
+                        })?;
+                if info.witness {
+                    return Err(ObjectError::Witness {
+                        path: p.clone(),
+                        node: n.into(),
+                    });
+                }
+                if !nodes.contains(id) {
+                    nodes.push(*id);
+                }
+            }
+            if nodes.is_empty() {
+                return Err(ObjectError::Volume {
+                    path: p.clone(),
+                    why: format!("{s}: the service has no nodes to allocate on"),
+                });
+            }
+            for id in &nodes {
+                let node = &self.nodes[id].name;
+                let reported = self
+                    .vgs
+                    .get(id)
+                    .and_then(|v| v.get(&vg))
+                    .copied()
+                    .ok_or_else(|| ObjectError::Pool {
+                        pool: pool.clone(),
+                        why: format!("node {node} has not reported a volume group {vg}"),
+                    })?;
+                let planned: u64 = out
+                    .iter()
+                    .filter_map(|(_, o)| o.alloc.as_ref())
+                    .filter(|a| a.vg == vg && a.nodes.contains(id))
+                    .map(|a| a.size)
+                    .sum();
+                let free = reported.saturating_sub(self.vg_used(*id, &vg) + planned);
+                if size > free {
+                    return Err(ObjectError::OutOfSpace {
+                        pool: pool.clone(),
+                        node: node.clone(),
+                        need: format_size(size),
+                        free: format_size(free),
+                    });
+                }
+            }
+            let lv = format!("{name}.{}.vol.{cluster}", svc.namespace);
+            let drbd = is_drbd.then(|| {
+                let minor = first_free(&minors, 0);
+                minors.insert(minor);
+                let port = first_free(
+                    &ports.iter().map(|p| u32::from(*p)).collect(),
+                    u32::from(DRBD_BASE_PORT),
+                ) as u16;
+                ports.insert(port);
+                DrbdAllocation {
+                    minor,
+                    port,
+                    node_ids: nodes.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect(),
+                }
+            });
+            let mut vc = Ini::default();
+            let svc_id = config.get(DEFAULT, "id").unwrap_or_default();
+            let node_names: Vec<&str> = nodes.iter().map(|id| self.nodes[id].name.as_str()).collect();
+            let size_text = format_size(size).to_uppercase();
+            let entries: Vec<(&str, &str, String)> = vec![
+                (DEFAULT, "id", derived_uuid(&format!("{svc_id}/{vol_key}"))),
+                (DEFAULT, "owner", p.clone()),
+                (DEFAULT, "nodes", node_names.join(" ")),
+                (DEFAULT, "pool", pool.clone()),
+                (DEFAULT, "size", size_text.clone()),
+                ("disk#1", "type", "lv".into()),
+                ("disk#1", "name", lv.clone()),
+                ("disk#1", "vg", vg.clone()),
+                ("disk#1", "size", size_text),
+            ];
+            for (sec, k, v) in entries {
+                vc.set(sec, k, &v).expect("one-line values");
+            }
+            if let Some(d) = &drbd {
+                for (k, v) in [
+                    ("type", "drbd".to_string()),
+                    ("res", lv.clone()),
+                    ("disk", format!("/dev/{vg}/{lv}")),
+                    ("minor", d.minor.to_string()),
+                    ("port", d.port.to_string()),
+                ] {
+                    vc.set("disk#2", k, &v).expect("one-line values");
+                }
+            }
+            let alloc = Allocation {
+                pool,
+                vg,
+                size,
+                lv,
+                nodes,
+                drbd,
+            };
+            out.push((
+                vol_key,
+                Object {
+                    config: vc,
+                    keys: BTreeMap::new(),
+                    alloc: Some(alloc),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// DRBD minors and ports in use.
+    fn drbd_in_use(&self) -> (BTreeSet<u32>, BTreeSet<u16>) {
+        let mut minors = BTreeSet::new();
+        let mut ports = BTreeSet::new();
+        for d in self.objects.values().filter_map(|o| o.alloc.as_ref()?.drbd.as_ref()) {
+            minors.insert(d.minor);
+            ports.insert(d.port);
+        }
+        (minors, ports)
+    }
+
+    /// Checks a new object; returns it with the volumes it creates.
+    pub(super) fn plan_create(&self, path: &ObjectPath, config: &Ini) -> Result<Vec<(String, Object)>, ObjectError> {
+        let key = path.to_string();
+        if self.objects.contains_key(&key) {
+            return Err(ObjectError::Exists(key));
+        }
+        if path.kind == "vol" {
+            return Err(ObjectError::DirectVolume(key));
+        }
+        self.check_config(path, config, true)?;
+        let mut out = vec![(
+            key,
+            Object {
+                config: config.clone(),
+                keys: BTreeMap::new(),
+                alloc: None,
+            },
+        )];
+        if path.kind == "svc" {
+            out.extend(self.plan_volumes(path, config)?);
+        }
+        Ok(out)
+    }
+
+    /// Checks a configuration update; returns the new configuration and the volumes it creates.
+    pub(super) fn plan_update(
+        &self,
+        path: &ObjectPath,
+        set: &[(ObjectKey, String)],
+        unset: &[ObjectKey],
+    ) -> Result<(Ini, Vec<(String, Object)>), ObjectError> {
+        let key = path.to_string();
+        let obj = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ObjectError::NotFound(key.clone()))?;
+        if set.is_empty() && unset.is_empty() {
+            return Err(ObjectError::BadKey(
+                "(nothing to change: give at least one --set or --unset)".into(),
+            ));
+        }
+        let mut config = obj.config.clone();
+        let mut user = Ini::default();
+        for k in unset {
+            let (name, _) = k.split_scope();
+            let def = keywords::lookup(&path.kind, &k.section, name).map_err(|source| ObjectError::Keyword {
+                path: key.clone(),
+                source,
+            })?;
+            if def.readonly {
+                return Err(ObjectError::Keyword {
+                    path: key.clone(),
+                    source: KeywordError::Readonly(k.to_string()),
+                });
+            }
+            config.unset(&k.section, &k.keyword);
+        }
+        for (k, v) in set {
+            if unset.contains(k) {
+                return Err(ObjectError::BadKey(format!("{k} (both set and unset)")));
+            }
+            config.set(&k.section, &k.keyword, v).map_err(|_| ObjectError::Value {
+                path: key.clone(),
+                key: k.to_string(),
+                value: v.clone(),
+                why: "a value holds one line".into(),
+            })?;
+            user.set(&k.section, &k.keyword, v)
+                .map_err(|_| ObjectError::BadKey(k.to_string()))?;
+        }
+        // What the user sets is checked strictly (no read-only keywords)...
+        self.check_config(path, &user, false)?;
+        // ...and the result as a whole (required keywords, references).
+        self.check_config(path, &config, true)?;
+        let vols = if path.kind == "svc" {
+            self.plan_volumes(path, &config)?
+        } else {
+            vec![]
+        };
+        Ok((config, vols))
+    }
+
+    /// Checks a deletion; returns every object it removes (a service takes its volumes along).
+    pub(super) fn plan_delete(&self, path: &ObjectPath) -> Result<Vec<String>, ObjectError> {
+        let key = path.to_string();
+        let obj = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| ObjectError::NotFound(key.clone()))?;
+        if path.kind == "vol" {
+            if let Some(owner) = obj
+                .config
+                .get(DEFAULT, "owner")
+                .filter(|o| self.objects.contains_key(*o))
+            {
+                return Err(ObjectError::InUse {
+                    path: key,
+                    what: "this volume".into(),
+                    user: owner.into(),
+                });
+            }
+        }
+        if key == DRBD_TEMPLATES {
+            if let Some((pool, t)) = self.templates_in_use().next() {
+                return Err(ObjectError::InUse {
+                    path: key,
+                    what: format!("key {t}"),
+                    user: pool,
+                });
+            }
+        }
+        let mut out = vec![key.clone()];
+        if path.kind == "svc" {
+            out.extend(
+                self.objects
+                    .iter()
+                    .filter(|(_, o)| o.config.get(DEFAULT, "owner") == Some(key.as_str()))
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// `(pool section, template key)` of every drbd pool naming a template.
+    fn templates_in_use(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.config
+            .iter()
+            .filter(|(s, _)| s.starts_with("pool#"))
+            .filter_map(|(s, v)| v.get("template").map(|t| (s.clone(), t.clone())))
+    }
+
+    pub(super) fn check_put_key(
+        &self,
+        path: &ObjectPath,
+        key: &str,
+        value: &[u8],
+        mode: KeyMode,
+    ) -> Result<(), ObjectError> {
+        let p = path.to_string();
+        let obj = self.objects.get(&p).ok_or_else(|| ObjectError::NotFound(p.clone()))?;
+        if !["cfg", "sec"].contains(&path.kind.as_str()) {
+            return Err(ObjectError::NoKeys(p));
+        }
+        Kind::Ident.check(key).map_err(|why| ObjectError::Key {
+            path: p.clone(),
+            key: key.into(),
+            why: format!("is not a valid key name: {why}"),
+        })?;
+        if value.len() > MAX_KEY_BYTES {
+            return Err(ObjectError::Key {
+                path: p,
+                key: key.into(),
+                why: format!("is {} bytes; at most {MAX_KEY_BYTES}", value.len()),
+            });
+        }
+        match (mode, obj.keys.contains_key(key)) {
+            (KeyMode::Add, true) => Err(ObjectError::Key {
+                path: p,
+                key: key.into(),
+                why: "exists: use key change".into(),
+            }),
+            (KeyMode::Change, false) => Err(ObjectError::Key {
+                path: p,
+                key: key.into(),
+                why: "does not exist: use key add".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn check_remove_key(&self, path: &ObjectPath, key: &str) -> Result<(), ObjectError> {
+        let p = path.to_string();
+        let obj = self.objects.get(&p).ok_or_else(|| ObjectError::NotFound(p.clone()))?;
+        if !obj.keys.contains_key(key) {
+            return Err(ObjectError::Key {
+                path: p,
+                key: key.into(),
+                why: "does not exist".into(),
+            });
+        }
+        if p == DRBD_TEMPLATES {
+            if let Some((pool, _)) = self.templates_in_use().find(|(_, t)| t == key) {
+                return Err(ObjectError::InUse {
+                    path: p,
+                    what: format!("key {key}"),
+                    user: pool,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The state-dependent checks of a cluster configuration change: pools that volumes use,
+    /// and DRBD templates that must exist.
+    pub(super) fn check_pools(&self, plan: &super::catalog::Plan) -> Result<(), ObjectError> {
+        for (section, values) in plan {
+            let Some(pool) = section.strip_prefix("pool#") else {
+                continue;
+            };
+            let used = self.pool_volumes(pool).count();
+            let old = self.config.get(section);
+            if used > 0 {
+                let same = |k: &str| values.as_ref().and_then(|v| v.get(k)) == old.and_then(|o| o.get(k));
+                if !same("type") || !same("vg") {
+                    return Err(ObjectError::Pool {
+                        pool: pool.into(),
+                        why: format!("{used} volumes use it: its type and vg cannot change"),
+                    });
+                }
+            }
+            if let Some(t) = values.as_ref().and_then(|v| v.get("template")) {
+                let why = match self.objects.get(DRBD_TEMPLATES) {
+                    None => Some(format!(
+                        "{DRBD_TEMPLATES} does not exist: create it and add the key first"
+                    )),
+                    Some(o) if !o.keys.contains_key(t) => Some(format!(
+                        "no such key (keys: {})",
+                        o.keys.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    return Err(ObjectError::Template { key: t.clone(), why });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The lowest value `>= start` not in `used`.
+fn first_free(used: &BTreeSet<u32>, start: u32) -> u32 {
+    let mut candidate = start;
+    for u in used.range(start..) {
+        if *u != candidate {
+            break;
+        }
+        candidate += 1;
+    }
+    candidate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_free_fills_gaps() {
+        let used: BTreeSet<u32> = [0, 1, 3].into();
+        assert_eq!(first_free(&used, 0), 2);
+        assert_eq!(first_free(&BTreeSet::new(), 7289), 7289);
+    }
+
+    #[test]
+    fn object_keys() {
+        let k = ObjectKey::parse("volume#data.size@n1").unwrap();
+        assert_eq!(
+            (k.section.as_str(), k.split_scope()),
+            ("volume#data", ("size", Some("n1")))
+        );
+        assert_eq!(ObjectKey::parse("nodes").unwrap().section, DEFAULT);
+        assert!(ObjectKey::parse("a.").is_err());
+    }
+
+    #[test]
+    fn derived_ids_are_uuids() {
+        let id = derived_uuid("x");
+        assert!(Kind::Uuid.check(&id).is_ok(), "{id}");
+        assert_ne!(id, derived_uuid("y"));
+    }
+}
