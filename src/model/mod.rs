@@ -6,6 +6,8 @@
 
 pub mod catalog;
 pub mod objects;
+#[cfg(test)]
+mod objects_tests;
 pub mod path;
 
 use std::collections::BTreeMap;

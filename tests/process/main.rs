@@ -4,146 +4,16 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use support::omd::*;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use omraft::pb;
 use support::*;
-
-/// An `omd` process, SIGKILLed on drop.
-struct Omd {
-    name: String,
-    dir: PathBuf,
-    addr: String,
-    child: Option<Child>,
-}
-
-impl Omd {
-    fn spawn(name: &str, root: &Path, addr: &str) -> Omd {
-        let dir = root.join(name);
-        let mut o = Omd {
-            name: name.into(),
-            dir,
-            addr: addr.into(),
-            child: None,
-        };
-        o.start();
-        o
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.with_extension("log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_omd"))
-            .args([
-                "--node-name",
-                &self.name,
-                "--listen",
-                &self.addr,
-                "--heartbeat-ms",
-                "100",
-            ])
-            .args(["--election-timeout-ms", "600", "--data-dir"])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn omd");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait for the exit status (bounded).
-    fn term(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        for _ in 0..200 {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        panic!("omd {} did not exit within 10 s of SIGTERM", self.name);
-    }
-
-    fn server(&self) -> String {
-        format!("unix:{}", self.dir.join("omd.sock").display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Omd {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Runs the real omctl against `server`.
-fn omctl(server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_omctl"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .env_remove("OMCTL_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run omctl")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Three daemons: n2 joined to n1, and n3 as a witness, with the real omctl.
-async fn three(root: &Path) -> Vec<Omd> {
-    let nodes: Vec<Omd> = (1..=3)
-        .map(|i| Omd::spawn(&format!("n{i}"), root, &format!("127.0.0.1:{}", free_port())))
-        .collect();
-    let c1 = local_client(&nodes[0].dir).await;
-    wait_leader(&c1, 1).await;
-    for n in &nodes[1..] {
-        local_client(&n.dir).await;
-    }
-    let token = stdout(&omctl(&nodes[0].server(), &["daemon", "auth", "--role", "join"]))
-        .trim()
-        .to_string();
-    for n in &nodes[1..] {
-        let mut args = vec!["cluster", "join", "--node", &nodes[0].addr, "--token", &token];
-        if n.name == "n3" {
-            args.push("--witness");
-        }
-        let out = omctl(&n.server(), &args);
-        assert!(out.status.success(), "{} join: {}\n{}", n.name, stderr(&out), n.log());
-        assert!(stdout(&out).contains("\nJoined"), "{}", stdout(&out));
-    }
-    wait_leader(&c1, 3).await;
-    nodes
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_leader_during_updates_loses_no_acknowledged_update() {
@@ -217,6 +87,21 @@ async fn omctl_shows_the_tutorial_cluster_steps() {
         &["cluster", "config", "get", "--kw", "cluster.name"],
     );
     assert_eq!(stdout(&out), "drbd4kvm\n");
+    let out = omctl(&s1, &["system/cfg/drbd", "create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = omctl(
+        &s1,
+        &[
+            "system/cfg/drbd",
+            "key",
+            "add",
+            "--name",
+            "live-migration",
+            "--value",
+            "resource {{.Name}} {}",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let pool = [
         "--set",
         "pool#drbdvm.type=drbd",
@@ -398,6 +283,8 @@ fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
         "Joined as witness\n",
         "RUNNING  BEATING",
         "[pool#drbdvm]",
+        "drbdvm  drbd  rox,rwx,roo,rwo,snap,blk,shared  data  0             10g       0         10g",
+        "/dev/drbd0",
     ] {
         assert!(so.contains(want), "demo output lacks {want:?}:\n{so}");
     }

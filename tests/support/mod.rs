@@ -1,6 +1,8 @@
 //! Shared test support: loopback ports, clients, bounded waiting.
 #![allow(dead_code)]
 
+pub mod omd;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

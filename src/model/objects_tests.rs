@@ -1,0 +1,315 @@
+//! Object model tests: the tutorial's objects, refusals that change nothing, and allocation
+//! uniqueness under random create/delete sequences.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::objects::*;
+use super::*;
+use crate::config::ini::Ini;
+
+const GIB: u64 = 1 << 30;
+
+/// n1, n2 with a 5 GiB `data` VG each, witness w, cluster drbd4kvm, pool drbdvm with the
+/// live-migration template.
+fn cluster() -> ClusterState {
+    let mut s = ClusterState::default();
+    let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
+    ok(
+        &mut s,
+        Command::Bootstrap {
+            node_id: 1,
+            name: "n1".into(),
+            addr: "a:1".into(),
+        },
+    );
+    ok(
+        &mut s,
+        Command::AddNode {
+            name: "n2".into(),
+            addr: "a:2".into(),
+            witness: false,
+        },
+    );
+    ok(
+        &mut s,
+        Command::AddNode {
+            name: "w".into(),
+            addr: "a:3".into(),
+            witness: true,
+        },
+    );
+    for id in [1, 2] {
+        ok(
+            &mut s,
+            Command::ReportVolumeGroups {
+                node_id: id,
+                vgs: BTreeMap::from([("data".into(), 5 * GIB)]),
+            },
+        );
+    }
+    let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
+    ok(
+        &mut s,
+        Command::UpdateConfig {
+            set: vec![kv("cluster.name", "drbd4kvm")],
+            unset: vec![],
+        },
+    );
+    ok(&mut s, create("system/cfg/drbd", ""));
+    ok(
+        &mut s,
+        Command::PutKey {
+            path: ObjectPath::parse("system/cfg/drbd").unwrap(),
+            key: "live-migration".into(),
+            value: b"resource {{.Name}} {}".to_vec(),
+            mode: KeyMode::Add,
+        },
+    );
+    let pool = vec![
+        kv("pool#drbdvm.type", "drbd"),
+        kv("pool#drbdvm.vg", "data"),
+        kv("pool#drbdvm.template", "live-migration"),
+    ];
+    ok(
+        &mut s,
+        Command::UpdateConfig {
+            set: pool,
+            unset: vec![],
+        },
+    );
+    s
+}
+
+fn create(path: &str, text: &str) -> Command {
+    let mut config = Ini::parse(text).unwrap();
+    config.set("DEFAULT", "id", &derived_uuid(path)).unwrap();
+    Command::CreateObject {
+        path: ObjectPath::parse(path).unwrap(),
+        config,
+    }
+}
+
+fn svc_with_volume(name: &str, size: &str) -> Command {
+    create(
+        &format!("demo/svc/{name}"),
+        &format!("[volume#data]\nshared = true\nsize = {size}\n"),
+    )
+}
+
+fn refused(s: &mut ClusterState, c: Command) -> String {
+    let before = s.clone();
+    match s.apply(&c) {
+        Response::Refused(why) => {
+            assert_eq!(*s, before, "a refused {c} changed the state");
+            why
+        }
+        r => panic!("{c} was not refused: {r:?}"),
+    }
+}
+
+#[test]
+fn tutorial_volume_gets_the_tutorial_allocation() {
+    let mut s = cluster();
+    assert_eq!(s.apply(&svc_with_volume("kvm1", "4G")), Response::Done);
+    let vol = &s.objects["demo/vol/kvm1"];
+    let a = vol.alloc.as_ref().unwrap();
+    assert_eq!(a.lv, "kvm1.demo.vol.drbd4kvm");
+    assert_eq!(a.nodes, vec![1, 2], "the witness never gets a volume");
+    let d = a.drbd.as_ref().unwrap();
+    assert_eq!((d.minor, d.port), (0, DRBD_BASE_PORT));
+    assert_eq!(d.node_ids, vec![(1, 0), (2, 1)]);
+    assert_eq!(
+        vol.config.get("disk#2", "disk"),
+        Some("/dev/data/kvm1.demo.vol.drbd4kvm")
+    );
+    assert_eq!(vol.config.get("DEFAULT", "owner"), Some("demo/svc/kvm1"));
+}
+
+#[test]
+fn refusals_name_the_part_and_change_nothing() {
+    let mut s = cluster();
+    s.apply(&svc_with_volume("kvm1", "4G"));
+    let cases = [
+        (svc_with_volume("kvm2", "2G"), "out of space on n1"),
+        (
+            create("demo/svc/x", "[volume#data]\npool = nope\nsize = 1G\n"),
+            "\"nope\"",
+        ),
+        (create("demo/svc/x", "[volume#data]\nsize = 1G\n"), "no pool"),
+        (create("demo/svc/x", "[volume#data]\nsize = 1Q\n"), "volume#data.size"),
+        (create("demo/svc/x", "[nodes#1]\nk = v\n"), "[nodes#1]"),
+        (
+            create(
+                "demo/svc/x",
+                "[DEFAULT]\nnodes = n1 w\n[volume#data]\nshared = true\nsize = 1G\n",
+            ),
+            "w is a witness",
+        ),
+        (create("demo/svc/x", "[DEFAULT]\nnodes = n7\n"), "\"n7\""),
+        (create("demo/svc/kvm1", ""), "already exists"),
+        (create("demo/vol/v", ""), "volumes are created"),
+        (
+            Command::DeleteObject {
+                path: ObjectPath::parse("demo/vol/kvm1").unwrap(),
+            },
+            "used by demo/svc/kvm1",
+        ),
+        (
+            Command::DeleteObject {
+                path: ObjectPath::parse("system/cfg/drbd").unwrap(),
+            },
+            "pool#drbdvm",
+        ),
+        (
+            Command::RemoveKey {
+                path: ObjectPath::parse("system/cfg/drbd").unwrap(),
+                key: "live-migration".into(),
+            },
+            "pool#drbdvm",
+        ),
+        (
+            Command::UpdateConfig {
+                set: vec![(ConfigKey::parse("pool#drbdvm.vg").unwrap().0, "other".into())],
+                unset: vec![],
+            },
+            "cannot change",
+        ),
+        (
+            Command::UpdateConfig {
+                set: vec![
+                    (ConfigKey::parse("pool#p2.type").unwrap().0, "drbd".into()),
+                    (ConfigKey::parse("pool#p2.template").unwrap().0, "missing".into()),
+                ],
+                unset: vec![],
+            },
+            "missing",
+        ),
+    ];
+    for (cmd, named) in cases {
+        let why = refused(&mut s, cmd);
+        assert!(why.contains(named), "{named:?} not in {why:?}");
+    }
+}
+
+#[test]
+fn deleting_a_service_frees_its_volume_and_allocation() {
+    let mut s = cluster();
+    s.apply(&svc_with_volume("a", "2G"));
+    s.apply(&svc_with_volume("b", "2G"));
+    assert_eq!(
+        s.apply(&Command::DeleteObject {
+            path: ObjectPath::parse("demo/svc/a").unwrap()
+        }),
+        Response::Done
+    );
+    assert!(!s.objects.contains_key("demo/vol/a"));
+    // The freed minor, port and space are reused.
+    s.apply(&svc_with_volume("c", "3G"));
+    let d = s.objects["demo/vol/c"].alloc.as_ref().unwrap().drbd.clone().unwrap();
+    assert_eq!((d.minor, d.port), (0, DRBD_BASE_PORT));
+}
+
+#[test]
+fn update_creates_the_volume_once_size_is_set() {
+    let mut s = cluster();
+    s.apply(&create(
+        "demo/svc/kvm1",
+        "[DEFAULT]\nnodes = {clusternodes}\norchestrate = ha\n",
+    ));
+    let key = |k: &str| ObjectKey::parse(k).unwrap();
+    let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
+    let set = ["name={name}", "shared=true", "size=4G", "format=false", "pool=drbdvm"]
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (key(&format!("volume#data.{k}")), v.to_string())
+        })
+        .collect();
+    assert_eq!(
+        s.apply(&Command::UpdateObject {
+            path: path.clone(),
+            set,
+            unset: vec![]
+        }),
+        Response::Done
+    );
+    assert!(s.objects.contains_key("demo/vol/kvm1"));
+    let shown = s.objects["demo/svc/kvm1"].config.to_string();
+    assert!(
+        shown.starts_with("[DEFAULT]\nnodes = {clusternodes}\norchestrate = ha\nid = "),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with("[volume#data]\nname = {name}\nshared = true\nsize = 4G\nformat = false\npool = drbdvm\n"),
+        "{shown}"
+    );
+    // Resizing is refused, not silently ignored.
+    let why = refused(
+        &mut s,
+        Command::UpdateObject {
+            path,
+            set: vec![(key("volume#data.size"), "5G".into())],
+            unset: vec![],
+        },
+    );
+    assert!(why.contains("resizing"), "{why}");
+}
+
+#[test]
+fn secrets_never_show_in_the_command_log_text() {
+    let c = Command::PutKey {
+        path: ObjectPath::parse("system/sec/s").unwrap(),
+        key: "pw".into(),
+        value: b"hunter2".to_vec(),
+        mode: KeyMode::Add,
+    };
+    assert!(!c.to_string().contains("hunter2"));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u8, u8),
+    Delete(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..12, 1u8..4).prop_map(|(n, g)| Op::Create(n, g)),
+        (0u8..12).prop_map(Op::Delete)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #[test]
+    fn allocations_stay_unique_and_within_capacity(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut s = cluster();
+        for op in ops {
+            let cmd = match op {
+                Op::Create(n, g) => svc_with_volume(&format!("s{n}"), &format!("{g}G")),
+                Op::Delete(n) => Command::DeleteObject { path: ObjectPath::parse(&format!("demo/svc/s{n}")).unwrap() },
+            };
+            let before = s.clone();
+            if let Response::Refused(_) = s.apply(&cmd) {
+                prop_assert_eq!(&s, &before);
+            }
+            let allocs: Vec<&Allocation> = s.objects.values().filter_map(|o| o.alloc.as_ref()).collect();
+            let minors: BTreeSet<u32> = allocs.iter().map(|a| a.drbd.as_ref().unwrap().minor).collect();
+            let ports: BTreeSet<u16> = allocs.iter().map(|a| a.drbd.as_ref().unwrap().port).collect();
+            prop_assert_eq!(minors.len(), allocs.len(), "duplicate minor");
+            prop_assert_eq!(ports.len(), allocs.len(), "duplicate port");
+            prop_assert!(ports.iter().all(|p| *p >= DRBD_BASE_PORT));
+            for node in [1, 2] {
+                prop_assert!(s.vg_used(node, "data") <= 5 * GIB, "over capacity on node {}", node);
+            }
+            // Every volume belongs to a live service.
+            for (p, o) in &s.objects {
+                if let Some(owner) = o.config.get("DEFAULT", "owner") {
+                    prop_assert!(s.objects.contains_key(owner), "{} outlived {}", p, owner);
+                }
+            }
+        }
+    }
+}

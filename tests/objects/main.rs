@@ -1,0 +1,244 @@
+//! The tutorial's object steps, run with the real `omctl` against three real `omd` (two data
+//! nodes reporting a 5 GiB volume group `data`, and a witness), with output of the
+//! tutorial's shape; then bad input, refused with exit 1, naming the part, committing nothing.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use support::omd::*;
+use support::*;
+
+const TEMPLATE: &str = "resource {{.Name}} {
+    {{range $node := .Nodes}}
+    on {{$node.Name}} {
+        device    {{$node.Device}};
+        disk      {{$node.Disk}};
+        meta-disk internal;
+        address   {{$node.Addr}};
+        node-id   {{$node.NodeId}};
+    }
+    {{end}}
+    connection-mesh {
+        hosts{{range $node := .Nodes}} {{$node.Name}}{{end}};
+    }
+    net {
+\tallow-two-primaries yes;
+    }
+}
+";
+
+/// Runs omctl, asserts success, returns stdout.
+fn ok(server: &str, args: &[&str]) -> String {
+    let out = omctl(server, args);
+    assert!(out.status.success(), "omctl {args:?} failed: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// The leader's last log index, as `mon` reports it.
+fn last_log_index(server: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&ok(server, &["mon", "-o", "json"])).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    let leader = nodes.iter().find(|n| n["raft_role"] == "leader").expect("a leader");
+    leader["last_log_index"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_object_steps_on_three_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three(tmp.path()).await;
+    let (n1, n2) = (nodes[0].server(), nodes[1].server());
+    ok(&n1, &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
+
+    // The DRBD template config map.
+    let file = tmp.path().join("live-migration");
+    std::fs::write(&file, TEMPLATE).unwrap();
+    assert_eq!(ok(&n1, &["system/cfg/drbd", "create"]), "");
+    let f = file.to_str().unwrap();
+    assert_eq!(
+        ok(
+            &n1,
+            &["system/cfg/drbd", "key", "add", "--name", "live-migration", "--from", f]
+        ),
+        "system/cfg/drbd: set key live-migration\n"
+    );
+    assert_eq!(ok(&n2, &["system/cfg/drbd", "key", "list"]), "live-migration\n");
+    assert_eq!(
+        ok(&n2, &["system/cfg/drbd", "key", "decode", "--name", "live-migration"]),
+        TEMPLATE
+    );
+
+    // The pool.
+    let pool = [
+        "--set",
+        "pool#drbdvm.type=drbd",
+        "--set",
+        "pool#drbdvm.vg=data",
+        "--set",
+        "pool#drbdvm.template=live-migration",
+    ];
+    assert_eq!(
+        ok(&n1, &[&["cluster", "config", "update"][..], &pool].concat()),
+        "committed\n"
+    );
+    assert_eq!(
+        ok(&n1, &["cluster", "config", "show", "--section", "pool#drbdvm"]),
+        "[pool#drbdvm]\ntype = drbd\nvg = data\ntemplate = live-migration\n"
+    );
+    // Both data nodes' volume group reports are in: 2 x 5 GiB.
+    let listing = eventually(20, "both volume group reports", || {
+        let n1 = n1.clone();
+        async move {
+            let t = ok(&n1, &["pool", "list", "--name", "drbdvm"]);
+            t.contains(" 10g ").then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(
+        listing,
+        "NAME    TYPE  CAPABILITIES                     HEAD  VOLUME_COUNT  BIN_SIZE  BIN_USED  BIN_FREE\n\
+         drbdvm  drbd  rox,rwx,roo,rwo,snap,blk,shared  data  0             10g       0         10g\n"
+    );
+    assert_eq!(
+        ok(&n2, &["pool", "list", "--name", "drbdvm", "--node", "n1"]),
+        "NODE  NAME    TYPE  CAPABILITIES                     HEAD  VOLUME_COUNT  BIN_SIZE  BIN_USED  BIN_FREE\n\
+         n1    drbdvm  drbd  rox,rwx,roo,rwo,snap,blk,shared  data  0             5g        0         5g\n"
+    );
+
+    // The service and its replicated volume.
+    assert_eq!(
+        ok(
+            &n1,
+            &[
+                "demo/svc/kvm1",
+                "create",
+                "--kw",
+                "nodes={clusternodes}",
+                "--kw",
+                "orchestrate=ha"
+            ]
+        ),
+        ""
+    );
+    let vol = [
+        "--set",
+        "volume#data.name={name}",
+        "--set",
+        "volume#data.shared=true",
+        "--set",
+        "volume#data.size=4G",
+        "--set",
+        "volume#data.format=false",
+        "--set",
+        "volume#data.pool=drbdvm",
+    ];
+    ok(&n1, &[&["demo/svc/kvm1", "config", "update"][..], &vol].concat());
+    let shown = ok(&n2, &["demo/svc/kvm1", "config", "show"]);
+    let (head, tail) = shown.split_once("id = ").unwrap();
+    assert_eq!(head, "[DEFAULT]\nnodes = {clusternodes}\norchestrate = ha\n");
+    let (id, rest) = tail.split_once('\n').unwrap();
+    assert_eq!(id.len(), 36, "id {id:?}");
+    assert_eq!(
+        rest,
+        "\n[volume#data]\nname = {name}\nshared = true\nsize = 4G\nformat = false\npool = drbdvm\n"
+    );
+    assert_eq!(
+        ok(&n2, &["demo/svc/kvm1", "instance", "device", "list"]),
+        "OBJECT         RESOURCE     DRIVER_GROUP  DRIVER_NAME  ROLE     DEVICE\n\
+         demo/svc/kvm1  volume#data  volume                     exposed  /dev/drbd0\n\
+         demo/svc/kvm1  volume#data  volume                     base     /dev/data/kvm1.demo.vol.drbd4kvm\n"
+    );
+    assert_eq!(
+        ok(&n1, &["demo/vol/kvm1", "config", "get", "--kw", "disk#2.res"]),
+        "kvm1.demo.vol.drbd4kvm\n"
+    );
+    assert_eq!(
+        ok(&n1, &["demo/vol/kvm1", "config", "get", "--kw", "disk#2.port"]),
+        "7289\n"
+    );
+    assert_eq!(
+        ok(&n1, &["demo/svc/kvm1", "config", "get", "--kw", "nodes", "--eval"]),
+        "n1 n2\n"
+    );
+    assert_eq!(
+        ok(&n1, &["object", "ls", "*/svc/*"]),
+        "OBJECT         KIND\ndemo/svc/kvm1  svc\n"
+    );
+    let after = ok(&n1, &["pool", "list", "--name", "drbdvm"]);
+    assert!(after.contains("data  1             10g       8g        2g"), "{after}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&n1, &["pool", "list", "-o", "json"])).unwrap();
+    assert_eq!(json[0]["volume_count"], 1);
+
+    // Bad input: refused with exit 1, naming the part; nothing reaches the log.
+    let before = last_log_index(&n1);
+    let bad: &[(&[&str], &str)] = &[
+        (&["demo/svc/x", "create", "--kw", "disk#1.type=lv"], "[disk#1]"),
+        (&["demo/svc/x", "create", "--kw", "volume#data.sise=1G"], "\"sise\""),
+        (&["demo/svc/x", "create", "--kw", "orchestrate=always"], "orchestrate"),
+        (
+            &["demo/svc/x", "create", "--kw", "volume#data.size=4Q"],
+            "volume#data.size",
+        ),
+        (
+            &[
+                "demo/svc/x",
+                "create",
+                "--kw",
+                "volume#data.size=1G",
+                "--kw",
+                "volume#data.pool=nope",
+            ],
+            "\"nope\"",
+        ),
+        (
+            &[
+                "demo/svc/x",
+                "create",
+                "--kw",
+                "volume#data.size=2G",
+                "--kw",
+                "volume#data.shared=true",
+            ],
+            "out of space",
+        ),
+        (&["demo/svc/x", "create", "--kw", "nodes={nodes}"], "{nodes}"),
+        (&["demo/svc/kvm1", "create"], "already exists"),
+        (&["system/cfg/drbd", "delete"], "pool#drbdvm"),
+        (&["demo/vol/kvm1", "delete"], "demo/svc/kvm1"),
+        (
+            &[
+                "cluster",
+                "config",
+                "update",
+                "--set",
+                "pool#p2.type=drbd",
+                "--set",
+                "pool#p2.template=nokey",
+            ],
+            "nokey",
+        ),
+        (
+            &["demo/svc/kvm1", "config", "update", "--set", "id=x"],
+            "set by the cluster",
+        ),
+        (
+            &["demo/svc/kvm1", "config", "update", "--set", "volume#data.size@n9=1G"],
+            "\"n9\"",
+        ),
+        (&["Demo/svc/x", "create"], "\"Demo\""),
+        (&["system/svc/x", "create"], "system namespace"),
+    ];
+    for (args, named) in bad {
+        let out = omctl(&n2, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(named),
+            "{args:?}: {named:?} not in {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(last_log_index(&n1), before, "a refused command reached the log");
+
+    // Deleting the service frees its volume.
+    assert_eq!(ok(&n2, &["demo/svc/kvm1", "delete"]), "");
+    assert!(ok(&n1, &["pool", "list"]).contains("data  0             10g       0         10g"));
+}
