@@ -85,13 +85,24 @@ pub fn node_status(node: &Node) -> pb::NodeStatus {
 /// bounded to one second so a dead node shows as unreachable instead of stalling the view.
 pub async fn mon(node: &Arc<Node>) -> pb::MonReply {
     let m = node.member();
-    let (state_nodes, voters, learners, cluster) = m.sm.read(|d| {
+    let (state_nodes, voters, learners, cluster, objects) = m.sm.read(|d| {
         let mem = d.membership.membership();
+        let objects: Vec<pb::MonObject> = d
+            .state
+            .objects
+            .iter()
+            .filter(|(p, _)| p.split('/').nth(1) == Some("svc"))
+            .map(|(p, o)| pb::MonObject {
+                path: p.clone(),
+                orchestrate: o.config.get(crate::config::ini::DEFAULT, "orchestrate").unwrap_or("no").into(),
+            })
+            .collect();
         (
             d.state.nodes.clone(),
             mem.voter_ids().collect::<Vec<_>>(),
             mem.learner_ids().collect::<Vec<_>>(),
             crate::daemon::cluster_name(&d.state),
+            objects,
         )
     });
     let me = m.id;
@@ -140,5 +151,6 @@ pub async fn mon(node: &Arc<Node>) -> pb::MonReply {
         cluster_name: cluster,
         queried: node.settings.name.clone(),
         nodes,
+        objects,
     }
 }

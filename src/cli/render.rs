@@ -165,7 +165,13 @@ struct MonView<'a> {
     cluster: &'a str,
     queried: &'a str,
     nodes: Vec<NodeView<'a>>,
-    objects: Vec<String>,
+    objects: Vec<MonObjectView<'a>>,
+}
+
+#[derive(Serialize)]
+struct MonObjectView<'a> {
+    path: &'a str,
+    orchestrate: &'a str,
 }
 
 impl<'a> From<&'a pb::Link> for LinkView<'a> {
@@ -254,7 +260,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// A frame of `om mon`: a title row with node names, then `label | value value ...` rows.
 fn frame(title: &str, names: &[&str], rows: &[(&str, Vec<String>)]) -> String {
-    let label_w = 14usize.max(title.len() + 2);
+    let longest = rows.iter().map(|(l, _)| l.chars().count() + 1).max().unwrap_or(0);
+    let label_w = 14usize.max(title.len() + 2).max(longest);
     let mut col_w: Vec<usize> = names.iter().map(|n| n.len()).collect();
     for (_, vals) in rows {
         for (i, v) in vals.iter().enumerate() {
@@ -555,7 +562,7 @@ impl Printer {
                 cluster: &r.cluster_name,
                 queried: &r.queried,
                 nodes: r.nodes.iter().map(NodeView::from).collect(),
-                objects: vec![],
+                objects: r.objects.iter().map(|o| MonObjectView { path: &o.path, orchestrate: &o.orchestrate }).collect(),
             };
             return self.json(&view);
         }
@@ -611,7 +618,10 @@ impl Printer {
                 ),
             ],
         );
-        let objects = frame("Objects ~ *", &names, &[]);
+        // Instance states per node come with the applier; until then each node shows "-".
+        let object_rows: Vec<(&str, Vec<String>)> =
+            r.objects.iter().map(|o| (o.path.as_str(), vec!["-".to_string(); names.len()])).collect();
+        let objects = frame("Objects ~ *", &names, &object_rows);
         let mut text = format!(
             "Cluster {} (queried {})\n\n{daemon}\n{nodes}\n{objects}",
             r.cluster_name, r.queried

@@ -163,6 +163,8 @@ async fn tutorial_object_steps_on_three_nodes() {
         ok(&n1, &["object", "ls", "*/svc/*"]),
         "OBJECT         KIND\ndemo/svc/kvm1  svc\n"
     );
+    let mon = ok(&n2, &["mon"]);
+    assert!(mon.contains("\n demo/svc/kvm1 "), "mon lacks the service:\n{mon}");
     let after = ok(&n1, &["pool", "list", "--name", "drbdvm"]);
     assert!(after.contains("data  1             10g       8g        2g"), "{after}");
     let json: serde_json::Value = serde_json::from_str(&ok(&n1, &["pool", "list", "-o", "json"])).unwrap();
