@@ -94,7 +94,11 @@ pub async fn mon(node: &Arc<Node>) -> pb::MonReply {
             .filter(|(p, _)| p.split('/').nth(1) == Some("svc"))
             .map(|(p, o)| pb::MonObject {
                 path: p.clone(),
-                orchestrate: o.config.get(crate::config::ini::DEFAULT, "orchestrate").unwrap_or("no").into(),
+                orchestrate: o
+                    .config
+                    .get(crate::config::ini::DEFAULT, "orchestrate")
+                    .unwrap_or("no")
+                    .into(),
             })
             .collect();
         (

@@ -23,7 +23,13 @@ use render::Printer;
 /// Talks to the local daemon's unix socket by default; `--server http://HOST:PORT` reaches a
 /// remote one, which requires `--token` (see `omctl daemon auth --role root`).
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(
+    version,
+    propagate_version = true,
+    after_help = "Object commands: omctl PATH COMMAND, where PATH is NAMESPACE/KIND/NAME (or NAME for\n\
+                  root/svc/NAME): create, delete, config show|update|get|doc, key add|change|list|decode|remove,\n\
+                  instance device list. See `omctl PATH --help`, e.g. `omctl demo/svc/kvm1 --help`."
+)]
 pub struct Cli {
     /// Daemon to talk to: unix:PATH or http://HOST:PORT.
     #[arg(

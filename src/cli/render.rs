@@ -562,7 +562,14 @@ impl Printer {
                 cluster: &r.cluster_name,
                 queried: &r.queried,
                 nodes: r.nodes.iter().map(NodeView::from).collect(),
-                objects: r.objects.iter().map(|o| MonObjectView { path: &o.path, orchestrate: &o.orchestrate }).collect(),
+                objects: r
+                    .objects
+                    .iter()
+                    .map(|o| MonObjectView {
+                        path: &o.path,
+                        orchestrate: &o.orchestrate,
+                    })
+                    .collect(),
             };
             return self.json(&view);
         }
@@ -619,8 +626,11 @@ impl Printer {
             ],
         );
         // Instance states per node come with the applier; until then each node shows "-".
-        let object_rows: Vec<(&str, Vec<String>)> =
-            r.objects.iter().map(|o| (o.path.as_str(), vec!["-".to_string(); names.len()])).collect();
+        let object_rows: Vec<(&str, Vec<String>)> = r
+            .objects
+            .iter()
+            .map(|o| (o.path.as_str(), vec!["-".to_string(); names.len()]))
+            .collect();
         let objects = frame("Objects ~ *", &names, &object_rows);
         let mut text = format!(
             "Cluster {} (queried {})\n\n{daemon}\n{nodes}\n{objects}",
