@@ -5,6 +5,7 @@
 //! - [`config`]: object configuration: INI format, keyword catalogs, references.
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
+//! - [`drivers`]: the external systems a node manages (DRBD status parsing so far).
 //! - [`daemon`]: `omd`, wiring a node together.
 //! - [`cli`]: the `omctl` command line.
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod drivers;
 pub mod model;
 pub mod raft;
 

@@ -1,0 +1,3 @@
+//! DRBD 9: reading its status (the driver proper, rendering and commands, is to come).
+
+pub mod status;
