@@ -1,0 +1,483 @@
+//! The cluster the benchmarks run against: three `omd` (the binaries cargo built for the bench)
+//! on loopback ports in a temporary directory, each with its own extra arguments, made ready and
+//! joined into one cluster. Dropping the [`Cluster`] stops every daemon by pid (SIGTERM, SIGKILL
+//! after 5 s) and removes the directory; [`run_interruptible`] turns SIGINT and SIGTERM into a
+//! failure so that the drop happens on those exits too.
+//!
+//! Each bench includes this file with `mod harness;` and uses a part of it.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use omraft::cli::client::{connect, Client};
+use omraft::pb;
+
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// The daemons
+
+pub struct Daemon {
+    pub name: &'static str,
+    pub addr: String,
+    pub sock: PathBuf,
+    /// The daemon's data directory (Raft log, snapshots, socket).
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub child: Child,
+    /// Set once it has exited, with how long it took after SIGTERM.
+    pub exited: Option<String>,
+}
+
+impl Daemon {
+    pub fn server(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Three `omd` processes and their directory; dropping it stops them and removes the directory.
+pub struct Cluster {
+    pub daemons: Vec<Daemon>,
+    dir: tempfile::TempDir,
+}
+
+/// A binary of this package as cargo built it for the bench: `built` (its CARGO_BIN_EXE_<name>,
+/// given by the caller as `option_env!` needs a literal), else `../<name>` from `deps/`.
+pub fn bin_path(name: &str, built: Option<&str>) -> PathBuf {
+    if let Some(p) = built {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<bench>");
+    profile.join(name)
+}
+
+/// The `omd` cargo built for this bench.
+pub fn omd_path() -> PathBuf {
+    bin_path("omd", option_env!("CARGO_BIN_EXE_omd"))
+}
+
+/// The `omctl` cargo built for this bench, beside `omd`.
+pub fn omctl_path() -> PathBuf {
+    bin_path("omctl", option_env!("CARGO_BIN_EXE_omctl"))
+}
+
+/// Distinct free loopback ports: bound together, then released.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+impl Cluster {
+    /// Spawns the daemons (each founds its own one-node cluster until joined).
+    pub fn spawn(omd: &Path) -> Result<Cluster, String> {
+        Cluster::spawn_with(omd, |_| Vec::new())
+    }
+
+    /// Like [`Cluster::spawn`], with `extra_args(node name)` appended to each daemon's arguments.
+    pub fn spawn_with(omd: &Path, extra_args: impl Fn(&str) -> Vec<String>) -> Result<Cluster, String> {
+        if !omd.is_file() {
+            return Err(format!(
+                "no omd at {}: build it first (cargo bench builds it)",
+                omd.display()
+            ));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("omraft-bench-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let mut cluster = Cluster {
+            daemons: Vec::new(),
+            dir,
+        };
+        let ports = free_ports(NODES.len());
+        for (name, port) in NODES.iter().zip(ports) {
+            let data = cluster.dir.path().join(name);
+            let log = cluster.dir.path().join(format!("{name}.log"));
+            let addr = format!("127.0.0.1:{port}");
+            let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+            let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+            let child = Command::new(omd)
+                .arg("--node-name")
+                .arg(name)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--listen")
+                .arg(&addr)
+                .args(extra_args(name))
+                .env_remove("OMD_ADVERTISE")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", omd.display()))?;
+            cluster.daemons.push(Daemon {
+                name,
+                addr,
+                sock: data.join("omd.sock"),
+                data,
+                log,
+                child,
+                exited: None,
+            });
+        }
+        Ok(cluster)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Daemon> {
+        self.daemons.iter().find(|d| d.name == name)
+    }
+
+    /// Errors if a daemon has already exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        for d in &mut self.daemons {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                d.exited = Some(format!("exited on its own ({status})"));
+                return Err(format!("{} exited unexpectedly ({status})", d.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to every daemon still running, SIGKILL to those still there after 5 s. Idempotent.
+    pub fn stop(&mut self) {
+        let sent = Instant::now();
+        for d in &mut self.daemons {
+            if d.exited.is_some() {
+                continue;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                d.exited = Some(format!("had exited on its own before SIGTERM ({status})"));
+                continue;
+            }
+            let termed = Command::new("kill")
+                .arg("-TERM")
+                .arg(d.child.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !termed {
+                let _ = d.child.kill();
+            }
+        }
+        loop {
+            let mut running = 0;
+            for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
+                match d.child.try_wait() {
+                    Ok(Some(status)) => {
+                        d.exited = Some(format!(
+                            "stopped {:.2} s after SIGTERM ({status})",
+                            sent.elapsed().as_secs_f64()
+                        ))
+                    }
+                    Ok(None) => running += 1,
+                    Err(e) => d.exited = Some(format!("cannot be waited for: {e}")),
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            if sent.elapsed() >= STOP_GRACE {
+                for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
+                    let _ = d.child.kill();
+                    let status = d.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    d.exited = Some(format!(
+                        "still running {STOP_GRACE:?} after SIGTERM: SIGKILLed ({status})"
+                    ));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `lines` lines of each daemon's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for d in &self.daemons {
+            let text = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("---- {} log (last {lines} lines) ----\n", d.name));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// WARN and ERROR lines of the daemons' logs, a few per daemon.
+    pub fn log_warnings(&self, max: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        for d in &self.daemons {
+            let text = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            if !bad.is_empty() {
+                found.push(format!("{}: {} WARN/ERROR lines", d.name, bad.len()));
+                found.extend(bad.iter().take(max).map(|l| format!("  {}: {l}", d.name)));
+            }
+        }
+        found
+    }
+
+    /// Stops the daemons and removes the directory, telling on stderr how each daemon ended and
+    /// the WARN/ERROR lines of their logs, preceded by the logs' tails if the bench `failed`.
+    pub fn finish(mut self, failed: bool) {
+        if failed {
+            eprint!("{}", self.log_tails(30));
+        }
+        let warnings = self.log_warnings(5);
+        self.stop();
+        for d in &self.daemons {
+            eprintln!("  {}: {}", d.name, d.exited.as_deref().unwrap_or("?"));
+        }
+        for w in &warnings {
+            eprintln!("  daemon log: {w}");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprint!("{}", self.log_tails(20));
+        }
+        self.stop();
+        // `dir` is removed when the fields drop, after the daemons are gone.
+    }
+}
+
+/// Runs `bench` to completion on a fresh multi-threaded runtime; SIGINT and SIGTERM end it as
+/// a failure instead of killing the process, so the caller still stops its daemons.
+pub fn run_interruptible<T>(bench: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        tokio::select! {
+            r = bench => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted (SIGINT)".to_string()),
+            _ = term.recv() => Err("interrupted (SIGTERM)".to_string()),
+        }
+    });
+    drop(rt);
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setting the cluster up
+
+pub fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| format!("{what}: no answer within {limit:?}"))?
+}
+
+pub async fn client(d: &Daemon) -> Result<Client, String> {
+    connect(&d.server(), None).await.map_err(|e| e.to_string())
+}
+
+/// Waits until every daemon's unix socket answers and the daemon leads its one-node cluster
+/// with itself registered in the state (before that, it refuses to admit other nodes).
+pub async fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..cluster.daemons.len() {
+        let mut answered = false;
+        loop {
+            cluster.check_alive()?;
+            let d = &cluster.daemons[i];
+            let probe = async {
+                let mut c = client(d).await?;
+                let st = c
+                    .node_status(pb::NodeStatusRequest {})
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                let mon = c.mon(pb::MonRequest {}).await.map_err(status_text)?.into_inner();
+                Ok::<_, String>((st.raft_role, mon.nodes.len()))
+            };
+            let why = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                Ok(Ok((role, registered))) if role == "leader" && registered == 1 => break,
+                Ok(Ok((role, registered))) => {
+                    answered = true;
+                    format!("role {role}, {registered} nodes registered")
+                }
+                Ok(Err(e)) => e,
+                Err(_) => "no answer within 2 s".to_string(),
+            };
+            if Instant::now() >= deadline {
+                let what = if answered {
+                    "never led its one-node cluster"
+                } else {
+                    "never answered"
+                };
+                return Err(format!("{} {what}: {why}", d.name));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Joins n2 and n3 to n1 and waits until n1 sees three reachable voters.
+pub async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
+    let n1 = &cluster.daemons[0];
+    let mut c1 = client(n1).await?;
+    let token = within(Duration::from_secs(10), "IssueToken", async {
+        c1.issue_token(pb::IssueTokenRequest {
+            role: "join".into(),
+            duration_secs: 600,
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?
+    .into_inner()
+    .token;
+    for d in &cluster.daemons[1..] {
+        let t0 = Instant::now();
+        let mut c = client(d).await?;
+        let req = pb::JoinRequest {
+            node: n1.addr.clone(),
+            token: token.clone(),
+            witness: false,
+        };
+        let reply = within(Duration::from_secs(120), &format!("joining {}", d.name), async {
+            c.join(req)
+                .await
+                .map_err(|s| format!("joining {}: {}", d.name, status_text(s)))
+        })
+        .await?
+        .into_inner();
+        eprintln!(
+            "  {} joined as node id {} in {:.2} s",
+            d.name,
+            reply.node_id,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(60);
+    loop {
+        cluster.check_alive()?;
+        let got = within(Duration::from_secs(5), "Mon", async {
+            let mut c = client(&cluster.daemons[0]).await?;
+            c.mon(pb::MonRequest {}).await.map_err(status_text)
+        })
+        .await;
+        let last = match got {
+            Ok(r) => {
+                let r = r.into_inner();
+                let ready = r
+                    .nodes
+                    .iter()
+                    .filter(|n| n.membership == "voter" && n.reachable)
+                    .count();
+                if ready == NODES.len() && r.nodes.len() == NODES.len() {
+                    eprintln!(
+                        "  mon on n1: 3 voters reachable after {:.2} s",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                r.nodes
+                    .iter()
+                    .map(|n| format!("{} {} reachable={} {}", n.name, n.membership, n.reachable, n.error))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("n1 never saw 3 reachable voters; last view: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (leader, a follower), as the first daemon asked sees them.
+pub async fn roles(cluster: &Cluster) -> Result<(&'static str, &'static str), String> {
+    let mut c = client(&cluster.daemons[0]).await?;
+    let st = within(Duration::from_secs(5), "NodeStatus", async {
+        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    })
+    .await?
+    .into_inner();
+    let leader = cluster
+        .by_name(&st.leader_name)
+        .ok_or_else(|| format!("n1 reports leader {:?}, not one of ours", st.leader_name))?
+        .name;
+    let follower = NODES.iter().copied().find(|n| *n != leader).expect("three nodes");
+    Ok((leader, follower))
+}
+
+/// Waits for the daemons, joins them into one cluster and returns (leader, a follower),
+/// telling the steps on stderr.
+pub async fn form(cluster: &mut Cluster) -> Result<(&'static str, &'static str), String> {
+    let t0 = Instant::now();
+    wait_ready(cluster).await?;
+    eprintln!(
+        "  3 daemons ready (each leads its one-node cluster) after {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    form_cluster(cluster).await?;
+    let (leader, follower) = roles(cluster).await?;
+    eprintln!("  leader {leader}, follower used: {follower}");
+    Ok((leader, follower))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+
+pub fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}

@@ -1,0 +1,1018 @@
+//! Scale benchmark: how a 3-node omraft cluster on loopback copes with many services, each with
+//! a replicated DRBD volume: create throughput as the state grows, then read latencies and the
+//! daemons' memory with the state full.
+//!
+//! `cargo bench --bench scale` starts three `omd` (the binaries cargo built for this bench) in a
+//! temporary directory, all three data nodes reporting a 100 TiB volume group `data`, and joins
+//! them. Through the leader's unix socket it sets `cluster.name`, creates the `system/cfg/drbd`
+//! config map with a `live-migration` key and declares the pool `drbdvm` (drbd, vg data,
+//! template live-migration), then waits until the pool shows every node's report. It then
+//! creates OMRAFT_SCALE_N services (default 10000) `bench/svc/s<i>` with
+//! `volume#data.size=1G` and `volume#data.shared=true`, 16 in flight, each creating its volume
+//! `bench/vol/s<i>` allocated on the three nodes with a DRBD minor and port.
+//!
+//! With the state full it times, on the leader's and a follower's socket, `ObjectList */svc/*`
+//! and `Mon` (median of 10 calls on one connection), and the real `omctl mon` and
+//! `omctl object ls */svc/*` end to end (median of 5 runs), then reads each daemon's VmRSS and
+//! VmHWM from /proc. It prints tables, then one JSON line starting with `{"bench":"scale"`.
+//! The targets (omctl mon under 200 ms, RSS under 200 MB per daemon, at 10,000 services) are
+//! reported as met or missed, never asserted; more than 1% failed creates aborts the run.
+//! MB here are MiB (2^20 bytes).
+//!
+//! Run without `--bench` (as `cargo test --all-targets` does), it is a short smoke run of 200
+//! services. The daemons are stopped (SIGTERM, SIGKILL after 5 s) and the directory removed on
+//! every exit, panics, SIGINT and SIGTERM included.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{client, round, status_text, within, Cluster, Daemon};
+use omraft::pb;
+use prost::Message;
+
+/// Services created by a full run, unless OMRAFT_SCALE_N says otherwise.
+const DEFAULT_N: u64 = 10_000;
+/// Services created by a smoke run (without `--bench`).
+const SMOKE_N: u64 = 200;
+/// Creates in flight, each worker on its own connection to the leader.
+const CONCURRENCY: usize = 16;
+/// Creates per bucket of the throughput-as-the-state-grows report.
+const BUCKET: usize = 1000;
+/// A create that takes longer counts as failed.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// No create starts after this long into the creation phase.
+const CREATE_DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// Above this share of failed creates the run aborts (and stops creating).
+const MAX_ERROR_RATIO: f64 = 0.01;
+/// gRPC calls timed per read, and `omctl` runs per command.
+const RPC_RUNS: usize = 10;
+const CLI_RUNS: usize = 5;
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every node is a data node with this volume group: 10,000 x 1 GiB fits many times over.
+const VG: &str = "data=100T";
+const POOL: &str = "drbdvm";
+const SELECTOR: &str = "*/svc/*";
+const TEMPLATE: &str = "resource {{.Name}} {\n    net { allow-two-primaries yes; }\n}\n";
+/// The targets, at 10,000 services.
+const TARGET_N: u64 = 10_000;
+const TARGET_MON_MS: f64 = 200.0;
+const TARGET_RSS_MB: f64 = 200.0;
+
+// ---------------------------------------------------------------------------------------------
+// Setting the cluster up
+
+fn kv(key: &str, value: &str) -> pb::KeyValue {
+    pb::KeyValue {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// cluster.name, the DRBD template config map and its key, the pool; then waits until the pool
+/// shows every node's volume group report.
+async fn set_up(cluster: &Cluster, leader: &Daemon) -> Result<(), String> {
+    let mut c = client(leader).await?;
+    let limit = Duration::from_secs(15);
+    within(limit, "ConfigUpdate cluster.name", async {
+        c.config_update(pb::ConfigUpdateRequest {
+            set: vec![kv("cluster.name", "scale")],
+            unset: vec![],
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    within(limit, "ObjectCreate system/cfg/drbd", async {
+        c.object_create(pb::ObjectCreateRequest {
+            path: "system/cfg/drbd".into(),
+            kws: vec![],
+            config_text: String::new(),
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    within(limit, "KeyPut live-migration", async {
+        c.key_put(pb::KeyPutRequest {
+            path: "system/cfg/drbd".into(),
+            name: "live-migration".into(),
+            value: TEMPLATE.as_bytes().to_vec(),
+            change: false,
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    within(limit, "ConfigUpdate pool#drbdvm", async {
+        c.config_update(pb::ConfigUpdateRequest {
+            set: vec![
+                kv(&format!("pool#{POOL}.type"), "drbd"),
+                kv(&format!("pool#{POOL}.vg"), "data"),
+                kv(&format!("pool#{POOL}.template"), "live-migration"),
+            ],
+            unset: vec![],
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        let mut missing = Vec::new();
+        for d in &cluster.daemons {
+            let req = pb::PoolListRequest {
+                name: POOL.into(),
+                node: d.name.into(),
+            };
+            let got = within(Duration::from_secs(5), "PoolList", async {
+                c.pool_list(req).await.map_err(status_text)
+            })
+            .await;
+            match got {
+                Ok(r) if r.get_ref().pools.iter().any(|p| p.size > 0) => {}
+                Ok(_) => missing.push(format!("{}: no size yet", d.name)),
+                Err(e) => missing.push(format!("{}: {e}", d.name)),
+            }
+        }
+        if missing.is_empty() {
+            eprintln!(
+                "  pool {POOL}: every node's volume group report in after {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "pool {POOL} never showed every node's report: {}",
+                missing.join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creating the services
+
+fn create_request(i: u64) -> pb::ObjectCreateRequest {
+    pb::ObjectCreateRequest {
+        path: format!("bench/svc/s{i}"),
+        kws: vec![kv("volume#data.size", "1G"), kv("volume#data.shared", "true")],
+        config_text: String::new(),
+    }
+}
+
+/// One successful create: when it started and ended, from the start of the phase.
+#[derive(Clone, Copy)]
+struct Done {
+    start: Duration,
+    end: Duration,
+}
+
+impl Done {
+    fn latency(&self) -> Duration {
+        self.end - self.start
+    }
+}
+
+struct Creates {
+    asked: u64,
+    /// Successful creates, by completion.
+    done: Vec<Done>,
+    errors: u64,
+    error_samples: Vec<String>,
+    /// From the start of the phase to the last completion.
+    elapsed: Duration,
+    /// Why the phase ended before `asked` creates were attempted.
+    cut_short: Option<String>,
+}
+
+#[derive(Default)]
+struct Worker {
+    done: Vec<Done>,
+    errors: u64,
+    error_samples: Vec<String>,
+}
+
+const MAX_SAMPLES: usize = 5;
+
+/// Creates services 0..n through `d`, CONCURRENCY in flight, each worker on its own
+/// connection, pulling service numbers from a shared counter. Bounded: at most n creates, none
+/// started after CREATE_DEADLINE or once too many failed, each lasting at most CREATE_TIMEOUT.
+async fn create_services(d: &Daemon, n: u64) -> Result<Creates, String> {
+    let max_errors = ((n as f64 * MAX_ERROR_RATIO) as u64).max(10);
+    let next = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let deadline = t0 + CREATE_DEADLINE;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let mut c = client(d).await?;
+        let (next, completed, failed, stop) = (next.clone(), completed.clone(), failed.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut w = Worker::default();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let start = t0.elapsed();
+                let outcome = match tokio::time::timeout(CREATE_TIMEOUT, c.object_create(create_request(i))).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(s)) => Err(status_text(s)),
+                    Err(_) => Err(format!("no answer within {CREATE_TIMEOUT:?}")),
+                };
+                match outcome {
+                    Ok(()) => {
+                        w.done.push(Done {
+                            start,
+                            end: t0.elapsed(),
+                        });
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        w.errors += 1;
+                        if w.error_samples.len() < MAX_SAMPLES && !w.error_samples.contains(&e) {
+                            w.error_samples.push(e);
+                        }
+                        if failed.fetch_add(1, Ordering::Relaxed) + 1 > max_errors {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            w
+        });
+    }
+    let mut out = Creates {
+        asked: n,
+        done: Vec::with_capacity(n as usize),
+        errors: 0,
+        error_samples: Vec::new(),
+        elapsed: Duration::ZERO,
+        cut_short: None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    let (mut last_count, mut last_at) = (0u64, Instant::now());
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { break };
+                let w = match joined {
+                    Ok(w) => w,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => return Err(format!("a create worker was cancelled: {e}")),
+                };
+                out.done.extend(w.done);
+                out.errors += w.errors;
+                for e in w.error_samples {
+                    if out.error_samples.len() < MAX_SAMPLES && !out.error_samples.contains(&e) {
+                        out.error_samples.push(e);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let count = completed.load(Ordering::Relaxed);
+                eprintln!(
+                    "  {count}/{n} services after {:.0} s, {:.0}/s over the last {:.0} s, {} failed",
+                    t0.elapsed().as_secs_f64(),
+                    (count - last_count) as f64 / last_at.elapsed().as_secs_f64(),
+                    last_at.elapsed().as_secs_f64(),
+                    failed.load(Ordering::Relaxed)
+                );
+                (last_count, last_at) = (count, Instant::now());
+            }
+        }
+    }
+    out.done.sort_by_key(|d| d.end);
+    out.elapsed = out.done.last().map_or(t0.elapsed(), |d| d.end);
+    let attempted = next.load(Ordering::Relaxed).min(n);
+    if stop.load(Ordering::Relaxed) {
+        out.cut_short = Some(format!("stopped after {} failed creates", out.errors));
+    } else if attempted < n {
+        out.cut_short = Some(format!(
+            "stopped at the {CREATE_DEADLINE:?} deadline after {attempted} creates"
+        ));
+    }
+    Ok(out)
+}
+
+/// Nearest-rank percentile of sorted latencies, in milliseconds (0 when empty).
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+fn sorted_latencies(done: &[Done]) -> Vec<Duration> {
+    let mut l: Vec<Duration> = done.iter().map(Done::latency).collect();
+    l.sort_unstable();
+    l
+}
+
+/// Creates BUCKET..: the state held `from` services when the bucket's first one completed.
+struct Bucket {
+    from: usize,
+    to: usize,
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn buckets(done: &[Done]) -> Vec<Bucket> {
+    let mut out = Vec::new();
+    let mut prev_end = Duration::ZERO;
+    for (k, chunk) in done.chunks(BUCKET).enumerate() {
+        let end = chunk.last().expect("chunks are not empty").end;
+        let secs = (end - prev_end).as_secs_f64();
+        let lat = sorted_latencies(chunk);
+        out.push(Bucket {
+            from: k * BUCKET,
+            to: k * BUCKET + chunk.len(),
+            per_s: if secs > 0.0 { chunk.len() as f64 / secs } else { 0.0 },
+            p50_ms: percentile_ms(&lat, 50.0),
+            p99_ms: percentile_ms(&lat, 99.0),
+        });
+        prev_end = end;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemons' processes
+
+/// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_secs(pid: u32, ticks_per_s: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks_per_s)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// (VmRSS, VmHWM) in MiB, from /proc/<pid>/status.
+fn memory_mb(pid: u32) -> Result<(f64, f64), String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |name: &str| -> Result<f64, String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Waits until every node has applied the leader's last log entry.
+async fn wait_applied(cluster: &Cluster, leader: &Daemon) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(120);
+    let mut lc = client(leader).await?;
+    let target = within(Duration::from_secs(10), "NodeStatus", async {
+        lc.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    })
+    .await?
+    .into_inner()
+    .last_log_index
+    .unwrap_or(0);
+    for d in &cluster.daemons {
+        let mut c = client(d).await?;
+        loop {
+            let st = within(Duration::from_secs(10), "NodeStatus", async {
+                c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+            })
+            .await?
+            .into_inner();
+            if st.applied_index.unwrap_or(0) >= target {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} had applied {:?} of {target} entries 120 s after the last create",
+                    d.name, st.applied_index
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(t0.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads with the state full
+
+/// Median of durations, in milliseconds: the middle one, or the mean of the middle two.
+fn median_ms(mut d: Vec<Duration>) -> f64 {
+    if d.is_empty() {
+        return 0.0;
+    }
+    d.sort_unstable();
+    let m = d.len() / 2;
+    let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+    if d.len() % 2 == 1 {
+        ms(d[m])
+    } else {
+        (ms(d[m - 1]) + ms(d[m])) / 2.0
+    }
+}
+
+/// Times `runs` sequential calls; returns the median in ms and the last call's result.
+async fn timed<T, F, Fut>(what: &str, runs: usize, mut call: F) -> Result<(f64, T), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let r = within(READ_TIMEOUT, what, call()).await?;
+        times.push(t0.elapsed());
+        last = Some(r);
+    }
+    Ok((median_ms(times), last.expect("at least one run")))
+}
+
+/// What one node's reads measured.
+#[derive(Default)]
+struct Reads {
+    ls_ms: f64,
+    ls_rows: usize,
+    ls_bytes: usize,
+    mon_ms: f64,
+    mon_bytes: usize,
+    cli_ls_ms: f64,
+    cli_ls_bytes: usize,
+    cli_mon_ms: f64,
+    cli_mon_bytes: usize,
+}
+
+/// The real omctl against `d`'s socket; returns stdout's length.
+async fn omctl(omctl: &Path, d: &Daemon, args: &[&str]) -> Result<usize, String> {
+    let out = tokio::process::Command::new(omctl)
+        .arg("--server")
+        .arg(d.server())
+        .args(args)
+        .env_remove("OMCTL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("running {}: {e}", omctl.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "omctl {} on {}: {} {}",
+            args.join(" "),
+            d.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout.len())
+}
+
+async fn reads(d: &Daemon, omctl_bin: &Path) -> Result<Reads, String> {
+    let c = client(d).await?;
+    let mut r = Reads::default();
+    let (ms, reply) = timed("ObjectList", RPC_RUNS, || {
+        let mut c = c.clone();
+        async move {
+            c.object_list(pb::ObjectListRequest {
+                selector: SELECTOR.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(status_text)
+        }
+    })
+    .await?;
+    (r.ls_ms, r.ls_rows, r.ls_bytes) = (ms, reply.objects.len(), reply.encoded_len());
+    let (ms, reply) = timed("Mon", RPC_RUNS, || {
+        let mut c = c.clone();
+        async move {
+            c.mon(pb::MonRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(status_text)
+        }
+    })
+    .await?;
+    (r.mon_ms, r.mon_bytes) = (ms, reply.encoded_len());
+    (r.cli_ls_ms, r.cli_ls_bytes) = timed("omctl object ls", CLI_RUNS, || {
+        omctl(omctl_bin, d, &["object", "ls", SELECTOR])
+    })
+    .await?;
+    (r.cli_mon_ms, r.cli_mon_bytes) = timed("omctl mon", CLI_RUNS, || omctl(omctl_bin, d, &["mon"])).await?;
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+struct NodeFigures {
+    name: &'static str,
+    role: &'static str,
+    rss_mb: f64,
+    hwm_mb: f64,
+    /// CPU seconds used while the services were created.
+    create_cpu_s: f64,
+    data_dir_mb: f64,
+}
+
+struct Outcome {
+    leader: &'static str,
+    follower: &'static str,
+    creates: Creates,
+    /// None when the creates aborted the run.
+    after: Option<After>,
+    notes: Vec<String>,
+}
+
+struct After {
+    catch_up: Duration,
+    leader: Reads,
+    follower: Reads,
+    nodes: Vec<NodeFigures>,
+}
+
+async fn bench(cluster: &mut Cluster, n: u64, omctl_bin: &Path) -> Result<Outcome, String> {
+    let (leader, follower) = harness::form(cluster).await?;
+    let ld = cluster.by_name(leader).expect("our daemon");
+    set_up(cluster, ld).await?;
+    cluster.check_alive()?;
+
+    let ticks = clock_ticks();
+    let cpu = |c: &Cluster| -> Vec<f64> {
+        c.daemons
+            .iter()
+            .map(|d| cpu_secs(d.pid(), ticks).unwrap_or(0.0))
+            .collect()
+    };
+    let cpu_before = cpu(cluster);
+    eprintln!("  creating {n} services through {leader}, {CONCURRENCY} in flight");
+    let ld = cluster.by_name(leader).expect("our daemon");
+    let creates = create_services(ld, n).await?;
+    let cpu_after = cpu(cluster);
+    eprintln!(
+        "  {} services created in {:.1} s ({:.0}/s), {} failed",
+        creates.done.len(),
+        creates.elapsed.as_secs_f64(),
+        creates.done.len() as f64 / creates.elapsed.as_secs_f64().max(1e-9),
+        creates.errors
+    );
+    let mut out = Outcome {
+        leader,
+        follower,
+        creates,
+        after: None,
+        notes: Vec::new(),
+    };
+    let c = &out.creates;
+    if !c.error_samples.is_empty() {
+        out.notes
+            .push(format!("create errors: {}", c.error_samples.join(" | ")));
+    }
+    if let Some(why) = &c.cut_short {
+        out.notes.push(format!("creation {why}"));
+    }
+    if c.errors as f64 > c.asked as f64 * MAX_ERROR_RATIO {
+        return Ok(out);
+    }
+    cluster.check_alive()?;
+    let (now_leader, _) = harness::roles(cluster).await?;
+    if now_leader != leader {
+        out.notes.push(format!(
+            "leadership moved from {leader} to {now_leader} during the creates"
+        ));
+    }
+
+    let ld = cluster.by_name(leader).expect("our daemon");
+    let catch_up = wait_applied(cluster, ld).await?;
+    eprintln!(
+        "  every node applied the last entry {:.2} s after the last create",
+        catch_up.as_secs_f64()
+    );
+    eprintln!("  timing reads on {leader} and {follower}");
+    let leader_reads = reads(ld, omctl_bin).await?;
+    let follower_reads = reads(cluster.by_name(follower).expect("our daemon"), omctl_bin).await?;
+    let created = out.creates.done.len();
+    for (who, r) in [(leader, &leader_reads), (follower, &follower_reads)] {
+        if r.ls_rows != created {
+            out.notes.push(format!(
+                "ObjectList {SELECTOR} on {who} returned {} rows for {created} created services",
+                r.ls_rows
+            ));
+        }
+    }
+    let mut nodes = Vec::new();
+    for (i, d) in cluster.daemons.iter().enumerate() {
+        let (rss_mb, hwm_mb) = memory_mb(d.pid())?;
+        nodes.push(NodeFigures {
+            name: d.name,
+            role: if d.name == leader { "leader" } else { "follower" },
+            rss_mb,
+            hwm_mb,
+            create_cpu_s: cpu_after[i] - cpu_before[i],
+            data_dir_mb: dir_bytes(&d.data) as f64 / (1u64 << 20) as f64,
+        });
+    }
+    cluster.check_alive()?;
+    out.after = Some(After {
+        catch_up,
+        leader: leader_reads,
+        follower: follower_reads,
+        nodes,
+    });
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+struct Target {
+    what: String,
+    value: f64,
+    limit: f64,
+    unit: &'static str,
+}
+
+impl Target {
+    fn met(&self) -> bool {
+        self.value < self.limit
+    }
+}
+
+fn targets(out: &Outcome, a: &After) -> Vec<Target> {
+    let mut t = vec![
+        Target {
+            what: format!("omctl mon via leader ({})", out.leader),
+            value: a.leader.cli_mon_ms,
+            limit: TARGET_MON_MS,
+            unit: "ms",
+        },
+        Target {
+            what: format!("omctl mon via follower ({})", out.follower),
+            value: a.follower.cli_mon_ms,
+            limit: TARGET_MON_MS,
+            unit: "ms",
+        },
+    ];
+    for n in &a.nodes {
+        t.push(Target {
+            what: format!("VmRSS of {}", n.name),
+            value: n.rss_mb,
+            limit: TARGET_RSS_MB,
+            unit: "MB",
+        });
+    }
+    t
+}
+
+fn print_tables(out: &Outcome) {
+    let c = &out.creates;
+    let lat = sorted_latencies(&c.done);
+    let rate = c.done.len() as f64 / c.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "creates: {} of {} services (each + 1 volume on 3 nodes), {CONCURRENCY} in flight via leader {}",
+        c.done.len(),
+        c.asked,
+        out.leader
+    );
+    println!(
+        "{:<14} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9}",
+        "services", "creates/s", "p50 ms", "p99 ms", "max ms", "errors", "elapsed s"
+    );
+    println!(
+        "{:<14} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.1}",
+        "all",
+        rate,
+        percentile_ms(&lat, 50.0),
+        percentile_ms(&lat, 99.0),
+        percentile_ms(&lat, 100.0),
+        c.errors,
+        c.elapsed.as_secs_f64()
+    );
+    for b in buckets(&c.done) {
+        println!(
+            "{:<14} {:>10.0} {:>8.2} {:>8.2}",
+            format!("{}-{}", b.from, b.to),
+            b.per_s,
+            b.p50_ms,
+            b.p99_ms
+        );
+    }
+    let Some(a) = &out.after else { return };
+    let target_n = if c.done.len() as u64 == TARGET_N {
+        String::new()
+    } else {
+        format!(" (targets are for {TARGET_N} services)")
+    };
+    println!();
+    println!(
+        "reads with {} services (median ms){target_n}; every node caught up {:.2} s after the last create",
+        c.done.len(),
+        a.catch_up.as_secs_f64()
+    );
+    let (l, f) = (&a.leader, &a.follower);
+    let lh = format!("leader ({})", out.leader);
+    let fh = format!("follower ({})", out.follower);
+    println!("{:<26} {:>14} {:>14} {:>11} {:>14}", "read", lh, fh, "target", "met");
+    let met = |v: f64| if v < TARGET_MON_MS { "met" } else { "missed" };
+    let rows: [(String, f64, f64, &str, String); 4] = [
+        (format!("ObjectList {SELECTOR}"), l.ls_ms, f.ls_ms, "", String::new()),
+        ("Mon".into(), l.mon_ms, f.mon_ms, "", String::new()),
+        (
+            format!("omctl object ls {SELECTOR}"),
+            l.cli_ls_ms,
+            f.cli_ls_ms,
+            "",
+            String::new(),
+        ),
+        (
+            "omctl mon".into(),
+            l.cli_mon_ms,
+            f.cli_mon_ms,
+            "< 200 ms",
+            format!("{} / {}", met(l.cli_mon_ms), met(f.cli_mon_ms)),
+        ),
+    ];
+    for (what, lv, fv, target, m) in rows {
+        println!("{what:<26} {lv:>14.1} {fv:>14.1} {target:>11} {m:>14}");
+    }
+    println!(
+        "  replies: ObjectList {} rows, {} KiB; Mon {} KiB; omctl mon prints {} KiB, object ls {} KiB",
+        l.ls_rows,
+        l.ls_bytes / 1024,
+        l.mon_bytes / 1024,
+        l.cli_mon_bytes / 1024,
+        l.cli_ls_bytes / 1024
+    );
+    println!();
+    println!(
+        "{:<6} {:<9} {:>10} {:>10} {:>14} {:>13} {:>9} {:>7}",
+        "node", "role", "VmRSS MB", "VmHWM MB", "create CPU s", "data dir MB", "target", "met"
+    );
+    for n in &a.nodes {
+        println!(
+            "{:<6} {:<9} {:>10.1} {:>10.1} {:>14.1} {:>13.1} {:>9} {:>7}",
+            n.name,
+            n.role,
+            n.rss_mb,
+            n.hwm_mb,
+            n.create_cpu_s,
+            n.data_dir_mb,
+            "< 200 MB",
+            if n.rss_mb < TARGET_RSS_MB { "met" } else { "missed" }
+        );
+    }
+    println!();
+    let ts = targets(out, a);
+    let missed: Vec<&Target> = ts.iter().filter(|t| !t.met()).collect();
+    if missed.is_empty() {
+        println!("targets: all {} met{target_n}", ts.len());
+    } else {
+        let list: Vec<String> = missed
+            .iter()
+            .map(|t| format!("{} {:.1} {} (target < {} {})", t.what, t.value, t.unit, t.limit, t.unit))
+            .collect();
+        println!(
+            "targets: {} of {} missed{target_n}: {}",
+            missed.len(),
+            ts.len(),
+            list.join("; ")
+        );
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonBucket {
+    from: usize,
+    to: usize,
+    creates_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(serde::Serialize)]
+struct JsonReads {
+    leader: f64,
+    follower: f64,
+    /// omctl against the leader's socket.
+    cli: f64,
+    cli_follower: f64,
+}
+
+#[derive(serde::Serialize)]
+struct JsonTarget {
+    what: String,
+    value: f64,
+    limit: f64,
+    unit: &'static str,
+    met: bool,
+}
+
+#[derive(serde::Serialize)]
+struct JsonReport {
+    bench: &'static str,
+    n: u64,
+    created: usize,
+    errors: u64,
+    concurrency: usize,
+    via: &'static str,
+    creates_per_s: f64,
+    create_secs: f64,
+    buckets: Vec<JsonBucket>,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    catch_up_s: f64,
+    object_ls_ms: JsonReads,
+    object_ls_rows: usize,
+    mon_ms: JsonReads,
+    mon_reply_bytes: usize,
+    rss_mb: BTreeMap<&'static str, f64>,
+    hwm_mb: BTreeMap<&'static str, f64>,
+    create_cpu_s: BTreeMap<&'static str, f64>,
+    data_dir_mb: BTreeMap<&'static str, f64>,
+    leader: &'static str,
+    follower: &'static str,
+    targets: Vec<JsonTarget>,
+    nproc: usize,
+    cpu: String,
+    os: &'static str,
+    arch: &'static str,
+}
+
+fn print_json(out: &Outcome, a: &After) {
+    let c = &out.creates;
+    let lat = sorted_latencies(&c.done);
+    let per_node = |f: &dyn Fn(&NodeFigures) -> f64| -> BTreeMap<&'static str, f64> {
+        a.nodes.iter().map(|n| (n.name, round(f(n), 1))).collect()
+    };
+    let report = JsonReport {
+        bench: "scale",
+        n: c.asked,
+        created: c.done.len(),
+        errors: c.errors,
+        concurrency: CONCURRENCY,
+        via: "leader",
+        creates_per_s: round(c.done.len() as f64 / c.elapsed.as_secs_f64().max(1e-9), 1),
+        create_secs: round(c.elapsed.as_secs_f64(), 2),
+        buckets: buckets(&c.done)
+            .into_iter()
+            .map(|b| JsonBucket {
+                from: b.from,
+                to: b.to,
+                creates_per_s: round(b.per_s, 1),
+                p50_ms: round(b.p50_ms, 3),
+                p99_ms: round(b.p99_ms, 3),
+            })
+            .collect(),
+        p50_ms: round(percentile_ms(&lat, 50.0), 3),
+        p99_ms: round(percentile_ms(&lat, 99.0), 3),
+        max_ms: round(percentile_ms(&lat, 100.0), 3),
+        catch_up_s: round(a.catch_up.as_secs_f64(), 3),
+        object_ls_ms: JsonReads {
+            leader: round(a.leader.ls_ms, 3),
+            follower: round(a.follower.ls_ms, 3),
+            cli: round(a.leader.cli_ls_ms, 3),
+            cli_follower: round(a.follower.cli_ls_ms, 3),
+        },
+        object_ls_rows: a.leader.ls_rows,
+        mon_ms: JsonReads {
+            leader: round(a.leader.mon_ms, 3),
+            follower: round(a.follower.mon_ms, 3),
+            cli: round(a.leader.cli_mon_ms, 3),
+            cli_follower: round(a.follower.cli_mon_ms, 3),
+        },
+        mon_reply_bytes: a.leader.mon_bytes,
+        rss_mb: per_node(&|n| n.rss_mb),
+        hwm_mb: per_node(&|n| n.hwm_mb),
+        create_cpu_s: per_node(&|n| n.create_cpu_s),
+        data_dir_mb: per_node(&|n| n.data_dir_mb),
+        leader: out.leader,
+        follower: out.follower,
+        targets: targets(out, a)
+            .into_iter()
+            .map(|t| JsonTarget {
+                met: t.met(),
+                what: t.what,
+                value: round(t.value, 1),
+                limit: t.limit,
+                unit: t.unit,
+            })
+            .collect(),
+        nproc: harness::nproc(),
+        cpu: harness::cpu_model(),
+        os: std::env::consts::OS,
+        arch: std::env::consts::ARCH,
+    };
+    println!("{}", serde_json::to_string(&report).expect("serializing the report"));
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes --bench; `cargo test --benches` does not: then only a short smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let n = match std::env::var("OMRAFT_SCALE_N") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            // DRBD ports are u16 from 7289: at most 58,246 volumes.
+            Ok(n) if (1..=50_000).contains(&n) => n,
+            _ => {
+                eprintln!("OMRAFT_SCALE_N={v:?}: expected a number of services from 1 to 50000");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) if full => DEFAULT_N,
+        Err(_) => SMOKE_N,
+    };
+    let omd = harness::omd_path();
+    let omctl_bin: PathBuf = harness::omctl_path();
+    if !omctl_bin.is_file() {
+        eprintln!(
+            "scale bench: no omctl at {}: build it first (cargo bench builds it)",
+            omctl_bin.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    eprintln!("scale bench: {} , {n} services", omd.display());
+    let mut cluster = match Cluster::spawn_with(&omd, |_| vec!["--report-vg".to_string(), VG.to_string()]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("scale bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
+    let result = harness::run_interruptible(bench(&mut cluster, n, &omctl_bin));
+    cluster.finish(result.is_err());
+
+    match result {
+        Err(e) => {
+            eprintln!("scale bench failed: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(out) => {
+            for note in &out.notes {
+                eprintln!("  note: {note}");
+            }
+            print_tables(&out);
+            match &out.after {
+                None => {
+                    eprintln!(
+                        "scale bench aborted: {} of {} creates failed",
+                        out.creates.errors, out.creates.asked
+                    );
+                    ExitCode::FAILURE
+                }
+                Some(a) => {
+                    print_json(&out, a);
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+    }
+}
