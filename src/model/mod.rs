@@ -50,6 +50,9 @@ pub struct ClusterState {
     /// Each node's volume groups and their sizes in bytes, as the node last reported them.
     #[serde(default)]
     pub vgs: BTreeMap<NodeId, BTreeMap<String, u64>>,
+    /// Derived from `objects`; see `objects::AllocIndex`.
+    #[serde(skip)]
+    index: objects::IndexCache,
 }
 
 /// The payload of a Raft log entry.
@@ -226,6 +229,9 @@ impl ClusterState {
 
     /// Applies `cmd`. A command that fails `check` changes nothing and reports why.
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        if matches!(cmd, Command::CreateObject { .. } | Command::UpdateObject { .. }) {
+            self.ensure_index();
+        }
         // Commands that plan their change check it while planning, in one pass.
         let planned = matches!(
             cmd,
@@ -283,7 +289,7 @@ impl ClusterState {
             }
             Command::CreateObject { path, config } => match self.plan_create(path, config) {
                 Ok(objects) => {
-                    self.objects.extend(objects);
+                    self.insert_objects(objects);
                     Response::Done
                 }
                 Err(e) => Response::Refused(e.to_string()),
@@ -293,7 +299,7 @@ impl ClusterState {
                     if let Some(o) = self.objects.get_mut(&path.to_string()) {
                         o.config = config;
                     }
-                    self.objects.extend(volumes);
+                    self.insert_objects(volumes);
                     Response::Done
                 }
                 Err(e) => Response::Refused(e.to_string()),
@@ -301,7 +307,7 @@ impl ClusterState {
             Command::DeleteObject { path } => match self.plan_delete(path) {
                 Ok(gone) => {
                     for p in gone {
-                        self.objects.remove(&p);
+                        self.remove_object(&p);
                     }
                     Response::Done
                 }

@@ -2,6 +2,7 @@
 //! configuration checks; the volumes a service's `volume#` sections create; DRBD minors, ports
 //! and node ids allocated here, inside `apply`, so they are identical on every node.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,65 @@ pub enum ObjectError {
     Template { key: String, why: String },
 }
 
+/// Totals derived from the volumes' allocations: bytes used per (node, volume group), DRBD
+/// minors and ports in use. Kept beside the state so that planning a create does not scan
+/// every object; derived from `objects` alone, so never serialized and rebuilt when missing
+/// (after a snapshot is loaded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocIndex {
+    used: BTreeMap<(NodeId, String), u64>,
+    minors: BTreeSet<u32>,
+    ports: BTreeSet<u32>,
+}
+
+impl AllocIndex {
+    pub fn build(objects: &BTreeMap<String, Object>) -> AllocIndex {
+        let mut index = AllocIndex::default();
+        for a in objects.values().filter_map(|o| o.alloc.as_ref()) {
+            index.add(a);
+        }
+        index
+    }
+
+    fn add(&mut self, a: &Allocation) {
+        for n in &a.nodes {
+            *self.used.entry((*n, a.vg.clone())).or_default() += a.size;
+        }
+        if let Some(d) = &a.drbd {
+            self.minors.insert(d.minor);
+            self.ports.insert(u32::from(d.port));
+        }
+    }
+
+    fn remove(&mut self, a: &Allocation) {
+        for n in &a.nodes {
+            let key = (*n, a.vg.clone());
+            if let Some(u) = self.used.get_mut(&key) {
+                *u = u.saturating_sub(a.size);
+                if *u == 0 {
+                    self.used.remove(&key);
+                }
+            }
+        }
+        if let Some(d) = &a.drbd {
+            self.minors.remove(&d.minor);
+            self.ports.remove(&u32::from(d.port));
+        }
+    }
+}
+
+/// The optional index inside `ClusterState`: equal whatever it holds, since it is derived.
+#[derive(Debug, Clone, Default)]
+pub struct IndexCache(Option<AllocIndex>);
+
+impl PartialEq for IndexCache {
+    fn eq(&self, _: &IndexCache) -> bool {
+        true
+    }
+}
+
+impl Eq for IndexCache {}
+
 /// A deterministic id for objects the cluster creates itself (volumes).
 pub fn derived_uuid(seed: &str) -> String {
     let h = Sha256::digest(seed.as_bytes());
@@ -325,14 +385,59 @@ impl ClusterState {
             })
     }
 
+    /// The allocation index, built on the fly if the state has none yet.
+    fn alloc_index(&self) -> Cow<'_, AllocIndex> {
+        match &self.index.0 {
+            Some(i) => Cow::Borrowed(i),
+            None => Cow::Owned(AllocIndex::build(&self.objects)),
+        }
+    }
+
+    /// Whether the kept index is the one the objects give (or there is none yet).
+    #[cfg(test)]
+    pub(super) fn index_is_consistent(&self) -> bool {
+        self.index
+            .0
+            .as_ref()
+            .is_none_or(|i| *i == AllocIndex::build(&self.objects))
+    }
+
+    /// Builds the allocation index if the state has none (after a snapshot was loaded).
+    pub(super) fn ensure_index(&mut self) {
+        if self.index.0.is_none() {
+            self.index.0 = Some(AllocIndex::build(&self.objects));
+        }
+    }
+
+    /// Adds or replaces objects, keeping the allocation index in step.
+    pub(super) fn insert_objects(&mut self, objects: Vec<(String, Object)>) {
+        self.ensure_index();
+        for (key, object) in objects {
+            let index = self.index.0.as_mut().expect("ensured");
+            if let Some(a) = &object.alloc {
+                index.add(a);
+            }
+            if let Some(old) = self.objects.insert(key, object).and_then(|o| o.alloc) {
+                index.remove(&old);
+            }
+        }
+    }
+
+    /// Removes an object, keeping the allocation index in step.
+    pub(super) fn remove_object(&mut self, key: &str) {
+        self.ensure_index();
+        if let Some(a) = self.objects.remove(key).and_then(|o| o.alloc) {
+            self.index.0.as_mut().expect("ensured").remove(&a);
+        }
+    }
+
     /// Bytes allocated on `node` in `vg` by every volume.
     pub fn vg_used(&self, node: NodeId, vg: &str) -> u64 {
-        self.objects
-            .values()
-            .filter_map(|o| o.alloc.as_ref())
-            .filter(|a| a.vg == vg && a.nodes.contains(&node))
-            .map(|a| a.size)
-            .sum()
+        self.alloc_index()
+            .used
+            .get(&(node, vg.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The volumes allocated from `pool`.
@@ -355,7 +460,9 @@ impl ClusterState {
     fn plan_volumes(&self, svc: &ObjectPath, config: &Ini) -> Result<Vec<(String, Object)>, ObjectError> {
         let p = svc.to_string();
         let mut out: Vec<(String, Object)> = Vec::new();
-        let (mut minors, mut ports) = self.drbd_in_use();
+        let index = self.alloc_index();
+        // Minors and ports this plan takes, beside those already in use.
+        let (mut minors, mut ports) = (BTreeSet::new(), BTreeSet::new());
         let cluster = self.cluster_name();
         for section in config.sections_of("volume") {
             let s = &section.name;
@@ -494,7 +601,8 @@ impl ClusterState {
                     .filter(|a| a.vg == vg && a.nodes.contains(id))
                     .map(|a| a.size)
                     .sum();
-                let free = reported.saturating_sub(self.vg_used(*id, &vg) + planned);
+                let used = index.used.get(&(*id, vg.clone())).copied().unwrap_or(0);
+                let free = reported.saturating_sub(used + planned);
                 if size > free {
                     return Err(ObjectError::OutOfSpace {
                         pool: pool.clone(),
@@ -506,13 +614,11 @@ impl ClusterState {
             }
             let lv = format!("{name}.{}.vol.{cluster}", svc.namespace);
             let drbd = is_drbd.then(|| {
-                let minor = first_free(&minors, 0);
+                let minor = first_free(&index.minors, &minors, 0);
                 minors.insert(minor);
-                let port = first_free(
-                    &ports.iter().map(|p| u32::from(*p)).collect(),
-                    u32::from(DRBD_BASE_PORT),
-                ) as u16;
+                let port = first_free(&index.ports, &ports, u32::from(DRBD_BASE_PORT));
                 ports.insert(port);
+                let port = port as u16;
                 DrbdAllocation {
                     minor,
                     port,
@@ -566,17 +672,6 @@ impl ClusterState {
             ));
         }
         Ok(out)
-    }
-
-    /// DRBD minors and ports in use.
-    fn drbd_in_use(&self) -> (BTreeSet<u32>, BTreeSet<u16>) {
-        let mut minors = BTreeSet::new();
-        let mut ports = BTreeSet::new();
-        for d in self.objects.values().filter_map(|o| o.alloc.as_ref()?.drbd.as_ref()) {
-            minors.insert(d.minor);
-            ports.insert(d.port);
-        }
-        (minors, ports)
     }
 
     /// Checks a new object; returns it with the volumes it creates.
@@ -809,16 +904,21 @@ impl ClusterState {
     }
 }
 
-/// The lowest value `>= start` not in `used`.
-fn first_free(used: &BTreeSet<u32>, start: u32) -> u32 {
+/// The lowest value `>= start` in neither `used` nor `planned`.
+fn first_free(used: &BTreeSet<u32>, planned: &BTreeSet<u32>, start: u32) -> u32 {
     let mut candidate = start;
-    for u in used.range(start..) {
-        if *u != candidate {
-            break;
+    loop {
+        for u in used.range(candidate..) {
+            if *u != candidate {
+                break;
+            }
+            candidate += 1;
+        }
+        if !planned.contains(&candidate) {
+            return candidate;
         }
         candidate += 1;
     }
-    candidate
 }
 
 #[cfg(test)]
@@ -828,8 +928,10 @@ mod tests {
     #[test]
     fn first_free_fills_gaps() {
         let used: BTreeSet<u32> = [0, 1, 3].into();
-        assert_eq!(first_free(&used, 0), 2);
-        assert_eq!(first_free(&BTreeSet::new(), 7289), 7289);
+        let none = BTreeSet::new();
+        assert_eq!(first_free(&used, &none, 0), 2);
+        assert_eq!(first_free(&used, &[2].into(), 0), 4);
+        assert_eq!(first_free(&none, &none, 7289), 7289);
     }
 
     #[test]

@@ -301,6 +301,7 @@ proptest! {
             prop_assert_eq!(minors.len(), allocs.len(), "duplicate minor");
             prop_assert_eq!(ports.len(), allocs.len(), "duplicate port");
             prop_assert!(ports.iter().all(|p| *p >= DRBD_BASE_PORT));
+            prop_assert!(s.index_is_consistent(), "the allocation index drifted from the objects");
             for node in [1, 2] {
                 prop_assert!(s.vg_used(node, "data") <= 5 * GIB, "over capacity on node {}", node);
             }

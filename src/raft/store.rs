@@ -338,14 +338,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (bytes, last_applied, membership) = self.read(|d| {
-            (
-                serde_json::to_vec(d).map_err(Self::snapshot_err),
-                d.last_applied,
-                d.membership.clone(),
-            )
-        });
-        let bytes = bytes?;
+        // Copy under the lock, serialize outside it: applying goes on meanwhile.
+        let data = self.read(SmData::clone);
+        let (last_applied, membership) = (data.last_applied, data.membership.clone());
+        let bytes = serde_json::to_vec(&data).map_err(Self::snapshot_err)?;
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
