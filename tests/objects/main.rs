@@ -240,6 +240,62 @@ async fn tutorial_object_steps_on_three_nodes() {
     }
     assert_eq!(last_log_index(&n1), before, "a refused command reached the log");
 
+    // A service from a --config file; keys of a secret changed and removed.
+    let conf = tmp.path().join("kvm2.conf");
+    std::fs::write(
+        &conf,
+        "[DEFAULT]\nnodes = n1 n2\n\n[container#1]\ntype = kvm\nname = kvm2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ok(&n1, &["demo/svc/kvm2", "create", "--config", conf.to_str().unwrap()]),
+        ""
+    );
+    let shown = ok(&n2, &["demo/svc/kvm2", "config", "show", "--section", "container#1"]);
+    assert_eq!(shown, "[container#1]\ntype = kvm\nname = kvm2\n");
+    assert_eq!(
+        ok(
+            &n1,
+            &[
+                "demo/svc/kvm2",
+                "config",
+                "get",
+                "--kw",
+                "container#1.stop_timeout",
+                "--eval"
+            ]
+        ),
+        "2m\n"
+    );
+    ok(&n1, &["demo/sec/s1", "create"]);
+    ok(
+        &n1,
+        &["demo/sec/s1", "key", "add", "--name", "pw", "--value", "hunter2"],
+    );
+    ok(
+        &n2,
+        &["demo/sec/s1", "key", "change", "--name", "pw", "--value", "hunter3"],
+    );
+    assert_eq!(ok(&n1, &["demo/sec/s1", "key", "decode", "--name", "pw"]), "hunter3");
+    assert!(
+        !ok(&n1, &["demo/sec/s1", "config", "show"]).contains("hunter"),
+        "a secret in config show"
+    );
+    let out = omctl(&n1, &["demo/sec/s1", "key", "add", "--name", "pw", "--value", "x"]);
+    assert!(
+        out.status.code() == Some(1) && stderr(&out).contains("key change"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&n1, &["demo/sec/s1", "key", "remove", "--name", "pw"]);
+    assert_eq!(ok(&n1, &["demo/sec/s1", "key", "list"]), "");
+    assert_eq!(
+        omctl(&n1, &["demo/sec/s1", "key", "decode", "--name", "pw"])
+            .status
+            .code(),
+        Some(1)
+    );
+
     // Deleting the service frees its volume.
     assert_eq!(ok(&n2, &["demo/svc/kvm1", "delete"]), "");
     assert!(ok(&n1, &["pool", "list"]).contains("data  0             10g       0         10g"));
