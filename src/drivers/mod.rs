@@ -1,4 +1,7 @@
-//! Drivers for the systems a node manages: one module per external system. The only code
-//! that runs external commands or talks to libvirt.
+//! Drivers for the systems a node manages: one module per external system, each behind a
+//! trait with a real implementation and a simulator that refuses what the real system
+//! refuses. The only code that runs external commands.
 
 pub mod drbd;
+pub mod lvm;
+pub mod run;
