@@ -5,6 +5,7 @@
 //! applying the same log gives the same state on every node (DESIGN.md invariant 6).
 
 pub mod catalog;
+pub mod instances;
 pub mod objects;
 #[cfg(test)]
 mod objects_tests;
@@ -16,6 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{ConfigError, ConfigKey};
+pub use instances::{Avail, InstanceReport, ResourceReport, ServiceState};
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
 pub use path::ObjectPath;
 
@@ -50,6 +52,12 @@ pub struct ClusterState {
     /// Each node's volume groups and their sizes in bytes, as the node last reported them.
     #[serde(default)]
     pub vgs: BTreeMap<NodeId, BTreeMap<String, u64>>,
+    /// What the cluster wants of each service: provisioned, placement, started.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceState>,
+    /// What each node last reported of each service instance, by path then node.
+    #[serde(default)]
+    pub reports: BTreeMap<String, BTreeMap<NodeId, InstanceReport>>,
     /// Derived from `objects`; see `objects::AllocIndex`.
     #[serde(skip)]
     index: objects::IndexCache,
@@ -97,6 +105,20 @@ pub enum Command {
         node_id: NodeId,
         vgs: BTreeMap<String, u64>,
     },
+    /// Provision a service's volumes on all its nodes, placed (and started) on the first.
+    Provision { path: ObjectPath },
+    /// Stop a service and remove its volumes from every node.
+    Unprovision { path: ObjectPath },
+    /// Declare a node's instance provisioned, without doing anything (`--state-only`).
+    MarkProvisioned { path: ObjectPath, node_id: NodeId },
+    /// Start or stop a provisioned service where it is placed.
+    SetStarted { path: ObjectPath, started: bool },
+    /// A node's observed instance status, sent when it changes.
+    ReportInstance {
+        path: ObjectPath,
+        node_id: NodeId,
+        report: InstanceReport,
+    },
 }
 
 impl fmt::Display for Command {
@@ -122,6 +144,15 @@ impl fmt::Display for Command {
             Command::RemoveKey { path, key } => write!(f, "{path} key remove {key}"),
             Command::ReportVolumeGroups { node_id, vgs } => {
                 write!(f, "node {node_id} reports {} volume groups", vgs.len())
+            }
+            Command::Provision { path } => write!(f, "provision {path}"),
+            Command::Unprovision { path } => write!(f, "unprovision {path}"),
+            Command::MarkProvisioned { path, node_id } => {
+                write!(f, "{path} provisioned on node {node_id} (state only)")
+            }
+            Command::SetStarted { path, started } => write!(f, "{} {path}", if *started { "start" } else { "stop" }),
+            Command::ReportInstance { path, node_id, report } => {
+                write!(f, "node {node_id} reports {path} {}", report.avail)
             }
         }
     }
@@ -157,6 +188,14 @@ pub enum Rejection {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Object(#[from] ObjectError),
+    #[error("{0} is not a service")]
+    NotAService(String),
+    #[error("{0} has no data node to run on (check its nodes keyword)")]
+    NoNodes(String),
+    #[error("{0} is not provisioned: run provision first")]
+    NotProvisioned(String),
+    #[error("node id {0} is not one of the nodes of {1}")]
+    NotANodeOf(NodeId, String),
 }
 
 impl ClusterState {
@@ -215,6 +254,19 @@ impl ClusterState {
                 } else {
                     Err(Rejection::UnknownNode(*node_id))
                 }
+            }
+            Command::Provision { path } => self.check_provision(path),
+            Command::Unprovision { path } => self.check_needs_provisioned(path),
+            Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
+            Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
+            Command::ReportInstance { path, node_id, .. } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(Rejection::UnknownNode(*node_id));
+                }
+                if !self.objects.contains_key(&path.to_string()) {
+                    return Err(Rejection::Object(ObjectError::NotFound(path.to_string())));
+                }
+                Ok(())
             }
         }
     }
@@ -308,6 +360,8 @@ impl ClusterState {
                 Ok(gone) => {
                     for p in gone {
                         self.remove_object(&p);
+                        self.services.remove(&p);
+                        self.reports.remove(&p);
                     }
                     Response::Done
                 }
@@ -327,6 +381,33 @@ impl ClusterState {
             }
             Command::ReportVolumeGroups { node_id, vgs } => {
                 self.vgs.insert(*node_id, vgs.clone());
+                Response::Done
+            }
+            Command::Provision { path } => {
+                self.provision(path);
+                Response::Done
+            }
+            Command::Unprovision { path } => {
+                self.unprovision(path);
+                Response::Done
+            }
+            Command::MarkProvisioned { path, node_id } => {
+                self.services
+                    .entry(path.to_string())
+                    .or_default()
+                    .state_only
+                    .insert(*node_id);
+                Response::Done
+            }
+            Command::SetStarted { path, started } => {
+                self.set_started(path, *started);
+                Response::Done
+            }
+            Command::ReportInstance { path, node_id, report } => {
+                self.reports
+                    .entry(path.to_string())
+                    .or_default()
+                    .insert(*node_id, report.clone());
                 Response::Done
             }
         }

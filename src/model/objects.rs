@@ -168,6 +168,8 @@ pub enum ObjectError {
     Witness { path: String, node: String },
     #[error("{path}: {why}")]
     Volume { path: String, why: String },
+    #[error("{0} is provisioned: unprovision it before deleting it")]
+    Provisioned(String),
     #[error("{0}: only config maps (cfg) and secrets (sec) hold keys")]
     NoKeys(String),
     #[error("{path}: key {key:?} {why}")]
@@ -759,6 +761,9 @@ impl ClusterState {
     /// Checks a deletion; returns every object it removes (a service takes its volumes along).
     pub(super) fn plan_delete(&self, path: &ObjectPath) -> Result<Vec<String>, ObjectError> {
         let key = path.to_string();
+        if self.services.get(&key).is_some_and(|s| s.provisioned) {
+            return Err(ObjectError::Provisioned(key));
+        }
         let obj = self
             .objects
             .get(&key)

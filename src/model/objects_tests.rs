@@ -314,3 +314,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn provision_places_on_the_first_data_node_and_guards_delete() {
+    let mut s = cluster();
+    s.apply(&svc_with_volume("kvm1", "4G"));
+    let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
+    let why = refused(
+        &mut s,
+        Command::SetStarted {
+            path: path.clone(),
+            started: true,
+        },
+    );
+    assert!(why.contains("not provisioned"), "{why}");
+    assert_eq!(s.apply(&Command::Provision { path: path.clone() }), Response::Done);
+    let st = &s.services["demo/svc/kvm1"];
+    assert_eq!(
+        (st.provisioned, st.placement, st.started, st.epoch),
+        (true, Some(1), true, 1)
+    );
+    let why = refused(&mut s, Command::DeleteObject { path: path.clone() });
+    assert!(why.contains("unprovision it"), "{why}");
+    let why = refused(
+        &mut s,
+        Command::MarkProvisioned {
+            path: path.clone(),
+            node_id: 3,
+        },
+    );
+    assert!(why.contains("not one of the nodes"), "the witness: {why}");
+    assert_eq!(s.apply(&Command::Unprovision { path: path.clone() }), Response::Done);
+    assert_eq!(s.apply(&Command::DeleteObject { path }), Response::Done);
+    assert!(s.services.is_empty());
+    let why = refused(
+        &mut s,
+        Command::Provision {
+            path: ObjectPath::parse("system/cfg/drbd").unwrap(),
+        },
+    );
+    assert!(why.contains("not a service"), "{why}");
+}
