@@ -1,4 +1,5 @@
-//! DRBD 9: reading its status (the driver proper, rendering and commands, is to come).
+//! DRBD 9: resource files (render), the commands (commands), and what DRBD reports (status).
 
+pub mod commands;
 pub mod render;
 pub mod status;
