@@ -6,6 +6,7 @@
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
 //! - [`drivers`]: the external systems a node manages (DRBD status parsing so far).
+//! - [`sim`]: simulators of DRBD (command-compatible), for machines without the real systems.
 //! - [`daemon`]: `omd`, wiring a node together.
 //! - [`cli`]: the `omctl` command line.
 
@@ -16,6 +17,7 @@ pub mod daemon;
 pub mod drivers;
 pub mod model;
 pub mod raft;
+pub mod sim;
 
 /// Code generated from `proto/omraft.proto`.
 pub mod pb {

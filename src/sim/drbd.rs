@@ -1,0 +1,441 @@
+//! A command-compatible stand-in for `drbdadm` and `drbdsetup`, for machines where the DRBD
+//! kernel module cannot be loaded. It keeps each resource's state, as every node sees it, in
+//! `SIM_DIR/drbd/RES.json` (under a file lock, since each node is its own process) and
+//! enforces DRBD's rules: no promotion without UpToDate data unless `--force`; no second
+//! Primary on connected nodes unless both allow two primaries; no demotion or `down` while the
+//! device is open; a resync after the initial `primary --force`; connections that follow the
+//! `SIM_DIR/netcut-NODE` flag. Two Primaries without allow-two-primaries on both (possible
+//! only across a cut, as with real DRBD) are appended to `SIM_DIR/violations.log`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// How long the initial resync takes, unless `OMRAFT_SIM_SYNC_MS` says otherwise.
+pub const DEFAULT_SYNC_MS: u64 = 3000;
+
+/// The result of one simulated command: exit code, stdout, stderr.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn fail(code: i32, msg: impl Into<String>) -> Output {
+    Output {
+        code,
+        stdout: String::new(),
+        stderr: msg.into() + "\n",
+    }
+}
+
+fn ok(stdout: String) -> Output {
+    Output {
+        code: 0,
+        stdout,
+        stderr: String::new(),
+    }
+}
+
+/// One node of a resource file: `on NAME { device /dev/drbdN; disk D; node-id I; }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileNode {
+    pub name: String,
+    pub minor: u32,
+    pub disk: String,
+    pub node_id: u32,
+}
+
+/// Reads the `on` sections of a resource file.
+pub fn parse_resource_file(text: &str) -> Result<(String, Vec<FileNode>), String> {
+    let spaced = text.replace('{', " { ").replace('}', " } ").replace(';', " ; ");
+    let words: Vec<&str> = spaced.split_whitespace().collect();
+    if words.len() < 2 || words[0] != "resource" {
+        return Err("no `resource NAME` block".into());
+    }
+    let name = words[1].to_string();
+    let mut nodes = Vec::new();
+    let mut i = 2;
+    while i + 2 < words.len() {
+        if words[i] == "on" && words[i + 2] == "{" {
+            let mut n = FileNode {
+                name: words[i + 1].into(),
+                minor: 0,
+                disk: String::new(),
+                node_id: 0,
+            };
+            let mut j = i + 3;
+            while j + 1 < words.len() && words[j] != "}" {
+                match words[j] {
+                    "device" => {
+                        n.minor = words[j + 1]
+                            .trim_start_matches("/dev/drbd")
+                            .parse()
+                            .map_err(|_| "bad device")?
+                    }
+                    "disk" => n.disk = words[j + 1].into(),
+                    "node-id" => n.node_id = words[j + 1].parse().map_err(|_| "bad node-id")?,
+                    _ => {}
+                }
+                j += 1;
+            }
+            nodes.push(n);
+            i = j;
+        }
+        i += 1;
+    }
+    if nodes.is_empty() {
+        return Err("no `on NODE { ... }` section".into());
+    }
+    Ok((name, nodes))
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct NodeState {
+    md: bool,
+    up: bool,
+    primary: bool,
+    /// Diskless (no metadata), Inconsistent, UpToDate or Outdated.
+    disk: String,
+    two_primaries: bool,
+    open: bool,
+    minor: u32,
+    node_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Resync {
+    source: String,
+    start_ms: u64,
+    duration_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ResState {
+    nodes: BTreeMap<String, NodeState>,
+    resync: Option<Resync>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The simulator's view of one machine: the shared directory and this node's name.
+pub struct Sim {
+    pub dir: PathBuf,
+    pub node: String,
+    pub sync_ms: u64,
+    /// The real drbdadm, to validate resource files with, when installed.
+    pub validator: Option<PathBuf>,
+}
+
+impl Sim {
+    fn state_path(&self, res: &str) -> PathBuf {
+        self.dir.join("drbd").join(format!("{res}.json"))
+    }
+
+    fn cut(&self, node: &str) -> bool {
+        self.dir.join(format!("netcut-{node}")).exists()
+    }
+
+    /// Runs `f` on a resource's state under an exclusive lock, saving what it leaves.
+    fn with_state<T>(&self, res: &str, f: impl FnOnce(&mut ResState) -> T) -> Result<T, String> {
+        std::fs::create_dir_all(self.dir.join("drbd")).map_err(|e| e.to_string())?;
+        let lock = File::create(self.dir.join("drbd").join(format!("{res}.lock"))).map_err(|e| e.to_string())?;
+        lock.lock().map_err(|e| e.to_string())?;
+        let path = self.state_path(res);
+        let mut state: ResState = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
+            Err(_) => ResState::default(),
+        };
+        self.settle(&mut state);
+        let out = f(&mut state);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&state).expect("serialize")).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+        self.check_violations(res, &state);
+        Ok(out)
+    }
+
+    fn connected(&self, s: &ResState, a: &str, b: &str) -> bool {
+        let up = |n: &str| s.nodes.get(n).is_some_and(|x| x.up);
+        up(a) && up(b) && !self.cut(a) && !self.cut(b)
+    }
+
+    /// Finishes a resync whose time is up (its targets become UpToDate).
+    fn settle(&self, s: &mut ResState) {
+        let Some(r) = s.resync.clone() else { return };
+        if now_ms() < r.start_ms + r.duration_ms {
+            return;
+        }
+        let targets: Vec<String> = s
+            .nodes
+            .iter()
+            .filter(|(n, x)| **n != r.source && x.disk == "Inconsistent")
+            .map(|(n, _)| n.clone())
+            .collect();
+        for t in targets {
+            if self.connected(s, &r.source, &t) {
+                s.nodes.get_mut(&t).expect("listed").disk = "UpToDate".into();
+            }
+        }
+        if !s.nodes.values().any(|x| x.disk == "Inconsistent") {
+            s.resync = None;
+        }
+    }
+
+    fn check_violations(&self, res: &str, s: &ResState) {
+        let primaries: Vec<(&String, &NodeState)> = s.nodes.iter().filter(|(_, x)| x.primary && x.up).collect();
+        if primaries.len() > 1 && !primaries.iter().all(|(_, x)| x.two_primaries) {
+            let names: Vec<&str> = primaries.iter().map(|(n, _)| n.as_str()).collect();
+            let line = format!(
+                "{} drbd {res}: Primary on {} without allow-two-primaries\n",
+                now_ms(),
+                names.join(" and ")
+            );
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("violations.log"))
+            {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    }
+
+    /// `drbdadm -c FILE COMMAND [OPTIONS] RESOURCE`.
+    pub fn drbdadm(&self, args: &[String]) -> Output {
+        let (file, rest) = match args {
+            [c, file, rest @ ..] if c == "-c" => (PathBuf::from(file), rest),
+            _ => return fail(20, "omsim drbdadm: expected -c FILE COMMAND RESOURCE"),
+        };
+        let Some((res, cmd)) = rest.split_last() else {
+            return fail(20, "omsim drbdadm: no command");
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => return fail(10, format!("{}: {e}", file.display())),
+        };
+        let (name, file_nodes) = match parse_resource_file(&text) {
+            Ok(x) => x,
+            Err(e) => return fail(10, format!("{}: {e}", file.display())),
+        };
+        if &name != res {
+            return fail(10, format!("'{res}' not defined in your config (for this host)."));
+        }
+        let Some(me) = file_nodes.iter().find(|n| n.name == self.node).cloned() else {
+            return fail(10, format!("{}: no `on {}` section", file.display(), self.node));
+        };
+        if let Some(v) = &self.validator {
+            if let Err(e) = crate::drivers::drbd::render::check_with_drbdadm(v, &file, &self.node) {
+                return fail(10, e.to_string());
+            }
+        }
+        let verb: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let node = self.node.clone();
+        let result = self.with_state(res, |s| {
+            for n in &file_nodes {
+                let e = s.nodes.entry(n.name.clone()).or_insert_with(|| NodeState {
+                    disk: "Diskless".into(),
+                    ..Default::default()
+                });
+                e.minor = n.minor;
+                e.node_id = n.node_id;
+            }
+            self.apply(s, &node, &me, &verb)
+        });
+        match result {
+            Ok(Ok(())) => ok(String::new()),
+            Ok(Err((code, msg))) => fail(code, msg),
+            Err(e) => fail(20, format!("omsim: state: {e}")),
+        }
+    }
+
+    fn apply(&self, s: &mut ResState, node: &str, me: &FileNode, verb: &[&str]) -> Result<(), (i32, String)> {
+        let minor = me.minor;
+        let refuse = |code: i32, why: &str| Err((code, format!("{minor}: State change failed: {why}")));
+        let peers_primary_connected: Vec<String> = s
+            .nodes
+            .iter()
+            .filter(|(n, x)| n.as_str() != node && x.primary && x.up && self.connected(s, node, n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mine = s.nodes.get(node).cloned().unwrap_or_default();
+        match verb {
+            ["create-md", "--force"] | ["create-md"] => {
+                if mine.up {
+                    return Err((10, format!("{minor}: Device is attached: down it first")));
+                }
+                let e = s.nodes.get_mut(node).expect("entry");
+                e.md = true;
+                e.disk = "Inconsistent".into();
+                Ok(())
+            }
+            ["up"] => {
+                if !mine.md {
+                    return Err((10, format!("{minor}: No valid meta data found: run create-md first")));
+                }
+                s.nodes.get_mut(node).expect("entry").up = true;
+                Ok(())
+            }
+            ["down"] => {
+                if mine.open {
+                    return refuse(11, "(-12) Device is held open by someone");
+                }
+                let e = s.nodes.get_mut(node).expect("entry");
+                e.up = false;
+                e.primary = false;
+                e.two_primaries = false;
+                Ok(())
+            }
+            ["primary", rest @ ..] => {
+                let force = rest == ["--force"];
+                if !mine.up {
+                    return Err((10, format!("{minor}: resource is not up")));
+                }
+                if mine.disk != "UpToDate" && !force {
+                    return refuse(11, "(-2) Need access to UpToDate data");
+                }
+                if !peers_primary_connected.is_empty() {
+                    let both = mine.two_primaries && peers_primary_connected.iter().all(|p| s.nodes[p].two_primaries);
+                    if !both {
+                        return refuse(11, "(-1) Multiple primaries not allowed by config");
+                    }
+                }
+                let initial = mine.disk != "UpToDate";
+                let e = s.nodes.get_mut(node).expect("entry");
+                e.primary = true;
+                e.disk = "UpToDate".into();
+                if initial && s.nodes.values().any(|x| x.disk == "Inconsistent") {
+                    s.resync = Some(Resync {
+                        source: node.into(),
+                        start_ms: now_ms(),
+                        duration_ms: self.sync_ms,
+                    });
+                }
+                Ok(())
+            }
+            ["secondary"] => {
+                if mine.open {
+                    return refuse(11, "(-12) Device is held open by someone");
+                }
+                s.nodes.get_mut(node).expect("entry").primary = false;
+                Ok(())
+            }
+            ["net-options", opt] if opt.starts_with("--allow-two-primaries=") => {
+                let yes = opt.ends_with("=yes");
+                if !yes && mine.primary && !peers_primary_connected.is_empty() {
+                    return Err((
+                        10,
+                        format!("{minor}: cannot disallow two primaries while the peer is Primary"),
+                    ));
+                }
+                s.nodes.get_mut(node).expect("entry").two_primaries = yes;
+                Ok(())
+            }
+            other => Err((20, format!("omsim drbdadm: unsupported command {other:?}"))),
+        }
+    }
+
+    /// Marks the device open or closed (a simulated VM using it), as the kernel would.
+    pub fn set_open(&self, res: &str, open: bool) -> Result<(), String> {
+        let node = self.node.clone();
+        self.with_state(res, |s| {
+            if let Some(e) = s.nodes.get_mut(&node) {
+                e.open = open;
+            }
+        })
+    }
+
+    /// `drbdsetup status --json`: every resource up on this node.
+    pub fn drbdsetup(&self, args: &[String]) -> Output {
+        if args.first().map(String::as_str) != Some("status") || !args.iter().any(|a| a == "--json") {
+            return fail(20, "omsim drbdsetup: only `status --json` is simulated");
+        }
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(self.dir.join("drbd"))
+            .map(|d| d.flatten().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .collect();
+        names.sort();
+        for res in names {
+            let Ok(Some(v)) = self.with_state(&res, |s| self.status_json(&res, s)) else {
+                continue;
+            };
+            out.push(v);
+        }
+        ok(serde_json::to_string_pretty(&out).expect("serialize") + "\n")
+    }
+
+    fn status_json(&self, res: &str, s: &ResState) -> Option<serde_json::Value> {
+        let me = s.nodes.get(&self.node).filter(|x| x.up)?;
+        let progress = s.resync.as_ref().map(|r| {
+            let done = now_ms().saturating_sub(r.start_ms) as f64 / r.duration_ms.max(1) as f64;
+            (r.source.clone(), (done * 100.0).min(99.99))
+        });
+        let connections: Vec<serde_json::Value> = s
+            .nodes
+            .iter()
+            .filter(|(n, _)| **n != self.node)
+            .map(|(n, peer)| {
+                let connected = self.connected(s, &self.node, n);
+                let (repl, pct, done) = match (&progress, connected) {
+                    (Some((src, p)), true) if *src == self.node && peer.disk == "Inconsistent" => ("SyncSource", *p, Some(*p)),
+                    (Some((src, p)), true) if src == n && me.disk == "Inconsistent" => ("SyncTarget", *p, Some(*p)),
+                    (_, true) => ("Established", 100.0, None),
+                    (_, false) => ("Off", 0.0, None),
+                };
+                let mut pd = serde_json::json!({
+                    "volume": 0,
+                    "replication-state": repl,
+                    "peer-disk-state": if connected { peer.disk.as_str() } else { "DUnknown" },
+                    "percent-in-sync": pct,
+                });
+                if let Some(d) = done {
+                    pd["percent-resync-done"] = serde_json::json!(d);
+                }
+                serde_json::json!({
+                    "peer-node-id": peer.node_id,
+                    "name": n,
+                    "connection-state": if connected { "Connected" } else if self.cut(&self.node) || self.cut(n) { "Connecting" } else { "StandAlone" },
+                    "peer-role": if connected { if peer.primary { "Primary" } else { "Secondary" } } else { "Unknown" },
+                    "peer_devices": [pd],
+                })
+            })
+            .collect();
+        Some(serde_json::json!({
+            "name": res,
+            "node-id": me.node_id,
+            "role": if me.primary { "Primary" } else { "Secondary" },
+            "suspended": false,
+            "devices": [{"volume": 0, "minor": me.minor, "disk-state": me.disk, "open": me.open, "quorum": true, "size": 0}],
+            "connections": connections,
+        }))
+    }
+}
+
+/// The simulator for `node` in `dir`, with the real drbdadm as validator when installed.
+pub fn from_env(dir: &Path, node: &str) -> Sim {
+    let sync_ms = std::env::var("OMRAFT_SIM_SYNC_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_SYNC_MS);
+    let real = Path::new("/usr/sbin/drbdadm");
+    Sim {
+        dir: dir.into(),
+        node: node.into(),
+        sync_ms,
+        validator: real.exists().then(|| real.into()),
+    }
+}
