@@ -4,6 +4,7 @@
 //! - [`model`]: the replicated state, the log's commands and the pure `apply`.
 //! - [`config`]: object configuration: INI format, keyword catalogs, references.
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
+//! - [`applier`]: per-node reconciliation of desired and observed state.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
 //! - [`drivers`]: the external systems a node manages (DRBD status parsing so far).
 //! - [`sim`]: simulators of DRBD (command-compatible), for machines without the real systems.
@@ -11,6 +12,7 @@
 //! - [`cli`]: the `omctl` command line.
 
 pub mod api;
+pub mod applier;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -67,7 +67,11 @@ pub struct ResourceReport {
 /// A node's view of one instance, sent when it changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceReport {
+    /// Up when every resource is up, down when none is, warn when some are.
     pub avail: Avail,
+    /// Some resource carries a warning (a resync, a failed command).
+    #[serde(default)]
+    pub warn: bool,
     pub provisioned: bool,
     pub resources: Vec<ResourceReport>,
 }

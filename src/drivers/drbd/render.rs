@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// What a template sees: `.Name` and `.Nodes`, each with `.Name`, `.Addr`, `.Device`,
 /// `.Disk`, `.NodeId`, as in the tutorial's template.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TemplateData {
     #[serde(rename = "Name")]
     pub name: String,
@@ -15,7 +15,7 @@ pub struct TemplateData {
     pub nodes: Vec<TemplateNode>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TemplateNode {
     #[serde(rename = "Name")]
     pub name: String,

@@ -1,0 +1,396 @@
+//! The pure core of the applier: what one node must do for one service, from what the log
+//! says (desired) and what its drivers see (observed). No I/O; every rule is tested here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::drivers::drbd::render::TemplateData;
+use crate::drivers::drbd::status::ResourceStatus;
+use crate::model::{Avail, InstanceReport, ResourceReport};
+
+/// What the log wants of one service on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// Volumes exist here (LV, DRBD resource up).
+    pub provisioned: bool,
+    /// This node holds the service: DRBD Primary here.
+    pub active: bool,
+    pub volumes: Vec<DesiredVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredVolume {
+    /// The service resource, `volume#data`.
+    pub rid: String,
+    /// The volume object's name, for messages: `demo/vol/kvm1`.
+    pub volume: String,
+    pub vg: String,
+    pub lv: String,
+    pub size: u64,
+    pub drbd: Option<DesiredDrbd>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredDrbd {
+    pub resource: String,
+    pub minor: u32,
+    /// The rendered resource file, and what it was rendered from (for its checks).
+    pub config: String,
+    pub data: TemplateData,
+}
+
+/// What this node's drivers see.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// `(vg, lv)` of existing logical volumes.
+    pub lvs: BTreeSet<(String, String)>,
+    /// Resource files as written.
+    pub configs: BTreeMap<String, String>,
+    /// Resources that are up, by name.
+    pub drbd: BTreeMap<String, ResourceStatus>,
+}
+
+/// One action on this node, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    CreateLv { vg: String, lv: String, size: u64 },
+    WriteConfig { resource: String },
+    CreateMd { resource: String },
+    Up { resource: String },
+    Primary { resource: String, force: bool },
+    Secondary { resource: String },
+    Down { resource: String },
+    RemoveConfig { resource: String },
+    RemoveLv { vg: String, lv: String },
+}
+
+fn all_peers_fresh(st: &ResourceStatus) -> bool {
+    !st.connections.is_empty()
+        && st.connections.iter().all(|c| {
+            c.connection_state == "Connected" && c.peer_devices.iter().all(|p| p.peer_disk_state == "Inconsistent")
+        })
+}
+
+/// The steps that bring `observed` to `desired`. Idempotent: when they agree, nothing.
+pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for v in &desired.volumes {
+        let lv_exists = observed.lvs.contains(&(v.vg.clone(), v.lv.clone()));
+        if desired.provisioned {
+            if !lv_exists {
+                steps.push(Step::CreateLv {
+                    vg: v.vg.clone(),
+                    lv: v.lv.clone(),
+                    size: v.size,
+                });
+            }
+            let Some(d) = &v.drbd else { continue };
+            let r = || d.resource.clone();
+            if observed.configs.get(&d.resource) != Some(&d.config) {
+                steps.push(Step::WriteConfig { resource: r() });
+            }
+            let Some(st) = observed.drbd.get(&d.resource) else {
+                // A fresh LV has no DRBD metadata yet.
+                if !lv_exists {
+                    steps.push(Step::CreateMd { resource: r() });
+                }
+                steps.push(Step::Up { resource: r() });
+                continue;
+            };
+            let primary = st.role == "Primary";
+            let disk = st.devices.first().map(|d| d.disk_state.as_str()).unwrap_or("");
+            match (desired.active, primary) {
+                (true, false) if disk == "UpToDate" => steps.push(Step::Primary {
+                    resource: r(),
+                    force: false,
+                }),
+                // The very first promotion: every disk is fresh, one side must be declared good.
+                (true, false) if disk == "Inconsistent" && all_peers_fresh(st) => steps.push(Step::Primary {
+                    resource: r(),
+                    force: true,
+                }),
+                (false, true) => steps.push(Step::Secondary { resource: r() }),
+                _ => {}
+            }
+        } else {
+            if let Some(d) = &v.drbd {
+                if let Some(st) = observed.drbd.get(&d.resource) {
+                    if st.role == "Primary" {
+                        steps.push(Step::Secondary {
+                            resource: d.resource.clone(),
+                        });
+                    }
+                    steps.push(Step::Down {
+                        resource: d.resource.clone(),
+                    });
+                }
+                if observed.configs.contains_key(&d.resource) {
+                    steps.push(Step::RemoveConfig {
+                        resource: d.resource.clone(),
+                    });
+                }
+            }
+            if lv_exists {
+                steps.push(Step::RemoveLv {
+                    vg: v.vg.clone(),
+                    lv: v.lv.clone(),
+                });
+            }
+        }
+    }
+    steps
+}
+
+/// This node's report of the instance: each volume's status, warnings, and overall avail.
+/// `errors` holds the last failure of a step per resource, shown as a warning.
+pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, String>) -> InstanceReport {
+    let mut resources = Vec::new();
+    let mut provisioned = true;
+    for v in &desired.volumes {
+        let label = v.lv.split('.').next().unwrap_or(&v.lv).to_string();
+        let mut messages = Vec::new();
+        let lv = observed.lvs.contains(&(v.vg.clone(), v.lv.clone()));
+        let mut avail = if lv { Avail::Down } else { Avail::NotApplicable };
+        provisioned &= lv;
+        if let Some(d) = &v.drbd {
+            match observed.drbd.get(&d.resource) {
+                None => provisioned = false,
+                Some(st) => {
+                    let disk = st.devices.first().map(|x| x.disk_state.as_str()).unwrap_or("");
+                    if st.role == "Primary" && disk == "UpToDate" {
+                        avail = Avail::Up;
+                    }
+                    for c in &st.connections {
+                        for p in &c.peer_devices {
+                            if let Some(done) = p.percent_resync_done {
+                                messages.push(format!("resync to {} {done:.2}% done", c.name));
+                            } else if c.connection_state != "Connected" {
+                                messages.push(format!("peer {} is {}", c.name, c.connection_state));
+                            }
+                        }
+                    }
+                    if disk != "UpToDate" {
+                        messages.push(format!("disk {disk}"));
+                    }
+                }
+            }
+        }
+        if let Some(e) = errors.get(&v.rid) {
+            messages.push(e.clone());
+        }
+        if avail == Avail::Up && !messages.is_empty() {
+            messages.insert(0, format!("Volume {} has warnings", v.volume));
+        }
+        resources.push(ResourceReport {
+            rid: v.rid.clone(),
+            avail,
+            label,
+            messages,
+        });
+    }
+    let ups = resources.iter().filter(|r| r.avail == Avail::Up).count();
+    let warn = resources.iter().any(|r| !r.messages.is_empty());
+    let avail = match (ups, resources.len()) {
+        (0, _) => Avail::Down,
+        (u, n) if u == n => Avail::Up,
+        _ => Avail::Warn,
+    };
+    InstanceReport {
+        avail,
+        warn,
+        provisioned: provisioned && !desired.volumes.is_empty(),
+        resources,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::drbd::status::parse_status;
+
+    const RES: &str = "kvm1.demo.vol.drbd4kvm";
+
+    fn desired(provisioned: bool, active: bool) -> Desired {
+        Desired {
+            provisioned,
+            active,
+            volumes: vec![DesiredVolume {
+                rid: "volume#data".into(),
+                volume: "demo/vol/kvm1".into(),
+                vg: "data".into(),
+                lv: RES.into(),
+                size: 4 << 30,
+                drbd: Some(DesiredDrbd {
+                    resource: RES.into(),
+                    minor: 0,
+                    config: "resource kvm1.demo.vol.drbd4kvm {}".into(),
+                    data: TemplateData {
+                        name: RES.into(),
+                        nodes: vec![],
+                    },
+                }),
+            }],
+        }
+    }
+
+    fn status(role: &str, disk: &str, conn: &str, peer_disk: &str, resync: Option<f64>) -> ResourceStatus {
+        let done = resync
+            .map(|d| format!(r#", "percent-resync-done": {d}"#))
+            .unwrap_or_default();
+        let json = format!(
+            r#"[{{"name": "{RES}", "node-id": 0, "role": "{role}",
+                "devices": [{{"volume": 0, "minor": 0, "disk-state": "{disk}"}}],
+                "connections": [{{"peer-node-id": 1, "name": "n2", "connection-state": "{conn}", "peer-role": "Secondary",
+                  "peer_devices": [{{"volume": 0, "replication-state": "Established", "peer-disk-state": "{peer_disk}",
+                  "percent-in-sync": 100{done}}}]}}]}}]"#
+        );
+        parse_status(&json).unwrap().remove(0)
+    }
+
+    fn observed(lv: bool, config: bool, st: Option<ResourceStatus>) -> Observed {
+        let d = desired(true, true);
+        let dd = d.volumes[0].drbd.clone().unwrap();
+        Observed {
+            lvs: if lv {
+                [("data".to_string(), RES.to_string())].into()
+            } else {
+                BTreeSet::new()
+            },
+            configs: if config {
+                [(RES.to_string(), dd.config)].into()
+            } else {
+                BTreeMap::new()
+            },
+            drbd: st.map(|s| [(RES.to_string(), s)].into()).unwrap_or_default(),
+        }
+    }
+
+    fn r() -> String {
+        RES.into()
+    }
+
+    #[test]
+    fn fresh_node_creates_lv_writes_config_creates_md_and_brings_up() {
+        let steps = plan(&desired(true, true), &observed(false, false, None));
+        assert_eq!(
+            steps,
+            vec![
+                Step::CreateLv {
+                    vg: "data".into(),
+                    lv: r(),
+                    size: 4 << 30
+                },
+                Step::WriteConfig { resource: r() },
+                Step::CreateMd { resource: r() },
+                Step::Up { resource: r() },
+            ]
+        );
+    }
+
+    #[test]
+    fn first_promotion_is_forced_only_when_every_disk_is_fresh_and_connected() {
+        let fresh = status("Secondary", "Inconsistent", "Connected", "Inconsistent", None);
+        assert_eq!(
+            plan(&desired(true, true), &observed(true, true, Some(fresh))),
+            vec![Step::Primary {
+                resource: r(),
+                force: true
+            }]
+        );
+        // A peer not connected yet: wait, it may hold data.
+        let waiting = status("Secondary", "Inconsistent", "Connecting", "DUnknown", None);
+        assert_eq!(plan(&desired(true, true), &observed(true, true, Some(waiting))), vec![]);
+        // A peer with good data: never force, become SyncTarget instead.
+        let behind = status("Secondary", "Inconsistent", "Connected", "UpToDate", None);
+        assert_eq!(plan(&desired(true, true), &observed(true, true, Some(behind))), vec![]);
+        let good = status("Secondary", "UpToDate", "Connected", "UpToDate", None);
+        assert_eq!(
+            plan(&desired(true, true), &observed(true, true, Some(good))),
+            vec![Step::Primary {
+                resource: r(),
+                force: false
+            }]
+        );
+    }
+
+    #[test]
+    fn converged_plans_nothing_and_passive_nodes_demote() {
+        let primary = status("Primary", "UpToDate", "Connected", "UpToDate", None);
+        assert_eq!(
+            plan(&desired(true, true), &observed(true, true, Some(primary.clone()))),
+            vec![]
+        );
+        assert_eq!(
+            plan(&desired(true, false), &observed(true, true, Some(primary))),
+            vec![Step::Secondary { resource: r() }]
+        );
+        let secondary = status("Secondary", "UpToDate", "Connected", "UpToDate", None);
+        assert_eq!(
+            plan(&desired(true, false), &observed(true, true, Some(secondary))),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn unprovision_demotes_downs_and_removes() {
+        let primary = status("Primary", "UpToDate", "Connected", "UpToDate", None);
+        assert_eq!(
+            plan(&desired(false, false), &observed(true, true, Some(primary))),
+            vec![
+                Step::Secondary { resource: r() },
+                Step::Down { resource: r() },
+                Step::RemoveConfig { resource: r() },
+                Step::RemoveLv {
+                    vg: "data".into(),
+                    lv: r()
+                },
+            ]
+        );
+        assert_eq!(plan(&desired(false, false), &observed(false, false, None)), vec![]);
+    }
+
+    #[test]
+    fn a_changed_template_rewrites_the_file() {
+        let primary = status("Primary", "UpToDate", "Connected", "UpToDate", None);
+        let mut o = observed(true, true, Some(primary));
+        o.configs.insert(r(), "resource old {}".into());
+        assert_eq!(
+            plan(&desired(true, true), &o),
+            vec![Step::WriteConfig { resource: r() }]
+        );
+    }
+
+    #[test]
+    fn reports_up_with_a_warning_during_the_resync() {
+        let syncing = status("Primary", "UpToDate", "Connected", "Inconsistent", Some(30.84));
+        let rep = report(
+            &desired(true, true),
+            &observed(true, true, Some(syncing)),
+            &BTreeMap::new(),
+        );
+        assert_eq!((rep.avail, rep.warn, rep.provisioned), (Avail::Up, true, true));
+        assert_eq!(rep.resources[0].label, "kvm1");
+        assert_eq!(rep.resources[0].messages[0], "Volume demo/vol/kvm1 has warnings");
+        assert!(
+            rep.resources[0].messages[1].contains("30.84"),
+            "{:?}",
+            rep.resources[0].messages
+        );
+        let done = status("Primary", "UpToDate", "Connected", "UpToDate", None);
+        let rep = report(
+            &desired(true, true),
+            &observed(true, true, Some(done)),
+            &BTreeMap::new(),
+        );
+        assert_eq!((rep.avail, rep.warn), (Avail::Up, false));
+        let passive = status("Secondary", "UpToDate", "Connected", "UpToDate", None);
+        let rep = report(
+            &desired(true, false),
+            &observed(true, true, Some(passive)),
+            &BTreeMap::new(),
+        );
+        assert_eq!((rep.avail, rep.provisioned), (Avail::Down, true));
+        let errors = BTreeMap::from([("volume#data".to_string(), "lvcreate failed: no space".to_string())]);
+        let rep = report(&desired(true, true), &observed(false, false, None), &errors);
+        assert_eq!((rep.avail, rep.warn, rep.provisioned), (Avail::Down, true, false));
+    }
+}
