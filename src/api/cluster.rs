@@ -430,6 +430,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         ClusterService::device_list(self, req).await
     }
 
+    async fn object_action(&self, req: Request<ObjectActionRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::object_action(self, req).await
+    }
+
+    async fn instance_status(&self, req: Request<ObjectRef>) -> Result<Response<InstanceStatusReply>, Status> {
+        ClusterService::instance_status(self, req).await
+    }
+
     async fn report_volume_groups(
         &self,
         req: Request<ReportVolumeGroupsRequest>,

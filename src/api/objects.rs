@@ -344,6 +344,99 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    pub(super) async fn object_action(
+        &self,
+        req: Request<ObjectActionRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let p = path(&req.path)?;
+        let cmd = match req.action.as_str() {
+            "provision" => Command::Provision { path: p },
+            "unprovision" => Command::Unprovision { path: p },
+            "start" => Command::SetStarted { path: p, started: true },
+            "stop" => Command::SetStarted {
+                path: p,
+                started: false,
+            },
+            "provision-state-only" => {
+                let node_id = self
+                    .node
+                    .read_linearizable(|d| d.state.node_id(&req.node))
+                    .await?
+                    .ok_or_else(|| Status::not_found(format!("unknown node {:?}", req.node)))?;
+                Command::MarkProvisioned { path: p, node_id }
+            }
+            other => return Err(Status::invalid_argument(format!("unknown action {other:?}"))),
+        };
+        self.commit(cmd).await
+    }
+
+    pub(super) async fn instance_status(
+        &self,
+        req: Request<ObjectRef>,
+    ) -> Result<Response<InstanceStatusReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let p = path(&req.into_inner().path)?;
+        if p.kind != "svc" {
+            return Err(Status::invalid_argument(format!("{p} is not a service")));
+        }
+        let reply = self.read_object(&p, |s, _| instance_status(s, &p)).await?;
+        Ok(Response::new(reply))
+    }
+}
+
+/// The desired state of a service and every node's report of it.
+pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply {
+    let key = p.to_string();
+    let svc = s.services.get(&key).cloned().unwrap_or_default();
+    let name = |id: u64| {
+        s.nodes
+            .get(&id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("id{id}"))
+    };
+    let reports = s.reports.get(&key);
+    let instances = s
+        .service_nodes(p)
+        .into_iter()
+        .map(|id| match reports.and_then(|r| r.get(&id)) {
+            None => InstanceView {
+                node: name(id),
+                reported: false,
+                avail: "n/a".into(),
+                ..Default::default()
+            },
+            Some(r) => InstanceView {
+                node: name(id),
+                reported: true,
+                avail: r.avail.to_string(),
+                warn: r.warn,
+                provisioned: r.provisioned || svc.state_only.contains(&id),
+                resources: r
+                    .resources
+                    .iter()
+                    .map(|x| ResourceView {
+                        rid: x.rid.clone(),
+                        avail: x.avail.to_string(),
+                        label: x.label.clone(),
+                        messages: x.messages.clone(),
+                    })
+                    .collect(),
+            },
+        })
+        .collect();
+    InstanceStatusReply {
+        path: key,
+        provisioned: svc.provisioned,
+        placement: svc.placement.map(name).unwrap_or_default(),
+        started: svc.started,
+        epoch: svc.epoch,
+        instances,
+    }
+}
+
 const DRBD_CAPABILITIES: &str = "rox,rwx,roo,rwo,snap,blk,shared";
 const LVM_CAPABILITIES: &str = "rox,rwx,roo,rwo,snap,blk";
 

@@ -1,4 +1,7 @@
 //! The applier: on every node, reconciles what the log says with what the drivers see. The
-//! pure `plan` decides; the loop around it (to come) observes, executes and reports.
+//! pure `plan` decides; `desired` reads what the log wants; `run` is the loop that observes,
+//! executes and reports.
 
+pub mod desired;
 pub mod plan;
+pub mod run;

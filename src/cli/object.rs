@@ -41,6 +41,37 @@ pub enum PathCmd {
     /// Per-node views of the object.
     #[command(subcommand)]
     Instance(InstanceCmd),
+    /// Create the service's volumes on all its nodes (LVs, DRBD up), active on the first node.
+    Provision(WaitArgs),
+    /// Stop the service and remove its volumes from every node.
+    Unprovision(WaitArgs),
+    /// Start the service where it is placed.
+    Start(WaitArgs),
+    /// Stop the service.
+    Stop(WaitArgs),
+    /// Print views of the object.
+    #[command(subcommand)]
+    Print(PrintCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until every node reports the result (provision: volumes in sync).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 90s, 5m.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub time: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrintCmd {
+    /// The object's status tree.
+    Status {
+        /// Include instances and their resources.
+        #[arg(short, long)]
+        recursive: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +142,23 @@ pub enum InstanceCmd {
     /// Devices of the object's volumes.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// One line per node: OBJECT NODE AVAIL.
+    Ls,
+    /// The status tree: object, instances per node, their resources.
+    Status {
+        /// Include instances and their resources.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Declare a node's instance provisioned (after a manual install), changing nothing there.
+    Provision {
+        /// Record the state only: required, nothing is done on the node.
+        #[arg(long, required = true)]
+        state_only: bool,
+        /// The node.
+        #[arg(long)]
+        node: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +310,87 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
         PathCmd::Instance(InstanceCmd::Device(DeviceCmd::List)) => {
             out.devices(&c.device_list(pb::ObjectRef { path }).await?.into_inner());
         }
+        PathCmd::Instance(InstanceCmd::Ls) => {
+            out.instances(&c.instance_status(pb::ObjectRef { path }).await?.into_inner());
+        }
+        PathCmd::Instance(InstanceCmd::Status { recursive }) | PathCmd::Print(PrintCmd::Status { recursive }) => {
+            out.status_tree(
+                &c.instance_status(pb::ObjectRef { path }).await?.into_inner(),
+                recursive,
+            );
+        }
+        PathCmd::Instance(InstanceCmd::Provision { node, .. }) => {
+            let req = pb::ObjectActionRequest {
+                path: path.clone(),
+                action: "provision-state-only".into(),
+                node: node.clone(),
+            };
+            let r = c.object_action(req).await?.into_inner();
+            out.state_only(&path, &node, r.log_index);
+        }
+        PathCmd::Provision(w) => action(&mut c, out, &path, "provision", &w).await?,
+        PathCmd::Unprovision(w) => action(&mut c, out, &path, "unprovision", &w).await?,
+        PathCmd::Start(w) => action(&mut c, out, &path, "start", &w).await?,
+        PathCmd::Stop(w) => action(&mut c, out, &path, "stop", &w).await?,
     }
     Ok(())
+}
+
+/// Whether every node shows the result of `action`.
+fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
+    let all_reported = s.instances.iter().all(|i| i.reported);
+    let placed = s.instances.iter().find(|i| i.node == s.placement);
+    match action {
+        "provision" => {
+            all_reported
+                && s.instances.iter().all(|i| i.provisioned)
+                && placed.is_some_and(|p| p.avail == "up" && !p.warn)
+        }
+        "unprovision" => all_reported && s.instances.iter().all(|i| !i.provisioned),
+        "start" => placed.is_some_and(|p| p.avail == "up"),
+        _ => all_reported && s.instances.iter().all(|i| i.avail != "up"),
+    }
+}
+
+/// Commits `action`, then with --wait polls until every node shows its result.
+async fn action(
+    c: &mut super::client::Client,
+    out: &mut Printer,
+    path: &str,
+    action: &str,
+    w: &WaitArgs,
+) -> Result<(), Failure> {
+    let req = pb::ObjectActionRequest {
+        path: path.into(),
+        action: action.into(),
+        node: String::new(),
+    };
+    let index = c.object_action(req).await?.into_inner().log_index;
+    let id = crate::model::objects::derived_uuid(&format!("{path}@{index}"));
+    let mut error = None;
+    if w.wait {
+        let deadline = std::time::Instant::now() + w.time;
+        loop {
+            let s = c
+                .instance_status(pb::ObjectRef { path: path.into() })
+                .await?
+                .into_inner();
+            if done(action, &s) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                error = Some(format!("{action} not done on every node within {:?}", w.time));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    out.orchestration(path, &id, error.as_deref());
+    match error {
+        Some(e) => Err(Failure {
+            user: false,
+            message: e,
+        }),
+        None => Ok(()),
+    }
 }

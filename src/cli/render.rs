@@ -39,6 +39,81 @@ struct ValueView<'a> {
 }
 
 #[derive(Serialize)]
+struct OrchestrationView<'a> {
+    object: &'a str,
+    orchestration_id: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct InstanceLsView<'a> {
+    object: &'a str,
+    node: &'a str,
+    avail: &'a str,
+}
+
+#[derive(Serialize)]
+struct ResourceStatusView<'a> {
+    rid: &'a str,
+    avail: &'a str,
+    label: &'a str,
+    messages: &'a [String],
+}
+
+#[derive(Serialize)]
+struct InstanceStatusView<'a> {
+    node: &'a str,
+    reported: bool,
+    avail: &'a str,
+    warn: bool,
+    provisioned: bool,
+    resources: Vec<ResourceStatusView<'a>>,
+}
+
+#[derive(Serialize)]
+struct StatusView<'a> {
+    path: &'a str,
+    provisioned: bool,
+    placement: &'a str,
+    started: bool,
+    epoch: u64,
+    instances: Vec<InstanceStatusView<'a>>,
+}
+
+impl<'a> From<&'a pb::InstanceStatusReply> for StatusView<'a> {
+    fn from(s: &'a pb::InstanceStatusReply) -> Self {
+        StatusView {
+            path: &s.path,
+            provisioned: s.provisioned,
+            placement: &s.placement,
+            started: s.started,
+            epoch: s.epoch,
+            instances: s
+                .instances
+                .iter()
+                .map(|i| InstanceStatusView {
+                    node: &i.node,
+                    reported: i.reported,
+                    avail: &i.avail,
+                    warn: i.warn,
+                    provisioned: i.provisioned,
+                    resources: i
+                        .resources
+                        .iter()
+                        .map(|r| ResourceStatusView {
+                            rid: &r.rid,
+                            avail: &r.avail,
+                            label: &r.label,
+                            messages: &r.messages,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
 struct BytesView<'a> {
     bytes: &'a [u8],
 }
@@ -474,6 +549,124 @@ impl Printer {
             &["OBJECT", "RESOURCE", "DRIVER_GROUP", "DRIVER_NAME", "ROLE", "DEVICE"],
             &rows,
         ));
+    }
+
+    pub fn state_only(&mut self, path: &str, node: &str, log_index: u64) {
+        match self.format {
+            Output::Human => {
+                let id = crate::model::objects::derived_uuid(&format!("{path}@{log_index}"));
+                self.write(&table(
+                    &["OBJECT", "NODE", "SID"],
+                    &[vec![path.into(), node.into(), id]],
+                ));
+            }
+            Output::Json => self.json(&CommittedView {
+                committed: true,
+                log_index,
+            }),
+        }
+    }
+
+    /// `OBJECT ORCHESTRATION_ID ERROR`, as the tutorial's provision and switch print.
+    pub fn orchestration(&mut self, path: &str, id: &str, error: Option<&str>) {
+        match self.format {
+            Output::Human => {
+                let row = vec![path.into(), id.into(), error.unwrap_or("-").into()];
+                self.write(&table(&["OBJECT", "ORCHESTRATION_ID", "ERROR"], &[row]));
+            }
+            Output::Json => self.json(&OrchestrationView {
+                object: path,
+                orchestration_id: id,
+                error,
+            }),
+        }
+    }
+
+    pub fn instances(&mut self, s: &pb::InstanceStatusReply) {
+        if self.format == Output::Json {
+            let view: Vec<InstanceLsView> = s
+                .instances
+                .iter()
+                .map(|i| InstanceLsView {
+                    object: &s.path,
+                    node: &i.node,
+                    avail: &i.avail,
+                })
+                .collect();
+            return self.json(&view);
+        }
+        let rows: Vec<Vec<String>> = s
+            .instances
+            .iter()
+            .map(|i| vec![s.path.clone(), i.node.clone(), i.avail.clone()])
+            .collect();
+        self.write(&table(&["OBJECT", "NODE", "AVAIL"], &rows));
+    }
+
+    /// The tutorial's `instance status -r` tree.
+    pub fn status_tree(&mut self, s: &pb::InstanceStatusReply, recursive: bool) {
+        if self.format == Output::Json {
+            return self.json(&StatusView::from(s));
+        }
+        let placed = s.instances.iter().find(|i| i.node == s.placement);
+        let avail = placed.map_or("down", |p| {
+            if p.avail == "up" || p.avail == "warn" {
+                "up"
+            } else {
+                "down"
+            }
+        });
+        let warn = s.instances.iter().any(|i| i.warn);
+        let line =
+            |name: &str, avail: &str, rest: &str| format!("{name:<33}{avail:<6}{rest}").trim_end().to_string() + "\n";
+        let mut t = line(&s.path, avail, if warn { "warn" } else { "" });
+        if recursive {
+            t.push_str("└ instances\n");
+            // The node holding the service last, as the tutorial shows it.
+            let mut order: Vec<&pb::InstanceView> = s.instances.iter().filter(|i| i.node != s.placement).collect();
+            order.extend(placed);
+            for (n, i) in order.iter().enumerate() {
+                let last = n + 1 == order.len();
+                let mut flags = Vec::new();
+                if i.warn {
+                    flags.push("warn");
+                }
+                if s.provisioned && i.reported && !i.provisioned {
+                    flags.push("not-provisioned");
+                }
+                flags.push("idle");
+                if i.node == s.placement && s.started {
+                    flags.push("started");
+                }
+                let avail = if i.avail == "warn" {
+                    "up"
+                } else if i.avail == "n/a" {
+                    "n/a"
+                } else {
+                    i.avail.as_str()
+                };
+                t.push_str(&line(
+                    &format!("  {} {}", if last { "└" } else { "├" }, i.node),
+                    avail,
+                    &flags.join(" "),
+                ));
+                if i.avail == "down" || i.resources.is_empty() || !i.reported {
+                    continue;
+                }
+                let bar = if last { " " } else { "│" };
+                t.push_str(&format!("  {bar} └ resources\n"));
+                for (k, r) in i.resources.iter().enumerate() {
+                    let branch = if k + 1 == i.resources.len() { "└" } else { "├" };
+                    let name = format!("  {bar}   {branch} {:<15}........", r.rid);
+                    t.push_str(&line(&name, &r.avail, &r.label));
+                    for m in &r.messages {
+                        let kind = if m.contains("failed") { "error" } else { "warn" };
+                        t.push_str(&format!("{:39}{kind}: {m}\n", ""));
+                    }
+                }
+            }
+        }
+        self.write(&t);
     }
 
     pub fn clear_screen(&mut self) {

@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use super::{restrict, Node, Settings};
 use crate::api::{serve, Listeners};
+use crate::applier::run::Drivers;
 
 /// omd: the omraft node daemon.
 ///
@@ -45,6 +46,83 @@ pub struct Args {
     /// Stands in for the LVM driver's `vgs` report (simulation, tests, the demo).
     #[arg(long, value_name = "NAME=SIZE", value_parser = parse_vg)]
     pub report_vg: Vec<(String, u64)>,
+    /// real: LVM, drbdadm and drbdsetup of this machine. sim: the simulators, with their
+    /// state in --sim-dir (shared by every simulated node of one machine).
+    #[arg(long, value_enum, default_value_t = DriverKind::Real)]
+    pub drivers: DriverKind,
+    /// The simulators' shared directory (with --drivers sim).
+    #[arg(long, required_if_eq("drivers", "sim"))]
+    pub sim_dir: Option<PathBuf>,
+    /// Where DRBD resource files are written (default /etc/drbd.d; SIM_DIR/NODE/drbd.d with sim).
+    #[arg(long)]
+    pub drbd_config_dir: Option<PathBuf>,
+    /// The drbdadm program.
+    #[arg(long, default_value = "drbdadm")]
+    pub drbdadm: String,
+    /// The drbdsetup program.
+    #[arg(long, default_value = "drbdsetup")]
+    pub drbdsetup: String,
+}
+
+/// Which drivers a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverKind {
+    Real,
+    Sim,
+}
+
+/// The drivers `args` ask for.
+fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
+    use crate::drivers::drbd::commands::DrbdCommands;
+    use crate::drivers::lvm::{LvmCommands, SimLvm};
+    use crate::drivers::run::SystemRunner;
+    let runner = || SystemRunner {
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let real_drbdadm = std::path::Path::new("/usr/sbin/drbdadm");
+    let validator = real_drbdadm.exists().then(|| real_drbdadm.to_path_buf());
+    Ok(match args.drivers {
+        DriverKind::Real => Drivers {
+            lvm: std::sync::Arc::new(LvmCommands { runner: runner() }),
+            drbd: std::sync::Arc::new(DrbdCommands {
+                runner: runner(),
+                drbdadm: vec![args.drbdadm.clone()],
+                drbdsetup: vec![args.drbdsetup.clone()],
+                config_dir: args.drbd_config_dir.clone().unwrap_or_else(|| "/etc/drbd.d".into()),
+                node: node.into(),
+                validator,
+                env: vec![],
+            }),
+        },
+        DriverKind::Sim => {
+            let dir = args.sim_dir.clone().context("--drivers sim needs --sim-dir")?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let omsim = std::env::current_exe()?.with_file_name("omsim");
+            if !omsim.exists() {
+                bail!(
+                    "--drivers sim needs the omsim binary beside omd ({} is missing)",
+                    omsim.display()
+                );
+            }
+            let omsim = omsim.display().to_string();
+            let vgs = args.report_vg.iter().cloned().collect();
+            Drivers {
+                lvm: std::sync::Arc::new(SimLvm::open(&dir, node, &vgs)?),
+                drbd: std::sync::Arc::new(DrbdCommands {
+                    runner: runner(),
+                    drbdadm: vec![omsim.clone(), "drbdadm".into()],
+                    drbdsetup: vec![omsim, "drbdsetup".into()],
+                    config_dir: args
+                        .drbd_config_dir
+                        .clone()
+                        .unwrap_or_else(|| dir.join(node).join("drbd.d")),
+                    node: node.into(),
+                    validator,
+                    env: vec![("OMRAFT_SIM_DIR".into(), dir.display().to_string())],
+                }),
+            }
+        }
+    })
 }
 
 fn parse_vg(s: &str) -> Result<(String, u64), String> {
@@ -99,7 +177,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         vgs: args.report_vg.iter().cloned().collect(),
         ..Settings::new(&name, args.data_dir.clone(), &addr)
     };
+    let drivers = drivers(&args, &name)?;
     let node = Node::start(settings).await.context("starting the node")?;
+    tokio::spawn(crate::applier::run::run(node.clone(), drivers));
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");
 
     let listeners = Listeners {

@@ -1,0 +1,113 @@
+//! What the log wants of one service on one node, read from the replicated state: its
+//! volumes with their rendered DRBD resource files, whether it is provisioned here, and
+//! whether this node holds it.
+
+use std::collections::BTreeMap;
+
+use super::plan::{Desired, DesiredDrbd, DesiredVolume};
+use crate::drivers::drbd::render::{self, TemplateData, TemplateNode, BUILTIN_TEMPLATE};
+use crate::model::objects::DRBD_TEMPLATES;
+use crate::model::{ClusterState, NodeId, ObjectPath};
+
+/// The host part of a node's `HOST:PORT` cluster address, which DRBD uses too.
+fn host(addr: &str) -> &str {
+    addr.rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// The desired state of `path` on node `me`, and per resource why some part of it could not
+/// be worked out (a template that does not render): those resources are left alone.
+pub fn desired(state: &ClusterState, me: NodeId, path: &ObjectPath) -> (Desired, BTreeMap<String, String>) {
+    let key = path.to_string();
+    let svc = state.services.get(&key).cloned().unwrap_or_default();
+    let mut errors = BTreeMap::new();
+    let mut out = Desired {
+        provisioned: svc.provisioned,
+        active: svc.provisioned && svc.started && svc.placement == Some(me),
+        volumes: vec![],
+    };
+    let Some(obj) = state.objects.get(&key) else {
+        return (out, errors);
+    };
+    for section in obj.config.sections_of("volume") {
+        let Ok(Some(name)) = state.eval(path, &obj.config, &section.name, "name", None) else {
+            continue;
+        };
+        let vol_key = format!("{}/vol/{name}", path.namespace);
+        let Some(alloc) = state.objects.get(&vol_key).and_then(|v| v.alloc.clone()) else {
+            continue;
+        };
+        if !alloc.nodes.contains(&me) {
+            continue;
+        }
+        let drbd = match &alloc.drbd {
+            None => None,
+            Some(d) => {
+                let pool = state.config.get(&format!("pool#{}", alloc.pool));
+                let template = match pool.and_then(|p| p.get("template")) {
+                    None => Some(BUILTIN_TEMPLATE.to_string()),
+                    Some(t) => state
+                        .objects
+                        .get(DRBD_TEMPLATES)
+                        .and_then(|o| o.keys.get(t))
+                        .and_then(|b| String::from_utf8(b.clone()).ok()),
+                };
+                let data = TemplateData {
+                    name: alloc.lv.clone(),
+                    nodes: d
+                        .node_ids
+                        .iter()
+                        .filter_map(|(id, drbd_id)| {
+                            let n = state.nodes.get(id)?;
+                            Some(TemplateNode {
+                                name: n.name.clone(),
+                                addr: format!("ipv4 {}:{}", host(&n.addr), d.port),
+                                device: format!("/dev/drbd{}", d.minor),
+                                disk: format!("/dev/{}/{}", alloc.vg, alloc.lv),
+                                node_id: *drbd_id,
+                            })
+                        })
+                        .collect(),
+                };
+                let rendered = match template {
+                    None => Err("the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
+                    Some(t) => render::render(&t, &data).map_err(|e| e.to_string()),
+                };
+                match rendered.and_then(|c| render::check(&c, &data).map(|_| c).map_err(|e| e.to_string())) {
+                    Ok(config) => Some(DesiredDrbd {
+                        resource: alloc.lv.clone(),
+                        minor: d.minor,
+                        config,
+                        data,
+                    }),
+                    Err(e) => {
+                        errors.insert(section.name.clone(), format!("DRBD resource file: {e}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        out.volumes.push(DesiredVolume {
+            rid: section.name.clone(),
+            volume: vol_key,
+            vg: alloc.vg.clone(),
+            lv: alloc.lv.clone(),
+            size: alloc.size,
+            drbd,
+        });
+    }
+    (out, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host("10.30.0.11:1215"), "10.30.0.11");
+        assert_eq!(host("[::1]:1215"), "::1");
+    }
+}

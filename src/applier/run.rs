@@ -1,0 +1,201 @@
+//! The applier loop of one node: after each applied change (at most every 200 ms) and at least
+//! every second, for each service this node is part of, one after the other (so never two
+//! reconciles of one object at once): observe, plan, execute, and report the instance status
+//! to the cluster when it changed. A failed step is recorded as a warning on its resource and
+//! retried with exponential backoff (1 s to 30 s).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::desired::desired;
+use super::plan::{plan, report, Desired, Observed, Step};
+use crate::daemon::Node;
+use crate::drivers::drbd::commands::Drbd;
+use crate::drivers::lvm::Lvm;
+use crate::model::{Command, InstanceReport, ObjectPath};
+
+/// The drivers a node's applier uses.
+#[derive(Clone)]
+pub struct Drivers {
+    pub lvm: Arc<dyn Lvm>,
+    pub drbd: Arc<dyn Drbd>,
+}
+
+/// Reads what the drivers see of the desired volumes.
+pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String> {
+    let mut o = Observed::default();
+    let mut vgs: Vec<&str> = desired.volumes.iter().map(|v| v.vg.as_str()).collect();
+    vgs.dedup();
+    for vg in vgs {
+        for lv in drivers.lvm.lvs(vg).map_err(|e| e.to_string())? {
+            o.lvs.insert((vg.to_string(), lv.name));
+        }
+    }
+    if desired.volumes.iter().any(|v| v.drbd.is_some()) {
+        for st in drivers.drbd.status().map_err(|e| e.to_string())? {
+            o.drbd.insert(st.name.clone(), st);
+        }
+        for d in desired.volumes.iter().filter_map(|v| v.drbd.as_ref()) {
+            if let Some(text) = drivers.drbd.config(&d.resource) {
+                o.configs.insert(d.resource.clone(), text);
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Runs one step.
+pub fn execute(drivers: &Drivers, desired: &Desired, step: &Step) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    match step {
+        Step::CreateLv { vg, lv, size } => drivers.lvm.lvcreate(vg, lv, *size).map_err(|x| e(&x)),
+        Step::RemoveLv { vg, lv } => drivers.lvm.lvremove(vg, lv).map_err(|x| e(&x)),
+        Step::WriteConfig { resource } => {
+            let d = desired
+                .volumes
+                .iter()
+                .filter_map(|v| v.drbd.as_ref())
+                .find(|d| &d.resource == resource)
+                .ok_or("no such resource")?;
+            drivers
+                .drbd
+                .write_config(resource, &d.config, &d.data)
+                .map_err(|x| e(&x))
+        }
+        Step::RemoveConfig { resource } => drivers.drbd.remove_config(resource).map_err(|x| e(&x)),
+        Step::CreateMd { resource } => drivers.drbd.create_md(resource).map_err(|x| e(&x)),
+        Step::Up { resource } => drivers.drbd.up(resource).map_err(|x| e(&x)),
+        Step::Down { resource } => drivers.drbd.down(resource).map_err(|x| e(&x)),
+        Step::Primary { resource, force } => drivers.drbd.primary(resource, *force).map_err(|x| e(&x)),
+        Step::Secondary { resource } => drivers.drbd.secondary(resource).map_err(|x| e(&x)),
+    }
+}
+
+/// The resource (`volume#data`) a step acts on, for its error.
+fn rid_of(desired: &Desired, step: &Step) -> String {
+    let name = match step {
+        Step::CreateLv { lv, .. } | Step::RemoveLv { lv, .. } => lv,
+        Step::WriteConfig { resource }
+        | Step::RemoveConfig { resource }
+        | Step::CreateMd { resource }
+        | Step::Up { resource }
+        | Step::Down { resource }
+        | Step::Primary { resource, .. }
+        | Step::Secondary { resource } => resource,
+    };
+    desired
+        .volumes
+        .iter()
+        .find(|v| &v.lv == name)
+        .map(|v| v.rid.clone())
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Retry {
+    failures: u32,
+    next: Option<Instant>,
+    errors: BTreeMap<String, String>,
+}
+
+/// One reconcile of one service: observe, plan, execute until a step fails, observe again.
+fn reconcile(drivers: &Drivers, path: &ObjectPath, desired: &Desired, retry: &mut Retry) -> Result<Observed, String> {
+    let observed = observe(drivers, desired)?;
+    let steps = plan(desired, &observed);
+    if steps.is_empty() {
+        retry.errors.clear();
+        retry.failures = 0;
+        return Ok(observed);
+    }
+    if retry.next.is_some_and(|t| Instant::now() < t) {
+        return Ok(observed);
+    }
+    for step in &steps {
+        match execute(drivers, desired, step) {
+            Ok(()) => info!(object = %path, ?step, "done"),
+            Err(err) => {
+                warn!(object = %path, ?step, "failed: {err}");
+                retry.failures += 1;
+                let wait = Duration::from_secs(1u64 << retry.failures.min(5)).min(Duration::from_secs(30));
+                retry.next = Some(Instant::now() + wait);
+                retry
+                    .errors
+                    .insert(rid_of(desired, step), format!("{step:?} failed: {err}"));
+                return observe(drivers, desired);
+            }
+        }
+    }
+    retry.errors.clear();
+    retry.failures = 0;
+    retry.next = None;
+    observe(drivers, desired)
+}
+
+/// Runs the applier of `node` until the process ends.
+pub async fn run(node: Arc<Node>, drivers: Drivers) {
+    let mut sent: BTreeMap<String, InstanceReport> = BTreeMap::new();
+    let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
+    loop {
+        let m = node.member();
+        let mut data = m.raft.data_metrics();
+        tokio::select! {
+            _ = data.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let me = m.id;
+        let work: Vec<(ObjectPath, Desired, BTreeMap<String, String>)> = m.sm.read(|d| {
+            d.state
+                .objects
+                .keys()
+                .filter_map(|p| ObjectPath::parse(p).ok())
+                .filter(|p| p.kind == "svc")
+                .filter(|p| d.state.service_nodes(p).contains(&me) || sent.contains_key(&p.to_string()))
+                .map(|p| {
+                    let (want, errors) = desired(&d.state, me, &p);
+                    (p, want, errors)
+                })
+                .collect()
+        });
+        for (path, want, render_errors) in work {
+            let key = path.to_string();
+            let mut retry = retries.remove(&key).unwrap_or_default();
+            let d = drivers.clone();
+            let (p, w) = (path.clone(), want.clone());
+            let (res, retry_back) = tokio::task::spawn_blocking(move || {
+                let r = reconcile(&d, &p, &w, &mut retry);
+                (r, retry)
+            })
+            .await
+            .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default()));
+            retries.insert(key.clone(), retry_back);
+            let observed = match res {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(object = %path, "observing: {e}");
+                    continue;
+                }
+            };
+            let mut errors = render_errors;
+            errors.extend(retries[&key].errors.clone());
+            let rep = report(&want, &observed, &errors);
+            if sent.get(&key) != Some(&rep) {
+                let cmd = Command::ReportInstance {
+                    path: path.clone(),
+                    node_id: me,
+                    report: rep.clone(),
+                };
+                match node.write(cmd).await {
+                    Ok(_) => {
+                        sent.insert(key, rep);
+                    }
+                    Err(e) => warn!(object = %path, "reporting status: {}", e.message()),
+                }
+            }
+        }
+        // At most one pass every 200 ms, however fast the log moves.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
