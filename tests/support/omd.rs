@@ -43,6 +43,8 @@ impl Omd {
             .open(self.dir.with_extension("log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_omd"))
+            // With --drivers sim, a short initial DRBD resync.
+            .env("OMRAFT_SIM_SYNC_MS", "1500")
             .args([
                 "--node-name",
                 &self.name,
@@ -124,11 +126,19 @@ pub fn stderr(o: &Output) -> String {
 
 /// Three daemons: n2 joined to n1, and n3 as a witness, with the real omctl.
 pub async fn three(root: &Path) -> Vec<Omd> {
+    three_with(root, &[]).await
+}
+
+/// `three` with extra `omd` arguments for every node (e.g. the simulated drivers).
+pub async fn three_with(root: &Path, common: &[&str]) -> Vec<Omd> {
     // n1 and n2 are data nodes with a 5 GiB volume group `data`; n3 joins as the witness.
     let nodes: Vec<Omd> = (1..=3)
         .map(|i| {
-            let extra: &[&str] = if i < 3 { &["--report-vg", "data=5G"] } else { &[] };
-            Omd::spawn_with(&format!("n{i}"), root, &format!("127.0.0.1:{}", free_port()), extra)
+            let mut extra: Vec<&str> = common.to_vec();
+            if i < 3 {
+                extra.extend(["--report-vg", "data=5G"]);
+            }
+            Omd::spawn_with(&format!("n{i}"), root, &format!("127.0.0.1:{}", free_port()), &extra)
         })
         .collect();
     let c1 = local_client(&nodes[0].dir).await;

@@ -1,0 +1,119 @@
+//! The node applier on three real `omd` with the simulated drivers (`--drivers sim`): the
+//! tutorial from `provision --wait` to `instance status -r` and `instance device list`, then
+//! stop, start and unprovision. The DRBD simulator is reached through the real DRBD driver and
+//! logs any moment two nodes are Primary without allow-two-primaries: that log stays empty.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use support::omd::*;
+
+fn ok(server: &str, args: &[&str]) -> String {
+    let out = omctl(server, args);
+    assert!(out.status.success(), "omctl {args:?} failed: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = tmp.path().join("sim");
+    let sim_arg = sim.to_str().unwrap();
+    let nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim_arg]).await;
+    let (n1, n2) = (nodes[0].server(), nodes[1].server());
+    ok(&n1, &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
+    ok(
+        &n1,
+        &[
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "pool#drbdvm.type=drbd",
+            "--set",
+            "pool#drbdvm.vg=data",
+        ],
+    );
+    ok(
+        &n1,
+        &[
+            "demo/svc/kvm1",
+            "create",
+            "--kw",
+            "nodes={clusternodes}",
+            "--kw",
+            "orchestrate=ha",
+        ],
+    );
+    let vol = [
+        "--set",
+        "volume#data.size=1G",
+        "--set",
+        "volume#data.shared=true",
+        "--set",
+        "volume#data.pool=drbdvm",
+    ];
+    // The VG reports arrive shortly after the joins.
+    support::eventually(20, "the volume to be allocated", || {
+        let n1 = n1.clone();
+        async move {
+            omctl(&n1, &[&["demo/svc/kvm1", "config", "update"][..], &vol].concat())
+                .status
+                .success()
+                .then_some(())
+        }
+    })
+    .await;
+
+    let out = ok(&n2, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows[0], "OBJECT         ORCHESTRATION_ID                      ERROR");
+    assert!(
+        rows[1].starts_with("demo/svc/kvm1  ") && rows[1].ends_with("  -"),
+        "{out}"
+    );
+    assert_eq!(
+        ok(&n1, &["demo/svc/kvm1", "instance", "status", "-r"]),
+        "demo/svc/kvm1                    up\n\
+         └ instances\n\
+         \x20 ├ n2                           down  idle\n\
+         \x20 └ n1                           up    idle started\n\
+         \x20   └ resources\n\
+         \x20     └ volume#data    ........  up    kvm1\n"
+    );
+    assert_eq!(
+        ok(&n2, &["demo/svc/kvm1", "instance", "ls"]),
+        "OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    up\ndemo/svc/kvm1  n2    down\n"
+    );
+    assert!(ok(&n1, &["demo/svc/kvm1", "instance", "device", "list"]).contains("exposed  /dev/drbd0"));
+    // What the nodes did: an LV each, and the resource file rendered from the built-in template.
+    for node in ["n1", "n2"] {
+        let lvm = std::fs::read_to_string(sim.join(format!("lvm-{node}.json"))).unwrap();
+        assert!(lvm.contains("kvm1.demo.vol.drbd4kvm"), "{node}: {lvm}");
+        let res = std::fs::read_to_string(sim.join(node).join("drbd.d/kvm1.demo.vol.drbd4kvm.res")).unwrap();
+        assert!(
+            res.starts_with("resource kvm1.demo.vol.drbd4kvm {") && res.contains("address   ipv4 127.0.0.1:7289;"),
+            "{res}"
+        );
+    }
+
+    ok(&n1, &["demo/svc/kvm1", "stop", "--wait", "--time", "30s"]);
+    assert!(ok(&n1, &["demo/svc/kvm1", "instance", "ls"]).contains("n1    down"));
+    ok(&n1, &["demo/svc/kvm1", "start", "--wait", "--time", "30s"]);
+    assert!(ok(&n1, &["demo/svc/kvm1", "instance", "ls"]).contains("n1    up"));
+    let out = omctl(&n1, &["demo/svc/kvm1", "delete"]);
+    assert!(
+        out.status.code() == Some(1) && stderr(&out).contains("unprovision it"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&n1, &["demo/svc/kvm1", "unprovision", "--wait", "--time", "30s"]);
+    for node in ["n1", "n2"] {
+        let lvm = std::fs::read_to_string(sim.join(format!("lvm-{node}.json"))).unwrap();
+        assert!(!lvm.contains("kvm1.demo.vol.drbd4kvm"), "{node} kept its LV: {lvm}");
+        assert!(!sim.join(node).join("drbd.d/kvm1.demo.vol.drbd4kvm.res").exists());
+    }
+    ok(&n1, &["demo/svc/kvm1", "delete"]);
+    let violations = std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default();
+    assert_eq!(violations, "", "the simulator saw a split brain");
+}
