@@ -22,6 +22,26 @@ fn age_ms(t: Option<Instant>) -> Option<u64> {
     t.map(|t| t.elapsed().as_millis() as u64)
 }
 
+/// Each node's reported avail of the instance at `path`, by node name: `warn` when an up
+/// instance carries warnings.
+fn instance_avails(state: &crate::model::ClusterState, path: &str) -> std::collections::HashMap<String, String> {
+    let Some(reports) = state.reports.get(path) else {
+        return Default::default();
+    };
+    reports
+        .iter()
+        .filter_map(|(id, rep)| {
+            let name = state.nodes.get(id)?.name.clone();
+            let avail = if rep.warn && rep.avail != crate::model::Avail::Down {
+                "warn".into()
+            } else {
+                rep.avail.to_string()
+            };
+            Some((name, avail))
+        })
+        .collect()
+}
+
 /// This node's own status, from its Raft metrics and link records.
 pub fn node_status(node: &Node) -> pb::NodeStatus {
     let m = node.member();
@@ -99,6 +119,7 @@ pub async fn mon(node: &Arc<Node>) -> pb::MonReply {
                     .get(crate::config::ini::DEFAULT, "orchestrate")
                     .unwrap_or("no")
                     .into(),
+                avail: instance_avails(&d.state, p),
             })
             .collect();
         (

@@ -247,6 +247,7 @@ struct MonView<'a> {
 struct MonObjectView<'a> {
     path: &'a str,
     orchestrate: &'a str,
+    avail: &'a std::collections::HashMap<String, String>,
 }
 
 impl<'a> From<&'a pb::Link> for LinkView<'a> {
@@ -761,6 +762,7 @@ impl Printer {
                     .map(|o| MonObjectView {
                         path: &o.path,
                         orchestrate: &o.orchestrate,
+                        avail: &o.avail,
                     })
                     .collect(),
             };
@@ -818,11 +820,19 @@ impl Printer {
                 ),
             ],
         );
-        // Instance states per node come with the applier; until then each node shows "-".
+        // Each node's reported instance avail; "-" where the node reported nothing.
         let object_rows: Vec<(&str, Vec<String>)> = r
             .objects
             .iter()
-            .map(|o| (o.path.as_str(), vec!["-".to_string(); names.len()]))
+            .map(|o| {
+                (
+                    o.path.as_str(),
+                    names
+                        .iter()
+                        .map(|n| o.avail.get(*n).cloned().unwrap_or_else(|| "-".into()))
+                        .collect(),
+                )
+            })
             .collect();
         let objects = frame("Objects ~ *", &names, &object_rows);
         let mut text = format!(

@@ -86,6 +86,16 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         "OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    up\ndemo/svc/kvm1  n2    down\n"
     );
     assert!(ok(&n1, &["demo/svc/kvm1", "instance", "device", "list"]).contains("exposed  /dev/drbd0"));
+    let mon = ok(&n2, &["mon"]);
+    let row = mon
+        .lines()
+        .find(|l| l.starts_with(" demo/svc/kvm1"))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["demo/svc/kvm1", "|", "up", "down", "-"],
+        "{mon}"
+    );
     // What the nodes did: an LV each, and the resource file rendered from the built-in template.
     for node in ["n1", "n2"] {
         let lvm = std::fs::read_to_string(sim.join(format!("lvm-{node}.json"))).unwrap();
