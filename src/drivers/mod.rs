@@ -3,5 +3,6 @@
 //! refuses. The only code that runs external commands.
 
 pub mod drbd;
+pub mod hypervisor;
 pub mod lvm;
 pub mod run;

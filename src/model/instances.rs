@@ -77,7 +77,7 @@ pub struct InstanceReport {
 }
 
 impl ClusterState {
-    fn service(&self, path: &ObjectPath) -> Result<(), Rejection> {
+    pub(super) fn service(&self, path: &ObjectPath) -> Result<(), Rejection> {
         if path.kind != "svc" {
             return Err(Rejection::NotAService(path.to_string()));
         }

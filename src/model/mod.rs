@@ -119,6 +119,12 @@ pub enum Command {
         node_id: NodeId,
         report: InstanceReport,
     },
+    /// The libvirt XML of a kvm container's domain, captured from the node that has it.
+    CaptureDomain {
+        path: ObjectPath,
+        name: String,
+        xml: String,
+    },
 }
 
 impl fmt::Display for Command {
@@ -154,6 +160,7 @@ impl fmt::Display for Command {
             Command::ReportInstance { path, node_id, report } => {
                 write!(f, "node {node_id} reports {path} {}", report.avail)
             }
+            Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
         }
     }
 }
@@ -194,6 +201,8 @@ pub enum Rejection {
     NoNodes(String),
     #[error("{0} is not provisioned: run provision first")]
     NotProvisioned(String),
+    #[error("the domain XML of {0} is too large or does not name the domain")]
+    BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
 }
@@ -259,6 +268,13 @@ impl ClusterState {
             Command::Unprovision { path } => self.check_needs_provisioned(path),
             Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
+            Command::CaptureDomain { path, name, xml } => {
+                self.service(path)?;
+                if xml.len() > objects::MAX_KEY_BYTES || !xml.contains(&format!("<name>{name}</name>")) {
+                    return Err(Rejection::BadDomain(name.clone()));
+                }
+                Ok(())
+            }
             Command::ReportInstance { path, node_id, .. } => {
                 if !self.nodes.contains_key(node_id) {
                     return Err(Rejection::UnknownNode(*node_id));
@@ -408,6 +424,14 @@ impl ClusterState {
                     .entry(path.to_string())
                     .or_default()
                     .insert(*node_id, report.clone());
+                Response::Done
+            }
+            Command::CaptureDomain { path, name, xml } => {
+                self.services
+                    .entry(path.to_string())
+                    .or_default()
+                    .domains
+                    .insert(name.clone(), xml.clone());
                 Response::Done
             }
         }

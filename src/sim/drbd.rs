@@ -355,6 +355,34 @@ impl Sim {
         })
     }
 
+    /// The resource whose device on this node has `minor`, if any.
+    pub fn resource_of_minor(&self, minor: u32) -> Result<Option<String>, String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("drbd")) else {
+            return Ok(None);
+        };
+        for e in entries.flatten() {
+            let Some(res) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let node = self.node.clone();
+            if self.with_state(&res, |s| s.nodes.get(&node).is_some_and(|x| x.up && x.minor == minor))? {
+                return Ok(Some(res));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether this node is Primary for `res`.
+    pub fn is_primary(&self, res: &str) -> Result<bool, String> {
+        let node = self.node.clone();
+        self.with_state(res, |s| s.nodes.get(&node).is_some_and(|x| x.up && x.primary))
+    }
+
     /// `drbdsetup status --json`: every resource up on this node.
     pub fn drbdsetup(&self, args: &[String]) -> Output {
         if args.first().map(String::as_str) != Some("status") || !args.iter().any(|a| a == "--json") {
