@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use super::plan::{Desired, DesiredDrbd, DesiredVolume};
+use super::plan::{Desired, DesiredContainer, DesiredDrbd, DesiredVolume};
+use crate::config::kind::parse_duration;
 use crate::drivers::drbd::render::{self, TemplateData, TemplateNode, BUILTIN_TEMPLATE};
 use crate::model::objects::DRBD_TEMPLATES;
 use crate::model::{ClusterState, NodeId, ObjectPath};
@@ -27,10 +28,26 @@ pub fn desired(state: &ClusterState, me: NodeId, path: &ObjectPath) -> (Desired,
         provisioned: svc.provisioned,
         active: svc.provisioned && svc.started && svc.placement == Some(me),
         volumes: vec![],
+        containers: vec![],
     };
     let Some(obj) = state.objects.get(&key) else {
         return (out, errors);
     };
+    for section in obj.config.sections_of("container") {
+        let eval = |kw: &str| state.eval(path, &obj.config, &section.name, kw, None).ok().flatten();
+        if eval("type").as_deref() != Some("kvm") {
+            continue;
+        }
+        let Some(domain) = eval("name") else { continue };
+        out.containers.push(DesiredContainer {
+            rid: section.name.clone(),
+            xml: svc.domains.get(&domain).cloned(),
+            domain,
+            stop_timeout_secs: eval("stop_timeout")
+                .and_then(|t| parse_duration(&t).ok())
+                .unwrap_or(120),
+        });
+    }
     for section in obj.config.sections_of("volume") {
         let Ok(Some(name)) = state.eval(path, &obj.config, &section.name, "name", None) else {
             continue;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::drivers::drbd::render::TemplateData;
 use crate::drivers::drbd::status::ResourceStatus;
+use crate::drivers::hypervisor::DomainState;
 use crate::model::{Avail, InstanceReport, ResourceReport};
 
 /// What the log wants of one service on this node.
@@ -15,6 +16,18 @@ pub struct Desired {
     /// This node holds the service: DRBD Primary here.
     pub active: bool,
     pub volumes: Vec<DesiredVolume>,
+    pub containers: Vec<DesiredContainer>,
+}
+
+/// A kvm container: the libvirt domain that runs where the service is active.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredContainer {
+    /// `container#1`.
+    pub rid: String,
+    pub domain: String,
+    /// The captured domain XML, once some node had the domain.
+    pub xml: Option<String>,
+    pub stop_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +60,8 @@ pub struct Observed {
     pub configs: BTreeMap<String, String>,
     /// Resources that are up, by name.
     pub drbd: BTreeMap<String, ResourceStatus>,
+    /// The state of each desired container's domain.
+    pub domains: BTreeMap<String, DomainState>,
 }
 
 /// One action on this node, in the order given.
@@ -61,6 +76,9 @@ pub enum Step {
     Down { resource: String },
     RemoveConfig { resource: String },
     RemoveLv { vg: String, lv: String },
+    DefineDomain { name: String },
+    StartDomain { name: String },
+    StopDomain { name: String, timeout_secs: u64 },
 }
 
 fn all_peers_fresh(st: &ResourceStatus) -> bool {
@@ -71,7 +89,42 @@ fn all_peers_fresh(st: &ResourceStatus) -> bool {
 }
 
 /// The steps that bring `observed` to `desired`. Idempotent: when they agree, nothing.
+/// Guests stop before their volumes are demoted, and start only once every volume is
+/// Primary and UpToDate here.
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let state = |c: &DesiredContainer| observed.domains.get(&c.domain).copied().unwrap_or(DomainState::Absent);
+    if !desired.active {
+        for c in desired.containers.iter().filter(|c| state(c) == DomainState::Running) {
+            steps.push(Step::StopDomain {
+                name: c.domain.clone(),
+                timeout_secs: c.stop_timeout_secs,
+            });
+        }
+    }
+    steps.extend(plan_volumes(desired, observed));
+    let volumes_ready = steps.is_empty()
+        && desired.volumes.iter().filter_map(|v| v.drbd.as_ref()).all(|d| {
+            observed.drbd.get(&d.resource).is_some_and(|st| {
+                st.role == "Primary" && st.devices.first().is_some_and(|x| x.disk_state == "UpToDate")
+            })
+        });
+    if desired.active && volumes_ready {
+        for c in &desired.containers {
+            match (state(c), &c.xml) {
+                (DomainState::Absent, Some(_)) => {
+                    steps.push(Step::DefineDomain { name: c.domain.clone() });
+                    steps.push(Step::StartDomain { name: c.domain.clone() });
+                }
+                (DomainState::ShutOff, _) => steps.push(Step::StartDomain { name: c.domain.clone() }),
+                _ => {}
+            }
+        }
+    }
+    steps
+}
+
+fn plan_volumes(desired: &Desired, observed: &Observed) -> Vec<Step> {
     let mut steps = Vec::new();
     for v in &desired.volumes {
         let lv_exists = observed.lvs.contains(&(v.vg.clone(), v.lv.clone()));
@@ -213,6 +266,7 @@ mod tests {
         Desired {
             provisioned,
             active,
+            containers: vec![],
             volumes: vec![DesiredVolume {
                 rid: "volume#data".into(),
                 volume: "demo/vol/kvm1".into(),
@@ -261,6 +315,7 @@ mod tests {
                 BTreeMap::new()
             },
             drbd: st.map(|s| [(RES.to_string(), s)].into()).unwrap_or_default(),
+            domains: BTreeMap::new(),
         }
     }
 
@@ -356,6 +411,66 @@ mod tests {
         assert_eq!(
             plan(&desired(true, true), &o),
             vec![Step::WriteConfig { resource: r() }]
+        );
+    }
+
+    fn with_vm(mut d: Desired, xml: bool) -> Desired {
+        d.containers.push(DesiredContainer {
+            rid: "container#1".into(),
+            domain: "kvm1".into(),
+            xml: xml.then(|| "<domain><name>kvm1</name></domain>".into()),
+            stop_timeout_secs: 120,
+        });
+        d
+    }
+
+    #[test]
+    fn guest_starts_only_on_an_uptodate_primary_and_stops_before_demotion() {
+        let syncing_secondary = status("Secondary", "UpToDate", "Connected", "UpToDate", None);
+        // Promote first; the guest waits for the next pass.
+        let steps = plan(
+            &with_vm(desired(true, true), true),
+            &observed(true, true, Some(syncing_secondary)),
+        );
+        assert_eq!(
+            steps,
+            vec![Step::Primary {
+                resource: r(),
+                force: false
+            }]
+        );
+        let primary = status("Primary", "UpToDate", "Connected", "UpToDate", None);
+        let steps = plan(
+            &with_vm(desired(true, true), true),
+            &observed(true, true, Some(primary.clone())),
+        );
+        assert_eq!(
+            steps,
+            vec![
+                Step::DefineDomain { name: "kvm1".into() },
+                Step::StartDomain { name: "kvm1".into() }
+            ]
+        );
+        // Not captured yet: nothing to define from.
+        assert_eq!(
+            plan(
+                &with_vm(desired(true, true), false),
+                &observed(true, true, Some(primary.clone()))
+            ),
+            vec![]
+        );
+        let mut running = observed(true, true, Some(primary));
+        running.domains.insert("kvm1".into(), DomainState::Running);
+        assert_eq!(plan(&with_vm(desired(true, true), true), &running), vec![]);
+        assert_eq!(
+            plan(&with_vm(desired(true, false), true), &running),
+            vec![
+                Step::StopDomain {
+                    name: "kvm1".into(),
+                    timeout_secs: 120
+                },
+                Step::Secondary { resource: r() }
+            ]
         );
     }
 

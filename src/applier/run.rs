@@ -14,6 +14,7 @@ use super::desired::desired;
 use super::plan::{plan, report, Desired, Observed, Step};
 use crate::daemon::Node;
 use crate::drivers::drbd::commands::Drbd;
+use crate::drivers::hypervisor::{DomainState, Hypervisor};
 use crate::drivers::lvm::Lvm;
 use crate::model::{Command, InstanceReport, ObjectPath};
 
@@ -22,6 +23,7 @@ use crate::model::{Command, InstanceReport, ObjectPath};
 pub struct Drivers {
     pub lvm: Arc<dyn Lvm>,
     pub drbd: Arc<dyn Drbd>,
+    pub hypervisor: Arc<dyn Hypervisor>,
 }
 
 /// Reads what the drivers see of the desired volumes.
@@ -43,6 +45,12 @@ pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String>
                 o.configs.insert(d.resource.clone(), text);
             }
         }
+    }
+    for c in &desired.containers {
+        o.domains.insert(
+            c.domain.clone(),
+            drivers.hypervisor.state(&c.domain).map_err(|e| e.to_string())?,
+        );
     }
     Ok(o)
 }
@@ -71,12 +79,50 @@ pub fn execute(drivers: &Drivers, desired: &Desired, step: &Step) -> Result<(), 
         Step::Down { resource } => drivers.drbd.down(resource).map_err(|x| e(&x)),
         Step::Primary { resource, force } => drivers.drbd.primary(resource, *force).map_err(|x| e(&x)),
         Step::Secondary { resource } => drivers.drbd.secondary(resource).map_err(|x| e(&x)),
+        Step::DefineDomain { name } => {
+            let xml = desired
+                .containers
+                .iter()
+                .find(|c| &c.domain == name)
+                .and_then(|c| c.xml.as_ref())
+                .ok_or("the domain XML was never captured")?;
+            drivers.hypervisor.define(xml).map_err(|x| e(&x))
+        }
+        Step::StartDomain { name } => drivers.hypervisor.start(name).map_err(|x| e(&x)),
+        Step::StopDomain { name, timeout_secs } => drivers
+            .hypervisor
+            .stop(name, Duration::from_secs(*timeout_secs))
+            .map_err(|x| e(&x)),
     }
+}
+
+/// The domain XMLs this node has that the cluster has not captured yet.
+fn uncaptured(drivers: &Drivers, desired: &Desired, observed: &Observed) -> Vec<(String, String)> {
+    desired
+        .containers
+        .iter()
+        .filter(|c| {
+            c.xml.is_none()
+                && observed
+                    .domains
+                    .get(&c.domain)
+                    .is_some_and(|s| *s != DomainState::Absent)
+        })
+        .filter_map(|c| Some((c.domain.clone(), drivers.hypervisor.xml(&c.domain).ok()??)))
+        .collect()
 }
 
 /// The resource (`volume#data`) a step acts on, for its error.
 fn rid_of(desired: &Desired, step: &Step) -> String {
     let name = match step {
+        Step::DefineDomain { name } | Step::StartDomain { name } | Step::StopDomain { name, .. } => {
+            return desired
+                .containers
+                .iter()
+                .find(|c| &c.domain == name)
+                .map(|c| c.rid.clone())
+                .unwrap_or_default();
+        }
         Step::CreateLv { lv, .. } | Step::RemoveLv { lv, .. } => lv,
         Step::WriteConfig { resource }
         | Step::RemoveConfig { resource }
@@ -164,12 +210,26 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             let mut retry = retries.remove(&key).unwrap_or_default();
             let d = drivers.clone();
             let (p, w) = (path.clone(), want.clone());
-            let (res, retry_back) = tokio::task::spawn_blocking(move || {
+            let (res, retry_back, captures) = tokio::task::spawn_blocking(move || {
                 let r = reconcile(&d, &p, &w, &mut retry);
-                (r, retry)
+                let captures = r.as_ref().map(|o| uncaptured(&d, &w, o)).unwrap_or_default();
+                (r, retry, captures)
             })
             .await
-            .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default()));
+            .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default(), vec![]));
+            for (name, xml) in captures {
+                match node
+                    .write(Command::CaptureDomain {
+                        path: path.clone(),
+                        name: name.clone(),
+                        xml,
+                    })
+                    .await
+                {
+                    Ok(_) => info!(object = %path, domain = %name, "captured the domain XML"),
+                    Err(e) => warn!(object = %path, domain = %name, "capturing the domain XML: {}", e.message()),
+                }
+            }
             retries.insert(key.clone(), retry_back);
             let observed = match res {
                 Ok(o) => o,

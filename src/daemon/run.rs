@@ -62,6 +62,9 @@ pub struct Args {
     /// The drbdsetup program.
     #[arg(long, default_value = "drbdsetup")]
     pub drbdsetup: String,
+    /// The libvirt connection of the real hypervisor driver.
+    #[arg(long, default_value = "qemu:///system")]
+    pub libvirt_uri: String,
 }
 
 /// Which drivers a node uses.
@@ -83,6 +86,7 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
     let validator = real_drbdadm.exists().then(|| real_drbdadm.to_path_buf());
     Ok(match args.drivers {
         DriverKind::Real => Drivers {
+            hypervisor: std::sync::Arc::new(crate::drivers::libvirt::Libvirt::new(&args.libvirt_uri)),
             lvm: std::sync::Arc::new(LvmCommands { runner: runner() }),
             drbd: std::sync::Arc::new(DrbdCommands {
                 runner: runner(),
@@ -107,6 +111,7 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
             let omsim = omsim.display().to_string();
             let vgs = args.report_vg.iter().cloned().collect();
             Drivers {
+                hypervisor: std::sync::Arc::new(crate::drivers::hypervisor::SimHypervisor::new(&dir, node)),
                 lvm: std::sync::Arc::new(SimLvm::open(&dir, node, &vgs)?),
                 drbd: std::sync::Arc::new(DrbdCommands {
                     runner: runner(),

@@ -4,5 +4,6 @@
 
 pub mod drbd;
 pub mod hypervisor;
+pub mod libvirt;
 pub mod lvm;
 pub mod run;
