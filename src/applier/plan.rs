@@ -240,6 +240,30 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
             messages,
         });
     }
+    for c in &desired.containers {
+        let mut messages = Vec::new();
+        let state = observed.domains.get(&c.domain).copied().unwrap_or(DomainState::Absent);
+        if state == DomainState::Absent && c.xml.is_none() {
+            messages.push(format!(
+                "domain {} is not defined here and was never captured",
+                c.domain
+            ));
+        }
+        if let Some(e) = errors.get(&c.rid) {
+            messages.push(e.clone());
+        }
+        let avail = if state == DomainState::Running {
+            Avail::Up
+        } else {
+            Avail::Down
+        };
+        resources.push(ResourceReport {
+            rid: c.rid.clone(),
+            avail,
+            label: format!("kvm {}", c.domain),
+            messages,
+        });
+    }
     let ups = resources.iter().filter(|r| r.avail == Avail::Up).count();
     let warn = resources.iter().any(|r| !r.messages.is_empty());
     let avail = match (ups, resources.len()) {

@@ -2,12 +2,18 @@
 //! machines where DRBD cannot run. `omsim drbdadm ARGS...`, `omsim drbdsetup ARGS...`; the
 //! node comes from `__DRBD_NODE__` (as drbdadm's own override) and the shared state directory
 //! from `OMRAFT_SIM_DIR`.
+//!
+//! `omsim virsh --node NODE define FILE|start NAME|destroy NAME|list` acts on a node's
+//! simulated libvirt: the simulator's equivalent of the tutorial's manual `virt-install`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("virsh") {
+        std::process::exit(virsh(&args[1..]));
+    }
     let (Ok(dir), Ok(node)) = (std::env::var("OMRAFT_SIM_DIR"), std::env::var("__DRBD_NODE__")) else {
         eprintln!("omsim: set OMRAFT_SIM_DIR and __DRBD_NODE__");
         std::process::exit(20);
@@ -24,4 +30,37 @@ fn main() {
     let _ = std::io::stdout().write_all(out.stdout.as_bytes());
     let _ = std::io::stderr().write_all(out.stderr.as_bytes());
     std::process::exit(out.code);
+}
+
+/// `virsh --node NODE VERB ARG` on the simulated libvirt of NODE.
+fn virsh(args: &[String]) -> i32 {
+    use omraft::drivers::hypervisor::{Hypervisor, SimHypervisor};
+    let Ok(dir) = std::env::var("OMRAFT_SIM_DIR") else {
+        eprintln!("omsim virsh: set OMRAFT_SIM_DIR");
+        return 2;
+    };
+    let (node, verb, arg) = match args {
+        [flag, node, verb, rest @ ..] if flag == "--node" => (node, verb.as_str(), rest.first()),
+        _ => {
+            eprintln!("usage: omsim virsh --node NODE define FILE|start NAME|destroy NAME|list");
+            return 2;
+        }
+    };
+    let hv = SimHypervisor::new(&PathBuf::from(dir), node);
+    let res = match (verb, arg) {
+        ("define", Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| format!("{file}: {e}"))
+            .and_then(|xml| hv.define(&xml).map_err(|e| e.to_string())),
+        ("start", Some(name)) => hv.start(name).map_err(|e| e.to_string()),
+        ("destroy", Some(name)) => hv.destroy(name).map_err(|e| e.to_string()),
+        ("list", None) => hv.list().map(|l| print!("{l}")).map_err(|e| e.to_string()),
+        _ => Err(format!("unknown or incomplete command {verb:?}")),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

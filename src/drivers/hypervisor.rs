@@ -150,6 +150,17 @@ impl SimHypervisor {
     }
 }
 
+impl SimHypervisor {
+    /// `virsh list --all`: each domain and whether it runs.
+    pub fn list(&self) -> Result<String, HypervisorError> {
+        let d = self.load(&self.node)?;
+        Ok(d.domains
+            .iter()
+            .map(|(n, x)| format!("{n} {}\n", if x.running { "running" } else { "shut off" }))
+            .collect())
+    }
+}
+
 impl Hypervisor for SimHypervisor {
     fn state(&self, name: &str) -> Result<DomainState, HypervisorError> {
         Ok(match self.load(&self.node)?.domains.get(name) {

@@ -107,10 +107,81 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         );
     }
 
+    // The tutorial's manual VM creation on n1, with the simulator's virsh.
+    let xml = tmp.path().join("kvm1.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='qemu'><name>kvm1</name><memory>131072</memory>\
+         <devices><disk type='block'><source dev='/dev/drbd0'/><target dev='vda'/></disk></devices></domain>",
+    )
+    .unwrap();
+    let virsh = |node: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_omsim"))
+            .args(["virsh", "--node", node])
+            .args(args)
+            .env("OMRAFT_SIM_DIR", &sim)
+            .output()
+            .unwrap()
+    };
+    assert!(virsh("n1", &["define", xml.to_str().unwrap()]).status.success());
+    // n2 is Secondary: QEMU cannot open the device there.
+    assert!(virsh("n2", &["define", xml.to_str().unwrap()]).status.success());
+    let refused = virsh("n2", &["start", "kvm1"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Wrong medium type"),
+        "{refused:?}"
+    );
+    assert!(virsh("n1", &["start", "kvm1"]).status.success());
+    ok(
+        &n1,
+        &[
+            "demo/svc/kvm1",
+            "config",
+            "update",
+            "--set",
+            "container#1.type=kvm",
+            "--set",
+            "container#1.name=kvm1",
+        ],
+    );
+    let tree = support::eventually(20, "the container in the status tree", || {
+        let n2 = n2.clone();
+        async move {
+            let t = ok(&n2, &["demo/svc/kvm1", "print", "status", "-r"]);
+            t.contains("container#1").then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(
+        tree,
+        "demo/svc/kvm1                    up\n\
+         └ instances\n\
+         \x20 ├ n2                           down  idle\n\
+         \x20 └ n1                           up    idle started\n\
+         \x20   └ resources\n\
+         \x20     ├ volume#data    ........  up    kvm1\n\
+         \x20     └ container#1    ........  up    kvm kvm1\n"
+    );
+    let out = ok(
+        &n1,
+        &["demo/svc/kvm1", "instance", "provision", "--state-only", "--node", "n2"],
+    );
+    assert!(
+        out.starts_with("OBJECT         NODE  SID\ndemo/svc/kvm1  n2    "),
+        "{out}"
+    );
+    let running_on = |node: &str| String::from_utf8_lossy(&virsh(node, &["list"]).stdout).contains("kvm1 running");
+
     ok(&n1, &["demo/svc/kvm1", "stop", "--wait", "--time", "30s"]);
+    assert!(!running_on("n1"), "the guest stopped before the volume was demoted");
     assert!(ok(&n1, &["demo/svc/kvm1", "instance", "ls"]).contains("n1    down"));
     ok(&n1, &["demo/svc/kvm1", "start", "--wait", "--time", "30s"]);
     assert!(ok(&n1, &["demo/svc/kvm1", "instance", "ls"]).contains("n1    up"));
+    support::eventually(10, "the guest to start again", || async {
+        running_on("n1").then_some(())
+    })
+    .await;
+    assert!(!running_on("n2"));
     let out = omctl(&n1, &["demo/svc/kvm1", "delete"]);
     assert!(
         out.status.code() == Some(1) && stderr(&out).contains("unprovision it"),
@@ -118,6 +189,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         stderr(&out)
     );
     ok(&n1, &["demo/svc/kvm1", "unprovision", "--wait", "--time", "30s"]);
+    assert!(!running_on("n1"), "unprovision stops the guest");
     for node in ["n1", "n2"] {
         let lvm = std::fs::read_to_string(sim.join(format!("lvm-{node}.json"))).unwrap();
         assert!(!lvm.contains("kvm1.demo.vol.drbd4kvm"), "{node} kept its LV: {lvm}");
