@@ -285,6 +285,7 @@ fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
         "[pool#drbdvm]",
         "drbdvm  drbd  rox,rwx,roo,rwo,snap,blk,shared  data  0             10g       0         10g",
         "/dev/drbd0",
+        "      └ container#1    ........  up    kvm kvm1",
     ] {
         assert!(so.contains(want), "demo output lacks {want:?}:\n{so}");
     }
