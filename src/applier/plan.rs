@@ -264,6 +264,21 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
             messages,
         });
     }
+    // Resources left out of the plan (a resource file that cannot be rendered) still show,
+    // with why.
+    let left_out: Vec<(&String, &String)> = errors
+        .iter()
+        .filter(|(rid, _)| !resources.iter().any(|r| &r.rid == *rid))
+        .collect();
+    for (rid, e) in left_out {
+        provisioned = false;
+        resources.push(ResourceReport {
+            rid: rid.clone(),
+            avail: Avail::Down,
+            label: String::new(),
+            messages: vec![e.clone()],
+        });
+    }
     let ups = resources.iter().filter(|r| r.avail == Avail::Up).count();
     let warn = resources.iter().any(|r| !r.messages.is_empty());
     let avail = match (ups, resources.len()) {

@@ -199,3 +199,124 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
     let violations = std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default();
     assert_eq!(violations, "", "the simulator saw a split brain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = tmp.path().join("sim");
+    let nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
+    let n1 = nodes[0].server();
+    // A template that renders, but not into a resource file our checks accept.
+    ok(&n1, &["system/cfg/drbd", "create"]);
+    ok(
+        &n1,
+        &[
+            "system/cfg/drbd",
+            "key",
+            "add",
+            "--name",
+            "broken",
+            "--value",
+            "resource {{.Name}} {",
+        ],
+    );
+    let pool = [
+        "--set",
+        "pool#p.type=drbd",
+        "--set",
+        "pool#p.vg=data",
+        "--set",
+        "pool#p.template=broken",
+    ];
+    ok(&n1, &[&["cluster", "config", "update"][..], &pool].concat());
+    let vol = [
+        "--kw",
+        "volume#data.size=1G",
+        "--kw",
+        "volume#data.pool=p",
+        "--kw",
+        "nodes=n1 n2",
+    ];
+    support::eventually(20, "the volume to be allocated", || {
+        let n1 = n1.clone();
+        async move {
+            omctl(&n1, &[&["demo/svc/bad", "create"][..], &vol].concat())
+                .status
+                .success()
+                .then_some(())
+        }
+    })
+    .await;
+    ok(&n1, &["demo/svc/bad", "provision"]);
+    let tree = support::eventually(20, "the template warning", || {
+        let n1 = n1.clone();
+        async move {
+            let t = ok(&n1, &["demo/svc/bad", "instance", "status", "-o", "json"]);
+            t.contains("DRBD resource file").then_some(t)
+        }
+    })
+    .await;
+    assert!(tree.contains("unclosed"), "{tree}");
+    for node in ["n1", "n2"] {
+        assert!(
+            !sim.join(node).join("drbd.d/bad.demo.vol.default.res").exists(),
+            "an invalid file reached {node}"
+        );
+    }
+
+    // Something else filled n2's volume group behind the cluster's back: lvcreate fails there.
+    ok(
+        &n1,
+        &[
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "pool#q.type=lvm",
+            "--set",
+            "pool#q.vg=data",
+        ],
+    );
+    let lvm = sim.join("lvm-n2.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&lvm).unwrap()).unwrap();
+    state["vgs"]["data"]["lvs"]["intruder"] = serde_json::json!(4u64 << 30);
+    std::fs::write(&lvm, serde_json::to_vec(&state).unwrap()).unwrap();
+    ok(
+        &n1,
+        &[
+            "demo/svc/local",
+            "create",
+            "--kw",
+            "volume#data.size=2G",
+            "--kw",
+            "volume#data.pool=q",
+            "--kw",
+            "nodes=n1 n2",
+        ],
+    );
+    ok(&n1, &["demo/svc/local", "provision"]);
+    let status = support::eventually(20, "n2's lvcreate failure", || {
+        let n1 = n1.clone();
+        async move {
+            let t = ok(&n1, &["demo/svc/local", "instance", "status", "-o", "json"]);
+            t.contains("insufficient free space").then_some(t)
+        }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let n2 = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["node"] == "n2")
+        .unwrap();
+    assert_eq!(
+        (n2["warn"].as_bool(), n2["provisioned"].as_bool()),
+        (Some(true), Some(false)),
+        "{n2}"
+    );
+    assert!(
+        n2["resources"][0]["messages"][0].as_str().unwrap().contains("CreateLv"),
+        "{n2}"
+    );
+}
