@@ -29,6 +29,17 @@ pub enum HypervisorError {
     State(PathBuf, String),
 }
 
+/// Where a live migration goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTarget {
+    /// The target node's name (the simulator's key).
+    pub node: String,
+    /// The target's libvirt connection, e.g. `qemu+tcp://10.30.0.12/system`.
+    pub libvirt_uri: String,
+    /// Where QEMU sends the memory, e.g. `tcp://10.30.0.12:49152`.
+    pub migration_uri: Option<String>,
+}
+
 /// The hypervisor operations a node needs.
 pub trait Hypervisor: Send + Sync {
     fn state(&self, name: &str) -> Result<DomainState, HypervisorError>;
@@ -39,6 +50,10 @@ pub trait Hypervisor: Send + Sync {
     /// Graceful shutdown; destroyed if still running after `timeout`.
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), HypervisorError>;
     fn destroy(&self, name: &str) -> Result<(), HypervisorError>;
+    fn undefine(&self, name: &str) -> Result<(), HypervisorError>;
+    /// Live migration: the guest keeps running, then resumes on the target, defined there
+    /// (persistent) and undefined here.
+    fn migrate(&self, name: &str, to: &MigrationTarget) -> Result<(), HypervisorError>;
 }
 
 /// The `<name>` of a domain XML.
@@ -216,6 +231,64 @@ impl Hypervisor for SimHypervisor {
         Ok(())
     }
 
+    fn undefine(&self, name: &str) -> Result<(), HypervisorError> {
+        self.update(|d| match d.domains.get(name) {
+            None => Err(HypervisorError::Refused(format!("failed to get domain '{name}'"))),
+            Some(x) if x.running => Err(HypervisorError::Refused("cannot undefine a running domain here".into())),
+            Some(_) => {
+                d.domains.remove(name);
+                Ok(())
+            }
+        })
+    }
+
+    fn migrate(&self, name: &str, to: &MigrationTarget) -> Result<(), HypervisorError> {
+        let xml = match self.load(&self.node)?.domains.get(name) {
+            Some(d) if d.running => d.xml.clone(),
+            _ => {
+                return Err(HypervisorError::Refused(
+                    "Requested operation is not valid: domain is not running".into(),
+                ))
+            }
+        };
+        let target = SimHypervisor::new(&self.dir, &to.node);
+        if target.state(name)? == DomainState::Running {
+            return Err(HypervisorError::Refused(format!(
+                "operation failed: domain '{name}' is already active on {}",
+                to.node
+            )));
+        }
+        // The target must be able to open the disks now: DRBD Primary there too.
+        for minor in drbd_minors(&xml) {
+            if let Some(res) = target.drbd.resource_of_minor(minor).map_err(HypervisorError::Refused)? {
+                if !target.drbd.is_primary(&res).map_err(HypervisorError::Refused)? {
+                    return Err(HypervisorError::Refused(format!(
+                        "internal error: qemu unexpectedly closed the monitor on {}: Could not open '/dev/drbd{minor}': Wrong medium type",
+                        to.node
+                    )));
+                }
+            } else {
+                return Err(HypervisorError::Refused(format!(
+                    "Cannot access storage '/dev/drbd{minor}' on {}",
+                    to.node
+                )));
+            }
+        }
+        // Memory copy while the guest runs here, then the switch-over: it stops here first.
+        let pause = std::env::var("OMRAFT_SIM_MIGRATE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        std::thread::sleep(Duration::from_millis(pause));
+        self.update(|d| {
+            d.domains.remove(name);
+            Ok(())
+        })?;
+        self.set_devices_open(&xml, false)?;
+        target.define(&xml)?;
+        target.start(name)
+    }
+
     fn stop(&self, name: &str, _timeout: Duration) -> Result<(), HypervisorError> {
         // A simulated guest always honours the ACPI shutdown at once.
         self.destroy(name)
@@ -274,5 +347,39 @@ mod tests {
         assert!(v.contains("domain vm runs on n2 and n1"), "{v}");
         a.stop("vm", Duration::from_secs(1)).unwrap();
         assert_eq!(a.state("vm").unwrap(), DomainState::ShutOff);
+        a.undefine("vm").unwrap();
+        assert_eq!(a.state("vm").unwrap(), DomainState::Absent);
+    }
+
+    #[test]
+    fn sim_migration_moves_the_running_guest_and_undefines_the_source() {
+        std::env::set_var("OMRAFT_SIM_MIGRATE_MS", "10");
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            SimHypervisor::new(dir.path(), "n1"),
+            SimHypervisor::new(dir.path(), "n2"),
+        );
+        let to = |n: &str| MigrationTarget {
+            node: n.into(),
+            libvirt_uri: format!("qemu+tcp://{n}/system"),
+            migration_uri: None,
+        };
+        a.define("<domain><name>vm</name></domain>").unwrap();
+        assert!(a.migrate("vm", &to("n2")).is_err(), "not running");
+        a.start("vm").unwrap();
+        a.migrate("vm", &to("n2")).unwrap();
+        assert_eq!(
+            (a.state("vm").unwrap(), b.state("vm").unwrap()),
+            (DomainState::Absent, DomainState::Running)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("violations.log")).unwrap_or_default(),
+            ""
+        );
+        // A guest on DRBD needs the target to be Primary as well.
+        let disk = "<domain><name>db</name><devices><disk><source dev='/dev/drbd3'/></disk></devices></domain>";
+        b.define(disk).unwrap();
+        std::fs::create_dir_all(dir.path().join("drbd")).unwrap();
+        assert!(b.migrate("db", &to("n1")).is_err());
     }
 }
