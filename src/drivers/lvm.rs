@@ -153,6 +153,7 @@ impl SimLvm {
             file: dir.join(format!("lvm-{node}.json")),
             lock: Mutex::new(()),
         };
+        std::fs::create_dir_all(dir).map_err(|e| sim.state_err(e))?;
         sim.update(|s| {
             for (name, size) in vgs {
                 s.vgs.entry(name.clone()).or_insert(SimVg {

@@ -467,3 +467,41 @@ pub fn from_env(dir: &Path, node: &str) -> Sim {
         validator: real.exists().then(|| real.into()),
     }
 }
+
+/// Runs `omsim drbdadm|drbdsetup ...` invocations in this process, as the node named in the
+/// invocation's `__DRBD_NODE__`: the real DRBD driver builds the command lines and parses the
+/// output, without a process per command (in-process test clusters).
+pub struct SimRunner {
+    pub dir: PathBuf,
+    pub sync_ms: u64,
+}
+
+impl crate::drivers::run::Runner for SimRunner {
+    fn run(
+        &self,
+        inv: &crate::drivers::run::Invocation,
+    ) -> Result<crate::drivers::run::Finished, crate::drivers::run::RunError> {
+        let node = inv
+            .env
+            .iter()
+            .find(|(k, _)| k == "__DRBD_NODE__")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let sim = Sim {
+            dir: self.dir.clone(),
+            node,
+            sync_ms: self.sync_ms,
+            validator: None,
+        };
+        let out = match inv.args.split_first() {
+            Some((t, rest)) if t == "drbdadm" => sim.drbdadm(rest),
+            Some((t, rest)) if t == "drbdsetup" => sim.drbdsetup(rest),
+            _ => fail(20, format!("omsim: cannot run {}", inv.display())),
+        };
+        Ok(crate::drivers::run::Finished {
+            code: Some(out.code),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+}

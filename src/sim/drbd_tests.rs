@@ -4,48 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::drbd::{Output, Sim};
+use super::drbd::{Sim, SimRunner};
 use crate::drivers::drbd::commands::{Drbd, DrbdCommands};
 use crate::drivers::drbd::render::{render, TemplateData, TemplateNode, BUILTIN_TEMPLATE};
-use crate::drivers::run::{Finished, Invocation, RunError, Runner};
-
-/// Runs `omsim ...` invocations in-process, as the node named in `__DRBD_NODE__`.
-struct InProcess {
-    dir: std::path::PathBuf,
-}
-
-impl Runner for InProcess {
-    fn run(&self, inv: &Invocation) -> Result<Finished, RunError> {
-        let node = inv
-            .env
-            .iter()
-            .find(|(k, _)| k == "__DRBD_NODE__")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let sim = Sim {
-            dir: self.dir.clone(),
-            node,
-            sync_ms: 300,
-            validator: None,
-        };
-        let Output { code, stdout, stderr } = match inv.args.split_first() {
-            Some((t, rest)) if t == "drbdadm" => sim.drbdadm(rest),
-            Some((t, rest)) if t == "drbdsetup" => sim.drbdsetup(rest),
-            _ => panic!("unexpected {}", inv.display()),
-        };
-        Ok(Finished {
-            code: Some(code),
-            stdout,
-            stderr,
-        })
-    }
-}
 
 const RES: &str = "kvm1.demo.vol.drbd4kvm";
 
-fn driver(dir: &Path, node: &str) -> DrbdCommands<InProcess> {
+fn driver(dir: &Path, node: &str) -> DrbdCommands<SimRunner> {
     DrbdCommands {
-        runner: InProcess { dir: dir.into() },
+        runner: SimRunner {
+            dir: dir.into(),
+            sync_ms: 300,
+        },
         drbdadm: vec!["omsim".into(), "drbdadm".into()],
         drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
         config_dir: dir.join(node).join("drbd.d"),
@@ -70,7 +40,7 @@ fn data() -> TemplateData {
 }
 
 /// Both nodes with the resource file written, metadata created and the resource up.
-fn provisioned(dir: &Path) -> (DrbdCommands<InProcess>, DrbdCommands<InProcess>) {
+fn provisioned(dir: &Path) -> (DrbdCommands<SimRunner>, DrbdCommands<SimRunner>) {
     let (n1, n2) = (driver(dir, "n1"), driver(dir, "n2"));
     let text = render(BUILTIN_TEMPLATE, &data()).unwrap();
     for d in [&n1, &n2] {

@@ -29,13 +29,29 @@ struct Cluster {
 }
 
 async fn start(name: &str, dir: &std::path::Path, addr: &str, snapshot_every: u64) -> TestNode {
-    let settings = Settings {
+    start_with(name, dir, addr, snapshot_every, None).await
+}
+
+/// Starts a node; with `sim`, it reports a 5 GiB volume group `data` and runs its applier on
+/// the simulated drivers in that directory (DRBD commands run in-process through the real
+/// DRBD driver).
+async fn start_with(
+    name: &str,
+    dir: &std::path::Path,
+    addr: &str,
+    snapshot_every: u64,
+    sim: Option<&std::path::Path>,
+) -> TestNode {
+    let mut settings = Settings {
         heartbeat_ms: 100,
         election_timeout_ms: 600,
         snapshot_every,
         keep_logs: 0,
         ..Settings::new(name, dir.to_path_buf(), addr)
     };
+    if sim.is_some() {
+        settings.vgs.insert("data".into(), 5 << 30);
+    }
     std::fs::create_dir_all(dir).unwrap();
     let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
     let sock = dir.join("omd.sock");
@@ -59,6 +75,25 @@ async fn start(name: &str, dir: &std::path::Path, addr: &str, snapshot_every: u6
         .await
         .unwrap();
     });
+    if let Some(sim) = sim {
+        let drivers = omraft::applier::run::Drivers {
+            lvm: std::sync::Arc::new(omraft::drivers::lvm::SimLvm::open(sim, name, &settings_vgs()).unwrap()),
+            drbd: std::sync::Arc::new(omraft::drivers::drbd::commands::DrbdCommands {
+                runner: omraft::sim::drbd::SimRunner {
+                    dir: sim.into(),
+                    sync_ms: 500,
+                },
+                drbdadm: vec!["omsim".into(), "drbdadm".into()],
+                drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
+                config_dir: sim.join(name).join("drbd.d"),
+                node: name.into(),
+                validator: None,
+                env: vec![],
+            }),
+            hypervisor: std::sync::Arc::new(omraft::drivers::hypervisor::SimHypervisor::new(sim, name)),
+        };
+        tokio::spawn(omraft::applier::run::run(node.clone(), drivers));
+    }
     TestNode {
         name: name.into(),
         dir: dir.into(),
@@ -67,6 +102,10 @@ async fn start(name: &str, dir: &std::path::Path, addr: &str, snapshot_every: u6
         stop: Some(tx),
         served: Some(served),
     }
+}
+
+fn settings_vgs() -> std::collections::BTreeMap<String, u64> {
+    [("data".to_string(), 5u64 << 30)].into()
 }
 
 impl TestNode {
@@ -391,6 +430,100 @@ async fn removed_node_leaves_membership_and_state_and_its_name_can_rejoin_with_a
         .unwrap();
     assert_eq!(joined.into_inner().node_id, 4, "ids are never reused");
     for n in &mut cluster.nodes {
+        n.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = tmp.path().join("sim");
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        nodes.push(start_with(name, &tmp.path().join(name), &addr, 5000, Some(&sim)).await);
+    }
+    let mut c1 = nodes[0].client().await;
+    wait_leader(&c1, 1).await;
+    let token = join_token(&mut c1).await;
+    let mut c2 = nodes[1].client().await;
+    c2.join(pb::JoinRequest {
+        node: nodes[0].addr.clone(),
+        token,
+        witness: false,
+    })
+    .await
+    .unwrap();
+    c1.config_update(set(&[
+        ("cluster.name", "drbd4kvm"),
+        ("pool#drbdvm.type", "drbd"),
+        ("pool#drbdvm.vg", "data"),
+    ]))
+    .await
+    .unwrap();
+    let create = || pb::ObjectCreateRequest {
+        path: "demo/svc/kvm1".into(),
+        kws: vec![
+            kv("nodes", "{clusternodes}"),
+            kv("orchestrate", "ha"),
+            kv("volume#data.size", "4G"),
+            kv("volume#data.shared", "true"),
+        ],
+        config_text: String::new(),
+    };
+    eventually(20, "both volume group reports, for the allocation", || {
+        let mut c = c1.clone();
+        async move { c.object_create(create()).await.ok() }
+    })
+    .await;
+    let action = |a: &str| pb::ObjectActionRequest {
+        path: "demo/svc/kvm1".into(),
+        action: a.into(),
+        node: String::new(),
+    };
+    c2.object_action(action("provision")).await.unwrap();
+    let status = eventually(30, "provisioned and in sync on both nodes", || {
+        let mut c = c1.clone();
+        async move {
+            let s = c
+                .instance_status(pb::ObjectRef {
+                    path: "demo/svc/kvm1".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let done = s.instances.len() == 2 && s.instances.iter().all(|i| i.reported && i.provisioned && !i.warn);
+            (done && s.instances.iter().any(|i| i.node == "n1" && i.avail == "up")).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!((status.placement.as_str(), status.started), ("n1", true));
+    let n2 = status.instances.iter().find(|i| i.node == "n2").unwrap();
+    assert_eq!(
+        (n2.avail.as_str(), n2.resources[0].rid.as_str()),
+        ("down", "volume#data")
+    );
+    let devices = c2
+        .device_list(pb::ObjectRef {
+            path: "demo/svc/kvm1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let devs: Vec<(&str, &str)> = devices
+        .devices
+        .iter()
+        .map(|d| (d.role.as_str(), d.device.as_str()))
+        .collect();
+    assert_eq!(
+        devs,
+        [("exposed", "/dev/drbd0"), ("base", "/dev/data/kvm1.demo.vol.drbd4kvm")]
+    );
+    assert_eq!(
+        std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
+        ""
+    );
+    for n in &mut nodes {
         n.kill().await;
     }
 }
