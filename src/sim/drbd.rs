@@ -383,10 +383,16 @@ impl Sim {
         self.with_state(res, |s| s.nodes.get(&node).is_some_and(|x| x.up && x.primary))
     }
 
-    /// `drbdsetup status --json`: every resource up on this node.
+    /// `drbdsetup status --json` (every resource up on this node) or `events2 --now`.
     pub fn drbdsetup(&self, args: &[String]) -> Output {
+        if args.first().map(String::as_str) == Some("events2") && args.iter().any(|a| a == "--now") {
+            return self.events_now();
+        }
         if args.first().map(String::as_str) != Some("status") || !args.iter().any(|a| a == "--json") {
-            return fail(20, "omsim drbdsetup: only `status --json` is simulated");
+            return fail(
+                20,
+                "omsim drbdsetup: only `status --json` and `events2 --now` are simulated",
+            );
         }
         let mut out = Vec::new();
         let entries = std::fs::read_dir(self.dir.join("drbd"))
@@ -404,6 +410,44 @@ impl Sim {
             out.push(v);
         }
         ok(serde_json::to_string_pretty(&out).expect("serialize") + "\n")
+    }
+
+    /// `events2 --now`, derived from the same JSON as `status`, in DRBD's line format.
+    fn events_now(&self) -> Output {
+        let st = self.drbdsetup(&["status".into(), "--json".into()]);
+        let Ok(resources) = crate::drivers::drbd::status::parse_status(&st.stdout) else {
+            return st;
+        };
+        let mut out = String::new();
+        for r in resources {
+            let yes_no = |b: bool| if b { "yes" } else { "no" };
+            out += &format!(
+                "exists resource name:{} role:{} suspended:{}\n",
+                r.name,
+                r.role,
+                yes_no(r.suspended)
+            );
+            for d in &r.devices {
+                out += &format!(
+                    "exists device name:{} volume:{} minor:{} disk:{}\n",
+                    r.name, d.volume, d.minor, d.disk_state
+                );
+            }
+            for c in &r.connections {
+                out += &format!(
+                    "exists connection name:{} peer-node-id:{} conn-name:{} connection:{} role:{}\n",
+                    r.name, c.peer_node_id, c.name, c.connection_state, c.peer_role
+                );
+                for p in &c.peer_devices {
+                    out += &format!(
+                        "exists peer-device name:{} peer-node-id:{} conn-name:{} volume:{} replication:{} peer-disk:{}\n",
+                        r.name, c.peer_node_id, c.name, p.volume, p.replication_state, p.peer_disk_state
+                    );
+                }
+            }
+        }
+        out += "exists -\n";
+        ok(out)
     }
 
     fn status_json(&self, res: &str, s: &ResState) -> Option<serde_json::Value> {

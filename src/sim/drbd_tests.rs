@@ -75,6 +75,16 @@ fn initial_sync_then_dual_primary_only_when_allowed_on_both() {
     assert_eq!(st[0].connections[0].peer_role, "Primary");
     let e = n2.primary(RES, false).unwrap_err().to_string();
     assert!(e.contains("Multiple primaries not allowed"), "{e}");
+    // events2 --now tells the same story as status --json.
+    let events = n2.events_now().unwrap();
+    assert_eq!(events.last().map(|e| e.object.as_str()), Some("-"));
+    let peer = events.iter().find(|e| e.object == "connection").unwrap();
+    assert_eq!(
+        (peer.fields["conn-name"].as_str(), peer.fields["role"].as_str()),
+        ("n1", "Primary")
+    );
+    let dev = events.iter().find(|e| e.object == "device").unwrap();
+    assert_eq!(dev.fields["disk"], "UpToDate");
     n1.allow_two_primaries(RES, true).unwrap();
     assert!(n2.primary(RES, false).is_err(), "allowed on one side only");
     n2.allow_two_primaries(RES, true).unwrap();

@@ -36,6 +36,8 @@ pub trait Drbd: Send + Sync {
     fn allow_two_primaries(&self, resource: &str, allow: bool) -> Result<(), DrbdError>;
     /// Every resource that is up on this node.
     fn status(&self) -> Result<Vec<ResourceStatus>, DrbdError>;
+    /// The current state as `drbdsetup events2 --now` lists it (ending with `exists -`).
+    fn events_now(&self) -> Result<Vec<status::Event>, DrbdError>;
 }
 
 /// `drbdadm`/`drbdsetup` as commands: each is a program and leading arguments, so the
@@ -142,6 +144,17 @@ impl<R: Runner> Drbd for DrbdCommands<R> {
             .runner
             .check(&self.invocation(&self.drbdsetup, &["status", "--json"]))?;
         Ok(status::parse_status(&out)?)
+    }
+
+    fn events_now(&self) -> Result<Vec<status::Event>, DrbdError> {
+        let out = self
+            .runner
+            .check(&self.invocation(&self.drbdsetup, &["events2", "--now"]))?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(status::parse_event)
+            .collect::<Result<_, _>>()?)
     }
 }
 
