@@ -180,8 +180,23 @@ fn reconcile(drivers: &Drivers, path: &ObjectPath, desired: &Desired, retry: &mu
     observe(drivers, desired)
 }
 
-/// Runs the applier of `node` until the process ends.
+/// Runs the applier of `node` until the process ends, and with it the report of the node's
+/// volume groups (from `vgs`, unless `--report-vg` declares them).
 pub async fn run(node: Arc<Node>, drivers: Drivers) {
+    let declared = node.settings.vgs.clone();
+    let lvm = drivers.lvm.clone();
+    let read = move || -> Result<BTreeMap<String, u64>, String> {
+        if !declared.is_empty() {
+            return Ok(declared.clone());
+        }
+        Ok(lvm
+            .vgs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|v| (v.name, v.size))
+            .collect())
+    };
+    tokio::spawn(crate::daemon::report_volume_groups(node.clone(), read));
     let mut sent: BTreeMap<String, InstanceReport> = BTreeMap::new();
     let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
     loop {

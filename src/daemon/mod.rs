@@ -36,8 +36,8 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub keep_logs: u64,
-    /// Volume groups (name -> bytes) this node reports for pool capacity. Until the LVM
-    /// driver reports what `vgs` sees, they are declared with `omd --report-vg`.
+    /// Volume groups (name -> bytes) this node reports for pool capacity instead of what LVM's
+    /// `vgs` sees (`omd --report-vg`; they also size the simulated volume groups).
     pub vgs: BTreeMap<String, u64>,
 }
 
@@ -154,9 +154,6 @@ impl Node {
             join_lock: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(register_founder(node.clone()));
-        if !node.settings.vgs.is_empty() {
-            tokio::spawn(report_volume_groups(node.clone()));
-        }
         Ok(node)
     }
 
@@ -420,25 +417,35 @@ async fn register_founder(node: Arc<Node>) {
     tracing::error!("could not register this node as the founder of its cluster");
 }
 
-/// Keeps this node's volume group report in the state current: at start, after a join, and
-/// whenever the state lost it (a node re-admitted under a new id).
-async fn report_volume_groups(node: Arc<Node>) {
+/// Keeps this node's volume group report in the state current: at start, after a join, when
+/// the volume groups change, and whenever the state lost it (a node re-admitted under a new id).
+/// `read` gives the volume groups and their sizes (LVM's `vgs`, or what `--report-vg` declares).
+pub async fn report_volume_groups<F>(node: Arc<Node>, read: F)
+where
+    F: Fn() -> Result<BTreeMap<String, u64>, String> + Send + Sync + Clone + 'static,
+{
     loop {
-        let m = node.member();
-        let stale =
-            m.sm.read(|d| d.state.nodes.contains_key(&m.id) && d.state.vgs.get(&m.id) != Some(&node.settings.vgs));
-        if stale {
-            let cmd = Command::ReportVolumeGroups {
-                node_id: m.id,
-                vgs: node.settings.vgs.clone(),
-            };
-            match node.write(cmd).await {
-                Ok((_, Response::Refused(why))) => tracing::warn!("volume group report refused: {why}"),
-                Ok(_) => tracing::info!("reported {} volume groups", node.settings.vgs.len()),
-                Err(e) => tracing::debug!("volume group report: {}", e.message()),
+        let r = read.clone();
+        let vgs = tokio::task::spawn_blocking(r)
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match vgs {
+            Err(e) => tracing::debug!("reading volume groups: {e}"),
+            Ok(vgs) => {
+                let m = node.member();
+                let stale =
+                    m.sm.read(|d| d.state.nodes.contains_key(&m.id) && d.state.vgs.get(&m.id) != Some(&vgs));
+                if stale {
+                    let n = vgs.len();
+                    match node.write(Command::ReportVolumeGroups { node_id: m.id, vgs }).await {
+                        Ok((_, Response::Refused(why))) => tracing::warn!("volume group report refused: {why}"),
+                        Ok(_) => tracing::info!("reported {n} volume groups"),
+                        Err(e) => tracing::debug!("volume group report: {}", e.message()),
+                    }
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
