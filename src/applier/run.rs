@@ -213,7 +213,13 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                 .keys()
                 .filter_map(|p| ObjectPath::parse(p).ok())
                 .filter(|p| p.kind == "svc")
-                .filter(|p| d.state.service_nodes(p).contains(&me) || sent.contains_key(&p.to_string()))
+                // Services provisioned somewhere and run on this node, or that it reported before
+                // (so it cleans up after an unprovision): never the whole object list.
+                .filter(|p| {
+                    let key = p.to_string();
+                    let provisioned = d.state.services.get(&key).is_some_and(|s| s.provisioned);
+                    (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains_key(&key)
+                })
                 .map(|p| {
                     let (want, errors) = desired(&d.state, me, &p);
                     (p, want, errors)
