@@ -3,6 +3,7 @@
 //!
 //! - [`model`]: the replicated state, the log's commands and the pure `apply`.
 //! - [`config`]: object configuration: INI format, keyword catalogs, references.
+//! - [`lease`]: the lease rules: when a node may run services.
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`applier`]: per-node reconciliation of desired and observed state.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drivers;
+pub mod lease;
 pub mod model;
 pub mod raft;
 pub mod sim;

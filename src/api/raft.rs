@@ -61,6 +61,11 @@ impl pb::raft_server::Raft for RaftService {
         encode(&self.node.propose_local(cmd).await)
     }
 
+    async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        authorize(&req, Access::Node)?;
+        encode(&self.node.grant_lease().await)
+    }
+
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         authorize(&req, Access::Node)?;
         let res = match self.node.member().raft.ensure_linearizable().await {

@@ -98,6 +98,7 @@ pub fn node_status(node: &Node) -> pb::NodeStatus {
         links,
         witness,
         cluster_name: cluster,
+        lease_ms: node.lease_remaining().map(|d| d.as_millis() as u64),
     }
 }
 

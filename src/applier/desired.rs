@@ -20,13 +20,20 @@ fn host(addr: &str) -> &str {
 
 /// The desired state of `path` on node `me`, and per resource why some part of it could not
 /// be worked out (a template that does not render): those resources are left alone.
-pub fn desired(state: &ClusterState, me: NodeId, path: &ObjectPath) -> (Desired, BTreeMap<String, String>) {
+/// Without a valid lease (`leased` false) the node holds nothing: it is fenced.
+pub fn desired(
+    state: &ClusterState,
+    me: NodeId,
+    path: &ObjectPath,
+    leased: bool,
+) -> (Desired, BTreeMap<String, String>) {
     let key = path.to_string();
     let svc = state.services.get(&key).cloned().unwrap_or_default();
     let mut errors = BTreeMap::new();
     let mut out = Desired {
         provisioned: svc.provisioned,
-        active: svc.provisioned && svc.started && svc.placement == Some(me),
+        active: svc.provisioned && svc.started && svc.placement == Some(me) && leased,
+        fenced: svc.provisioned && svc.started && svc.placement == Some(me) && !leased,
         volumes: vec![],
         containers: vec![],
     };

@@ -15,6 +15,9 @@ pub struct Desired {
     pub provisioned: bool,
     /// This node holds the service: DRBD Primary here.
     pub active: bool,
+    /// This node should hold the service but has no valid lease: stop everything at once
+    /// (destroy the guests, demote), as DESIGN.md section 4 requires.
+    pub fenced: bool,
     pub volumes: Vec<DesiredVolume>,
     pub containers: Vec<DesiredContainer>,
 }
@@ -96,9 +99,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
     let state = |c: &DesiredContainer| observed.domains.get(&c.domain).copied().unwrap_or(DomainState::Absent);
     if !desired.active {
         for c in desired.containers.iter().filter(|c| state(c) == DomainState::Running) {
+            // Fenced: no graceful shutdown, the lease is already gone.
+            let timeout_secs = if desired.fenced { 0 } else { c.stop_timeout_secs };
             steps.push(Step::StopDomain {
                 name: c.domain.clone(),
-                timeout_secs: c.stop_timeout_secs,
+                timeout_secs,
             });
         }
     }
@@ -305,6 +310,7 @@ mod tests {
         Desired {
             provisioned,
             active,
+            fenced: false,
             containers: vec![],
             volumes: vec![DesiredVolume {
                 rid: "volume#data".into(),
@@ -507,6 +513,25 @@ mod tests {
                 Step::StopDomain {
                     name: "kvm1".into(),
                     timeout_secs: 120
+                },
+                Step::Secondary { resource: r() }
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_lease_the_guest_is_destroyed_at_once_and_the_volume_demoted() {
+        let primary = status("Primary", "UpToDate", "Connected", "UpToDate", None);
+        let mut running = observed(true, true, Some(primary));
+        running.domains.insert("kvm1".into(), DomainState::Running);
+        let mut fenced = with_vm(desired(true, false), true);
+        fenced.fenced = true;
+        assert_eq!(
+            plan(&fenced, &running),
+            vec![
+                Step::StopDomain {
+                    name: "kvm1".into(),
+                    timeout_secs: 0
                 },
                 Step::Secondary { resource: r() }
             ]

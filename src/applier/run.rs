@@ -196,17 +196,26 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             .map(|v| (v.name, v.size))
             .collect())
     };
-    tokio::spawn(crate::daemon::report_volume_groups(node.clone(), read));
+    let weak = Arc::downgrade(&node);
+    drop(node);
+    tokio::spawn(crate::daemon::report_volume_groups(weak.clone(), read));
     let mut sent: BTreeMap<String, InstanceReport> = BTreeMap::new();
     let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
     loop {
-        let m = node.member();
-        let mut data = m.raft.data_metrics();
+        // Wait holding nothing of the node, so a stopped node is released at once.
+        let (mut data, lapsed) = match Node::alive(&weak) {
+            Some(node) => (node.member().raft.data_metrics(), node.lease_lapsed.clone()),
+            None => return,
+        };
         tokio::select! {
             _ = data.changed() => {}
+            _ = lapsed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        let Some(node) = Node::alive(&weak) else { return };
+        let m = node.member();
         let me = m.id;
+        let leased = node.lease_valid();
         let work: Vec<(ObjectPath, Desired, BTreeMap<String, String>)> = m.sm.read(|d| {
             d.state
                 .objects
@@ -221,11 +230,12 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                     (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains_key(&key)
                 })
                 .map(|p| {
-                    let (want, errors) = desired(&d.state, me, &p);
+                    let (want, errors) = desired(&d.state, me, &p, leased);
                     (p, want, errors)
                 })
                 .collect()
         });
+        let mut pending: Vec<(Option<(String, InstanceReport)>, Command)> = Vec::new();
         for (path, want, render_errors) in work {
             let key = path.to_string();
             let mut retry = retries.remove(&key).unwrap_or_default();
@@ -239,17 +249,14 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             .await
             .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default(), vec![]));
             for (name, xml) in captures {
-                match node
-                    .write(Command::CaptureDomain {
+                pending.push((
+                    None,
+                    Command::CaptureDomain {
                         path: path.clone(),
-                        name: name.clone(),
+                        name,
                         xml,
-                    })
-                    .await
-                {
-                    Ok(_) => info!(object = %path, domain = %name, "captured the domain XML"),
-                    Err(e) => warn!(object = %path, domain = %name, "capturing the domain XML: {}", e.message()),
-                }
+                    },
+                ));
             }
             retries.insert(key.clone(), retry_back);
             let observed = match res {
@@ -268,15 +275,27 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                     node_id: me,
                     report: rep.clone(),
                 };
-                match node.write(cmd).await {
-                    Ok(_) => {
+                pending.push((Some((key, rep)), cmd));
+            }
+        }
+        // What this node tells the cluster goes out after every service was acted on, each
+        // write bounded: a node cut from the quorum fences all its services first.
+        for (sent_as, cmd) in pending {
+            let what = cmd.to_string();
+            match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
+                Ok(Ok(_)) => {
+                    if let Some((key, rep)) = sent_as {
                         sent.insert(key, rep);
+                    } else {
+                        info!("{what}");
                     }
-                    Err(e) => warn!(object = %path, "reporting status: {}", e.message()),
                 }
+                Ok(Err(e)) => warn!("{what}: {}", e.message()),
+                Err(_) => warn!("{what}: the cluster did not commit it within 2 s"),
             }
         }
         // At most one pass every 200 ms, however fast the log moves.
+        drop((node, m));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

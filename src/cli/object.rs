@@ -342,9 +342,10 @@ fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
     let placed = s.instances.iter().find(|i| i.node == s.placement);
     match action {
         "provision" => {
+            // In sync everywhere: no instance carries a warning (a resync in progress).
             all_reported
-                && s.instances.iter().all(|i| i.provisioned)
-                && placed.is_some_and(|p| p.avail == "up" && !p.warn)
+                && s.instances.iter().all(|i| i.provisioned && !i.warn)
+                && placed.is_some_and(|p| p.avail == "up")
         }
         "unprovision" => all_reported && s.instances.iter().all(|i| !i.provisioned),
         "start" => placed.is_some_and(|p| p.avail == "up"),

@@ -799,6 +799,14 @@ impl Printer {
                 ),
                 ("term", col(&|_, s| s.term.to_string())),
                 (
+                    "lease",
+                    col(&|n, s| match s.lease_ms {
+                        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+                        None if n.witness => "-".into(),
+                        None => "none".into(),
+                    }),
+                ),
+                (
                     "applied",
                     col(&|_, s| s.applied_index.map(|i| i.to_string()).unwrap_or_else(|| "-".into())),
                 ),

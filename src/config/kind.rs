@@ -18,6 +18,8 @@ pub enum Kind {
     Size,
     /// A duration: `90s`, `1m30s`, `2h`, or plain seconds.
     Duration,
+    /// A short interval with a unit: `300ms`, `3s`, `1m`.
+    Interval,
     /// Free text on one line; references such as `{name}` are allowed.
     Text,
     /// A whitespace-separated list of node names or references.
@@ -37,6 +39,7 @@ impl Kind {
             Kind::Int => "integer".into(),
             Kind::Size => "size".into(),
             Kind::Duration => "duration".into(),
+            Kind::Interval => "interval (ms, s, m)".into(),
             Kind::Text => "text".into(),
             Kind::Nodes => "node list".into(),
             Kind::Uuid => "uuid".into(),
@@ -69,6 +72,7 @@ impl Kind {
                 .map_err(|_| "expected a whole number".into()),
             Kind::Size => parse_size(v).map(|_| ()),
             Kind::Duration => parse_duration(v).map(|_| ()),
+            Kind::Interval => parse_millis(v).map(|_| ()),
             Kind::Text => Ok(()),
             Kind::Nodes => {
                 for n in v.split_whitespace() {
@@ -160,6 +164,24 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}")
 }
 
+/// Milliseconds in `300ms`, `3s`, `1m` (a unit is required, and the result at least 1 ms).
+pub fn parse_millis(v: &str) -> Result<u64, String> {
+    let bad = || format!("{v:?} is not an interval like 300ms, 3s or 1m");
+    let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        _ => return Err(bad()),
+    };
+    if ms == 0 {
+        return Err(format!("{v:?} must be at least 1ms"));
+    }
+    Ok(ms)
+}
+
 /// Seconds in `90s`, `1m30s`, `2h`, `1d`, or plain seconds.
 pub fn parse_duration(v: &str) -> Result<u64, String> {
     let bad = || format!("{v:?} is not a duration like 90s, 1m30s or 2h");
@@ -215,6 +237,15 @@ mod tests {
         assert_eq!(parse_duration("120"), Ok(120));
         assert!(parse_duration("1x").is_err());
         assert!(parse_duration("5m3").is_err());
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_millis("300ms"), Ok(300));
+        assert_eq!(parse_millis("3s"), Ok(3000));
+        assert!(parse_millis("3").is_err());
+        assert!(parse_millis("0ms").is_err());
+        assert!(parse_millis("3h").is_err());
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct Node {
     member: RwLock<Arc<Member>>,
     /// Held during a join, so two joins never interleave.
     pub join_lock: tokio::sync::Mutex<()>,
+    /// This node's lease: it runs services only while it is valid.
+    pub lease: std::sync::Mutex<crate::lease::Lease>,
+    /// Woken when the lease lapses, so the applier fences at once.
+    pub lease_lapsed: Arc<tokio::sync::Notify>,
+    /// Set by `shutdown`: background loops end.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// Errors of starting a node.
@@ -152,8 +158,12 @@ impl Node {
             links,
             member: RwLock::new(member),
             join_lock: tokio::sync::Mutex::new(()),
+            lease: std::sync::Mutex::new(crate::lease::Lease::default()),
+            lease_lapsed: Arc::new(tokio::sync::Notify::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
-        tokio::spawn(register_founder(node.clone()));
+        tokio::spawn(register_founder(Arc::downgrade(&node)));
+        tokio::spawn(renew_lease(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -230,7 +240,13 @@ impl Node {
             } else if let Some((_, addr)) = self.leader() {
                 let data = serde_json::to_vec(&cmd).expect("serialize command");
                 let req = self.node_request(pb::RaftMessage { data }, Duration::from_secs(10));
-                match self.raft_client(&addr)?.propose(req).await {
+                // tonic does not enforce the request timeout itself: a hung leader must not
+                // hang us.
+                let mut client = self.raft_client(&addr)?;
+                let answer = tokio::time::timeout(Duration::from_secs(10), client.propose(req))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("the leader did not answer within 10 s")));
+                match answer {
                     Ok(reply) => {
                         let r: Result<(u64, Response), String> = serde_json::from_slice(&reply.into_inner().data)
                             .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
@@ -280,7 +296,11 @@ impl Node {
                 }
             } else if let Some((_, addr)) = self.leader() {
                 let req = self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
-                match self.raft_client(&addr)?.read_index(req).await {
+                let mut client = self.raft_client(&addr)?;
+                let answer = tokio::time::timeout(Duration::from_secs(5), client.read_index(req))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("the leader did not answer within 5 s")));
+                match answer {
                     Ok(reply) => {
                         let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.into_inner().data)
                             .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
@@ -322,6 +342,41 @@ impl Node {
         Ok(())
     }
 
+    /// Whether this node holds a valid lease and applied the log as far as its grant requires.
+    pub fn lease_valid(&self) -> bool {
+        let applied = self
+            .member()
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.lease.lock().expect("lease lock").is_valid(Instant::now(), applied)
+    }
+
+    /// What is left of this node's lease.
+    pub fn lease_remaining(&self) -> Option<Duration> {
+        if !self.lease_valid() {
+            return None;
+        }
+        self.lease.lock().expect("lease lock").remaining(Instant::now())
+    }
+
+    /// As the leader: confirms leadership with a quorum and grants a lease (`Lease` RPC).
+    pub async fn grant_lease(&self) -> Result<crate::lease::Grant, String> {
+        let m = self.member();
+        let duration =
+            m.sm.read(|d| crate::model::catalog::lease_config(&d.state.config).duration);
+        match m.raft.ensure_linearizable().await {
+            Ok(read) => Ok(crate::lease::Grant {
+                duration_ms: duration.as_millis() as u64,
+                commit_index: read.map(|l| l.index).unwrap_or(0),
+            }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Replaces the Raft incarnation: stops the current one, wipes the Raft state and starts
     /// as `id` of the cluster whose secret is `secret`, waiting to be added by its leader.
     pub async fn rejoin_as(&self, id: NodeId, secret: Secret) -> Result<(), StartError> {
@@ -329,6 +384,7 @@ impl Node {
         if let Err(e) = old.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        self.lease.lock().expect("lease lock").revoke();
         self.store.wipe_raft()?;
         self.store.local_set(LOCAL_SECRET, &secret)?;
         self.store.local_set(LOCAL_ID, &id)?;
@@ -337,8 +393,21 @@ impl Node {
         Ok(())
     }
 
+    /// Whether `shutdown` was called: background loops end.
+    pub fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The node behind `weak`, unless it is gone or shutting down. Background loops hold a
+    /// `Weak` and upgrade it once per round, so a stopped node is released (and its store
+    /// unlocked) without waiting for them.
+    pub fn alive(weak: &std::sync::Weak<Node>) -> Option<Arc<Node>> {
+        weak.upgrade().filter(|n| !n.closing())
+    }
+
     /// Stops Raft cleanly and makes the store durable.
     pub async fn shutdown(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.member().raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -387,8 +456,9 @@ async fn start_member(
 
 /// A founding node registers itself in the state once it leads its one-node cluster. Runs at
 /// every start, so a crash between `initialize` and the registration is repaired.
-async fn register_founder(node: Arc<Node>) {
+async fn register_founder(weak: std::sync::Weak<Node>) {
     for _ in 0..100 {
+        let Some(node) = Node::alive(&weak) else { return };
         let m = node.member();
         let (registered, alone) = m.sm.read(|d| {
             let voters: Vec<_> = d.membership.membership().voter_ids().collect();
@@ -412,19 +482,77 @@ async fn register_founder(node: Arc<Node>) {
                 Err(e) => tracing::warn!("registering the founding node: {e}"),
             }
         }
+        drop((node, m));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::error!("could not register this node as the founder of its cluster");
 }
 
+/// Renews this node's lease every `lease.renew`: from itself when it leads, else from the
+/// leader. Wakes the applier the moment the lease lapses.
+async fn renew_lease(weak: std::sync::Weak<Node>) {
+    let mut was_valid = false;
+    loop {
+        let Some(node) = Node::alive(&weak) else { return };
+        let m = node.member();
+        let (cfg, witness) = m.sm.read(|d| {
+            let witness = d.state.nodes.get(&m.id).is_some_and(|n| n.witness);
+            (crate::model::catalog::lease_config(&d.state.config), witness)
+        });
+        let sent = Instant::now();
+        let grant = if witness {
+            // A witness never hosts services: it needs no lease.
+            Err("a witness holds no lease".to_string())
+        } else if node.is_leader() {
+            tokio::time::timeout(cfg.renew, node.grant_lease())
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+        } else if let Some((_, addr)) = node.leader() {
+            let req = node.node_request(pb::RaftMessage { data: vec![] }, cfg.renew);
+            match node.raft_client(&addr) {
+                Ok(mut c) => match tokio::time::timeout(cfg.renew, c.lease(req))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")))
+                {
+                    Ok(reply) => {
+                        serde_json::from_slice(&reply.into_inner().data).unwrap_or_else(|e| Err(e.to_string()))
+                    }
+                    Err(s) => Err(s.message().to_string()),
+                },
+                Err(s) => Err(s.message().to_string()),
+            }
+        } else {
+            Err("no leader".into())
+        };
+        match grant {
+            Ok(g) => node.lease.lock().expect("lease lock").granted(sent, g),
+            Err(e) => tracing::debug!("lease renewal: {e}"),
+        }
+        let valid = node.lease_valid();
+        if was_valid && !valid {
+            tracing::warn!("lease lost: stopping this node's services");
+            node.lease_lapsed.notify_waiters();
+        } else if !was_valid && valid {
+            tracing::info!("lease acquired");
+        }
+        was_valid = valid;
+        // Wake early enough to see the lease lapse the moment it does.
+        let left = node.lease.lock().expect("lease lock").remaining(Instant::now());
+        let wait = left.map_or(cfg.renew, |l| l.min(cfg.renew) + Duration::from_millis(1));
+        drop((node, m));
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Keeps this node's volume group report in the state current: at start, after a join, when
 /// the volume groups change, and whenever the state lost it (a node re-admitted under a new id).
 /// `read` gives the volume groups and their sizes (LVM's `vgs`, or what `--report-vg` declares).
-pub async fn report_volume_groups<F>(node: Arc<Node>, read: F)
+pub async fn report_volume_groups<F>(weak: std::sync::Weak<Node>, read: F)
 where
     F: Fn() -> Result<BTreeMap<String, u64>, String> + Send + Sync + Clone + 'static,
 {
     loop {
+        let Some(node) = Node::alive(&weak) else { return };
         let r = read.clone();
         let vgs = tokio::task::spawn_blocking(r)
             .await
@@ -445,6 +573,7 @@ where
                 }
             }
         }
+        drop(node);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -94,6 +94,10 @@ impl Hypervisor for Libvirt {
         if !d.is_active().map_err(refused)? {
             return Ok(());
         }
+        if timeout.is_zero() {
+            // Fencing: no time for the guest to shut down cleanly.
+            return d.destroy().map_err(refused);
+        }
         d.shutdown().map_err(refused)?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

@@ -30,7 +30,7 @@ impl fmt::Display for ConfigKey {
 pub enum ConfigError {
     #[error("{0:?} is not a keyword: expected SECTION.KEYWORD, e.g. cluster.name")]
     Malformed(String),
-    #[error("unknown section {0:?} (known: cluster, pool#NAME)")]
+    #[error("unknown section {0:?} (known: cluster, lease, pool#NAME)")]
     UnknownSection(String),
     #[error("unknown keyword {0}; see the keywords of section {1:?}: {2}")]
     UnknownKeyword(ConfigKey, String, String),
@@ -60,6 +60,30 @@ pub struct Keyword {
 
 /// Every cluster configuration keyword, in the order `config show` prints them.
 pub const CATALOG: &[Keyword] = &[
+    Keyword {
+        section: "lease",
+        name: "renew",
+        kind: Kind::Interval,
+        required: false,
+        default: Some("300ms"),
+        doc: "How often a node asks the leader to renew its lease.",
+    },
+    Keyword {
+        section: "lease",
+        name: "duration",
+        kind: Kind::Interval,
+        required: false,
+        default: Some("3s"),
+        doc: "How long a lease lasts from the request; a node without one stops its services.",
+    },
+    Keyword {
+        section: "lease",
+        name: "drift",
+        kind: Kind::Interval,
+        required: false,
+        default: Some("500ms"),
+        doc: "Clock drift allowance the leader adds before moving a service off a node.",
+    },
     Keyword {
         section: "cluster",
         name: "name",
@@ -98,6 +122,9 @@ pub const CATALOG: &[Keyword] = &[
 fn section_kind(section: &str) -> Result<&'static str, ConfigError> {
     if section == "cluster" {
         return Ok("cluster");
+    }
+    if section == "lease" {
+        return Ok("lease");
     }
     if let Some(name) = section.strip_prefix("pool#") {
         check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
@@ -207,6 +234,25 @@ pub fn plan(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey
             }
         }
     }
+    if let Some(lease) = touched.get("lease") {
+        let ms = |k: &str, default: u64| {
+            lease
+                .get(k)
+                .and_then(|v| crate::config::kind::parse_millis(v).ok())
+                .unwrap_or(default)
+        };
+        let (renew, duration, drift) = (ms("renew", 300), ms("duration", 3000), ms("drift", 500));
+        if renew * 2 > duration || drift >= duration {
+            return Err(ConfigError::BadValue {
+                key: ConfigKey {
+                    section: "lease".into(),
+                    keyword: "duration".into(),
+                },
+                value: format!("{duration}ms"),
+                why: format!("must be at least twice lease.renew ({renew}ms) and more than lease.drift ({drift}ms)"),
+            });
+        }
+    }
     Ok(touched
         .into_iter()
         .map(|(s, v)| (s, (!v.is_empty()).then_some(v)))
@@ -231,6 +277,23 @@ pub fn apply_plan(cfg: &mut ClusterConfig, plan: Plan) {
             Some(v) => cfg.insert(section, v),
             None => cfg.remove(&section),
         };
+    }
+}
+
+/// The lease timing the configuration sets (or the defaults).
+pub fn lease_config(cfg: &ClusterConfig) -> crate::lease::LeaseConfig {
+    let ms = |k: &str| {
+        get(cfg, &format!("lease.{k}"))
+            .ok()
+            .flatten()
+            .and_then(|v| crate::config::kind::parse_millis(&v).ok())
+    };
+    let d = crate::lease::LeaseConfig::default();
+    let dur = |v: Option<u64>, d: std::time::Duration| v.map(std::time::Duration::from_millis).unwrap_or(d);
+    crate::lease::LeaseConfig {
+        renew: dur(ms("renew"), d.renew),
+        duration: dur(ms("duration"), d.duration),
+        drift: dur(ms("drift"), d.drift),
     }
 }
 
@@ -343,6 +406,18 @@ mod tests {
             Err(ConfigError::SetTwice(_))
         ));
         assert_eq!(updated(&ClusterConfig::new(), &[], &[]), Err(ConfigError::Empty));
+    }
+
+    #[test]
+    fn lease_timing_is_checked_as_a_whole() {
+        let cfg = updated(&ClusterConfig::new(), &[kv("lease.duration", "5s")], &[]).unwrap();
+        assert_eq!(lease_config(&cfg).duration, std::time::Duration::from_secs(5));
+        let e = updated(&cfg, &[kv("lease.renew", "3s")], &[]).unwrap_err();
+        assert!(e.to_string().contains("lease.duration"), "{e}");
+        assert!(
+            updated(&cfg, &[kv("lease.renew", "300")], &[]).is_err(),
+            "a unit is required"
+        );
     }
 
     #[test]

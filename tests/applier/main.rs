@@ -320,3 +320,120 @@ async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing()
         "{n2}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = tmp.path().join("sim");
+    let nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
+    let n1 = nodes[0].server();
+    ok(
+        &n1,
+        &[
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "pool#drbdvm.type=drbd",
+            "--set",
+            "pool#drbdvm.vg=data",
+        ],
+    );
+    let vol = ["--kw", "volume#data.size=1G", "--kw", "volume#data.shared=true"];
+    support::eventually(20, "the volume to be allocated", || {
+        let n1 = n1.clone();
+        async move {
+            omctl(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat())
+                .status
+                .success()
+                .then_some(())
+        }
+    })
+    .await;
+    ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
+    let mon = ok(&n1, &["mon"]);
+    let lease = mon
+        .lines()
+        .find(|l| l.starts_with(" lease"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        lease.contains('s') && lease.ends_with('-'),
+        "n1 and n2 hold leases, the witness none: {lease}"
+    );
+    let xml = tmp.path().join("kvm1.xml");
+    std::fs::write(
+        &xml,
+        "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>",
+    )
+    .unwrap();
+    let virsh = |node: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_omsim"))
+            .args(["virsh", "--node", node])
+            .args(args)
+            .env("OMRAFT_SIM_DIR", &sim)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    virsh("n1", &["define", xml.to_str().unwrap()]);
+    virsh("n1", &["start", "kvm1"]);
+    ok(
+        &n1,
+        &[
+            "demo/svc/kvm1",
+            "config",
+            "update",
+            "--set",
+            "container#1.type=kvm",
+            "--set",
+            "container#1.name=kvm1",
+        ],
+    );
+    let primary_n1 = || {
+        let state = std::fs::read_to_string(sim.join("drbd/kvm1.demo.vol.default.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        v["nodes"]["n1"]["primary"].as_bool().unwrap_or(false)
+    };
+    assert!(primary_n1() && virsh("n1", &["list"]).contains("kvm1 running"));
+
+    // n2 and the witness hang: n1 is alone, cannot renew its lease, and must stop on its own.
+    let pids: Vec<String> = nodes[1..]
+        .iter()
+        .map(|n| n.child.as_ref().unwrap().id().to_string())
+        .collect();
+    for pid in &pids {
+        assert!(std::process::Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let t = std::time::Instant::now();
+    support::eventually(15, "n1 to fence itself", || async {
+        (!primary_n1() && virsh("n1", &["list"]).contains("kvm1 shut off")).then_some(())
+    })
+    .await;
+    let fenced_after = t.elapsed();
+    for pid in &pids {
+        assert!(std::process::Command::new("kill")
+            .args(["-CONT", pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    // The lease (3 s by default) ran out first: fencing took about that long, not less.
+    assert!(
+        fenced_after >= std::time::Duration::from_millis(2000),
+        "fenced after {fenced_after:?}"
+    );
+    // Back in touch: leased again, n1 takes its service back.
+    support::eventually(20, "n1 to run the service again", || async {
+        (primary_n1() && virsh("n1", &["list"]).contains("kvm1 running")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
+        ""
+    );
+}
