@@ -38,17 +38,7 @@ pub fn refused(e: Rejection) -> Status {
 fn new_uuid() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("system random source");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::model::objects::uuid_from(b, 4)
 }
 
 fn parse_keys(path: &str, kvs: &[KeyValue]) -> Result<Vec<(ObjectKey, String)>, Status> {

@@ -240,17 +240,21 @@ impl Eq for IndexCache {}
 /// A deterministic id for objects the cluster creates itself (volumes).
 pub fn derived_uuid(seed: &str) -> String {
     let h = Sha256::digest(seed.as_bytes());
-    let mut b: [u8; 16] = h[..16].try_into().expect("16 bytes");
-    b[6] = (b[6] & 0x0f) | 0x50; // version 5-like: name-based
+    uuid_from(h[..16].try_into().expect("16 bytes"), 5)
+}
+
+/// A UUID of `version` (4: random, 5: name-based) from 16 bytes, in its text form.
+pub fn uuid_from(mut b: [u8; 16], version: u8) -> String {
+    b[6] = (b[6] & 0x0f) | (version << 4);
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
     )
 }
 

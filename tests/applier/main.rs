@@ -8,12 +8,6 @@ mod support;
 
 use support::omd::*;
 
-fn ok(server: &str, args: &[&str]) -> String {
-    let out = omctl(server, args);
-    assert!(out.status.success(), "omctl {args:?} failed: {}", stderr(&out));
-    stdout(&out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -115,14 +109,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
          <devices><disk type='block'><source dev='/dev/drbd0'/><target dev='vda'/></disk></devices></domain>",
     )
     .unwrap();
-    let virsh = |node: &str, args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_omsim"))
-            .args(["virsh", "--node", node])
-            .args(args)
-            .env("OMRAFT_SIM_DIR", &sim)
-            .output()
-            .unwrap()
-    };
+    let virsh = |node: &str, args: &[&str]| omsim_virsh(&sim, node, args);
     assert!(virsh("n1", &["define", xml.to_str().unwrap()]).status.success());
     // n2 is Secondary: QEMU cannot open the device there.
     assert!(virsh("n2", &["define", xml.to_str().unwrap()]).status.success());
@@ -367,15 +354,7 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
         "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>",
     )
     .unwrap();
-    let virsh = |node: &str, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_omsim"))
-            .args(["virsh", "--node", node])
-            .args(args)
-            .env("OMRAFT_SIM_DIR", &sim)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let virsh = |node: &str, args: &[&str]| String::from_utf8_lossy(&omsim_virsh(&sim, node, args).stdout).into_owned();
     virsh("n1", &["define", xml.to_str().unwrap()]);
     virsh("n1", &["start", "kvm1"]);
     ok(

@@ -27,13 +27,6 @@ const TEMPLATE: &str = "resource {{.Name}} {
 }
 ";
 
-/// Runs omctl, asserts success, returns stdout.
-fn ok(server: &str, args: &[&str]) -> String {
-    let out = omctl(server, args);
-    assert!(out.status.success(), "omctl {args:?} failed: {}", stderr(&out));
-    stdout(&out)
-}
-
 /// The leader's last log index, as `mon` reports it.
 fn last_log_index(server: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&ok(server, &["mon", "-o", "json"])).unwrap();

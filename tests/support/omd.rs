@@ -161,3 +161,20 @@ pub async fn three_with(root: &Path, common: &[&str]) -> Vec<Omd> {
     wait_leader(&c1, 3).await;
     nodes
 }
+
+/// Runs omctl, asserts success, returns stdout.
+pub fn ok(server: &str, args: &[&str]) -> String {
+    let out = omctl(server, args);
+    assert!(out.status.success(), "omctl {args:?} failed: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// `omsim virsh --node NODE ARGS...` on the simulators in `sim`.
+pub fn omsim_virsh(sim: &Path, node: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_omsim"))
+        .args(["virsh", "--node", node])
+        .args(args)
+        .env("OMRAFT_SIM_DIR", sim)
+        .output()
+        .expect("run omsim")
+}
