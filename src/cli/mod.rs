@@ -28,7 +28,8 @@ use render::Printer;
     propagate_version = true,
     after_help = "Object commands: omctl PATH COMMAND, where PATH is NAMESPACE/KIND/NAME (or NAME for\n\
                   root/svc/NAME): create, delete, config show|update|get|doc, key add|change|list|decode|remove,\n\
-                  instance device list. See `omctl PATH --help`, e.g. `omctl demo/svc/kvm1 --help`."
+                  provision, unprovision, start, stop (--wait), instance ls|status -r|device list|provision\n\
+                  --state-only, print status -r. See `omctl PATH --help`, e.g. `omctl demo/svc/kvm1 --help`."
 )]
 pub struct Cli {
     /// Daemon to talk to: unix:PATH or http://HOST:PORT.
