@@ -6,18 +6,16 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::path::{Path, PathBuf};
+
 use support::omd::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = tmp.path().join("sim");
-    let sim_arg = sim.to_str().unwrap();
-    let nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim_arg]).await;
-    let (n1, n2) = (nodes[0].server(), nodes[1].server());
-    ok(&n1, &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
+/// Three daemons on the simulated drivers in `DIR/sim`, and pool `drbdvm` (drbd on `data`).
+async fn sim_cluster(tmp: &Path) -> (Vec<Omd>, PathBuf) {
+    let sim = tmp.join("sim");
+    let nodes = three_with(tmp, &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
     ok(
-        &n1,
+        &nodes[0].server(),
         &[
             "cluster",
             "config",
@@ -28,6 +26,24 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
             "pool#drbdvm.vg=data",
         ],
     );
+    (nodes, sim)
+}
+
+/// Runs omctl until it succeeds: what allocates a volume waits for the nodes' VG reports.
+async fn until_ok(server: &str, args: &[&str]) {
+    support::eventually(20, "the nodes' volume group reports", || async {
+        omctl(server, args).status.success().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, sim) = sim_cluster(tmp.path()).await;
+    let (n1, n2) = (nodes[0].server(), nodes[1].server());
+    ok(&n1, &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
+
     ok(
         &n1,
         &[
@@ -48,16 +64,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         "volume#data.pool=drbdvm",
     ];
     // The VG reports arrive shortly after the joins.
-    support::eventually(20, "the volume to be allocated", || {
-        let n1 = n1.clone();
-        async move {
-            omctl(&n1, &[&["demo/svc/kvm1", "config", "update"][..], &vol].concat())
-                .status
-                .success()
-                .then_some(())
-        }
-    })
-    .await;
+    until_ok(&n1, &[&["demo/svc/kvm1", "config", "update"][..], &vol].concat()).await;
 
     let out = ok(&n2, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
     let rows: Vec<&str> = out.lines().collect();
@@ -190,8 +197,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = tmp.path().join("sim");
-    let nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
+    let (nodes, sim) = sim_cluster(tmp.path()).await;
     let n1 = nodes[0].server();
     // A template that renders, but not into a resource file our checks accept.
     ok(&n1, &["system/cfg/drbd", "create"]);
@@ -224,16 +230,7 @@ async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing()
         "--kw",
         "nodes=n1 n2",
     ];
-    support::eventually(20, "the volume to be allocated", || {
-        let n1 = n1.clone();
-        async move {
-            omctl(&n1, &[&["demo/svc/bad", "create"][..], &vol].concat())
-                .status
-                .success()
-                .then_some(())
-        }
-    })
-    .await;
+    until_ok(&n1, &[&["demo/svc/bad", "create"][..], &vol].concat()).await;
     ok(&n1, &["demo/svc/bad", "provision"]);
     let tree = support::eventually(20, "the template warning", || {
         let n1 = n1.clone();
@@ -311,32 +308,11 @@ async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = tmp.path().join("sim");
-    let nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
+    let (nodes, sim) = sim_cluster(tmp.path()).await;
     let n1 = nodes[0].server();
-    ok(
-        &n1,
-        &[
-            "cluster",
-            "config",
-            "update",
-            "--set",
-            "pool#drbdvm.type=drbd",
-            "--set",
-            "pool#drbdvm.vg=data",
-        ],
-    );
+
     let vol = ["--kw", "volume#data.size=1G", "--kw", "volume#data.shared=true"];
-    support::eventually(20, "the volume to be allocated", || {
-        let n1 = n1.clone();
-        async move {
-            omctl(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat())
-                .status
-                .success()
-                .then_some(())
-        }
-    })
-    .await;
+    until_ok(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat()).await;
     ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
     let mon = ok(&n1, &["mon"]);
     let lease = mon
