@@ -350,6 +350,30 @@ impl ClusterService {
                 path: p,
                 started: false,
             },
+            "switch" => {
+                let key = p.to_string();
+                let target = self
+                    .node
+                    .read_linearizable(|d| {
+                        if !req.node.is_empty() {
+                            return d
+                                .state
+                                .node_id(&req.node)
+                                .ok_or_else(|| format!("unknown node {:?}", req.node));
+                        }
+                        // The next node in the service's order after the one holding it.
+                        let nodes = d.state.service_nodes(&p);
+                        let at = d.state.services.get(&key).and_then(|s| s.placement);
+                        let i = nodes.iter().position(|n| Some(*n) == at).map_or(0, |i| i + 1);
+                        nodes
+                            .get(i % nodes.len().max(1))
+                            .copied()
+                            .ok_or_else(|| format!("{key} has no node to switch to"))
+                    })
+                    .await?
+                    .map_err(Status::failed_precondition)?;
+                Command::Switch { path: p, to: target }
+            }
             "provision-state-only" => {
                 let node_id = self
                     .node

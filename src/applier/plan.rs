@@ -84,6 +84,12 @@ pub enum Step {
     StopDomain { name: String, timeout_secs: u64 },
 }
 
+fn peers_demoted(st: &ResourceStatus) -> bool {
+    st.connections
+        .iter()
+        .all(|c| c.connection_state == "Connected" && c.peer_role == "Secondary")
+}
+
 fn all_peers_fresh(st: &ResourceStatus) -> bool {
     !st.connections.is_empty()
         && st.connections.iter().all(|c| {
@@ -157,7 +163,10 @@ fn plan_volumes(desired: &Desired, observed: &Observed) -> Vec<Step> {
             let primary = st.role == "Primary";
             let disk = st.devices.first().map(|d| d.disk_state.as_str()).unwrap_or("");
             match (desired.active, primary) {
-                (true, false) if disk == "UpToDate" => steps.push(Step::Primary {
+                // Promote only while every peer is in sight and none is Primary: the node that
+                // held the service demotes first (a switch), and a peer out of sight may still
+                // hold it, so this node waits rather than guess.
+                (true, false) if disk == "UpToDate" && peers_demoted(st) => steps.push(Step::Primary {
                     resource: r(),
                     force: false,
                 }),
@@ -409,6 +418,22 @@ mod tests {
                 resource: r(),
                 force: false
             }]
+        );
+    }
+
+    #[test]
+    fn promotion_waits_for_the_peer_to_demote_and_to_be_in_sight() {
+        let mut peer_primary = status("Secondary", "UpToDate", "Connected", "UpToDate", None);
+        peer_primary.connections[0].peer_role = "Primary".into();
+        assert_eq!(
+            plan(&desired(true, true), &observed(true, true, Some(peer_primary))),
+            vec![]
+        );
+        let mut out_of_sight = status("Secondary", "UpToDate", "Connecting", "DUnknown", None);
+        out_of_sight.connections[0].peer_role = "Unknown".into();
+        assert_eq!(
+            plan(&desired(true, true), &observed(true, true, Some(out_of_sight))),
+            vec![]
         );
     }
 

@@ -49,6 +49,14 @@ pub enum PathCmd {
     Start(WaitArgs),
     /// Stop the service.
     Stop(WaitArgs),
+    /// Move the service to another of its nodes: stop, demote, promote there, start.
+    Switch {
+        /// The node to move to (default: the next one in the service's nodes order).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Print views of the object.
     #[command(subcommand)]
     Print(PrintCmd),
@@ -332,6 +340,14 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
         PathCmd::Unprovision(w) => action(&mut c, out, &path, "unprovision", &w).await?,
         PathCmd::Start(w) => action(&mut c, out, &path, "start", &w).await?,
         PathCmd::Stop(w) => action(&mut c, out, &path, "stop", &w).await?,
+        PathCmd::Switch { to, wait } => {
+            let req = pb::ObjectActionRequest {
+                path: path.clone(),
+                action: "switch".into(),
+                node: to.unwrap_or_default(),
+            };
+            orchestrate(&mut c, out, &path, "switch", req, &wait).await?
+        }
     }
     Ok(())
 }
@@ -349,6 +365,8 @@ fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
         }
         "unprovision" => all_reported && s.instances.iter().all(|i| !i.provisioned),
         "start" => placed.is_some_and(|p| p.avail == "up"),
+        // Up where it is placed now, down everywhere else.
+        "switch" => all_reported && s.instances.iter().all(|i| (i.node == s.placement) == (i.avail == "up")),
         _ => all_reported && s.instances.iter().all(|i| i.avail != "up"),
     }
 }
@@ -366,6 +384,18 @@ async fn action(
         action: action.into(),
         node: String::new(),
     };
+    orchestrate(c, out, path, action, req, w).await
+}
+
+/// Commits `req`, then with --wait polls until every node shows the result of `action`.
+async fn orchestrate(
+    c: &mut super::client::Client,
+    out: &mut Printer,
+    path: &str,
+    action: &str,
+    req: pb::ObjectActionRequest,
+    w: &WaitArgs,
+) -> Result<(), Failure> {
     let index = c.object_action(req).await?.into_inner().log_index;
     let id = crate::model::objects::derived_uuid(&format!("{path}@{index}"));
     let mut error = None;

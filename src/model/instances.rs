@@ -140,6 +140,24 @@ impl ClusterState {
         s.started = true;
     }
 
+    pub(super) fn check_switch(&self, path: &ObjectPath, to: NodeId) -> Result<(), Rejection> {
+        self.check_needs_provisioned(path)?;
+        self.check_node_of(path, to)?;
+        if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(to) {
+            return Err(Rejection::AlreadyThere(path.to_string(), to));
+        }
+        Ok(())
+    }
+
+    /// Places a service on `to`, started: the old node stops and demotes, `to` promotes once
+    /// it sees it demoted, then starts the guests.
+    pub(super) fn switch(&mut self, path: &ObjectPath, to: NodeId) {
+        let s = self.services.entry(path.to_string()).or_default();
+        s.placement = Some(to);
+        s.started = true;
+        s.epoch += 1;
+    }
+
     pub(super) fn unprovision(&mut self, path: &ObjectPath) {
         if let Some(s) = self.services.get_mut(&path.to_string()) {
             s.provisioned = false;

@@ -125,6 +125,8 @@ pub enum Command {
         name: String,
         xml: String,
     },
+    /// Move a provisioned service to another of its nodes (started there).
+    Switch { path: ObjectPath, to: NodeId },
 }
 
 impl fmt::Display for Command {
@@ -161,6 +163,7 @@ impl fmt::Display for Command {
                 write!(f, "node {node_id} reports {path} {}", report.avail)
             }
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
+            Command::Switch { path, to } => write!(f, "switch {path} to node {to}"),
         }
     }
 }
@@ -201,6 +204,8 @@ pub enum Rejection {
     NoNodes(String),
     #[error("{0} is not provisioned: run provision first")]
     NotProvisioned(String),
+    #[error("{0} already runs on node id {1}")]
+    AlreadyThere(String, NodeId),
     #[error("the domain XML of {0} is too large or does not name the domain")]
     BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
@@ -268,6 +273,7 @@ impl ClusterState {
             Command::Unprovision { path } => self.check_needs_provisioned(path),
             Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
+            Command::Switch { path, to } => self.check_switch(path, *to),
             Command::CaptureDomain { path, name, xml } => {
                 self.service(path)?;
                 if xml.len() > objects::MAX_KEY_BYTES || !xml.contains(&format!("<name>{name}</name>")) {
@@ -424,6 +430,10 @@ impl ClusterState {
                     .entry(path.to_string())
                     .or_default()
                     .insert(*node_id, report.clone());
+                Response::Done
+            }
+            Command::Switch { path, to } => {
+                self.switch(path, *to);
                 Response::Done
             }
             Command::CaptureDomain { path, name, xml } => {

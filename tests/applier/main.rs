@@ -176,6 +176,32 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
     })
     .await;
     assert!(!running_on("n2"));
+
+    // switch: the guest stops on n1, n1 demotes, n2 promotes once it sees that, then starts
+    // the guest from the XML the cluster captured. At no moment two Primaries or two guests.
+    let out = ok(&n2, &["demo/svc/kvm1", "switch", "--wait", "--time", "60s"]);
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("demo/svc/kvm1  ") && l.ends_with("  -")),
+        "{out}"
+    );
+    assert_eq!(
+        ok(&n1, &["demo/svc/kvm1", "instance", "ls"]),
+        "OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    down\ndemo/svc/kvm1  n2    up\n"
+    );
+    assert!(running_on("n2") && !running_on("n1"));
+    let out = omctl(&n1, &["demo/svc/kvm1", "switch", "--to", "n2"]);
+    assert!(
+        out.status.code() == Some(1) && stderr(&out).contains("already runs"),
+        "{}",
+        stderr(&out)
+    );
+    ok(
+        &n1,
+        &["demo/svc/kvm1", "switch", "--to", "n1", "--wait", "--time", "60s"],
+    );
+    assert!(running_on("n1") && !running_on("n2"));
     let out = omctl(&n1, &["demo/svc/kvm1", "delete"]);
     assert!(
         out.status.code() == Some(1) && stderr(&out).contains("unprovision it"),
