@@ -286,6 +286,7 @@ fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
         "drbdvm  drbd  rox,rwx,roo,rwo,snap,blk,shared  data  0             10g       0         10g",
         "/dev/drbd0",
         "      └ container#1    ........  up    kvm kvm1",
+        "demo/svc/kvm1  n1    down\ndemo/svc/kvm1  n2    up\n\n",
     ] {
         assert!(so.contains(want), "demo output lacks {want:?}:\n{so}");
     }
