@@ -434,6 +434,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         ClusterService::object_action(self, req).await
     }
 
+    async fn node_freeze(&self, req: Request<NodeFreezeRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        ClusterService::node_freeze(self, req).await
+    }
+
     async fn instance_status(&self, req: Request<ObjectRef>) -> Result<Response<InstanceStatusReply>, Status> {
         ClusterService::instance_status(self, req).await
     }

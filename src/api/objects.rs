@@ -350,6 +350,10 @@ impl ClusterService {
                 path: p,
                 started: false,
             },
+            "freeze" | "thaw" => Command::FreezeService {
+                path: p,
+                frozen: req.action == "freeze",
+            },
             "switch" => {
                 let key = p.to_string();
                 let target = self
@@ -385,6 +389,24 @@ impl ClusterService {
             other => return Err(Status::invalid_argument(format!("unknown action {other:?}"))),
         };
         self.commit(cmd).await
+    }
+
+    pub(super) async fn node_freeze(
+        &self,
+        req: Request<NodeFreezeRequest>,
+    ) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let node_id = self
+            .node
+            .read_linearizable(|d| d.state.node_id(&req.node))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("unknown node {:?}", req.node)))?;
+        self.commit(Command::FreezeNode {
+            node_id,
+            frozen: req.frozen,
+        })
+        .await
     }
 
     pub(super) async fn instance_status(
@@ -424,6 +446,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
             },
             Some(r) => InstanceView {
                 node: name(id),
+                node_frozen: s.frozen_nodes.contains(&id),
                 reported: true,
                 avail: r.avail.to_string(),
                 warn: r.warn,
@@ -446,6 +469,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
         provisioned: svc.provisioned,
         placement: svc.placement.map(name).unwrap_or_default(),
         started: svc.started,
+        frozen: svc.frozen,
         epoch: svc.epoch,
         instances,
     }

@@ -82,6 +82,9 @@ pub enum Command {
     /// Storage pools.
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Node-level commands.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// PATH COMMAND...: commands on one object (NAMESPACE/KIND/NAME); see `omctl PATH --help`.
     #[command(external_subcommand)]
     Path(Vec<String>),
@@ -93,6 +96,20 @@ pub enum ObjectsCmd {
     Ls {
         /// Glob over NAMESPACE/KIND/NAME, e.g. '*/svc/*' (default: every object).
         selector: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Freeze a node: the orchestrator places nothing on it.
+    Freeze {
+        #[arg(long)]
+        node: String,
+    },
+    /// Thaw a frozen node.
+    Thaw {
+        #[arg(long)]
+        node: String,
     },
 }
 
@@ -332,6 +349,19 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             Ok(())
         }
         Command::Path(args) => object::run(cli, args, out).await,
+        Command::Node(NodeCmd::Freeze { node } | NodeCmd::Thaw { node }) => {
+            let frozen = matches!(&cli.command, Command::Node(NodeCmd::Freeze { .. }));
+            let mut c = connect(cli).await?;
+            let r = c
+                .node_freeze(pb::NodeFreezeRequest {
+                    node: node.clone(),
+                    frozen,
+                })
+                .await?
+                .into_inner();
+            out.committed(r.log_index);
+            Ok(())
+        }
         Command::Object(ObjectsCmd::Ls { selector }) => {
             let mut c = connect(cli).await?;
             let req = pb::ObjectListRequest {

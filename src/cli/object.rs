@@ -60,6 +60,10 @@ pub enum PathCmd {
     /// Print views of the object.
     #[command(subcommand)]
     Print(PrintCmd),
+    /// Freeze the service: no automatic action (failover) on it.
+    Freeze,
+    /// Thaw a frozen service.
+    Thaw,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +339,19 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
             };
             let r = c.object_action(req).await?.into_inner();
             out.state_only(&path, &node, r.log_index);
+        }
+        PathCmd::Freeze | PathCmd::Thaw => {
+            let action = if matches!(parsed.command, PathCmd::Freeze) {
+                "freeze"
+            } else {
+                "thaw"
+            };
+            let req = pb::ObjectActionRequest {
+                path: path.clone(),
+                action: action.into(),
+                node: String::new(),
+            };
+            out.committed(c.object_action(req).await?.into_inner().log_index);
         }
         PathCmd::Provision(w) => action(&mut c, out, &path, "provision", &w).await?,
         PathCmd::Unprovision(w) => action(&mut c, out, &path, "unprovision", &w).await?,

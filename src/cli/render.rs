@@ -635,6 +635,9 @@ impl Printer {
                 if s.provisioned && i.reported && !i.provisioned {
                     flags.push("not-provisioned");
                 }
+                if s.frozen || i.node_frozen {
+                    flags.push("frozen");
+                }
                 flags.push("idle");
                 if i.node == s.placement && s.started {
                     flags.push("started");

@@ -27,6 +27,9 @@ pub struct ServiceState {
     /// The libvirt domain XML of each kvm container, captured from the node that had it.
     #[serde(default)]
     pub domains: BTreeMap<String, String>,
+    /// No automatic action (failover) on this service.
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 /// Up, down, or up with a warning; `NotApplicable` for a resource that does not apply.

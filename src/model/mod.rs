@@ -55,6 +55,9 @@ pub struct ClusterState {
     /// What the cluster wants of each service: provisioned, placement, started.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceState>,
+    /// Nodes the orchestrator places nothing on.
+    #[serde(default)]
+    pub frozen_nodes: std::collections::BTreeSet<NodeId>,
     /// What each node last reported of each service instance, by path then node.
     #[serde(default)]
     pub reports: BTreeMap<String, BTreeMap<NodeId, InstanceReport>>,
@@ -127,6 +130,10 @@ pub enum Command {
     },
     /// Move a provisioned service to another of its nodes (started there).
     Switch { path: ObjectPath, to: NodeId },
+    /// Freeze (or thaw) a service: the orchestrator takes no automatic action on it.
+    FreezeService { path: ObjectPath, frozen: bool },
+    /// Freeze (or thaw) a node: the orchestrator places nothing on it.
+    FreezeNode { node_id: NodeId, frozen: bool },
 }
 
 impl fmt::Display for Command {
@@ -164,6 +171,10 @@ impl fmt::Display for Command {
             }
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
             Command::Switch { path, to } => write!(f, "switch {path} to node {to}"),
+            Command::FreezeService { path, frozen } => write!(f, "{} {path}", if *frozen { "freeze" } else { "thaw" }),
+            Command::FreezeNode { node_id, frozen } => {
+                write!(f, "{} node {node_id}", if *frozen { "freeze" } else { "thaw" })
+            }
         }
     }
 }
@@ -274,6 +285,14 @@ impl ClusterState {
             Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
             Command::Switch { path, to } => self.check_switch(path, *to),
+            Command::FreezeService { path, .. } => self.service(path),
+            Command::FreezeNode { node_id, .. } => {
+                if self.nodes.contains_key(node_id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownNode(*node_id))
+                }
+            }
             Command::CaptureDomain { path, name, xml } => {
                 self.service(path)?;
                 if xml.len() > objects::MAX_KEY_BYTES || !xml.contains(&format!("<name>{name}</name>")) {
@@ -434,6 +453,18 @@ impl ClusterState {
             }
             Command::Switch { path, to } => {
                 self.switch(path, *to);
+                Response::Done
+            }
+            Command::FreezeService { path, frozen } => {
+                self.services.entry(path.to_string()).or_default().frozen = *frozen;
+                Response::Done
+            }
+            Command::FreezeNode { node_id, frozen } => {
+                if *frozen {
+                    self.frozen_nodes.insert(*node_id);
+                } else {
+                    self.frozen_nodes.remove(node_id);
+                }
                 Response::Done
             }
             Command::CaptureDomain { path, name, xml } => {

@@ -202,6 +202,33 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         &["demo/svc/kvm1", "switch", "--to", "n1", "--wait", "--time", "60s"],
     );
     assert!(running_on("n1") && !running_on("n2"));
+
+    // freeze and thaw, per service and per node, show in the status tree.
+    ok(&n1, &["demo/svc/kvm1", "freeze"]);
+    ok(&n2, &["node", "freeze", "--node", "n2"]);
+    let tree = ok(&n1, &["demo/svc/kvm1", "instance", "status", "-r"]);
+    assert!(
+        tree.contains("n1                           up    frozen idle started"),
+        "{tree}"
+    );
+    ok(&n1, &["demo/svc/kvm1", "thaw"]);
+    let tree = ok(&n1, &["demo/svc/kvm1", "instance", "status", "-r"]);
+    assert!(
+        tree.contains("n2                           down  frozen idle"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("n1                           up    idle started"),
+        "{tree}"
+    );
+    ok(&n1, &["node", "thaw", "--node", "n2"]);
+    assert!(!ok(&n1, &["demo/svc/kvm1", "instance", "status", "-r"]).contains("frozen"));
+    let out = omctl(&n1, &["node", "freeze", "--node", "n9"]);
+    assert!(
+        out.status.code() == Some(1) && stderr(&out).contains("n9"),
+        "{}",
+        stderr(&out)
+    );
     let out = omctl(&n1, &["demo/svc/kvm1", "delete"]);
     assert!(
         out.status.code() == Some(1) && stderr(&out).contains("unprovision it"),
