@@ -4,6 +4,7 @@
 //! - [`model`]: the replicated state, the log's commands and the pure `apply`.
 //! - [`config`]: object configuration: INI format, keyword catalogs, references.
 //! - [`lease`]: the lease rules: when a node may run services.
+//! - [`orchestrator`]: the leader's failover decisions.
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`applier`]: per-node reconciliation of desired and observed state.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod drivers;
 pub mod lease;
 pub mod model;
+pub mod orchestrator;
 pub mod raft;
 pub mod sim;
 

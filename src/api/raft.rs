@@ -62,8 +62,8 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        authorize(&req, Access::Node)?;
-        encode(&self.node.grant_lease().await)
+        let from: NodeId = decode(req)?;
+        encode(&self.node.grant_lease(from).await)
     }
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

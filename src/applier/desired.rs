@@ -34,6 +34,11 @@ pub fn desired(
         provisioned: svc.provisioned,
         active: svc.provisioned && svc.started && svc.placement == Some(me) && leased,
         fenced: svc.provisioned && svc.started && svc.placement == Some(me) && !leased,
+        gone: svc
+            .fenced
+            .iter()
+            .filter_map(|id| state.nodes.get(id).map(|n| n.name.clone()))
+            .collect(),
         volumes: vec![],
         containers: vec![],
     };

@@ -18,6 +18,9 @@ pub struct Desired {
     /// This node should hold the service but has no valid lease: stop everything at once
     /// (destroy the guests, demote), as DESIGN.md section 4 requires.
     pub fenced: bool,
+    /// Peers the leader saw lose their lease when it moved the service here: out of sight,
+    /// they do not hold it back.
+    pub gone: BTreeSet<String>,
     pub volumes: Vec<DesiredVolume>,
     pub containers: Vec<DesiredContainer>,
 }
@@ -84,10 +87,11 @@ pub enum Step {
     StopDomain { name: String, timeout_secs: u64 },
 }
 
-fn peers_demoted(st: &ResourceStatus) -> bool {
-    st.connections
-        .iter()
-        .all(|c| c.connection_state == "Connected" && c.peer_role == "Secondary")
+fn peers_demoted(st: &ResourceStatus, gone: &BTreeSet<String>) -> bool {
+    st.connections.iter().all(|c| {
+        (c.connection_state == "Connected" && c.peer_role == "Secondary")
+            || (c.connection_state != "Connected" && gone.contains(&c.name))
+    })
 }
 
 fn all_peers_fresh(st: &ResourceStatus) -> bool {
@@ -166,7 +170,7 @@ fn plan_volumes(desired: &Desired, observed: &Observed) -> Vec<Step> {
                 // Promote only while every peer is in sight and none is Primary: the node that
                 // held the service demotes first (a switch), and a peer out of sight may still
                 // hold it, so this node waits rather than guess.
-                (true, false) if disk == "UpToDate" && peers_demoted(st) => steps.push(Step::Primary {
+                (true, false) if disk == "UpToDate" && peers_demoted(st, &desired.gone) => steps.push(Step::Primary {
                     resource: r(),
                     force: false,
                 }),
@@ -320,6 +324,7 @@ mod tests {
             provisioned,
             active,
             fenced: false,
+            gone: BTreeSet::new(),
             containers: vec![],
             volumes: vec![DesiredVolume {
                 rid: "volume#data".into(),

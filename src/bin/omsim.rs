@@ -5,6 +5,7 @@
 //!
 //! `omsim virsh --node NODE define FILE|start NAME|destroy NAME|list` acts on a node's
 //! simulated libvirt: the simulator's equivalent of the tutorial's manual `virt-install`.
+//! `omsim virsh --node NODE poweroff` pulls the plug on that node (guests and DRBD down).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ fn virsh(args: &[String]) -> i32 {
     let (node, verb, arg) = match args {
         [flag, node, verb, rest @ ..] if flag == "--node" => (node, verb.as_str(), rest.first()),
         _ => {
-            eprintln!("usage: omsim virsh --node NODE define FILE|start NAME|destroy NAME|list");
+            eprintln!("usage: omsim virsh --node NODE define FILE|start NAME|destroy NAME|list|poweroff");
             return 2;
         }
     };
@@ -54,6 +55,8 @@ fn virsh(args: &[String]) -> i32 {
         ("start", Some(name)) => hv.start(name).map_err(|e| e.to_string()),
         ("destroy", Some(name)) => hv.destroy(name).map_err(|e| e.to_string()),
         ("list", None) => hv.list().map(|l| print!("{l}")).map_err(|e| e.to_string()),
+        // The simulator's power cut: guests gone, DRBD down on that node.
+        ("poweroff", None) => hv.power_off().map_err(|e| e.to_string()),
         _ => Err(format!("unknown or incomplete command {verb:?}")),
     };
     match res {

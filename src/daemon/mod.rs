@@ -88,6 +88,9 @@ pub struct Node {
     pub lease_lapsed: Arc<tokio::sync::Notify>,
     /// Set by `shutdown`: background loops end.
     closing: std::sync::atomic::AtomicBool,
+    /// As the leader: when this node last granted each node a lease (for the orchestrator,
+    /// which moves a service only once its node's lease, as granted here, ran out).
+    pub grants: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
 }
 
 /// Errors of starting a node.
@@ -161,6 +164,7 @@ impl Node {
             lease: std::sync::Mutex::new(crate::lease::Lease::default()),
             lease_lapsed: Arc::new(tokio::sync::Notify::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
+            grants: std::sync::Mutex::new(BTreeMap::new()),
         });
         tokio::spawn(register_founder(Arc::downgrade(&node)));
         tokio::spawn(renew_lease(Arc::downgrade(&node)));
@@ -364,15 +368,20 @@ impl Node {
     }
 
     /// As the leader: confirms leadership with a quorum and grants a lease (`Lease` RPC).
-    pub async fn grant_lease(&self) -> Result<crate::lease::Grant, String> {
+    pub async fn grant_lease(&self, to: NodeId) -> Result<crate::lease::Grant, String> {
         let m = self.member();
         let duration =
             m.sm.read(|d| crate::model::catalog::lease_config(&d.state.config).duration);
         match m.raft.ensure_linearizable().await {
-            Ok(read) => Ok(crate::lease::Grant {
-                duration_ms: duration.as_millis() as u64,
-                commit_index: read.map(|l| l.index).unwrap_or(0),
-            }),
+            Ok(read) => {
+                // Recorded after the quorum confirmed: the node's lease cannot outlast this
+                // instant plus the duration (it runs from the node's request, sent earlier).
+                self.grants.lock().expect("grants lock").insert(to, Instant::now());
+                Ok(crate::lease::Grant {
+                    duration_ms: duration.as_millis() as u64,
+                    commit_index: read.map(|l| l.index).unwrap_or(0),
+                })
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -504,11 +513,12 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
             // A witness never hosts services: it needs no lease.
             Err("a witness holds no lease".to_string())
         } else if node.is_leader() {
-            tokio::time::timeout(cfg.renew, node.grant_lease())
+            tokio::time::timeout(cfg.renew, node.grant_lease(m.id))
                 .await
                 .unwrap_or_else(|_| Err("timed out".into()))
         } else if let Some((_, addr)) = node.leader() {
-            let req = node.node_request(pb::RaftMessage { data: vec![] }, cfg.renew);
+            let me = serde_json::to_vec(&m.id).expect("serialize node id");
+            let req = node.node_request(pb::RaftMessage { data: me }, cfg.renew);
             match node.raft_client(&addr) {
                 Ok(mut c) => match tokio::time::timeout(cfg.renew, c.lease(req))
                     .await

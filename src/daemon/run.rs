@@ -185,6 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let drivers = drivers(&args, &name)?;
     let node = Node::start(settings).await.context("starting the node")?;
     tokio::spawn(crate::applier::run::run(node.clone(), drivers));
+    tokio::spawn(crate::orchestrator::run(node.clone()));
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");
 
     let listeners = Listeners {

@@ -166,6 +166,17 @@ impl SimHypervisor {
 }
 
 impl SimHypervisor {
+    /// Pulls the plug on this node: every guest stops, and with them the DRBD state here.
+    pub fn power_off(&self) -> Result<(), HypervisorError> {
+        self.update(|d| {
+            for x in d.domains.values_mut() {
+                x.running = false;
+            }
+            Ok(())
+        })?;
+        self.drbd.power_off().map_err(HypervisorError::Refused)
+    }
+
     /// `virsh list --all`: each domain and whether it runs.
     pub fn list(&self) -> Result<String, HypervisorError> {
         let d = self.load(&self.node)?;

@@ -30,6 +30,10 @@ pub struct ServiceState {
     /// No automatic action (failover) on this service.
     #[serde(default)]
     pub frozen: bool,
+    /// Nodes whose lease the leader saw run out when it moved the service off them: the new
+    /// holder may promote without seeing them.
+    #[serde(default)]
+    pub fenced: std::collections::BTreeSet<NodeId>,
 }
 
 /// Up, down, or up with a warning; `NotApplicable` for a resource that does not apply.
@@ -159,6 +163,7 @@ impl ClusterState {
         s.placement = Some(to);
         s.started = true;
         s.epoch += 1;
+        s.fenced.clear();
     }
 
     pub(super) fn unprovision(&mut self, path: &ObjectPath) {

@@ -130,6 +130,9 @@ pub enum Command {
     },
     /// Move a provisioned service to another of its nodes (started there).
     Switch { path: ObjectPath, to: NodeId },
+    /// The leader saw the lease of the node holding a service run out: the service moves to
+    /// `to`, which may promote without seeing `from` (that node fenced itself).
+    Failover { path: ObjectPath, from: NodeId, to: NodeId },
     /// Freeze (or thaw) a service: the orchestrator takes no automatic action on it.
     FreezeService { path: ObjectPath, frozen: bool },
     /// Freeze (or thaw) a node: the orchestrator places nothing on it.
@@ -171,6 +174,7 @@ impl fmt::Display for Command {
             }
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
             Command::Switch { path, to } => write!(f, "switch {path} to node {to}"),
+            Command::Failover { path, from, to } => write!(f, "failover {path} from node {from} to node {to}"),
             Command::FreezeService { path, frozen } => write!(f, "{} {path}", if *frozen { "freeze" } else { "thaw" }),
             Command::FreezeNode { node_id, frozen } => {
                 write!(f, "{} node {node_id}", if *frozen { "freeze" } else { "thaw" })
@@ -215,6 +219,8 @@ pub enum Rejection {
     NoNodes(String),
     #[error("{0} is not provisioned: run provision first")]
     NotProvisioned(String),
+    #[error("{0} is no longer placed on node id {1}")]
+    Moved(String, NodeId),
     #[error("{0} already runs on node id {1}")]
     AlreadyThere(String, NodeId),
     #[error("the domain XML of {0} is too large or does not name the domain")]
@@ -285,6 +291,13 @@ impl ClusterState {
             Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
             Command::Switch { path, to } => self.check_switch(path, *to),
+            Command::Failover { path, from, to } => {
+                self.check_switch(path, *to)?;
+                if self.services.get(&path.to_string()).and_then(|s| s.placement) != Some(*from) {
+                    return Err(Rejection::Moved(path.to_string(), *from));
+                }
+                Ok(())
+            }
             Command::FreezeService { path, .. } => self.service(path),
             Command::FreezeNode { node_id, .. } => {
                 if self.nodes.contains_key(node_id) {
@@ -453,6 +466,11 @@ impl ClusterState {
             }
             Command::Switch { path, to } => {
                 self.switch(path, *to);
+                Response::Done
+            }
+            Command::Failover { path, from, to } => {
+                self.switch(path, *to);
+                self.services.entry(path.to_string()).or_default().fenced.insert(*from);
                 Response::Done
             }
             Command::FreezeService { path, frozen } => {

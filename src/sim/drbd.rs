@@ -377,6 +377,33 @@ impl Sim {
         Ok(None)
     }
 
+    /// Pulls the plug on this node: every resource goes down here, as the kernel's state does.
+    pub fn power_off(&self) -> Result<(), String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("drbd")) else {
+            return Ok(());
+        };
+        let node = self.node.clone();
+        for e in entries.flatten() {
+            let Some(res) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            self.with_state(&res, |s| {
+                if let Some(x) = s.nodes.get_mut(&node) {
+                    x.up = false;
+                    x.primary = false;
+                    x.two_primaries = false;
+                    x.open = false;
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// Whether this node is Primary for `res`.
     pub fn is_primary(&self, res: &str) -> Result<bool, String> {
         let node = self.node.clone();

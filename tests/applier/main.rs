@@ -445,3 +445,67 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
         ""
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ran_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, sim) = sim_cluster(tmp.path()).await;
+    let (n1, n2) = (nodes[0].server(), nodes[1].server());
+    let vol = [
+        "--kw",
+        "volume#data.size=1G",
+        "--kw",
+        "volume#data.shared=true",
+        "--kw",
+        "orchestrate=ha",
+    ];
+    until_ok(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat()).await;
+    ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
+    let xml = tmp.path().join("kvm1.xml");
+    std::fs::write(
+        &xml,
+        "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>",
+    )
+    .unwrap();
+    omsim_virsh(&sim, "n1", &["define", xml.to_str().unwrap()]);
+    omsim_virsh(&sim, "n1", &["start", "kvm1"]);
+    ok(
+        &n1,
+        &[
+            "demo/svc/kvm1",
+            "config",
+            "update",
+            "--set",
+            "container#1.type=kvm",
+            "--set",
+            "container#1.name=kvm1",
+        ],
+    );
+    let running_on =
+        |node: &str| String::from_utf8_lossy(&omsim_virsh(&sim, node, &["list"]).stdout).contains("kvm1 running");
+    support::eventually(20, "the captured guest on n1", || async {
+        ok(&n2, &["demo/svc/kvm1", "instance", "status", "-r"])
+            .contains("container#1")
+            .then_some(())
+    })
+    .await;
+    assert!(running_on("n1") && !running_on("n2"));
+
+    // Pull n1's plug: its daemon dies with it.
+    nodes[0].kill9();
+    assert!(omsim_virsh(&sim, "n1", &["poweroff"]).status.success());
+    let t = std::time::Instant::now();
+    support::eventually(30, "the guest to run on n2", || async {
+        running_on("n2").then_some(())
+    })
+    .await;
+    let took = t.elapsed();
+    // Not before n1's lease (3 s) plus the drift margin could have run out.
+    assert!(took >= std::time::Duration::from_secs(3), "failed over after {took:?}");
+    assert_eq!(
+        std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
+        ""
+    );
+    let ls = ok(&n2, &["demo/svc/kvm1", "instance", "ls"]);
+    assert!(ls.contains("n2    up"), "{ls}");
+}

@@ -1,0 +1,117 @@
+//! The orchestrator: on the leader only, moves a service with `orchestrate=ha` off a node
+//! whose lease ran out. The decision is the pure `decide`; `run` feeds it what the leader
+//! knows of leases and writes its decisions to the log.
+//!
+//! Safety (DESIGN.md section 4): a node's lease, as the leader granted it, must have run out
+//! plus the drift margin before anything moves; a new leader, which cannot know the grants of
+//! the previous one, first waits one lease duration plus the margin.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::config::ini::DEFAULT;
+use crate::daemon::Node;
+use crate::model::{ClusterState, Command, NodeId, ObjectPath};
+
+/// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
+/// started and not frozen, placed on a node in `expired`, the first node of its `nodes` order
+/// that is `leased`, not frozen, and has the service provisioned.
+pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<NodeId>) -> Vec<Command> {
+    let mut out = Vec::new();
+    for (key, obj) in &state.objects {
+        let Ok(path) = ObjectPath::parse(key) else { continue };
+        if path.kind != "svc" {
+            continue;
+        }
+        let ha = state
+            .eval(&path, &obj.config, DEFAULT, "orchestrate", None)
+            .ok()
+            .flatten();
+        if ha.as_deref() != Some("ha") {
+            continue;
+        }
+        let Some(svc) = state.services.get(key) else { continue };
+        let Some(from) = svc.placement else { continue };
+        if !svc.provisioned || !svc.started || svc.frozen || !expired.contains(&from) {
+            continue;
+        }
+        let provisioned_on = |n: &NodeId| {
+            svc.state_only.contains(n)
+                || state
+                    .reports
+                    .get(key)
+                    .and_then(|r| r.get(n))
+                    .is_some_and(|r| r.provisioned)
+        };
+        let target = state
+            .service_nodes(&path)
+            .into_iter()
+            .find(|n| *n != from && leased.contains(n) && !state.frozen_nodes.contains(n) && provisioned_on(n));
+        if let Some(to) = target {
+            out.push(Command::Failover { path, from, to });
+        }
+    }
+    out
+}
+
+/// Runs the orchestrator of `node` until the process ends: active only while it leads.
+pub async fn run(node: Arc<Node>) {
+    let weak: Weak<Node> = Arc::downgrade(&node);
+    drop(node);
+    let mut leader_since: Option<Instant> = None;
+    loop {
+        let Some(node) = Node::alive(&weak) else { return };
+        let m = node.member();
+        let cfg = m.sm.read(|d| crate::model::catalog::lease_config(&d.state.config));
+        let leads = m.raft.metrics().borrow().current_leader == Some(m.id);
+        if !leads {
+            leader_since = None;
+            node.grants.lock().expect("grants lock").clear();
+        } else {
+            let since = *leader_since.get_or_insert_with(Instant::now);
+            let margin = cfg.duration + cfg.drift;
+            if since.elapsed() >= margin {
+                let now = Instant::now();
+                let grants = node.grants.lock().expect("grants lock").clone();
+                let (expired, leased, decisions) = m.sm.read(|d| {
+                    let data: Vec<NodeId> = d
+                        .state
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| !n.witness)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let granted = |id: &NodeId| grants.get(id).copied();
+                    let expired: BTreeSet<NodeId> = data
+                        .iter()
+                        .copied()
+                        .filter(|id| granted(id).is_none_or(|g| now >= g + margin))
+                        .collect();
+                    let leased: BTreeSet<NodeId> = data
+                        .iter()
+                        .copied()
+                        .filter(|id| granted(id).is_some_and(|g| now < g + cfg.duration))
+                        .collect();
+                    let decisions = decide(&d.state, &expired, &leased);
+                    (expired, leased, decisions)
+                });
+                for cmd in decisions {
+                    warn!(?expired, ?leased, "lease expired: {cmd}");
+                    match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
+                        Ok(Ok(_)) => info!("failover committed"),
+                        Ok(Err(e)) => warn!("failover: {}", e.message()),
+                        Err(_) => warn!("failover: not committed within 2 s"),
+                    }
+                }
+            }
+        }
+        drop((node, m));
+        tokio::time::sleep(cfg.renew).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! `decide` on its own: which service moves where, and when nothing may move.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::decide;
+use crate::config::ini::Ini;
+use crate::model::objects::derived_uuid;
+use crate::model::*;
+
+fn cluster() -> ClusterState {
+    let mut s = ClusterState::default();
+    let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
+    ok(
+        &mut s,
+        Command::Bootstrap {
+            node_id: 1,
+            name: "n1".into(),
+            addr: "a:1".into(),
+        },
+    );
+    ok(
+        &mut s,
+        Command::AddNode {
+            name: "n2".into(),
+            addr: "a:2".into(),
+            witness: false,
+        },
+    );
+    ok(
+        &mut s,
+        Command::AddNode {
+            name: "w".into(),
+            addr: "a:3".into(),
+            witness: true,
+        },
+    );
+    for id in [1, 2] {
+        ok(
+            &mut s,
+            Command::ReportVolumeGroups {
+                node_id: id,
+                vgs: BTreeMap::from([("data".into(), 5u64 << 30)]),
+            },
+        );
+    }
+    let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
+    ok(
+        &mut s,
+        Command::UpdateConfig {
+            set: vec![kv("pool#p.type", "drbd"), kv("pool#p.vg", "data")],
+            unset: vec![],
+        },
+    );
+    let mut config = Ini::parse("[DEFAULT]\norchestrate = ha\n[volume#data]\nshared = true\nsize = 1G\n").unwrap();
+    config.set("DEFAULT", "id", &derived_uuid("kvm1")).unwrap();
+    let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
+    ok(
+        &mut s,
+        Command::CreateObject {
+            path: path.clone(),
+            config,
+        },
+    );
+    ok(&mut s, Command::Provision { path: path.clone() });
+    for id in [1, 2] {
+        let report = InstanceReport {
+            avail: Avail::Down,
+            warn: false,
+            provisioned: true,
+            resources: vec![],
+        };
+        ok(
+            &mut s,
+            Command::ReportInstance {
+                path: path.clone(),
+                node_id: id,
+                report,
+            },
+        );
+    }
+    s
+}
+
+fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+    ids.iter().copied().collect()
+}
+
+fn path() -> ObjectPath {
+    ObjectPath::parse("demo/svc/kvm1").unwrap()
+}
+
+#[test]
+fn moves_a_service_off_a_node_whose_lease_expired() {
+    let s = cluster();
+    assert_eq!(
+        decide(&s, &set(&[1]), &set(&[2])),
+        vec![Command::Failover {
+            path: path(),
+            from: 1,
+            to: 2
+        }]
+    );
+}
+
+#[test]
+fn nothing_moves_while_the_holder_is_leased_or_without_a_leased_target() {
+    let s = cluster();
+    assert!(decide(&s, &set(&[]), &set(&[1, 2])).is_empty(), "holder still leased");
+    assert!(decide(&s, &set(&[1, 2]), &set(&[])).is_empty(), "no node to move to");
+}
+
+#[test]
+fn frozen_services_and_nodes_and_unprovisioned_targets_are_left_alone() {
+    let mut s = cluster();
+    s.apply(&Command::FreezeService {
+        path: path(),
+        frozen: true,
+    });
+    assert!(decide(&s, &set(&[1]), &set(&[2])).is_empty(), "frozen service");
+    s.apply(&Command::FreezeService {
+        path: path(),
+        frozen: false,
+    });
+    s.apply(&Command::FreezeNode {
+        node_id: 2,
+        frozen: true,
+    });
+    assert!(decide(&s, &set(&[1]), &set(&[2])).is_empty(), "frozen target");
+    s.apply(&Command::FreezeNode {
+        node_id: 2,
+        frozen: false,
+    });
+    let report = InstanceReport {
+        avail: Avail::Down,
+        warn: true,
+        provisioned: false,
+        resources: vec![],
+    };
+    s.apply(&Command::ReportInstance {
+        path: path(),
+        node_id: 2,
+        report,
+    });
+    assert!(
+        decide(&s, &set(&[1]), &set(&[2])).is_empty(),
+        "not provisioned on the target"
+    );
+}
+
+#[test]
+fn only_orchestrate_ha_services_fail_over_and_the_witness_never_hosts() {
+    let mut s = cluster();
+    let key = ObjectKey::parse("orchestrate").unwrap();
+    s.apply(&Command::UpdateObject {
+        path: path(),
+        set: vec![(key, "no".into())],
+        unset: vec![],
+    });
+    assert!(decide(&s, &set(&[1]), &set(&[2, 3])).is_empty());
+    let s = cluster();
+    assert!(
+        decide(&s, &set(&[1, 2]), &set(&[3])).is_empty(),
+        "the witness is never a target"
+    );
+}
+
+#[test]
+fn a_failover_records_the_fenced_node_and_a_stale_one_is_refused() {
+    let mut s = cluster();
+    assert_eq!(
+        s.apply(&Command::Failover {
+            path: path(),
+            from: 1,
+            to: 2
+        }),
+        Response::Done
+    );
+    let svc = &s.services["demo/svc/kvm1"];
+    assert_eq!(
+        (svc.placement, svc.fenced.iter().copied().collect::<Vec<_>>(), svc.epoch),
+        (Some(2), vec![1], 2)
+    );
+    // Decided on an old view: the service already moved.
+    assert!(matches!(
+        s.apply(&Command::Failover {
+            path: path(),
+            from: 1,
+            to: 2
+        }),
+        Response::Refused(_)
+    ));
+    // A switch back clears the record.
+    s.apply(&Command::Switch { path: path(), to: 1 });
+    assert!(s.services["demo/svc/kvm1"].fenced.is_empty());
+}
