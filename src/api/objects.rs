@@ -354,6 +354,19 @@ impl ClusterService {
                 path: p,
                 frozen: req.action == "freeze",
             },
+            // takeover: to the node asked; giveback: to the first node of the service's order.
+            "takeover" | "giveback" => {
+                let me = self.node.settings.name.clone();
+                let target = self
+                    .node
+                    .read_linearizable(|d| match req.action.as_str() {
+                        "takeover" => d.state.node_id(&me),
+                        _ => d.state.service_nodes(&p).first().copied(),
+                    })
+                    .await?
+                    .ok_or_else(|| Status::failed_precondition(format!("{p}: no node to move to")))?;
+                Command::Switch { path: p, to: target }
+            }
             "switch" => {
                 let key = p.to_string();
                 let target = self

@@ -60,6 +60,10 @@ pub enum PathCmd {
     /// Print views of the object.
     #[command(subcommand)]
     Print(PrintCmd),
+    /// Move the service to the node this command talks to.
+    Takeover(WaitArgs),
+    /// Move the service back to the first node of its nodes order.
+    Giveback(WaitArgs),
     /// Freeze the service: no automatic action (failover) on it.
     Freeze,
     /// Thaw a frozen service.
@@ -353,6 +357,8 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
             };
             out.committed(c.object_action(req).await?.into_inner().log_index);
         }
+        PathCmd::Takeover(w) => action(&mut c, out, &path, "takeover", &w).await?,
+        PathCmd::Giveback(w) => action(&mut c, out, &path, "giveback", &w).await?,
         PathCmd::Provision(w) => action(&mut c, out, &path, "provision", &w).await?,
         PathCmd::Unprovision(w) => action(&mut c, out, &path, "unprovision", &w).await?,
         PathCmd::Start(w) => action(&mut c, out, &path, "start", &w).await?,
@@ -383,7 +389,9 @@ fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
         "unprovision" => all_reported && s.instances.iter().all(|i| !i.provisioned),
         "start" => placed.is_some_and(|p| p.avail == "up"),
         // Up where it is placed now, down everywhere else.
-        "switch" => all_reported && s.instances.iter().all(|i| (i.node == s.placement) == (i.avail == "up")),
+        "switch" | "takeover" | "giveback" => {
+            all_reported && s.instances.iter().all(|i| (i.node == s.placement) == (i.avail == "up"))
+        }
         _ => all_reported && s.instances.iter().all(|i| i.avail != "up"),
     }
 }
