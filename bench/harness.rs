@@ -7,7 +7,6 @@
 //! Each bench includes this file with `mod harness;` and uses a part of it.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +28,8 @@ pub struct Daemon {
     /// The daemon's data directory (Raft log, snapshots, socket).
     pub data: PathBuf,
     pub log: PathBuf,
+    /// Every argument it was started with, for [`Cluster::restart`].
+    pub args: Vec<String>,
     pub child: Child,
     /// Set once it has exited, with how long it took after SIGTERM.
     pub exited: Option<String>,
@@ -47,6 +48,7 @@ impl Daemon {
 /// Three `omd` processes and their directory; dropping it stops them and removes the directory.
 pub struct Cluster {
     pub daemons: Vec<Daemon>,
+    omd: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -85,6 +87,26 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// One `omd` with `args`, its stdout and stderr to `log` (appended to, or truncated).
+fn start_omd(omd: &Path, args: &[String], log: &Path, append: bool) -> Result<Child, String> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+    Command::new(omd)
+        .args(args)
+        .env_remove("OMD_ADVERTISE")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", omd.display()))
+}
+
 impl Cluster {
     /// Spawns the daemons (each founds its own one-node cluster until joined).
     pub fn spawn(omd: &Path) -> Result<Cluster, String> {
@@ -93,6 +115,12 @@ impl Cluster {
 
     /// Like [`Cluster::spawn`], with `extra_args(node name)` appended to each daemon's arguments.
     pub fn spawn_with(omd: &Path, extra_args: impl Fn(&str) -> Vec<String>) -> Result<Cluster, String> {
+        Cluster::spawn_in(omd, |_, name| extra_args(name))
+    }
+
+    /// Like [`Cluster::spawn_with`], `extra_args(the cluster's directory, node name)`: for
+    /// arguments naming a path in the directory (e.g. `--sim-dir DIR/sim`).
+    pub fn spawn_in(omd: &Path, extra_args: impl Fn(&Path, &str) -> Vec<String>) -> Result<Cluster, String> {
         if !omd.is_file() {
             return Err(format!(
                 "no omd at {}: build it first (cargo bench builds it)",
@@ -105,6 +133,7 @@ impl Cluster {
             .map_err(|e| format!("temp dir: {e}"))?;
         let mut cluster = Cluster {
             daemons: Vec::new(),
+            omd: omd.to_path_buf(),
             dir,
         };
         let ports = free_ports(NODES.len());
@@ -112,28 +141,23 @@ impl Cluster {
             let data = cluster.dir.path().join(name);
             let log = cluster.dir.path().join(format!("{name}.log"));
             let addr = format!("127.0.0.1:{port}");
-            let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-            let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-            let child = Command::new(omd)
-                .arg("--node-name")
-                .arg(name)
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--listen")
-                .arg(&addr)
-                .args(extra_args(name))
-                .env_remove("OMD_ADVERTISE")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .map_err(|e| format!("starting {}: {e}", omd.display()))?;
+            let mut args: Vec<String> = vec![
+                "--node-name".into(),
+                name.to_string(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--listen".into(),
+                addr.clone(),
+            ];
+            args.extend(extra_args(cluster.dir.path(), name));
+            let child = start_omd(omd, &args, &log, false)?;
             cluster.daemons.push(Daemon {
                 name,
                 addr,
                 sock: data.join("omd.sock"),
                 data,
                 log,
+                args,
                 child,
                 exited: None,
             });
@@ -141,13 +165,54 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The temporary directory holding the daemons' data directories and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILLs `name`'s daemon (a power loss) and reaps it; [`Cluster::restart`] brings it back.
+    pub fn kill9(&mut self, name: &str) -> Result<(), String> {
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.name == name)
+            .ok_or_else(|| format!("no daemon {name}"))?;
+        if d.exited.is_some() {
+            return Err(format!("{name} is not running: {}", d.exited.as_deref().unwrap_or("?")));
+        }
+        d.child.kill().map_err(|e| format!("SIGKILL to {name}: {e}"))?;
+        let status = d.child.wait().map_err(|e| format!("waiting for {name}: {e}"))?;
+        d.exited = Some(format!("SIGKILLed by the bench ({status})"));
+        Ok(())
+    }
+
+    /// Starts `name`'s daemon again, stopped or killed, with the same arguments, data
+    /// directory and address, its output appended to the same log. It is tracked as before:
+    /// dropping the cluster stops it.
+    pub fn restart(&mut self, name: &str) -> Result<(), String> {
+        let omd = self.omd.clone();
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.name == name)
+            .ok_or_else(|| format!("no daemon {name}"))?;
+        match d.child.try_wait() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("{name} is still running")),
+            Err(e) => return Err(format!("{name} cannot be waited for: {e}")),
+        }
+        d.child = start_omd(&omd, &d.args, &d.log, true)?;
+        d.exited = None;
+        Ok(())
+    }
+
     pub fn by_name(&self, name: &str) -> Option<&Daemon> {
         self.daemons.iter().find(|d| d.name == name)
     }
 
-    /// Errors if a daemon has already exited.
+    /// Errors if a daemon has exited (other than by [`Cluster::kill9`] or [`Cluster::stop`]).
     pub fn check_alive(&mut self) -> Result<(), String> {
-        for d in &mut self.daemons {
+        for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
             if let Ok(Some(status)) = d.child.try_wait() {
                 d.exited = Some(format!("exited on its own ({status})"));
                 return Err(format!("{} exited unexpectedly ({status})", d.name));
@@ -353,6 +418,12 @@ pub async fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
 
 /// Joins n2 and n3 to n1 and waits until n1 sees three reachable voters.
 pub async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
+    form_cluster_with(cluster, &[]).await
+}
+
+/// Like [`form_cluster`], the nodes named in `witnesses` joining as witnesses (they vote, never
+/// host services).
+pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Result<(), String> {
     let n1 = &cluster.daemons[0];
     let mut c1 = client(n1).await?;
     let token = within(Duration::from_secs(10), "IssueToken", async {
@@ -372,7 +443,7 @@ pub async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
         let req = pb::JoinRequest {
             node: n1.addr.clone(),
             token: token.clone(),
-            witness: false,
+            witness: witnesses.contains(&d.name),
         };
         let reply = within(Duration::from_secs(120), &format!("joining {}", d.name), async {
             c.join(req)
@@ -382,8 +453,13 @@ pub async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
         .await?
         .into_inner();
         eprintln!(
-            "  {} joined as node id {} in {:.2} s",
+            "  {} joined{} as node id {} in {:.2} s",
             d.name,
+            if witnesses.contains(&d.name) {
+                " as a witness"
+            } else {
+                ""
+            },
             reply.node_id,
             t0.elapsed().as_secs_f64()
         );

@@ -1,0 +1,852 @@
+//! Failover benchmark: how long an `orchestrate=ha` KVM guest on a replicated DRBD volume takes
+//! to run again on the surviving node after its node loses power, on the simulated drivers.
+//!
+//! `cargo bench --bench failover` starts three `omd` (the binaries cargo built for this bench)
+//! in a temporary directory with `--drivers sim --sim-dir DIR/sim` and OMRAFT_SIM_SYNC_MS=500:
+//! n1 and n2 data nodes reporting a 5 GiB volume group `data`, n3 joined as a witness. The Raft
+//! and lease settings are the defaults (heartbeat 400 ms, election timeout 1600 ms,
+//! lease.renew 300ms, lease.duration 3s, lease.drift 500ms). Through the gRPC API it declares
+//! the pool `drbdvm`, creates `demo/svc/kvm1` (orchestrate=ha, a shared 1G volume), provisions
+//! it, defines and starts the guest `kvm1` on the placement node with `omsim virsh`, declares it
+//! as `container#1` and waits until its XML is captured.
+//!
+//! Each trial pulls the plug on the node running the guest (SIGKILL to its `omd`, then
+//! `omsim virsh poweroff`) and polls `omsim virsh list` on the other data node every 50 ms
+//! until the guest runs there: the failover time. The survivors' logs break it down: the
+//! leader's orchestrator deciding the failover (detection and lease wait), committing it, the
+//! target's applier promoting the DRBD resource and starting the domain. The killed node is
+//! then restarted, and the next trial starts once it is leased again and the service is up on
+//! the survivor with both instances provisioned and in sync: trials alternate n1 and n2. The
+//! killed node may be the Raft leader (n1 founded the cluster and leads it at first); then the
+//! failover also waits for an election and the new leader's lease wait (README: leases).
+//!
+//! OMRAFT_FAILOVER_TRIALS sets the number of trials (default 10). It prints a table, with
+//! reference figures for other cluster managers, then one JSON line starting with
+//! `{"bench":"failover"`. Nothing is asserted about speed; a non-empty `DIR/sim/violations.log`
+//! (two Primaries or a guest on two nodes) fails the run.
+//!
+//! Run without `--bench` (as `cargo test --all-targets` does), it is a smoke run of 1 trial.
+//! Every daemon, restarted ones included, is stopped (SIGTERM, SIGKILL after 5 s) and the
+//! directory removed on every exit, panics, SIGINT and SIGTERM included.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use harness::{client, round, status_text, within, Cluster, Daemon};
+use omraft::pb;
+
+const DEFAULT_TRIALS: usize = 10;
+const SMOKE_TRIALS: usize = 1;
+const SERVICE: &str = "demo/svc/kvm1";
+const DOMAIN: &str = "kvm1";
+const DATA_NODES: [&str; 2] = ["n1", "n2"];
+const WITNESS: &str = "n3";
+const POOL: &str = "drbdvm";
+/// The simulated initial DRBD resync, for the omd processes (inherited from this process).
+const SIM_SYNC_MS: &str = "500";
+const XML: &str = "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>";
+/// How often the surviving node's guests are listed while waiting for the failover.
+const POLL: Duration = Duration::from_millis(50);
+const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+const RELEASE_LIMIT: Duration = Duration::from_secs(60);
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+const RPC_LIMIT: Duration = Duration::from_secs(5);
+/// The settings this bench runs with: the daemons' and the catalog's defaults.
+const LEASE_DURATION_MS: u64 = 3000;
+const LEASE_DRIFT_MS: u64 = 500;
+const LEASE_RENEW_MS: u64 = 300;
+const HEARTBEAT_MS: u64 = 400;
+const ELECTION_TIMEOUT_MS: u64 = 1600;
+/// The log lines of the breakdown.
+const DECISION: &str = "lease expired: failover demo/svc/kvm1";
+const COMMITTED: &str = "failover committed";
+const PRIMARY: &str = "done object=demo/svc/kvm1 step=Primary";
+const START: &str = "done object=demo/svc/kvm1 step=StartDomain";
+
+fn kv(key: &str, value: &str) -> pb::KeyValue {
+    pb::KeyValue {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulator and the daemons' state
+
+struct Sim {
+    omsim: PathBuf,
+    dir: PathBuf,
+}
+
+impl Sim {
+    /// `omsim virsh --node NODE ARGS...`: its stdout, or why it failed.
+    async fn virsh(&self, node: &str, args: &[&str]) -> Result<String, String> {
+        let run = tokio::process::Command::new(&self.omsim)
+            .args(["virsh", "--node", node])
+            .args(args)
+            .env("OMRAFT_SIM_DIR", &self.dir)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .map_err(|_| format!("omsim virsh --node {node} {args:?}: no exit within 10 s"))?
+            .map_err(|e| format!("running {}: {e}", self.omsim.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "omsim virsh --node {node} {args:?}: {} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn running_on(&self, node: &str) -> Result<bool, String> {
+        let list = self.virsh(node, &["list"]).await?;
+        Ok(list.lines().any(|l| l.trim() == format!("{DOMAIN} running")))
+    }
+
+    /// Errors with the log's content unless `violations.log` is absent or empty.
+    fn check_violations(&self, when: &str) -> Result<(), String> {
+        let text = std::fs::read_to_string(self.dir.join("violations.log")).unwrap_or_default();
+        if text.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}/violations.log is not empty {when}:\n{text}",
+                self.dir.display()
+            ))
+        }
+    }
+}
+
+async fn instance_status(d: &Daemon) -> Result<pb::InstanceStatusReply, String> {
+    let mut c = client(d).await?;
+    within(RPC_LIMIT, "InstanceStatus", async {
+        c.instance_status(pb::ObjectRef { path: SERVICE.into() })
+            .await
+            .map_err(status_text)
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Why the service is not settled on `on` (None: on its placement, whatever it is): every
+/// instance reported, provisioned and without warnings, up where placed, down elsewhere.
+fn unsettled(s: &pb::InstanceStatusReply, on: Option<&str>) -> Option<String> {
+    if let Some(node) = on {
+        if s.placement != node {
+            return Some(format!("placed on {:?}, not {node}", s.placement));
+        }
+    }
+    if !s.provisioned || !s.started {
+        return Some(format!("provisioned={} started={}", s.provisioned, s.started));
+    }
+    if s.instances.is_empty() {
+        return Some("no instances".into());
+    }
+    for i in &s.instances {
+        let placed = i.node == s.placement;
+        if !i.reported || !i.provisioned || i.warn || (i.avail == "up") != placed {
+            let msgs: Vec<String> = i.resources.iter().flat_map(|r| r.messages.clone()).collect();
+            return Some(format!(
+                "{}: reported={} provisioned={} warn={} avail={} {}",
+                i.node,
+                i.reported,
+                i.provisioned,
+                i.warn,
+                i.avail,
+                msgs.join("; ")
+            ));
+        }
+    }
+    None
+}
+
+/// Polls `d`'s view of the service until it is settled (on `on`), bounded by `limit`.
+async fn wait_settled(cluster: &mut Cluster, via: &str, on: Option<&str>, limit: Duration) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    loop {
+        cluster.check_alive()?;
+        let why = match instance_status(cluster.by_name(via).expect("our daemon")).await {
+            Ok(s) => match unsettled(&s, on) {
+                None => return Ok(t0.elapsed()),
+                Some(why) => why,
+            },
+            Err(e) => e,
+        };
+        if t0.elapsed() >= limit {
+            return Err(format!("{SERVICE} not settled within {limit:?} (via {via}): {why}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setting up
+
+async fn set_up(cluster: &mut Cluster, sim: &Sim) -> Result<(), String> {
+    let t0 = Instant::now();
+    harness::wait_ready(cluster).await?;
+    eprintln!("  3 daemons ready after {:.2} s", t0.elapsed().as_secs_f64());
+    harness::form_cluster_with(cluster, &[WITNESS]).await?;
+    let mut c = client(cluster.by_name("n1").expect("n1")).await?;
+    within(RPC_LIMIT, "ConfigUpdate pool", async {
+        c.config_update(pb::ConfigUpdateRequest {
+            set: vec![
+                kv(&format!("pool#{POOL}.type"), "drbd"),
+                kv(&format!("pool#{POOL}.vg"), "data"),
+            ],
+            unset: vec![],
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+
+    // Allocating the volume needs the data nodes' volume group reports.
+    let t0 = Instant::now();
+    loop {
+        let req = pb::ObjectCreateRequest {
+            path: SERVICE.into(),
+            kws: vec![
+                kv("orchestrate", "ha"),
+                kv("volume#data.size", "1G"),
+                kv("volume#data.shared", "true"),
+            ],
+            config_text: String::new(),
+        };
+        let got = within(RPC_LIMIT, "ObjectCreate", async {
+            c.object_create(req).await.map_err(status_text)
+        })
+        .await;
+        match got {
+            Ok(_) => break,
+            Err(e) if t0.elapsed() >= Duration::from_secs(30) => {
+                return Err(format!("creating {SERVICE} for 30 s: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    eprintln!("  {SERVICE} created after {:.2} s", t0.elapsed().as_secs_f64());
+
+    within(RPC_LIMIT, "ObjectAction provision", async {
+        c.object_action(pb::ObjectActionRequest {
+            path: SERVICE.into(),
+            action: "provision".into(),
+            node: String::new(),
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    let took = wait_settled(cluster, "n1", None, SETTLE_LIMIT).await?;
+    let placed = instance_status(cluster.by_name("n1").expect("n1")).await?.placement;
+    eprintln!(
+        "  provisioned and in sync after {:.2} s, placed on {placed}",
+        took.as_secs_f64()
+    );
+    if !DATA_NODES.contains(&placed.as_str()) {
+        return Err(format!("{SERVICE} placed on {placed:?}, not a data node"));
+    }
+
+    let xml = cluster.dir().join("kvm1.xml");
+    std::fs::write(&xml, XML).map_err(|e| format!("writing {}: {e}", xml.display()))?;
+    sim.virsh(&placed, &["define", &xml.display().to_string()]).await?;
+    sim.virsh(&placed, &["start", DOMAIN]).await?;
+    within(RPC_LIMIT, "ObjectConfigUpdate container#1", async {
+        c.object_config_update(pb::ObjectConfigUpdateRequest {
+            path: SERVICE.into(),
+            set: vec![kv("container#1.type", "kvm"), kv("container#1.name", DOMAIN)],
+            unset: vec![],
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    let t0 = Instant::now();
+    loop {
+        let s = instance_status(cluster.by_name("n1").expect("n1")).await?;
+        let captured = s
+            .instances
+            .iter()
+            .any(|i| i.resources.iter().any(|r| r.rid == "container#1"));
+        if captured && unsettled(&s, Some(&placed)).is_none() {
+            break;
+        }
+        if t0.elapsed() >= Duration::from_secs(30) {
+            return Err(format!(
+                "the guest never showed as container#1 within 30 s: {:?}",
+                unsettled(&s, Some(&placed))
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("  guest {DOMAIN} running on {placed}, captured as container#1");
+    sim.check_violations("after the setup")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemons' logs
+
+/// Seconds since the epoch of an RFC3339 UTC timestamp (`2025-01-02T03:04:05.123456Z`).
+fn parse_rfc3339_utc(ts: &str) -> Option<f64> {
+    let ts = ts.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let (h, min) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+}
+
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A daemon's log from `offset` on (what it wrote during this trial).
+fn log_from(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = (offset as usize).min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Timestamps (epoch seconds) of the lines containing `pattern`, at or after `after`.
+fn stamps(text: &str, pattern: &str, after: f64) -> Vec<f64> {
+    text.lines()
+        .filter(|l| l.contains(pattern))
+        .filter_map(|l| parse_rfc3339_utc(l.split_whitespace().next()?))
+        .filter(|t| *t >= after)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trials
+
+#[derive(Clone, Default, serde::Serialize)]
+struct Trial {
+    n: usize,
+    killed: String,
+    target: String,
+    /// The Raft leader before the kill, as the target saw it.
+    leader_before: String,
+    /// The node whose orchestrator decided the failover.
+    decided_by: String,
+    /// When the killed node led: seconds from the kill until the target reported a new leader
+    /// (polled with the guest list), and which.
+    elected_s: Option<f64>,
+    new_leader: String,
+    /// Seconds: kill to decision, decision to commit, commit to Primary, Primary to
+    /// StartDomain (from the logs); None when a line was missing.
+    detect_s: Option<f64>,
+    commit_s: Option<f64>,
+    promote_s: Option<f64>,
+    start_s: Option<f64>,
+    /// Kill to the StartDomain log line.
+    logged_total_s: Option<f64>,
+    /// Kill to `omsim virsh list` showing the guest running on the target (polled every 50 ms).
+    total_s: f64,
+    /// Failover decisions logged in this trial (more than one: a commit failed and was retried).
+    decisions: usize,
+    /// Restart of the killed node to its lease, and to the service settled again.
+    released_s: f64,
+    restored_s: f64,
+}
+
+fn lease_ms(s: &pb::NodeStatus) -> Option<u64> {
+    s.lease_ms
+}
+
+async fn node_status(d: &Daemon) -> Result<pb::NodeStatus, String> {
+    let mut c = client(d).await?;
+    within(RPC_LIMIT, "NodeStatus", async {
+        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn trial(cluster: &mut Cluster, sim: &Sim, n: usize) -> Result<Trial, String> {
+    let mut holders = Vec::new();
+    for node in DATA_NODES {
+        if sim.running_on(node).await? {
+            holders.push(node);
+        }
+    }
+    let [holder] = holders[..] else {
+        return Err(format!("{DOMAIN} runs on {holders:?}, expected exactly one data node"));
+    };
+    let target = DATA_NODES
+        .iter()
+        .copied()
+        .find(|n| *n != holder)
+        .expect("two data nodes");
+    let leader_before = node_status(cluster.by_name(target).expect("ours")).await?.leader_name;
+    let survivors: Vec<&'static str> = harness::NODES.iter().copied().filter(|n| *n != holder).collect();
+    let offsets: Vec<u64> = survivors
+        .iter()
+        .map(|n| std::fs::metadata(&cluster.by_name(n).expect("ours").log).map_or(0, |m| m.len()))
+        .collect();
+
+    // Pull the plug: the daemon dies with its node.
+    let t0 = SystemTime::now();
+    let t0i = Instant::now();
+    cluster.kill9(holder)?;
+    sim.virsh(holder, &["poweroff"]).await?;
+    let killed_leader = leader_before == holder;
+    let mut elected: Option<(Duration, String)> = None;
+    let total = loop {
+        if sim.running_on(target).await? {
+            break t0i.elapsed();
+        }
+        if killed_leader && elected.is_none() {
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                node_status(cluster.by_name(target).expect("ours")),
+            );
+            if let Ok(Ok(s)) = probe.await {
+                if !s.leader_name.is_empty() && s.leader_name != holder {
+                    elected = Some((t0i.elapsed(), s.leader_name));
+                }
+            }
+        }
+        if t0i.elapsed() >= FAILOVER_LIMIT {
+            return Err(format!(
+                "trial {n}: {DOMAIN} not running on {target} within {FAILOVER_LIMIT:?} of {holder}'s power loss"
+            ));
+        }
+        cluster.check_alive()?;
+        tokio::time::sleep(POLL).await;
+    };
+    sim.check_violations(&format!("after trial {n}'s failover"))?;
+
+    // The breakdown, from the survivors' logs of this trial.
+    let start = epoch_secs(t0);
+    let logs: Vec<(&str, String)> = survivors
+        .iter()
+        .zip(&offsets)
+        .map(|(name, off)| (*name, log_from(&cluster.by_name(name).expect("ours").log, *off)))
+        .collect();
+    let mut t = Trial {
+        n,
+        killed: holder.into(),
+        target: target.into(),
+        leader_before,
+        total_s: total.as_secs_f64(),
+        elected_s: elected.as_ref().map(|(d, _)| d.as_secs_f64()),
+        new_leader: elected.map(|(_, n)| n).unwrap_or_default(),
+        ..Trial::default()
+    };
+    let mut decision: Option<(f64, &str)> = None;
+    for (name, text) in &logs {
+        let found = stamps(text, DECISION, start);
+        t.decisions += found.len();
+        if let Some(first) = found.first() {
+            if decision.is_none_or(|(d, _)| *first < d) {
+                decision = Some((*first, name));
+            }
+        }
+    }
+    let target_log = &logs
+        .iter()
+        .find(|(name, _)| *name == target)
+        .expect("the target survives")
+        .1;
+    let primary = stamps(target_log, PRIMARY, start).first().copied();
+    let started = stamps(target_log, START, start).first().copied();
+    let committed = decision.and_then(|(d, name)| {
+        let text = &logs.iter().find(|(n, _)| *n == name).expect("a survivor").1;
+        stamps(text, COMMITTED, d).first().copied()
+    });
+    let diff = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+    let decided = decision.map(|(d, _)| d);
+    t.decided_by = decision.map(|(_, name)| name.to_string()).unwrap_or_default();
+    t.detect_s = diff(Some(start), decided);
+    t.commit_s = diff(decided, committed);
+    t.promote_s = diff(committed, primary);
+    t.start_s = diff(primary, started);
+    t.logged_total_s = diff(Some(start), started);
+
+    // Back to two data nodes: the killed one restarts, is leased again, resyncs.
+    let t1 = Instant::now();
+    cluster.restart(holder)?;
+    loop {
+        cluster.check_alive()?;
+        let why = match node_status(cluster.by_name(holder).expect("ours")).await {
+            Ok(s) if lease_ms(&s).is_some() => break,
+            Ok(s) => format!("role {}, leader {:?}, no lease", s.raft_role, s.leader_name),
+            Err(e) => e,
+        };
+        if t1.elapsed() >= RELEASE_LIMIT {
+            return Err(format!(
+                "trial {n}: restarted {holder} not leased within {RELEASE_LIMIT:?}: {why}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.released_s = t1.elapsed().as_secs_f64();
+    wait_settled(cluster, target, Some(target), SETTLE_LIMIT)
+        .await
+        .map_err(|e| format!("trial {n}: after restarting {holder}: {e}"))?;
+    t.restored_s = t1.elapsed().as_secs_f64();
+    if sim.running_on(holder).await? || !sim.running_on(target).await? {
+        return Err(format!(
+            "trial {n}: after the restore {DOMAIN} should run on {target} only"
+        ));
+    }
+    sim.check_violations(&format!("after trial {n}'s restore"))?;
+    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+    eprintln!(
+        "  trial {n}: {holder} -> {target} in {:.2} s (leader {}, new leader {} at {}; detect {} commit {} \
+         promote {} start {}), {holder} leased again after {:.1} s, settled after {:.1} s",
+        t.total_s,
+        t.leader_before,
+        if t.new_leader.is_empty() { "-" } else { &t.new_leader },
+        show(t.elected_s),
+        show(t.detect_s),
+        show(t.commit_s),
+        show(t.promote_s),
+        show(t.start_s),
+        t.released_s,
+        t.restored_s
+    );
+    Ok(t)
+}
+
+struct Outcome {
+    trials: Vec<Trial>,
+}
+
+async fn bench(cluster: &mut Cluster, sim: &Sim, trials: usize) -> Result<Outcome, String> {
+    set_up(cluster, sim).await?;
+    let mut out = Outcome { trials: Vec::new() };
+    for n in 1..=trials {
+        out.trials.push(trial(cluster, sim, n).await?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+#[derive(Clone, Copy, serde::Serialize)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+    n: usize,
+}
+
+fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<Stats> {
+    let mut v: Vec<f64> = values.flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = v.len();
+    let median = if k % 2 == 1 {
+        v[k / 2]
+    } else {
+        (v[k / 2 - 1] + v[k / 2]) / 2.0
+    };
+    Some(Stats {
+        median,
+        min: v[0],
+        max: v[k - 1],
+        n: k,
+    })
+}
+
+type Column = (&'static str, fn(&Trial) -> Option<f64>);
+
+const COLUMNS: [Column; 6] = [
+    ("detect+lease", |t| t.detect_s),
+    ("commit", |t| t.commit_s),
+    ("promote", |t| t.promote_s),
+    ("start", |t| t.start_s),
+    ("total", |t| Some(t.total_s)),
+    ("restore", |t| Some(t.restored_s)),
+];
+
+fn print_table(out: &Outcome) {
+    println!(
+        "failover of {SERVICE} (kvm guest on a shared DRBD volume) after its node's power loss, \
+         3 omd on loopback, --drivers sim, n3 a witness; seconds"
+    );
+    println!(
+        "lease.duration {LEASE_DURATION_MS} ms, lease.drift {LEASE_DRIFT_MS} ms, lease.renew {LEASE_RENEW_MS} ms, \
+         heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_TIMEOUT_MS} ms (defaults); \
+         OMRAFT_SIM_SYNC_MS={SIM_SYNC_MS}"
+    );
+    let cell = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "{:<7} {:<9} {:<8} {:>9} {:>13} {:>7} {:>8} {:>6} {:>7} {:>8}",
+        "trial", "killed", "leader", "(elected)", "detect+lease", "commit", "promote", "start", "total", "restore"
+    );
+    for t in &out.trials {
+        let leader = if t.leader_before == t.killed {
+            format!("{} (k)", t.leader_before)
+        } else {
+            t.leader_before.clone()
+        };
+        println!(
+            "{:<7} {:<9} {:<8} {:>9} {:>13} {:>7} {:>8} {:>6} {:>7} {:>8}",
+            t.n,
+            format!("{}->{}", t.killed, t.target),
+            leader,
+            cell(t.elected_s),
+            cell(t.detect_s),
+            cell(t.commit_s),
+            cell(t.promote_s),
+            cell(t.start_s),
+            cell(Some(t.total_s)),
+            cell(Some(t.restored_s)),
+        );
+    }
+    for (label, pick) in [
+        ("median", (|s: Stats| s.median) as fn(Stats) -> f64),
+        ("min", |s| s.min),
+        ("max", |s| s.max),
+    ] {
+        let v: Vec<String> = COLUMNS
+            .iter()
+            .map(|(_, f)| cell(stats(out.trials.iter().map(f)).map(pick)))
+            .collect();
+        let elected = cell(stats(out.trials.iter().map(|t| t.elected_s)).map(pick));
+        println!(
+            "{:<7} {:<9} {:<8} {:>9} {:>13} {:>7} {:>8} {:>6} {:>7} {:>8}",
+            label, "", "", elected, v[0], v[1], v[2], v[3], v[4], v[5]
+        );
+    }
+    println!(
+        "  detect+lease: power loss to the leader's \"lease expired: failover\"; commit: to \"failover committed\"; \
+         promote: to the target's DRBD Primary; start: to its StartDomain; total: power loss to `omsim virsh list` \
+         showing the guest running (polled every {} ms); restore: restart of the killed node to the service settled \
+         again (not part of the failover). leader: the Raft leader before the kill, (k) when it was the killed node; \
+         (elected): power loss to the target reporting a new leader (polled), inside detect+lease.",
+        POLL.as_millis()
+    );
+    for (label, killed_leader) in [
+        ("killed node was the Raft leader", true),
+        ("killed node was a follower", false),
+    ] {
+        let of: Vec<&Trial> = out
+            .trials
+            .iter()
+            .filter(|t| (t.leader_before == t.killed) == killed_leader)
+            .collect();
+        if let Some(s) = stats(of.iter().map(|t| Some(t.total_s))) {
+            println!(
+                "  {label}: {} trials, total median {:.2} s ({:.2}-{:.2})",
+                s.n, s.median, s.min, s.max
+            );
+        }
+    }
+    let multi: Vec<usize> = out.trials.iter().filter(|t| t.decisions > 1).map(|t| t.n).collect();
+    if !multi.is_empty() {
+        println!("  trials with more than one failover decision logged: {multi:?}");
+    }
+    println!("  violations.log: empty after every failover and restore");
+    println!();
+    println!("references (not measured by this bench):");
+    println!("  Pacemaker 2.1 + Corosync 3, default timeouts, STONITH disabled: 8.3 s median (7.6-9.4 s), measured on this kind of machine");
+    println!("  Proxmox VE HA: about 2 minutes, as documented");
+    println!("  OpenSVC agent, as in the OpenSVC tutorial: about 20 s");
+}
+
+#[derive(serde::Serialize)]
+struct Lease {
+    duration_ms: u64,
+    drift_ms: u64,
+    renew_ms: u64,
+    heartbeat_ms: u64,
+    election_timeout_ms: u64,
+}
+
+#[derive(serde::Serialize)]
+struct JsonReport {
+    bench: &'static str,
+    trials: usize,
+    /// Medians, seconds.
+    detect_s: Option<f64>,
+    commit_s: Option<f64>,
+    promote_s: Option<f64>,
+    start_s: Option<f64>,
+    total_s: Option<f64>,
+    restore_s: Option<f64>,
+    stats: std::collections::BTreeMap<&'static str, Stats>,
+    /// Total failover time, split by whether the killed node was the Raft leader.
+    total_killed_leader: Option<Stats>,
+    total_killed_follower: Option<Stats>,
+    per_trial: Vec<Trial>,
+    lease: Lease,
+    sim_sync_ms: u64,
+    witness: &'static str,
+    poll_ms: u128,
+    violations: usize,
+    nproc: usize,
+    cpu: String,
+    os: &'static str,
+    arch: &'static str,
+}
+
+/// Total failover time of the trials whose killed node was (or was not) the Raft leader.
+fn split(out: &Outcome, killed_leader: bool) -> Option<Stats> {
+    stats(
+        out.trials
+            .iter()
+            .filter(|t| (t.leader_before == t.killed) == killed_leader)
+            .map(|t| Some(t.total_s)),
+    )
+    .map(|s| Stats {
+        median: round(s.median, 3),
+        min: round(s.min, 3),
+        max: round(s.max, 3),
+        n: s.n,
+    })
+}
+
+fn print_json(out: &Outcome) {
+    let r3 = |x: f64| round(x, 3);
+    let mut all = std::collections::BTreeMap::new();
+    for (name, f) in COLUMNS {
+        if let Some(s) = stats(out.trials.iter().map(f)) {
+            all.insert(
+                name,
+                Stats {
+                    median: r3(s.median),
+                    min: r3(s.min),
+                    max: r3(s.max),
+                    n: s.n,
+                },
+            );
+        }
+    }
+    let median = |name: &str| all.get(name).map(|s| s.median);
+    let per_trial = out
+        .trials
+        .iter()
+        .map(|t| {
+            let o = |x: Option<f64>| x.map(r3);
+            Trial {
+                detect_s: o(t.detect_s),
+                commit_s: o(t.commit_s),
+                promote_s: o(t.promote_s),
+                start_s: o(t.start_s),
+                logged_total_s: o(t.logged_total_s),
+                elected_s: o(t.elected_s),
+                total_s: r3(t.total_s),
+                released_s: r3(t.released_s),
+                restored_s: r3(t.restored_s),
+                ..t.clone()
+            }
+        })
+        .collect();
+    let report = JsonReport {
+        bench: "failover",
+        trials: out.trials.len(),
+        detect_s: median("detect+lease"),
+        commit_s: median("commit"),
+        promote_s: median("promote"),
+        start_s: median("start"),
+        total_s: median("total"),
+        restore_s: median("restore"),
+        stats: all.clone(),
+        total_killed_leader: split(out, true),
+        total_killed_follower: split(out, false),
+        per_trial,
+        lease: Lease {
+            duration_ms: LEASE_DURATION_MS,
+            drift_ms: LEASE_DRIFT_MS,
+            renew_ms: LEASE_RENEW_MS,
+            heartbeat_ms: HEARTBEAT_MS,
+            election_timeout_ms: ELECTION_TIMEOUT_MS,
+        },
+        sim_sync_ms: SIM_SYNC_MS.parse().unwrap_or(0),
+        witness: WITNESS,
+        poll_ms: POLL.as_millis(),
+        violations: 0,
+        nproc: harness::nproc(),
+        cpu: harness::cpu_model(),
+        os: std::env::consts::OS,
+        arch: std::env::consts::ARCH,
+    };
+    println!("{}", serde_json::to_string(&report).expect("serializing the report"));
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes --bench; `cargo test --benches` does not: then only a smoke run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let trials = match std::env::var("OMRAFT_FAILOVER_TRIALS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                eprintln!("OMRAFT_FAILOVER_TRIALS={v:?}: expected a number of trials from 1 to 100");
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(_) if full => DEFAULT_TRIALS,
+        Err(_) => SMOKE_TRIALS,
+    };
+    let omd = harness::omd_path();
+    let omsim = harness::bin_path("omsim", option_env!("CARGO_BIN_EXE_omsim"));
+    if !omsim.is_file() {
+        eprintln!(
+            "failover bench: no omsim at {}: build it first (cargo bench builds it)",
+            omsim.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    // The daemons inherit it (restarted ones too); set before any thread starts.
+    std::env::set_var("OMRAFT_SIM_SYNC_MS", SIM_SYNC_MS);
+    eprintln!("failover bench: {} , {trials} trials", omd.display());
+    let mut cluster = match Cluster::spawn_in(&omd, |dir, node| {
+        let mut args = vec![
+            "--drivers".to_string(),
+            "sim".to_string(),
+            "--sim-dir".to_string(),
+            dir.join("sim").display().to_string(),
+        ];
+        if DATA_NODES.contains(&node) {
+            args.extend(["--report-vg".to_string(), "data=5G".to_string()]);
+        }
+        args
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("failover bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sim = Sim {
+        omsim,
+        dir: cluster.dir().join("sim"),
+    };
+    // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
+    let result = harness::run_interruptible(bench(&mut cluster, &sim, trials));
+    cluster.finish(result.is_err());
+    match result {
+        Err(e) => {
+            eprintln!("failover bench failed: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(out) => {
+            print_table(&out);
+            print_json(&out);
+            ExitCode::SUCCESS
+        }
+    }
+}
