@@ -15,6 +15,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("virsh") {
         std::process::exit(virsh(&args[1..]));
     }
+    if args.first().map(String::as_str) == Some("watchdog") {
+        std::process::exit(watchdog(&args[1..]));
+    }
     let (Ok(dir), Ok(node)) = (std::env::var("OMRAFT_SIM_DIR"), std::env::var("__DRBD_NODE__")) else {
         eprintln!("omsim: set OMRAFT_SIM_DIR and __DRBD_NODE__");
         std::process::exit(20);
@@ -65,5 +68,45 @@ fn virsh(args: &[String]) -> i32 {
             eprintln!("error: {e}");
             1
         }
+    }
+}
+
+/// `watchdog --node NODE --pid PID --timeout-ms T`: the simulated watchdog of one node. It
+/// resets the node (guests and DRBD down, the daemon killed, as a reboot would) when the pet
+/// file `SIM_DIR/watchdog-NODE` is older than T; it stops when the file says `disarm`, is
+/// removed, or the simulator directory is gone.
+fn watchdog(args: &[String]) -> i32 {
+    use omraft::drivers::hypervisor::SimHypervisor;
+    let (Ok(dir), [flag_n, node, flag_p, pid, flag_t, timeout]) = (std::env::var("OMRAFT_SIM_DIR"), args) else {
+        eprintln!("usage: OMRAFT_SIM_DIR=DIR omsim watchdog --node NODE --pid PID --timeout-ms T");
+        return 2;
+    };
+    if flag_n != "--node" || flag_p != "--pid" || flag_t != "--timeout-ms" {
+        eprintln!("usage: OMRAFT_SIM_DIR=DIR omsim watchdog --node NODE --pid PID --timeout-ms T");
+        return 2;
+    }
+    let Ok(timeout) = timeout.parse::<u64>() else { return 2 };
+    let dir = PathBuf::from(dir);
+    let pet = dir.join(format!("watchdog-{node}"));
+    loop {
+        let Ok(meta) = std::fs::metadata(&pet) else { return 0 };
+        if std::fs::read_to_string(&pet).is_ok_and(|s| s.trim() == "disarm") {
+            return 0;
+        }
+        let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+        if age > std::time::Duration::from_millis(timeout) {
+            let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+            let _ = SimHypervisor::new(&dir, node).power_off();
+            let line = format!("watchdog reset {node} (not petted for {} ms)\n", age.as_millis());
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("watchdog.log"))
+            {
+                let _ = f.write_all(line.as_bytes());
+            }
+            return 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

@@ -36,6 +36,8 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub keep_logs: u64,
+    /// The watchdog that resets this node when its lease lapses and the daemon cannot act.
+    pub watchdog: Watchdog,
     /// Volume groups (name -> bytes) this node reports for pool capacity instead of what LVM's
     /// `vgs` sees (`omd --report-vg`; they also size the simulated volume groups).
     pub vgs: BTreeMap<String, u64>,
@@ -53,6 +55,7 @@ impl Settings {
             snapshot_every: 5000,
             keep_logs: 1000,
             vgs: BTreeMap::new(),
+            watchdog: Watchdog::None,
         }
     }
 
@@ -62,6 +65,21 @@ impl Settings {
         c.max_in_snapshot_log_to_keep = self.keep_logs;
         c
     }
+}
+
+/// A watchdog resets the node when the daemon stops petting it: it pets only while its lease
+/// has more than the watchdog's timeout to run, so a hung or dead daemon's node is reset before
+/// the leader can move its services (DESIGN.md section 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watchdog {
+    /// None: the leader never moves a service away from this node automatically.
+    None,
+    /// The simulator's (`omsim watchdog`), for `--drivers sim`.
+    Sim {
+        dir: PathBuf,
+        omsim: PathBuf,
+        timeout_ms: u64,
+    },
 }
 
 /// One Raft incarnation of this node: replaced whole when the node joins another cluster.
@@ -91,6 +109,8 @@ pub struct Node {
     /// As the leader: when this node last granted each node a lease (for the orchestrator,
     /// which moves a service only once its node's lease, as granted here, ran out).
     pub grants: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
+    /// Whether this node's watchdog is armed.
+    watchdog_armed: std::sync::atomic::AtomicBool,
 }
 
 /// Errors of starting a node.
@@ -165,6 +185,7 @@ impl Node {
             lease_lapsed: Arc::new(tokio::sync::Notify::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
             grants: std::sync::Mutex::new(BTreeMap::new()),
+            watchdog_armed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(register_founder(Arc::downgrade(&node)));
         tokio::spawn(renew_lease(Arc::downgrade(&node)));
@@ -394,12 +415,25 @@ impl Node {
             tracing::warn!("raft shutdown: {e}");
         }
         self.lease.lock().expect("lease lock").revoke();
+        // Joining: no lease for a while, and maybe never (a witness). Disarm first.
+        self.disarm_watchdog();
         self.store.wipe_raft()?;
         self.store.local_set(LOCAL_SECRET, &secret)?;
         self.store.local_set(LOCAL_ID, &id)?;
         let new = start_member(&self.settings, &self.store, &self.channels, &self.links, id, secret).await?;
         *self.member.write().expect("member lock") = new;
         Ok(())
+    }
+
+    /// Stops the watchdog without a reset (the magic close of /dev/watchdog): on a clean stop,
+    /// a join, or when this node becomes a witness.
+    pub fn disarm_watchdog(&self) {
+        if let Watchdog::Sim { dir, .. } = &self.settings.watchdog {
+            if self.watchdog_armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::fs::write(dir.join(format!("watchdog-{}", self.settings.name)), "disarm");
+                tracing::info!("watchdog disarmed");
+            }
+        }
     }
 
     /// Whether `shutdown` was called: background loops end.
@@ -417,6 +451,7 @@ impl Node {
     /// Stops Raft cleanly and makes the store durable.
     pub async fn shutdown(&self) {
         self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.disarm_watchdog();
         if let Err(e) = self.member().raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -539,6 +574,11 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
             Err(e) => tracing::debug!("lease renewal: {e}"),
         }
         let valid = node.lease_valid();
+        if witness {
+            node.disarm_watchdog();
+        } else {
+            pet_watchdog(&node, m.id);
+        }
         if was_valid && !valid {
             tracing::warn!("lease lost: stopping this node's services");
             node.lease_lapsed.notify_waiters();
@@ -551,6 +591,52 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
         let wait = left.map_or(cfg.renew, |l| l.min(cfg.renew) + Duration::from_millis(1));
         drop((node, m));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Arms the watchdog at the first lease (so a witness, never leased, never arms one) and pets
+/// it while the lease has more than the watchdog's timeout to run.
+fn pet_watchdog(node: &Arc<Node>, me: NodeId) {
+    let Watchdog::Sim { dir, omsim, timeout_ms } = &node.settings.watchdog else {
+        return;
+    };
+    let pet = dir.join(format!("watchdog-{}", node.settings.name));
+    let remaining = node.lease_remaining();
+    if remaining.is_some_and(|r| r > Duration::from_millis(*timeout_ms)) {
+        if let Err(e) = std::fs::write(&pet, "pet") {
+            tracing::error!("petting the watchdog: {e}");
+        }
+        if !node.watchdog_armed.load(std::sync::atomic::Ordering::SeqCst) {
+            let spawned = std::process::Command::new(omsim)
+                .args([
+                    "watchdog",
+                    "--node",
+                    &node.settings.name,
+                    "--pid",
+                    &std::process::id().to_string(),
+                ])
+                .args(["--timeout-ms", &timeout_ms.to_string()])
+                .env("OMRAFT_SIM_DIR", dir)
+                .stdin(std::process::Stdio::null())
+                .spawn();
+            match spawned {
+                Ok(_) => {
+                    node.watchdog_armed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("watchdog armed ({timeout_ms} ms)");
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let cmd = Command::ReportWatchdog {
+                            node_id: me,
+                            armed: true,
+                        };
+                        if let Err(e) = node.write(cmd).await {
+                            tracing::warn!("reporting the watchdog: {}", e.message());
+                        }
+                    });
+                }
+                Err(e) => tracing::error!("starting the simulated watchdog: {e}"),
+            }
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Args {
     /// The drbdsetup program.
     #[arg(long, default_value = "drbdsetup")]
     pub drbdsetup: String,
+    /// With --drivers sim: the simulated watchdog's timeout, shorter than the lease duration.
+    #[arg(long, default_value_t = 1500)]
+    pub watchdog_timeout_ms: u64,
     /// The libvirt connection of the real hypervisor driver.
     #[arg(long, default_value = "qemu:///system")]
     pub libvirt_uri: String,
@@ -180,6 +183,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         snapshot_every: args.snapshot_every,
         keep_logs: args.keep_logs,
         vgs: args.report_vg.iter().cloned().collect(),
+        watchdog: match (&args.drivers, &args.sim_dir) {
+            (DriverKind::Sim, Some(dir)) => super::Watchdog::Sim {
+                dir: dir.clone(),
+                omsim: std::env::current_exe()?.with_file_name("omsim"),
+                timeout_ms: args.watchdog_timeout_ms,
+            },
+            _ => {
+                tracing::warn!(
+                    "no watchdog: a hung daemon could not stop this node's services, so the cluster will never move them \
+                     away from this node automatically"
+                );
+                super::Watchdog::None
+            }
+        },
         ..Settings::new(&name, args.data_dir.clone(), &addr)
     };
     let drivers = drivers(&args, &name)?;

@@ -34,6 +34,9 @@ pub struct NodeInfo {
     pub addr: String,
     /// A witness votes but never hosts services.
     pub witness: bool,
+    /// The node has a watchdog armed: the leader may move its services once its lease ran out.
+    #[serde(default)]
+    pub watchdog: bool,
 }
 
 /// Cluster configuration: `section -> keyword -> value`, as validated against the catalog.
@@ -133,6 +136,8 @@ pub enum Command {
     /// The leader saw the lease of the node holding a service run out: the service moves to
     /// `to`, which may promote without seeing `from` (that node fenced itself).
     Failover { path: ObjectPath, from: NodeId, to: NodeId },
+    /// A node armed (or disarmed) its watchdog.
+    ReportWatchdog { node_id: NodeId, armed: bool },
     /// Freeze (or thaw) a service: the orchestrator takes no automatic action on it.
     FreezeService { path: ObjectPath, frozen: bool },
     /// Freeze (or thaw) a node: the orchestrator places nothing on it.
@@ -174,6 +179,7 @@ impl fmt::Display for Command {
             }
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
             Command::Switch { path, to } => write!(f, "switch {path} to node {to}"),
+            Command::ReportWatchdog { node_id, armed } => write!(f, "node {node_id} watchdog armed: {armed}"),
             Command::Failover { path, from, to } => write!(f, "failover {path} from node {from} to node {to}"),
             Command::FreezeService { path, frozen } => write!(f, "{} {path}", if *frozen { "freeze" } else { "thaw" }),
             Command::FreezeNode { node_id, frozen } => {
@@ -291,6 +297,13 @@ impl ClusterState {
             Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
             Command::Switch { path, to } => self.check_switch(path, *to),
+            Command::ReportWatchdog { node_id, .. } => {
+                if self.nodes.contains_key(node_id) {
+                    Ok(())
+                } else {
+                    Err(Rejection::UnknownNode(*node_id))
+                }
+            }
             Command::Failover { path, from, to } => {
                 self.check_switch(path, *to)?;
                 if self.services.get(&path.to_string()).and_then(|s| s.placement) != Some(*from) {
@@ -359,6 +372,7 @@ impl ClusterState {
                         name: name.clone(),
                         addr: addr.clone(),
                         witness: false,
+                        watchdog: false,
                     },
                 );
                 self.next_node_id = self.next_node_id.max(node_id + 1);
@@ -373,6 +387,7 @@ impl ClusterState {
                         name: name.clone(),
                         addr: addr.clone(),
                         witness: *witness,
+                        watchdog: false,
                     },
                 );
                 Response::NodeAdded(id)
@@ -466,6 +481,12 @@ impl ClusterState {
             }
             Command::Switch { path, to } => {
                 self.switch(path, *to);
+                Response::Done
+            }
+            Command::ReportWatchdog { node_id, armed } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    n.watchdog = *armed;
+                }
                 Response::Done
             }
             Command::Failover { path, from, to } => {

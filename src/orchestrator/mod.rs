@@ -17,7 +17,7 @@ use crate::daemon::Node;
 use crate::model::{ClusterState, Command, NodeId, ObjectPath};
 
 /// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
-/// started and not frozen, placed on a node in `expired`, the first node of its `nodes` order
+/// started and not frozen, placed on a node in `expired` that has a watchdog armed, the first node of its `nodes` order
 /// that is `leased`, not frozen, and has the service provisioned.
 pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<NodeId>) -> Vec<Command> {
     let mut out = Vec::new();
@@ -36,6 +36,10 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
         let Some(svc) = state.services.get(key) else { continue };
         let Some(from) = svc.placement else { continue };
         if !svc.provisioned || !svc.started || svc.frozen || !expired.contains(&from) {
+            continue;
+        }
+        // Without a watchdog, nothing proves a hung or dead daemon's node stopped its guest.
+        if !state.nodes.get(&from).is_some_and(|n| n.watchdog) {
             continue;
         }
         let provisioned_on = |n: &NodeId| {

@@ -77,6 +77,13 @@ fn cluster() -> ClusterState {
                 report,
             },
         );
+        ok(
+            &mut s,
+            Command::ReportWatchdog {
+                node_id: id,
+                armed: true,
+            },
+        );
     }
     s
 }
@@ -192,4 +199,17 @@ fn a_failover_records_the_fenced_node_and_a_stale_one_is_refused() {
     // A switch back clears the record.
     s.apply(&Command::Switch { path: path(), to: 1 });
     assert!(s.services["demo/svc/kvm1"].fenced.is_empty());
+}
+
+#[test]
+fn no_failover_away_from_a_node_without_a_watchdog() {
+    let mut s = cluster();
+    s.apply(&Command::ReportWatchdog {
+        node_id: 1,
+        armed: false,
+    });
+    assert!(
+        decide(&s, &set(&[1]), &set(&[2])).is_empty(),
+        "nothing proves n1 stopped its guest"
+    );
 }
