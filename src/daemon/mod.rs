@@ -594,12 +594,25 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
     }
 }
 
-/// Arms the watchdog at the first lease (so a witness, never leased, never arms one) and pets
-/// it while the lease has more than the watchdog's timeout to run.
+/// Arms the watchdog while this node holds a started service and has a lease (so a witness,
+/// never leased, never arms one) and pets it while the lease has more than the watchdog's
+/// timeout to run.
 fn pet_watchdog(node: &Arc<Node>, me: NodeId) {
     let Watchdog::Sim { dir, omsim, timeout_ms } = &node.settings.watchdog else {
         return;
     };
+    // Armed only while this node holds a started service, as Proxmox arms it only with HA
+    // resources: an idle node must not be reset by a slow election.
+    let hosting = node.member().sm.read(|d| {
+        d.state
+            .services
+            .values()
+            .any(|s| s.provisioned && s.started && s.placement == Some(me))
+    });
+    if !hosting {
+        node.disarm_watchdog();
+        return;
+    }
     let pet = dir.join(format!("watchdog-{}", node.settings.name));
     let remaining = node.lease_remaining();
     if remaining.is_some_and(|r| r > Duration::from_millis(*timeout_ms)) {

@@ -527,6 +527,10 @@ async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ra
         std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
         ""
     );
-    let ls = ok(&n2, &["demo/svc/kvm1", "instance", "ls"]);
-    assert!(ls.contains("n2    up"), "{ls}");
+    support::eventually(10, "n2's report of the failed-over service", || async {
+        ok(&n2, &["demo/svc/kvm1", "instance", "ls"])
+            .contains("n2    up")
+            .then_some(())
+    })
+    .await;
 }
