@@ -11,7 +11,7 @@ use super::{authorize, Access};
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords;
 use crate::model::objects::ObjectError;
-use crate::model::{ClusterState, Command, KeyMode, ObjectKey, ObjectPath, Rejection, Response as Applied};
+use crate::model::{ClusterState, Command, KeyMode, NodeId, ObjectKey, ObjectPath, Rejection, Response as Applied};
 use crate::pb::*;
 
 fn path(s: &str) -> Result<ObjectPath, Status> {
@@ -52,6 +52,14 @@ fn parse_keys(path: &str, kvs: &[KeyValue]) -> Result<Vec<(ObjectKey, String)>, 
 }
 
 impl ClusterService {
+    /// The id of the node called `name`, from a linearizable read.
+    async fn node_id_of(&self, name: &str) -> Result<NodeId, Status> {
+        self.node
+            .read_linearizable(|d| d.state.node_id(name))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("unknown node {name:?}")))
+    }
+
     /// Refuses `cmd` if the state refuses it; proposes it otherwise.
     pub(super) async fn commit(&self, cmd: Command) -> Result<Response<ConfigUpdateReply>, Status> {
         if self.node.read(|d| d.state.check(&cmd)).is_err() {
@@ -324,11 +332,7 @@ impl ClusterService {
     ) -> Result<Response<ConfigUpdateReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();
-        let node_id = self
-            .node
-            .read_linearizable(|d| d.state.node_id(&req.node))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("unknown node {:?}", req.node)))?;
+        let node_id = self.node_id_of(&req.node).await?;
         let vgs: BTreeMap<String, u64> = req.vgs.into_iter().map(|v| (v.name, v.size)).collect();
         self.commit(Command::ReportVolumeGroups { node_id, vgs }).await
     }
@@ -392,11 +396,7 @@ impl ClusterService {
                 Command::Switch { path: p, to: target }
             }
             "provision-state-only" => {
-                let node_id = self
-                    .node
-                    .read_linearizable(|d| d.state.node_id(&req.node))
-                    .await?
-                    .ok_or_else(|| Status::not_found(format!("unknown node {:?}", req.node)))?;
+                let node_id = self.node_id_of(&req.node).await?;
                 Command::MarkProvisioned { path: p, node_id }
             }
             other => return Err(Status::invalid_argument(format!("unknown action {other:?}"))),
@@ -410,11 +410,7 @@ impl ClusterService {
     ) -> Result<Response<ConfigUpdateReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();
-        let node_id = self
-            .node
-            .read_linearizable(|d| d.state.node_id(&req.node))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("unknown node {:?}", req.node)))?;
+        let node_id = self.node_id_of(&req.node).await?;
         self.commit(Command::FreezeNode {
             node_id,
             frozen: req.frozen,

@@ -8,7 +8,7 @@ pub mod catalog;
 pub mod instances;
 pub mod objects;
 #[cfg(test)]
-mod objects_tests;
+pub(crate) mod objects_tests;
 pub mod path;
 
 use std::collections::BTreeMap;

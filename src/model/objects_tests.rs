@@ -13,7 +13,9 @@ const GIB: u64 = 1 << 30;
 
 /// n1, n2 with a 5 GiB `data` VG each, witness w, cluster drbd4kvm, pool drbdvm with the
 /// live-migration template.
-fn cluster() -> ClusterState {
+/// n1 and n2 with a 5 GiB `data` volume group each, and the witness w: the base of the model
+/// and orchestrator tests.
+pub(crate) fn nodes_with_vgs() -> ClusterState {
     let mut s = ClusterState::default();
     let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
     ok(
@@ -49,6 +51,12 @@ fn cluster() -> ClusterState {
             },
         );
     }
+    s
+}
+
+fn cluster() -> ClusterState {
+    let mut s = nodes_with_vgs();
+    let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
     let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
     ok(
         &mut s,

@@ -1,6 +1,6 @@
 //! `decide` on its own: which service moves where, and when nothing may move.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::decide;
 use crate::config::ini::Ini;
@@ -8,41 +8,8 @@ use crate::model::objects::derived_uuid;
 use crate::model::*;
 
 fn cluster() -> ClusterState {
-    let mut s = ClusterState::default();
+    let mut s = crate::model::objects_tests::nodes_with_vgs();
     let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
-    ok(
-        &mut s,
-        Command::Bootstrap {
-            node_id: 1,
-            name: "n1".into(),
-            addr: "a:1".into(),
-        },
-    );
-    ok(
-        &mut s,
-        Command::AddNode {
-            name: "n2".into(),
-            addr: "a:2".into(),
-            witness: false,
-        },
-    );
-    ok(
-        &mut s,
-        Command::AddNode {
-            name: "w".into(),
-            addr: "a:3".into(),
-            witness: true,
-        },
-    );
-    for id in [1, 2] {
-        ok(
-            &mut s,
-            Command::ReportVolumeGroups {
-                node_id: id,
-                vgs: BTreeMap::from([("data".into(), 5u64 << 30)]),
-            },
-        );
-    }
     let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
     ok(
         &mut s,
