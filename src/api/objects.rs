@@ -11,7 +11,9 @@ use super::{authorize, Access};
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords;
 use crate::model::objects::ObjectError;
-use crate::model::{ClusterState, Command, KeyMode, NodeId, ObjectKey, ObjectPath, Rejection, Response as Applied};
+use crate::model::{
+    ClusterState, Command, KeyMode, NodeId, ObjectKey, ObjectPath, Phase, Rejection, Response as Applied,
+};
 use crate::pb::*;
 
 fn path(s: &str) -> Result<ObjectPath, Status> {
@@ -371,7 +373,23 @@ impl ClusterService {
                     .ok_or_else(|| Status::failed_precondition(format!("{p}: no node to move to")))?;
                 Command::Switch { path: p, to: target }
             }
-            "switch" => {
+            "abort-switch" => {
+                let key = p.to_string();
+                let m = self
+                    .node
+                    .read_linearizable(|d| d.state.services.get(&key).and_then(|s| s.migration.clone()))
+                    .await?
+                    .ok_or_else(|| Status::failed_precondition(format!("{key}: no live switch in progress")))?;
+                Command::MigrationPhase {
+                    path: p,
+                    id: m.id,
+                    from: m.phase,
+                    to: Phase::Abort,
+                    error: Some("aborted by the operator".into()),
+                    fenced: None,
+                }
+            }
+            "switch" | "live-switch" => {
                 let key = p.to_string();
                 let target = self
                     .node
@@ -393,7 +411,11 @@ impl ClusterService {
                     })
                     .await?
                     .map_err(Status::failed_precondition)?;
-                Command::Switch { path: p, to: target }
+                if req.action == "live-switch" {
+                    Command::LiveSwitch { path: p, to: target }
+                } else {
+                    Command::Switch { path: p, to: target }
+                }
             }
             "provision-state-only" => {
                 let node_id = self.node_id_of(&req.node).await?;
@@ -481,6 +503,13 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
         frozen: svc.frozen,
         epoch: svc.epoch,
         instances,
+        migration_phase: svc.migration.as_ref().map(|m| m.phase.to_string()).unwrap_or_default(),
+        migration_to: svc.migration.as_ref().map(|m| name(m.to)).unwrap_or_default(),
+        last_migration_error: svc
+            .last_migration
+            .as_ref()
+            .and_then(|m| m.error.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::plan::{Desired, DesiredContainer, DesiredDrbd, DesiredVolume};
+use super::plan::{Desired, DesiredContainer, DesiredDrbd, DesiredMigration, DesiredVolume};
 use crate::config::kind::parse_duration;
 use crate::drivers::drbd::render::{self, TemplateData, TemplateNode, BUILTIN_TEMPLATE};
+use crate::drivers::hypervisor::MigrationTarget;
 use crate::model::objects::DRBD_TEMPLATES;
 use crate::model::{ClusterState, NodeId, ObjectPath};
 
@@ -33,7 +34,8 @@ pub fn desired(
     let mut out = Desired {
         provisioned: svc.provisioned,
         active: svc.provisioned && svc.started && svc.placement == Some(me) && leased,
-        fenced: svc.provisioned && svc.started && svc.placement == Some(me) && !leased,
+        // Whatever runs here without a lease goes at once, a migrated guest included.
+        fenced: svc.provisioned && !leased,
         gone: svc
             .fenced
             .iter()
@@ -41,6 +43,24 @@ pub fn desired(
             .collect(),
         volumes: vec![],
         containers: vec![],
+        migration: svc
+            .migration
+            .as_ref()
+            .filter(|m| leased && (m.from == me || m.to == me))
+            .and_then(|m| {
+                let source = m.from == me;
+                let peer = state.nodes.get(if source { &m.to } else { &m.from })?;
+                Some(DesiredMigration {
+                    id: m.id,
+                    phase: m.phase,
+                    source,
+                    peer: MigrationTarget {
+                        node: peer.name.clone(),
+                        libvirt_uri: format!("qemu+tcp://{}/system", host(&peer.addr)),
+                        migration_uri: None,
+                    },
+                })
+            }),
     };
     let Some(obj) = state.objects.get(&key) else {
         return (out, errors);

@@ -3,5 +3,6 @@
 //! executes and reports.
 
 pub mod desired;
+pub mod migration;
 pub mod plan;
 pub mod run;

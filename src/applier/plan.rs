@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::drivers::drbd::render::TemplateData;
 use crate::drivers::drbd::status::ResourceStatus;
-use crate::drivers::hypervisor::DomainState;
-use crate::model::{Avail, InstanceReport, ResourceReport};
+use crate::drivers::hypervisor::{DomainState, MigrationTarget};
+use crate::model::{Avail, InstanceReport, Phase, ResourceReport};
 
 /// What the log wants of one service on this node.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,35 @@ pub struct Desired {
     pub gone: BTreeSet<String>,
     pub volumes: Vec<DesiredVolume>,
     pub containers: Vec<DesiredContainer>,
+    /// This node's part in a live switch in progress.
+    pub migration: Option<DesiredMigration>,
+}
+
+/// This node's part in a live switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredMigration {
+    pub id: u64,
+    pub phase: Phase,
+    /// This node is the source: it held the service when the switch began.
+    pub source: bool,
+    /// The other side: its node name is its DRBD connection's name.
+    pub peer: MigrationTarget,
+}
+
+impl Desired {
+    /// The migration target while it must hold DRBD Primary beside the source.
+    fn dual_target(&self) -> bool {
+        self.migration
+            .as_ref()
+            .is_some_and(|m| !m.source && matches!(m.phase, Phase::DualPrimary | Phase::Migrating))
+    }
+
+    /// The migration source before `Finalize`: the guest is its to move, never to restart.
+    fn moving_source(&self) -> bool {
+        self.migration
+            .as_ref()
+            .is_some_and(|m| m.source && m.phase < Phase::Finalize)
+    }
 }
 
 /// A kvm container: the libvirt domain that runs where the service is active.
@@ -73,21 +102,55 @@ pub struct Observed {
 /// One action on this node, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    CreateLv { vg: String, lv: String, size: u64 },
-    WriteConfig { resource: String },
-    CreateMd { resource: String },
-    Up { resource: String },
-    Primary { resource: String, force: bool },
-    Secondary { resource: String },
-    Down { resource: String },
-    RemoveConfig { resource: String },
-    RemoveLv { vg: String, lv: String },
-    DefineDomain { name: String },
-    StartDomain { name: String },
-    StopDomain { name: String, timeout_secs: u64 },
+    CreateLv {
+        vg: String,
+        lv: String,
+        size: u64,
+    },
+    /// DRBD `allow-two-primaries` on this side (a live switch's dual-primary window).
+    AllowTwoPrimaries {
+        resource: String,
+        allow: bool,
+    },
+    WriteConfig {
+        resource: String,
+    },
+    CreateMd {
+        resource: String,
+    },
+    Up {
+        resource: String,
+    },
+    Primary {
+        resource: String,
+        force: bool,
+    },
+    Secondary {
+        resource: String,
+    },
+    Down {
+        resource: String,
+    },
+    RemoveConfig {
+        resource: String,
+    },
+    RemoveLv {
+        vg: String,
+        lv: String,
+    },
+    DefineDomain {
+        name: String,
+    },
+    StartDomain {
+        name: String,
+    },
+    StopDomain {
+        name: String,
+        timeout_secs: u64,
+    },
 }
 
-fn peers_demoted(st: &ResourceStatus, gone: &BTreeSet<String>) -> bool {
+pub(super) fn peers_demoted(st: &ResourceStatus, gone: &BTreeSet<String>) -> bool {
     st.connections.iter().all(|c| {
         (c.connection_state == "Connected" && c.peer_role == "Secondary")
             || (c.connection_state != "Connected" && gone.contains(&c.name))
@@ -107,7 +170,8 @@ fn all_peers_fresh(st: &ResourceStatus) -> bool {
 pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
     let mut steps = Vec::new();
     let state = |c: &DesiredContainer| observed.domains.get(&c.domain).copied().unwrap_or(DomainState::Absent);
-    if !desired.active {
+    // The live-switch target keeps the guest that arrives by migration.
+    if !desired.active && (desired.fenced || !desired.dual_target()) {
         for c in desired.containers.iter().filter(|c| state(c) == DomainState::Running) {
             // Fenced: no graceful shutdown, the lease is already gone.
             let timeout_secs = if desired.fenced { 0 } else { c.stop_timeout_secs };
@@ -124,7 +188,17 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
                 st.role == "Primary" && st.devices.first().is_some_and(|x| x.disk_state == "UpToDate")
             })
         });
-    if desired.active && volumes_ready {
+    // During a live switch the source never restarts its guest (it may be on the target
+    // already), and a holder starts one only once every peer demoted.
+    let may_start = !desired.moving_source()
+        && (desired.migration.is_none()
+            || desired.volumes.iter().filter_map(|v| v.drbd.as_ref()).all(|d| {
+                observed
+                    .drbd
+                    .get(&d.resource)
+                    .is_some_and(|st| peers_demoted(st, &desired.gone))
+            }));
+    if desired.active && volumes_ready && may_start {
         for c in &desired.containers {
             match (state(c), &c.xml) {
                 (DomainState::Absent, Some(_)) => {
@@ -166,6 +240,20 @@ fn plan_volumes(desired: &Desired, observed: &Observed) -> Vec<Step> {
             };
             let primary = st.role == "Primary";
             let disk = st.devices.first().map(|d| d.disk_state.as_str()).unwrap_or("");
+            if desired.dual_target() {
+                // Promote beside the source, which allowed two primaries before this phase.
+                if !primary && disk == "UpToDate" {
+                    steps.push(Step::AllowTwoPrimaries {
+                        resource: r(),
+                        allow: true,
+                    });
+                    steps.push(Step::Primary {
+                        resource: r(),
+                        force: false,
+                    });
+                }
+                continue;
+            }
             match (desired.active, primary) {
                 // Promote only while every peer is in sight and none is Primary: the node that
                 // held the service demotes first (a switch), and a peer out of sight may still
@@ -313,19 +401,20 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::drivers::drbd::status::parse_status;
 
-    const RES: &str = "kvm1.demo.vol.drbd4kvm";
+    pub(crate) const RES: &str = "kvm1.demo.vol.drbd4kvm";
 
-    fn desired(provisioned: bool, active: bool) -> Desired {
+    pub(crate) fn desired(provisioned: bool, active: bool) -> Desired {
         Desired {
             provisioned,
             active,
             fenced: false,
             gone: BTreeSet::new(),
             containers: vec![],
+            migration: None,
             volumes: vec![DesiredVolume {
                 rid: "volume#data".into(),
                 volume: "demo/vol/kvm1".into(),
@@ -345,7 +434,7 @@ mod tests {
         }
     }
 
-    fn status(role: &str, disk: &str, conn: &str, peer_disk: &str, resync: Option<f64>) -> ResourceStatus {
+    pub(crate) fn status(role: &str, disk: &str, conn: &str, peer_disk: &str, resync: Option<f64>) -> ResourceStatus {
         let done = resync
             .map(|d| format!(r#", "percent-resync-done": {d}"#))
             .unwrap_or_default();
@@ -359,7 +448,7 @@ mod tests {
         parse_status(&json).unwrap().remove(0)
     }
 
-    fn observed(lv: bool, config: bool, st: Option<ResourceStatus>) -> Observed {
+    pub(crate) fn observed(lv: bool, config: bool, st: Option<ResourceStatus>) -> Observed {
         let d = desired(true, true);
         let dd = d.volumes[0].drbd.clone().unwrap();
         Observed {
@@ -489,7 +578,7 @@ mod tests {
         );
     }
 
-    fn with_vm(mut d: Desired, xml: bool) -> Desired {
+    pub(crate) fn with_vm(mut d: Desired, xml: bool) -> Desired {
         d.containers.push(DesiredContainer {
             rid: "container#1".into(),
             domain: "kvm1".into(),

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::desired::desired;
+use super::migration::{self, Act};
 use super::plan::{plan, report, Desired, Observed, Step};
 use crate::daemon::Node;
 use crate::drivers::drbd::commands::Drbd;
 use crate::drivers::hypervisor::{DomainState, Hypervisor};
 use crate::drivers::lvm::Lvm;
-use crate::model::{Command, InstanceReport, ObjectPath};
+use crate::model::{Command, InstanceReport, ObjectPath, Phase};
 
 /// The drivers a node's applier uses.
 #[derive(Clone)]
@@ -79,6 +80,9 @@ pub fn execute(drivers: &Drivers, desired: &Desired, step: &Step) -> Result<(), 
         Step::Down { resource } => drivers.drbd.down(resource).map_err(|x| e(&x)),
         Step::Primary { resource, force } => drivers.drbd.primary(resource, *force).map_err(|x| e(&x)),
         Step::Secondary { resource } => drivers.drbd.secondary(resource).map_err(|x| e(&x)),
+        Step::AllowTwoPrimaries { resource, allow } => {
+            drivers.drbd.allow_two_primaries(resource, *allow).map_err(|x| e(&x))
+        }
         Step::DefineDomain { name } => {
             let xml = desired
                 .containers
@@ -94,6 +98,47 @@ pub fn execute(drivers: &Drivers, desired: &Desired, step: &Step) -> Result<(), 
             .stop(name, Duration::from_secs(*timeout_secs))
             .map_err(|x| e(&x)),
     }
+}
+
+/// Runs this node's part of a live switch (`migration::next`) and returns the phase command
+/// to commit, if its part of the phase is done.
+fn drive_migration(drivers: &Drivers, path: &ObjectPath, desired: &Desired, observed: &Observed) -> Option<Command> {
+    let m = desired.migration.as_ref()?;
+    let commit = |to: Phase, error: Option<String>| Command::MigrationPhase {
+        path: path.clone(),
+        id: m.id,
+        from: m.phase,
+        to,
+        error,
+        fenced: None,
+    };
+    for act in migration::next(desired, observed) {
+        match act {
+            Act::AllowTwoPrimaries(allow) => {
+                for d in desired.volumes.iter().filter_map(|v| v.drbd.as_ref()) {
+                    if let Err(e) = drivers.drbd.allow_two_primaries(&d.resource, allow) {
+                        warn!(object = %path, "live switch {}: allow-two-primaries={allow}: {e}", m.id);
+                        return None;
+                    }
+                }
+            }
+            Act::Migrate => {
+                for c in &desired.containers {
+                    if observed.domains.get(&c.domain) != Some(&DomainState::Running) {
+                        continue;
+                    }
+                    info!(object = %path, "live switch {}: migrating {} to {}", m.id, c.domain, m.peer.node);
+                    if let Err(e) = drivers.hypervisor.migrate(&c.domain, &m.peer) {
+                        warn!(object = %path, "live switch {}: migrating {}: {e}", m.id, c.domain);
+                        return Some(commit(Phase::Abort, Some(format!("migrating {}: {e}", c.domain))));
+                    }
+                }
+                return Some(commit(Phase::Finalize, None));
+            }
+            Act::Commit(to, error) => return Some(commit(to, error)),
+        }
+    }
+    None
 }
 
 /// The domain XMLs this node has that the cluster has not captured yet.
@@ -130,7 +175,8 @@ fn rid_of(desired: &Desired, step: &Step) -> String {
         | Step::Up { resource }
         | Step::Down { resource }
         | Step::Primary { resource, .. }
-        | Step::Secondary { resource } => resource,
+        | Step::Secondary { resource }
+        | Step::AllowTwoPrimaries { resource, .. } => resource,
     };
     desired
         .volumes
@@ -241,13 +287,20 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             let mut retry = retries.remove(&key).unwrap_or_default();
             let d = drivers.clone();
             let (p, w) = (path.clone(), want.clone());
-            let (res, retry_back, captures) = tokio::task::spawn_blocking(move || {
-                let r = reconcile(&d, &p, &w, &mut retry);
+            let (res, retry_back, captures, phase) = tokio::task::spawn_blocking(move || {
+                let mut r = reconcile(&d, &p, &w, &mut retry);
+                let phase = r.as_ref().ok().and_then(|o| drive_migration(&d, &p, &w, o));
+                if phase.is_some() {
+                    r = observe(&d, &w);
+                }
                 let captures = r.as_ref().map(|o| uncaptured(&d, &w, o)).unwrap_or_default();
-                (r, retry, captures)
+                (r, retry, captures, phase)
             })
             .await
-            .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default(), vec![]));
+            .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default(), vec![], None));
+            if let Some(cmd) = phase {
+                pending.push((None, cmd));
+            }
             for (name, xml) in captures {
                 pending.push((
                     None,

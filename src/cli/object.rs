@@ -49,11 +49,20 @@ pub enum PathCmd {
     Start(WaitArgs),
     /// Stop the service.
     Stop(WaitArgs),
-    /// Move the service to another of its nodes: stop, demote, promote there, start.
+    /// Move the service to another of its nodes: stop, demote, promote there, start. With
+    /// --live, live-migrate the running guest instead (DRBD dual-primary for the duration),
+    /// in committed phases: Prepare (refused unless the target's DRBD is Connected and
+    /// UpToDate), DualPrimary, Migrating, then Finalize, or Abort (the guest stays put).
     Switch {
         /// The node to move to (default: the next one in the service's nodes order).
         #[arg(long)]
         to: Option<String>,
+        /// Live migration: the guest keeps running.
+        #[arg(long, conflicts_with = "abort")]
+        live: bool,
+        /// Abort the live switch in progress: the guest stays on (or returns to) its source.
+        #[arg(long, conflicts_with = "to")]
+        abort: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -363,13 +372,18 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
         PathCmd::Unprovision(w) => action(&mut c, out, &path, "unprovision", &w).await?,
         PathCmd::Start(w) => action(&mut c, out, &path, "start", &w).await?,
         PathCmd::Stop(w) => action(&mut c, out, &path, "stop", &w).await?,
-        PathCmd::Switch { to, wait } => {
+        PathCmd::Switch { to, live, abort, wait } => {
+            let action = match (live, abort) {
+                (_, true) => "abort-switch",
+                (true, _) => "live-switch",
+                _ => "switch",
+            };
             let req = pb::ObjectActionRequest {
                 path: path.clone(),
-                action: "switch".into(),
+                action: action.into(),
                 node: to.unwrap_or_default(),
             };
-            orchestrate(&mut c, out, &path, "switch", req, &wait).await?
+            orchestrate(&mut c, out, &path, action, req, &wait).await?
         }
     }
     Ok(())
@@ -389,8 +403,10 @@ fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
         "unprovision" => all_reported && s.instances.iter().all(|i| !i.provisioned),
         "start" => placed.is_some_and(|p| p.avail == "up"),
         // Up where it is placed now, down everywhere else.
-        "switch" | "takeover" | "giveback" => {
-            all_reported && s.instances.iter().all(|i| (i.node == s.placement) == (i.avail == "up"))
+        "switch" | "takeover" | "giveback" | "live-switch" | "abort-switch" => {
+            s.migration_phase.is_empty()
+                && all_reported
+                && s.instances.iter().all(|i| (i.node == s.placement) == (i.avail == "up"))
         }
         _ => all_reported && s.instances.iter().all(|i| i.avail != "up"),
     }
@@ -432,6 +448,10 @@ async fn orchestrate(
                 .await?
                 .into_inner();
             if done(action, &s) {
+                // A live switch that ended aborted failed, and says why.
+                if action == "live-switch" && !s.last_migration_error.is_empty() {
+                    error = Some(format!("live switch aborted: {}", s.last_migration_error));
+                }
                 break;
             }
             if std::time::Instant::now() >= deadline {

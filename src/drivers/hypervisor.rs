@@ -83,6 +83,9 @@ struct SimDomains {
 struct SimDomain {
     xml: String,
     running: bool,
+    /// How many times the guest booted: a live migration carries it over, a restart adds one.
+    #[serde(default)]
+    boots: u64,
 }
 
 /// Simulated libvirt of one node.
@@ -182,7 +185,10 @@ impl SimHypervisor {
         let d = self.load(&self.node)?;
         Ok(d.domains
             .iter()
-            .map(|(n, x)| format!("{n} {}\n", if x.running { "running" } else { "shut off" }))
+            .map(|(n, x)| {
+                let state = if x.running { "running" } else { "shut off" };
+                format!("{n} {state} boots={}\n", x.boots)
+            })
             .collect())
     }
 }
@@ -206,6 +212,7 @@ impl Hypervisor for SimHypervisor {
             let e = d.domains.entry(name.to_string()).or_insert(SimDomain {
                 xml: String::new(),
                 running: false,
+                boots: 0,
             });
             e.xml = xml.to_string();
             Ok(())
@@ -224,7 +231,9 @@ impl Hypervisor for SimHypervisor {
         };
         self.set_devices_open(&xml, true)?;
         self.update(|d| {
-            d.domains.get_mut(name).expect("checked").running = true;
+            let x = d.domains.get_mut(name).expect("checked");
+            x.running = true;
+            x.boots += 1;
             Ok(())
         })?;
         let elsewhere = self.running_elsewhere(name);
@@ -291,13 +300,26 @@ impl Hypervisor for SimHypervisor {
             .and_then(|v| v.parse().ok())
             .unwrap_or(300);
         std::thread::sleep(Duration::from_millis(pause));
+        // A migration that fails halfway (`SIM_DIR/migrate-fail` exists): the job is
+        // cancelled, the guest keeps running here.
+        if self.dir.join("migrate-fail").exists() {
+            return Err(HypervisorError::Refused(
+                "operation failed: migration job: unexpectedly failed".into(),
+            ));
+        }
+        let boots = self.load(&self.node)?.domains.get(name).map_or(0, |d| d.boots);
         self.update(|d| {
             d.domains.remove(name);
             Ok(())
         })?;
         self.set_devices_open(&xml, false)?;
         target.define(&xml)?;
-        target.start(name)
+        target.start(name)?;
+        // The same guest, resumed: not a boot.
+        target.update(|d| {
+            d.domains.get_mut(name).expect("just started").boots = boots;
+            Ok(())
+        })
     }
 
     fn stop(&self, name: &str, _timeout: Duration) -> Result<(), HypervisorError> {

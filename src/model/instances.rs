@@ -34,6 +34,63 @@ pub struct ServiceState {
     /// holder may promote without seeing them.
     #[serde(default)]
     pub fenced: std::collections::BTreeSet<NodeId>,
+    /// The live switch in progress, if any.
+    #[serde(default)]
+    pub migration: Option<Migration>,
+    /// How the last live switch ended (phase `Done`, with its error if it was aborted).
+    #[serde(default)]
+    pub last_migration: Option<Migration>,
+}
+
+/// A live switch (DESIGN.md section 5): each phase is committed by the node that did the work
+/// of the one before, so a crash or a leader change in any phase resumes from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// The service's epoch when it began: names it in phase commands.
+    pub id: u64,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub phase: Phase,
+    /// Why it was aborted.
+    pub error: Option<String>,
+}
+
+/// The phases of a live switch, in order; `Abort` may follow any phase before `Finalize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    /// The source checks that the target's DRBD is Connected and UpToDate.
+    Prepare,
+    /// Both sides allow two primaries; the target promotes.
+    DualPrimary,
+    /// The source live-migrates the guest to the target.
+    Migrating,
+    /// The target holds the service; the source demotes.
+    Finalize,
+    /// The guest stays on (or comes back to) the source; the target demotes.
+    Abort,
+    /// Over: both sides back to one Primary.
+    Done,
+}
+
+impl Phase {
+    /// Whether `self -> next` is a step of the protocol.
+    pub fn may_go(self, next: Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, next),
+            (Prepare, DualPrimary)
+                | (DualPrimary, Migrating)
+                | (Migrating, Finalize)
+                | (Finalize, Done)
+                | (Abort, Done)
+        ) || (matches!(self, Prepare | DualPrimary | Migrating) && next == Abort)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
 }
 
 /// Up, down, or up with a warning; `NotApplicable` for a resource that does not apply.
@@ -150,10 +207,100 @@ impl ClusterState {
     pub(super) fn check_switch(&self, path: &ObjectPath, to: NodeId) -> Result<(), Rejection> {
         self.check_needs_provisioned(path)?;
         self.check_node_of(path, to)?;
+        self.check_no_migration(path)?;
         if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(to) {
             return Err(Rejection::AlreadyThere(path.to_string(), to));
         }
         Ok(())
+    }
+
+    /// Refuses while a live switch is in progress: it must finish or be aborted first.
+    pub(super) fn check_no_migration(&self, path: &ObjectPath) -> Result<(), Rejection> {
+        match self.services.get(&path.to_string()).and_then(|s| s.migration.as_ref()) {
+            Some(m) => Err(Rejection::Migrating(path.to_string(), m.phase)),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn check_live_switch(&self, path: &ObjectPath, to: NodeId) -> Result<(), Rejection> {
+        self.check_switch(path, to)?;
+        let s = &self.services[&path.to_string()];
+        if !s.started || s.placement.is_none() {
+            return Err(Rejection::NotRunning(path.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Begins a live switch in phase `Prepare`.
+    pub(super) fn live_switch(&mut self, path: &ObjectPath, to: NodeId) {
+        let s = self.services.entry(path.to_string()).or_default();
+        let Some(from) = s.placement else { return };
+        s.epoch += 1;
+        s.migration = Some(Migration {
+            id: s.epoch,
+            from,
+            to,
+            phase: Phase::Prepare,
+            error: None,
+        });
+    }
+
+    pub(super) fn check_migration_phase(
+        &self,
+        path: &ObjectPath,
+        id: u64,
+        from: Phase,
+        to: Phase,
+    ) -> Result<(), Rejection> {
+        self.service(path)?;
+        let m = self.services.get(&path.to_string()).and_then(|s| s.migration.as_ref());
+        match m {
+            Some(m) if m.id == id && m.phase == from && from.may_go(to) => Ok(()),
+            _ => Err(Rejection::StalePhase(path.to_string(), id, from, to)),
+        }
+    }
+
+    /// Moves a live switch to its next phase. `Finalize` hands the service to the target;
+    /// `Done` ends it. `fenced`: a participant the leader saw lose its lease.
+    pub(super) fn migration_phase(
+        &mut self,
+        path: &ObjectPath,
+        to: Phase,
+        error: Option<&str>,
+        fenced: Option<NodeId>,
+    ) {
+        let Some(s) = self.services.get_mut(&path.to_string()) else {
+            return;
+        };
+        let Some(m) = s.migration.as_mut() else { return };
+        m.phase = to;
+        if let Some(e) = error {
+            m.error = Some(e.to_string());
+        }
+        if let Some(n) = fenced {
+            s.fenced.insert(n);
+        }
+        match to {
+            Phase::Finalize => {
+                s.placement = Some(m.to);
+                s.epoch += 1;
+                s.fenced.clear();
+            }
+            Phase::Done => s.last_migration = s.migration.take(),
+            _ => {}
+        }
+    }
+
+    /// Ends a live switch that a failover overtook: the leader moved the service instead.
+    pub(super) fn interrupt_migration(&mut self, path: &ObjectPath, why: String) {
+        let Some(s) = self.services.get_mut(&path.to_string()) else {
+            return;
+        };
+        if let Some(mut m) = s.migration.take() {
+            m.error = Some(why);
+            m.phase = Phase::Done;
+            s.last_migration = Some(m);
+        }
     }
 
     /// Places a service on `to`, started: the old node stops and demotes, `to` promotes once

@@ -17,7 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{ConfigError, ConfigKey};
-pub use instances::{Avail, InstanceReport, ResourceReport, ServiceState};
+pub use instances::{Avail, InstanceReport, Migration, Phase, ResourceReport, ServiceState};
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
 pub use path::ObjectPath;
 
@@ -136,6 +136,18 @@ pub enum Command {
     /// The leader saw the lease of the node holding a service run out: the service moves to
     /// `to`, which may promote without seeing `from` (that node fenced itself).
     Failover { path: ObjectPath, from: NodeId, to: NodeId },
+    /// Begin a live switch of a started service to `to` (phase `Prepare`).
+    LiveSwitch { path: ObjectPath, to: NodeId },
+    /// A live switch moves from phase `from` to `to`, committed by the node that did the work
+    /// (or the leader, when a participant lost its lease: then `fenced`).
+    MigrationPhase {
+        path: ObjectPath,
+        id: u64,
+        from: Phase,
+        to: Phase,
+        error: Option<String>,
+        fenced: Option<NodeId>,
+    },
     /// A node armed (or disarmed) its watchdog.
     ReportWatchdog { node_id: NodeId, armed: bool },
     /// Freeze (or thaw) a service: the orchestrator takes no automatic action on it.
@@ -179,6 +191,10 @@ impl fmt::Display for Command {
             }
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
             Command::Switch { path, to } => write!(f, "switch {path} to node {to}"),
+            Command::LiveSwitch { path, to } => write!(f, "live switch {path} to node {to}"),
+            Command::MigrationPhase { path, id, from, to, .. } => {
+                write!(f, "live switch {id} of {path}: {from} -> {to}")
+            }
             Command::ReportWatchdog { node_id, armed } => write!(f, "node {node_id} watchdog armed: {armed}"),
             Command::Failover { path, from, to } => write!(f, "failover {path} from node {from} to node {to}"),
             Command::FreezeService { path, frozen } => write!(f, "{} {path}", if *frozen { "freeze" } else { "thaw" }),
@@ -233,6 +249,12 @@ pub enum Rejection {
     BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
+    #[error("{0}: a live switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
+    Migrating(String, Phase),
+    #[error("{0} is not started anywhere: a live switch moves a running guest (use switch)")]
+    NotRunning(String),
+    #[error("{0}: live switch {1} is not in phase {2} (or {2} -> {3} is not a step): stale or out of order")]
+    StalePhase(String, u64, Phase, Phase),
 }
 
 impl ClusterState {
@@ -293,10 +315,14 @@ impl ClusterState {
                 }
             }
             Command::Provision { path } => self.check_provision(path),
-            Command::Unprovision { path } => self.check_needs_provisioned(path),
-            Command::SetStarted { path, .. } => self.check_needs_provisioned(path),
+            Command::Unprovision { path } | Command::SetStarted { path, .. } => {
+                self.check_needs_provisioned(path)?;
+                self.check_no_migration(path)
+            }
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
             Command::Switch { path, to } => self.check_switch(path, *to),
+            Command::LiveSwitch { path, to } => self.check_live_switch(path, *to),
+            Command::MigrationPhase { path, id, from, to, .. } => self.check_migration_phase(path, *id, *from, *to),
             Command::ReportWatchdog { node_id, .. } => {
                 if self.nodes.contains_key(node_id) {
                     Ok(())
@@ -305,7 +331,11 @@ impl ClusterState {
                 }
             }
             Command::Failover { path, from, to } => {
-                self.check_switch(path, *to)?;
+                self.check_needs_provisioned(path)?;
+                self.check_node_of(path, *to)?;
+                if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(*to) {
+                    return Err(Rejection::AlreadyThere(path.to_string(), *to));
+                }
                 if self.services.get(&path.to_string()).and_then(|s| s.placement) != Some(*from) {
                     return Err(Rejection::Moved(path.to_string(), *from));
                 }
@@ -489,7 +519,25 @@ impl ClusterState {
                 }
                 Response::Done
             }
+            Command::LiveSwitch { path, to } => {
+                self.live_switch(path, *to);
+                Response::Done
+            }
+            Command::MigrationPhase {
+                path,
+                to,
+                error,
+                fenced,
+                ..
+            } => {
+                self.migration_phase(path, *to, error.as_deref(), *fenced);
+                Response::Done
+            }
             Command::Failover { path, from, to } => {
+                self.interrupt_migration(
+                    path,
+                    format!("interrupted: node id {from} lost its lease and the service failed over"),
+                );
                 self.switch(path, *to);
                 self.services.entry(path.to_string()).or_default().fenced.insert(*from);
                 Response::Done

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::ini::DEFAULT;
 use crate::daemon::Node;
-use crate::model::{ClusterState, Command, NodeId, ObjectPath};
+use crate::model::{ClusterState, Command, NodeId, ObjectPath, Phase};
 
 /// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
 /// started and not frozen, placed on a node in `expired` that has a watchdog armed, the first node of its `nodes` order
@@ -25,6 +25,31 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
         let Ok(path) = ObjectPath::parse(key) else { continue };
         if path.kind != "svc" {
             continue;
+        }
+        let watchdog = |id: &NodeId| state.nodes.get(id).is_some_and(|n| n.watchdog);
+        // A live switch whose other participant lost its lease (and so fenced itself) ends
+        // without it: aborted before Finalize, done after. Whatever the service's policy: it
+        // finishes what the operator began.
+        if let Some(svc) = state.services.get(key) {
+            if let Some(m) = &svc.migration {
+                let other = if svc.placement == Some(m.from) { m.to } else { m.from };
+                if expired.contains(&other) && watchdog(&other) {
+                    let before_finalize = m.phase < Phase::Finalize;
+                    let name = state
+                        .nodes
+                        .get(&other)
+                        .map_or_else(|| other.to_string(), |n| n.name.clone());
+                    out.push(Command::MigrationPhase {
+                        path: path.clone(),
+                        id: m.id,
+                        from: m.phase,
+                        to: if before_finalize { Phase::Abort } else { Phase::Done },
+                        error: before_finalize.then(|| format!("node {name} lost its lease")),
+                        fenced: Some(other),
+                    });
+                    continue;
+                }
+            }
         }
         let ha = state
             .eval(&path, &obj.config, DEFAULT, "orchestrate", None)
@@ -39,7 +64,7 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
             continue;
         }
         // Without a watchdog, nothing proves a hung or dead daemon's node stopped its guest.
-        if !state.nodes.get(&from).is_some_and(|n| n.watchdog) {
+        if !watchdog(&from) {
             continue;
         }
         let provisioned_on = |n: &NodeId| {

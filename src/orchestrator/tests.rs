@@ -180,3 +180,138 @@ fn no_failover_away_from_a_node_without_a_watchdog() {
         "nothing proves n1 stopped its guest"
     );
 }
+
+fn phase(s: &mut ClusterState, id: u64, from: Phase, to: Phase) -> Response {
+    s.apply(&Command::MigrationPhase {
+        path: path(),
+        id,
+        from,
+        to,
+        error: None,
+        fenced: None,
+    })
+}
+
+#[test]
+fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
+    let mut s = cluster();
+    assert_eq!(s.apply(&Command::LiveSwitch { path: path(), to: 2 }), Response::Done);
+    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    // Out of order, or from another switch: refused, nothing changes.
+    let before = s.clone();
+    assert!(matches!(
+        phase(&mut s, id, Phase::Prepare, Phase::Migrating),
+        Response::Refused(_)
+    ));
+    assert!(matches!(
+        phase(&mut s, id + 1, Phase::Prepare, Phase::DualPrimary),
+        Response::Refused(_)
+    ));
+    assert!(
+        matches!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Refused(m) if m.contains("live switch"))
+    );
+    assert!(matches!(
+        s.apply(&Command::LiveSwitch { path: path(), to: 2 }),
+        Response::Refused(_)
+    ));
+    assert_eq!(s, before);
+    for (from, to) in [
+        (Phase::Prepare, Phase::DualPrimary),
+        (Phase::DualPrimary, Phase::Migrating),
+    ] {
+        assert_eq!(phase(&mut s, id, from, to), Response::Done);
+        assert_eq!(
+            s.services["demo/svc/kvm1"].placement,
+            Some(1),
+            "{to}: still the source's"
+        );
+    }
+    // The same step twice (two nodes saw it): the second is refused.
+    assert!(matches!(
+        phase(&mut s, id, Phase::DualPrimary, Phase::Migrating),
+        Response::Refused(_)
+    ));
+    assert_eq!(phase(&mut s, id, Phase::Migrating, Phase::Finalize), Response::Done);
+    assert_eq!(s.services["demo/svc/kvm1"].placement, Some(2));
+    assert!(
+        matches!(phase(&mut s, id, Phase::Finalize, Phase::Abort), Response::Refused(_)),
+        "no abort after Finalize"
+    );
+    assert_eq!(phase(&mut s, id, Phase::Finalize, Phase::Done), Response::Done);
+    let svc = &s.services["demo/svc/kvm1"];
+    assert!(svc.migration.is_none());
+    assert_eq!(
+        svc.last_migration.as_ref().map(|m| (m.phase, m.error.clone())),
+        Some((Phase::Done, None))
+    );
+}
+
+#[test]
+fn a_live_switch_whose_target_lost_its_lease_is_aborted_with_the_target_fenced() {
+    let mut s = cluster();
+    s.apply(&Command::LiveSwitch { path: path(), to: 2 });
+    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    phase(&mut s, id, Phase::Prepare, Phase::DualPrimary);
+    phase(&mut s, id, Phase::DualPrimary, Phase::Migrating);
+    assert!(
+        decide(&s, &set(&[]), &set(&[1, 2])).is_empty(),
+        "both leased: nothing to do"
+    );
+    let d = decide(&s, &set(&[2]), &set(&[1]));
+    assert!(
+        matches!(&d[..], [Command::MigrationPhase { to: Phase::Abort, fenced: Some(2), error: Some(e), .. }] if e.contains("n2")),
+        "{d:?}"
+    );
+    s.apply(&d[0]);
+    // Still out of reach: the abort ends without it.
+    let d = decide(&s, &set(&[2]), &set(&[1]));
+    assert!(
+        matches!(
+            &d[..],
+            [Command::MigrationPhase {
+                from: Phase::Abort,
+                to: Phase::Done,
+                ..
+            }]
+        ),
+        "{d:?}"
+    );
+    s.apply(&d[0]);
+    let svc = &s.services["demo/svc/kvm1"];
+    assert_eq!((svc.placement, svc.fenced.contains(&2)), (Some(1), true));
+    assert!(svc
+        .last_migration
+        .as_ref()
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .contains("lost its lease"));
+}
+
+#[test]
+fn a_failover_overtakes_a_live_switch_whose_source_lost_its_lease() {
+    let mut s = cluster();
+    s.apply(&Command::LiveSwitch { path: path(), to: 2 });
+    let d = decide(&s, &set(&[1]), &set(&[2]));
+    assert_eq!(
+        d,
+        vec![Command::Failover {
+            path: path(),
+            from: 1,
+            to: 2
+        }]
+    );
+    s.apply(&d[0]);
+    let svc = &s.services["demo/svc/kvm1"];
+    assert!(svc.migration.is_none());
+    assert_eq!(svc.placement, Some(2));
+    assert!(svc
+        .last_migration
+        .as_ref()
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .contains("failed over"));
+}

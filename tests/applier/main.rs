@@ -208,6 +208,51 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
     ok(&n2, &["demo/svc/kvm1", "giveback", "--wait", "--time", "60s"]);
     assert!(running_on("n1") && !running_on("n2"));
 
+    // switch --live: dual primary, then the guest migrates without a reboot. A migration
+    // that fails halfway aborts: the guest stays where it was, running, and the error shows.
+    let boots = |node: &str| {
+        let list = String::from_utf8_lossy(&virsh(node, &["list"]).stdout).to_string();
+        list.split("boots=")
+            .nth(1)
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default()
+    };
+    let before = boots("n1");
+    std::fs::write(sim.join("migrate-fail"), "").unwrap();
+    let out = omctl(&n1, &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"]);
+    assert!(
+        out.status.code() == Some(2) && stdout(&out).contains("live switch aborted: migrating kvm1"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(running_on("n1") && !running_on("n2"), "the guest stays on n1");
+    assert_eq!(boots("n1"), before, "the guest kept running on n1");
+    std::fs::remove_file(sim.join("migrate-fail")).unwrap();
+    let out = ok(&n1, &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"]);
+    assert!(out.lines().nth(1).is_some_and(|l| l.ends_with("  -")), "{out}");
+    assert_eq!(
+        ok(&n1, &["demo/svc/kvm1", "instance", "ls"]),
+        "OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    down\ndemo/svc/kvm1  n2    up\n"
+    );
+    assert!(running_on("n2") && !running_on("n1"));
+    assert_eq!(boots("n2"), before, "the guest moved without a reboot");
+    let out = omctl(&n1, &["demo/svc/kvm1", "switch", "--abort"]);
+    assert!(stderr(&out).contains("no live switch in progress"), "{}", stderr(&out));
+    ok(
+        &n1,
+        &[
+            "demo/svc/kvm1",
+            "switch",
+            "--live",
+            "--to",
+            "n1",
+            "--wait",
+            "--time",
+            "60s",
+        ],
+    );
+    assert!(running_on("n1") && !running_on("n2"));
+
     // freeze and thaw, per service and per node, show in the status tree.
     ok(&n1, &["demo/svc/kvm1", "freeze"]);
     ok(&n2, &["node", "freeze", "--node", "n2"]);

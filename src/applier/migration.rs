@@ -1,0 +1,248 @@
+//! A live switch, seen from one participant: what it does next in the committed phase, from
+//! what its drivers see (DESIGN.md section 5). Pure, like `plan`; the applier runs the acts
+//! and commits the phase they end with. Each phase is committed by the node that did its
+//! work, so after a crash or a leader change the phase in the log says what is left, and the
+//! domain's actual place (never a guess) decides between going on and aborting.
+//!
+//! | phase       | source (holds the service)                 | target                                  |
+//! |-------------|--------------------------------------------|-----------------------------------------|
+//! | Prepare     | checks the guest runs here and the target's DRBD is Connected and UpToDate; allows two primaries; commits DualPrimary, or Abort with why | - |
+//! | DualPrimary | -                                          | allows two primaries, promotes (plan); commits Migrating |
+//! | Migrating   | live-migrates each guest still here; commits Finalize, or Abort on failure | commits Finalize once every guest runs here |
+//! | Finalize    | stops what is left, demotes (plan); disallows two primaries | once the source is Secondary: disallows, commits Done |
+//! | Abort       | once the target is Secondary: disallows, commits Done; restarts the guest if it is gone (plan) | stops what it has, demotes (plan), disallows |
+
+use super::plan::{peers_demoted, Desired, Observed};
+use crate::drivers::hypervisor::DomainState;
+use crate::model::Phase;
+
+/// One thing a participant does, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    /// `allow-two-primaries` on every DRBD volume of the service, on this side.
+    AllowTwoPrimaries(bool),
+    /// Live-migrate every guest running here to the peer; then commit `Finalize` on success,
+    /// `Abort` with the error on failure.
+    Migrate,
+    /// Commit the next phase, with why when it is `Abort`.
+    Commit(Phase, Option<String>),
+}
+
+/// What this node does next for the live switch it takes part in; nothing when it waits for
+/// the other side.
+pub fn next(desired: &Desired, observed: &Observed) -> Vec<Act> {
+    let Some(m) = &desired.migration else { return vec![] };
+    let drbd: Vec<_> = desired
+        .volumes
+        .iter()
+        .filter_map(|v| v.drbd.as_ref())
+        .map(|d| (d.resource.as_str(), observed.drbd.get(&d.resource)))
+        .collect();
+    let running_here = |want: bool| {
+        desired
+            .containers
+            .iter()
+            .filter(|c| (observed.domains.get(&c.domain) == Some(&DomainState::Running)) == want)
+            .map(|c| c.domain.as_str())
+            .collect::<Vec<_>>()
+    };
+    let all_role = |role: &str| drbd.iter().all(|(_, st)| st.is_some_and(|s| s.role == role));
+    let peer_secondary = || {
+        drbd.iter()
+            .all(|(_, st)| st.is_some_and(|s| peers_demoted(s, &desired.gone)))
+    };
+    match (m.phase, m.source) {
+        (Phase::Prepare, true) => {
+            if let Some(d) = running_here(false).first() {
+                return abort(format!("the guest {d} does not run on the source"));
+            }
+            for (res, st) in &drbd {
+                let Some(st) = st else {
+                    return abort(format!("DRBD resource {res} is not up on the source"));
+                };
+                let disk = st.devices.first().map_or("", |d| d.disk_state.as_str());
+                if st.role != "Primary" || disk != "UpToDate" {
+                    return abort(format!("DRBD {res} is {}/{disk} on the source", st.role));
+                }
+                let conn = st.connections.iter().find(|c| c.name == m.peer.node);
+                let (cs, pd) = conn.map_or(("absent", "DUnknown"), |c| {
+                    let pd = c
+                        .peer_devices
+                        .iter()
+                        .map(|p| p.peer_disk_state.as_str())
+                        .find(|d| *d != "UpToDate")
+                        .unwrap_or("UpToDate");
+                    (c.connection_state.as_str(), pd)
+                });
+                if cs != "Connected" || pd != "UpToDate" {
+                    return abort(format!(
+                        "DRBD {res} on {} is {cs}/{pd}: a live switch needs it Connected and UpToDate",
+                        m.peer.node
+                    ));
+                }
+            }
+            vec![Act::AllowTwoPrimaries(true), Act::Commit(Phase::DualPrimary, None)]
+        }
+        (Phase::DualPrimary, false) if all_role("Primary") => vec![Act::Commit(Phase::Migrating, None)],
+        (Phase::Migrating, true) => {
+            if desired.containers.is_empty() {
+                vec![Act::Commit(Phase::Finalize, None)]
+            } else if running_here(true).is_empty() {
+                // Gone from here: on the target (which commits Finalize when it sees it) or
+                // nowhere; never restarted here in this phase.
+                vec![]
+            } else {
+                vec![Act::Migrate]
+            }
+        }
+        (Phase::Migrating, false) if !desired.containers.is_empty() && running_here(false).is_empty() => {
+            vec![Act::Commit(Phase::Finalize, None)]
+        }
+        (Phase::Finalize, false) | (Phase::Abort, true) if peer_secondary() => {
+            vec![Act::AllowTwoPrimaries(false), Act::Commit(Phase::Done, None)]
+        }
+        (Phase::Finalize, true) | (Phase::Abort, false) if all_role("Secondary") => {
+            vec![Act::AllowTwoPrimaries(false)]
+        }
+        _ => vec![],
+    }
+}
+
+fn abort(why: String) -> Vec<Act> {
+    vec![Act::Commit(Phase::Abort, Some(why))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::applier::plan::tests::{desired, observed, status, with_vm, RES};
+    use crate::applier::plan::{plan, DesiredMigration, Step};
+    use crate::drivers::hypervisor::MigrationTarget;
+
+    fn part(phase: Phase, source: bool) -> Desired {
+        // The source holds the service until Finalize, and again after an Abort.
+        let source_holds = phase < Phase::Finalize || phase == Phase::Abort;
+        let mut d = with_vm(desired(true, source == source_holds), true);
+        d.migration = Some(DesiredMigration {
+            id: 7,
+            phase,
+            source,
+            peer: MigrationTarget {
+                node: "n2".into(),
+                libvirt_uri: "qemu+tcp://n2/system".into(),
+                migration_uri: None,
+            },
+        });
+        d
+    }
+
+    fn seen(role: &str, peer_disk: &str, conn: &str, vm: DomainState) -> Observed {
+        let mut st = status(role, "UpToDate", conn, peer_disk, None);
+        st.connections[0].peer_role = "Secondary".into();
+        let mut o = observed(true, true, Some(st));
+        o.domains.insert("kvm1".into(), vm);
+        o
+    }
+
+    #[test]
+    fn prepare_goes_on_only_when_the_target_is_connected_and_up_to_date() {
+        let ok = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        assert_eq!(
+            next(&part(Phase::Prepare, true), &ok),
+            vec![Act::AllowTwoPrimaries(true), Act::Commit(Phase::DualPrimary, None)]
+        );
+        for (disk, conn) in [
+            ("Outdated", "Connected"),
+            ("UpToDate", "Connecting"),
+            ("Inconsistent", "Connected"),
+        ] {
+            let acts = next(
+                &part(Phase::Prepare, true),
+                &seen("Primary", disk, conn, DomainState::Running),
+            );
+            assert!(
+                matches!(&acts[..], [Act::Commit(Phase::Abort, Some(why))] if why.contains("on n2") && why.contains(conn)),
+                "{disk} {conn}: {acts:?}"
+            );
+        }
+        let stopped = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
+        assert!(
+            matches!(&next(&part(Phase::Prepare, true), &stopped)[..], [Act::Commit(Phase::Abort, Some(w))] if w.contains("kvm1"))
+        );
+        // The target has nothing to do in Prepare.
+        assert_eq!(next(&part(Phase::Prepare, false), &ok), vec![]);
+    }
+
+    #[test]
+    fn the_target_promotes_beside_the_source_then_commits_migrating() {
+        let d = part(Phase::DualPrimary, false);
+        let mut secondary = seen("Secondary", "UpToDate", "Connected", DomainState::Absent);
+        secondary.drbd.get_mut(RES).unwrap().connections[0].peer_role = "Primary".into();
+        assert_eq!(
+            plan(&d, &secondary),
+            vec![
+                Step::AllowTwoPrimaries {
+                    resource: RES.into(),
+                    allow: true
+                },
+                Step::Primary {
+                    resource: RES.into(),
+                    force: false
+                }
+            ]
+        );
+        assert_eq!(next(&d, &secondary), vec![]);
+        let primary = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
+        assert_eq!(plan(&d, &primary), vec![]);
+        assert_eq!(next(&d, &primary), vec![Act::Commit(Phase::Migrating, None)]);
+    }
+
+    #[test]
+    fn while_migrating_the_source_never_restarts_the_guest_and_the_target_keeps_it() {
+        let src = part(Phase::Migrating, true);
+        let here = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        assert_eq!(next(&src, &here), vec![Act::Migrate]);
+        let gone = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
+        assert_eq!(
+            plan(&src, &gone),
+            vec![],
+            "the source must not start the guest mid-migration"
+        );
+        assert_eq!(next(&src, &gone), vec![]);
+        let dst = part(Phase::Migrating, false);
+        assert_eq!(plan(&dst, &here), vec![], "the target must not stop the arriving guest");
+        assert_eq!(next(&dst, &here), vec![Act::Commit(Phase::Finalize, None)]);
+        assert_eq!(next(&dst, &gone), vec![]);
+    }
+
+    #[test]
+    fn finalize_and_abort_end_once_the_other_side_demoted() {
+        let mut primary_peer = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        primary_peer.drbd.get_mut(RES).unwrap().connections[0].peer_role = "Primary".into();
+        let secondary_peer = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        for (phase, holder_is_source) in [(Phase::Finalize, false), (Phase::Abort, true)] {
+            let holder = part(phase, holder_is_source);
+            assert_eq!(next(&holder, &primary_peer), vec![], "{phase}");
+            assert_eq!(
+                next(&holder, &secondary_peer),
+                vec![Act::AllowTwoPrimaries(false), Act::Commit(Phase::Done, None)]
+            );
+            let other = part(phase, !holder_is_source);
+            let demoted = seen("Secondary", "UpToDate", "Connected", DomainState::Absent);
+            assert_eq!(next(&other, &demoted), vec![Act::AllowTwoPrimaries(false)]);
+        }
+    }
+
+    #[test]
+    fn after_an_abort_the_source_restarts_a_lost_guest_only_once_the_target_demoted() {
+        let d = part(Phase::Abort, true);
+        let mut peer_primary = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
+        peer_primary.drbd.get_mut(RES).unwrap().connections[0].peer_role = "Primary".into();
+        assert_eq!(plan(&d, &peer_primary), vec![]);
+        let peer_secondary = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
+        assert_eq!(
+            plan(&d, &peer_secondary),
+            vec![Step::StartDomain { name: "kvm1".into() }]
+        );
+    }
+}
