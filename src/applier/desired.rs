@@ -53,6 +53,7 @@ pub fn desired(
                 Some(DesiredMigration {
                     id: m.id,
                     phase: m.phase,
+                    dual: m.dual,
                     source,
                     peer: MigrationTarget {
                         node: peer.name.clone(),

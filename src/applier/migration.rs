@@ -10,7 +10,7 @@
 //! | DualPrimary | -                                          | allows two primaries, promotes (plan); commits Migrating |
 //! | Migrating   | live-migrates each guest still here; commits Finalize, or Abort on failure | commits Finalize once every guest runs here |
 //! | Finalize    | stops what is left, demotes (plan); disallows two primaries | once the source is Secondary: disallows, commits Done |
-//! | Abort       | once the target is Secondary: disallows, commits Done; restarts the guest if it is gone (plan) | stops what it has, demotes (plan), disallows |
+//! | Abort       | once the target is Secondary (at once if the switch never reached DualPrimary): disallows, commits Done; restarts the guest if it is gone (plan) | stops what it has, demotes (plan), disallows |
 
 use super::plan::{peers_demoted, Desired, Observed};
 use crate::drivers::hypervisor::DomainState;
@@ -98,7 +98,8 @@ pub fn next(desired: &Desired, observed: &Observed) -> Vec<Act> {
         (Phase::Migrating, false) if !desired.containers.is_empty() && running_here(false).is_empty() => {
             vec![Act::Commit(Phase::Finalize, None)]
         }
-        (Phase::Finalize, false) | (Phase::Abort, true) if peer_secondary() => {
+        // Aborted before the target could promote: nothing to wait for.
+        (Phase::Finalize, false) | (Phase::Abort, true) if peer_secondary() || (m.phase == Phase::Abort && !m.dual) => {
             vec![Act::AllowTwoPrimaries(false), Act::Commit(Phase::Done, None)]
         }
         (Phase::Finalize, true) | (Phase::Abort, false) if all_role("Secondary") => {
@@ -126,6 +127,7 @@ mod tests {
         d.migration = Some(DesiredMigration {
             id: 7,
             phase,
+            dual: phase > Phase::Prepare,
             source,
             peer: MigrationTarget {
                 node: "n2".into(),

@@ -36,6 +36,8 @@ pub struct DesiredMigration {
     pub source: bool,
     /// The other side: its node name is its DRBD connection's name.
     pub peer: MigrationTarget,
+    /// The switch reached `DualPrimary`: the target may have promoted.
+    pub dual: bool,
 }
 
 impl Desired {

@@ -186,15 +186,23 @@ fn rid_of(desired: &Desired, step: &Step) -> String {
         .unwrap_or_default()
 }
 
+/// The backoff of one service's failing steps, and their errors (shown in its report).
 #[derive(Default)]
-struct Retry {
+pub struct Retry {
     failures: u32,
     next: Option<Instant>,
     errors: BTreeMap<String, String>,
 }
 
 /// One reconcile of one service: observe, plan, execute until a step fails, observe again.
-fn reconcile(drivers: &Drivers, path: &ObjectPath, desired: &Desired, retry: &mut Retry) -> Result<Observed, String> {
+/// `now` drives the backoff (the scenario tests' clock, or the real one).
+fn reconcile(
+    drivers: &Drivers,
+    path: &ObjectPath,
+    desired: &Desired,
+    retry: &mut Retry,
+    now: Instant,
+) -> Result<Observed, String> {
     let observed = observe(drivers, desired)?;
     let steps = plan(desired, &observed);
     if steps.is_empty() {
@@ -202,7 +210,7 @@ fn reconcile(drivers: &Drivers, path: &ObjectPath, desired: &Desired, retry: &mu
         retry.failures = 0;
         return Ok(observed);
     }
-    if retry.next.is_some_and(|t| Instant::now() < t) {
+    if retry.next.is_some_and(|t| now < t) {
         return Ok(observed);
     }
     for step in &steps {
@@ -212,7 +220,7 @@ fn reconcile(drivers: &Drivers, path: &ObjectPath, desired: &Desired, retry: &mu
                 warn!(object = %path, ?step, "failed: {err}");
                 retry.failures += 1;
                 let wait = Duration::from_secs(1u64 << retry.failures.min(5)).min(Duration::from_secs(30));
-                retry.next = Some(Instant::now() + wait);
+                retry.next = Some(now + wait);
                 retry
                     .errors
                     .insert(rid_of(desired, step), format!("{step:?} failed: {err}"));
@@ -224,6 +232,58 @@ fn reconcile(drivers: &Drivers, path: &ObjectPath, desired: &Desired, retry: &mu
     retry.failures = 0;
     retry.next = None;
     observe(drivers, desired)
+}
+
+/// What one pass over one service produced.
+pub struct Pass {
+    /// What the drivers saw after acting, or why they could not be read.
+    pub observed: Result<Observed, String>,
+    /// This node's instance report, from what it saw.
+    pub report: Option<InstanceReport>,
+    /// What to commit besides the report: a live switch's next phase, captured domain XMLs.
+    pub commands: Vec<Command>,
+}
+
+/// One pass of node `me` over one service: reconcile, take its part in a live switch, capture
+/// domain XMLs, and build the report. Blocking (driver calls); the loop below and the scenario
+/// tests both run it.
+pub fn pass(
+    drivers: &Drivers,
+    path: &ObjectPath,
+    want: &Desired,
+    render_errors: BTreeMap<String, String>,
+    retry: &mut Retry,
+    now: Instant,
+) -> Pass {
+    let mut observed = reconcile(drivers, path, want, retry, now);
+    let mut commands = Vec::new();
+    if let Some(cmd) = observed
+        .as_ref()
+        .ok()
+        .and_then(|o| drive_migration(drivers, path, want, o))
+    {
+        commands.push(cmd);
+        observed = observe(drivers, want);
+    }
+    if let Ok(o) = &observed {
+        for (name, xml) in uncaptured(drivers, want, o) {
+            commands.push(Command::CaptureDomain {
+                path: path.clone(),
+                name,
+                xml,
+            });
+        }
+    }
+    let report = observed.as_ref().ok().map(|o| {
+        let mut errors = render_errors;
+        errors.extend(retry.errors.clone());
+        report(want, o, &errors)
+    });
+    Pass {
+        observed,
+        report,
+        commands,
+    }
 }
 
 /// Runs the applier of `node` until the process ends, and with it the report of the node's
@@ -286,43 +346,26 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             let key = path.to_string();
             let mut retry = retries.remove(&key).unwrap_or_default();
             let d = drivers.clone();
-            let (p, w) = (path.clone(), want.clone());
-            let (res, retry_back, captures, phase) = tokio::task::spawn_blocking(move || {
-                let mut r = reconcile(&d, &p, &w, &mut retry);
-                let phase = r.as_ref().ok().and_then(|o| drive_migration(&d, &p, &w, o));
-                if phase.is_some() {
-                    r = observe(&d, &w);
-                }
-                let captures = r.as_ref().map(|o| uncaptured(&d, &w, o)).unwrap_or_default();
-                (r, retry, captures, phase)
+            let p = path.clone();
+            let (done, retry_back) = tokio::task::spawn_blocking(move || {
+                let done = pass(&d, &p, &want, render_errors, &mut retry, Instant::now());
+                (done, retry)
             })
             .await
-            .unwrap_or_else(|e| (Err(format!("reconcile panicked: {e}")), Retry::default(), vec![], None));
-            if let Some(cmd) = phase {
-                pending.push((None, cmd));
-            }
-            for (name, xml) in captures {
-                pending.push((
-                    None,
-                    Command::CaptureDomain {
-                        path: path.clone(),
-                        name,
-                        xml,
-                    },
-                ));
-            }
+            .unwrap_or_else(|e| {
+                let done = Pass {
+                    observed: Err(format!("reconcile panicked: {e}")),
+                    report: None,
+                    commands: vec![],
+                };
+                (done, Retry::default())
+            });
             retries.insert(key.clone(), retry_back);
-            let observed = match res {
-                Ok(o) => o,
-                Err(e) => {
-                    warn!(object = %path, "observing: {e}");
-                    continue;
-                }
-            };
-            let mut errors = render_errors;
-            errors.extend(retries[&key].errors.clone());
-            let rep = report(&want, &observed, &errors);
-            if sent.get(&key) != Some(&rep) {
+            pending.extend(done.commands.into_iter().map(|c| (None, c)));
+            if let Err(e) = &done.observed {
+                warn!(object = %path, "observing: {e}");
+            }
+            if let Some(rep) = done.report.filter(|r| sent.get(&key) != Some(r)) {
                 let cmd = Command::ReportInstance {
                     path: path.clone(),
                     node_id: me,

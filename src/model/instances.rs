@@ -53,6 +53,9 @@ pub struct Migration {
     pub phase: Phase,
     /// Why it was aborted.
     pub error: Option<String>,
+    /// It reached `DualPrimary`: the target may have promoted.
+    #[serde(default)]
+    pub dual: bool,
 }
 
 /// The phases of a live switch, in order; `Abort` may follow any phase before `Finalize`.
@@ -242,6 +245,7 @@ impl ClusterState {
             to,
             phase: Phase::Prepare,
             error: None,
+            dual: false,
         });
     }
 
@@ -274,6 +278,7 @@ impl ClusterState {
         };
         let Some(m) = s.migration.as_mut() else { return };
         m.phase = to;
+        m.dual |= to == Phase::DualPrimary;
         if let Some(e) = error {
             m.error = Some(e.to_string());
         }

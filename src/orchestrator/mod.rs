@@ -6,7 +6,7 @@
 //! plus the drift margin before anything moves; a new leader, which cannot know the grants of
 //! the previous one, first waits one lease duration plus the margin.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::ini::DEFAULT;
 use crate::daemon::Node;
+use crate::lease::LeaseConfig;
 use crate::model::{ClusterState, Command, NodeId, ObjectPath, Phase};
 
 /// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
@@ -86,6 +87,33 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
     out
 }
 
+/// The data nodes whose lease, as this leader granted it (`grants`: when it last granted each),
+/// ran out plus the drift margin (`expired`: their services may move), and those whose lease
+/// runs now (`leased`: they may receive one).
+pub fn lease_views(
+    state: &ClusterState,
+    grants: &BTreeMap<NodeId, Instant>,
+    now: Instant,
+    cfg: &LeaseConfig,
+) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+    let data = state.nodes.iter().filter(|(_, n)| !n.witness).map(|(id, _)| *id);
+    let granted = |id: &NodeId| grants.get(id).copied();
+    let expired = data
+        .clone()
+        .filter(|id| granted(id).is_none_or(|g| now >= g + cfg.duration + cfg.drift))
+        .collect();
+    let leased = data
+        .filter(|id| granted(id).is_some_and(|g| now < g + cfg.duration))
+        .collect();
+    (expired, leased)
+}
+
+/// Whether a leader elected at `since` may move anything at `now`: it cannot know the grants
+/// of the leader before it, so it first waits one lease duration plus the drift margin.
+pub fn may_act(since: Instant, now: Instant, cfg: &LeaseConfig) -> bool {
+    now >= since + cfg.duration + cfg.drift
+}
+
 /// Runs the orchestrator of `node` until the process ends: active only while it leads.
 pub async fn run(node: Arc<Node>) {
     let weak: Weak<Node> = Arc::downgrade(&node);
@@ -101,29 +129,11 @@ pub async fn run(node: Arc<Node>) {
             node.grants.lock().expect("grants lock").clear();
         } else {
             let since = *leader_since.get_or_insert_with(Instant::now);
-            let margin = cfg.duration + cfg.drift;
-            if since.elapsed() >= margin {
-                let now = Instant::now();
+            let now = Instant::now();
+            if may_act(since, now, &cfg) {
                 let grants = node.grants.lock().expect("grants lock").clone();
                 let (expired, leased, decisions) = m.sm.read(|d| {
-                    let data: Vec<NodeId> = d
-                        .state
-                        .nodes
-                        .iter()
-                        .filter(|(_, n)| !n.witness)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    let granted = |id: &NodeId| grants.get(id).copied();
-                    let expired: BTreeSet<NodeId> = data
-                        .iter()
-                        .copied()
-                        .filter(|id| granted(id).is_none_or(|g| now >= g + margin))
-                        .collect();
-                    let leased: BTreeSet<NodeId> = data
-                        .iter()
-                        .copied()
-                        .filter(|id| granted(id).is_some_and(|g| now < g + cfg.duration))
-                        .collect();
+                    let (expired, leased) = lease_views(&d.state, &grants, now, &cfg);
                     let decisions = decide(&d.state, &expired, &leased);
                     (expired, leased, decisions)
                 });

@@ -1,0 +1,715 @@
+//! A simulated cluster on a virtual clock: two data nodes (n1, n2) and a witness (w), stepped
+//! in 100 ms ticks, deterministic for a given seed.
+//!
+//! Real code everywhere above consensus: the state machine (`ClusterState::apply`), the lease
+//! rules (`Lease`), the leader's `lease_views`/`may_act`/`decide`, each node's applier pass
+//! (`desired`, `plan`, the live-switch acts, the report) through the real DRBD driver on the
+//! DRBD simulator, the LVM simulator and the simulated hypervisor, which refuse what the real
+//! systems refuse and log split brains to `violations.log`.
+//!
+//! Consensus itself is modelled by its rules, not run: one committed log (what Raft
+//! guarantees), to which a node's proposal is appended only when it reaches the leader and the
+//! leader reaches a majority; a leader that loses its majority is replaced, after the election
+//! timeout, by the most up-to-date node of a majority; a node applies the log only while it
+//! reaches the leader; a lease is granted only by a leader that reaches a majority, with its
+//! commit index. openraft itself is tested by its conformance suite and the process tests.
+//!
+//! Faults: power off/on, network cut/heal (the node's every link, DRBD's included), daemon
+//! hang (SIGSTOP) and resume, daemon restart (kill -9 and start), a live migration that fails.
+//! The watchdog follows the daemon's rule: armed while the node holds a started service or
+//! takes part in a live switch, petted at each renewal only while the lease outlasts its
+//! timeout, and it resets the node (guests and DRBD down, daemon dead) when not petted in time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omraft::applier::desired::desired;
+use omraft::applier::run::{pass, Drivers, Retry};
+use omraft::config::ini::Ini;
+use omraft::drivers::drbd::commands::DrbdCommands;
+use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
+use omraft::drivers::lvm::SimLvm;
+use omraft::lease::{Grant, Lease, LeaseConfig};
+use omraft::model::objects::derived_uuid;
+use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};
+use omraft::orchestrator::{decide, lease_views, may_act};
+
+pub const TICK: Duration = Duration::from_millis(100);
+const ELECTION_TIMEOUT: Duration = Duration::from_millis(1600);
+const WATCHDOG_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const SVC: &str = "demo/svc/kvm1";
+pub const VM: &str = "kvm1";
+const RES: &str = "kvm1.demo.vol.drbd4kvm";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Running,
+    /// SIGSTOP: does nothing, answers nothing; its guests keep running.
+    Hung,
+    Dead,
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub name: String,
+    pub witness: bool,
+    pub power: bool,
+    pub daemon: Daemon,
+    pub cut: bool,
+    /// How much of the log it applied (kept across restarts: it is on disk).
+    pub applied: usize,
+    pub state: ClusterState,
+    last_response: Response,
+    lease: Lease,
+    next_renew: Duration,
+    /// As leader: when it last granted each node's lease.
+    grants: BTreeMap<NodeId, Instant>,
+    retries: BTreeMap<String, Retry>,
+    sent: BTreeMap<String, InstanceReport>,
+    /// Armed watchdog: when it was last petted.
+    watchdog: Option<Duration>,
+    drivers: Drivers,
+}
+
+/// A tiny deterministic generator (xorshift), for elections' ties and random schedules.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+pub struct World {
+    pub t: Duration,
+    base: Instant,
+    _tmp: tempfile::TempDir,
+    pub sim: PathBuf,
+    /// The committed log.
+    pub log: Vec<Command>,
+    /// Indexes of the log entries acknowledged to an operator.
+    pub acked: Vec<usize>,
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    pub leader: Option<NodeId>,
+    leader_since: Duration,
+    leaderless_since: Option<Duration>,
+    pub cfg: LeaseConfig,
+    rng: Rng,
+    pub trace: Vec<String>,
+}
+
+fn drivers(sim: &Path, name: &str) -> Drivers {
+    let vgs = [("data".to_string(), 10u64 << 30)].into();
+    Drivers {
+        lvm: Arc::new(SimLvm::open(sim, name, &vgs).unwrap()),
+        drbd: Arc::new(DrbdCommands {
+            runner: omraft::sim::drbd::SimRunner {
+                dir: sim.into(),
+                sync_ms: 0,
+            },
+            drbdadm: vec!["omsim".into(), "drbdadm".into()],
+            drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
+            config_dir: sim.join(name).join("drbd.d"),
+            node: name.into(),
+            validator: None,
+            env: vec![],
+        }),
+        hypervisor: Arc::new(SimHypervisor::new(sim, name)),
+    }
+}
+
+pub fn domain_xml() -> String {
+    format!("<domain type='kvm'><name>{VM}</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>")
+}
+
+impl World {
+    /// n1, n2 and w; the pool, the service with its volume and guest, provisioned and running
+    /// on n1.
+    pub fn new(seed: u64) -> World {
+        // The simulated migration's memory copy takes no real time here.
+        std::env::set_var("OMRAFT_SIM_MIGRATE_MS", "0");
+        let tmp = tempfile::tempdir().unwrap();
+        let sim = tmp.path().join("sim");
+        std::fs::create_dir_all(&sim).unwrap();
+        let mut nodes = BTreeMap::new();
+        for (id, name, witness) in [(1, "n1", false), (2, "n2", false), (3, "w", true)] {
+            nodes.insert(
+                id,
+                SimNode {
+                    id,
+                    name: name.into(),
+                    witness,
+                    power: true,
+                    daemon: Daemon::Running,
+                    cut: false,
+                    applied: 0,
+                    state: ClusterState::default(),
+                    last_response: Response::Done,
+                    lease: Lease::default(),
+                    next_renew: Duration::ZERO,
+                    grants: BTreeMap::new(),
+                    retries: BTreeMap::new(),
+                    sent: BTreeMap::new(),
+                    watchdog: None,
+                    drivers: drivers(&sim, name),
+                },
+            );
+        }
+        let mut w = World {
+            t: Duration::ZERO,
+            base: Instant::now(),
+            _tmp: tmp,
+            sim,
+            log: vec![],
+            acked: vec![],
+            nodes,
+            leader: Some(1),
+            leader_since: Duration::ZERO,
+            leaderless_since: None,
+            cfg: LeaseConfig::default(),
+            rng: Rng::new(seed),
+            trace: vec![],
+        };
+        let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
+        let mut config = Ini::parse(
+            "[DEFAULT]\nnodes = n1 n2\norchestrate = ha\n[volume#data]\nshared = true\nsize = 1G\n\
+             [container#1]\ntype = kvm\nname = kvm1\n",
+        )
+        .unwrap();
+        config.set("DEFAULT", "id", &derived_uuid(SVC)).unwrap();
+        let setup = vec![
+            Command::Bootstrap {
+                node_id: 1,
+                name: "n1".into(),
+                addr: "10.0.0.1:1215".into(),
+            },
+            Command::AddNode {
+                name: "n2".into(),
+                addr: "10.0.0.2:1215".into(),
+                witness: false,
+            },
+            Command::AddNode {
+                name: "w".into(),
+                addr: "10.0.0.3:1215".into(),
+                witness: true,
+            },
+            Command::ReportVolumeGroups {
+                node_id: 1,
+                vgs: [("data".to_string(), 10u64 << 30)].into(),
+            },
+            Command::ReportVolumeGroups {
+                node_id: 2,
+                vgs: [("data".to_string(), 10u64 << 30)].into(),
+            },
+            Command::UpdateConfig {
+                set: vec![
+                    kv("cluster.name", "drbd4kvm"),
+                    kv("pool#drbdvm.type", "drbd"),
+                    kv("pool#drbdvm.vg", "data"),
+                ],
+                unset: vec![],
+            },
+            Command::CreateObject { path: path(), config },
+        ];
+        for cmd in setup {
+            w.operator(1, cmd).expect("setup");
+        }
+        // The operator creates the guest on n1 (the tutorial's virt-install), then provisions.
+        w.hv("n1").define(&domain_xml()).unwrap();
+        w.operator(1, Command::Provision { path: path() }).expect("provision");
+        w.run_until(Duration::from_secs(30), "the guest running on n1", |w| {
+            w.running() == vec!["n1".to_string()]
+        });
+        w.trace.clear();
+        w
+    }
+
+    pub fn hv(&self, node: &str) -> SimHypervisor {
+        SimHypervisor::new(&self.sim, node)
+    }
+
+    pub fn id(&self, name: &str) -> NodeId {
+        self.nodes.values().find(|n| n.name == name).expect("node").id
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.t
+    }
+
+    fn note(&mut self, what: String) {
+        self.trace.push(format!("{:>7.1}s {what}", self.t.as_secs_f64()));
+    }
+
+    /// Answers Raft traffic: powered, daemon running, network up.
+    fn responds(&self, id: NodeId) -> bool {
+        let n = &self.nodes[&id];
+        n.power && n.daemon == Daemon::Running && !n.cut
+    }
+
+    fn linked(&self, a: NodeId, b: NodeId) -> bool {
+        a == b || (self.responds(a) && self.responds(b))
+    }
+
+    /// The leader, while it reaches a majority.
+    fn valid_leader(&self) -> Option<NodeId> {
+        let l = self.leader?;
+        let reach = self.nodes.keys().filter(|n| self.linked(l, **n)).count();
+        (self.responds(l) && reach * 2 > self.nodes.len()).then_some(l)
+    }
+
+    /// Commits `cmd` proposed by node `from`: it must reach a leader that reaches a majority.
+    pub fn propose(&mut self, from: NodeId, cmd: Command) -> Result<Response, String> {
+        let Some(l) = self.valid_leader() else {
+            return Err("no leader with a majority".into());
+        };
+        if !self.linked(from, l) {
+            return Err(format!("node {from} cannot reach the leader"));
+        }
+        self.note(format!(
+            "commit #{} from {}: {cmd}",
+            self.log.len(),
+            self.nodes[&from].name
+        ));
+        self.log.push(cmd);
+        self.replicate();
+        let node = &self.nodes[&l];
+        Ok(node.last_response.clone())
+    }
+
+    /// An operator's command through node `via`, acknowledged when committed and applied.
+    pub fn operator(&mut self, via: NodeId, cmd: Command) -> Result<Response, String> {
+        let r = self.propose(via, cmd)?;
+        if r == Response::Done || matches!(r, Response::NodeAdded(_)) {
+            self.acked.push(self.log.len() - 1);
+        }
+        Ok(r)
+    }
+
+    /// Every node that reaches the leader catches up with the log.
+    fn replicate(&mut self) {
+        let Some(l) = self.valid_leader() else { return };
+        let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|n| self.linked(l, *n)).collect();
+        for id in ids {
+            let log = &self.log;
+            let n = self.nodes.get_mut(&id).unwrap();
+            while n.applied < log.len() {
+                n.last_response = n.state.apply(&log[n.applied]);
+                n.applied += 1;
+            }
+        }
+    }
+}
+
+/// The service's path.
+pub fn path() -> ObjectPath {
+    ObjectPath::parse(SVC).unwrap()
+}
+
+impl World {
+    /// One tick: elections, replication, lease renewals and watchdogs, the leader's
+    /// orchestrator, every node's applier; then the invariants.
+    pub fn tick(&mut self) {
+        self.t += TICK;
+        self.elect();
+        self.replicate();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            self.watchdog_fires(id);
+            if self.nodes[&id].power
+                && self.nodes[&id].daemon == Daemon::Running
+                && self.t >= self.nodes[&id].next_renew
+            {
+                self.nodes.get_mut(&id).unwrap().next_renew = self.t + self.cfg.renew;
+                self.renew(id);
+                if Some(id) == self.leader {
+                    self.orchestrate(id);
+                }
+            }
+        }
+        for &id in &ids {
+            if self.nodes[&id].power && self.nodes[&id].daemon == Daemon::Running {
+                self.apply_node(id);
+            }
+        }
+        self.check();
+    }
+
+    fn elect(&mut self) {
+        if self.valid_leader().is_some() {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(self.t);
+        if self.t < since + ELECTION_TIMEOUT {
+            return;
+        }
+        // A candidate reaching a majority, with the longest log (Raft's election restriction);
+        // ties broken by the seed.
+        let majority = |w: &World, c: NodeId| w.nodes.keys().filter(|n| w.linked(c, **n)).count() * 2 > w.nodes.len();
+        let mut candidates: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|c| self.responds(*c) && majority(self, *c))
+            .collect();
+        let best = candidates.iter().map(|c| self.nodes[c].applied).max();
+        candidates.retain(|c| Some(self.nodes[c].applied) == best);
+        if candidates.is_empty() {
+            return;
+        }
+        let pick = candidates[self.rng.below(candidates.len() as u64) as usize];
+        if let Some(old) = self.leader {
+            self.nodes.get_mut(&old).unwrap().grants.clear();
+        }
+        self.leader = Some(pick);
+        self.leader_since = self.t;
+        self.leaderless_since = None;
+        let name = self.nodes[&pick].name.clone();
+        self.note(format!("{name} elected leader"));
+    }
+
+    /// A data node asks the leader for a lease; then the watchdog rule.
+    fn renew(&mut self, id: NodeId) {
+        if self.nodes[&id].witness {
+            return;
+        }
+        let sent = self.now();
+        if let Some(l) = self.valid_leader().filter(|l| self.linked(id, *l)) {
+            let grant = Grant {
+                duration_ms: self.cfg.duration.as_millis() as u64,
+                commit_index: self.log.len() as u64,
+            };
+            self.nodes.get_mut(&id).unwrap().lease.granted(sent, grant);
+            self.nodes.get_mut(&l).unwrap().grants.insert(id, sent);
+        }
+        // The watchdog: armed while hosting, petted while the lease outlasts its timeout.
+        let n = &self.nodes[&id];
+        let hosting = n.state.services.values().any(|s| {
+            (s.provisioned && s.started && s.placement == Some(id))
+                || s.migration.as_ref().is_some_and(|m| m.from == id || m.to == id)
+        });
+        let remaining = n.lease.remaining(self.now());
+        let name = n.name.clone();
+        if !hosting {
+            if self.nodes.get_mut(&id).unwrap().watchdog.take().is_some() {
+                self.note(format!("{name}: watchdog disarmed"));
+            }
+        } else if remaining.is_some_and(|r| r > WATCHDOG_TIMEOUT) {
+            let first = self.nodes.get_mut(&id).unwrap().watchdog.replace(self.t).is_none();
+            if first {
+                self.note(format!("{name}: watchdog armed"));
+                let _ = self.propose(
+                    id,
+                    Command::ReportWatchdog {
+                        node_id: id,
+                        armed: true,
+                    },
+                );
+            }
+        }
+    }
+
+    fn watchdog_fires(&mut self, id: NodeId) {
+        let n = &self.nodes[&id];
+        if !n.power || n.watchdog.is_none_or(|pet| self.t <= pet + WATCHDOG_TIMEOUT) {
+            return;
+        }
+        let name = n.name.clone();
+        self.note(format!("{name}: watchdog reset"));
+        self.power_off(&name);
+    }
+
+    /// The leader's orchestrator pass.
+    fn orchestrate(&mut self, l: NodeId) {
+        if self.valid_leader() != Some(l) {
+            return;
+        }
+        let since = self.base + self.leader_since;
+        if !may_act(since, self.now(), &self.cfg) {
+            return;
+        }
+        let n = &self.nodes[&l];
+        let (expired, leased) = lease_views(&n.state, &n.grants, self.now(), &self.cfg);
+        for cmd in decide(&n.state, &expired, &leased) {
+            let _ = self.propose(l, cmd);
+        }
+    }
+
+    /// One applier pass of node `id` over the services it is part of.
+    fn apply_node(&mut self, id: NodeId) {
+        let now = self.now();
+        let n = self.nodes.get_mut(&id).unwrap();
+        let leased = n.lease.is_valid(now, n.applied as u64);
+        let mut work = vec![];
+        for key in n.state.objects.keys().filter(|k| k.contains("/svc/")) {
+            let p = ObjectPath::parse(key).unwrap();
+            let provisioned = n.state.services.get(key).is_some_and(|s| s.provisioned);
+            if (provisioned && n.state.service_nodes(&p).contains(&id)) || n.sent.contains_key(key) {
+                work.push(p);
+            }
+        }
+        let mut out = vec![];
+        for p in work {
+            let n = self.nodes.get_mut(&id).unwrap();
+            let key = p.to_string();
+            let (want, errors) = desired(&n.state, id, &p, leased);
+            let retry = n.retries.entry(key.clone()).or_default();
+            let done = pass(&n.drivers, &p, &want, errors, retry, now);
+            out.extend(done.commands.into_iter().map(|c| (None, c)));
+            if let Some(rep) = done.report.filter(|r| n.sent.get(&key) != Some(r)) {
+                let cmd = Command::ReportInstance {
+                    path: p.clone(),
+                    node_id: id,
+                    report: rep.clone(),
+                };
+                out.push((Some((key, rep)), cmd));
+            }
+        }
+        for (sent_as, cmd) in out {
+            if self.propose(id, cmd).is_ok() {
+                if let Some((key, rep)) = sent_as {
+                    self.nodes.get_mut(&id).unwrap().sent.insert(key, rep);
+                }
+            }
+        }
+    }
+
+    /// Nodes on which the guest runs.
+    pub fn running(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| !n.witness)
+            .filter(|n| self.hv(&n.name).state(VM).ok() == Some(DomainState::Running))
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// Nodes on which the service's DRBD resource is Primary.
+    pub fn primaries(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| !n.witness)
+            .filter(|n| {
+                omraft::sim::drbd::from_env(&self.sim, &n.name)
+                    .is_primary(RES)
+                    .unwrap_or(false)
+            })
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// The committed state (the log applied from the start).
+    pub fn committed(&self) -> ClusterState {
+        let mut s = ClusterState::default();
+        for c in &self.log {
+            s.apply(c);
+        }
+        s
+    }
+
+    /// The invariants of DESIGN.md section 2, after every tick.
+    fn check(&mut self) {
+        let running = self.running();
+        let primaries = self.primaries();
+        let mut broken = vec![];
+        if running.len() > 1 {
+            broken.push(format!("the guest runs on {running:?}"));
+        }
+        if primaries.len() > 1 {
+            // Only in a committed live switch's dual-primary window, with one guest.
+            let last = self.leader.map(|l| &self.nodes[&l].state);
+            let phase = last
+                .and_then(|s| s.services.get(SVC))
+                .and_then(|s| s.migration.as_ref())
+                .map(|m| m.phase);
+            let window = matches!(
+                phase,
+                Some(Phase::DualPrimary | Phase::Migrating | Phase::Finalize | Phase::Abort)
+            );
+            if !window || running.len() != 1 {
+                broken.push(format!(
+                    "DRBD Primary on {primaries:?} (phase {phase:?}, guest on {running:?})"
+                ));
+            }
+        }
+        let violations = std::fs::read_to_string(self.sim.join("violations.log")).unwrap_or_default();
+        if !violations.is_empty() {
+            broken.push(format!("violations.log: {violations}"));
+        }
+        // Nothing acknowledged is lost, and every node that applied as much holds the same state.
+        for &i in &self.acked {
+            assert!(i < self.log.len(), "acknowledged entry {i} lost");
+        }
+        let mut by_applied: BTreeMap<usize, &ClusterState> = BTreeMap::new();
+        for n in self.nodes.values() {
+            if let Some(other) = by_applied.insert(n.applied, &n.state) {
+                if other != &n.state {
+                    broken.push(format!("{} diverged from a node at the same log index", n.name));
+                }
+            }
+        }
+        if !broken.is_empty() {
+            panic!(
+                "invariant broken at {:.1}s: {}\ntimeline:\n{}",
+                self.t.as_secs_f64(),
+                broken.join("; "),
+                self.trace.join("\n")
+            );
+        }
+    }
+
+    /// Ticks until `cond` holds, failing after `limit` of virtual time.
+    pub fn run_until(&mut self, limit: Duration, what: &str, cond: impl Fn(&World) -> bool) {
+        let end = self.t + limit;
+        while !cond(self) {
+            assert!(
+                self.t < end,
+                "not reached within {limit:?}: {what}\nguest on {:?}, Primary on {:?}\ntimeline:\n{}",
+                self.running(),
+                self.primaries(),
+                self.trace.join("\n")
+            );
+            self.tick();
+        }
+    }
+
+    /// Ticks for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.t + d;
+        while self.t < end {
+            self.tick();
+        }
+    }
+}
+
+/// Faults and operator actions.
+impl World {
+    pub fn power_off(&mut self, name: &str) {
+        self.note(format!("{name}: power off"));
+        self.hv(name).power_off().unwrap();
+        let id = self.id(name);
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.power = false;
+        n.daemon = Daemon::Dead;
+        n.watchdog = None;
+    }
+
+    /// Power back on: the daemon starts again from what it had applied, without a lease.
+    pub fn power_on(&mut self, name: &str) {
+        self.note(format!("{name}: power on"));
+        let id = self.id(name);
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.power = true;
+        self.start_daemon(name);
+    }
+
+    pub fn kill_daemon(&mut self, name: &str) {
+        self.note(format!("{name}: daemon killed"));
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().daemon = Daemon::Dead;
+    }
+
+    /// A daemon (re)starts: fresh memory, the log it had on disk.
+    pub fn start_daemon(&mut self, name: &str) {
+        self.note(format!("{name}: daemon starts"));
+        let id = self.id(name);
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.daemon = Daemon::Running;
+        n.lease = Lease::default();
+        n.grants.clear();
+        n.retries.clear();
+        n.sent.clear();
+        n.next_renew = self.t;
+    }
+
+    pub fn restart_daemon(&mut self, name: &str) {
+        self.kill_daemon(name);
+        self.start_daemon(name);
+    }
+
+    pub fn hang(&mut self, name: &str) {
+        self.note(format!("{name}: daemon hung (SIGSTOP)"));
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().daemon = Daemon::Hung;
+    }
+
+    /// SIGCONT: the daemon goes on, unless the watchdog reset the node meanwhile.
+    pub fn resume(&mut self, name: &str) {
+        let id = self.id(name);
+        let n = self.nodes.get_mut(&id).unwrap();
+        if n.daemon == Daemon::Hung {
+            n.daemon = Daemon::Running;
+            self.note(format!("{name}: daemon resumed (SIGCONT)"));
+        }
+    }
+
+    pub fn cut(&mut self, name: &str) {
+        self.note(format!("{name}: network cut"));
+        std::fs::write(self.sim.join(format!("netcut-{name}")), "").unwrap();
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().cut = true;
+    }
+
+    pub fn heal(&mut self, name: &str) {
+        self.note(format!("{name}: network healed"));
+        let _ = std::fs::remove_file(self.sim.join(format!("netcut-{name}")));
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().cut = false;
+    }
+
+    /// Live migrations fail halfway (the job is cancelled, the guest stays) while set.
+    pub fn migrations_fail(&mut self, fail: bool) {
+        self.note(format!("live migrations fail: {fail}"));
+        let f = self.sim.join("migrate-fail");
+        if fail {
+            std::fs::write(f, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    /// The operator's command through node `via` (by name).
+    pub fn op(&mut self, via: &str, cmd: Command) -> Result<Response, String> {
+        self.note(format!("operator on {via}: {cmd}"));
+        let id = self.id(via);
+        self.operator(id, cmd)
+    }
+
+    pub fn leader_name(&self) -> Option<String> {
+        self.valid_leader().map(|l| self.nodes[&l].name.clone())
+    }
+
+    /// The committed placement of the service.
+    pub fn placement(&self) -> Option<String> {
+        let s = self.committed();
+        let id = s.services.get(SVC)?.placement?;
+        Some(s.nodes.get(&id)?.name.clone())
+    }
+
+    pub fn phase(&self) -> Option<Phase> {
+        self.committed().services.get(SVC)?.migration.as_ref().map(|m| m.phase)
+    }
+
+    pub fn last_migration_error(&self) -> Option<String> {
+        self.committed()
+            .services
+            .get(SVC)?
+            .last_migration
+            .as_ref()?
+            .error
+            .clone()
+    }
+}
