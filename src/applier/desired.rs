@@ -43,6 +43,7 @@ pub fn desired(
             .collect(),
         volumes: vec![],
         containers: vec![],
+        may_take: true,
         migration: svc
             .migration
             .as_ref()

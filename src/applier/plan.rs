@@ -25,6 +25,10 @@ pub struct Desired {
     pub containers: Vec<DesiredContainer>,
     /// This node's part in a live switch in progress.
     pub migration: Option<DesiredMigration>,
+    /// This node may take resources (promote, start guests): its watchdog is armed, or it has
+    /// none (and then the leader never moves anything away from it). Keeping what it holds
+    /// does not depend on it.
+    pub may_take: bool,
 }
 
 /// This node's part in a live switch.
@@ -99,6 +103,13 @@ pub struct Observed {
     pub drbd: BTreeMap<String, ResourceStatus>,
     /// The state of each desired container's domain.
     pub domains: BTreeMap<String, DomainState>,
+}
+
+impl Observed {
+    /// A guest runs or a DRBD resource is Primary here.
+    pub fn holds_anything(&self) -> bool {
+        self.domains.values().any(|d| *d == DomainState::Running) || self.drbd.values().any(|st| st.role == "Primary")
+    }
 }
 
 /// One action on this node, in the order given.
@@ -200,7 +211,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
                     .get(&d.resource)
                     .is_some_and(|st| peers_demoted(st, &desired.gone))
             }));
-    if desired.active && volumes_ready && may_start {
+    if desired.active && volumes_ready && may_start && desired.may_take {
         for c in &desired.containers {
             match (state(c), &c.xml) {
                 (DomainState::Absent, Some(_)) => {
@@ -242,6 +253,9 @@ fn plan_volumes(desired: &Desired, observed: &Observed) -> Vec<Step> {
             };
             let primary = st.role == "Primary";
             let disk = st.devices.first().map(|d| d.disk_state.as_str()).unwrap_or("");
+            if !desired.may_take && !primary {
+                continue;
+            }
             if desired.dual_target() {
                 // Promote beside the source, which allowed two primaries before this phase.
                 if !primary && disk == "UpToDate" {
@@ -417,6 +431,7 @@ pub(super) mod tests {
             gone: BTreeSet::new(),
             containers: vec![],
             migration: None,
+            may_take: true,
             volumes: vec![DesiredVolume {
                 rid: "volume#data".into(),
                 volume: "demo/vol/kvm1".into(),
@@ -588,6 +603,25 @@ pub(super) mod tests {
             stop_timeout_secs: 120,
         });
         d
+    }
+
+    #[test]
+    fn without_an_armed_watchdog_nothing_is_taken_but_what_is_held_is_kept() {
+        let mut d = with_vm(desired(true, true), true);
+        d.may_take = false;
+        let secondary = status("Secondary", "UpToDate", "Connected", "UpToDate", None);
+        assert_eq!(plan(&d, &observed(true, true, Some(secondary))), vec![]);
+        let fresh = status("Secondary", "Inconsistent", "Connected", "Inconsistent", None);
+        assert_eq!(plan(&d, &observed(true, true, Some(fresh))), vec![]);
+        let mut primary = observed(
+            true,
+            true,
+            Some(status("Primary", "UpToDate", "Connected", "UpToDate", None)),
+        );
+        primary.domains.insert("kvm1".into(), DomainState::ShutOff);
+        assert_eq!(plan(&d, &primary), vec![], "no guest start either");
+        primary.domains.insert("kvm1".into(), DomainState::Running);
+        assert_eq!(plan(&d, &primary), vec![], "a running guest is kept");
     }
 
     #[test]

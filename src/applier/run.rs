@@ -322,6 +322,7 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
         let m = node.member();
         let me = m.id;
         let leased = node.lease_valid();
+        let may_take = node.may_take();
         let work: Vec<(ObjectPath, Desired, BTreeMap<String, String>)> = m.sm.read(|d| {
             d.state
                 .objects
@@ -336,12 +337,14 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                     (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains_key(&key)
                 })
                 .map(|p| {
-                    let (want, errors) = desired(&d.state, me, &p, leased);
+                    let (mut want, errors) = desired(&d.state, me, &p, leased);
+                    want.may_take = may_take;
                     (p, want, errors)
                 })
                 .collect()
         });
         let mut pending: Vec<(Option<(String, InstanceReport)>, Command)> = Vec::new();
+        let mut holding = false;
         for (path, want, render_errors) in work {
             let key = path.to_string();
             let mut retry = retries.remove(&key).unwrap_or_default();
@@ -362,8 +365,13 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             });
             retries.insert(key.clone(), retry_back);
             pending.extend(done.commands.into_iter().map(|c| (None, c)));
-            if let Err(e) = &done.observed {
-                warn!(object = %path, "observing: {e}");
+            match &done.observed {
+                Err(e) => {
+                    warn!(object = %path, "observing: {e}");
+                    // Unknown: assume it holds what it may.
+                    holding = true;
+                }
+                Ok(o) => holding |= o.holds_anything(),
             }
             if let Some(rep) = done.report.filter(|r| sent.get(&key) != Some(r)) {
                 let cmd = Command::ReportInstance {
@@ -374,6 +382,7 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                 pending.push((Some((key, rep)), cmd));
             }
         }
+        node.holding.store(holding, std::sync::atomic::Ordering::SeqCst);
         // What this node tells the cluster goes out after every service was acted on, each
         // write bounded: a node cut from the quorum fences all its services first.
         for (sent_as, cmd) in pending {

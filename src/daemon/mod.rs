@@ -68,8 +68,8 @@ impl Settings {
 }
 
 /// A watchdog resets the node when the daemon stops petting it: it pets only while its lease
-/// has more than the watchdog's timeout to run, so a hung or dead daemon's node is reset before
-/// the leader can move its services (DESIGN.md section 4).
+/// has more than the watchdog's margin to run (`drivers::watchdog::decide`), so a hung or dead
+/// daemon's node is reset before the leader can move its services (DESIGN.md section 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Watchdog {
     /// None: the leader never moves a service away from this node automatically.
@@ -80,6 +80,129 @@ pub enum Watchdog {
         omsim: PathBuf,
         timeout_ms: u64,
     },
+    /// The kernel's (`/dev/watchdog`), opened only while armed. `timeout_ms` is what `sysfs`
+    /// said at start; the daemon reads it again before arming, and holds it while armed.
+    Device {
+        path: PathBuf,
+        sysfs: PathBuf,
+        timeout_ms: u64,
+    },
+}
+
+/// The open /dev/watchdog (`Watchdog::Device`) while armed, and why it last could not be
+/// armed or no longer suits the lease (each reason logged once, not every round).
+#[derive(Debug, Default)]
+struct DeviceSlot {
+    open: Option<crate::drivers::watchdog::DeviceWatchdog>,
+    refused: Option<String>,
+}
+
+impl DeviceSlot {
+    /// Logs `why` unless it was the last reason logged.
+    fn refuse(&mut self, why: String) {
+        if self.refused.as_ref() != Some(&why) {
+            tracing::warn!("{why}");
+            self.refused = Some(why);
+        }
+    }
+
+    /// Pets the open device, or opens (arms) and pets it; returns whether it armed it now.
+    ///
+    /// The device's timeout is checked against `lease` here, when it is armed, not when `omd`
+    /// starts: the lease configuration is replicated state, known for sure only once this node
+    /// applied the log, changed at any time by `omctl config set`, and replaced by a join. It
+    /// is read again just before the device is opened (it may have changed since `omd`
+    /// started): once open the device runs, and with nowayout nothing stops it.
+    fn pet_or_arm(
+        &mut self,
+        path: &std::path::Path,
+        sysfs: &std::path::Path,
+        lease: &crate::lease::LeaseConfig,
+        remaining: Option<Duration>,
+    ) -> bool {
+        use crate::drivers::watchdog::{check_timeout, device_margin, read_timeout, DeviceWatchdog};
+        if let Some(dev) = self.open.as_mut() {
+            let timeout = dev.timeout();
+            if let Err(e) = dev.pet() {
+                tracing::error!("petting the watchdog: {e}");
+            }
+            match check_timeout(timeout, lease) {
+                // Armed under another lease configuration: the rule stays (no pet while the
+                // lease does not outlast the margin), so a late renewal may reset this node.
+                Err(why) => self.refuse(format!("{why} (armed: a late lease renewal may reset this node)")),
+                Ok(()) => self.refused = None,
+            }
+            return false;
+        }
+        let fits = read_timeout(sysfs).map_err(|e| e.to_string()).and_then(|timeout| {
+            check_timeout(timeout, lease)?;
+            match remaining {
+                Some(r) if r > device_margin(timeout) => Ok(timeout),
+                _ => Err(format!(
+                    "the lease does not outlast twice the watchdog's timeout ({} s)",
+                    timeout.as_secs()
+                )),
+            }
+        });
+        let timeout = match fits {
+            Ok(timeout) => timeout,
+            Err(why) => {
+                self.refuse(format!("not arming the watchdog: {why}"));
+                return false;
+            }
+        };
+        let mut dev = match DeviceWatchdog::open(path, sysfs) {
+            Ok(dev) => dev,
+            Err(e) => {
+                self.refuse(format!("cannot arm the watchdog: {e}"));
+                return false;
+            }
+        };
+        if dev.timeout() != timeout {
+            // Changed between the two reads by another program: stop it again.
+            let why = format!(
+                "its timeout changed from {} s to {} s",
+                timeout.as_secs(),
+                dev.timeout().as_secs()
+            );
+            if let Err(e) = dev.disarm() {
+                tracing::error!("disarming the watchdog: {e}");
+            }
+            self.refuse(format!("not arming the watchdog: {why}"));
+            return false;
+        }
+        if let Err(e) = dev.pet() {
+            tracing::error!("petting the watchdog: {e}");
+        }
+        tracing::info!("watchdog armed ({}, {} s)", path.display(), timeout.as_secs());
+        self.open = Some(dev);
+        self.refused = None;
+        true
+    }
+
+    /// The node holds nothing: disarms the device, except with nowayout, which no close can
+    /// stop: then it stays open and petted rather than reset an idle machine.
+    fn idle(&mut self) {
+        match self.open.as_mut() {
+            Some(dev) if dev.nowayout() => {
+                if let Err(e) = dev.pet() {
+                    tracing::error!("petting the watchdog: {e}");
+                }
+                self.refuse("the watchdog has nowayout set: it stays armed and petted while this node is idle".into());
+            }
+            _ => self.disarm(),
+        }
+    }
+
+    /// The magic close, if armed.
+    fn disarm(&mut self) {
+        if let Some(dev) = self.open.take() {
+            match dev.disarm() {
+                Ok(()) => tracing::info!("watchdog disarmed"),
+                Err(e) => tracing::error!("disarming the watchdog: {e}"),
+            }
+        }
+    }
 }
 
 /// One Raft incarnation of this node: replaced whole when the node joins another cluster.
@@ -111,6 +234,13 @@ pub struct Node {
     pub grants: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
     /// Whether this node's watchdog is armed.
     watchdog_armed: std::sync::atomic::AtomicBool,
+    /// `Watchdog::Device`: the open device while armed.
+    watchdog_device: std::sync::Mutex<DeviceSlot>,
+    /// The applier saw a guest running or a DRBD resource Primary here at its last pass: the
+    /// watchdog stays armed while it does, whatever the log says.
+    pub holding: std::sync::atomic::AtomicBool,
+    /// A clean stop is releasing what this node holds: no lease from now on.
+    releasing: std::sync::atomic::AtomicBool,
 }
 
 /// Errors of starting a node.
@@ -186,6 +316,9 @@ impl Node {
             closing: std::sync::atomic::AtomicBool::new(false),
             grants: std::sync::Mutex::new(BTreeMap::new()),
             watchdog_armed: std::sync::atomic::AtomicBool::new(false),
+            watchdog_device: std::sync::Mutex::new(DeviceSlot::default()),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            releasing: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(register_founder(Arc::downgrade(&node)));
         tokio::spawn(renew_lease(Arc::downgrade(&node)));
@@ -369,6 +502,9 @@ impl Node {
 
     /// Whether this node holds a valid lease and applied the log as far as its grant requires.
     pub fn lease_valid(&self) -> bool {
+        if self.releasing.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let applied = self
             .member()
             .raft
@@ -378,6 +514,12 @@ impl Node {
             .map(|l| l.index)
             .unwrap_or(0);
         self.lease.lock().expect("lease lock").is_valid(Instant::now(), applied)
+    }
+
+    /// Whether this node may take resources (promote, start guests): it has no watchdog, or
+    /// its watchdog is armed.
+    pub fn may_take(&self) -> bool {
+        self.settings.watchdog == Watchdog::None || self.watchdog_armed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// What is left of this node's lease.
@@ -425,13 +567,22 @@ impl Node {
         Ok(())
     }
 
-    /// Stops the watchdog without a reset (the magic close of /dev/watchdog): on a clean stop,
-    /// a join, or when this node becomes a witness.
+    /// Stops the watchdog without a reset (the magic close of /dev/watchdog): on a clean stop
+    /// or a join. A device with nowayout cannot be stopped: it resets the machine one timeout
+    /// later (logged).
     pub fn disarm_watchdog(&self) {
-        if let Watchdog::Sim { dir, .. } = &self.settings.watchdog {
-            if self.watchdog_armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let _ = std::fs::write(dir.join(format!("watchdog-{}", self.settings.name)), "disarm");
-                tracing::info!("watchdog disarmed");
+        match &self.settings.watchdog {
+            Watchdog::None => {}
+            Watchdog::Sim { dir, .. } => {
+                if self.watchdog_armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = std::fs::write(dir.join(format!("watchdog-{}", self.settings.name)), "disarm");
+                    tracing::info!("watchdog disarmed");
+                }
+            }
+            Watchdog::Device { .. } => {
+                let mut slot = self.watchdog_device.lock().expect("watchdog lock");
+                slot.disarm();
+                self.watchdog_armed.store(false, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -448,10 +599,30 @@ impl Node {
         weak.upgrade().filter(|n| !n.closing())
     }
 
-    /// Stops Raft cleanly and makes the store durable.
+    /// Stops Raft cleanly and makes the store durable. A node with a watchdog first releases
+    /// what it holds (destroys its guests, demotes), as a node without a lease does: once it
+    /// is gone the leader may fail its services over, and nothing would stop them here. If they
+    /// cannot be released within a minute, the watchdog stays armed and resets the node.
     pub async fn shutdown(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut release_failed = false;
+        if self.settings.watchdog != Watchdog::None && self.holding.load(SeqCst) {
+            tracing::warn!("stopping: releasing this node's guests and DRBD Primary roles first");
+            self.releasing.store(true, SeqCst);
+            self.lease.lock().expect("lease lock").revoke();
+            self.lease_lapsed.notify_waiters();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.holding.load(SeqCst) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            release_failed = self.holding.load(SeqCst);
+        }
         self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.disarm_watchdog();
+        if release_failed {
+            tracing::error!("stopping: could not release this node's guests within 60 s: the watchdog stays armed");
+        } else {
+            self.disarm_watchdog();
+        }
         if let Err(e) = self.member().raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -575,8 +746,9 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
         }
         let valid = node.lease_valid();
         if witness {
-            node.disarm_watchdog();
+            idle_watchdog(&node);
         } else {
+            report_watchdog(&node, m.id);
             pet_watchdog(&node, m.id);
         }
         if was_valid && !valid {
@@ -594,63 +766,125 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
     }
 }
 
-/// Arms the watchdog while this node holds a started service and has a lease (so a witness,
+/// Arms the watchdog while this node is hosting (`hosting`) and has a lease (so a witness,
 /// never leased, never arms one) and pets it while the lease has more than the watchdog's
-/// timeout to run.
+/// margin to run (`drivers::watchdog::decide`); once it holds nothing, disarms it.
 fn pet_watchdog(node: &Arc<Node>, me: NodeId) {
-    let Watchdog::Sim { dir, omsim, timeout_ms } = &node.settings.watchdog else {
-        return;
+    use crate::drivers::watchdog::{decide, device_margin, read_timeout, Action};
+    let margin = match &node.settings.watchdog {
+        Watchdog::None => return,
+        Watchdog::Sim { timeout_ms, .. } => Duration::from_millis(*timeout_ms),
+        Watchdog::Device { sysfs, timeout_ms, .. } => {
+            // The open device's timeout, else the driver's now: the operator may have reloaded
+            // it with a shorter one since omd started.
+            let slot = node.watchdog_device.lock().expect("watchdog lock");
+            device_margin(match &slot.open {
+                Some(dev) => dev.timeout(),
+                None => read_timeout(sysfs).unwrap_or(Duration::from_millis(*timeout_ms)),
+            })
+        }
     };
-    // Armed only while this node holds a started service, as Proxmox arms it only with HA
-    // resources: an idle node must not be reset by a slow election.
-    let hosting = node.member().sm.read(|d| {
-        d.state
-            .services
-            .values()
-            .any(|s| s.provisioned && s.started && s.placement == Some(me))
-    });
-    if !hosting {
-        node.disarm_watchdog();
+    let hosting =
+        node.member().sm.read(|d| hosting(&d.state, me)) || node.holding.load(std::sync::atomic::Ordering::SeqCst);
+    let armed = node.watchdog_armed.load(std::sync::atomic::Ordering::SeqCst);
+    match decide(hosting, armed, node.lease_remaining(), margin) {
+        Action::Wait => {}
+        Action::Disarm => idle_watchdog(node),
+        Action::Pet | Action::Arm => match &node.settings.watchdog {
+            Watchdog::None => {}
+            Watchdog::Sim { dir, omsim, timeout_ms } => pet_sim_watchdog(node, dir, omsim, *timeout_ms),
+            Watchdog::Device { path, sysfs, .. } => pet_device_watchdog(node, path, sysfs),
+        },
+    }
+}
+
+/// Whether this node must keep a watchdog armed: it holds a started service (as Proxmox arms
+/// it only with HA resources: an idle node must not be reset by a slow election), or takes
+/// part in a live switch (the target runs the guest as soon as it migrated).
+fn hosting(state: &ClusterState, me: NodeId) -> bool {
+    state.services.values().any(|s| {
+        (s.provisioned && s.started && s.placement == Some(me))
+            || s.migration.as_ref().is_some_and(|m| m.from == me || m.to == me)
+    })
+}
+
+/// This node holds nothing: disarms its watchdog (but see `DeviceSlot::idle` for nowayout).
+fn idle_watchdog(node: &Node) {
+    if let Watchdog::Device { .. } = &node.settings.watchdog {
+        let mut slot = node.watchdog_device.lock().expect("watchdog lock");
+        slot.idle();
+        node.watchdog_armed
+            .store(slot.open.is_some(), std::sync::atomic::Ordering::SeqCst);
         return;
     }
+    node.disarm_watchdog();
+}
+
+/// Pets the simulated watchdog, starting `omsim watchdog` first when it is not armed.
+fn pet_sim_watchdog(node: &Arc<Node>, dir: &std::path::Path, omsim: &std::path::Path, timeout_ms: u64) {
     let pet = dir.join(format!("watchdog-{}", node.settings.name));
-    let remaining = node.lease_remaining();
-    if remaining.is_some_and(|r| r > Duration::from_millis(*timeout_ms)) {
-        if let Err(e) = std::fs::write(&pet, "pet") {
-            tracing::error!("petting the watchdog: {e}");
-        }
-        if !node.watchdog_armed.load(std::sync::atomic::Ordering::SeqCst) {
-            let spawned = std::process::Command::new(omsim)
-                .args([
-                    "watchdog",
-                    "--node",
-                    &node.settings.name,
-                    "--pid",
-                    &std::process::id().to_string(),
-                ])
-                .args(["--timeout-ms", &timeout_ms.to_string()])
-                .env("OMRAFT_SIM_DIR", dir)
-                .stdin(std::process::Stdio::null())
-                .spawn();
-            match spawned {
-                Ok(_) => {
-                    node.watchdog_armed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    tracing::info!("watchdog armed ({timeout_ms} ms)");
-                    let node = node.clone();
-                    tokio::spawn(async move {
-                        let cmd = Command::ReportWatchdog {
-                            node_id: me,
-                            armed: true,
-                        };
-                        if let Err(e) = node.write(cmd).await {
-                            tracing::warn!("reporting the watchdog: {}", e.message());
-                        }
-                    });
-                }
-                Err(e) => tracing::error!("starting the simulated watchdog: {e}"),
+    if let Err(e) = std::fs::write(&pet, "pet") {
+        tracing::error!("petting the watchdog: {e}");
+    }
+    if !node.watchdog_armed.load(std::sync::atomic::Ordering::SeqCst) {
+        let spawned = std::process::Command::new(omsim)
+            .args([
+                "watchdog",
+                "--node",
+                &node.settings.name,
+                "--pid",
+                &std::process::id().to_string(),
+            ])
+            .args(["--timeout-ms", &timeout_ms.to_string()])
+            .env("OMRAFT_SIM_DIR", dir)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(_) => {
+                node.watchdog_armed.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!("watchdog armed ({timeout_ms} ms)");
             }
+            Err(e) => tracing::error!("starting the simulated watchdog: {e}"),
         }
     }
+}
+
+/// Pets /dev/watchdog, opening it first when it is not armed (`DeviceSlot::pet_or_arm`).
+fn pet_device_watchdog(node: &Arc<Node>, path: &std::path::Path, sysfs: &std::path::Path) {
+    let lease = node.read(|d| crate::model::catalog::lease_config(&d.state.config));
+    let remaining = node.lease_remaining();
+    let mut slot = node.watchdog_device.lock().expect("watchdog lock");
+    // Checked under the lock `disarm_watchdog` takes: never armed after a clean stop's disarm.
+    if slot.open.is_none() && node.closing() {
+        return;
+    }
+    slot.pet_or_arm(path, sysfs, &lease, remaining);
+    node.watchdog_armed
+        .store(slot.open.is_some(), std::sync::atomic::Ordering::SeqCst);
+    drop(slot);
+}
+
+/// Commits whether this node runs with a watchdog, when the log says otherwise. With one, it
+/// takes nothing (promotes nothing, starts no guest) unless it is armed, and keeps it armed
+/// while it holds anything: so once its lease ran out the leader may move its services.
+fn report_watchdog(node: &Arc<Node>, me: NodeId) {
+    let has = node.settings.watchdog != Watchdog::None;
+    let committed = node.read(|d| d.state.nodes.get(&me).map(|n| n.watchdog));
+    if committed.is_none_or(|c| c == has) {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        let cmd = Command::ReportWatchdog {
+            node_id: me,
+            armed: has,
+        };
+        match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
+            Ok(Ok(_)) => tracing::info!("reported: watchdog {}", if has { "present" } else { "absent" }),
+            Ok(Err(e)) => tracing::warn!("reporting the watchdog: {}", e.message()),
+            Err(_) => tracing::warn!("reporting the watchdog: not committed within 2 s"),
+        }
+    });
 }
 
 /// Keeps this node's volume group report in the state current: at start, after a join, when
@@ -691,4 +925,125 @@ where
 pub fn restrict(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Migration, Phase, ServiceState};
+
+    #[test]
+    fn hosting_means_a_started_service_here_or_a_live_switch_from_or_to_here() {
+        let mut state = ClusterState::default();
+        let started = ServiceState {
+            provisioned: true,
+            started: true,
+            placement: Some(1),
+            ..ServiceState::default()
+        };
+        state.services.insert("demo/svc/a".into(), started.clone());
+        assert!(hosting(&state, 1));
+        assert!(!hosting(&state, 2), "another node's service");
+        for idle in [
+            ServiceState {
+                started: false,
+                ..started.clone()
+            },
+            ServiceState {
+                provisioned: false,
+                ..started.clone()
+            },
+        ] {
+            state.services.insert("demo/svc/a".into(), idle);
+            assert!(!hosting(&state, 1));
+        }
+        let switching = ServiceState {
+            migration: Some(Migration {
+                id: 1,
+                from: 1,
+                to: 2,
+                phase: Phase::Migrating,
+                error: None,
+                dual: true,
+            }),
+            ..started
+        };
+        state.services.insert("demo/svc/a".into(), switching);
+        assert!(hosting(&state, 1) && hosting(&state, 2));
+        assert!(!hosting(&state, 3), "not a participant");
+    }
+
+    /// A regular file standing in for /dev/watchdog, and its fake sysfs directory.
+    fn fake_device(timeout: &str, nowayout: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("watchdog");
+        std::fs::write(&dev, "").unwrap();
+        let sysfs = dir.path().join("sys");
+        std::fs::create_dir(&sysfs).unwrap();
+        std::fs::write(sysfs.join("timeout"), timeout).unwrap();
+        std::fs::write(sysfs.join("nowayout"), nowayout).unwrap();
+        (dir, dev, sysfs)
+    }
+
+    #[test]
+    fn device_armed_once_then_petted_then_disarmed_by_the_magic_close() {
+        let (_dir, dev, sysfs) = fake_device("1", "0");
+        let lease = crate::lease::LeaseConfig::default();
+        let left = Some(Duration::from_millis(2900));
+        let mut slot = DeviceSlot::default();
+        assert!(slot.pet_or_arm(&dev, &sysfs, &lease, left), "armed now");
+        assert!(!slot.pet_or_arm(&dev, &sysfs, &lease, left), "already armed");
+        assert_eq!(std::fs::read(&dev).unwrap(), b"11");
+        slot.idle();
+        assert!(slot.open.is_none());
+        assert_eq!(std::fs::read(&dev).unwrap(), b"11V");
+    }
+
+    #[test]
+    fn device_not_armed_when_its_timeout_does_not_suit_the_lease() {
+        let lease = crate::lease::LeaseConfig::default();
+        let (_dir, dev, sysfs) = fake_device("2", "0");
+        let mut slot = DeviceSlot::default();
+        assert!(!slot.pet_or_arm(&dev, &sysfs, &lease, Some(Duration::from_millis(2900))));
+        assert!(slot.open.is_none());
+        assert!(
+            slot.refused.as_ref().unwrap().contains("soft_margin=1"),
+            "{:?}",
+            slot.refused
+        );
+        assert_eq!(std::fs::read(&dev).unwrap(), b"", "never opened");
+        // Suitable, but the lease has less than twice the timeout left.
+        std::fs::write(sysfs.join("timeout"), "1").unwrap();
+        assert!(!slot.pet_or_arm(&dev, &sysfs, &lease, Some(Duration::from_millis(2000))));
+        assert!(!slot.pet_or_arm(&dev, &sysfs, &lease, None));
+        assert!(slot.open.is_none());
+        assert!(
+            slot.refused.as_ref().unwrap().contains("does not outlast"),
+            "{:?}",
+            slot.refused
+        );
+        // Gone.
+        std::fs::remove_file(&dev).unwrap();
+        assert!(!slot.pet_or_arm(&dev, &sysfs, &lease, Some(Duration::from_millis(2900))));
+        assert!(
+            slot.refused.as_ref().unwrap().contains(&*dev.to_string_lossy()),
+            "{:?}",
+            slot.refused
+        );
+    }
+
+    #[test]
+    fn an_idle_node_keeps_a_nowayout_device_petted_and_a_stop_closes_it() {
+        let (_dir, dev, sysfs) = fake_device("1", "1");
+        let mut slot = DeviceSlot::default();
+        let lease = crate::lease::LeaseConfig::default();
+        assert!(slot.pet_or_arm(&dev, &sysfs, &lease, Some(Duration::from_millis(2900))));
+        slot.idle();
+        slot.idle();
+        assert!(slot.open.is_some(), "closing would reset the machine");
+        assert_eq!(std::fs::read(&dev).unwrap(), b"111");
+        slot.disarm();
+        assert!(slot.open.is_none());
+        assert_eq!(std::fs::read(&dev).unwrap(), b"111V");
+    }
 }

@@ -1,12 +1,13 @@
 //! `omd`'s command line and process lifecycle: bind, start, serve, shut down on SIGTERM.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
-use super::{restrict, Node, Settings};
+use super::{restrict, Node, Settings, Watchdog};
 use crate::api::{serve, Listeners};
 use crate::applier::run::Drivers;
 
@@ -46,8 +47,9 @@ pub struct Args {
     /// Stands in for the LVM driver's `vgs` report (simulation, tests, the demo).
     #[arg(long, value_name = "NAME=SIZE", value_parser = parse_vg)]
     pub report_vg: Vec<(String, u64)>,
-    /// real: LVM, drbdadm and drbdsetup of this machine. sim: the simulators, with their
-    /// state in --sim-dir (shared by every simulated node of one machine).
+    /// real: LVM, drbdadm, drbdsetup, libvirt and the watchdog device of this machine. sim: the
+    /// simulators (`omsim watchdog` for the watchdog), with their state in --sim-dir (shared by
+    /// every simulated node of one machine).
     #[arg(long, value_enum, default_value_t = DriverKind::Real)]
     pub drivers: DriverKind,
     /// The simulators' shared directory (with --drivers sim).
@@ -65,6 +67,18 @@ pub struct Args {
     /// With --drivers sim: the simulated watchdog's timeout, shorter than the lease duration.
     #[arg(long, default_value_t = 1500)]
     pub watchdog_timeout_ms: u64,
+    /// With --drivers real: the watchdog device, armed while this node holds a started service
+    /// or takes part in a live switch.
+    ///
+    /// Its timeout is the driver's (e.g. `modprobe softdog soft_margin=1`): twice it must be
+    /// shorter than lease.duration minus lease.renew, or it is never armed. Without the device,
+    /// the cluster never moves this node's services away automatically.
+    #[arg(long, default_value = crate::drivers::watchdog::DEVICE)]
+    pub watchdog_device: PathBuf,
+    /// The watchdog device's sysfs directory, where its timeout and nowayout are read
+    /// (default /sys/class/watchdog/NAME; watchdog0 for /dev/watchdog).
+    #[arg(long)]
+    pub watchdog_sysfs: Option<PathBuf>,
     /// The libvirt connection of the real hypervisor driver.
     #[arg(long, default_value = "qemu:///system")]
     pub libvirt_uri: String,
@@ -133,6 +147,51 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
     })
 }
 
+/// The watchdog `args` ask for: the simulator's, the device when it can be read, else none
+/// (loudly). Whether the device's timeout suits the lease is checked when it is armed, since
+/// the lease configuration is replicated state that changes at run time and with a join.
+fn watchdog(args: &Args) -> anyhow::Result<Watchdog> {
+    use crate::drivers::watchdog::{nowayout, probe, sysfs_dir};
+    let none = |why: String| {
+        tracing::warn!(
+            "no watchdog: {why}. A hung daemon could not stop this node's services, so the cluster will never move \
+             them away from this node automatically"
+        );
+        Watchdog::None
+    };
+    Ok(match (&args.drivers, &args.sim_dir) {
+        (DriverKind::Sim, Some(dir)) => Watchdog::Sim {
+            dir: dir.clone(),
+            omsim: std::env::current_exe()?.with_file_name("omsim"),
+            timeout_ms: args.watchdog_timeout_ms,
+        },
+        (DriverKind::Sim, None) => none("--drivers sim without --sim-dir".into()),
+        (DriverKind::Real, _) => {
+            let path = args.watchdog_device.clone();
+            let sysfs = args.watchdog_sysfs.clone().unwrap_or_else(|| sysfs_dir(&path));
+            match probe(&path, &sysfs) {
+                Err(e) => none(e.to_string()),
+                Ok(timeout) => {
+                    if nowayout(&sysfs) {
+                        tracing::warn!(
+                            "the watchdog {} has nowayout set (or {} is unreadable): once armed, nothing stops it, and \
+                             stopping omd resets this machine",
+                            path.display(),
+                            sysfs.join("nowayout").display()
+                        );
+                    }
+                    tracing::info!("watchdog: {} ({} s)", path.display(), timeout.as_secs());
+                    Watchdog::Device {
+                        path,
+                        sysfs,
+                        timeout_ms: timeout.as_millis() as u64,
+                    }
+                }
+            }
+        }
+    })
+}
+
 fn parse_vg(s: &str) -> Result<(String, u64), String> {
     let (name, size) = s
         .split_once('=')
@@ -183,24 +242,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         snapshot_every: args.snapshot_every,
         keep_logs: args.keep_logs,
         vgs: args.report_vg.iter().cloned().collect(),
-        watchdog: match (&args.drivers, &args.sim_dir) {
-            (DriverKind::Sim, Some(dir)) => super::Watchdog::Sim {
-                dir: dir.clone(),
-                omsim: std::env::current_exe()?.with_file_name("omsim"),
-                timeout_ms: args.watchdog_timeout_ms,
-            },
-            _ => {
-                tracing::warn!(
-                    "no watchdog: a hung daemon could not stop this node's services, so the cluster will never move them \
-                     away from this node automatically"
-                );
-                super::Watchdog::None
-            }
-        },
+        watchdog: watchdog(&args)?,
         ..Settings::new(&name, args.data_dir.clone(), &addr)
     };
     let drivers = drivers(&args, &name)?;
     let node = Node::start(settings).await.context("starting the node")?;
+    if let Watchdog::Device { timeout_ms, .. } = &node.settings.watchdog {
+        // Early word only: the lease configuration may still change (a join, `config set`);
+        // the daemon checks again each time it would arm the device.
+        let lease = node.read(|d| crate::model::catalog::lease_config(&d.state.config));
+        if let Err(why) = crate::drivers::watchdog::check_timeout(Duration::from_millis(*timeout_ms), &lease) {
+            tracing::warn!("the watchdog will not be armed under the current lease configuration: {why}");
+        }
+    }
     tokio::spawn(crate::applier::run::run(node.clone(), drivers));
     tokio::spawn(crate::orchestrator::run(node.clone()));
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");

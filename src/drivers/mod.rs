@@ -7,3 +7,4 @@ pub mod hypervisor;
 pub mod libvirt;
 pub mod lvm;
 pub mod run;
+pub mod watchdog;

@@ -148,6 +148,9 @@ pub enum Command {
         error: Option<String>,
         fenced: Option<NodeId>,
     },
+    /// The leader saw the lease of `node_id`, a node of the service that does not hold it, run
+    /// out: the holder may promote without seeing it (it fenced itself).
+    Fence { path: ObjectPath, node_id: NodeId },
     /// A node armed (or disarmed) its watchdog.
     ReportWatchdog { node_id: NodeId, armed: bool },
     /// Freeze (or thaw) a service: the orchestrator takes no automatic action on it.
@@ -192,6 +195,7 @@ impl fmt::Display for Command {
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
             Command::Switch { path, to } => write!(f, "switch {path} to node {to}"),
             Command::LiveSwitch { path, to } => write!(f, "live switch {path} to node {to}"),
+            Command::Fence { path, node_id } => write!(f, "{path}: node {node_id} fenced"),
             Command::MigrationPhase { path, id, from, to, .. } => {
                 write!(f, "live switch {id} of {path}: {from} -> {to}")
             }
@@ -322,6 +326,13 @@ impl ClusterState {
             Command::MarkProvisioned { path, node_id } => self.check_node_of(path, *node_id),
             Command::Switch { path, to } => self.check_switch(path, *to),
             Command::LiveSwitch { path, to } => self.check_live_switch(path, *to),
+            Command::Fence { path, node_id } => {
+                self.check_node_of(path, *node_id)?;
+                if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(*node_id) {
+                    return Err(Rejection::AlreadyThere(path.to_string(), *node_id));
+                }
+                Ok(())
+            }
             Command::MigrationPhase { path, id, from, to, .. } => self.check_migration_phase(path, *id, *from, *to),
             Command::ReportWatchdog { node_id, .. } => {
                 if self.nodes.contains_key(node_id) {
@@ -521,6 +532,14 @@ impl ClusterState {
             }
             Command::LiveSwitch { path, to } => {
                 self.live_switch(path, *to);
+                Response::Done
+            }
+            Command::Fence { path, node_id } => {
+                self.services
+                    .entry(path.to_string())
+                    .or_default()
+                    .fenced
+                    .insert(*node_id);
                 Response::Done
             }
             Command::MigrationPhase {

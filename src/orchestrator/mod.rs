@@ -52,6 +52,18 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
                 }
             }
         }
+        // A node of the service that does not hold it and lost its lease fenced itself: the
+        // holder need not wait to see it demoted (a switch whose source died midway).
+        if let Some(svc) = state.services.get(key).filter(|s| s.provisioned && s.started) {
+            for n in state.service_nodes(&path) {
+                if Some(n) != svc.placement && expired.contains(&n) && watchdog(&n) && !svc.fenced.contains(&n) {
+                    out.push(Command::Fence {
+                        path: path.clone(),
+                        node_id: n,
+                    });
+                }
+            }
+        }
         let ha = state
             .eval(&path, &obj.config, DEFAULT, "orchestrate", None)
             .ok()

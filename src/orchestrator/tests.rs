@@ -59,6 +59,11 @@ fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
     ids.iter().copied().collect()
 }
 
+/// The failovers among decisions.
+fn moves(d: &[Command]) -> Vec<&Command> {
+    d.iter().filter(|c| matches!(c, Command::Failover { .. })).collect()
+}
+
 fn path() -> ObjectPath {
     ObjectPath::parse("demo/svc/kvm1").unwrap()
 }
@@ -80,7 +85,10 @@ fn moves_a_service_off_a_node_whose_lease_expired() {
 fn nothing_moves_while_the_holder_is_leased_or_without_a_leased_target() {
     let s = cluster();
     assert!(decide(&s, &set(&[]), &set(&[1, 2])).is_empty(), "holder still leased");
-    assert!(decide(&s, &set(&[1, 2]), &set(&[])).is_empty(), "no node to move to");
+    assert!(
+        moves(&decide(&s, &set(&[1, 2]), &set(&[]))).is_empty(),
+        "no node to move to"
+    );
 }
 
 #[test]
@@ -133,7 +141,7 @@ fn only_orchestrate_ha_services_fail_over_and_the_witness_never_hosts() {
     assert!(decide(&s, &set(&[1]), &set(&[2, 3])).is_empty());
     let s = cluster();
     assert!(
-        decide(&s, &set(&[1, 2]), &set(&[3])).is_empty(),
+        moves(&decide(&s, &set(&[1, 2]), &set(&[3]))).is_empty(),
         "the witness is never a target"
     );
 }
@@ -314,4 +322,29 @@ fn a_failover_overtakes_a_live_switch_whose_source_lost_its_lease() {
         .as_ref()
         .unwrap()
         .contains("failed over"));
+}
+
+#[test]
+fn a_node_that_does_not_hold_the_service_and_lost_its_lease_is_recorded_fenced_once() {
+    let mut s = cluster();
+    s.apply(&Command::Switch { path: path(), to: 2 });
+    // n1, the old holder, died before it demoted: n2 may promote without seeing it.
+    let d = decide(&s, &set(&[1]), &set(&[2]));
+    assert_eq!(
+        d,
+        vec![Command::Fence {
+            path: path(),
+            node_id: 1
+        }]
+    );
+    assert_eq!(s.apply(&d[0]), Response::Done);
+    assert!(decide(&s, &set(&[1]), &set(&[2])).is_empty(), "recorded once");
+    // Never the holder.
+    assert!(matches!(
+        s.apply(&Command::Fence {
+            path: path(),
+            node_id: 2
+        }),
+        Response::Refused(_)
+    ));
 }

@@ -70,6 +70,8 @@ pub struct SimNode {
     sent: BTreeMap<String, InstanceReport>,
     /// Armed watchdog: when it was last petted.
     watchdog: Option<Duration>,
+    /// This daemon reported its watchdog to the cluster.
+    reported_watchdog: bool,
     drivers: Drivers,
 }
 
@@ -164,6 +166,7 @@ impl World {
                     retries: BTreeMap::new(),
                     sent: BTreeMap::new(),
                     watchdog: None,
+                    reported_watchdog: false,
                     drivers: drivers(&sim, name),
                 },
             );
@@ -395,12 +398,27 @@ impl World {
             self.nodes.get_mut(&id).unwrap().lease.granted(sent, grant);
             self.nodes.get_mut(&l).unwrap().grants.insert(id, sent);
         }
-        // The watchdog: armed while hosting, petted while the lease outlasts its timeout.
+        // A data node reports its watchdog once per start.
+        if !self.nodes[&id].reported_watchdog
+            && self
+                .propose(
+                    id,
+                    Command::ReportWatchdog {
+                        node_id: id,
+                        armed: true,
+                    },
+                )
+                .is_ok()
+        {
+            self.nodes.get_mut(&id).unwrap().reported_watchdog = true;
+        }
+        // The watchdog: armed while the node holds or should hold anything, petted while the
+        // lease outlasts its timeout.
         let n = &self.nodes[&id];
         let hosting = n.state.services.values().any(|s| {
             (s.provisioned && s.started && s.placement == Some(id))
                 || s.migration.as_ref().is_some_and(|m| m.from == id || m.to == id)
-        });
+        }) || self.holding(&n.name);
         let remaining = n.lease.remaining(self.now());
         let name = n.name.clone();
         if !hosting {
@@ -411,13 +429,6 @@ impl World {
             let first = self.nodes.get_mut(&id).unwrap().watchdog.replace(self.t).is_none();
             if first {
                 self.note(format!("{name}: watchdog armed"));
-                let _ = self.propose(
-                    id,
-                    Command::ReportWatchdog {
-                        node_id: id,
-                        armed: true,
-                    },
-                );
             }
         }
     }
@@ -465,7 +476,8 @@ impl World {
         for p in work {
             let n = self.nodes.get_mut(&id).unwrap();
             let key = p.to_string();
-            let (want, errors) = desired(&n.state, id, &p, leased);
+            let (mut want, errors) = desired(&n.state, id, &p, leased);
+            want.may_take = n.watchdog.is_some();
             let retry = n.retries.entry(key.clone()).or_default();
             let done = pass(&n.drivers, &p, &want, errors, retry, now);
             out.extend(done.commands.into_iter().map(|c| (None, c)));
@@ -485,6 +497,14 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Whether the guest runs or DRBD is Primary on `node`.
+    fn holding(&self, node: &str) -> bool {
+        self.hv(node).state(VM).ok() == Some(DomainState::Running)
+            || omraft::sim::drbd::from_env(&self.sim, node)
+                .is_primary(RES)
+                .unwrap_or(false)
     }
 
     /// Nodes on which the guest runs.
@@ -601,6 +621,9 @@ impl World {
         self.note(format!("{name}: power off"));
         self.hv(name).power_off().unwrap();
         let id = self.id(name);
+        if self.leader == Some(id) {
+            self.leader = None;
+        }
         let n = self.nodes.get_mut(&id).unwrap();
         n.power = false;
         n.daemon = Daemon::Dead;
@@ -620,6 +643,25 @@ impl World {
         self.note(format!("{name}: daemon killed"));
         let id = self.id(name);
         self.nodes.get_mut(&id).unwrap().daemon = Daemon::Dead;
+        // Leadership is not durable: the others elect a new leader.
+        if self.leader == Some(id) {
+            self.leader = None;
+        }
+    }
+
+    /// Leadership moves to `name` (openraft's trigger-elect) if it reaches a majority.
+    pub fn transfer_leader(&mut self, name: &str) {
+        let id = self.id(name);
+        let reach = self.nodes.keys().filter(|n| self.linked(id, **n)).count();
+        if !self.responds(id) || reach * 2 <= self.nodes.len() {
+            return self.note(format!("{name} cannot lead"));
+        }
+        if let Some(old) = self.leader {
+            self.nodes.get_mut(&old).unwrap().grants.clear();
+        }
+        self.leader = Some(id);
+        self.leader_since = self.t;
+        self.note(format!("{name} elected leader"));
     }
 
     /// A daemon (re)starts: fresh memory, the log it had on disk.
@@ -632,6 +674,7 @@ impl World {
         n.grants.clear();
         n.retries.clear();
         n.sent.clear();
+        n.reported_watchdog = false;
         n.next_renew = self.t;
     }
 
