@@ -295,9 +295,11 @@ impl Hypervisor for SimHypervisor {
             }
         }
         // Memory copy while the guest runs here, then the switch-over: it stops here first.
-        let pause = std::env::var("OMRAFT_SIM_MIGRATE_MS")
+        // It takes `SIM_DIR/migrate-ms` (or `OMRAFT_SIM_MIGRATE_MS`) milliseconds, 300 by default.
+        let pause = std::fs::read_to_string(self.dir.join("migrate-ms"))
             .ok()
-            .and_then(|v| v.parse().ok())
+            .or_else(|| std::env::var("OMRAFT_SIM_MIGRATE_MS").ok())
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(300);
         std::thread::sleep(Duration::from_millis(pause));
         // A migration that fails halfway (`SIM_DIR/migrate-fail` exists): the job is

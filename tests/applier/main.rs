@@ -512,10 +512,10 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ran_out() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (mut nodes, sim) = sim_cluster(tmp.path()).await;
+/// Three daemons with the simulated drivers and an `orchestrate=ha` service whose guest runs
+/// on n1 (n1 is also the Raft leader); `running_on(node)` tells whether the guest runs there.
+async fn guest_on_n1(tmp: &Path) -> (Vec<Omd>, PathBuf) {
+    let (nodes, sim) = sim_cluster(tmp).await;
     let (n1, n2) = (nodes[0].server(), nodes[1].server());
     let vol = [
         "--kw",
@@ -527,7 +527,7 @@ async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ra
     ];
     until_ok(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat()).await;
     ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
-    let xml = tmp.path().join("kvm1.xml");
+    let xml = tmp.join("kvm1.xml");
     std::fs::write(
         &xml,
         "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>",
@@ -547,15 +547,47 @@ async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ra
             "container#1.name=kvm1",
         ],
     );
-    let running_on =
-        |node: &str| String::from_utf8_lossy(&omsim_virsh(&sim, node, &["list"]).stdout).contains("kvm1 running");
     support::eventually(20, "the captured guest on n1", || async {
         ok(&n2, &["demo/svc/kvm1", "instance", "status", "-r"])
             .contains("container#1")
             .then_some(())
     })
     .await;
-    assert!(running_on("n1") && !running_on("n2"));
+    assert!(running_on(&sim, "n1") && !running_on(&sim, "n2"));
+    (nodes, sim)
+}
+
+fn running_on(sim: &Path, node: &str) -> bool {
+    String::from_utf8_lossy(&omsim_virsh(sim, node, &["list"]).stdout).contains("kvm1 running")
+}
+
+/// The guest runs on exactly one node, for two seconds in a row, and the simulators never saw
+/// a split brain.
+async fn runs_once(sim: &Path, within: u64) {
+    let mut since: Option<std::time::Instant> = None;
+    support::eventually(within, "the guest running on exactly one node for 2 s", || {
+        let once = running_on(sim, "n1") != running_on(sim, "n2");
+        since = if once {
+            since.or(Some(std::time::Instant::now()))
+        } else {
+            None
+        };
+        let stable = since.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(2));
+        async move { stable.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
+        ""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ran_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, sim) = guest_on_n1(tmp.path()).await;
+    let n2 = nodes[1].server();
+    let running_on = |node: &str| running_on(&sim, node);
 
     // Pull n1's plug: its daemon dies with it.
     nodes[0].kill9();
@@ -578,4 +610,51 @@ async fn power_loss_of_the_active_node_fails_the_service_over_after_its_lease_ra
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_active_daemon_is_reset_by_its_watchdog_and_the_guest_runs_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, sim) = guest_on_n1(tmp.path()).await;
+    // SIGSTOP: the daemon can neither renew its lease nor stop its guest; its watchdog, no
+    // longer petted, resets n1 (guest and DRBD down, daemon killed) before n2 takes over.
+    assert!(nodes[0].signal("STOP"));
+    support::eventually(40, "the guest on n2", || async { running_on(&sim, "n2").then_some(()) }).await;
+    let log = std::fs::read_to_string(sim.join("watchdog.log")).unwrap_or_default();
+    assert!(log.contains("n1"), "n1 was not reset by its watchdog: {log:?}");
+    // SIGCONT comes too late: the watchdog killed the daemon.
+    nodes[0].signal("CONT");
+    support::eventually(5, "n1's daemon gone", || {
+        let alive = nodes[0].alive();
+        async move { (!alive).then_some(()) }
+    })
+    .await;
+    runs_once(&sim, 20).await;
+    // Restarted, n1 comes back without its guest.
+    nodes[0].start();
+    runs_once(&sim, 20).await;
+    assert!(running_on(&sim, "n2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_during_a_live_switch_leaves_the_guest_running_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, sim) = guest_on_n1(tmp.path()).await;
+    // A slow memory copy, so that the kill lands mid-migration.
+    std::fs::write(sim.join("migrate-ms"), "3000").unwrap();
+    let n2 = nodes[1].server();
+    ok(&n2, &["demo/svc/kvm1", "switch", "--live"]);
+    support::eventually(10, "the migration under way", || async {
+        let log = nodes[0].log();
+        log.contains("migrating kvm1 to n2").then_some(())
+    })
+    .await;
+    // n1 is the source and the Raft leader.
+    nodes[0].kill9();
+    runs_once(&sim, 60).await;
+    let status = ok(&n2, &["demo/svc/kvm1", "instance", "status", "-r"]);
+    assert!(!status.is_empty());
+    // n1 back: the cluster settles with the guest once, n1 passive.
+    nodes[0].start();
+    runs_once(&sim, 30).await;
 }

@@ -89,6 +89,22 @@ impl Omd {
         panic!("omd {} did not exit within 10 s of SIGTERM", self.name);
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running process; false if it is gone.
+    pub fn signal(&self, signal: &str) -> bool {
+        let Some(c) = &self.child else { return false };
+        Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Whether the process still runs (not killed by its simulated watchdog).
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     pub fn server(&self) -> String {
         format!("unix:{}", self.dir.join("omd.sock").display())
     }
