@@ -3,9 +3,11 @@
 //!
 //! `cargo bench --bench failover` starts three `omd` (the binaries cargo built for this bench)
 //! in a temporary directory with `--drivers sim --sim-dir DIR/sim` and OMRAFT_SIM_SYNC_MS=500:
-//! n1 and n2 data nodes reporting a 5 GiB volume group `data`, n3 joined as a witness. The Raft
-//! and lease settings are the defaults (heartbeat 400 ms, election timeout 1600 ms,
-//! lease.renew 300ms, lease.duration 3s, lease.drift 500ms). Through the gRPC API it declares
+//! n1 and n2 data nodes reporting a 5 GiB volume group `data`, n3 joined as a witness. The Raft,
+//! lease and watchdog timings come from a profile (`OMRAFT_FAILOVER_PROFILE`): `default` (the
+//! defaults: heartbeat 200 ms, election timeout 600 ms, lease.renew 300ms, lease.duration 3s,
+//! lease.drift 500ms, watchdog 1500 ms) or `fast` (100 ms, 300 ms, 150ms, 1500ms, 300ms,
+//! 700 ms: every safety rule kept, margins thinner). Through the gRPC API it declares
 //! the pool `drbdvm`, creates `demo/svc/kvm1` (orchestrate=ha, a shared 1G volume), provisions
 //! it, defines and starts the guest `kvm1` on the placement node with `omsim virsh`, declares it
 //! as `container#1` and waits until its XML is captured.
@@ -54,12 +56,51 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
 const RELEASE_LIMIT: Duration = Duration::from_secs(60);
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 const RPC_LIMIT: Duration = Duration::from_secs(5);
-/// The settings this bench runs with: the daemons' and the catalog's defaults.
-const LEASE_DURATION_MS: u64 = 3000;
-const LEASE_DRIFT_MS: u64 = 500;
-const LEASE_RENEW_MS: u64 = 300;
-const HEARTBEAT_MS: u64 = 400;
-const ELECTION_TIMEOUT_MS: u64 = 1600;
+
+/// The timings a run uses (`OMRAFT_FAILOVER_PROFILE`): the daemons' and the catalog's
+/// defaults, or tighter ones that keep every safety rule (the watchdog's timeout under the
+/// lease less a renewal, elections well under the lease).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Profile {
+    name: &'static str,
+    duration_ms: u64,
+    drift_ms: u64,
+    renew_ms: u64,
+    heartbeat_ms: u64,
+    election_timeout_ms: u64,
+    watchdog_timeout_ms: u64,
+}
+
+const PROFILES: [Profile; 2] = [
+    Profile {
+        name: "default",
+        duration_ms: 3000,
+        drift_ms: 500,
+        renew_ms: 300,
+        heartbeat_ms: 200,
+        election_timeout_ms: 600,
+        watchdog_timeout_ms: 1500,
+    },
+    Profile {
+        name: "fast",
+        duration_ms: 1500,
+        drift_ms: 300,
+        renew_ms: 150,
+        heartbeat_ms: 100,
+        election_timeout_ms: 300,
+        watchdog_timeout_ms: 700,
+    },
+];
+
+/// The profile named by `OMRAFT_FAILOVER_PROFILE` (default: `default`).
+fn profile() -> Result<Profile, String> {
+    let name = std::env::var("OMRAFT_FAILOVER_PROFILE").unwrap_or_else(|_| "default".into());
+    PROFILES
+        .iter()
+        .copied()
+        .find(|p| p.name == name)
+        .ok_or_else(|| format!("OMRAFT_FAILOVER_PROFILE={name:?}: expected one of default, fast"))
+}
 /// The log lines of the breakdown.
 const DECISION: &str = "lease expired: failover demo/svc/kvm1";
 const COMMITTED: &str = "failover committed";
@@ -189,7 +230,7 @@ async fn wait_settled(cluster: &mut Cluster, via: &str, on: Option<&str>, limit:
 // ---------------------------------------------------------------------------------------------
 // Setting up
 
-async fn set_up(cluster: &mut Cluster, sim: &Sim) -> Result<(), String> {
+async fn set_up(cluster: &mut Cluster, sim: &Sim, p: &Profile) -> Result<(), String> {
     let t0 = Instant::now();
     harness::wait_ready(cluster).await?;
     eprintln!("  3 daemons ready after {:.2} s", t0.elapsed().as_secs_f64());
@@ -200,6 +241,9 @@ async fn set_up(cluster: &mut Cluster, sim: &Sim) -> Result<(), String> {
             set: vec![
                 kv(&format!("pool#{POOL}.type"), "drbd"),
                 kv(&format!("pool#{POOL}.vg"), "data"),
+                kv("lease.duration", &format!("{}ms", p.duration_ms)),
+                kv("lease.drift", &format!("{}ms", p.drift_ms)),
+                kv("lease.renew", &format!("{}ms", p.renew_ms)),
             ],
             unset: vec![],
         })
@@ -530,8 +574,8 @@ struct Outcome {
     trials: Vec<Trial>,
 }
 
-async fn bench(cluster: &mut Cluster, sim: &Sim, trials: usize) -> Result<Outcome, String> {
-    set_up(cluster, sim).await?;
+async fn bench(cluster: &mut Cluster, sim: &Sim, trials: usize, p: &Profile) -> Result<Outcome, String> {
+    set_up(cluster, sim, p).await?;
     let mut out = Outcome { trials: Vec::new() };
     for n in 1..=trials {
         out.trials.push(trial(cluster, sim, n).await?);
@@ -581,15 +625,15 @@ const COLUMNS: [Column; 6] = [
     ("restore", |t| Some(t.restored_s)),
 ];
 
-fn print_table(out: &Outcome) {
+fn print_table(out: &Outcome, p: &Profile) {
     println!(
         "failover of {SERVICE} (kvm guest on a shared DRBD volume) after its node's power loss, \
          3 omd on loopback, --drivers sim, n3 a witness; seconds"
     );
     println!(
-        "lease.duration {LEASE_DURATION_MS} ms, lease.drift {LEASE_DRIFT_MS} ms, lease.renew {LEASE_RENEW_MS} ms, \
-         heartbeat {HEARTBEAT_MS} ms, election timeout {ELECTION_TIMEOUT_MS} ms (defaults); \
-         OMRAFT_SIM_SYNC_MS={SIM_SYNC_MS}"
+        "profile {}: lease.duration {} ms, lease.drift {} ms, lease.renew {} ms, heartbeat {} ms, \
+         election timeout {} ms, watchdog timeout {} ms; OMRAFT_SIM_SYNC_MS={SIM_SYNC_MS}",
+        p.name, p.duration_ms, p.drift_ms, p.renew_ms, p.heartbeat_ms, p.election_timeout_ms, p.watchdog_timeout_ms
     );
     let cell = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
     println!(
@@ -668,15 +712,6 @@ fn print_table(out: &Outcome) {
 }
 
 #[derive(serde::Serialize)]
-struct Lease {
-    duration_ms: u64,
-    drift_ms: u64,
-    renew_ms: u64,
-    heartbeat_ms: u64,
-    election_timeout_ms: u64,
-}
-
-#[derive(serde::Serialize)]
 struct JsonReport {
     bench: &'static str,
     trials: usize,
@@ -692,7 +727,7 @@ struct JsonReport {
     total_killed_leader: Option<Stats>,
     total_killed_follower: Option<Stats>,
     per_trial: Vec<Trial>,
-    lease: Lease,
+    profile: Profile,
     sim_sync_ms: u64,
     witness: &'static str,
     poll_ms: u128,
@@ -719,7 +754,7 @@ fn split(out: &Outcome, killed_leader: bool) -> Option<Stats> {
     })
 }
 
-fn print_json(out: &Outcome) {
+fn print_json(out: &Outcome, p: &Profile) {
     let r3 = |x: f64| round(x, 3);
     let mut all = std::collections::BTreeMap::new();
     for (name, f) in COLUMNS {
@@ -768,13 +803,7 @@ fn print_json(out: &Outcome) {
         total_killed_leader: split(out, true),
         total_killed_follower: split(out, false),
         per_trial,
-        lease: Lease {
-            duration_ms: LEASE_DURATION_MS,
-            drift_ms: LEASE_DRIFT_MS,
-            renew_ms: LEASE_RENEW_MS,
-            heartbeat_ms: HEARTBEAT_MS,
-            election_timeout_ms: ELECTION_TIMEOUT_MS,
-        },
+        profile: *p,
         sim_sync_ms: SIM_SYNC_MS.parse().unwrap_or(0),
         witness: WITNESS,
         poll_ms: POLL.as_millis(),
@@ -801,6 +830,13 @@ fn main() -> ExitCode {
         Err(_) if full => DEFAULT_TRIALS,
         Err(_) => SMOKE_TRIALS,
     };
+    let p = match profile() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let omd = harness::omd_path();
     let omsim = harness::bin_path("omsim", option_env!("CARGO_BIN_EXE_omsim"));
     if !omsim.is_file() {
@@ -823,6 +859,11 @@ fn main() -> ExitCode {
         if DATA_NODES.contains(&node) {
             args.extend(["--report-vg".to_string(), "data=5G".to_string()]);
         }
+        args.extend([
+            format!("--heartbeat-ms={}", p.heartbeat_ms),
+            format!("--election-timeout-ms={}", p.election_timeout_ms),
+            format!("--watchdog-timeout-ms={}", p.watchdog_timeout_ms),
+        ]);
         args
     }) {
         Ok(c) => c,
@@ -836,7 +877,7 @@ fn main() -> ExitCode {
         dir: cluster.dir().join("sim"),
     };
     // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
-    let result = harness::run_interruptible(bench(&mut cluster, &sim, trials));
+    let result = harness::run_interruptible(bench(&mut cluster, &sim, trials, &p));
     cluster.finish(result.is_err());
     match result {
         Err(e) => {
@@ -844,8 +885,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(out) => {
-            print_table(&out);
-            print_json(&out);
+            print_table(&out, &p);
+            print_json(&out, &p);
             ExitCode::SUCCESS
         }
     }

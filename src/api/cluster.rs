@@ -448,6 +448,10 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<ConfigUpdateReply>, Status> {
         ClusterService::report_volume_groups(self, req).await
     }
+
+    async fn drbd_fence(&self, req: Request<DrbdFenceRequest>) -> Result<Response<DrbdFenceReply>, Status> {
+        ClusterService::drbd_fence(self, req).await
+    }
 }
 
 /// Writes the state this node is about to leave to `DATA/backup/pre-join-UNIX.json`.

@@ -1,6 +1,7 @@
 //! The object half of the `Cluster` API: create, update, show, get, doc, list, delete, keys,
-//! pools and devices. Writes are checked against the state first (confirmed by a
-//! linearizable read when the local state refuses), so bad input never reaches the log.
+//! pools and devices, and DRBD fencing (the `fence-peer` handlers' outdated marks). Writes are
+//! checked against the state first (confirmed by a linearizable read when the local state
+//! refuses), so bad input never reaches the log.
 
 use std::collections::BTreeMap;
 
@@ -24,14 +25,17 @@ fn path(s: &str) -> Result<ObjectPath, Status> {
 pub fn refused(e: Rejection) -> Status {
     let msg = e.to_string();
     match e {
-        Rejection::Object(ObjectError::NotFound(_)) | Rejection::UnknownNode(_) => Status::not_found(msg),
+        Rejection::Object(ObjectError::NotFound(_)) | Rejection::UnknownNode(_) | Rejection::UnknownResource(_) => {
+            Status::not_found(msg)
+        }
         Rejection::Object(ObjectError::Exists(_)) | Rejection::DuplicateNodeName(_) => Status::already_exists(msg),
         Rejection::Object(
             ObjectError::InUse { .. }
             | ObjectError::OutOfSpace { .. }
             | ObjectError::Pool { .. }
             | ObjectError::Template { .. },
-        ) => Status::failed_precondition(msg),
+        )
+        | Rejection::HolderNotOutdated { .. } => Status::failed_precondition(msg),
         _ => Status::invalid_argument(msg),
     }
 }
@@ -452,6 +456,65 @@ impl ClusterService {
         let reply = self.read_object(&p, |s, _| instance_status(s, &p)).await?;
         Ok(Response::new(reply))
     }
+
+    /// `omctl drbd fence-peer|unfence-peer`: marks `node`'s disk of a DRBD resource outdated
+    /// (or clears the mark) and replies once that is committed, or refused. DRBD runs the
+    /// handler with its output going nowhere, so the outcome is logged here.
+    pub(super) async fn drbd_fence(&self, req: Request<DrbdFenceRequest>) -> Result<Response<DrbdFenceReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let req = req.into_inner();
+        let handler = if req.unfence { "unfence-peer" } else { "fence-peer" };
+        let result = self.drbd_fence_commit(&req).await;
+        match &result {
+            Ok(r) if r.unchanged => {
+                tracing::info!(resource = %req.resource, peer = %req.node, "DRBD {handler}: nothing to change")
+            }
+            Ok(r) => {
+                tracing::info!(resource = %req.resource, peer = %req.node, index = r.log_index, "DRBD {handler}: committed")
+            }
+            Err(e) => {
+                tracing::warn!(resource = %req.resource, peer = %req.node, "DRBD {handler} refused: {}", e.message())
+            }
+        }
+        result.map(Response::new)
+    }
+
+    async fn drbd_fence_commit(&self, req: &DrbdFenceRequest) -> Result<DrbdFenceReply, Status> {
+        let (cmd, marked) = self
+            .node
+            .read_linearizable(|d| {
+                let node_id = d.state.node_id(&req.node).ok_or_else(|| {
+                    let known: Vec<&str> = d.state.nodes.values().map(|n| n.name.as_str()).collect();
+                    Status::not_found(format!("unknown node {:?} (nodes: {})", req.node, known.join(", ")))
+                })?;
+                let (resource, node_id) = (req.resource.clone(), node_id);
+                let cmd = if req.unfence {
+                    Command::UnfencePeer { resource, node_id }
+                } else {
+                    Command::OutdatePeer { resource, node_id }
+                };
+                d.state.check(&cmd).map_err(refused)?;
+                let marked = d
+                    .state
+                    .outdated
+                    .get(&req.resource)
+                    .is_some_and(|n| n.contains(&node_id));
+                Ok::<_, Status>((cmd, marked))
+            })
+            .await??;
+        // Already so, as a linearizable read shows: nothing to commit.
+        if marked != req.unfence {
+            return Ok(DrbdFenceReply {
+                log_index: 0,
+                unchanged: true,
+            });
+        }
+        let log_index = self.commit(cmd).await?.into_inner().log_index;
+        Ok(DrbdFenceReply {
+            log_index,
+            unchanged: false,
+        })
+    }
 }
 
 /// The desired state of a service and every node's report of it.
@@ -465,6 +528,22 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
             .unwrap_or_else(|| format!("id{id}"))
     };
     let reports = s.reports.get(&key);
+    // Each volume resource's DRBD resource name, to show a fence-peer's outdated mark on it.
+    let drbd_of: BTreeMap<String, String> = s
+        .objects
+        .get(&key)
+        .map(|o| {
+            o.config
+                .sections_of("volume")
+                .filter_map(|sec| {
+                    let name = s.eval(p, &o.config, &sec.name, "name", None).ok()??;
+                    let vol = s.objects.get(&format!("{}/vol/{name}", p.namespace))?;
+                    let a = vol.alloc.as_ref().filter(|a| a.drbd.is_some())?;
+                    Some((sec.name.clone(), a.lv.clone()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let instances = s
         .service_nodes(p)
         .into_iter()
@@ -473,10 +552,12 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
                 node: name(id),
                 reported: false,
                 avail: "n/a".into(),
+                outdated: s.outdated_on(p, id),
                 ..Default::default()
             },
             Some(r) => InstanceView {
                 node: name(id),
+                outdated: s.outdated_on(p, id),
                 node_frozen: s.frozen_nodes.contains(&id),
                 reported: true,
                 avail: r.avail.to_string(),
@@ -485,11 +566,22 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
                 resources: r
                     .resources
                     .iter()
-                    .map(|x| ResourceView {
-                        rid: x.rid.clone(),
-                        avail: x.avail.to_string(),
-                        label: x.label.clone(),
-                        messages: x.messages.clone(),
+                    .map(|x| {
+                        let mut messages = x.messages.clone();
+                        let outdated = drbd_of
+                            .get(&x.rid)
+                            .filter(|res| s.outdated.get(*res).is_some_and(|n| n.contains(&id)));
+                        if let Some(res) = outdated {
+                            messages.push(format!(
+                                "DRBD {res} outdated by a peer's fence-peer: old data until it resyncs"
+                            ));
+                        }
+                        ResourceView {
+                            rid: x.rid.clone(),
+                            avail: x.avail.to_string(),
+                            label: x.label.clone(),
+                            messages,
+                        }
                     })
                     .collect(),
             },

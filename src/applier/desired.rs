@@ -3,6 +3,7 @@
 //! whether this node holds it.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use super::plan::{Desired, DesiredContainer, DesiredDrbd, DesiredMigration, DesiredVolume};
 use crate::config::kind::parse_duration;
@@ -10,6 +11,49 @@ use crate::drivers::drbd::render::{self, TemplateData, TemplateNode, BUILTIN_TEM
 use crate::drivers::hypervisor::MigrationTarget;
 use crate::model::objects::DRBD_TEMPLATES;
 use crate::model::{ClusterState, NodeId, ObjectPath};
+
+/// The local socket of this node's daemon, for the DRBD handlers (DRBD passes them no
+/// `OMCTL_SERVER`): set once by `omd` before its applier starts.
+static HANDLER_SOCKET: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Names this daemon's socket in `.Omctl`: `omctl --server unix:SOCKET`.
+pub fn set_handler_socket(socket: &std::path::Path) {
+    let _ = HANDLER_SOCKET.set(socket.to_path_buf());
+}
+
+/// `.Omctl` for DRBD templates: the `omctl` beside the running executable (omd), as a shell
+/// word for DRBD's handlers, followed by `--server unix:SOCKET` when the daemon named its
+/// socket; worked out once. An error when the path cannot be a handler's word; a warning is
+/// logged if no omctl is there, since DRBD would find its fence-peer handler broken and keep
+/// I/O frozen at every loss of a peer.
+fn omctl() -> Result<&'static str, &'static str> {
+    static OMCTL: OnceLock<Result<String, String>> = OnceLock::new();
+    let r = OMCTL.get_or_init(|| {
+        let path = std::env::current_exe()
+            .map(|e| e.with_file_name("omctl"))
+            .map_err(|e| format!("the path of omd itself is unknown ({e}), so omctl's is"))?;
+        if !path.exists() {
+            tracing::warn!(
+                "{} does not exist: the DRBD fence-peer handlers of the built-in template need omctl beside omd",
+                path.display()
+            );
+        }
+        let text = path
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
+        let word = render::shell_word(text).ok_or_else(|| format!("{text:?} cannot be quoted for a DRBD handler"))?;
+        match HANDLER_SOCKET.get() {
+            None => Ok(word),
+            Some(sock) => {
+                let server = format!("unix:{}", sock.display());
+                let server = render::shell_word(&server)
+                    .ok_or_else(|| format!("{server:?} cannot be quoted for a DRBD handler"))?;
+                Ok(format!("{word} --server {server}"))
+            }
+        }
+    });
+    r.as_deref().map_err(|e| e.as_str())
+}
 
 /// The host part of a node's `HOST:PORT` cluster address, which DRBD uses too.
 fn host(addr: &str) -> &str {
@@ -122,9 +166,10 @@ pub fn desired(
                         })
                         .collect(),
                 };
-                let rendered = match template {
-                    None => Err("the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
-                    Some(t) => render::render(&t, &data).map_err(|e| e.to_string()),
+                let rendered = match (template, omctl()) {
+                    (None, _) => Err("the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
+                    (_, Err(e)) => Err(format!("omctl for the DRBD handlers: {e}")),
+                    (Some(t), Ok(omctl)) => render::render_with(&t, &data, omctl).map_err(|e| e.to_string()),
                 };
                 match rendered.and_then(|c| render::check(&c, &data).map(|_| c).map_err(|e| e.to_string())) {
                     Ok(config) => Some(DesiredDrbd {
@@ -155,6 +200,14 @@ pub fn desired(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handlers_use_the_omctl_beside_the_running_executable() {
+        let beside = std::env::current_exe().unwrap().with_file_name("omctl");
+        let word = omctl().unwrap();
+        assert_eq!(word, render::shell_word(beside.to_str().unwrap()).unwrap());
+        assert!(word.trim_start_matches('\'').starts_with('/'), "absolute: {word}");
+    }
 
     #[test]
     fn hosts() {

@@ -2,9 +2,11 @@
 //! `Cluster` API and prints the answer through one printer: human tables and INI like the
 //! tutorial's, or JSON from dedicated view structs (`--output json`).
 //!
-//! Exit codes: 0 success (and broken pipe), 1 user error, 2 unexpected error.
+//! Exit codes: 0 success (and broken pipe), 1 user error, 2 unexpected error; the DRBD
+//! handlers (`drbd.rs`) answer with the codes DRBD reads instead.
 
 pub mod client;
+pub mod drbd;
 mod object;
 mod render;
 
@@ -85,6 +87,9 @@ pub enum Command {
     /// Node-level commands.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// DRBD's fence-peer and unfence-peer handlers, run by DRBD (see their --help).
+    #[command(subcommand)]
+    Drbd(drbd::DrbdCmd),
     /// PATH COMMAND...: commands on one object (NAMESPACE/KIND/NAME); see `omctl PATH --help`.
     #[command(external_subcommand)]
     Path(Vec<String>),
@@ -269,7 +274,8 @@ fn user_error(message: impl Into<String>) -> Failure {
 pub async fn main() -> i32 {
     let cli = Cli::parse();
     let mut out = Printer::new(cli.output);
-    let code = match run(&cli, &mut out).await {
+    let result = run(&cli, &mut out).await;
+    let code = match &result {
         Ok(()) => 0,
         Err(f) => {
             eprintln!("omctl: error: {}", f.message);
@@ -280,7 +286,12 @@ pub async fn main() -> i32 {
             }
         }
     };
-    match out.finish() {
+    let written = out.finish();
+    // A DRBD handler's exit code says whether the cluster committed, and nothing else.
+    if let Command::Drbd(cmd) = &cli.command {
+        return drbd::exit_code(cmd, result.is_ok());
+    }
+    match written {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             eprintln!("omctl: error: writing output: {e}");
             2
@@ -349,6 +360,7 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             Ok(())
         }
         Command::Path(args) => object::run(cli, args, out).await,
+        Command::Drbd(cmd) => drbd::run(cli, cmd, out).await,
         Command::Node(NodeCmd::Freeze { node } | NodeCmd::Thaw { node }) => {
             let frozen = matches!(&cli.command, Command::Node(NodeCmd::Freeze { .. }));
             let mut c = connect(cli).await?;

@@ -46,6 +46,17 @@ struct OrchestrationView<'a> {
 }
 
 #[derive(Serialize)]
+struct FenceView<'a> {
+    resource: &'a str,
+    peer: &'a str,
+    /// Marked outdated (fence-peer) or up to date (unfence-peer).
+    outdated: bool,
+    /// Whether a change was committed (false: it already was so).
+    committed: bool,
+    log_index: u64,
+}
+
+#[derive(Serialize)]
 struct InstanceLsView<'a> {
     object: &'a str,
     node: &'a str,
@@ -67,6 +78,9 @@ struct InstanceStatusView<'a> {
     avail: &'a str,
     warn: bool,
     provisioned: bool,
+    /// DRBD resources a peer's fence-peer marked outdated here.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    outdated: &'a [String],
     resources: Vec<ResourceStatusView<'a>>,
 }
 
@@ -97,6 +111,7 @@ impl<'a> From<&'a pb::InstanceStatusReply> for StatusView<'a> {
                     avail: &i.avail,
                     warn: i.warn,
                     provisioned: i.provisioned,
+                    outdated: &i.outdated,
                     resources: i
                         .resources
                         .iter()
@@ -583,6 +598,28 @@ impl Printer {
         }
     }
 
+    /// What a DRBD fence-peer (`outdated`) or unfence-peer handler had the cluster record.
+    pub fn fence(&mut self, resource: &str, peer: &str, outdated: bool, unchanged: bool, log_index: u64) {
+        match self.format {
+            Output::Human => {
+                let what = if outdated { "outdated" } else { "up to date" };
+                let how = if unchanged {
+                    "already so".to_string()
+                } else {
+                    format!("committed at log index {log_index}")
+                };
+                self.write(&format!("{resource}: {peer} {what} ({how})\n"));
+            }
+            Output::Json => self.json(&FenceView {
+                resource,
+                peer,
+                outdated,
+                committed: !unchanged,
+                log_index,
+            }),
+        }
+    }
+
     pub fn instances(&mut self, s: &pb::InstanceStatusReply) {
         if self.format == Output::Json {
             let view: Vec<InstanceLsView> = s
@@ -637,6 +674,9 @@ impl Printer {
                 }
                 if s.frozen || i.node_frozen {
                     flags.push("frozen");
+                }
+                if !i.outdated.is_empty() {
+                    flags.push("outdated");
                 }
                 flags.push("idle");
                 if i.node == s.placement && s.started {

@@ -32,10 +32,12 @@ pub struct Args {
     #[arg(long, env = "OMD_ADVERTISE")]
     pub advertise: Option<String>,
     /// Raft heartbeat interval in milliseconds; also the time a peer has to answer an append.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 200)]
     pub heartbeat_ms: u64,
-    /// Minimal Raft election timeout in milliseconds (the maximum is twice it).
-    #[arg(long, default_value_t = 1600)]
+    /// Minimal Raft election timeout in milliseconds (the maximum is 1.5 times it). After a
+    /// leader's loss an election takes about 2.5 times it: keep that well under the lease
+    /// duration (`lease.duration`, 3 s by default), or every node loses its lease meanwhile.
+    #[arg(long, default_value_t = 600)]
     pub election_timeout_ms: u64,
     /// Build a state snapshot every this many log entries.
     #[arg(long, default_value_t = 5000)]
@@ -255,6 +257,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tracing::warn!("the watchdog will not be armed under the current lease configuration: {why}");
         }
     }
+    crate::applier::desired::set_handler_socket(&sock);
     tokio::spawn(crate::applier::run::run(node.clone(), drivers));
     tokio::spawn(crate::orchestrator::run(node.clone()));
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");

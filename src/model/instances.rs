@@ -1,11 +1,13 @@
 //! What the cluster wants of each service beyond its configuration (provisioned, where it
-//! is placed, started), and what each node last reported of its instance.
+//! is placed, started), what each node last reported of its instance, and DRBD fencing
+//! (which node's disk of a resource is outdated).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::objects::Allocation;
 use super::path::ObjectPath;
 use super::{ClusterState, NodeId, Rejection};
 use crate::config::ini::DEFAULT;
@@ -330,5 +332,62 @@ impl ClusterState {
         if let Some(s) = self.services.get_mut(&path.to_string()) {
             s.started = started;
         }
+    }
+
+    /// The volume whose DRBD resource is `resource` (`NAME.NAMESPACE.vol.CLUSTER`): its path
+    /// and allocation. Names hold no dots, so the name locates the volume object.
+    pub fn drbd_volume(&self, resource: &str) -> Option<(String, &Allocation)> {
+        let mut parts = resource.splitn(4, '.');
+        let (name, namespace, kind) = (parts.next()?, parts.next()?, parts.next()?);
+        parts.next()?;
+        let key = format!("{namespace}/{kind}/{name}");
+        let alloc = self.objects.get(&key)?.alloc.as_ref()?;
+        (kind == "vol" && alloc.lv == resource && alloc.drbd.is_some()).then_some((key, alloc))
+    }
+
+    /// The DRBD resources of a service's volumes, in section order.
+    pub fn service_drbd_resources(&self, path: &ObjectPath) -> Vec<String> {
+        let Some(obj) = self.objects.get(&path.to_string()) else {
+            return vec![];
+        };
+        obj.config
+            .sections_of("volume")
+            .filter_map(|s| self.eval(path, &obj.config, &s.name, "name", None).ok().flatten())
+            .filter_map(|name| self.objects.get(&format!("{}/vol/{name}", path.namespace)))
+            .filter_map(|v| v.alloc.as_ref().filter(|a| a.drbd.is_some()).map(|a| a.lv.clone()))
+            .collect()
+    }
+
+    /// The DRBD resources of a service whose disk on `node` is marked outdated.
+    pub fn outdated_on(&self, path: &ObjectPath, node: NodeId) -> Vec<String> {
+        self.service_drbd_resources(path)
+            .into_iter()
+            .filter(|r| self.outdated.get(r).is_some_and(|n| n.contains(&node)))
+            .collect()
+    }
+
+    /// `OutdatePeer` (`outdate`) or `UnfencePeer`: a known node, the DRBD resource of a volume;
+    /// to outdate, one of its nodes that does not hold the service (during a live switch's
+    /// dual-primary window both sides may ask: the holder wins).
+    pub(super) fn check_outdate(&self, resource: &str, node: NodeId, outdate: bool) -> Result<(), Rejection> {
+        let name = &self.nodes.get(&node).ok_or(Rejection::UnknownNode(node))?.name;
+        let (key, alloc) = self
+            .drbd_volume(resource)
+            .ok_or_else(|| Rejection::UnknownResource(resource.to_string()))?;
+        if !outdate {
+            return Ok(());
+        }
+        if !alloc.nodes.contains(&node) {
+            return Err(Rejection::NotANodeOfResource(resource.to_string(), name.clone()));
+        }
+        let owner = self.objects[&key].config.get(DEFAULT, "owner").unwrap_or_default();
+        if self.services.get(owner).and_then(|s| s.placement) == Some(node) {
+            return Err(Rejection::HolderNotOutdated {
+                resource: resource.to_string(),
+                node: name.clone(),
+                service: owner.to_string(),
+            });
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ pub mod objects;
 pub(crate) mod objects_tests;
 pub mod path;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,11 @@ pub struct ClusterState {
     /// What each node last reported of each service instance, by path then node.
     #[serde(default)]
     pub reports: BTreeMap<String, BTreeMap<NodeId, InstanceReport>>,
+    /// DRBD fencing, by DRBD resource name: the nodes whose disk of it a peer's `fence-peer`
+    /// handler had the cluster mark outdated. Their data is old until they resync and the
+    /// peer's `unfence-peer` handler clears the mark; nothing fails over to them meanwhile.
+    #[serde(default)]
+    pub outdated: BTreeMap<String, BTreeSet<NodeId>>,
     /// Derived from `objects`; see `objects::AllocIndex`.
     #[serde(skip)]
     index: objects::IndexCache,
@@ -157,6 +162,11 @@ pub enum Command {
     FreezeService { path: ObjectPath, frozen: bool },
     /// Freeze (or thaw) a node: the orchestrator places nothing on it.
     FreezeNode { node_id: NodeId, frozen: bool },
+    /// A DRBD `fence-peer` handler: the disk of `resource` (a volume's DRBD resource name) on
+    /// `node_id` is outdated, its peer goes on without it. Never the node holding the service.
+    OutdatePeer { resource: String, node_id: NodeId },
+    /// A DRBD `unfence-peer` handler: `node_id` resynced `resource` and is up to date again.
+    UnfencePeer { resource: String, node_id: NodeId },
 }
 
 impl fmt::Display for Command {
@@ -204,6 +214,10 @@ impl fmt::Display for Command {
             Command::FreezeService { path, frozen } => write!(f, "{} {path}", if *frozen { "freeze" } else { "thaw" }),
             Command::FreezeNode { node_id, frozen } => {
                 write!(f, "{} node {node_id}", if *frozen { "freeze" } else { "thaw" })
+            }
+            Command::OutdatePeer { resource, node_id } => write!(f, "DRBD {resource}: node {node_id} outdated"),
+            Command::UnfencePeer { resource, node_id } => {
+                write!(f, "DRBD {resource}: node {node_id} up to date again")
             }
         }
     }
@@ -259,6 +273,18 @@ pub enum Rejection {
     NotRunning(String),
     #[error("{0}: live switch {1} is not in phase {2} (or {2} -> {3} is not a step): stale or out of order")]
     StalePhase(String, u64, Phase, Phase),
+    #[error("{0}: the disk of node {1} is outdated (DRBD {2}): it must resync before it holds the service")]
+    Outdated(String, String, String),
+    #[error("{0} is not the DRBD resource of any volume")]
+    UnknownResource(String),
+    #[error("DRBD resource {0}: node {1} is not one of its nodes")]
+    NotANodeOfResource(String, String),
+    #[error("DRBD resource {resource}: node {node} holds {service}; the holder is never outdated by a peer (the peer outdates itself)")]
+    HolderNotOutdated {
+        resource: String,
+        node: String,
+        service: String,
+    },
 }
 
 impl ClusterState {
@@ -350,6 +376,12 @@ impl ClusterState {
                 if self.services.get(&path.to_string()).and_then(|s| s.placement) != Some(*from) {
                     return Err(Rejection::Moved(path.to_string(), *from));
                 }
+                // Decided before a fence-peer outdated the target: its data is old.
+                let outdated = self.outdated_on(path, *to);
+                if !outdated.is_empty() {
+                    let node = self.nodes.get(to).map_or_else(|| to.to_string(), |n| n.name.clone());
+                    return Err(Rejection::Outdated(path.to_string(), node, outdated.join(", ")));
+                }
                 Ok(())
             }
             Command::FreezeService { path, .. } => self.service(path),
@@ -367,6 +399,8 @@ impl ClusterState {
                 }
                 Ok(())
             }
+            Command::OutdatePeer { resource, node_id } => self.check_outdate(resource, *node_id, true),
+            Command::UnfencePeer { resource, node_id } => self.check_outdate(resource, *node_id, false),
             Command::ReportInstance { path, node_id, .. } => {
                 if !self.nodes.contains_key(node_id) {
                     return Err(Rejection::UnknownNode(*node_id));
@@ -436,6 +470,10 @@ impl ClusterState {
             Command::RemoveNode { node_id } => {
                 self.nodes.remove(node_id);
                 self.vgs.remove(node_id);
+                self.outdated.retain(|_, nodes| {
+                    nodes.remove(node_id);
+                    !nodes.is_empty()
+                });
                 Response::Done
             }
             Command::UpdateConfig { set, unset } => {
@@ -469,6 +507,9 @@ impl ClusterState {
             Command::DeleteObject { path } => match self.plan_delete(path) {
                 Ok(gone) => {
                     for p in gone {
+                        if let Some(a) = self.objects.get(&p).and_then(|o| o.alloc.as_ref()) {
+                            self.outdated.remove(&a.lv);
+                        }
                         self.remove_object(&p);
                         self.services.remove(&p);
                         self.reports.remove(&p);
@@ -498,6 +539,10 @@ impl ClusterState {
                 Response::Done
             }
             Command::Unprovision { path } => {
+                // Its disks go: a provision starts from fresh metadata.
+                for resource in self.service_drbd_resources(path) {
+                    self.outdated.remove(&resource);
+                }
                 self.unprovision(path);
                 Response::Done
             }
@@ -581,6 +626,19 @@ impl ClusterState {
                     .insert(name.clone(), xml.clone());
                 Response::Done
             }
+            Command::OutdatePeer { resource, node_id } => {
+                self.outdated.entry(resource.clone()).or_default().insert(*node_id);
+                Response::Done
+            }
+            Command::UnfencePeer { resource, node_id } => {
+                if let Some(nodes) = self.outdated.get_mut(resource) {
+                    nodes.remove(node_id);
+                    if nodes.is_empty() {
+                        self.outdated.remove(resource);
+                    }
+                }
+                Response::Done
+            }
         }
     }
 
@@ -611,6 +669,7 @@ pub fn validate_node_name(name: &str) -> Result<(), Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ini::Ini;
 
     fn boot() -> ClusterState {
         let mut s = ClusterState::default();
@@ -672,6 +731,145 @@ mod tests {
             addr: "b:1".into(),
         });
         assert_eq!(r, Response::Refused("the cluster is already bootstrapped".into()));
+    }
+
+    /// n1, n2 and the witness w (id 3); cluster drbd4kvm; demo/svc/kvm1 with a DRBD volume on
+    /// n1 and n2 (resource `kvm1.demo.vol.drbd4kvm`), demo/svc/local with an LVM-only one.
+    fn fencing_cluster() -> ClusterState {
+        let mut s = objects_tests::nodes_with_vgs();
+        let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
+        let set = vec![
+            kv("cluster.name", "drbd4kvm"),
+            kv("pool#drbdvm.type", "drbd"),
+            kv("pool#drbdvm.vg", "data"),
+            kv("pool#lvm.type", "lvm"),
+            kv("pool#lvm.vg", "data"),
+        ];
+        assert_eq!(s.apply(&Command::UpdateConfig { set, unset: vec![] }), Response::Done);
+        for (name, pool) in [("kvm1", "drbdvm"), ("local", "lvm")] {
+            let text = format!("[volume#data]\nname = {{name}}\npool = {pool}\nsize = 1G\n");
+            let mut config = Ini::parse(&text).unwrap();
+            config.set("DEFAULT", "id", &objects::derived_uuid(name)).unwrap();
+            let path = ObjectPath::parse(&format!("demo/svc/{name}")).unwrap();
+            assert_eq!(s.apply(&Command::CreateObject { path, config }), Response::Done);
+        }
+        s
+    }
+
+    const RES: &str = "kvm1.demo.vol.drbd4kvm";
+
+    fn outdate(resource: &str, node_id: NodeId) -> Command {
+        Command::OutdatePeer {
+            resource: resource.into(),
+            node_id,
+        }
+    }
+
+    fn kvm1() -> ObjectPath {
+        ObjectPath::parse("demo/svc/kvm1").unwrap()
+    }
+
+    /// Applies `c`, which must be refused without changing anything; returns why.
+    fn refused(s: &mut ClusterState, c: Command) -> String {
+        let before = s.clone();
+        match s.apply(&c) {
+            Response::Refused(why) => {
+                assert_eq!(*s, before, "a refused {c} changed the state");
+                why
+            }
+            r => panic!("{c} was not refused: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fenced_peer_is_marked_outdated_until_unfenced() {
+        let mut s = fencing_cluster();
+        assert_eq!(s.apply(&outdate(RES, 2)), Response::Done);
+        assert_eq!(s.apply(&outdate(RES, 2)), Response::Done, "twice is harmless");
+        assert_eq!(s.outdated[RES], BTreeSet::from([2]));
+        assert_eq!(s.outdated_on(&kvm1(), 2), vec![RES.to_string()]);
+        assert!(s.outdated_on(&kvm1(), 1).is_empty());
+        let unfence = Command::UnfencePeer {
+            resource: RES.into(),
+            node_id: 2,
+        };
+        assert_eq!(s.apply(&unfence), Response::Done);
+        assert!(s.outdated.is_empty(), "no empty entry left");
+        assert_eq!(
+            s.apply(&unfence),
+            Response::Done,
+            "unfencing a node not marked changes nothing"
+        );
+    }
+
+    #[test]
+    fn outdating_an_unknown_node_or_resource_or_a_witness_is_refused() {
+        let mut s = fencing_cluster();
+        assert!(refused(&mut s, outdate(RES, 9)).contains("no node with id 9"));
+        let why = refused(&mut s, outdate("kvm9.demo.vol.drbd4kvm", 2));
+        assert!(why.contains("kvm9.demo.vol.drbd4kvm is not the DRBD resource"), "{why}");
+        // An LVM-only volume has no DRBD resource; a path-like name is no resource either.
+        assert!(refused(&mut s, outdate("local.demo.vol.drbd4kvm", 2)).contains("local.demo.vol.drbd4kvm"));
+        assert!(refused(&mut s, outdate("demo/vol/kvm1", 2)).contains("demo/vol/kvm1"));
+        assert!(refused(&mut s, outdate(RES, 3)).contains("node w is not one of its nodes"));
+        let why = refused(
+            &mut s,
+            Command::UnfencePeer {
+                resource: "nope".into(),
+                node_id: 2,
+            },
+        );
+        assert!(why.contains("nope"), "{why}");
+    }
+
+    #[test]
+    fn the_node_holding_the_service_is_never_outdated() {
+        let mut s = fencing_cluster();
+        assert_eq!(s.apply(&Command::Provision { path: kvm1() }), Response::Done);
+        let why = refused(&mut s, outdate(RES, 1));
+        assert!(why.contains("node n1 holds demo/svc/kvm1"), "{why}");
+        assert_eq!(s.apply(&outdate(RES, 2)), Response::Done);
+        // A live switch's dual-primary window: both sides may ask, the holder (the source
+        // until Finalize) wins.
+        let mut s = fencing_cluster();
+        s.apply(&Command::Provision { path: kvm1() });
+        assert_eq!(s.apply(&Command::LiveSwitch { path: kvm1(), to: 2 }), Response::Done);
+        let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+        let phase = Command::MigrationPhase {
+            path: kvm1(),
+            id,
+            from: Phase::Prepare,
+            to: Phase::DualPrimary,
+            error: None,
+            fenced: None,
+        };
+        assert_eq!(s.apply(&phase), Response::Done);
+        refused(&mut s, outdate(RES, 1));
+        assert_eq!(s.apply(&outdate(RES, 2)), Response::Done);
+    }
+
+    #[test]
+    fn marks_go_with_the_volume_the_node_or_the_disks() {
+        let mut s = fencing_cluster();
+        s.apply(&outdate(RES, 2));
+        assert_eq!(s.apply(&Command::RemoveNode { node_id: 2 }), Response::Done);
+        assert!(s.outdated.is_empty(), "removed node");
+        let mut s = fencing_cluster();
+        s.apply(&Command::Provision { path: kvm1() });
+        s.apply(&outdate(RES, 2));
+        assert_eq!(s.apply(&Command::Unprovision { path: kvm1() }), Response::Done);
+        assert!(s.outdated.is_empty(), "unprovisioned: fresh disks next time");
+        s.apply(&outdate(RES, 2));
+        assert_eq!(s.apply(&Command::DeleteObject { path: kvm1() }), Response::Done);
+        assert!(s.outdated.is_empty(), "deleted volume");
+    }
+
+    #[test]
+    fn a_state_saved_before_fencing_existed_still_loads() {
+        let mut v = serde_json::to_value(fencing_cluster()).unwrap();
+        v.as_object_mut().unwrap().remove("outdated");
+        let s: ClusterState = serde_json::from_value(v).unwrap();
+        assert!(s.outdated.is_empty());
     }
 
     #[test]

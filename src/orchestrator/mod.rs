@@ -19,7 +19,8 @@ use crate::model::{ClusterState, Command, NodeId, ObjectPath, Phase};
 
 /// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
 /// started and not frozen, placed on a node in `expired` that has a watchdog armed, the first node of its `nodes` order
-/// that is `leased`, not frozen, and has the service provisioned.
+/// that is `leased`, not frozen, has the service provisioned and none of its DRBD resources
+/// marked outdated (by a peer's fence-peer handler).
 pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<NodeId>) -> Vec<Command> {
     let mut out = Vec::new();
     for (key, obj) in &state.objects {
@@ -88,10 +89,14 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
                     .and_then(|r| r.get(n))
                     .is_some_and(|r| r.provisioned)
         };
-        let target = state
-            .service_nodes(&path)
-            .into_iter()
-            .find(|n| *n != from && leased.contains(n) && !state.frozen_nodes.contains(n) && provisioned_on(n));
+        // A node whose disk a DRBD fence-peer had outdated holds old data until it resyncs.
+        let target = state.service_nodes(&path).into_iter().find(|n| {
+            *n != from
+                && leased.contains(n)
+                && !state.frozen_nodes.contains(n)
+                && provisioned_on(n)
+                && state.outdated_on(&path, *n).is_empty()
+        });
         if let Some(to) = target {
             out.push(Command::Failover { path, from, to });
         }

@@ -348,3 +348,35 @@ fn a_node_that_does_not_hold_the_service_and_lost_its_lease_is_recorded_fenced_o
         Response::Refused(_)
     ));
 }
+
+#[test]
+fn no_failover_to_a_node_whose_disk_a_fence_peer_outdated() {
+    let mut s = cluster();
+    let resource = s.objects["demo/vol/kvm1"].alloc.as_ref().unwrap().lv.clone();
+    let outdate = Command::OutdatePeer {
+        resource: resource.clone(),
+        node_id: 2,
+    };
+    assert_eq!(s.apply(&outdate), Response::Done);
+    assert!(
+        moves(&decide(&s, &set(&[1]), &set(&[2]))).is_empty(),
+        "n2's data is old: the service waits for n1"
+    );
+    // A failover decided before the mark was committed is refused when applied.
+    let failover = Command::Failover {
+        path: path(),
+        from: 1,
+        to: 2,
+    };
+    assert!(matches!(s.apply(&failover), Response::Refused(m) if m.contains("node n2 is outdated")));
+    // Resynced: unfence-peer clears the mark, and n2 may take the service again.
+    s.apply(&Command::UnfencePeer { resource, node_id: 2 });
+    assert_eq!(
+        decide(&s, &set(&[1]), &set(&[2])),
+        vec![Command::Failover {
+            path: path(),
+            from: 1,
+            to: 2
+        }]
+    );
+}

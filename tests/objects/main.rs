@@ -1,9 +1,13 @@
 //! The tutorial's object steps, run with the real `omctl` against three real `omd` (two data
 //! nodes reporting a 5 GiB volume group `data`, and a witness), with output of the
 //! tutorial's shape; then bad input, refused with exit 1, naming the part, committing nothing.
+//! Then DRBD's fence-peer and unfence-peer handlers, run as DRBD runs them.
 
 #[path = "../support/mod.rs"]
 mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use support::omd::*;
 use support::*;
@@ -292,4 +296,205 @@ async fn tutorial_object_steps_on_three_nodes() {
     // Deleting the service frees its volume.
     assert_eq!(ok(&n2, &["demo/svc/kvm1", "delete"]), "");
     assert!(ok(&n1, &["pool", "list"]).contains("data  0             10g       0         10g"));
+}
+
+const RES: &str = "kvm1.demo.vol.drbd4kvm";
+
+/// Runs `handler` as DRBD runs one: `/bin/sh -c` with DRBD's environment only (its minimal
+/// PATH), plus OMCTL_SERVER since the test daemons do not listen on the default socket.
+fn as_drbd(handler: &str, env: &[(&str, &str)]) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(handler)
+        .env_clear()
+        .env("PATH", "/sbin:/usr/sbin:/bin:/usr/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run /bin/sh");
+    (out, start.elapsed())
+}
+
+/// Environment variables, name and value.
+type Env = Vec<(&'static str, &'static str)>;
+
+/// DRBD's handler environment on the node with DRBD node-id `me` about the peer `peer`
+/// (n1 is node-id 0, n2 node-id 1).
+fn drbd_env(resource: &'static str, me: &'static str, peer: &'static str) -> Env {
+    vec![
+        ("DRBD_RESOURCE", resource),
+        ("DRBD_MY_NODE_ID", me),
+        ("DRBD_PEER_NODE_ID", peer),
+        ("DRBD_NODE_ID_0", "n1"),
+        ("DRBD_NODE_ID_1", "n2"),
+        ("DRBD_MINOR", "0"),
+        ("DRBD_CSTATE", "Connecting"),
+        ("UP_TO_DATE_NODES", if me == "0" { "0x00000001" } else { "0x00000002" }),
+    ]
+}
+
+/// The nodes marked outdated for the service, as `instance status -o json` shows them.
+fn outdated(server: &str) -> Vec<(String, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        server,
+        &["demo/svc/kvm1", "instance", "status", "-r", "-o", "json"],
+    ))
+    .unwrap();
+    v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| {
+            let res = i["outdated"].as_array()?;
+            let res = res.iter().map(|r| r.as_str().unwrap().to_string()).collect();
+            Some((i["node"].as_str().unwrap().to_string(), res))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drbd_fence_peer_succeeds_only_once_the_cluster_committed_the_peer_outdated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = tmp.path().join("sim");
+    let mut nodes = three_with(tmp.path(), &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
+    let (n1, n2) = (nodes[0].server(), nodes[1].server());
+    ok(
+        &n1,
+        &[
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "cluster.name=drbd4kvm",
+            "--set",
+            "pool#drbdvm.type=drbd",
+            "--set",
+            "pool#drbdvm.vg=data",
+        ],
+    );
+    ok(&n1, &["demo/svc/kvm1", "create", "--kw", "nodes={clusternodes}"]);
+    // The volume waits for the nodes' volume group reports.
+    eventually(20, "the nodes' volume group reports", || {
+        let n1 = n1.clone();
+        async move {
+            let vol = ["--set", "volume#data.size=1G", "--set", "volume#data.shared=true"];
+            let args = [&["demo/svc/kvm1", "config", "update"][..], &vol].concat();
+            omctl(&n1, &args).status.success().then_some(())
+        }
+    })
+    .await;
+    ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
+
+    // The built-in template wired the handlers to the omctl beside omd, with an absolute path.
+    let file = |node: &str| std::fs::read_to_string(sim.join(node).join("drbd.d").join(format!("{RES}.res"))).unwrap();
+    let omctl_bin = env!("CARGO_BIN_EXE_omctl");
+    assert!(file("n1").contains("fencing resource-and-stonith;"), "{}", file("n1"));
+    let handler = |node: &str, name: &str| {
+        let file = file(node);
+        let start = format!("{name} \"");
+        let line = file.lines().find(|l| l.trim_start().starts_with(&start)).unwrap();
+        line.trim()
+            .trim_start_matches(&start)
+            .trim_end_matches("\";")
+            .to_string()
+    };
+    // With this node's socket: DRBD passes handlers no OMCTL_SERVER.
+    assert_eq!(
+        handler("n1", "fence-peer"),
+        format!("{omctl_bin} --server {n1} drbd fence-peer")
+    );
+    assert_eq!(
+        handler("n1", "unfence-peer"),
+        format!("{omctl_bin} --server {n1} drbd unfence-peer")
+    );
+    assert_eq!(
+        handler("n2", "fence-peer"),
+        format!("{omctl_bin} --server {n2} drbd fence-peer")
+    );
+
+    // n1, the Primary, loses n2: its fence-peer handler exits 4 once n2 is marked outdated.
+    let (out, _) = as_drbd(&handler("n1", "fence-peer"), &drbd_env(RES, "0", "1"));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{RES}: n2 outdated (committed at log index ")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(outdated(&n2), vec![("n2".to_string(), vec![RES.to_string()])]);
+    let tree = ok(&n2, &["demo/svc/kvm1", "instance", "status", "-r"]);
+    let n2_line = tree.lines().find(|l| l.contains(" n2 ")).unwrap();
+    assert!(n2_line.contains("outdated"), "{tree}");
+    // Already marked (DRBD may call it again): still 4, nothing committed.
+    let (out, _) = as_drbd(&handler("n1", "fence-peer"), &drbd_env(RES, "0", "1"));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{RES}: n2 outdated (already so)\n"));
+
+    // Refusals exit 1 with why, never a code DRBD would act on.
+    let fence = handler("n1", "fence-peer");
+    let cases: Vec<(&str, Env, &str)> = vec![
+        // n2 cannot outdate n1, which holds the service.
+        ("n2", drbd_env(RES, "1", "0"), "node n1 holds demo/svc/kvm1"),
+        (
+            "n1",
+            drbd_env("kvm9.demo.vol.drbd4kvm", "0", "1"),
+            "kvm9.demo.vol.drbd4kvm is not the DRBD resource of any volume",
+        ),
+        (
+            "n1",
+            drbd_env(RES, "0", "1")
+                .into_iter()
+                .filter(|(k, _)| *k != "DRBD_PEER_NODE_ID")
+                .collect(),
+            "DRBD_PEER_NODE_ID is not set",
+        ),
+        (
+            "n1",
+            drbd_env(RES, "0", "1")
+                .into_iter()
+                .filter(|(k, _)| *k != "DRBD_NODE_ID_1")
+                .collect(),
+            "DRBD_NODE_ID_1",
+        ),
+    ];
+    for (node, env, named) in &cases {
+        let (out, _) = as_drbd(&handler(node, "fence-peer"), env);
+        assert_eq!(out.status.code(), Some(1), "{named}: {}", stderr(&out));
+        assert!(stderr(&out).contains(named), "{named:?} not in {}", stderr(&out));
+    }
+    let out = omctl(&n1, &["drbd", "fence-peer", "--resource", RES, "--peer", "n7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown node \"n7\""), "{}", stderr(&out));
+
+    // n2 resynced: unfence-peer clears the mark.
+    let (out, _) = as_drbd(&handler("n1", "unfence-peer"), &drbd_env(RES, "0", "1"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(outdated(&n2).is_empty());
+    assert!(!ok(&n2, &["demo/svc/kvm1", "instance", "status", "-r"]).contains("outdated"));
+
+    // Cut from the majority, n1 cannot commit: fence-peer exits 1 within its timeout, and
+    // DRBD keeps I/O frozen. (Stopped first, so n1's simulated watchdog does not reset it.)
+    ok(&n1, &["demo/svc/kvm1", "stop", "--wait", "--time", "30s"]);
+    nodes[1].kill9();
+    nodes[2].kill9();
+    let (out, took) = as_drbd(&format!("{fence} --timeout 3s"), &drbd_env(RES, "0", "1"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not committed within 3 s"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(nodes[0].alive(), "n1 was reset:\n{}", nodes[0].log());
+}
+
+#[test]
+fn drbd_handler_help_explains_the_exit_codes() {
+    let out = omctl("unix:/nonexistent", &["drbd", "fence-peer", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for part in [
+        "Exit 4",
+        "Exit 1",
+        "resource-and-stonith",
+        "DRBD_NODE_ID_<DRBD_PEER_NODE_ID>",
+    ] {
+        assert!(help.contains(part), "{part:?} not in:\n{help}");
+    }
 }

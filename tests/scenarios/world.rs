@@ -37,7 +37,10 @@ use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, Ob
 use omraft::orchestrator::{decide, lease_views, may_act};
 
 pub const TICK: Duration = Duration::from_millis(100);
-const ELECTION_TIMEOUT: Duration = Duration::from_millis(1600);
+/// `omd`'s default election timeout (minimum; the maximum is 1.5 times it): a follower stands
+/// for election the maximum (openraft's leader lease) plus a random timeout after it last
+/// heard from its leader.
+const ELECTION_MIN: Duration = Duration::from_millis(600);
 const WATCHDOG_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const SVC: &str = "demo/svc/kvm1";
 pub const VM: &str = "kvm1";
@@ -108,6 +111,8 @@ pub struct World {
     pub leader: Option<NodeId>,
     leader_since: Duration,
     leaderless_since: Option<Duration>,
+    /// When the next election completes, once the leader is lost.
+    election_at: Duration,
     pub cfg: LeaseConfig,
     rng: Rng,
     pub trace: Vec<String>,
@@ -182,6 +187,7 @@ impl World {
             leader: Some(1),
             leader_since: Duration::ZERO,
             leaderless_since: None,
+            election_at: Duration::ZERO,
             cfg: LeaseConfig::default(),
             rng: Rng::new(seed),
             trace: vec![],
@@ -355,8 +361,13 @@ impl World {
             self.leaderless_since = None;
             return;
         }
-        let since = *self.leaderless_since.get_or_insert(self.t);
-        if self.t < since + ELECTION_TIMEOUT {
+        if self.leaderless_since.is_none() {
+            let max = ELECTION_MIN * 3 / 2;
+            let spread = self.rng.below((max - ELECTION_MIN).as_millis() as u64);
+            self.election_at = self.t + max + ELECTION_MIN + Duration::from_millis(spread);
+            self.leaderless_since = Some(self.t);
+        }
+        if self.t < self.election_at {
             return;
         }
         // A candidate reaching a majority, with the longest log (Raft's election restriction);

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 /// What a template sees: `.Name` and `.Nodes`, each with `.Name`, `.Addr`, `.Device`,
-/// `.Disk`, `.NodeId`, as in the tutorial's template.
+/// `.Disk`, `.NodeId`, as in the tutorial's template; `render_with` adds `.Omctl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TemplateData {
     #[serde(rename = "Name")]
@@ -32,12 +32,18 @@ pub struct TemplateNode {
     pub node_id: u32,
 }
 
-/// The template used when a pool names none: protocol C. The `fence-peer` handlers are not
-/// wired yet: with `fencing resource-and-stonith` and a handler that does not exist, DRBD would
-/// freeze I/O at every disconnection (issue 5 adds `omctl drbd fence-peer` and wires it here).
+/// The template used when a pool names none: protocol C, and DRBD fencing through the
+/// cluster. A Primary that loses sight of a peer freezes I/O and runs `omctl drbd fence-peer`,
+/// which succeeds only once the cluster committed the peer outdated; a node cut from the
+/// majority cannot commit, so its I/O stays frozen until it fences itself.
 pub const BUILTIN_TEMPLATE: &str = r#"resource {{.Name}} {
     net {
         protocol C;
+        fencing resource-and-stonith;
+    }
+    handlers {
+        fence-peer "{{.Omctl}} drbd fence-peer";
+        unfence-peer "{{.Omctl}} drbd unfence-peer";
     }
 {{- range $node := .Nodes}}
     on {{$node.Name}} {
@@ -67,15 +73,50 @@ pub enum RenderError {
     Run(String, #[source] std::io::Error),
 }
 
-/// Renders `template` for `data` exactly as Go's `text/template` would; a key the template
-/// uses and the data lacks is an error, not an empty string.
+/// `.Omctl` when the caller does not say where omctl is (`render`); the applier always says
+/// (`render_with`, the omctl beside the running omd).
+pub const DEFAULT_OMCTL: &str = "/usr/sbin/omctl";
+
+/// The template data with `.Omctl`: the absolute path of `omctl` for DRBD handlers (DRBD runs
+/// them through `/bin/sh -c` with a minimal PATH), as one shell word.
+#[derive(Serialize)]
+struct WithOmctl<'a> {
+    #[serde(flatten)]
+    data: &'a TemplateData,
+    #[serde(rename = "Omctl")]
+    omctl: &'a str,
+}
+
+/// Renders `template` for `data` exactly as Go's `text/template` would, with `.Omctl` set to
+/// `DEFAULT_OMCTL`; a key the template uses and the data lacks is an error, not an empty string.
 pub fn render(template: &str, data: &TemplateData) -> Result<String, RenderError> {
-    let value = gotmpl::to_value(data).map_err(|e| RenderError::Template(e.to_string()))?;
+    render_with(template, data, DEFAULT_OMCTL)
+}
+
+/// `render`, with `.Omctl` set to `omctl` (an absolute path, quoted for the shell if it must
+/// be: see `shell_word`).
+pub fn render_with(template: &str, data: &TemplateData, omctl: &str) -> Result<String, RenderError> {
+    let value = gotmpl::to_value(&WithOmctl { data, omctl }).map_err(|e| RenderError::Template(e.to_string()))?;
     gotmpl::Template::new("drbd")
         .missing_key(gotmpl::MissingKey::Error)
         .parse(template)
         .and_then(|t| t.execute_to_string(&value))
         .map_err(|e| RenderError::Template(e.to_string()))
+}
+
+/// `path` as one word for `/bin/sh -c` inside a DRBD handler string (`"..."`): as is when
+/// it holds only safe characters, else in single quotes; `None` when not even that works (a
+/// quote, a backslash or a control character in it).
+pub fn shell_word(path: &str) -> Option<String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._+-,:@%=".contains(c);
+    if !path.is_empty() && path.chars().all(safe) {
+        return Some(path.to_string());
+    }
+    let quotable = !path.is_empty()
+        && !path
+            .chars()
+            .any(|c| c == '\'' || c == '"' || c == '\\' || c.is_control());
+    quotable.then(|| format!("'{path}'"))
 }
 
 /// Our own checks of a rendered file, for what `drbdadm` lets pass (an empty file, a missing
@@ -206,15 +247,72 @@ mod tests {
         let out = render(LIVE_MIGRATION, &tutorial()).unwrap();
         assert_eq!(out, LIVE_MIGRATION_RENDERED);
         check(&out, &tutorial()).unwrap();
+        // `.Omctl` beside the data changes nothing for a template that does not use it.
+        let with = render_with(LIVE_MIGRATION, &tutorial(), "/opt/omraft/bin/omctl").unwrap();
+        assert_eq!(with, LIVE_MIGRATION_RENDERED);
     }
 
     #[test]
     fn builtin_template_renders_and_passes_our_checks() {
-        let out = render(BUILTIN_TEMPLATE, &tutorial()).unwrap();
+        let out = render_with(BUILTIN_TEMPLATE, &tutorial(), "/opt/omraft/bin/omctl").unwrap();
         check(&out, &tutorial()).unwrap();
-        assert!(out.contains("protocol C;"));
-        assert!(!out.contains("fence-peer"), "no handler may be wired before it exists");
+        let head = "resource kvm1.demo.vol.drbd4kvm {
+    net {
+        protocol C;
+        fencing resource-and-stonith;
+    }
+    handlers {
+        fence-peer \"/opt/omraft/bin/omctl drbd fence-peer\";
+        unfence-peer \"/opt/omraft/bin/omctl drbd unfence-peer\";
+    }
+    on n1 {
+";
+        assert!(out.starts_with(head), "{out}");
         assert!(out.contains("    on n2 {\n        device    /dev/drbd0;\n"), "{out}");
+        // Users' templates may wire the handlers too.
+        let user = render_with("{{.Name}} {{.Omctl}}", &tutorial(), "/usr/bin/omctl").unwrap();
+        assert_eq!(user, "kvm1.demo.vol.drbd4kvm /usr/bin/omctl");
+        assert!(render(BUILTIN_TEMPLATE, &tutorial()).unwrap().contains(DEFAULT_OMCTL));
+    }
+
+    #[test]
+    fn the_omctl_path_is_one_shell_word_or_refused() {
+        assert_eq!(shell_word("/usr/sbin/omctl").as_deref(), Some("/usr/sbin/omctl"));
+        assert_eq!(
+            shell_word("/opt/om raft/omctl").as_deref(),
+            Some("'/opt/om raft/omctl'")
+        );
+        assert_eq!(shell_word("/a/$(x)/omctl").as_deref(), Some("'/a/$(x)/omctl'"));
+        for bad in ["", "/a'b/omctl", "/a\"b/omctl", "/a\\b", "/a\nb"] {
+            assert_eq!(shell_word(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn drbdadm_accepts_the_builtin_file_with_its_fencing_handlers_when_installed() {
+        let drbdadm = Path::new("/usr/sbin/drbdadm");
+        if !drbdadm.exists() {
+            eprintln!("skipped: drbd-utils is not installed (apt-get install drbd-utils)");
+            return;
+        }
+        let mut data = tutorial();
+        data.nodes[0].addr = "ipv4 127.0.0.1:7289".into();
+        let dir = tempfile::tempdir().unwrap();
+        for omctl in ["/opt/omraft/bin/omctl", "'/opt/om raft/omctl'"] {
+            let text = render_with(BUILTIN_TEMPLATE, &data, omctl).unwrap();
+            check(&text, &data).unwrap();
+            let file = dir.path().join("builtin.res");
+            std::fs::write(&file, &text).unwrap();
+            check_with_drbdadm(drbdadm, &file, "n1").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        // drbdadm would refuse fencing in the disk section: the check catches such a template.
+        let text = render_with(BUILTIN_TEMPLATE, &data, "/x/omctl").unwrap().replace(
+            "    net {\n",
+            "    disk {\n        fencing resource-and-stonith;\n    }\n    net {\n",
+        );
+        let file = dir.path().join("disk.res");
+        std::fs::write(&file, &text).unwrap();
+        assert!(check_with_drbdadm(drbdadm, &file, "n1").is_err(), "{text}");
     }
 
     #[test]
