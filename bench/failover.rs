@@ -148,7 +148,8 @@ impl Sim {
 
     async fn running_on(&self, node: &str) -> Result<bool, String> {
         let list = self.virsh(node, &["list"]).await?;
-        Ok(list.lines().any(|l| l.trim() == format!("{DOMAIN} running")))
+        // `NAME running boots=N`.
+        Ok(list.lines().any(|l| l.starts_with(&format!("{DOMAIN} running "))))
     }
 
     /// Errors with the log's content unless `violations.log` is absent or empty.

@@ -194,6 +194,9 @@ pub struct Retry {
     errors: BTreeMap<String, String>,
 }
 
+/// Plan-and-execute rounds in one reconcile.
+const RECONCILE_ROUNDS: usize = 3;
+
 /// One reconcile of one service: observe, plan, execute until a step fails, observe again.
 /// `now` drives the backoff (the scenario tests' clock, or the real one).
 fn reconcile(
@@ -203,35 +206,43 @@ fn reconcile(
     retry: &mut Retry,
     now: Instant,
 ) -> Result<Observed, String> {
-    let observed = observe(drivers, desired)?;
-    let steps = plan(desired, &observed);
-    if steps.is_empty() {
-        retry.errors.clear();
-        retry.failures = 0;
-        return Ok(observed);
-    }
+    let mut observed = observe(drivers, desired)?;
     if retry.next.is_some_and(|t| now < t) {
+        // Backing off; converged meanwhile (someone fixed it): the errors are gone.
+        if plan(desired, &observed).is_empty() {
+            retry.errors.clear();
+            retry.failures = 0;
+        }
         return Ok(observed);
     }
-    for step in &steps {
-        match execute(drivers, desired, step) {
-            Ok(()) => info!(object = %path, ?step, "done"),
-            Err(err) => {
-                warn!(object = %path, ?step, "failed: {err}");
-                retry.failures += 1;
-                let wait = Duration::from_secs(1u64 << retry.failures.min(5)).min(Duration::from_secs(30));
-                retry.next = Some(now + wait);
-                retry
-                    .errors
-                    .insert(rid_of(desired, step), format!("{step:?} failed: {err}"));
-                return observe(drivers, desired);
+    // A few rounds: what one round did (a promotion) may allow the next (the guest's start)
+    // without waiting for the next pass.
+    for _ in 0..RECONCILE_ROUNDS {
+        let steps = plan(desired, &observed);
+        if steps.is_empty() {
+            break;
+        }
+        for step in &steps {
+            match execute(drivers, desired, step) {
+                Ok(()) => info!(object = %path, ?step, "done"),
+                Err(err) => {
+                    warn!(object = %path, ?step, "failed: {err}");
+                    retry.failures += 1;
+                    let wait = Duration::from_secs(1u64 << retry.failures.min(5)).min(Duration::from_secs(30));
+                    retry.next = Some(now + wait);
+                    retry
+                        .errors
+                        .insert(rid_of(desired, step), format!("{step:?} failed: {err}"));
+                    return observe(drivers, desired);
+                }
             }
         }
+        observed = observe(drivers, desired)?;
     }
     retry.errors.clear();
     retry.failures = 0;
     retry.next = None;
-    observe(drivers, desired)
+    Ok(observed)
 }
 
 /// What one pass over one service produced.
