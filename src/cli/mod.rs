@@ -273,7 +273,26 @@ fn user_error(message: impl Into<String>) -> Failure {
 /// Runs omctl and returns its exit code.
 pub async fn main() -> i32 {
     let cli = Cli::parse();
-    let mut out = Printer::new(cli.output);
+    let out = Printer::new(cli.output);
+    run_cli(cli, out).await
+}
+
+/// Runs omctl with `args` (the program name first), its output written to `out`, errors to
+/// stderr, and returns its exit code: the in-process tests drive omctl's own code this way.
+pub async fn main_with(args: &[&str], out: Box<dyn std::io::Write + Send>) -> i32 {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => {
+            let out = Printer::to(cli.output, out);
+            run_cli(cli, out).await
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+async fn run_cli(cli: Cli, mut out: Printer) -> i32 {
     let result = run(&cli, &mut out).await;
     let code = match &result {
         Ok(()) => 0,

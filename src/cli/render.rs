@@ -2,7 +2,7 @@
 //! structs below (never from protobuf types).
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Stdout, Write};
+use std::io::{BufWriter, Write};
 
 use serde::Serialize;
 
@@ -11,7 +11,7 @@ use crate::pb;
 
 pub struct Printer {
     format: Output,
-    out: BufWriter<Stdout>,
+    out: BufWriter<Box<dyn Write + Send>>,
     error: Option<std::io::Error>,
 }
 
@@ -377,9 +377,14 @@ fn frame(title: &str, names: &[&str], rows: &[(&str, Vec<String>)]) -> String {
 
 impl Printer {
     pub fn new(format: Output) -> Printer {
+        Printer::to(format, Box::new(std::io::stdout()))
+    }
+
+    /// A printer writing to `out` (tests capture omctl's output this way).
+    pub fn to(format: Output, out: Box<dyn Write + Send>) -> Printer {
         Printer {
             format,
-            out: BufWriter::new(std::io::stdout()),
+            out: BufWriter::new(out),
             error: None,
         }
     }

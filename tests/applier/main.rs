@@ -565,7 +565,11 @@ fn logs(nodes: &[Omd]) -> String {
         .map(|n| {
             let log = n.log();
             let lines: Vec<&str> = log.lines().collect();
-            format!("---- {} ----\n{}", n.name, lines[lines.len().saturating_sub(40)..].join("\n"))
+            format!(
+                "---- {} ----\n{}",
+                n.name,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")

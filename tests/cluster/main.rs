@@ -519,11 +519,99 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
         devs,
         [("exposed", "/dev/drbd0"), ("base", "/dev/data/kvm1.demo.vol.drbd4kvm")]
     );
+
+    // The tutorial's Tests section, through omctl's own code: the guest created on n1 (its
+    // virt-install), then `switch --wait`, `switch --live --wait` and `instance ls`.
+    use omraft::drivers::hypervisor::Hypervisor;
+    let hv = |n: &str| omraft::drivers::hypervisor::SimHypervisor::new(&sim, n);
+    hv("n1")
+        .define("<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>")
+        .unwrap();
+    hv("n1").start("kvm1").unwrap();
+    let server = format!("unix:{}", nodes[0].dir.join("omd.sock").display());
+    let omctl = |args: &'static [&'static str]| {
+        let server = server.clone();
+        async move {
+            let out = Captured::default();
+            let argv: Vec<&str> = ["omctl", "--server", server.as_str()]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect();
+            let code = omraft::cli::main_with(&argv, Box::new(out.clone())).await;
+            (code, out.text())
+        }
+    };
+    let (code, _) = omctl(&[
+        "demo/svc/kvm1",
+        "config",
+        "update",
+        "--set",
+        "container#1.type=kvm",
+        "--set",
+        "container#1.name=kvm1",
+    ])
+    .await;
+    assert_eq!(code, 0);
+    eventually(20, "the guest captured and reported up on n1", || {
+        async move {
+            let (_, ls) = omctl(&["demo/svc/kvm1", "instance", "ls"]).await;
+            let (_, tree) = omctl(&["demo/svc/kvm1", "instance", "status", "-r"]).await;
+            (ls.contains("n1    up") && tree.contains("container#1")).then_some(())
+        }
+    })
+    .await;
+    let ls = |on1: &str, on2: &str| {
+        format!("OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    {on1}\ndemo/svc/kvm1  n2    {on2}\n")
+    };
+    assert_eq!(omctl(&["demo/svc/kvm1", "instance", "ls"]).await.1, ls("up", "down"));
+    let orchestrated = |out: &str| {
+        let lines: Vec<&str> = out.lines().collect();
+        lines.len() == 2
+            && lines[0].split_whitespace().collect::<Vec<_>>() == ["OBJECT", "ORCHESTRATION_ID", "ERROR"]
+            && lines[1].starts_with("demo/svc/kvm1  ")
+            && lines[1].trim_end().ends_with(" -")
+    };
+    let (code, out) = omctl(&["demo/svc/kvm1", "switch", "--wait", "--time", "60s"]).await;
+    assert!(code == 0 && orchestrated(&out), "{code} {out}");
+    assert_eq!(omctl(&["demo/svc/kvm1", "instance", "ls"]).await.1, ls("down", "up"));
+    let (code, _) = omctl(&["demo/svc/kvm1", "switch", "--to", "n1", "--wait", "--time", "60s"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(omctl(&["demo/svc/kvm1", "instance", "ls"]).await.1, ls("up", "down"));
+    let boots = |n: &str| hv(n).list().unwrap();
+    let before = boots("n1").replace("kvm1 running", "");
+    let (code, out) = omctl(&["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"]).await;
+    assert!(code == 0 && orchestrated(&out), "{code} {out}");
+    assert_eq!(omctl(&["demo/svc/kvm1", "instance", "ls"]).await.1, ls("down", "up"));
+    assert_eq!(
+        boots("n2").replace("kvm1 running", ""),
+        before,
+        "migrated live, not rebooted"
+    );
     assert_eq!(
         std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
         ""
     );
     for n in &mut nodes {
         n.kill().await;
+    }
+}
+
+/// omctl's output, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
