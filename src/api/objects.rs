@@ -383,7 +383,13 @@ impl ClusterService {
                     .node
                     .read_linearizable(|d| d.state.services.get(&key).and_then(|s| s.migration.clone()))
                     .await?
-                    .ok_or_else(|| Status::failed_precondition(format!("{key}: no live switch in progress")))?;
+                    .ok_or_else(|| Status::failed_precondition(format!("{key}: no switch in progress")))?;
+                if !m.phase.before_hand_over() {
+                    return Err(Status::failed_precondition(format!(
+                        "{key}: the switch already handed the service over (phase {}): it finishes on its own",
+                        m.phase
+                    )));
+                }
                 Command::MigrationPhase {
                     path: p,
                     id: m.id,

@@ -75,9 +75,14 @@ pub fn desired(
     let key = path.to_string();
     let svc = state.services.get(&key).cloned().unwrap_or_default();
     let mut errors = BTreeMap::new();
+    // The source of a switch in phase Stopping releases the service it still holds.
+    let stopping = svc
+        .migration
+        .as_ref()
+        .is_some_and(|m| m.phase == crate::model::Phase::Stopping && m.from == me);
     let mut out = Desired {
         provisioned: svc.provisioned,
-        active: svc.provisioned && svc.started && svc.placement == Some(me) && leased,
+        active: svc.provisioned && svc.started && svc.placement == Some(me) && leased && !stopping,
         // Whatever runs here without a lease goes at once, a migrated guest included.
         fenced: svc.provisioned && !leased,
         gone: svc

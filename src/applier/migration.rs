@@ -4,6 +4,13 @@
 //! work, so after a crash or a leader change the phase in the log says what is left, and the
 //! domain's actual place (never a guess) decides between going on and aborting.
 //!
+//! A switch: in `Stopping` the source (no longer active) stops its guests and demotes (plan),
+//! then commits `Starting`, which hands the service to the target; the target promotes and
+//! starts the guests (plan), then commits `Done`. Aborted in `Stopping`, the source takes the
+//! service back at once (the target never promoted).
+//!
+//! A live switch:
+//!
 //! | phase       | source (holds the service)                 | target                                  |
 //! |-------------|--------------------------------------------|-----------------------------------------|
 //! | Prepare     | checks the guest runs here and the target's DRBD is Connected and UpToDate; allows two primaries; commits DualPrimary, or Abort with why | - |
@@ -52,6 +59,12 @@ pub fn next(desired: &Desired, observed: &Observed) -> Vec<Act> {
             .all(|(_, st)| st.is_some_and(|s| peers_demoted(s, &desired.gone)))
     };
     match (m.phase, m.source) {
+        (Phase::Stopping, true) if running_here(true).is_empty() && all_role("Secondary") => {
+            vec![Act::Commit(Phase::Starting, None)]
+        }
+        (Phase::Starting, false) if running_here(false).is_empty() && all_role("Primary") => {
+            vec![Act::Commit(Phase::Done, None)]
+        }
         (Phase::Prepare, true) => {
             if let Some(d) = running_here(false).first() {
                 return abort(format!("the guest {d} does not run on the source"));
@@ -121,8 +134,9 @@ mod tests {
     use crate::drivers::hypervisor::MigrationTarget;
 
     fn part(phase: Phase, source: bool) -> Desired {
-        // The source holds the service until Finalize, and again after an Abort.
-        let source_holds = phase < Phase::Finalize || phase == Phase::Abort;
+        // The source holds the service until the hand-over, and again after an Abort (in
+        // Stopping it holds it but releases it).
+        let source_holds = (phase < Phase::Finalize && phase != Phase::Stopping) || phase == Phase::Abort;
         let mut d = with_vm(desired(true, source == source_holds), true);
         d.migration = Some(DesiredMigration {
             id: 7,
@@ -144,6 +158,31 @@ mod tests {
         let mut o = observed(true, true, Some(st));
         o.domains.insert("kvm1".into(), vm);
         o
+    }
+
+    #[test]
+    fn a_switch_source_stops_and_demotes_then_the_target_starts() {
+        let running = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        let src = part(Phase::Stopping, true);
+        assert!(!src.active, "the source releases the service");
+        assert_eq!(
+            plan(&src, &running),
+            vec![
+                Step::StopDomain {
+                    name: "kvm1".into(),
+                    timeout_secs: 120
+                },
+                Step::Secondary { resource: RES.into() }
+            ]
+        );
+        assert_eq!(next(&src, &running), vec![]);
+        let demoted = seen("Secondary", "UpToDate", "Connected", DomainState::ShutOff);
+        assert_eq!(next(&src, &demoted), vec![Act::Commit(Phase::Starting, None)]);
+        let dst = part(Phase::Starting, false);
+        let promoted = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
+        assert_eq!(plan(&dst, &promoted), vec![Step::StartDomain { name: "kvm1".into() }]);
+        assert_eq!(next(&dst, &promoted), vec![]);
+        assert_eq!(next(&dst, &running), vec![Act::Commit(Phase::Done, None)]);
     }
 
     #[test]

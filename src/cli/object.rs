@@ -49,7 +49,8 @@ pub enum PathCmd {
     Start(WaitArgs),
     /// Stop the service.
     Stop(WaitArgs),
-    /// Move the service to another of its nodes: stop, demote, promote there, start. With
+    /// Move the service to another of its nodes, in committed phases: Stopping (the source
+    /// stops the guest and demotes), Starting (the target promotes and starts it). With
     /// --live, live-migrate the running guest instead (DRBD dual-primary for the duration),
     /// in committed phases: Prepare (refused unless the target's DRBD is Connected and
     /// UpToDate), DualPrimary, Migrating, then Finalize, or Abort (the guest stays put).
@@ -60,7 +61,8 @@ pub enum PathCmd {
         /// Live migration: the guest keeps running.
         #[arg(long, conflicts_with = "abort")]
         live: bool,
-        /// Abort the live switch in progress: the guest stays on (or returns to) its source.
+        /// Abort the switch in progress, before it hands the service over: the guest stays on (or
+        /// returns to) its source.
         #[arg(long, conflicts_with = "to")]
         abort: bool,
         #[command(flatten)]
@@ -448,9 +450,11 @@ async fn orchestrate(
                 .await?
                 .into_inner();
             if done(action, &s) {
-                // A live switch that ended aborted failed, and says why.
-                if action == "live-switch" && !s.last_migration_error.is_empty() {
-                    error = Some(format!("live switch aborted: {}", s.last_migration_error));
+                // A switch that ended aborted failed, and says why.
+                if matches!(action, "switch" | "live-switch" | "takeover" | "giveback")
+                    && !s.last_migration_error.is_empty()
+                {
+                    error = Some(format!("switch aborted: {}", s.last_migration_error));
                 }
                 break;
             }

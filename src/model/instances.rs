@@ -60,17 +60,23 @@ pub struct Migration {
     pub dual: bool,
 }
 
-/// The phases of a live switch, in order; `Abort` may follow any phase before `Finalize`.
+/// The phases of a switch, in order. A switch goes `Stopping`, `Starting`, `Done`; a live
+/// switch `Prepare`, `DualPrimary`, `Migrating`, `Finalize`, `Done`. `Abort` may follow any
+/// phase before the hand-over (`Finalize` or `Starting`), and then `Done`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Phase {
-    /// The source checks that the target's DRBD is Connected and UpToDate.
+    /// Switch: the source stops its guests and demotes.
+    Stopping,
+    /// Live switch: the source checks that the target's DRBD is Connected and UpToDate.
     Prepare,
     /// Both sides allow two primaries; the target promotes.
     DualPrimary,
     /// The source live-migrates the guest to the target.
     Migrating,
-    /// The target holds the service; the source demotes.
+    /// Live switch: the target holds the service; the source demotes.
     Finalize,
+    /// Switch: the target holds the service: it promotes and starts the guests.
+    Starting,
     /// The guest stays on (or comes back to) the source; the target demotes.
     Abort,
     /// Over: both sides back to one Primary.
@@ -83,12 +89,22 @@ impl Phase {
         use Phase::*;
         matches!(
             (self, next),
-            (Prepare, DualPrimary)
+            (Stopping, Starting)
+                | (Starting, Done)
+                | (Prepare, DualPrimary)
                 | (DualPrimary, Migrating)
                 | (Migrating, Finalize)
                 | (Finalize, Done)
                 | (Abort, Done)
-        ) || (matches!(self, Prepare | DualPrimary | Migrating) && next == Abort)
+        ) || (self.before_hand_over() && next == Abort)
+    }
+
+    /// The source still holds the service: the switch may be aborted.
+    pub fn before_hand_over(self) -> bool {
+        matches!(
+            self,
+            Phase::Stopping | Phase::Prepare | Phase::DualPrimary | Phase::Migrating
+        )
     }
 }
 
@@ -219,7 +235,7 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Refuses while a live switch is in progress: it must finish or be aborted first.
+    /// Refuses while a switch is in progress: it must finish or be aborted first.
     pub(super) fn check_no_migration(&self, path: &ObjectPath) -> Result<(), Rejection> {
         match self.services.get(&path.to_string()).and_then(|s| s.migration.as_ref()) {
             Some(m) => Err(Rejection::Migrating(path.to_string(), m.phase)),
@@ -236,16 +252,21 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Begins a live switch in phase `Prepare`.
-    pub(super) fn live_switch(&mut self, path: &ObjectPath, to: NodeId) {
+    /// Begins a switch (phase `Stopping`) or a live switch (`Prepare`) of a started service;
+    /// a stopped one is just placed on `to`, and started there.
+    pub(super) fn begin_switch(&mut self, path: &ObjectPath, to: NodeId, live: bool) {
         let s = self.services.entry(path.to_string()).or_default();
-        let Some(from) = s.placement else { return };
+        let (Some(from), true) = (s.placement, s.started) else {
+            // No switch record: an older one's outcome no longer applies.
+            s.last_migration = None;
+            return self.switch(path, to);
+        };
         s.epoch += 1;
         s.migration = Some(Migration {
             id: s.epoch,
             from,
             to,
-            phase: Phase::Prepare,
+            phase: if live { Phase::Prepare } else { Phase::Stopping },
             error: None,
             dual: false,
         });
@@ -266,7 +287,7 @@ impl ClusterState {
         }
     }
 
-    /// Moves a live switch to its next phase. `Finalize` hands the service to the target;
+    /// Moves a switch to its next phase. `Finalize` or `Starting` hands the service to the target;
     /// `Done` ends it. `fenced`: a participant the leader saw lose its lease.
     pub(super) fn migration_phase(
         &mut self,
@@ -288,7 +309,7 @@ impl ClusterState {
             s.fenced.insert(n);
         }
         match to {
-            Phase::Finalize => {
+            Phase::Finalize | Phase::Starting => {
                 s.placement = Some(m.to);
                 s.epoch += 1;
                 s.fenced.clear();

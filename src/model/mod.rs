@@ -207,7 +207,7 @@ impl fmt::Display for Command {
             Command::LiveSwitch { path, to } => write!(f, "live switch {path} to node {to}"),
             Command::Fence { path, node_id } => write!(f, "{path}: node {node_id} fenced"),
             Command::MigrationPhase { path, id, from, to, .. } => {
-                write!(f, "live switch {id} of {path}: {from} -> {to}")
+                write!(f, "switch {id} of {path}: {from} -> {to}")
             }
             Command::ReportWatchdog { node_id, armed } => write!(f, "node {node_id} watchdog armed: {armed}"),
             Command::Failover { path, from, to } => write!(f, "failover {path} from node {from} to node {to}"),
@@ -267,11 +267,11 @@ pub enum Rejection {
     BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
-    #[error("{0}: a live switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
+    #[error("{0}: a switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
     Migrating(String, Phase),
     #[error("{0} is not started anywhere: a live switch moves a running guest (use switch)")]
     NotRunning(String),
-    #[error("{0}: live switch {1} is not in phase {2} (or {2} -> {3} is not a step): stale or out of order")]
+    #[error("{0}: switch {1} is not in phase {2} (or {2} -> {3} is not a step): stale or out of order")]
     StalePhase(String, u64, Phase, Phase),
     #[error("{0}: the disk of node {1} is outdated (DRBD {2}): it must resync before it holds the service")]
     Outdated(String, String, String),
@@ -566,7 +566,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::Switch { path, to } => {
-                self.switch(path, *to);
+                self.begin_switch(path, *to, false);
                 Response::Done
             }
             Command::ReportWatchdog { node_id, armed } => {
@@ -576,7 +576,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::LiveSwitch { path, to } => {
-                self.live_switch(path, *to);
+                self.begin_switch(path, *to, true);
                 Response::Done
             }
             Command::Fence { path, node_id } => {

@@ -36,7 +36,7 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
             if let Some(m) = &svc.migration {
                 let other = if svc.placement == Some(m.from) { m.to } else { m.from };
                 if expired.contains(&other) && watchdog(&other) {
-                    let before_finalize = m.phase < Phase::Finalize;
+                    let before_finalize = m.phase.before_hand_over();
                     let name = state
                         .nodes
                         .get(&other)

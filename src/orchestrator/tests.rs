@@ -171,8 +171,10 @@ fn a_failover_records_the_fenced_node_and_a_stale_one_is_refused() {
         }),
         Response::Refused(_)
     ));
-    // A switch back clears the record.
+    // A switch back clears the record once it hands the service over.
     s.apply(&Command::Switch { path: path(), to: 1 });
+    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    assert_eq!(phase(&mut s, id, Phase::Stopping, Phase::Starting), Response::Done);
     assert!(s.services["demo/svc/kvm1"].fenced.is_empty());
 }
 
@@ -216,7 +218,7 @@ fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
         Response::Refused(_)
     ));
     assert!(
-        matches!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Refused(m) if m.contains("live switch"))
+        matches!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Refused(m) if m.contains("switch is in progress"))
     );
     assert!(matches!(
         s.apply(&Command::LiveSwitch { path: path(), to: 2 }),
@@ -327,8 +329,17 @@ fn a_failover_overtakes_a_live_switch_whose_source_lost_its_lease() {
 #[test]
 fn a_node_that_does_not_hold_the_service_and_lost_its_lease_is_recorded_fenced_once() {
     let mut s = cluster();
+    // Stopped, then placed on n2 and started there: n1 is a passive node of the service.
+    s.apply(&Command::SetStarted {
+        path: path(),
+        started: false,
+    });
     s.apply(&Command::Switch { path: path(), to: 2 });
-    // n1, the old holder, died before it demoted: n2 may promote without seeing it.
+    s.apply(&Command::SetStarted {
+        path: path(),
+        started: true,
+    });
+    // n1 lost its lease: n2 may promote without seeing it.
     let d = decide(&s, &set(&[1]), &set(&[2]));
     assert_eq!(
         d,
@@ -378,5 +389,47 @@ fn no_failover_to_a_node_whose_disk_a_fence_peer_outdated() {
             from: 1,
             to: 2
         }]
+    );
+}
+
+#[test]
+fn a_switch_stops_then_starts_and_aborts_only_before_the_hand_over() {
+    let mut s = cluster();
+    assert_eq!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Done);
+    let m = s.services["demo/svc/kvm1"].migration.clone().unwrap();
+    assert_eq!((m.phase, m.from, m.to), (Phase::Stopping, 1, 2));
+    assert_eq!(
+        s.services["demo/svc/kvm1"].placement,
+        Some(1),
+        "n1 holds it while it stops"
+    );
+    assert!(matches!(
+        phase(&mut s, m.id, Phase::Stopping, Phase::Done),
+        Response::Refused(_)
+    ));
+    assert_eq!(phase(&mut s, m.id, Phase::Stopping, Phase::Starting), Response::Done);
+    assert_eq!(s.services["demo/svc/kvm1"].placement, Some(2));
+    assert!(
+        matches!(phase(&mut s, m.id, Phase::Starting, Phase::Abort), Response::Refused(_)),
+        "handed over"
+    );
+    assert_eq!(phase(&mut s, m.id, Phase::Starting, Phase::Done), Response::Done);
+    assert!(s.services["demo/svc/kvm1"].migration.is_none());
+    // Aborted while stopping: n2 keeps it.
+    s.apply(&Command::Switch { path: path(), to: 1 });
+    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    assert_eq!(phase(&mut s, id, Phase::Stopping, Phase::Abort), Response::Done);
+    assert_eq!(phase(&mut s, id, Phase::Abort, Phase::Done), Response::Done);
+    assert_eq!(s.services["demo/svc/kvm1"].placement, Some(2));
+    // A stopped service is placed at once, no switch record.
+    s.apply(&Command::SetStarted {
+        path: path(),
+        started: false,
+    });
+    s.apply(&Command::Switch { path: path(), to: 1 });
+    let svc = &s.services["demo/svc/kvm1"];
+    assert_eq!(
+        (svc.placement, svc.migration.is_none(), svc.last_migration.is_none()),
+        (Some(1), true, true)
     );
 }

@@ -552,12 +552,10 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
     ])
     .await;
     assert_eq!(code, 0);
-    eventually(20, "the guest captured and reported up on n1", || {
-        async move {
-            let (_, ls) = omctl(&["demo/svc/kvm1", "instance", "ls"]).await;
-            let (_, tree) = omctl(&["demo/svc/kvm1", "instance", "status", "-r"]).await;
-            (ls.contains("n1    up") && tree.contains("container#1")).then_some(())
-        }
+    eventually(20, "the guest captured and reported up on n1", || async move {
+        let (_, ls) = omctl(&["demo/svc/kvm1", "instance", "ls"]).await;
+        let (_, tree) = omctl(&["demo/svc/kvm1", "instance", "status", "-r"]).await;
+        (ls.contains("n1    up") && tree.contains("container#1")).then_some(())
     })
     .await;
     let ls = |on1: &str, on2: &str| {

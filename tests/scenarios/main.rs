@@ -485,7 +485,7 @@ fn s33_a_second_switch_during_a_live_switch_is_refused_and_changes_nothing() {
     w.hang("n2");
     w.run_for(S(1));
     let before = w.committed();
-    assert!(matches!(switch(&mut w, "n1", "n2"), Response::Refused(m) if m.contains("live switch is in progress")));
+    assert!(matches!(switch(&mut w, "n1", "n2"), Response::Refused(m) if m.contains("switch is in progress")));
     assert!(matches!(
         w.op(
             "n1",
@@ -647,4 +647,40 @@ fn random_schedules_keep_the_invariants_and_converge() {
             );
         }
     }
+}
+
+#[test]
+fn s35_a_switch_aborted_before_the_source_stopped_keeps_the_guest_running_there() {
+    let mut w = World::new(35);
+    w.transfer_leader("w");
+    w.run_for(S(1));
+    let before = boots(&w, "n1");
+    switch(&mut w, "n2", "n2");
+    w.hang("n1");
+    let m = w.committed().services[world::SVC].migration.clone().unwrap();
+    assert_eq!(m.phase, Phase::Stopping);
+    let abort = Command::MigrationPhase {
+        path: path(),
+        id: m.id,
+        from: m.phase,
+        to: Phase::Abort,
+        error: Some("aborted by the operator".into()),
+        fenced: None,
+    };
+    assert_eq!(w.op("n2", abort).unwrap(), Response::Done);
+    w.resume("n1");
+    settles_on(&mut w, "n1", S(5));
+    assert_eq!(boots(&w, "n1"), before, "never stopped");
+}
+
+#[test]
+fn s36_the_target_lost_during_a_switch_the_guest_comes_back_on_the_source() {
+    let mut w = World::new(36);
+    w.transfer_leader("w");
+    w.run_for(S(1));
+    switch(&mut w, "n1", "n2");
+    w.power_off("n2");
+    // n1 stopped and handed over to n2, which is gone: once its lease ran out the leader
+    // fails the service back over to n1.
+    settles_on(&mut w, "n1", S(20));
 }
