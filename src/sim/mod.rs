@@ -6,3 +6,34 @@
 pub mod drbd;
 #[cfg(test)]
 mod drbd_tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::applier::run::Drivers;
+use crate::drivers::drbd::commands::DrbdCommands;
+use crate::drivers::hypervisor::SimHypervisor;
+use crate::drivers::lvm::SimLvm;
+
+/// The simulated drivers of `node` in `dir`, with the DRBD simulator run in this process
+/// through the real DRBD driver (no `omsim` process per command): in-process test clusters.
+/// `vgs` sizes the simulated volume groups; `sync_ms` is the initial resync's length.
+pub fn in_process_drivers(dir: &Path, node: &str, vgs: &BTreeMap<String, u64>, sync_ms: u64) -> Drivers {
+    Drivers {
+        lvm: Arc::new(SimLvm::open(dir, node, vgs).expect("the simulated LVM's state")),
+        drbd: Arc::new(DrbdCommands {
+            runner: drbd::SimRunner {
+                dir: dir.into(),
+                sync_ms,
+            },
+            drbdadm: vec!["omsim".into(), "drbdadm".into()],
+            drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
+            config_dir: dir.join(node).join("drbd.d"),
+            node: node.into(),
+            validator: None,
+            env: vec![],
+        }),
+        hypervisor: Arc::new(SimHypervisor::new(dir, node)),
+    }
+}

@@ -76,22 +76,7 @@ async fn start_with(
         .unwrap();
     });
     if let Some(sim) = sim {
-        let drivers = omraft::applier::run::Drivers {
-            lvm: std::sync::Arc::new(omraft::drivers::lvm::SimLvm::open(sim, name, &settings_vgs()).unwrap()),
-            drbd: std::sync::Arc::new(omraft::drivers::drbd::commands::DrbdCommands {
-                runner: omraft::sim::drbd::SimRunner {
-                    dir: sim.into(),
-                    sync_ms: 500,
-                },
-                drbdadm: vec!["omsim".into(), "drbdadm".into()],
-                drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
-                config_dir: sim.join(name).join("drbd.d"),
-                node: name.into(),
-                validator: None,
-                env: vec![],
-            }),
-            hypervisor: std::sync::Arc::new(omraft::drivers::hypervisor::SimHypervisor::new(sim, name)),
-        };
+        let drivers = omraft::sim::in_process_drivers(sim, name, &settings_vgs(), 500);
         tokio::spawn(omraft::applier::run::run(node.clone(), drivers));
     }
     TestNode {

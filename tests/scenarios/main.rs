@@ -30,6 +30,20 @@ fn live(w: &mut World, via: &str, to: &str) -> Response {
     w.op(via, Command::LiveSwitch { path: path(), to }).unwrap()
 }
 
+/// `switch --abort` through node `via`: the switch in progress, from its committed phase.
+fn abort(w: &mut World, via: &str) -> Option<Result<Response, String>> {
+    let m = w.committed().services[world::SVC].migration.clone()?;
+    let cmd = Command::MigrationPhase {
+        path: path(),
+        id: m.id,
+        from: m.phase,
+        to: Phase::Abort,
+        error: Some("aborted by the operator".into()),
+        fenced: None,
+    };
+    Some(w.op(via, cmd))
+}
+
 fn on(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -281,8 +295,8 @@ fn s21_killing_the_leader_which_is_the_source_of_a_switch_ends_with_the_guest_on
     w.run_for(S(1));
     switch(&mut w, "n1", "n2");
     w.kill_daemon("n1");
-    // n1 never stopped its guest: its watchdog resets it; the new leader records it fenced once
-    // its lease ran out, and n2 promotes without seeing it.
+    // n1 never stopped its guest: its watchdog resets it, and once its lease ran out the new
+    // leader fails the service over to n2 (the switch ends there).
     settles_on(&mut w, "n2", S(20));
 }
 
@@ -332,19 +346,7 @@ fn s25_a_target_hung_in_dual_primary_the_operator_aborts_and_the_guest_stays() {
     w.hang("n2");
     w.run_for(S(3));
     assert_eq!(w.phase(), Some(Phase::DualPrimary));
-    let m = w.committed().services[world::SVC].migration.clone().unwrap();
-    w.op(
-        "n1",
-        Command::MigrationPhase {
-            path: path(),
-            id: m.id,
-            from: m.phase,
-            to: Phase::Abort,
-            error: Some("aborted by the operator".into()),
-            fenced: None,
-        },
-    )
-    .unwrap();
+    assert_eq!(abort(&mut w, "n1"), Some(Ok(Response::Done)));
     settles_on(&mut w, "n1", S(10));
     assert!(w.last_migration_error().unwrap().contains("operator"));
     w.resume("n2");
@@ -569,17 +571,7 @@ fn random_schedule(seed: u64) {
                 );
             }
             10 => {
-                if let Some(m) = w.committed().services[world::SVC].migration.clone() {
-                    let abort = Command::MigrationPhase {
-                        path: path(),
-                        id: m.id,
-                        from: m.phase,
-                        to: Phase::Abort,
-                        error: Some("aborted by the operator".into()),
-                        fenced: None,
-                    };
-                    let _ = w.op(n, abort);
-                }
+                let _ = abort(&mut w, n);
             }
             11 => {
                 let frozen = rng.below(2) == 0;
@@ -657,17 +649,8 @@ fn s35_a_switch_aborted_before_the_source_stopped_keeps_the_guest_running_there(
     let before = boots(&w, "n1");
     switch(&mut w, "n2", "n2");
     w.hang("n1");
-    let m = w.committed().services[world::SVC].migration.clone().unwrap();
-    assert_eq!(m.phase, Phase::Stopping);
-    let abort = Command::MigrationPhase {
-        path: path(),
-        id: m.id,
-        from: m.phase,
-        to: Phase::Abort,
-        error: Some("aborted by the operator".into()),
-        fenced: None,
-    };
-    assert_eq!(w.op("n2", abort).unwrap(), Response::Done);
+    assert_eq!(w.phase(), Some(Phase::Stopping));
+    assert_eq!(abort(&mut w, "n2"), Some(Ok(Response::Done)));
     w.resume("n1");
     settles_on(&mut w, "n1", S(5));
     assert_eq!(boots(&w, "n1"), before, "never stopped");

@@ -22,15 +22,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omraft::applier::desired::desired;
 use omraft::applier::run::{pass, Drivers, Retry};
 use omraft::config::ini::Ini;
-use omraft::drivers::drbd::commands::DrbdCommands;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
-use omraft::drivers::lvm::SimLvm;
 use omraft::lease::{Grant, Lease, LeaseConfig};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};
@@ -119,23 +116,7 @@ pub struct World {
 }
 
 fn drivers(sim: &Path, name: &str) -> Drivers {
-    let vgs = [("data".to_string(), 10u64 << 30)].into();
-    Drivers {
-        lvm: Arc::new(SimLvm::open(sim, name, &vgs).unwrap()),
-        drbd: Arc::new(DrbdCommands {
-            runner: omraft::sim::drbd::SimRunner {
-                dir: sim.into(),
-                sync_ms: 0,
-            },
-            drbdadm: vec!["omsim".into(), "drbdadm".into()],
-            drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
-            config_dir: sim.join(name).join("drbd.d"),
-            node: name.into(),
-            validator: None,
-            env: vec![],
-        }),
-        hypervisor: Arc::new(SimHypervisor::new(sim, name)),
-    }
+    omraft::sim::in_process_drivers(sim, name, &[("data".to_string(), 10u64 << 30)].into(), 0)
 }
 
 pub fn domain_xml() -> String {
