@@ -55,6 +55,18 @@ fn omctl() -> Result<&'static str, &'static str> {
     r.as_deref().map_err(|e| e.as_str())
 }
 
+/// Where a live migration to node `name` at `host` goes: `migration.libvirt_uri` and
+/// `migration.uri` from the cluster configuration, `{host}` replaced.
+fn migration_target(state: &ClusterState, name: &str, host: &str) -> MigrationTarget {
+    let get = |k: &str| crate::model::catalog::get(&state.config, k).ok().flatten();
+    let fill = |t: String| t.replace("{host}", host);
+    MigrationTarget {
+        node: name.to_string(),
+        libvirt_uri: fill(get("migration.libvirt_uri").unwrap_or_else(|| "qemu+tcp://{host}/system".into())),
+        migration_uri: get("migration.uri").map(fill),
+    }
+}
+
 /// The host part of a node's `HOST:PORT` cluster address, which DRBD uses too.
 fn host(addr: &str) -> &str {
     addr.rsplit_once(':')
@@ -105,11 +117,7 @@ pub fn desired(
                     phase: m.phase,
                     dual: m.dual,
                     source,
-                    peer: MigrationTarget {
-                        node: peer.name.clone(),
-                        libvirt_uri: format!("qemu+tcp://{}/system", host(&peer.addr)),
-                        migration_uri: None,
-                    },
+                    peer: migration_target(state, &peer.name, host(&peer.addr)),
                 })
             }),
     };
@@ -212,6 +220,28 @@ mod tests {
         let word = omctl().unwrap();
         assert_eq!(word, render::shell_word(beside.to_str().unwrap()).unwrap());
         assert!(word.trim_start_matches('\'').starts_with('/'), "absolute: {word}");
+    }
+
+    #[test]
+    fn migration_targets_come_from_the_cluster_config() {
+        let mut s = ClusterState::default();
+        let t = migration_target(&s, "n2", "10.0.0.2");
+        assert_eq!(
+            (t.libvirt_uri.as_str(), t.migration_uri),
+            ("qemu+tcp://10.0.0.2/system", None)
+        );
+        let kv = |k: &str, v: &str| (crate::model::ConfigKey::parse(k).unwrap().0, v.to_string());
+        let r = s.apply(&crate::model::Command::UpdateConfig {
+            set: vec![
+                kv("migration.libvirt_uri", "qemu+ssh://root@{host}/system"),
+                kv("migration.uri", "tcp://{host}:49152"),
+            ],
+            unset: vec![],
+        });
+        assert_eq!(r, crate::model::Response::Done);
+        let t = migration_target(&s, "n2", "10.0.0.2");
+        assert_eq!(t.libvirt_uri, "qemu+ssh://root@10.0.0.2/system");
+        assert_eq!(t.migration_uri.as_deref(), Some("tcp://10.0.0.2:49152"));
     }
 
     #[test]

@@ -154,6 +154,18 @@ pub enum ClusterCmd {
         #[arg(long)]
         node: String,
     },
+    /// ssh between the nodes.
+    #[command(subcommand)]
+    Ssh(SshCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SshCmd {
+    /// Make every node trust every node over ssh: each keeps a key pair (omraft, omraft.pub in
+    /// omd's --ssh-dir, /root/.ssh by default) and lists every node's public key in its
+    /// authorized_keys (in lines marked omraft@NODE; other lines are kept). Sets
+    /// cluster.ssh_trust=true; the nodes do the rest within seconds, and new nodes too.
+    Trust,
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +365,21 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             };
             let reply = c.join(req).await?.into_inner();
             out.joined(&reply);
+            Ok(())
+        }
+        Command::Cluster(ClusterCmd::Ssh(SshCmd::Trust)) => {
+            let mut c = connect(cli).await?;
+            let reply = c
+                .config_update(pb::ConfigUpdateRequest {
+                    set: vec![pb::KeyValue {
+                        key: "cluster.ssh_trust".into(),
+                        value: "true".into(),
+                    }],
+                    unset: vec![],
+                })
+                .await?
+                .into_inner();
+            out.committed(reply.log_index);
             Ok(())
         }
         Command::Cluster(ClusterCmd::Remove { node }) => {

@@ -887,6 +887,68 @@ fn report_watchdog(node: &Arc<Node>, me: NodeId) {
     });
 }
 
+/// Keeps ssh trust (`cluster.ssh_trust`) in `dir`: this node's key pair made and its public
+/// key published, and `authorized_keys` listing every node's key. Checked every 2 seconds.
+pub async fn keep_ssh_trust(weak: std::sync::Weak<Node>, dir: PathBuf) {
+    let mut last_error = String::new();
+    loop {
+        let Some(node) = Node::alive(&weak) else { return };
+        let m = node.member();
+        let (trust, keys, mine) = m.sm.read(|d| {
+            let trust = crate::model::catalog::get(&d.state.config, "cluster.ssh_trust")
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == "true");
+            let mut keyed: Vec<(String, String)> = d
+                .state
+                .nodes
+                .values()
+                .filter_map(|n| Some((n.name.clone(), n.ssh_key.clone()?)))
+                .collect();
+            keyed.sort();
+            let keys: Vec<String> = keyed.into_iter().map(|(_, k)| k).collect();
+            (trust, keys, d.state.nodes.get(&m.id).and_then(|n| n.ssh_key.clone()))
+        });
+        if trust {
+            let (d, name, listed) = (dir.clone(), node.settings.name.clone(), keys.len());
+            let done = tokio::task::spawn_blocking(move || -> Result<(String, bool), String> {
+                let runner = crate::drivers::run::SystemRunner {
+                    timeout: Duration::from_secs(10),
+                };
+                let key = crate::drivers::ssh::ensure_key(&runner, &d, &name).map_err(|e| e.to_string())?;
+                let wrote = crate::drivers::ssh::write_authorized_keys(&d, &keys)
+                    .map_err(|e| format!("writing {}/authorized_keys: {e}", d.display()))?;
+                Ok((key, wrote))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match done {
+                Ok((key, wrote)) => {
+                    last_error.clear();
+                    if wrote {
+                        tracing::info!("ssh trust: authorized_keys lists {listed} node keys");
+                    }
+                    if mine.as_ref() != Some(&key) {
+                        let cmd = Command::ReportSshKey { node_id: m.id, key };
+                        match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
+                            Ok(Ok(_)) => tracing::info!("ssh trust: public key published"),
+                            Ok(Err(e)) => tracing::warn!("ssh trust: publishing the key: {}", e.message()),
+                            Err(_) => tracing::warn!("ssh trust: publishing the key: not committed within 2 s"),
+                        }
+                    }
+                }
+                Err(e) if e != last_error => {
+                    tracing::warn!("ssh trust: {e}");
+                    last_error = e;
+                }
+                Err(_) => {}
+            }
+        }
+        drop((node, m));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// Keeps this node's volume group report in the state current: at start, after a join, when
 /// the volume groups change, and whenever the state lost it (a node re-admitted under a new id).
 /// `read` gives the volume groups and their sizes (LVM's `vgs`, or what `--report-vg` declares).

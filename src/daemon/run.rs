@@ -69,6 +69,10 @@ pub struct Args {
     /// With --drivers sim: the simulated watchdog's timeout, shorter than the lease duration.
     #[arg(long, default_value_t = 1500)]
     pub watchdog_timeout_ms: u64,
+    /// Where ssh trust (`omctl cluster ssh trust`) keeps this node's key pair (omraft,
+    /// omraft.pub) and the authorized_keys listing every node's key.
+    #[arg(long, env = "OMD_SSH_DIR", default_value = "/root/.ssh")]
+    pub ssh_dir: PathBuf,
     /// With --drivers real: the watchdog device, armed while this node holds a started service
     /// or takes part in a live switch.
     ///
@@ -258,6 +262,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     crate::applier::desired::set_handler_socket(&sock);
+    tokio::spawn(super::keep_ssh_trust(
+        std::sync::Arc::downgrade(&node),
+        args.ssh_dir.clone(),
+    ));
     tokio::spawn(crate::applier::run::run(node.clone(), drivers));
     tokio::spawn(crate::orchestrator::run(node.clone()));
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");

@@ -7,4 +7,5 @@ pub mod hypervisor;
 pub mod libvirt;
 pub mod lvm;
 pub mod run;
+pub mod ssh;
 pub mod watchdog;

@@ -30,7 +30,7 @@ impl fmt::Display for ConfigKey {
 pub enum ConfigError {
     #[error("{0:?} is not a keyword: expected SECTION.KEYWORD, e.g. cluster.name")]
     Malformed(String),
-    #[error("unknown section {0:?} (known: cluster, lease, pool#NAME)")]
+    #[error("unknown section {0:?} (known: cluster, lease, migration, pool#NAME)")]
     UnknownSection(String),
     #[error("unknown keyword {0}; see the keywords of section {1:?}: {2}")]
     UnknownKeyword(ConfigKey, String, String),
@@ -93,6 +93,30 @@ pub const CATALOG: &[Keyword] = &[
         doc: "The cluster name, used in DRBD resource names (NAME.NAMESPACE.vol.CLUSTER).",
     },
     Keyword {
+        section: "cluster",
+        name: "ssh_trust",
+        kind: Kind::Bool,
+        required: false,
+        default: Some("false"),
+        doc: "Every node keeps an ssh key pair (omraft, in omd's --ssh-dir) and trusts every node's public key in its authorized_keys (`omctl cluster ssh trust` sets it).",
+    },
+    Keyword {
+        section: "migration",
+        name: "libvirt_uri",
+        kind: Kind::Text,
+        required: false,
+        default: Some("qemu+tcp://{host}/system"),
+        doc: "The libvirt URI a live migration's source connects to; {host} is the target node's address (e.g. qemu+ssh://root@{host}/system?keyfile=/root/.ssh/omraft with ssh trust).",
+    },
+    Keyword {
+        section: "migration",
+        name: "uri",
+        kind: Kind::Text,
+        required: false,
+        default: None,
+        doc: "Where QEMU sends the memory, e.g. tcp://{host}:49152 ({host}: the target node's address); unset, libvirt picks.",
+    },
+    Keyword {
         section: "pool",
         name: "type",
         kind: Kind::Choice(&["drbd", "lvm"]),
@@ -125,6 +149,9 @@ fn section_kind(section: &str) -> Result<&'static str, ConfigError> {
     }
     if section == "lease" {
         return Ok("lease");
+    }
+    if section == "migration" {
+        return Ok("migration");
     }
     if let Some(name) = section.strip_prefix("pool#") {
         check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;

@@ -34,9 +34,13 @@ pub struct NodeInfo {
     pub addr: String,
     /// A witness votes but never hosts services.
     pub witness: bool,
-    /// The node has a watchdog armed: the leader may move its services once its lease ran out.
+    /// The node runs with a watchdog, armed whenever it holds anything: the leader may move
+    /// its services once its lease ran out.
     #[serde(default)]
     pub watchdog: bool,
+    /// Its ssh public key (`cluster.ssh_trust`): every node trusts every node's key.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
 }
 
 /// Cluster configuration: `section -> keyword -> value`, as validated against the catalog.
@@ -156,6 +160,8 @@ pub enum Command {
     /// The leader saw the lease of `node_id`, a node of the service that does not hold it, run
     /// out: the holder may promote without seeing it (it fenced itself).
     Fence { path: ObjectPath, node_id: NodeId },
+    /// A node's ssh public key, for `cluster.ssh_trust`.
+    ReportSshKey { node_id: NodeId, key: String },
     /// A node armed (or disarmed) its watchdog.
     ReportWatchdog { node_id: NodeId, armed: bool },
     /// Freeze (or thaw) a service: the orchestrator takes no automatic action on it.
@@ -210,6 +216,7 @@ impl fmt::Display for Command {
                 write!(f, "switch {id} of {path}: {from} -> {to}")
             }
             Command::ReportWatchdog { node_id, armed } => write!(f, "node {node_id} watchdog armed: {armed}"),
+            Command::ReportSshKey { node_id, .. } => write!(f, "node {node_id} reports its ssh key"),
             Command::Failover { path, from, to } => write!(f, "failover {path} from node {from} to node {to}"),
             Command::FreezeService { path, frozen } => write!(f, "{} {path}", if *frozen { "freeze" } else { "thaw" }),
             Command::FreezeNode { node_id, frozen } => {
@@ -267,6 +274,8 @@ pub enum Rejection {
     BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
+    #[error("ssh key of node id {0}: {1}")]
+    BadSshKey(NodeId, String),
     #[error("{0}: a switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
     Migrating(String, Phase),
     #[error("{0} is not started anywhere: a live switch moves a running guest (use switch)")]
@@ -360,6 +369,12 @@ impl ClusterState {
                 Ok(())
             }
             Command::MigrationPhase { path, id, from, to, .. } => self.check_migration_phase(path, *id, *from, *to),
+            Command::ReportSshKey { node_id, key } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(Rejection::UnknownNode(*node_id));
+                }
+                valid_ssh_key(key).map_err(|e| Rejection::BadSshKey(*node_id, e))
+            }
             Command::ReportWatchdog { node_id, .. } => {
                 if self.nodes.contains_key(node_id) {
                     Ok(())
@@ -448,6 +463,7 @@ impl ClusterState {
                         addr: addr.clone(),
                         witness: false,
                         watchdog: false,
+                        ssh_key: None,
                     },
                 );
                 self.next_node_id = self.next_node_id.max(node_id + 1);
@@ -463,6 +479,7 @@ impl ClusterState {
                         addr: addr.clone(),
                         witness: *witness,
                         watchdog: false,
+                        ssh_key: None,
                     },
                 );
                 Response::NodeAdded(id)
@@ -569,6 +586,12 @@ impl ClusterState {
                 self.begin_switch(path, *to, false);
                 Response::Done
             }
+            Command::ReportSshKey { node_id, key } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    n.ssh_key = Some(key.clone());
+                }
+                Response::Done
+            }
             Command::ReportWatchdog { node_id, armed } => {
                 if let Some(n) = self.nodes.get_mut(node_id) {
                     n.watchdog = *armed;
@@ -645,6 +668,26 @@ impl ClusterState {
     /// The id of the node called `name`.
     pub fn node_id(&self, name: &str) -> Option<NodeId> {
         self.nodes.iter().find(|(_, n)| n.name == name).map(|(id, _)| *id)
+    }
+}
+
+/// A public key as the cluster accepts it: one line `ssh-ed25519 BASE64 omraft@NODE`.
+pub fn valid_ssh_key(key: &str) -> Result<(), String> {
+    let fields: Vec<&str> = key.split(' ').collect();
+    let ok = key.len() <= 1024
+        && fields.len() == 3
+        && fields[0] == "ssh-ed25519"
+        && fields[1]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+        && fields[2].starts_with("omraft@");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not one line `ssh-ed25519 BASE64 omraft@NODE`",
+            key.chars().take(80).collect::<String>()
+        ))
     }
 }
 

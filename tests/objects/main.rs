@@ -498,3 +498,40 @@ fn drbd_handler_help_explains_the_exit_codes() {
         assert!(help.contains(part), "{part:?} not in:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ssh_trust_gives_every_node_every_nodes_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three(tmp.path()).await;
+    // The admin's own key on n1 stays.
+    let ssh1 = nodes[0].dir.join("ssh");
+    std::fs::create_dir_all(&ssh1).unwrap();
+    std::fs::write(ssh1.join("authorized_keys"), "ssh-rsa AAAAB3Nza admin@laptop\n").unwrap();
+    let out = ok(&nodes[1].server(), &["cluster", "ssh", "trust"]);
+    assert!(out.starts_with("committed"), "{out}");
+    let keys = |n: &Omd| std::fs::read_to_string(n.dir.join("ssh/authorized_keys")).unwrap_or_default();
+    support::eventually(30, "every node's key on every node", || {
+        let all = nodes.iter().all(|n| {
+            let k = keys(n);
+            ["n1", "n2", "n3"].iter().all(|m| k.contains(&format!(" omraft@{m}\n")))
+        });
+        async move { all.then_some(()) }
+    })
+    .await;
+    assert!(keys(&nodes[0]).starts_with("ssh-rsa AAAAB3Nza admin@laptop\n"));
+    for n in &nodes {
+        let public = std::fs::read_to_string(n.dir.join("ssh/omraft.pub")).unwrap();
+        let body = public.split_whitespace().nth(1).unwrap();
+        for m in &nodes {
+            assert!(keys(m).contains(body), "{}'s key missing on {}", n.name, m.name);
+        }
+    }
+    assert_eq!(
+        ok(
+            &nodes[0].server(),
+            &["cluster", "config", "get", "--kw", "cluster.ssh_trust"]
+        )
+        .trim(),
+        "true"
+    );
+}

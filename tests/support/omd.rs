@@ -55,6 +55,9 @@ impl Omd {
             ])
             .args(["--election-timeout-ms", "600", "--data-dir"])
             .arg(&self.dir)
+            // Never the machine's own /root/.ssh.
+            .arg("--ssh-dir")
+            .arg(self.dir.join("ssh"))
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
