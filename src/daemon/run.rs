@@ -88,6 +88,10 @@ pub struct Args {
     /// The libvirt connection of the real hypervisor driver.
     #[arg(long, default_value = "qemu:///system")]
     pub libvirt_uri: String,
+    /// With --drivers sim: run the guests with the real libvirt (at --libvirt-uri) beside the
+    /// simulated DRBD and LVM (the real-host test bed, where the DRBD module cannot load).
+    #[arg(long, requires = "sim_dir")]
+    pub real_libvirt: bool,
 }
 
 /// Which drivers a node uses.
@@ -134,7 +138,11 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
             let omsim = omsim.display().to_string();
             let vgs = args.report_vg.iter().cloned().collect();
             Drivers {
-                hypervisor: std::sync::Arc::new(crate::drivers::hypervisor::SimHypervisor::new(&dir, node)),
+                hypervisor: if args.real_libvirt {
+                    std::sync::Arc::new(crate::drivers::libvirt::Libvirt::new(&args.libvirt_uri))
+                } else {
+                    std::sync::Arc::new(crate::drivers::hypervisor::SimHypervisor::new(&dir, node))
+                },
                 lvm: std::sync::Arc::new(SimLvm::open(&dir, node, &vgs)?),
                 drbd: std::sync::Arc::new(DrbdCommands {
                     runner: runner(),
