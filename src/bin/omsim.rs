@@ -98,15 +98,50 @@ fn watchdog(args: &[String]) -> i32 {
             let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
             let _ = SimHypervisor::new(&dir, node).power_off();
             let line = format!("watchdog reset {node} (not petted for {} ms)\n", age.as_millis());
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("watchdog.log"))
-            {
-                let _ = f.write_all(line.as_bytes());
+            log(&dir, &line);
+            // On the test bed a node is a network namespace: the reset takes every process in
+            // it down (its libvirtd and real guests too), as a reboot would.
+            if std::env::var("OMRAFT_SIM_RESET").as_deref() == Ok("netns") {
+                if let Err(e) = kill_own_netns() {
+                    log(&dir, &format!("watchdog reset {node}: {e}\n"));
+                }
             }
             return 0;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Appends `line` to `SIM_DIR/watchdog.log`.
+fn log(dir: &std::path::Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("watchdog.log"))
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// SIGKILLs every other process in this process's network namespace; refused in the
+/// machine's own (pid 1's) namespace.
+fn kill_own_netns() -> Result<(), String> {
+    let ns =
+        |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let mine = ns("self").map_err(|e| format!("reading my network namespace: {e}"))?;
+    if ns("1").ok() == Some(mine) {
+        return Err("refusing to reset the machine's own network namespace".into());
+    }
+    let me = std::process::id().to_string();
+    let entries = std::fs::read_dir("/proc").map_err(|e| e.to_string())?;
+    let pids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|p| p.chars().all(|c| c.is_ascii_digit()) && *p != me)
+        .filter(|p| ns(p).ok() == Some(mine))
+        .collect();
+    if !pids.is_empty() {
+        let _ = std::process::Command::new("kill").arg("-KILL").args(&pids).status();
+    }
+    Ok(())
 }

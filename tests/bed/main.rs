@@ -95,6 +95,8 @@ impl Bed {
             .arg(host)
             .args(&args)
             .env("OMRAFT_SIM_SYNC_MS", "1000")
+            // A watchdog reset takes the whole host down, guests included.
+            .env("OMRAFT_SIM_RESET", "netns")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -124,15 +126,35 @@ impl Bed {
     }
 
     fn virsh(&self, host: &str, args: &[&str]) -> String {
-        let mut all = vec!["virsh", "-c", "qemu:///system"];
-        all.extend_from_slice(args);
-        String::from_utf8_lossy(&self.run(host, &all).stdout).into_owned()
+        virsh(&self.dir, host, args)
     }
 
     fn running(&self, host: &str) -> bool {
-        self.virsh(host, &["list", "--name"])
-            .lines()
-            .any(|l| l.trim() == "kvm1")
+        running(&self.dir, host)
+    }
+
+    /// Pulls the plug on `host`: every process in it killed (omd, libvirtd, the guest), its
+    /// simulated DRBD down.
+    fn power_off(&self, host: &str) {
+        let ns = format!("omtb-{host}");
+        let pids = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+        let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert!(!pids.is_empty(), "nothing runs in {ns}");
+        assert!(Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .status()
+            .unwrap()
+            .success());
+        let off = Command::new(env!("CARGO_BIN_EXE_omsim"))
+            .args(["virsh", "--node", host, "poweroff"])
+            .env("OMRAFT_SIM_DIR", self.dir.join("sim"))
+            .status()
+            .unwrap();
+        assert!(off.success());
     }
 
     /// The guest's console lines on `host`: `(counter, uptime seconds)`.
@@ -162,6 +184,62 @@ impl Bed {
             .join("\n")
     }
 }
+
+fn virsh(dir: &Path, host: &str, args: &[&str]) -> String {
+    let out = Command::new(TESTBED)
+        .arg("virsh")
+        .arg(dir)
+        .arg(host)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("scripts/testbed virsh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether the guest runs on `host`, as its libvirtd says (a dead libvirtd: no).
+fn running(dir: &Path, host: &str) -> bool {
+    virsh(dir, host, &["list", "--name"])
+        .lines()
+        .any(|l| l.trim() == "kvm1")
+}
+
+/// Samples both data hosts' libvirt every 100 ms until stopped; then the moments the guest ran
+/// on both.
+struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<f64>)>,
+}
+
+impl Poller {
+    fn start(dir: &Path) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), dir.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let (t0, mut samples, mut both) = (Instant::now(), 0, vec![]);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if running(&dir, "n1") && running(&dir, "n2") {
+                    both.push(t0.elapsed().as_secs_f64());
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (samples, both)
+        });
+        Poller { stop, thread }
+    }
+
+    /// Stops sampling; fails if the guest ever ran on both hosts.
+    fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (samples, both) = self.thread.join().unwrap();
+        assert!(samples > 10, "the poller sampled only {samples} times");
+        assert!(both.is_empty(), "the guest ran on n1 and n2 at once, at {both:?} s");
+    }
+}
+
+/// One bed at a time on a machine.
+static ONE_BED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Drop for Bed {
     fn drop(&mut self) {
@@ -228,7 +306,54 @@ fn cluster() -> Option<Bed> {
 
 #[test]
 fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
+    let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
     let Some(bed) = cluster() else { return };
+    guest_on_n1(&bed);
+    let ls = |on1: &str, on2: &str| {
+        format!("OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    {on1}\ndemo/svc/kvm1  n2    {on2}\n")
+    };
+    let tree = bed.ok("n1", &["demo/svc/kvm1", "instance", "status", "-r"]);
+    assert!(tree.contains("container#1") && tree.contains("kvm kvm1"), "{tree}");
+
+    // switch --live: the counter goes on on n2, no reboot, no gap of 2 s.
+    let out = bed.ok("n1", &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "120s"]);
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.trim_end().ends_with(" -")),
+        "{out}"
+    );
+    assert_eq!(bed.ok("n1", &["demo/svc/kvm1", "instance", "ls"]), ls("down", "up"));
+    assert!(bed.running("n2") && !bed.running("n1"));
+    until(10, "console lines on n2", &bed, || bed.console("n2").len() >= 3);
+    let (before, after) = (bed.console("n1"), bed.console("n2"));
+    let (last, first) = (before.last().unwrap(), after.first().unwrap());
+    assert_eq!(first.0, last.0 + 1, "the counter continues: {last:?} then {first:?}");
+    assert!(first.1 - last.1 < 2.0, "a gap of {} s", first.1 - last.1);
+
+    // switch: stopped on n2, booted again on n1.
+    let seen_on_n1 = bed.console("n1").len();
+    let out = bed.ok("n2", &["demo/svc/kvm1", "switch", "--wait", "--time", "120s"]);
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.trim_end().ends_with(" -")),
+        "{out}"
+    );
+    assert_eq!(bed.ok("n2", &["demo/svc/kvm1", "instance", "ls"]), ls("up", "down"));
+    assert!(bed.running("n1") && !bed.running("n2"));
+    until(60, "the guest booting again on n1", &bed, || {
+        // New lines (libvirt may truncate the console file at the new boot, or append to it).
+        let now = bed.console("n1");
+        let fresh = if now.len() >= seen_on_n1 {
+            &now[seen_on_n1..]
+        } else {
+            &now[..]
+        };
+        fresh.iter().any(|(c, up)| *c <= 3 && *up < 15.0)
+    });
+    let violations = std::fs::read_to_string(bed.dir.join("sim/violations.log")).unwrap_or_default();
+    assert_eq!(violations, "");
+}
+
+/// The tutorial from the cluster name to its guest running on n1, reported up there.
+fn guest_on_n1(bed: &Bed) {
     // The tutorial, from the cluster name to the guest (the pool with the built-in template).
     bed.ok("n1", &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
     bed.ok(
@@ -246,7 +371,7 @@ fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
         ],
     );
     bed.ok("n1", &["cluster", "ssh", "trust"]);
-    until(30, "the volume group reports", &bed, || {
+    until(30, "the volume group reports", bed, || {
         bed.omctl(
             "n1",
             &[
@@ -287,51 +412,95 @@ fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
             "container#1.stop_timeout=3s",
         ],
     );
-    until(60, "the guest's first console lines on n1", &bed, || {
+    until(60, "the guest's first console lines on n1", bed, || {
         bed.console("n1").len() >= 3
     });
     let ls = |on1: &str, on2: &str| {
         format!("OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    {on1}\ndemo/svc/kvm1  n2    {on2}\n")
     };
-    until(30, "instance ls: up on n1", &bed, || {
+    until(30, "instance ls: up on n1", bed, || {
         bed.ok("n2", &["demo/svc/kvm1", "instance", "ls"]) == ls("up", "down")
     });
-    let tree = bed.ok("n1", &["demo/svc/kvm1", "instance", "status", "-r"]);
-    assert!(tree.contains("container#1") && tree.contains("kvm kvm1"), "{tree}");
+}
 
-    // switch --live: the counter goes on on n2, no reboot, no gap of 2 s.
-    let out = bed.ok("n1", &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "120s"]);
-    assert!(
-        out.lines().nth(1).is_some_and(|l| l.trim_end().ends_with(" -")),
-        "{out}"
-    );
-    assert_eq!(bed.ok("n1", &["demo/svc/kvm1", "instance", "ls"]), ls("down", "up"));
-    assert!(bed.running("n2") && !bed.running("n1"));
-    until(10, "console lines on n2", &bed, || bed.console("n2").len() >= 3);
-    let (before, after) = (bed.console("n1"), bed.console("n2"));
-    let (last, first) = (before.last().unwrap(), after.first().unwrap());
-    assert_eq!(first.0, last.0 + 1, "the counter continues: {last:?} then {first:?}");
-    assert!(first.1 - last.1 < 2.0, "a gap of {} s", first.1 - last.1);
-
-    // switch: stopped on n2, booted again on n1.
-    let seen_on_n1 = bed.console("n1").len();
-    let out = bed.ok("n2", &["demo/svc/kvm1", "switch", "--wait", "--time", "120s"]);
-    assert!(
-        out.lines().nth(1).is_some_and(|l| l.trim_end().ends_with(" -")),
-        "{out}"
-    );
-    assert_eq!(bed.ok("n2", &["demo/svc/kvm1", "instance", "ls"]), ls("up", "down"));
-    assert!(bed.running("n1") && !bed.running("n2"));
-    until(60, "the guest booting again on n1", &bed, || {
-        // New lines (libvirt may truncate the console file at the new boot, or append to it).
-        let now = bed.console("n1");
-        let fresh = if now.len() >= seen_on_n1 {
-            &now[seen_on_n1..]
-        } else {
-            &now[..]
-        };
-        fresh.iter().any(|(c, up)| *c <= 3 && *up < 15.0)
+/// A fault on the bed with the service's guest on n1: the guest must end up running on
+/// `expect` only, and never on both hosts meanwhile.
+fn fault(what: &str, expect: &str, act: impl FnOnce(&Bed), after: impl FnOnce(&Bed)) {
+    let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = cluster() else { return };
+    guest_on_n1(&bed);
+    let poller = Poller::start(&bed.dir);
+    act(&bed);
+    let other = if expect == "n1" { "n2" } else { "n1" };
+    if expect == "n1" {
+        std::thread::sleep(Duration::from_secs(15));
+    }
+    until(90, &format!("{what}: the guest on {expect} only"), &bed, || {
+        bed.running(expect) && !bed.running(other)
     });
+    until(60, &format!("{what}: the guest's console on {expect}"), &bed, || {
+        !bed.console(expect).is_empty()
+    });
+    poller.finish();
     let violations = std::fs::read_to_string(bed.dir.join("sim/violations.log")).unwrap_or_default();
     assert_eq!(violations, "");
+    after(&bed);
+}
+
+/// Whether the simulated watchdog reset `host`.
+fn reset_by_watchdog(bed: &Bed, host: &str) -> bool {
+    std::fs::read_to_string(bed.dir.join("sim/watchdog.log"))
+        .unwrap_or_default()
+        .contains(&format!("watchdog reset {host} "))
+}
+
+#[test]
+fn power_loss_of_the_active_host_boots_the_guest_on_the_other() {
+    fault("power loss of n1", "n2", |bed| bed.power_off("n1"), |_| {});
+}
+
+#[test]
+fn a_network_cut_of_the_active_host_fences_it_before_the_other_starts_the_guest() {
+    fault(
+        "n1's network cut",
+        "n2",
+        |bed| {
+            std::fs::write(bed.dir.join("sim/netcut-n1"), "").unwrap();
+            let out = bed.run("n1", &["ip", "link", "set", "eth0", "down"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        },
+        // Its lease ran out: it destroyed its guest, then its watchdog reset it.
+        |bed| assert!(reset_by_watchdog(bed, "n1")),
+    );
+}
+
+#[test]
+fn a_hung_daemon_on_the_active_host_is_reset_by_its_watchdog() {
+    fault(
+        "n1's omd hung",
+        "n2",
+        |bed| {
+            let pid = bed.omd[0].id().to_string();
+            assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        },
+        |bed| {
+            assert!(
+                reset_by_watchdog(bed, "n1"),
+                "the hung node was not reset by its watchdog"
+            )
+        },
+    );
+}
+
+#[test]
+fn losing_the_witness_moves_nothing() {
+    fault(
+        "the witness lost",
+        "n1",
+        |bed| bed.power_off("w"),
+        |bed| {
+            assert!(!reset_by_watchdog(bed, "n1") && !reset_by_watchdog(bed, "n2"));
+            assert_eq!(bed.console("n2"), vec![], "the guest never ran on n2");
+        },
+    );
 }
