@@ -35,9 +35,9 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use harness::{client, round, status_text, within, Cluster, Daemon};
+use harness::{client, epoch_secs, round, stamps, stats, status_text, within, Cluster, Daemon, Stats};
 use omraft::pb;
 
 const DEFAULT_TRIALS: usize = 10;
@@ -338,44 +338,11 @@ async fn set_up(cluster: &mut Cluster, sim: &Sim, p: &Profile) -> Result<(), Str
 // ---------------------------------------------------------------------------------------------
 // The daemons' logs
 
-/// Seconds since the epoch of an RFC3339 UTC timestamp (`2025-01-02T03:04:05.123456Z`).
-fn parse_rfc3339_utc(ts: &str) -> Option<f64> {
-    let ts = ts.strip_suffix('Z')?;
-    let (date, time) = ts.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.splitn(3, ':');
-    let (h, min) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
-}
-
-fn epoch_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// A daemon's log from `offset` on (what it wrote during this trial).
 fn log_from(path: &Path, offset: u64) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
     let start = (offset as usize).min(bytes.len());
     String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-/// Timestamps (epoch seconds) of the lines containing `pattern`, at or after `after`.
-fn stamps(text: &str, pattern: &str, after: f64) -> Vec<f64> {
-    text.lines()
-        .filter(|l| l.contains(pattern))
-        .filter_map(|l| parse_rfc3339_utc(l.split_whitespace().next()?))
-        .filter(|t| *t >= after)
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,34 +553,6 @@ async fn bench(cluster: &mut Cluster, sim: &Sim, trials: usize, p: &Profile) -> 
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-#[derive(Clone, Copy, serde::Serialize)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-    n: usize,
-}
-
-fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<Stats> {
-    let mut v: Vec<f64> = values.flatten().collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let k = v.len();
-    let median = if k % 2 == 1 {
-        v[k / 2]
-    } else {
-        (v[k / 2 - 1] + v[k / 2]) / 2.0
-    };
-    Some(Stats {
-        median,
-        min: v[0],
-        max: v[k - 1],
-        n: k,
-    })
-}
 
 type Column = (&'static str, fn(&Trial) -> Option<f64>);
 

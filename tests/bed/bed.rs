@@ -1,0 +1,389 @@
+//! The real-host test bed's harness, shared by `tests/bed` and `bench/bed.rs`: the bed
+//! (`scripts/testbed`), real `omd` in its hosts, `omctl` and `virsh` inside them, the guest's
+//! console, a split-brain poller, and the tutorial up to the guest running on n1.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testbed");
+pub const GUEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testbed-guest");
+pub const HOSTS: [(&str, &str); 3] = [("n1", "10.77.0.11"), ("n2", "10.77.0.12"), ("w", "10.77.0.13")];
+
+/// A bed that is up, with the `omd` it started; torn down on drop.
+pub struct Bed {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub omd: Vec<Child>,
+}
+
+impl Bed {
+    /// Builds the bed, or says why this machine cannot.
+    pub fn up() -> Result<Bed, String> {
+        let tmp = tempfile::Builder::new().prefix("omtb-").tempdir().unwrap();
+        let dir = tmp.path().join("bed");
+        let out = Command::new(TESTBED)
+            .arg("up")
+            .arg(&dir)
+            .output()
+            .expect("run scripts/testbed");
+        match out.status.code() {
+            Some(0) => Ok(Bed {
+                dir,
+                _tmp: tmp,
+                omd: vec![],
+            }),
+            Some(77) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            _ => {
+                let _ = Command::new(TESTBED).arg("down").arg(&dir).status();
+                panic!("scripts/testbed up failed:\n{}", String::from_utf8_lossy(&out.stderr))
+            }
+        }
+    }
+
+    /// Runs `args` inside `host`.
+    pub fn run(&self, host: &str, args: &[&str]) -> Output {
+        Command::new(TESTBED)
+            .arg("run")
+            .arg(&self.dir)
+            .arg(host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("scripts/testbed run")
+    }
+
+    pub fn data_dir(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("omd-{host}"))
+    }
+
+    /// Starts `omd` in `host`: the real libvirt of that host, the simulators in DIR/sim.
+    pub fn start_omd(&mut self, host: &str, addr: &str) {
+        let data = self.data_dir(host);
+        std::fs::create_dir_all(&data).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("omd-{host}.log"))).unwrap();
+        let sim = self.dir.join("sim");
+        let listen = format!("{addr}:1215");
+        let mut args: Vec<String> = [
+            env!("CARGO_BIN_EXE_omd"),
+            "--node-name",
+            host,
+            "--listen",
+            &listen,
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(data.display().to_string());
+        args.extend(["--ssh-dir".into(), data.join("ssh").display().to_string()]);
+        args.extend(["--drivers", "sim", "--sim-dir"].map(String::from));
+        args.push(sim.display().to_string());
+        if host != "w" {
+            args.extend(["--real-libvirt", "--report-vg", "data=5G"].map(String::from));
+        }
+        let child = Command::new(TESTBED)
+            .arg("run")
+            .arg(&self.dir)
+            .arg(host)
+            .args(&args)
+            .env("OMRAFT_SIM_SYNC_MS", "1000")
+            // A watchdog reset takes the whole host down, guests included.
+            .env("OMRAFT_SIM_RESET", "netns")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start omd in the bed");
+        self.omd.push(child);
+    }
+
+    /// omctl inside `host`, against that host's daemon.
+    pub fn omctl(&self, host: &str, args: &[&str]) -> Output {
+        let server = format!("unix:{}", self.data_dir(host).join("omd.sock").display());
+        let mut all = vec![env!("CARGO_BIN_EXE_omctl"), "--server", &server];
+        all.extend_from_slice(args);
+        self.run(host, &all)
+    }
+
+    /// omctl that must succeed; its stdout.
+    pub fn ok(&self, host: &str, args: &[&str]) -> String {
+        let out = self.omctl(host, args);
+        assert!(
+            out.status.success(),
+            "omctl {args:?} on {host}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn virsh(&self, host: &str, args: &[&str]) -> String {
+        virsh(&self.dir, host, args)
+    }
+
+    pub fn running(&self, host: &str) -> bool {
+        running(&self.dir, host)
+    }
+
+    /// Pulls the plug on `host`: every process in it killed (omd, libvirtd, the guest), its
+    /// simulated DRBD down.
+    pub fn power_off(&self, host: &str) {
+        let ns = format!("omtb-{host}");
+        let pids = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+        let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert!(!pids.is_empty(), "nothing runs in {ns}");
+        assert!(Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .status()
+            .unwrap()
+            .success());
+        let off = Command::new(env!("CARGO_BIN_EXE_omsim"))
+            .args(["virsh", "--node", host, "poweroff"])
+            .env("OMRAFT_SIM_DIR", self.dir.join("sim"))
+            .status()
+            .unwrap();
+        assert!(off.success());
+    }
+
+    /// The guest's console lines on `host`: `(counter, uptime seconds)`.
+    pub fn console(&self, host: &str) -> Vec<(u64, f64)> {
+        let log = std::fs::read_to_string(self.dir.join(host).join("log/qemu/kvm1.console.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| {
+                let field = |k: &str| l.split_whitespace().find_map(|f| f.strip_prefix(k));
+                Some((field("counter=")?.parse().ok()?, field("uptime=")?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The omd logs' tails and the bed's status, for a failure's message.
+    pub fn logs(&self) -> String {
+        HOSTS
+            .iter()
+            .map(|(h, _)| {
+                let log = std::fs::read_to_string(self.dir.join(format!("omd-{h}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                format!(
+                    "---- omd {h} ----\n{}",
+                    lines[lines.len().saturating_sub(25)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+pub fn virsh(dir: &Path, host: &str, args: &[&str]) -> String {
+    let out = Command::new(TESTBED)
+        .arg("virsh")
+        .arg(dir)
+        .arg(host)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("scripts/testbed virsh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether the guest runs on `host`, as its libvirtd says (a dead libvirtd: no).
+pub fn running(dir: &Path, host: &str) -> bool {
+    virsh(dir, host, &["list", "--name"])
+        .lines()
+        .any(|l| l.trim() == "kvm1")
+}
+
+/// Samples both data hosts' libvirt every 100 ms until stopped; then the moments the guest ran
+/// on both.
+pub struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<f64>)>,
+}
+
+impl Poller {
+    pub fn start(dir: &Path) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), dir.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let (t0, mut samples, mut both) = (Instant::now(), 0, vec![]);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if running(&dir, "n1") && running(&dir, "n2") {
+                    both.push(t0.elapsed().as_secs_f64());
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (samples, both)
+        });
+        Poller { stop, thread }
+    }
+
+    /// Stops sampling; fails if the guest ever ran on both hosts.
+    pub fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (samples, both) = self.thread.join().unwrap();
+        assert!(samples > 10, "the poller sampled only {samples} times");
+        assert!(both.is_empty(), "the guest ran on n1 and n2 at once, at {both:?} s");
+    }
+}
+
+/// One bed at a time on a machine.
+pub static ONE_BED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for c in &mut self.omd {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(TESTBED).arg("down").arg(&self.dir).status();
+    }
+}
+
+/// Polls `f` every 200 ms for at most `secs` seconds.
+pub fn until(secs: u64, what: &str, bed: &Bed, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s: {what}\n{}",
+            bed.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The guest's domain XML (kernel and initramfs cached between runs). Its disk stands for the
+/// service's DRBD device: a loop device over a file in the bed, a block device both hosts see
+/// (as DRBD's is on both sides of a dual-primary live migration), so libvirt's shared-storage
+/// check passes without `--unsafe`. (The guest's kernel has no virtio-blk module loaded: only
+/// libvirt and QEMU use the disk.)
+pub fn guest_xml(dir: &Path) -> PathBuf {
+    let image = dir.join("kvm1-disk.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let out = Command::new(TESTBED).arg("loop").arg(dir).arg(&image).output().unwrap();
+    assert!(
+        out.status.success(),
+        "testbed loop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let disk = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("testbed-guest");
+    let out = Command::new(GUEST)
+        .arg("xml")
+        .arg(&cache)
+        .arg("kvm1")
+        .args(["--disk", &disk])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "testbed-guest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let xml = dir.join("kvm1.xml");
+    std::fs::write(&xml, &out.stdout).unwrap();
+    xml
+}
+
+/// The bed with a formed cluster (n1 founder, n2 joined, w a witness), or why not.
+pub fn cluster() -> Option<Bed> {
+    let mut bed = match Bed::up() {
+        Ok(bed) => bed,
+        Err(why) => {
+            eprintln!("SKIPPED (the test bed cannot be built here): {why}");
+            return None;
+        }
+    };
+    for (host, addr) in HOSTS {
+        bed.start_omd(host, addr);
+    }
+    until(30, "the daemons answering", &bed, || {
+        HOSTS.iter().all(|(h, _)| bed.omctl(h, &["mon"]).status.success())
+    });
+    let token = bed.ok("n1", &["daemon", "auth", "--role", "join"]);
+    for (host, witness) in [("n2", false), ("w", true)] {
+        let mut args = vec!["cluster", "join", "--node", "10.77.0.11:1215", "--token", token.trim()];
+        if witness {
+            args.push("--witness");
+        }
+        bed.ok(host, &args);
+    }
+    Some(bed)
+}
+
+/// The tutorial from the cluster name to its guest running on n1, reported up there.
+pub fn guest_on_n1(bed: &Bed) {
+    // The tutorial, from the cluster name to the guest (the pool with the built-in template).
+    bed.ok("n1", &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
+    bed.ok(
+        "n1",
+        &[
+            "cluster",
+            "config",
+            "update",
+            "--set",
+            "pool#drbdvm.type=drbd",
+            "--set",
+            "pool#drbdvm.vg=data",
+            "--set",
+            "migration.uri=tcp://{host}:49152",
+        ],
+    );
+    bed.ok("n1", &["cluster", "ssh", "trust"]);
+    until(30, "the volume group reports", bed, || {
+        bed.omctl(
+            "n1",
+            &[
+                "demo/svc/kvm1",
+                "create",
+                "--kw",
+                "nodes={clusternodes}",
+                "--kw",
+                "orchestrate=ha",
+                "--kw",
+                "volume#data.size=1G",
+                "--kw",
+                "volume#data.shared=true",
+                "--kw",
+                "volume#data.pool=drbdvm",
+            ],
+        )
+        .status
+        .success()
+    });
+    bed.ok("n1", &["demo/svc/kvm1", "provision", "--wait", "--time", "120s"]);
+    // The guest, created on n1 as the tutorial's virt-install --import would.
+    let xml = guest_xml(&bed.dir);
+    let define = bed.virsh("n1", &["define", xml.to_str().unwrap()]);
+    assert!(define.contains("defined"), "{define}");
+    assert!(bed.virsh("n1", &["start", "kvm1"]).contains("started"));
+    bed.ok(
+        "n1",
+        &[
+            "demo/svc/kvm1",
+            "config",
+            "update",
+            "--set",
+            "container#1.type=kvm",
+            "--set",
+            "container#1.name=kvm1",
+            "--set",
+            "container#1.stop_timeout=3s",
+        ],
+    );
+    until(60, "the guest's first console lines on n1", bed, || {
+        bed.console("n1").len() >= 3
+    });
+    let ls = |on1: &str, on2: &str| {
+        format!("OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    {on1}\ndemo/svc/kvm1  n2    {on2}\n")
+    };
+    until(30, "instance ls: up on n1", bed, || {
+        bed.ok("n2", &["demo/svc/kvm1", "instance", "ls"]) == ls("up", "down")
+    });
+}
