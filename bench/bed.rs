@@ -68,7 +68,7 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
     let Some(bed) = cluster() else {
         return Err("the bed cannot be built here".into());
     };
-    guest_on_n1(&bed);
+    guest_on_n1(&bed, None);
     let mut out = Vec::new();
     for n in 0..trials {
         let (from, to) = if n % 2 == 0 { ("n1", "n2") } else { ("n2", "n1") };
@@ -117,7 +117,7 @@ fn failover() -> Result<Failover, String> {
     let Some(bed) = cluster() else {
         return Err("the bed cannot be built here".into());
     };
-    guest_on_n1(&bed);
+    guest_on_n1(&bed, None);
     let t0 = SystemTime::now();
     let start = Instant::now();
     bed.power_off("n1");

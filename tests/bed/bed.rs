@@ -317,8 +317,10 @@ pub fn cluster() -> Option<Bed> {
     Some(bed)
 }
 
-/// The tutorial from the cluster name to its guest running on n1, reported up there.
-pub fn guest_on_n1(bed: &Bed) {
+/// The tutorial from the cluster name to its guest running on n1, reported up there. With a
+/// `template`, the pool's DRBD resource files come from it, stored as the tutorial does (key
+/// `live-migration` of the config map `system/cfg/drbd`); else from the built-in template.
+pub fn guest_on_n1(bed: &Bed, template: Option<&str>) {
     // The tutorial, from the cluster name to the guest (the pool with the built-in template).
     bed.ok("n1", &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
     bed.ok(
@@ -335,6 +337,34 @@ pub fn guest_on_n1(bed: &Bed) {
             "migration.uri=tcp://{host}:49152",
         ],
     );
+    if let Some(text) = template {
+        let file = bed.dir.join("live-migration");
+        std::fs::write(&file, text).unwrap();
+        bed.ok("n1", &["system/cfg/drbd", "create"]);
+        let from = file.display().to_string();
+        bed.ok(
+            "n1",
+            &[
+                "system/cfg/drbd",
+                "key",
+                "add",
+                "--name",
+                "live-migration",
+                "--from",
+                &from,
+            ],
+        );
+        bed.ok(
+            "n1",
+            &[
+                "cluster",
+                "config",
+                "update",
+                "--set",
+                "pool#drbdvm.template=live-migration",
+            ],
+        );
+    }
     bed.ok("n1", &["cluster", "ssh", "trust"]);
     until(30, "the volume group reports", bed, || {
         bed.omctl(

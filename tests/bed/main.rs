@@ -10,6 +10,8 @@
 //! Everything the bed made is torn down when a test ends, failed or not.
 
 mod bed;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,7 +22,13 @@ use bed::*;
 fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
     let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
     let Some(bed) = cluster() else { return };
-    guest_on_n1(&bed);
+    guest_on_n1(&bed, Some(support::TUTORIAL_TEMPLATE));
+    // The resource files come from the tutorial's template (no fencing handlers there).
+    let res = std::fs::read_to_string(bed.dir.join("sim/n1/drbd.d/kvm1.demo.vol.drbd4kvm.res")).unwrap();
+    assert!(
+        res.contains("allow-two-primaries yes;") && !res.contains("fence-peer"),
+        "{res}"
+    );
     let ls = |on1: &str, on2: &str| {
         format!("OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    {on1}\ndemo/svc/kvm1  n2    {on2}\n")
     };
@@ -72,7 +80,7 @@ fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
 fn fault(what: &str, expect: &str, act: impl FnOnce(&Bed), after: impl FnOnce(&Bed)) {
     let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
     let Some(bed) = cluster() else { return };
-    guest_on_n1(&bed);
+    guest_on_n1(&bed, None);
     let poller = Poller::start(&bed.dir);
     act(&bed);
     let other = if expect == "n1" { "n2" } else { "n1" };

@@ -12,25 +12,6 @@ use std::time::{Duration, Instant};
 use support::omd::*;
 use support::*;
 
-const TEMPLATE: &str = "resource {{.Name}} {
-    {{range $node := .Nodes}}
-    on {{$node.Name}} {
-        device    {{$node.Device}};
-        disk      {{$node.Disk}};
-        meta-disk internal;
-        address   {{$node.Addr}};
-        node-id   {{$node.NodeId}};
-    }
-    {{end}}
-    connection-mesh {
-        hosts{{range $node := .Nodes}} {{$node.Name}}{{end}};
-    }
-    net {
-\tallow-two-primaries yes;
-    }
-}
-";
-
 /// The leader's last log index, as `mon` reports it.
 fn last_log_index(server: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&ok(server, &["mon", "-o", "json"])).unwrap();
@@ -48,7 +29,7 @@ async fn tutorial_object_steps_on_three_nodes() {
 
     // The DRBD template config map.
     let file = tmp.path().join("live-migration");
-    std::fs::write(&file, TEMPLATE).unwrap();
+    std::fs::write(&file, support::TUTORIAL_TEMPLATE).unwrap();
     assert_eq!(ok(&n1, &["system/cfg/drbd", "create"]), "");
     let f = file.to_str().unwrap();
     assert_eq!(
@@ -61,7 +42,7 @@ async fn tutorial_object_steps_on_three_nodes() {
     assert_eq!(ok(&n2, &["system/cfg/drbd", "key", "list"]), "live-migration\n");
     assert_eq!(
         ok(&n2, &["system/cfg/drbd", "key", "decode", "--name", "live-migration"]),
-        TEMPLATE
+        support::TUTORIAL_TEMPLATE
     );
 
     // The pool.

@@ -114,3 +114,23 @@ pub async fn wait_leader(c: &Client, voters: usize) -> String {
     })
     .await
 }
+
+/// The tutorial's `live-migration` DRBD template, as its `key add` stores it.
+pub const TUTORIAL_TEMPLATE: &str = "resource {{.Name}} {
+    {{range $node := .Nodes}}
+    on {{$node.Name}} {
+        device    {{$node.Device}};
+        disk      {{$node.Disk}};
+        meta-disk internal;
+        address   {{$node.Addr}};
+        node-id   {{$node.NodeId}};
+    }
+    {{end}}
+    connection-mesh {
+        hosts{{range $node := .Nodes}} {{$node.Name}}{{end}};
+    }
+    net {
+\tallow-two-primaries yes;
+    }
+}
+";
