@@ -258,21 +258,28 @@ pub fn until(secs: u64, what: &str, bed: &Bed, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The guest's domain XML (kernel and initramfs cached between runs). Its disk stands for the
-/// service's DRBD device: a loop device over a file in the bed, a block device both hosts see
-/// (as DRBD's is on both sides of a dual-primary live migration), so libvirt's shared-storage
-/// check passes without `--unsafe`. (The guest's kernel has no virtio-blk module loaded: only
-/// libvirt and QEMU use the disk.)
-pub fn guest_xml(dir: &Path) -> PathBuf {
+/// The guest's domain XML (kernel and initramfs cached between runs). Its disk is the
+/// service's DRBD device path (`device`, from `instance device list`), which the bed makes a
+/// symlink to a loop device over a file: a block device both hosts see, as DRBD's is on both
+/// sides of a dual-primary live migration, so libvirt's shared-storage check passes without
+/// `--unsafe`. (The guest's kernel has no virtio-blk module loaded: only libvirt and QEMU use
+/// the disk.)
+pub fn guest_xml(dir: &Path, device: &str) -> PathBuf {
     let image = dir.join("kvm1-disk.img");
     std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
-    let out = Command::new(TESTBED).arg("loop").arg(dir).arg(&image).output().unwrap();
+    let out = Command::new(TESTBED)
+        .arg("loop")
+        .arg(dir)
+        .arg(&image)
+        .arg(device)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "testbed loop: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let disk = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let disk = device.to_string();
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("testbed-guest");
     let out = Command::new(GUEST)
         .arg("xml")
@@ -389,7 +396,14 @@ pub fn guest_on_n1(bed: &Bed, template: Option<&str>) {
     });
     bed.ok("n1", &["demo/svc/kvm1", "provision", "--wait", "--time", "120s"]);
     // The guest, created on n1 as the tutorial's virt-install --import would.
-    let xml = guest_xml(&bed.dir);
+    // Its disk: the service's DRBD device, as `instance device list` shows it.
+    let devices = bed.ok("n1", &["demo/svc/kvm1", "instance", "device", "list"]);
+    let device = devices
+        .split_whitespace()
+        .find(|w| w.starts_with("/dev/drbd"))
+        .unwrap_or_else(|| panic!("no DRBD device in {devices}"))
+        .to_string();
+    let xml = guest_xml(&bed.dir, &device);
     let define = bed.virsh("n1", &["define", xml.to_str().unwrap()]);
     assert!(define.contains("defined"), "{define}");
     assert!(bed.virsh("n1", &["start", "kvm1"]).contains("started"));

@@ -45,7 +45,7 @@ fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
     assert!(bed.running("n2") && !bed.running("n1"));
     // Its disk, a block device both hosts see, went along (no --unsafe migration).
     let disks = bed.virsh("n2", &["domblklist", "kvm1"]);
-    assert!(disks.contains("/dev/loop"), "{disks}");
+    assert!(disks.contains("/dev/drbd0"), "{disks}");
     until(10, "console lines on n2", &bed, || bed.console("n2").len() >= 3);
     let (before, after) = (bed.console("n1"), bed.console("n2"));
     let (last, first) = (before.last().unwrap(), after.first().unwrap());
