@@ -325,6 +325,7 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
         let mut messages = Vec::new();
         let lv = observed.lvs.contains(&(v.vg.clone(), v.lv.clone()));
         let mut avail = if lv { Avail::Down } else { Avail::NotApplicable };
+        let mut peers = BTreeMap::new();
         provisioned &= lv;
         if let Some(d) = &v.drbd {
             match observed.drbd.get(&d.resource) {
@@ -335,6 +336,17 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
                         avail = Avail::Up;
                     }
                     for c in &st.connections {
+                        let peer_disk = c
+                            .peer_devices
+                            .iter()
+                            .map(|p| p.peer_disk_state.as_str())
+                            .find(|d| *d != "UpToDate")
+                            .unwrap_or(if c.peer_devices.is_empty() {
+                                "DUnknown"
+                            } else {
+                                "UpToDate"
+                            });
+                        peers.insert(c.name.clone(), format!("{}/{peer_disk}", c.connection_state));
                         for p in &c.peer_devices {
                             if let Some(done) = p.percent_resync_done {
                                 messages.push(format!("resync to {} {done:.2}% done", c.name));
@@ -360,6 +372,7 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
             avail,
             label,
             messages,
+            peers,
         });
     }
     for c in &desired.containers {
@@ -384,6 +397,7 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
             avail,
             label: format!("kvm {}", c.domain),
             messages,
+            peers: BTreeMap::new(),
         });
     }
     // Resources left out of the plan (a resource file that cannot be rendered) still show,
@@ -399,6 +413,7 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
             avail: Avail::Down,
             label: String::new(),
             messages: vec![e.clone()],
+            peers: BTreeMap::new(),
         });
     }
     let ups = resources.iter().filter(|r| r.avail == Avail::Up).count();

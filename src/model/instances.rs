@@ -147,6 +147,10 @@ pub struct ResourceReport {
     /// Warnings and errors, e.g. a resync in progress or a failed command.
     #[serde(default)]
     pub messages: Vec<String>,
+    /// For a DRBD volume: each peer node's connection and disk, as this node sees them
+    /// (`n2` -> `Connected/UpToDate`).
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
 }
 
 /// A node's view of one instance, sent when it changes.
@@ -243,11 +247,25 @@ impl ClusterState {
         }
     }
 
+    /// A live switch needs a started service and, as its holder last reported, the target's
+    /// DRBD Connected and UpToDate (the Prepare phase checks it again, live).
     pub(super) fn check_live_switch(&self, path: &ObjectPath, to: NodeId) -> Result<(), Rejection> {
         self.check_switch(path, to)?;
-        let s = &self.services[&path.to_string()];
-        if !s.started || s.placement.is_none() {
-            return Err(Rejection::NotRunning(path.to_string()));
+        let key = path.to_string();
+        let s = &self.services[&key];
+        let Some(from) = s.placement.filter(|_| s.started) else {
+            return Err(Rejection::NotRunning(key));
+        };
+        let target = self.nodes.get(&to).map(|n| n.name.clone()).unwrap_or_default();
+        let report = self.reports.get(&key).and_then(|r| r.get(&from));
+        for r in report.map(|r| r.resources.as_slice()).unwrap_or_default() {
+            if r.peers.is_empty() {
+                continue;
+            }
+            let seen = r.peers.get(&target).map_or("not a peer", String::as_str);
+            if seen != "Connected/UpToDate" {
+                return Err(Rejection::TargetNotReady(key, target, r.rid.clone(), seen.to_string()));
+            }
         }
         Ok(())
     }

@@ -278,6 +278,8 @@ pub enum Rejection {
     BadSshKey(NodeId, String),
     #[error("{0}: a switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
     Migrating(String, Phase),
+    #[error("{0}: {1}'s DRBD for {2} is {3} as the holder last saw it: a live switch needs it Connected/UpToDate")]
+    TargetNotReady(String, String, String, String),
     #[error("{0} is not started anywhere: a live switch moves a running guest (use switch)")]
     NotRunning(String),
     #[error("{0}: switch {1} is not in phase {2} (or {2} -> {3} is not a step): stale or out of order")]

@@ -433,3 +433,39 @@ fn a_switch_stops_then_starts_and_aborts_only_before_the_hand_over() {
         (Some(1), true, true)
     );
 }
+
+#[test]
+fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_behind() {
+    let mut s = cluster();
+    let report = |peer: &str| InstanceReport {
+        avail: Avail::Up,
+        warn: false,
+        provisioned: true,
+        resources: vec![ResourceReport {
+            rid: "volume#data".into(),
+            avail: Avail::Up,
+            label: "kvm1".into(),
+            messages: vec![],
+            peers: [("n2".to_string(), peer.to_string())].into(),
+        }],
+    };
+    for bad in ["Connecting/DUnknown", "Connected/Outdated"] {
+        s.apply(&Command::ReportInstance {
+            path: path(),
+            node_id: 1,
+            report: report(bad),
+        });
+        let r = s.apply(&Command::LiveSwitch { path: path(), to: 2 });
+        assert!(
+            matches!(&r, Response::Refused(m) if m.contains("n2's DRBD for volume#data is") && m.contains(bad)),
+            "{r:?}"
+        );
+        assert!(s.services["demo/svc/kvm1"].migration.is_none());
+    }
+    s.apply(&Command::ReportInstance {
+        path: path(),
+        node_id: 1,
+        report: report("Connected/UpToDate"),
+    });
+    assert_eq!(s.apply(&Command::LiveSwitch { path: path(), to: 2 }), Response::Done);
+}
