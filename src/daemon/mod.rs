@@ -785,7 +785,7 @@ fn pet_watchdog(node: &Arc<Node>, me: NodeId) {
         }
     };
     let hosting =
-        node.member().sm.read(|d| hosting(&d.state, me)) || node.holding.load(std::sync::atomic::Ordering::SeqCst);
+        node.member().sm.read(|d| d.state.hosts(me)) || node.holding.load(std::sync::atomic::Ordering::SeqCst);
     let armed = node.watchdog_armed.load(std::sync::atomic::Ordering::SeqCst);
     match decide(hosting, armed, node.lease_remaining(), margin) {
         Action::Wait => {}
@@ -796,16 +796,6 @@ fn pet_watchdog(node: &Arc<Node>, me: NodeId) {
             Watchdog::Device { path, sysfs, .. } => pet_device_watchdog(node, path, sysfs),
         },
     }
-}
-
-/// Whether this node must keep a watchdog armed: it holds a started service (as Proxmox arms
-/// it only with HA resources: an idle node must not be reset by a slow election), or takes
-/// part in a live switch (the target runs the guest as soon as it migrated).
-fn hosting(state: &ClusterState, me: NodeId) -> bool {
-    state.services.values().any(|s| {
-        (s.provisioned && s.started && s.placement == Some(me))
-            || s.migration.as_ref().is_some_and(|m| m.from == me || m.to == me)
-    })
 }
 
 /// This node holds nothing: disarms its watchdog (but see `DeviceSlot::idle` for nowayout).
@@ -1004,8 +994,8 @@ mod tests {
             ..ServiceState::default()
         };
         state.services.insert("demo/svc/a".into(), started.clone());
-        assert!(hosting(&state, 1));
-        assert!(!hosting(&state, 2), "another node's service");
+        assert!(state.hosts(1));
+        assert!(!state.hosts(2), "another node's service");
         for idle in [
             ServiceState {
                 started: false,
@@ -1017,7 +1007,7 @@ mod tests {
             },
         ] {
             state.services.insert("demo/svc/a".into(), idle);
-            assert!(!hosting(&state, 1));
+            assert!(!state.hosts(1));
         }
         let switching = ServiceState {
             migration: Some(Migration {
@@ -1031,8 +1021,8 @@ mod tests {
             ..started
         };
         state.services.insert("demo/svc/a".into(), switching);
-        assert!(hosting(&state, 1) && hosting(&state, 2));
-        assert!(!hosting(&state, 3), "not a participant");
+        assert!(state.hosts(1) && state.hosts(2));
+        assert!(!state.hosts(3), "not a participant");
     }
 
     /// A regular file standing in for /dev/watchdog, and its fake sysfs directory.

@@ -25,7 +25,7 @@ const PET: &[u8] = b"1";
 pub enum Action {
     /// Stop it without a reset: this node holds nothing a hung daemon could leave running.
     Disarm,
-    /// Start it, with a first pet (then report it armed to the cluster).
+    /// Start it, with a first pet.
     Arm,
     /// Pet it: the lease outlasts the margin.
     Pet,
@@ -34,8 +34,8 @@ pub enum Action {
     Wait,
 }
 
-/// The watchdog rule. A node arms its watchdog while `hosting` (it holds a started service or
-/// takes part in a live switch), and pets it only while its lease has more than `margin` to
+/// The watchdog rule. A node arms its watchdog while `hosting` (`ClusterState::hosts`, or its
+/// applier sees a guest running or a DRBD resource Primary there), and pets it only while its lease has more than `margin` to
 /// run, so a node whose daemon stops petting is reset before its lease ends and the leader
 /// moves its services. `margin` is the simulator's timeout, or `device_margin` of the device's.
 pub fn decide(hosting: bool, armed: bool, lease_remaining: Option<Duration>, margin: Duration) -> Action {

@@ -239,6 +239,17 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Whether node `me` must keep a watchdog armed by what the log says: it holds a started
+    /// service (as Proxmox arms it only with HA resources: an idle node must not be reset by a
+    /// slow election), or takes part in a switch (a live switch's target runs the guest as soon
+    /// as it migrated).
+    pub fn hosts(&self, me: NodeId) -> bool {
+        self.services.values().any(|s| {
+            (s.provisioned && s.started && s.placement == Some(me))
+                || s.migration.as_ref().is_some_and(|m| m.from == me || m.to == me)
+        })
+    }
+
     /// Refuses while a switch is in progress: it must finish or be aborted first.
     pub(super) fn check_no_migration(&self, path: &ObjectPath) -> Result<(), Rejection> {
         match self.services.get(&path.to_string()).and_then(|s| s.migration.as_ref()) {

@@ -28,6 +28,7 @@ use omraft::applier::desired::desired;
 use omraft::applier::run::{pass, Drivers, Retry};
 use omraft::config::ini::Ini;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
+use omraft::drivers::watchdog;
 use omraft::lease::{Grant, Lease, LeaseConfig};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};
@@ -404,24 +405,29 @@ impl World {
         {
             self.nodes.get_mut(&id).unwrap().reported_watchdog = true;
         }
-        // The watchdog: armed while the node holds or should hold anything, petted while the
-        // lease outlasts its timeout.
+        // The daemon's watchdog rule: armed while the node holds or should hold anything,
+        // petted while the (applied) lease outlasts its timeout.
         let n = &self.nodes[&id];
-        let hosting = n.state.services.values().any(|s| {
-            (s.provisioned && s.started && s.placement == Some(id))
-                || s.migration.as_ref().is_some_and(|m| m.from == id || m.to == id)
-        }) || self.holding(&n.name);
-        let remaining = n.lease.remaining(self.now());
+        let hosting = n.state.hosts(id) || self.holding(&n.name);
+        let now = self.now();
+        let remaining = n
+            .lease
+            .remaining(now)
+            .filter(|_| n.lease.is_valid(now, n.applied as u64));
         let name = n.name.clone();
-        if !hosting {
-            if self.nodes.get_mut(&id).unwrap().watchdog.take().is_some() {
+        let t = self.t;
+        let dog = &mut self.nodes.get_mut(&id).unwrap().watchdog;
+        match watchdog::decide(hosting, dog.is_some(), remaining, WATCHDOG_TIMEOUT) {
+            watchdog::Action::Disarm => {
+                *dog = None;
                 self.note(format!("{name}: watchdog disarmed"));
             }
-        } else if remaining.is_some_and(|r| r > WATCHDOG_TIMEOUT) {
-            let first = self.nodes.get_mut(&id).unwrap().watchdog.replace(self.t).is_none();
-            if first {
+            watchdog::Action::Arm => {
+                *dog = Some(t);
                 self.note(format!("{name}: watchdog armed"));
             }
+            watchdog::Action::Pet => *dog = Some(t),
+            watchdog::Action::Wait => {}
         }
     }
 
