@@ -162,12 +162,13 @@ fn row(label: &str, s: Option<Stats>) {
 }
 
 fn main() -> ExitCode {
-    let full = std::env::args().any(|a| a == "--bench");
-    let trials = std::env::var("OMRAFT_BED_TRIALS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| (1..=20).contains(n))
-        .unwrap_or(if full { 5 } else { 1 });
+    let trials = match harness::count_from_env("OMRAFT_BED_TRIALS", "trials", 1..=20, 5, 1) {
+        Ok(n) => n as usize,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let live = match live_switches(trials) {
         Ok(l) => l,
         Err(e) if e.contains("cannot be built") => {

@@ -757,18 +757,18 @@ fn print_json(out: &Outcome, p: &Profile) {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes --bench; `cargo test --benches` does not: then only a smoke run.
-    let full = std::env::args().any(|a| a == "--bench");
-    let trials = match std::env::var("OMRAFT_FAILOVER_TRIALS") {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                eprintln!("OMRAFT_FAILOVER_TRIALS={v:?}: expected a number of trials from 1 to 100");
-                return ExitCode::FAILURE;
-            }
-        },
-        Err(_) if full => DEFAULT_TRIALS,
-        Err(_) => SMOKE_TRIALS,
+    let trials = match harness::count_from_env(
+        "OMRAFT_FAILOVER_TRIALS",
+        "trials",
+        1..=100,
+        DEFAULT_TRIALS as u64,
+        SMOKE_TRIALS as u64,
+    ) {
+        Ok(n) => n as usize,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
     let p = match profile() {
         Ok(p) => p,

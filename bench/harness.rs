@@ -619,3 +619,27 @@ pub fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<Stats> {
         n: k,
     })
 }
+
+/// How many (trials, services...) a bench runs: `var` from the environment, within `range`;
+/// else `full` under `cargo bench` (which passes --bench) and `smoke` without it (`cargo test
+/// --benches`: a smoke run). A bad value is an error naming the variable and what it wants.
+pub fn count_from_env(
+    var: &str,
+    what: &str,
+    range: std::ops::RangeInclusive<u64>,
+    full: u64,
+    smoke: u64,
+) -> Result<u64, String> {
+    match std::env::var(var) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{var}={v:?}: expected a number of {what} from {} to {}",
+                range.start(),
+                range.end()
+            )),
+        },
+        Err(_) if std::env::args().any(|a| a == "--bench") => Ok(full),
+        Err(_) => Ok(smoke),
+    }
+}

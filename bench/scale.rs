@@ -955,19 +955,13 @@ fn print_json(out: &Outcome, a: &After) {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes --bench; `cargo test --benches` does not: then only a short smoke run.
-    let full = std::env::args().any(|a| a == "--bench");
-    let n = match std::env::var("OMRAFT_SCALE_N") {
-        Ok(v) => match v.trim().parse::<u64>() {
-            // DRBD ports are u16 from 7289: at most 58,246 volumes.
-            Ok(n) if (1..=50_000).contains(&n) => n,
-            _ => {
-                eprintln!("OMRAFT_SCALE_N={v:?}: expected a number of services from 1 to 50000");
-                return ExitCode::FAILURE;
-            }
-        },
-        Err(_) if full => DEFAULT_N,
-        Err(_) => SMOKE_N,
+    // DRBD ports are u16 from 7289: at most 58,246 volumes.
+    let n = match harness::count_from_env("OMRAFT_SCALE_N", "services", 1..=50_000, DEFAULT_N, SMOKE_N) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
     let omd = harness::omd_path();
     let omctl_bin: PathBuf = harness::omctl_path();

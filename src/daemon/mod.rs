@@ -1027,14 +1027,7 @@ mod tests {
 
     /// A regular file standing in for /dev/watchdog, and its fake sysfs directory.
     fn fake_device(timeout: &str, nowayout: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = dir.path().join("watchdog");
-        std::fs::write(&dev, "").unwrap();
-        let sysfs = dir.path().join("sys");
-        std::fs::create_dir(&sysfs).unwrap();
-        std::fs::write(sysfs.join("timeout"), timeout).unwrap();
-        std::fs::write(sysfs.join("nowayout"), nowayout).unwrap();
-        (dir, dev, sysfs)
+        crate::drivers::watchdog::tests::fake(timeout, Some(nowayout))
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl DeviceWatchdog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn secs(n: u64) -> Duration {
@@ -294,7 +294,7 @@ mod tests {
     }
 
     /// A regular file standing in for the device, and a fake sysfs directory.
-    fn fake(timeout: &str, nowayout: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    pub(crate) fn fake(timeout: &str, nowayout: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("watchdog");
         std::fs::write(&dev, "").unwrap();

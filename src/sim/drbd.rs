@@ -355,20 +355,22 @@ impl Sim {
         })
     }
 
+    /// Every simulated resource (its state file `SIM_DIR/drbd/RES.json`), sorted.
+    fn resources(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(self.dir.join("drbd"))
+            .map(|d| d.flatten().collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The resource whose device on this node has `minor`, if any.
     pub fn resource_of_minor(&self, minor: u32) -> Result<Option<String>, String> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("drbd")) else {
-            return Ok(None);
-        };
-        for e in entries.flatten() {
-            let Some(res) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-            else {
-                continue;
-            };
+        for res in self.resources() {
             let node = self.node.clone();
             if self.with_state(&res, |s| s.nodes.get(&node).is_some_and(|x| x.up && x.minor == minor))? {
                 return Ok(Some(res));
@@ -379,19 +381,8 @@ impl Sim {
 
     /// Pulls the plug on this node: every resource goes down here, as the kernel's state does.
     pub fn power_off(&self) -> Result<(), String> {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("drbd")) else {
-            return Ok(());
-        };
         let node = self.node.clone();
-        for e in entries.flatten() {
-            let Some(res) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-                .map(str::to_string)
-            else {
-                continue;
-            };
+        for res in self.resources() {
             self.with_state(&res, |s| {
                 if let Some(x) = s.nodes.get_mut(&node) {
                     x.up = false;
@@ -422,15 +413,7 @@ impl Sim {
             );
         }
         let mut out = Vec::new();
-        let entries = std::fs::read_dir(self.dir.join("drbd"))
-            .map(|d| d.flatten().collect::<Vec<_>>())
-            .unwrap_or_default();
-        let mut names: Vec<String> = entries
-            .iter()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
-            .collect();
-        names.sort();
-        for res in names {
+        for res in self.resources() {
             let Ok(Some(v)) = self.with_state(&res, |s| self.status_json(&res, s)) else {
                 continue;
             };

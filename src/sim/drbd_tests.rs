@@ -11,18 +11,7 @@ use crate::drivers::drbd::render::{render, TemplateData, TemplateNode, BUILTIN_T
 const RES: &str = "kvm1.demo.vol.drbd4kvm";
 
 fn driver(dir: &Path, node: &str) -> DrbdCommands<SimRunner> {
-    DrbdCommands {
-        runner: SimRunner {
-            dir: dir.into(),
-            sync_ms: 300,
-        },
-        drbdadm: vec!["omsim".into(), "drbdadm".into()],
-        drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
-        config_dir: dir.join(node).join("drbd.d"),
-        node: node.into(),
-        validator: None,
-        env: vec![],
-    }
+    super::in_process_drbd(dir, node, 300)
 }
 
 fn data() -> TemplateData {

@@ -22,18 +22,23 @@ use crate::drivers::lvm::SimLvm;
 pub fn in_process_drivers(dir: &Path, node: &str, vgs: &BTreeMap<String, u64>, sync_ms: u64) -> Drivers {
     Drivers {
         lvm: Arc::new(SimLvm::open(dir, node, vgs).expect("the simulated LVM's state")),
-        drbd: Arc::new(DrbdCommands {
-            runner: drbd::SimRunner {
-                dir: dir.into(),
-                sync_ms,
-            },
-            drbdadm: vec!["omsim".into(), "drbdadm".into()],
-            drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
-            config_dir: dir.join(node).join("drbd.d"),
-            node: node.into(),
-            validator: None,
-            env: vec![],
-        }),
+        drbd: Arc::new(in_process_drbd(dir, node, sync_ms)),
         hypervisor: Arc::new(SimHypervisor::new(dir, node)),
+    }
+}
+
+/// The real DRBD driver on the DRBD simulator of `node` in `dir`, run in this process.
+pub fn in_process_drbd(dir: &Path, node: &str, sync_ms: u64) -> DrbdCommands<drbd::SimRunner> {
+    DrbdCommands {
+        runner: drbd::SimRunner {
+            dir: dir.into(),
+            sync_ms,
+        },
+        drbdadm: vec!["omsim".into(), "drbdadm".into()],
+        drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
+        config_dir: dir.join(node).join("drbd.d"),
+        node: node.into(),
+        validator: None,
+        env: vec![],
     }
 }
