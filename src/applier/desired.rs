@@ -78,11 +78,13 @@ fn host(addr: &str) -> &str {
 /// The desired state of `path` on node `me`, and per resource why some part of it could not
 /// be worked out (a template that does not render): those resources are left alone.
 /// Without a valid lease (`leased` false) the node holds nothing: it is fenced.
+/// `may_take`: the node may promote and start guests (its watchdog is armed, or it has none).
 pub fn desired(
     state: &ClusterState,
     me: NodeId,
     path: &ObjectPath,
     leased: bool,
+    may_take: bool,
 ) -> (Desired, BTreeMap<String, String>) {
     let key = path.to_string();
     let svc = state.services.get(&key).cloned().unwrap_or_default();
@@ -104,7 +106,7 @@ pub fn desired(
             .collect(),
         volumes: vec![],
         containers: vec![],
-        may_take: true,
+        may_take,
         migration: svc
             .migration
             .as_ref()

@@ -348,8 +348,7 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                     (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains_key(&key)
                 })
                 .map(|p| {
-                    let (mut want, errors) = desired(&d.state, me, &p, leased);
-                    want.may_take = may_take;
+                    let (want, errors) = desired(&d.state, me, &p, leased, may_take);
                     (p, want, errors)
                 })
                 .collect()

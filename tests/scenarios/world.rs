@@ -474,8 +474,7 @@ impl World {
         for p in work {
             let n = self.nodes.get_mut(&id).unwrap();
             let key = p.to_string();
-            let (mut want, errors) = desired(&n.state, id, &p, leased);
-            want.may_take = n.watchdog.is_some();
+            let (want, errors) = desired(&n.state, id, &p, leased, n.watchdog.is_some());
             let retry = n.retries.entry(key.clone()).or_default();
             let done = pass(&n.drivers, &p, &want, errors, retry, now);
             out.extend(done.commands.into_iter().map(|c| (None, c)));
