@@ -126,18 +126,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         "{refused:?}"
     );
     assert!(virsh("n1", &["start", "kvm1"]).status.success());
-    ok(
-        &n1,
-        &[
-            "demo/svc/kvm1",
-            "config",
-            "update",
-            "--set",
-            "container#1.type=kvm",
-            "--set",
-            "container#1.name=kvm1",
-        ],
-    );
+    ok(&n1, &support::KVM1_CONTAINER);
     let tree = support::eventually(20, "the container in the status tree", || {
         let n2 = n2.clone();
         async move {
@@ -428,26 +417,11 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
         "n1 and n2 hold leases, the witness none: {lease}"
     );
     let xml = tmp.path().join("kvm1.xml");
-    std::fs::write(
-        &xml,
-        "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>",
-    )
-    .unwrap();
+    std::fs::write(&xml, support::KVM1_XML).unwrap();
     let virsh = |node: &str, args: &[&str]| String::from_utf8_lossy(&omsim_virsh(&sim, node, args).stdout).into_owned();
     virsh("n1", &["define", xml.to_str().unwrap()]);
     virsh("n1", &["start", "kvm1"]);
-    ok(
-        &n1,
-        &[
-            "demo/svc/kvm1",
-            "config",
-            "update",
-            "--set",
-            "container#1.type=kvm",
-            "--set",
-            "container#1.name=kvm1",
-        ],
-    );
+    ok(&n1, &support::KVM1_CONTAINER);
     let primary_n1 = || {
         let state = std::fs::read_to_string(sim.join("drbd/kvm1.demo.vol.default.json")).unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
@@ -529,25 +503,10 @@ async fn guest_on_n1(tmp: &Path) -> (Vec<Omd>, PathBuf) {
     until_ok(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat()).await;
     ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
     let xml = tmp.join("kvm1.xml");
-    std::fs::write(
-        &xml,
-        "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>",
-    )
-    .unwrap();
+    std::fs::write(&xml, support::KVM1_XML).unwrap();
     omsim_virsh(&sim, "n1", &["define", xml.to_str().unwrap()]);
     omsim_virsh(&sim, "n1", &["start", "kvm1"]);
-    ok(
-        &n1,
-        &[
-            "demo/svc/kvm1",
-            "config",
-            "update",
-            "--set",
-            "container#1.type=kvm",
-            "--set",
-            "container#1.name=kvm1",
-        ],
-    );
+    ok(&n1, &support::KVM1_CONTAINER);
     support::eventually(20, "the captured guest on n1", || async {
         ok(&n2, &["demo/svc/kvm1", "instance", "status", "-r"])
             .contains("container#1")

@@ -509,9 +509,7 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
     // virt-install), then `switch --wait`, `switch --live --wait` and `instance ls`.
     use omraft::drivers::hypervisor::Hypervisor;
     let hv = |n: &str| omraft::drivers::hypervisor::SimHypervisor::new(&sim, n);
-    hv("n1")
-        .define("<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>")
-        .unwrap();
+    hv("n1").define(support::KVM1_XML).unwrap();
     hv("n1").start("kvm1").unwrap();
     let server = format!("unix:{}", nodes[0].dir.join("omd.sock").display());
     let omctl = |args: &'static [&'static str]| {
@@ -526,16 +524,7 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
             (code, out.text())
         }
     };
-    let (code, _) = omctl(&[
-        "demo/svc/kvm1",
-        "config",
-        "update",
-        "--set",
-        "container#1.type=kvm",
-        "--set",
-        "container#1.name=kvm1",
-    ])
-    .await;
+    let (code, _) = omctl(&support::KVM1_CONTAINER).await;
     assert_eq!(code, 0);
     eventually(20, "the guest captured and reported up on n1", || async move {
         let (_, ls) = omctl(&["demo/svc/kvm1", "instance", "ls"]).await;

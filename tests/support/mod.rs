@@ -134,3 +134,18 @@ pub const TUTORIAL_TEMPLATE: &str = "resource {{.Name}} {
     }
 }
 ";
+
+/// The tutorial's guest as the simulated hypervisor runs it: its disk the service's DRBD device.
+pub const KVM1_XML: &str =
+    "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>";
+
+/// `omctl` arguments declaring the guest kvm1 as the service's `container#1`.
+pub const KVM1_CONTAINER: [&str; 7] = [
+    "demo/svc/kvm1",
+    "config",
+    "update",
+    "--set",
+    "container#1.type=kvm",
+    "--set",
+    "container#1.name=kvm1",
+];
