@@ -814,17 +814,7 @@ mod tests {
         ObjectPath::parse("demo/svc/kvm1").unwrap()
     }
 
-    /// Applies `c`, which must be refused without changing anything; returns why.
-    fn refused(s: &mut ClusterState, c: Command) -> String {
-        let before = s.clone();
-        match s.apply(&c) {
-            Response::Refused(why) => {
-                assert_eq!(*s, before, "a refused {c} changed the state");
-                why
-            }
-            r => panic!("{c} was not refused: {r:?}"),
-        }
-    }
+    use super::objects_tests::refused;
 
     #[test]
     fn a_fenced_peer_is_marked_outdated_until_unfenced() {

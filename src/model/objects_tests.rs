@@ -106,7 +106,8 @@ fn svc_with_volume(name: &str, size: &str) -> Command {
     )
 }
 
-fn refused(s: &mut ClusterState, c: Command) -> String {
+/// Applies `c`, which must be refused without changing anything; returns why.
+pub(crate) fn refused(s: &mut ClusterState, c: Command) -> String {
     let before = s.clone();
     match s.apply(&c) {
         Response::Refused(why) => {
