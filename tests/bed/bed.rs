@@ -131,18 +131,26 @@ impl Bed {
     /// simulated DRBD down.
     pub fn power_off(&self, host: &str) {
         let ns = format!("omtb-{host}");
-        let pids = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
-        let pids: Vec<String> = String::from_utf8_lossy(&pids.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        assert!(!pids.is_empty(), "nothing runs in {ns}");
-        assert!(Command::new("kill")
-            .arg("-KILL")
-            .args(&pids)
-            .status()
-            .unwrap()
-            .success());
+        let pids = || {
+            let out = Command::new("ip").args(["netns", "pids", &ns]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert!(!pids().is_empty(), "nothing runs in {ns}");
+        // Until none is left: some (a poller's virsh) come and go meanwhile, so a kill of a pid
+        // that just exited may fail.
+        let t = Instant::now();
+        loop {
+            let left = pids();
+            if left.is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "still running in {ns}: {left:?}");
+            let _ = Command::new("kill").arg("-KILL").args(&left).status();
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let off = Command::new(env!("CARGO_BIN_EXE_omsim"))
             .args(["virsh", "--node", host, "poweroff"])
             .env("OMRAFT_SIM_DIR", self.dir.join("sim"))
