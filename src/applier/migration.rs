@@ -19,6 +19,8 @@
 //! | Finalize    | stops what is left, demotes (plan); disallows two primaries | once the source is Secondary: disallows, commits Done |
 //! | Abort       | once the target is Secondary (at once if the switch never reached DualPrimary): disallows, commits Done; restarts the guest if it is gone (plan) | stops what it has, demotes (plan), disallows |
 
+use std::time::Duration;
+
 use super::plan::{peers_demoted, Desired, Observed};
 use crate::drivers::hypervisor::DomainState;
 use crate::model::Phase;
@@ -35,9 +37,15 @@ pub enum Act {
     Commit(Phase, Option<String>),
 }
 
+/// How long the source of a live switch in `Migrating` waits, once no guest runs on it, for
+/// the target to commit `Finalize` (it does within a pass of seeing the guest) before it
+/// decides the guest runs on neither side and commits `Abort`.
+pub const VANISHED_GRACE: Duration = Duration::from_secs(5);
+
 /// What this node does next for the live switch it takes part in; nothing when it waits for
-/// the other side.
-pub fn next(desired: &Desired, observed: &Observed) -> Vec<Act> {
+/// the other side. `vanished_for`: on the source in `Migrating`, how long no guest has run
+/// here (as this daemon saw it).
+pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duration>) -> Vec<Act> {
     let Some(m) = &desired.migration else { return vec![] };
     let drbd: Vec<_> = desired
         .volumes
@@ -101,9 +109,18 @@ pub fn next(desired: &Desired, observed: &Observed) -> Vec<Act> {
             if desired.containers.is_empty() {
                 vec![Act::Commit(Phase::Finalize, None)]
             } else if running_here(true).is_empty() {
-                // Gone from here: on the target (which commits Finalize when it sees it) or
-                // nowhere; never restarted here in this phase.
-                vec![]
+                // Gone from here: on the target, which commits Finalize as soon as it sees it,
+                // or nowhere (this node was reset during the copy). Never restarted here in
+                // this phase; once the target had ample time, the switch is aborted, and the
+                // guest starts again here only after the target demoted (a guest the target
+                // does have is stopped there first).
+                match vanished_for {
+                    Some(d) if d >= VANISHED_GRACE => abort(format!(
+                        "the guest runs on neither side: gone from this node for {} s and the target did not report it",
+                        d.as_secs()
+                    )),
+                    _ => vec![],
+                }
             } else {
                 vec![Act::Migrate]
             }
@@ -157,6 +174,9 @@ mod tests {
         st.connections[0].peer_role = "Secondary".into();
         let mut o = observed(true, true, Some(st));
         o.domains.insert("kvm1".into(), vm);
+        // Two primaries allowed with n2, as the dual phases want: their tests are about
+        // other things, except where a test clears it.
+        o.two_primaries.insert(RES.into(), ["n2".to_string()].into());
         o
     }
 
@@ -175,21 +195,21 @@ mod tests {
                 Step::Secondary { resource: RES.into() }
             ]
         );
-        assert_eq!(next(&src, &running), vec![]);
+        assert_eq!(next(&src, &running, None), vec![]);
         let demoted = seen("Secondary", "UpToDate", "Connected", DomainState::ShutOff);
-        assert_eq!(next(&src, &demoted), vec![Act::Commit(Phase::Starting, None)]);
+        assert_eq!(next(&src, &demoted, None), vec![Act::Commit(Phase::Starting, None)]);
         let dst = part(Phase::Starting, false);
         let promoted = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
         assert_eq!(plan(&dst, &promoted), vec![Step::StartDomain { name: "kvm1".into() }]);
-        assert_eq!(next(&dst, &promoted), vec![]);
-        assert_eq!(next(&dst, &running), vec![Act::Commit(Phase::Done, None)]);
+        assert_eq!(next(&dst, &promoted, None), vec![]);
+        assert_eq!(next(&dst, &running, None), vec![Act::Commit(Phase::Done, None)]);
     }
 
     #[test]
     fn prepare_goes_on_only_when_the_target_is_connected_and_up_to_date() {
         let ok = seen("Primary", "UpToDate", "Connected", DomainState::Running);
         assert_eq!(
-            next(&part(Phase::Prepare, true), &ok),
+            next(&part(Phase::Prepare, true), &ok, None),
             vec![Act::AllowTwoPrimaries(true), Act::Commit(Phase::DualPrimary, None)]
         );
         for (disk, conn) in [
@@ -200,6 +220,7 @@ mod tests {
             let acts = next(
                 &part(Phase::Prepare, true),
                 &seen("Primary", disk, conn, DomainState::Running),
+                None,
             );
             assert!(
                 matches!(&acts[..], [Act::Commit(Phase::Abort, Some(why))] if why.contains("on n2") && why.contains(conn)),
@@ -208,10 +229,10 @@ mod tests {
         }
         let stopped = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
         assert!(
-            matches!(&next(&part(Phase::Prepare, true), &stopped)[..], [Act::Commit(Phase::Abort, Some(w))] if w.contains("kvm1"))
+            matches!(&next(&part(Phase::Prepare, true), &stopped, None)[..], [Act::Commit(Phase::Abort, Some(w))] if w.contains("kvm1"))
         );
         // The target has nothing to do in Prepare.
-        assert_eq!(next(&part(Phase::Prepare, false), &ok), vec![]);
+        assert_eq!(next(&part(Phase::Prepare, false), &ok, None), vec![]);
     }
 
     #[test]
@@ -219,6 +240,7 @@ mod tests {
         let d = part(Phase::DualPrimary, false);
         let mut secondary = seen("Secondary", "UpToDate", "Connected", DomainState::Absent);
         secondary.drbd.get_mut(RES).unwrap().connections[0].peer_role = "Primary".into();
+        secondary.two_primaries.clear();
         assert_eq!(
             plan(&d, &secondary),
             vec![
@@ -232,28 +254,82 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(next(&d, &secondary), vec![]);
+        assert_eq!(next(&d, &secondary, None), vec![]);
         let primary = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
         assert_eq!(plan(&d, &primary), vec![]);
-        assert_eq!(next(&d, &primary), vec![Act::Commit(Phase::Migrating, None)]);
+        assert_eq!(next(&d, &primary, None), vec![Act::Commit(Phase::Migrating, None)]);
+    }
+
+    #[test]
+    fn the_target_promotes_beside_the_source_only_while_connected_to_it() {
+        let d = part(Phase::Migrating, false);
+        let mut cut = seen("Secondary", "UpToDate", "Connecting", DomainState::Absent);
+        cut.drbd.get_mut(RES).unwrap().connections[0].peer_role = "Unknown".into();
+        assert_eq!(plan(&d, &cut), vec![], "a second Primary across a cut: never");
+        // Not even when the source is recorded gone: it may be Primary on its side.
+        let mut gone = d.clone();
+        gone.gone.insert("n2".into());
+        assert_eq!(plan(&gone, &cut), vec![]);
+    }
+
+    #[test]
+    fn a_rebooted_participant_allows_two_primaries_again_before_anything_else() {
+        for (phase, source) in [
+            (Phase::DualPrimary, true),
+            (Phase::Migrating, true),
+            (Phase::DualPrimary, false),
+            (Phase::Migrating, false),
+        ] {
+            let d = part(phase, source);
+            let mut rebooted = seen("Secondary", "UpToDate", "Connected", DomainState::Absent);
+            rebooted.two_primaries.clear();
+            let steps = plan(&d, &rebooted);
+            assert_eq!(
+                steps.first(),
+                Some(&Step::AllowTwoPrimaries {
+                    resource: RES.into(),
+                    allow: true
+                }),
+                "{phase} source={source}: {steps:?}"
+            );
+        }
+        // Outside the dual phases nothing is allowed by the plan.
+        let mut o = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        o.two_primaries.clear();
+        assert_eq!(plan(&part(Phase::Prepare, true), &o), vec![]);
+    }
+
+    #[test]
+    fn a_guest_on_neither_side_aborts_the_live_switch_after_the_grace() {
+        let src = part(Phase::Migrating, true);
+        let gone = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
+        assert_eq!(next(&src, &gone, Some(Duration::from_secs(1))), vec![]);
+        let acts = next(&src, &gone, Some(VANISHED_GRACE));
+        assert!(
+            matches!(&acts[..], [Act::Commit(Phase::Abort, Some(why))] if why.contains("neither side")),
+            "{acts:?}"
+        );
+        // The target never decides that: it cannot tell a guest still being copied.
+        let dst = part(Phase::Migrating, false);
+        assert_eq!(next(&dst, &gone, Some(VANISHED_GRACE)), vec![]);
     }
 
     #[test]
     fn while_migrating_the_source_never_restarts_the_guest_and_the_target_keeps_it() {
         let src = part(Phase::Migrating, true);
         let here = seen("Primary", "UpToDate", "Connected", DomainState::Running);
-        assert_eq!(next(&src, &here), vec![Act::Migrate]);
+        assert_eq!(next(&src, &here, None), vec![Act::Migrate]);
         let gone = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
         assert_eq!(
             plan(&src, &gone),
             vec![],
             "the source must not start the guest mid-migration"
         );
-        assert_eq!(next(&src, &gone), vec![]);
+        assert_eq!(next(&src, &gone, None), vec![]);
         let dst = part(Phase::Migrating, false);
         assert_eq!(plan(&dst, &here), vec![], "the target must not stop the arriving guest");
-        assert_eq!(next(&dst, &here), vec![Act::Commit(Phase::Finalize, None)]);
-        assert_eq!(next(&dst, &gone), vec![]);
+        assert_eq!(next(&dst, &here, None), vec![Act::Commit(Phase::Finalize, None)]);
+        assert_eq!(next(&dst, &gone, None), vec![]);
     }
 
     #[test]
@@ -263,14 +339,14 @@ mod tests {
         let secondary_peer = seen("Primary", "UpToDate", "Connected", DomainState::Running);
         for (phase, holder_is_source) in [(Phase::Finalize, false), (Phase::Abort, true)] {
             let holder = part(phase, holder_is_source);
-            assert_eq!(next(&holder, &primary_peer), vec![], "{phase}");
+            assert_eq!(next(&holder, &primary_peer, None), vec![], "{phase}");
             assert_eq!(
-                next(&holder, &secondary_peer),
+                next(&holder, &secondary_peer, None),
                 vec![Act::AllowTwoPrimaries(false), Act::Commit(Phase::Done, None)]
             );
             let other = part(phase, !holder_is_source);
             let demoted = seen("Secondary", "UpToDate", "Connected", DomainState::Absent);
-            assert_eq!(next(&other, &demoted), vec![Act::AllowTwoPrimaries(false)]);
+            assert_eq!(next(&other, &demoted, None), vec![Act::AllowTwoPrimaries(false)]);
         }
     }
 

@@ -52,6 +52,17 @@ impl Desired {
             .is_some_and(|m| !m.source && matches!(m.phase, Phase::DualPrimary | Phase::Migrating))
     }
 
+    /// The peer this node's DRBD connection must allow two primaries with now: the other side
+    /// of a live switch in `DualPrimary` or `Migrating`, whichever side this node is. Derived
+    /// from the committed phase at every pass, so a node that rebooted (which resets DRBD's
+    /// running configuration to the resource file's) sets it again.
+    fn two_primaries_with(&self) -> Option<&str> {
+        self.migration
+            .as_ref()
+            .filter(|m| matches!(m.phase, Phase::DualPrimary | Phase::Migrating))
+            .map(|m| m.peer.node.as_str())
+    }
+
     /// The migration source before `Finalize`: the guest is its to move, never to restart.
     fn moving_source(&self) -> bool {
         self.migration
@@ -103,6 +114,9 @@ pub struct Observed {
     pub drbd: BTreeMap<String, ResourceStatus>,
     /// The state of each desired container's domain.
     pub domains: BTreeMap<String, DomainState>,
+    /// Per resource, the peers whose connection allows two primaries now. Read only during a
+    /// live switch (empty otherwise).
+    pub two_primaries: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Observed {
@@ -253,16 +267,35 @@ fn plan_volumes(desired: &Desired, observed: &Observed) -> Vec<Step> {
             };
             let primary = st.role == "Primary";
             let disk = st.devices.first().map(|d| d.disk_state.as_str()).unwrap_or("");
-            if !desired.may_take && !primary {
-                continue;
-            }
-            if desired.dual_target() {
-                // Promote beside the source, which allowed two primaries before this phase.
-                if !primary && disk == "UpToDate" {
+            if let Some(peer) = desired.two_primaries_with() {
+                let allowed = observed
+                    .two_primaries
+                    .get(&d.resource)
+                    .is_some_and(|p| p.contains(peer));
+                if !allowed {
                     steps.push(Step::AllowTwoPrimaries {
                         resource: r(),
                         allow: true,
                     });
+                }
+            }
+            if !desired.may_take && !primary {
+                continue;
+            }
+            if let (true, Some(peer)) = (desired.dual_target(), desired.two_primaries_with()) {
+                // Promote beside the source only while connected to it: DRBD then refuses
+                // unless both sides allow two primaries, and the source sees this node's role.
+                // Across a cut nothing would stop a second Primary, so this node waits. Any
+                // other peer must be seen Secondary (or be gone), as for any promotion.
+                let in_sight = st.connections.iter().all(|c| {
+                    if c.name == peer {
+                        c.connection_state == "Connected"
+                    } else {
+                        (c.connection_state == "Connected" && c.peer_role == "Secondary")
+                            || (c.connection_state != "Connected" && desired.gone.contains(&c.name))
+                    }
+                }) && st.connections.iter().any(|c| c.name == peer);
+                if !primary && disk == "UpToDate" && in_sight {
                     steps.push(Step::Primary {
                         resource: r(),
                         force: false,
@@ -496,6 +529,7 @@ pub(super) mod tests {
             },
             drbd: st.map(|s| [(RES.to_string(), s)].into()).unwrap_or_default(),
             domains: BTreeMap::new(),
+            two_primaries: BTreeMap::new(),
         }
     }
 

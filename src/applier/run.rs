@@ -47,6 +47,9 @@ pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String>
             }
         }
     }
+    if desired.migration.is_some() && desired.volumes.iter().any(|v| v.drbd.is_some()) {
+        o.two_primaries = drivers.drbd.two_primaries().map_err(|e| e.to_string())?;
+    }
     for c in &desired.containers {
         o.domains.insert(
             c.domain.clone(),
@@ -102,7 +105,13 @@ pub fn execute(drivers: &Drivers, desired: &Desired, step: &Step) -> Result<(), 
 
 /// Runs this node's part of a live switch (`migration::next`) and returns the phase command
 /// to commit, if its part of the phase is done.
-fn drive_migration(drivers: &Drivers, path: &ObjectPath, desired: &Desired, observed: &Observed) -> Option<Command> {
+fn drive_migration(
+    drivers: &Drivers,
+    path: &ObjectPath,
+    desired: &Desired,
+    observed: &Observed,
+    vanished_for: Option<Duration>,
+) -> Option<Command> {
     let m = desired.migration.as_ref()?;
     let commit = |to: Phase, error: Option<String>| Command::MigrationPhase {
         path: path.clone(),
@@ -112,7 +121,7 @@ fn drive_migration(drivers: &Drivers, path: &ObjectPath, desired: &Desired, obse
         error,
         fenced: None,
     };
-    for act in migration::next(desired, observed) {
+    for act in migration::next(desired, observed, vanished_for) {
         match act {
             Act::AllowTwoPrimaries(allow) => {
                 for d in desired.volumes.iter().filter_map(|v| v.drbd.as_ref()) {
@@ -192,6 +201,38 @@ pub struct Retry {
     failures: u32,
     next: Option<Instant>,
     errors: BTreeMap<String, String>,
+    /// Source of a live switch in `Migrating`: since when (and for which switch) no guest
+    /// runs here.
+    vanished: Option<(u64, Instant)>,
+}
+
+impl Retry {
+    /// Records whether the source of live switch `id` in `Migrating` has no guest running,
+    /// and returns for how long it has had none.
+    fn vanished_for(&mut self, desired: &Desired, observed: &Observed, now: Instant) -> Option<Duration> {
+        let m = desired
+            .migration
+            .as_ref()
+            .filter(|m| m.source && m.phase == Phase::Migrating && !desired.containers.is_empty());
+        let none_here = desired
+            .containers
+            .iter()
+            .all(|c| observed.domains.get(&c.domain) != Some(&DomainState::Running));
+        match m {
+            Some(m) if none_here => {
+                let since = match self.vanished {
+                    Some((id, t)) if id == m.id => t,
+                    _ => now,
+                };
+                self.vanished = Some((m.id, since));
+                Some(now.saturating_duration_since(since))
+            }
+            _ => {
+                self.vanished = None;
+                None
+            }
+        }
+    }
 }
 
 /// Plan-and-execute rounds in one reconcile.
@@ -268,10 +309,11 @@ pub fn pass(
 ) -> Pass {
     let mut observed = reconcile(drivers, path, want, retry, now);
     let mut commands = Vec::new();
+    let vanished_for = observed.as_ref().ok().and_then(|o| retry.vanished_for(want, o, now));
     if let Some(cmd) = observed
         .as_ref()
         .ok()
-        .and_then(|o| drive_migration(drivers, path, want, o))
+        .and_then(|o| drive_migration(drivers, path, want, o, vanished_for))
     {
         commands.push(cmd);
         observed = observe(drivers, want);

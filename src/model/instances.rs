@@ -291,6 +291,10 @@ impl ClusterState {
             return self.switch(path, to);
         };
         s.epoch += 1;
+        // Both sides are in sight for a switch to begin (the source hands over, a live
+        // switch's target is checked Connected): no node is gone any more. A stale mark
+        // would let a rebooted holder promote beside a target that is Primary across a cut.
+        s.fenced.clear();
         s.migration = Some(Migration {
             id: s.epoch,
             from,

@@ -884,6 +884,22 @@ mod tests {
     }
 
     #[test]
+    fn a_new_switch_forgets_which_nodes_were_gone() {
+        let mut s = fencing_cluster();
+        s.apply(&Command::Provision { path: kvm1() });
+        let fence = Command::Fence {
+            path: kvm1(),
+            node_id: 2,
+        };
+        assert_eq!(s.apply(&fence), Response::Done);
+        assert!(s.services["demo/svc/kvm1"].fenced.contains(&2));
+        // n2 is back and connected (a live switch to it checks that): it is no longer out of
+        // sight, so a rebooted holder must see it demoted before promoting.
+        assert_eq!(s.apply(&Command::LiveSwitch { path: kvm1(), to: 2 }), Response::Done);
+        assert!(s.services["demo/svc/kvm1"].fenced.is_empty());
+    }
+
+    #[test]
     fn marks_go_with_the_volume_the_node_or_the_disks() {
         let mut s = fencing_cluster();
         s.apply(&outdate(RES, 2));

@@ -49,6 +49,8 @@ pub struct FileNode {
     pub minor: u32,
     pub disk: String,
     pub node_id: u32,
+    /// The file's `net { allow-two-primaries yes; }`.
+    pub two_primaries: bool,
 }
 
 /// Reads the `on` sections of a resource file.
@@ -68,6 +70,7 @@ pub fn parse_resource_file(text: &str) -> Result<(String, Vec<FileNode>), String
                 minor: 0,
                 disk: String::new(),
                 node_id: 0,
+                two_primaries: false,
             };
             let mut j = i + 3;
             while j + 1 < words.len() && words[j] != "}" {
@@ -91,6 +94,12 @@ pub fn parse_resource_file(text: &str) -> Result<(String, Vec<FileNode>), String
     }
     if nodes.is_empty() {
         return Err("no `on NODE { ... }` section".into());
+    }
+    let allows = words
+        .windows(2)
+        .any(|w| w[0] == "allow-two-primaries" && (w[1] == "yes" || w[1] == ";"));
+    for n in &mut nodes {
+        n.two_primaries = allows;
     }
     Ok((name, nodes))
 }
@@ -283,7 +292,11 @@ impl Sim {
                 if !mine.md {
                     return Err((10, format!("{minor}: No valid meta data found: run create-md first")));
                 }
-                s.nodes.get_mut(node).expect("entry").up = true;
+                let e = s.nodes.get_mut(node).expect("entry");
+                // The running configuration starts as the file's: a reboot forgets what
+                // `net-options` changed.
+                e.two_primaries = me.two_primaries;
+                e.up = true;
                 Ok(())
             }
             ["down"] => {
@@ -406,10 +419,13 @@ impl Sim {
         if args.first().map(String::as_str) == Some("events2") && args.iter().any(|a| a == "--now") {
             return self.events_now();
         }
+        if args.first().map(String::as_str) == Some("show") {
+            return self.show(args.get(1).map(String::as_str));
+        }
         if args.first().map(String::as_str) != Some("status") || !args.iter().any(|a| a == "--json") {
             return fail(
                 20,
-                "omsim drbdsetup: only `status --json` and `events2 --now` are simulated",
+                "omsim drbdsetup: only `status --json`, `show` and `events2 --now` are simulated",
             );
         }
         let mut out = Vec::new();
@@ -420,6 +436,38 @@ impl Sim {
             out.push(v);
         }
         ok(serde_json::to_string_pretty(&out).expect("serialize") + "\n")
+    }
+
+    /// `drbdsetup show [RES]`: the running configuration of each resource up here, as DRBD
+    /// prints it: a `connection` block per peer, with `allow-two-primaries yes` when set (the
+    /// simulator keeps one setting per node, for all its connections).
+    fn show(&self, only: Option<&str>) -> Output {
+        let mut out = String::new();
+        for res in self.resources().into_iter().filter(|r| only.is_none_or(|o| o == r)) {
+            let node = self.node.clone();
+            let Ok(Some(text)) = self.with_state(&res, |s| {
+                let me = s.nodes.get(&node).filter(|x| x.up)?;
+                let mut t = format!(
+                    "resource \"{res}\" {{\n    _this_host {{\n        node-id\t\t\t{};\n    }}\n",
+                    me.node_id
+                );
+                for (peer, p) in s.nodes.iter().filter(|(n, _)| **n != node) {
+                    t += &format!(
+                        "    connection {{\n        _peer_node_id {};\n        net {{\n",
+                        p.node_id
+                    );
+                    if me.two_primaries {
+                        t += "            allow-two-primaries\tyes;\n";
+                    }
+                    t += &format!("            _name               \t\"{peer}\";\n        }}\n    }}\n");
+                }
+                Some(t + "}\n")
+            }) else {
+                continue;
+            };
+            out += &text;
+        }
+        ok(out)
     }
 
     /// `events2 --now`, derived from the same JSON as `status`, in DRBD's line format.

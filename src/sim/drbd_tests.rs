@@ -131,3 +131,33 @@ fn commands_need_metadata_and_a_known_resource() {
     n1.up(RES).unwrap();
     assert!(n1.create_md(RES).unwrap_err().to_string().contains("attached"));
 }
+
+#[test]
+fn two_primaries_is_running_configuration_that_a_reboot_resets_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n1, n2) = provisioned(dir.path());
+    let allowing = |d: &DrbdCommands<SimRunner>| d.two_primaries().unwrap().get(RES).cloned().unwrap_or_default();
+    assert!(allowing(&n1).is_empty(), "the built-in template does not allow it");
+    n1.allow_two_primaries(RES, true).unwrap();
+    assert_eq!(allowing(&n1), ["n2".to_string()].into());
+    assert!(allowing(&n2).is_empty(), "one side only");
+    // A power cycle forgets `net-options`: up again from the file, two primaries not allowed.
+    Sim {
+        dir: dir.path().into(),
+        node: "n1".into(),
+        sync_ms: 300,
+        validator: None,
+    }
+    .power_off()
+    .unwrap();
+    n1.up(RES).unwrap();
+    assert!(allowing(&n1).is_empty());
+    // A file that allows it (the tutorial's live-migration template) allows it from `up`.
+    let text = render(BUILTIN_TEMPLATE, &data()).unwrap();
+    let text = text.replacen("net {", "net {\n\t\tallow-two-primaries yes;", 1);
+    assert!(text.contains("allow-two-primaries yes;"), "{text}");
+    n1.down(RES).unwrap();
+    n1.write_config(RES, &text, &data()).unwrap();
+    n1.up(RES).unwrap();
+    assert_eq!(allowing(&n1), ["n2".to_string()].into());
+}

@@ -59,6 +59,8 @@ pub struct SimNode {
     pub power: bool,
     pub daemon: Daemon,
     pub cut: bool,
+    /// Only its DRBD links are cut (`SIM_DIR/netcut-NODE`); Raft still passes.
+    pub drbd_cut: bool,
     /// How much of the log it applied (kept across restarts: it is on disk).
     pub applied: usize,
     pub state: ClusterState,
@@ -112,6 +114,9 @@ pub struct World {
     /// When the next election completes, once the leader is lost.
     election_at: Duration,
     pub cfg: LeaseConfig,
+    /// Pairs of nodes cut from each other (both directions dropped, or one: a request or
+    /// its answer lost is the same for an RPC), each pair sorted.
+    pub pair_cuts: std::collections::BTreeSet<(NodeId, NodeId)>,
     rng: Rng,
     pub trace: Vec<String>,
 }
@@ -144,6 +149,7 @@ impl World {
                     power: true,
                     daemon: Daemon::Running,
                     cut: false,
+                    drbd_cut: false,
                     applied: 0,
                     state: ClusterState::default(),
                     last_response: Response::Done,
@@ -171,6 +177,7 @@ impl World {
             leaderless_since: None,
             election_at: Duration::ZERO,
             cfg: LeaseConfig::default(),
+            pair_cuts: Default::default(),
             rng: Rng::new(seed),
             trace: vec![],
         };
@@ -251,7 +258,7 @@ impl World {
     }
 
     fn linked(&self, a: NodeId, b: NodeId) -> bool {
-        a == b || (self.responds(a) && self.responds(b))
+        a == b || (self.responds(a) && self.responds(b) && !self.pair_cuts.contains(&(a.min(b), a.max(b))))
     }
 
     /// The leader, while it reaches a majority.
@@ -556,7 +563,9 @@ impl World {
                 phase,
                 Some(Phase::DualPrimary | Phase::Migrating | Phase::Finalize | Phase::Abort)
             );
-            if !window || running.len() != 1 {
+            // Both sides may be Primary with the guest on neither (both reset during the
+            // copy); never with it on two.
+            if !window || running.len() > 1 {
                 broken.push(format!(
                     "DRBD Primary on {primaries:?} (phase {phase:?}, guest on {running:?})"
                 ));
@@ -696,18 +705,61 @@ impl World {
         }
     }
 
-    pub fn cut(&mut self, name: &str) {
-        self.note(format!("{name}: network cut"));
-        std::fs::write(self.sim.join(format!("netcut-{name}")), "").unwrap();
-        let id = self.id(name);
-        self.nodes.get_mut(&id).unwrap().cut = true;
+    /// The simulator's DRBD cut flags from what is cut: a node's every link, its DRBD links
+    /// alone, or the pair of data nodes (DRBD's only peers) cut from each other.
+    fn sync_netcut(&self) {
+        let data_pair = self
+            .pair_cuts
+            .iter()
+            .any(|(a, b)| !self.nodes[a].witness && !self.nodes[b].witness);
+        for n in self.nodes.values() {
+            let f = self.sim.join(format!("netcut-{}", n.name));
+            let first_data = self.nodes.values().find(|x| !x.witness).map(|x| x.id) == Some(n.id);
+            if n.cut || n.drbd_cut || (data_pair && first_data) {
+                std::fs::write(f, "").unwrap();
+            } else {
+                let _ = std::fs::remove_file(f);
+            }
+        }
     }
 
+    pub fn cut(&mut self, name: &str) {
+        self.note(format!("{name}: network cut"));
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().cut = true;
+        self.sync_netcut();
+    }
+
+    /// Heals every cut of `name`: its own, its DRBD links', and its pair cuts.
     pub fn heal(&mut self, name: &str) {
         self.note(format!("{name}: network healed"));
-        let _ = std::fs::remove_file(self.sim.join(format!("netcut-{name}")));
         let id = self.id(name);
-        self.nodes.get_mut(&id).unwrap().cut = false;
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.cut = false;
+        n.drbd_cut = false;
+        self.pair_cuts.retain(|(a, b)| *a != id && *b != id);
+        self.sync_netcut();
+    }
+
+    /// Cuts `name`'s DRBD links only (Raft still passes).
+    pub fn cut_drbd(&mut self, name: &str) {
+        self.note(format!("{name}: DRBD links cut"));
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().drbd_cut = true;
+        self.sync_netcut();
+    }
+
+    /// Cuts `a` and `b` from each other (Raft and, between data nodes, DRBD); each still
+    /// reaches the third node. `one_way`: only one direction drops, which breaks every RPC
+    /// between them the same way (a request or its answer is lost); noted as such.
+    pub fn cut_pair(&mut self, a: &str, b: &str, one_way: bool) {
+        let what = if one_way { "one-way drop" } else { "cut" };
+        self.note(format!("{a} -> {b}: {what}"));
+        let (x, y) = (self.id(a), self.id(b));
+        if x != y {
+            self.pair_cuts.insert((x.min(y), x.max(y)));
+        }
+        self.sync_netcut();
     }
 
     /// Live migrations fail halfway (the job is cancelled, the guest stays) while set.

@@ -2,6 +2,7 @@
 //! `drbdsetup` commands, run through a `Runner`. The simulator (`omsim`) is driven through this
 //! same code, so what it builds and parses is what runs in production.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use super::render::{self, RenderError, TemplateData};
@@ -34,6 +35,9 @@ pub trait Drbd: Send + Sync {
     fn primary(&self, resource: &str, force: bool) -> Result<(), DrbdError>;
     fn secondary(&self, resource: &str) -> Result<(), DrbdError>;
     fn allow_two_primaries(&self, resource: &str, allow: bool) -> Result<(), DrbdError>;
+    /// Per resource up here, the peers whose connection allows two primaries now (the running
+    /// configuration, `drbdsetup show`): a reboot or `up` resets it to the resource file's.
+    fn two_primaries(&self) -> Result<BTreeMap<String, BTreeSet<String>>, DrbdError>;
     /// Every resource that is up on this node.
     fn status(&self) -> Result<Vec<ResourceStatus>, DrbdError>;
     /// The current state as `drbdsetup events2 --now` lists it (ending with `exists -`).
@@ -139,6 +143,11 @@ impl<R: Runner> Drbd for DrbdCommands<R> {
         self.adm(resource, &["net-options", &opt])
     }
 
+    fn two_primaries(&self) -> Result<BTreeMap<String, BTreeSet<String>>, DrbdError> {
+        let out = self.runner.check(&self.invocation(&self.drbdsetup, &["show"]))?;
+        Ok(status::parse_show(&out))
+    }
+
     fn status(&self) -> Result<Vec<ResourceStatus>, DrbdError> {
         let out = self
             .runner
@@ -198,6 +207,7 @@ mod tests {
         d.secondary(r).unwrap();
         d.down(r).unwrap();
         assert_eq!(d.status().unwrap(), vec![]);
+        assert!(d.two_primaries().unwrap().is_empty());
         let f = dir.path().join(format!("{r}.res")).display().to_string();
         let ran = d.runner.0.lock().unwrap();
         assert_eq!(
@@ -210,6 +220,7 @@ mod tests {
                 format!("drbdadm -c {f} secondary {r}"),
                 format!("drbdadm -c {f} down {r}"),
                 "omsim drbdsetup status --json".to_string(),
+                "omsim drbdsetup show".to_string(),
             ]
         );
     }

@@ -114,9 +114,140 @@ pub fn parse_event(line: &str) -> Result<Event, ParseError> {
     })
 }
 
+/// Per resource, the peers (connection names) whose connection allows two primaries, read from
+/// `drbdsetup show` (the running configuration): a `connection { ... net { allow-two-primaries
+/// yes; _name "n2"; } }` block per peer; an option at the resource's own `net` level applies
+/// to every connection. Anything not understood is ignored: a peer missing from the answer is
+/// taken as not allowing.
+pub fn parse_show(text: &str) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let spaced = text.replace('{', " { ").replace('}', " } ").replace(';', " ; ");
+    let words: Vec<&str> = spaced.split_whitespace().map(|w| w.trim_matches('"')).collect();
+    let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    // The open blocks, innermost last.
+    let mut stack: Vec<&str> = Vec::new();
+    let mut resource: Option<String> = None;
+    let mut resource_allows = false;
+    // The connection being read: its name and whether it allows.
+    let mut conn: (Option<String>, Option<bool>) = (None, None);
+    let mut conns: Vec<(Option<String>, Option<bool>)> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        match w {
+            "{" => {
+                // The block's keyword is the first word of the statement that opened it.
+                let mut j = i;
+                while j > 0 && !["{", "}", ";"].contains(&words[j - 1]) {
+                    j -= 1;
+                }
+                let kw = words.get(j).copied().unwrap_or("");
+                if kw == "resource" && stack.is_empty() {
+                    resource = words.get(j + 1).map(|n| n.to_string());
+                    resource_allows = false;
+                    conns.clear();
+                }
+                if kw == "connection" {
+                    conn = (None, None);
+                }
+                stack.push(kw);
+            }
+            "}" => match stack.pop() {
+                Some("connection") => conns.push(std::mem::take(&mut conn)),
+                Some("resource") if stack.is_empty() => {
+                    if let Some(r) = resource.take() {
+                        let allowing = out.entry(r).or_default();
+                        for (name, allow) in conns.drain(..) {
+                            if let (Some(n), true) = (name, allow.unwrap_or(resource_allows)) {
+                                allowing.insert(n);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            },
+            "allow-two-primaries" => {
+                let yes = matches!(words.get(i + 1).copied(), Some("yes") | Some(";"));
+                if stack.contains(&"connection") {
+                    conn.1 = Some(yes);
+                } else if stack.last() == Some(&"net") {
+                    resource_allows = yes;
+                }
+            }
+            "_name" if stack.contains(&"connection") => conn.0 = words.get(i + 1).map(|n| n.to_string()),
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_allow_two_primaries_per_connection_from_drbdsetup_show() {
+        let show = r#"resource "r0" {
+    options {
+    }
+    _this_host {
+        node-id			0;
+        volume 0 {
+            device			minor 0;
+        }
+    }
+    connection {
+        _peer_node_id 1;
+        path {
+            _this_host ipv4 10.0.0.1:7289;
+            _remote_host ipv4 10.0.0.2:7289;
+        }
+        net {
+            allow-two-primaries	yes;
+            _name               	"n2";
+        }
+    }
+    connection {
+        _peer_node_id 2;
+        net {
+            _name               	"n3";
+        }
+    }
+}
+resource "r1" {
+    net {
+        allow-two-primaries;
+    }
+    connection {
+        net {
+            _name "n2";
+        }
+    }
+}
+resource "r2" {
+    connection {
+        net {
+            allow-two-primaries no;
+            _name "n2";
+        }
+    }
+}
+"#;
+        let got = parse_show(show);
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(got["r0"], set(&["n2"]));
+        assert_eq!(
+            got["r1"],
+            set(&["n2"]),
+            "a resource-level option applies to every connection"
+        );
+        assert_eq!(got["r2"], set(&[]));
+        assert!(parse_show("").is_empty());
+    }
 
     /// The shape DRBD 9.2 prints while n1 resyncs n2 after the initial `primary --force`.
     const SYNCING: &str = r#"[
