@@ -339,6 +339,33 @@ pub fn pass(
     }
 }
 
+/// What the cluster has of node `me`'s report on `path`, and its sequence number.
+pub fn committed_report(
+    state: &crate::model::ClusterState,
+    path: &ObjectPath,
+    me: u64,
+) -> (Option<InstanceReport>, u64) {
+    let key = path.to_string();
+    let report = state.reports.get(&key).and_then(|r| r.get(&me)).cloned();
+    let seq = state
+        .report_seqs
+        .get(&key)
+        .and_then(|r| r.get(&me))
+        .copied()
+        .unwrap_or(0);
+    (report, seq)
+}
+
+/// The sequence number of this node's next report: above its last one, above the one the
+/// cluster has, and at least the wall clock in microseconds, so that a restarted daemon (whose
+/// counter starts again) still numbers above what its previous run may have left in flight.
+pub fn next_report_seq(last: u64, committed: u64) -> u64 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    (last + 1).max(committed + 1).max(clock)
+}
+
 /// Runs the applier of `node` until the process ends, and with it the report of the node's
 /// volume groups (from `vgs`, unless `--report-vg` declares them).
 pub async fn run(node: Arc<Node>, drivers: Drivers) {
@@ -358,7 +385,9 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
     let weak = Arc::downgrade(&node);
     drop(node);
     tokio::spawn(crate::daemon::report_volume_groups(weak.clone(), read));
-    let mut sent: BTreeMap<String, InstanceReport> = BTreeMap::new();
+    // Services this node reported on: it goes on with them (cleans up) after they leave it.
+    let mut sent: std::collections::BTreeSet<String> = Default::default();
+    let mut seq = 0;
     let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
     loop {
         // Wait holding nothing of the node, so a stopped node is released at once.
@@ -376,7 +405,13 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
         let me = m.id;
         let leased = node.lease_valid();
         let may_take = node.may_take();
-        let work: Vec<(ObjectPath, Desired, BTreeMap<String, String>)> = m.sm.read(|d| {
+        #[allow(clippy::type_complexity)]
+        let work: Vec<(
+            ObjectPath,
+            Desired,
+            BTreeMap<String, String>,
+            (Option<InstanceReport>, u64),
+        )> = m.sm.read(|d| {
             d.state
                 .objects
                 .keys()
@@ -387,17 +422,18 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                 .filter(|p| {
                     let key = p.to_string();
                     let provisioned = d.state.services.get(&key).is_some_and(|s| s.provisioned);
-                    (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains_key(&key)
+                    (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains(&key)
                 })
                 .map(|p| {
                     let (want, errors) = desired(&d.state, me, &p, leased, may_take);
-                    (p, want, errors)
+                    let committed = committed_report(&d.state, &p, me);
+                    (p, want, errors, committed)
                 })
                 .collect()
         });
-        let mut pending: Vec<(Option<(String, InstanceReport)>, Command)> = Vec::new();
+        let mut pending: Vec<(Option<String>, Command)> = Vec::new();
         let mut holding = false;
-        for (path, want, render_errors) in work {
+        for (path, want, render_errors, (committed, committed_seq)) in work {
             let key = path.to_string();
             let mut retry = retries.remove(&key).unwrap_or_default();
             let d = drivers.clone();
@@ -425,13 +461,17 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                 }
                 Ok(o) => holding |= o.holds_anything(),
             }
-            if let Some(rep) = done.report.filter(|r| sent.get(&key) != Some(r)) {
+            // Sent while the committed report differs from what this node sees (not from what
+            // it remembers sending: a write that timed out may still commit, late).
+            if let Some(rep) = done.report.filter(|r| committed.as_ref() != Some(r)) {
+                seq = next_report_seq(seq, committed_seq);
                 let cmd = Command::ReportInstance {
                     path: path.clone(),
                     node_id: me,
-                    report: rep.clone(),
+                    report: rep,
+                    seq,
                 };
-                pending.push((Some((key, rep)), cmd));
+                pending.push((Some(key), cmd));
             }
         }
         node.holding.store(holding, std::sync::atomic::Ordering::SeqCst);
@@ -441,14 +481,14 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             let what = cmd.to_string();
             match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
                 Ok(Ok(_)) => {
-                    if let Some((key, rep)) = sent_as {
-                        sent.insert(key, rep);
+                    if let Some(key) = sent_as {
+                        sent.insert(key);
                     } else {
                         info!("{what}");
                     }
                 }
                 Ok(Err(e)) => warn!("{what}: {}", e.message()),
-                Err(_) => warn!("{what}: the cluster did not commit it within 2 s"),
+                Err(_) => warn!("{what}: not committed within 2 s; outcome unknown (it may still commit)"),
             }
         }
         // At most one pass every 200 ms, however fast the log moves.

@@ -68,6 +68,10 @@ pub struct ClusterState {
     /// What each node last reported of each service instance, by path then node.
     #[serde(default)]
     pub reports: BTreeMap<String, BTreeMap<NodeId, InstanceReport>>,
+    /// The sequence number of each stored report (same keys as `reports`): a report with a
+    /// lower or equal one arrived late and is refused.
+    #[serde(default)]
+    pub report_seqs: BTreeMap<String, BTreeMap<NodeId, u64>>,
     /// DRBD fencing, by DRBD resource name: the nodes whose disk of it a peer's `fence-peer`
     /// handler had the cluster mark outdated. Their data is old until they resync and the
     /// peer's `unfence-peer` handler clears the mark; nothing fails over to them meanwhile.
@@ -133,6 +137,12 @@ pub enum Command {
         path: ObjectPath,
         node_id: NodeId,
         report: InstanceReport,
+        /// Orders one node's reports of one service: strictly increasing across the node's
+        /// daemon restarts. A report can commit after a newer one (its write timed out and
+        /// reached the log later); `apply` refuses it then. 0 (entries written before there
+        /// was one) is never refused.
+        #[serde(default)]
+        seq: u64,
     },
     /// The libvirt XML of a kvm container's domain, captured from the node that has it.
     CaptureDomain {
@@ -205,7 +215,9 @@ impl fmt::Display for Command {
                 write!(f, "{path} provisioned on node {node_id} (state only)")
             }
             Command::SetStarted { path, started } => write!(f, "{} {path}", if *started { "start" } else { "stop" }),
-            Command::ReportInstance { path, node_id, report } => {
+            Command::ReportInstance {
+                path, node_id, report, ..
+            } => {
                 write!(f, "node {node_id} reports {path} {}", report.avail)
             }
             Command::CaptureDomain { path, name, .. } => write!(f, "{path}: capture domain {name}"),
@@ -284,6 +296,8 @@ pub enum Rejection {
     NotRunning(String),
     #[error("{0}: switch {1} is not in phase {2} (or {2} -> {3} is not a step): stale or out of order")]
     StalePhase(String, u64, Phase, Phase),
+    #[error("{0}: report {2} of node id {1} is older than the one the cluster has ({3}): it arrived late")]
+    StaleReport(String, NodeId, u64, u64),
     #[error("{0}: the disk of node {1} is outdated (DRBD {2}): it must resync before it holds the service")]
     Outdated(String, String, String),
     #[error("{0} is not the DRBD resource of any volume")]
@@ -418,12 +432,21 @@ impl ClusterState {
             }
             Command::OutdatePeer { resource, node_id } => self.check_outdate(resource, *node_id, true),
             Command::UnfencePeer { resource, node_id } => self.check_outdate(resource, *node_id, false),
-            Command::ReportInstance { path, node_id, .. } => {
+            Command::ReportInstance { path, node_id, seq, .. } => {
                 if !self.nodes.contains_key(node_id) {
                     return Err(Rejection::UnknownNode(*node_id));
                 }
                 if !self.objects.contains_key(&path.to_string()) {
                     return Err(Rejection::Object(ObjectError::NotFound(path.to_string())));
+                }
+                let stored = self
+                    .report_seqs
+                    .get(&path.to_string())
+                    .and_then(|r| r.get(node_id))
+                    .copied()
+                    .unwrap_or(0);
+                if *seq != 0 && *seq <= stored {
+                    return Err(Rejection::StaleReport(path.to_string(), *node_id, *seq, stored));
                 }
                 Ok(())
             }
@@ -532,6 +555,7 @@ impl ClusterState {
                         self.remove_object(&p);
                         self.services.remove(&p);
                         self.reports.remove(&p);
+                        self.report_seqs.remove(&p);
                     }
                     Response::Done
                 }
@@ -577,11 +601,22 @@ impl ClusterState {
                 self.set_started(path, *started);
                 Response::Done
             }
-            Command::ReportInstance { path, node_id, report } => {
+            Command::ReportInstance {
+                path,
+                node_id,
+                report,
+                seq,
+            } => {
                 self.reports
                     .entry(path.to_string())
                     .or_default()
                     .insert(*node_id, report.clone());
+                if *seq != 0 {
+                    self.report_seqs
+                        .entry(path.to_string())
+                        .or_default()
+                        .insert(*node_id, *seq);
+                }
                 Response::Done
             }
             Command::Switch { path, to } => {
@@ -881,6 +916,33 @@ mod tests {
         assert_eq!(s.apply(&phase), Response::Done);
         refused(&mut s, outdate(RES, 1));
         assert_eq!(s.apply(&outdate(RES, 2)), Response::Done);
+    }
+
+    #[test]
+    fn a_report_older_than_the_stored_one_is_refused_and_changes_nothing() {
+        let mut s = fencing_cluster();
+        s.apply(&Command::Provision { path: kvm1() });
+        let report = |avail, seq| Command::ReportInstance {
+            path: kvm1(),
+            node_id: 2,
+            report: InstanceReport {
+                avail,
+                warn: false,
+                provisioned: true,
+                resources: vec![],
+            },
+            seq,
+        };
+        assert_eq!(s.apply(&report(Avail::Up, 10)), Response::Done);
+        let why = refused(&mut s, report(Avail::Down, 9));
+        assert!(why.contains("report 9 of node id 2") && why.contains("(10)"), "{why}");
+        refused(&mut s, report(Avail::Down, 10));
+        assert_eq!(s.reports["demo/svc/kvm1"][&2].avail, Avail::Up);
+        assert_eq!(s.apply(&report(Avail::Down, 11)), Response::Done);
+        assert_eq!(s.reports["demo/svc/kvm1"][&2].avail, Avail::Down);
+        // Entries from before reports were numbered always apply.
+        assert_eq!(s.apply(&report(Avail::Warn, 0)), Response::Done);
+        assert_eq!(s.report_seqs["demo/svc/kvm1"][&2], 11);
     }
 
     #[test]

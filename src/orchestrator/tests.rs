@@ -39,6 +39,7 @@ fn cluster() -> ClusterState {
         ok(
             &mut s,
             Command::ReportInstance {
+                seq: 0,
                 path: path.clone(),
                 node_id: id,
                 report,
@@ -119,6 +120,7 @@ fn frozen_services_and_nodes_and_unprovisioned_targets_are_left_alone() {
         resources: vec![],
     };
     s.apply(&Command::ReportInstance {
+        seq: 0,
         path: path(),
         node_id: 2,
         report,
@@ -451,6 +453,7 @@ fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_beh
     };
     for bad in ["Connecting/DUnknown", "Connected/Outdated"] {
         s.apply(&Command::ReportInstance {
+            seq: 0,
             path: path(),
             node_id: 1,
             report: report(bad),
@@ -463,6 +466,7 @@ fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_beh
         assert!(s.services["demo/svc/kvm1"].migration.is_none());
     }
     s.apply(&Command::ReportInstance {
+        seq: 0,
         path: path(),
         node_id: 1,
         report: report("Connected/UpToDate"),

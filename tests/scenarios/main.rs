@@ -779,3 +779,37 @@ fn s40_a_one_way_drop_from_the_active_leader_fails_over() {
     w.heal("n1");
     stays_on(&mut w, "n2", S(10));
 }
+
+#[test]
+fn s41_a_report_that_arrives_late_never_overwrites_a_newer_one() {
+    let mut w = World::new(41);
+    w.run_for(S(2));
+    // n2, passive, is isolated for 6 s: it reports its peer n1 Connecting, but those reports
+    // are held up by the dropped packets and arrive after the heal, after newer ones.
+    w.cut("n2");
+    w.run_for(S(6));
+    w.heal("n2");
+    stays_on(&mut w, "n1", S(15));
+    // Each node's committed report is what that node sees now.
+    let s = w.committed();
+    for name in ["n1", "n2"] {
+        let id = w.id(name);
+        let report = &s.reports[world::SVC][&id];
+        let guest = report.resources.iter().find(|r| r.rid == "container#1").unwrap();
+        let runs = w.running() == on(&[name]);
+        assert_eq!(
+            guest.avail == omraft::model::Avail::Up,
+            runs,
+            "{name}'s committed report says the guest is {}\n{}",
+            guest.avail,
+            w.trace.join("\n")
+        );
+        let volume = report.resources.iter().find(|r| r.rid == "volume#data").unwrap();
+        assert!(
+            volume.peers.values().all(|p| p.starts_with("Connected")),
+            "{name}: {:?}\n{}",
+            volume.peers,
+            w.trace.join("\n")
+        );
+    }
+}

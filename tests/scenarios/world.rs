@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use omraft::applier::desired::desired;
-use omraft::applier::run::{pass, Drivers, Retry};
+use omraft::applier::run::{committed_report, pass, Drivers, Retry};
 use omraft::config::ini::Ini;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
 use omraft::drivers::watchdog;
@@ -35,6 +35,9 @@ use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, Ob
 use omraft::orchestrator::{decide, lease_views, may_act};
 
 pub const TICK: Duration = Duration::from_millis(100);
+/// When a proposal sent across a cut link arrives, if it does (see `World::in_flight`).
+const LATE: Duration = Duration::from_secs(8);
+const LATE_MAX: Duration = Duration::from_secs(30);
 /// `omd`'s default election timeout (minimum; the maximum is 1.5 times it): a follower stands
 /// for election the maximum (openraft's leader lease) plus a random timeout after it last
 /// heard from its leader.
@@ -71,6 +74,8 @@ pub struct SimNode {
     grants: BTreeMap<NodeId, Instant>,
     retries: BTreeMap<String, Retry>,
     sent: BTreeMap<String, InstanceReport>,
+    /// The last report's sequence number (kept across restarts, as the wall clock would be).
+    report_seq: u64,
     /// Armed watchdog: when it was last petted.
     watchdog: Option<Duration>,
     /// This daemon reported its watchdog to the cluster.
@@ -117,6 +122,10 @@ pub struct World {
     /// Pairs of nodes cut from each other (both directions dropped, or one: a request or
     /// its answer lost is the same for an RPC), each pair sorted.
     pub pair_cuts: std::collections::BTreeSet<(NodeId, NodeId)>,
+    /// Proposals whose sender gave up (its link was cut: packets dropped, not refused) but
+    /// which TCP still delivers later: committed `LATE` after they were sent if the sender
+    /// then reaches a leader, forgotten after `LATE_MAX`. Their outcome was unknown.
+    in_flight: Vec<(NodeId, Command, Duration)>,
     rng: Rng,
     pub trace: Vec<String>,
 }
@@ -158,6 +167,7 @@ impl World {
                     grants: BTreeMap::new(),
                     retries: BTreeMap::new(),
                     sent: BTreeMap::new(),
+                    report_seq: 0,
                     watchdog: None,
                     reported_watchdog: false,
                     drivers: drivers(&sim, name),
@@ -178,6 +188,7 @@ impl World {
             election_at: Duration::ZERO,
             cfg: LeaseConfig::default(),
             pair_cuts: Default::default(),
+            in_flight: vec![],
             rng: Rng::new(seed),
             trace: vec![],
         };
@@ -270,12 +281,14 @@ impl World {
 
     /// Commits `cmd` proposed by node `from`: it must reach a leader that reaches a majority.
     pub fn propose(&mut self, from: NodeId, cmd: Command) -> Result<Response, String> {
-        let Some(l) = self.valid_leader() else {
-            return Err("no leader with a majority".into());
+        let l = self.valid_leader();
+        let Some(l) = l.filter(|l| self.linked(from, *l)) else {
+            // Dropped packets, not a refused connection: the request may still arrive.
+            if self.responds_locally(from) && self.link_cut(from, l) {
+                self.in_flight.push((from, cmd, self.t));
+            }
+            return Err(format!("node {from} cannot reach a leader with a majority"));
         };
-        if !self.linked(from, l) {
-            return Err(format!("node {from} cannot reach the leader"));
-        }
         self.note(format!(
             "commit #{} from {}: {cmd}",
             self.log.len(),
@@ -294,6 +307,42 @@ impl World {
             self.acked.push(self.log.len() - 1);
         }
         Ok(r)
+    }
+
+    /// The daemon runs on a powered node (whatever its network).
+    fn responds_locally(&self, id: NodeId) -> bool {
+        let n = &self.nodes[&id];
+        n.power && n.daemon == Daemon::Running
+    }
+
+    /// `id`'s way to the leader `l` (or to anyone, with no leader) is cut by packet drops.
+    fn link_cut(&self, id: NodeId, l: Option<NodeId>) -> bool {
+        let pair = |a: NodeId, b: NodeId| self.pair_cuts.contains(&(a.min(b), a.max(b)));
+        self.nodes[&id].cut || l.is_some_and(|l| pair(id, l) || self.nodes[&l].cut)
+    }
+
+    /// Delivers the proposals that arrive late (see `in_flight`).
+    fn deliver_late(&mut self) {
+        let now = self.t;
+        let due: Vec<(NodeId, Command, Duration)> = std::mem::take(&mut self.in_flight);
+        for (from, cmd, sent) in due {
+            if now >= sent + LATE_MAX {
+                continue;
+            }
+            let reach = self.valid_leader().is_some_and(|l| self.linked(from, l));
+            if now >= sent + LATE && reach {
+                self.note(format!(
+                    "commit #{} from {} (sent at {:.1}s, arrived late): {cmd}",
+                    self.log.len(),
+                    self.nodes[&from].name,
+                    sent.as_secs_f64()
+                ));
+                self.log.push(cmd);
+                self.replicate();
+            } else {
+                self.in_flight.push((from, cmd, sent));
+            }
+        }
     }
 
     /// Every node that reaches the leader catches up with the log.
@@ -323,6 +372,7 @@ impl World {
         self.t += TICK;
         self.elect();
         self.replicate();
+        self.deliver_late();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for &id in &ids {
             self.watchdog_fires(id);
@@ -485,11 +535,16 @@ impl World {
             let retry = n.retries.entry(key.clone()).or_default();
             let done = pass(&n.drivers, &p, &want, errors, retry, now);
             out.extend(done.commands.into_iter().map(|c| (None, c)));
-            if let Some(rep) = done.report.filter(|r| n.sent.get(&key) != Some(r)) {
+            // The daemon's rule: sent while the committed report differs, numbered above the
+            // last one (the virtual clock stands for the wall clock).
+            let (committed, committed_seq) = committed_report(&n.state, &p, id);
+            if let Some(rep) = done.report.filter(|r| committed.as_ref() != Some(r)) {
+                n.report_seq = (n.report_seq + 1).max(committed_seq + 1).max(self.t.as_micros() as u64);
                 let cmd = Command::ReportInstance {
                     path: p.clone(),
                     node_id: id,
                     report: rep.clone(),
+                    seq: n.report_seq,
                 };
                 out.push((Some((key, rep)), cmd));
             }
@@ -630,6 +685,8 @@ impl World {
         if self.leader == Some(id) {
             self.leader = None;
         }
+        // What its kernel had not sent yet dies with it.
+        self.in_flight.retain(|(from, _, _)| *from != id);
         let n = self.nodes.get_mut(&id).unwrap();
         n.power = false;
         n.daemon = Daemon::Dead;
