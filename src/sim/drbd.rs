@@ -161,15 +161,20 @@ impl Sim {
         let lock = File::create(self.dir.join("drbd").join(format!("{res}.lock"))).map_err(|e| e.to_string())?;
         lock.lock().map_err(|e| e.to_string())?;
         let path = self.state_path(res);
-        let mut state: ResState = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
-            Err(_) => ResState::default(),
+        let before = std::fs::read(&path).ok();
+        let mut state: ResState = match &before {
+            Some(b) => serde_json::from_slice(b).map_err(|e| e.to_string())?,
+            None => ResState::default(),
         };
         self.settle(&mut state);
         let out = f(&mut state);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&state).expect("serialize")).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+        let after = serde_json::to_vec_pretty(&state).expect("serialize");
+        // Reads (status, show) change nothing: no write.
+        if before.as_ref() != Some(&after) {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, after).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+        }
         self.check_violations(res, &state);
         Ok(out)
     }

@@ -493,7 +493,7 @@ fn s33_a_second_switch_during_a_live_switch_is_refused_and_changes_nothing() {
     live(&mut w, "n1", "n2");
     w.hang("n2");
     w.run_for(S(1));
-    let before = w.committed();
+    let before = w.committed().clone();
     assert!(matches!(switch(&mut w, "n1", "n2"), Response::Refused(m) if m.contains("switch is in progress")));
     assert!(matches!(
         w.op(
@@ -791,7 +791,7 @@ fn s41_a_report_that_arrives_late_never_overwrites_a_newer_one() {
     w.heal("n2");
     stays_on(&mut w, "n1", S(15));
     // Each node's committed report is what that node sees now.
-    let s = w.committed();
+    let s = w.committed().clone();
     for name in ["n1", "n2"] {
         let id = w.id(name);
         let report = &s.reports[world::SVC][&id];

@@ -126,6 +126,8 @@ pub struct World {
     /// which TCP still delivers later: committed `LATE` after they were sent if the sender
     /// then reaches a leader, forgotten after `LATE_MAX`. Their outcome was unknown.
     in_flight: Vec<(NodeId, Command, Duration)>,
+    /// The log applied from the start, as far as it was asked for (`committed`).
+    committed: std::cell::RefCell<(usize, ClusterState)>,
     rng: Rng,
     pub trace: Vec<String>,
 }
@@ -189,6 +191,7 @@ impl World {
             cfg: LeaseConfig::default(),
             pair_cuts: Default::default(),
             in_flight: vec![],
+            committed: Default::default(),
             rng: Rng::new(seed),
             trace: vec![],
         };
@@ -591,12 +594,16 @@ impl World {
     }
 
     /// The committed state (the log applied from the start).
-    pub fn committed(&self) -> ClusterState {
-        let mut s = ClusterState::default();
-        for c in &self.log {
-            s.apply(c);
+    pub fn committed(&self) -> std::cell::Ref<'_, ClusterState> {
+        {
+            let mut c = self.committed.borrow_mut();
+            let (applied, state) = &mut *c;
+            while *applied < self.log.len() {
+                state.apply(&self.log[*applied]);
+                *applied += 1;
+            }
         }
-        s
+        std::cell::Ref::map(self.committed.borrow(), |c| &c.1)
     }
 
     /// The invariants of DESIGN.md section 2, after every tick.
