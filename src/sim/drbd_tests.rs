@@ -177,9 +177,16 @@ fn handler_script(dir: &Path) -> String {
     script.display().to_string()
 }
 
+/// Taken by every test that runs handlers: one of them sets `OMRAFT_SIM_FENCE_HANDLER`,
+/// which all of this process's handlers read.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+type Serial = std::sync::MutexGuard<'static, ()>;
+
 /// Both nodes up on the built-in template (resource-and-stonith, or `policy`), its handlers
-/// being `handler_script`; fence-peer exits `fence_exit`.
-fn fenced(dir: &Path, policy: &str, fence_exit: i32) -> (DrbdCommands<SimRunner>, DrbdCommands<SimRunner>) {
+/// being `handler_script`; fence-peer exits `fence_exit`. The guard serializes such tests.
+fn fenced(dir: &Path, policy: &str, fence_exit: i32) -> (DrbdCommands<SimRunner>, DrbdCommands<SimRunner>, Serial) {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let script = handler_script(dir);
     std::fs::write(dir.join("exit-fence-peer"), fence_exit.to_string()).unwrap();
     let template = BUILTIN_TEMPLATE.replace("fencing resource-and-stonith;", &format!("fencing {policy};"));
@@ -190,7 +197,7 @@ fn fenced(dir: &Path, policy: &str, fence_exit: i32) -> (DrbdCommands<SimRunner>
         d.create_md(RES).unwrap();
         d.up(RES).unwrap();
     }
-    (n1, n2)
+    (n1, n2, serial)
 }
 
 /// n1 Primary with both disks UpToDate.
@@ -229,7 +236,7 @@ fn heal(dir: &Path, node: &str) {
 fn a_primary_losing_its_peer_freezes_and_fence_peer_exit_4_resumes_and_outdates_the_peer() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "resource-and-stonith", 4);
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 4);
     synced(&n1, &n2);
     assert!(handlers_log(d).is_empty(), "nothing lost yet: {:?}", handlers_log(d));
     cut(d, "n2");
@@ -304,7 +311,7 @@ fn a_primary_losing_its_peer_freezes_and_fence_peer_exit_4_resumes_and_outdates_
 fn a_broken_fence_peer_keeps_io_frozen_until_the_peer_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "resource-and-stonith", 1);
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
     synced(&n1, &n2);
     cut(d, "n1");
     let st = n1.status().unwrap();
@@ -336,7 +343,7 @@ fn a_broken_fence_peer_keeps_io_frozen_until_the_peer_is_back() {
 fn promoting_beside_a_peer_of_unknown_state_runs_fence_peer_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "resource-and-stonith", 1);
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
     synced(&n1, &n2);
     n1.secondary(RES).unwrap();
     // n1 loses power: n2, Secondary, has nothing to fence until it wants to promote.
@@ -384,7 +391,7 @@ fn promoting_beside_a_peer_of_unknown_state_runs_fence_peer_first() {
 fn a_peer_outdated_while_primary_is_outdated_once_it_demotes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "resource-and-stonith", 4);
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 4);
     synced(&n1, &n2);
     // The cut-off Primary cannot have its peer outdated (no majority behind it)...
     std::fs::write(d.join("exit-fence-peer-n1"), "1").unwrap();
@@ -419,7 +426,7 @@ fn a_peer_outdated_while_primary_is_outdated_once_it_demotes() {
 fn resource_only_runs_fence_peer_without_freezing_io() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "resource-only", 1);
+    let (n1, n2, _serial) = fenced(d, "resource-only", 1);
     synced(&n1, &n2);
     cut(d, "n2");
     let st = n1.status().unwrap();
@@ -431,7 +438,7 @@ fn resource_only_runs_fence_peer_without_freezing_io() {
 fn dont_care_runs_no_handler() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "dont-care", 4);
+    let (n1, n2, _serial) = fenced(d, "dont-care", 4);
     synced(&n1, &n2);
     cut(d, "n2");
     assert!(!n1.status().unwrap()[0].suspended);
@@ -445,7 +452,7 @@ fn dont_care_runs_no_handler() {
 fn a_secondary_going_down_cleanly_outdates_itself_and_is_not_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2) = fenced(d, "resource-and-stonith", 1);
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
     synced(&n1, &n2);
     n2.down(RES).unwrap();
     let st = n1.status().unwrap();
@@ -481,4 +488,47 @@ fn the_fence_configuration_is_read_where_drbd_reads_it() {
     );
     let c = super::drbd::parse_fence_conf(&tutorial);
     assert_eq!((c.fencing, c.fence_peer), (None, None));
+}
+
+#[test]
+fn the_fence_handler_stand_in_replaces_the_configured_command_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
+    synced(&n1, &n2);
+    std::env::set_var(super::drbd::FENCE_HANDLER_ENV, "exit 4");
+    cut(d, "n2");
+    let st = n1.status();
+    std::env::remove_var(super::drbd::FENCE_HANDLER_ENV);
+    assert!(!st.unwrap()[0].suspended);
+    assert_eq!(handlers_log(d), [format!("n1 {RES} fence-peer peer=n2 exit 4")]);
+    assert!(
+        !d.join("fence-peer-n1.env").exists(),
+        "the configured handler did not run"
+    );
+    // unfence-peer stays the configured one.
+    heal(d, "n2");
+    n2.status().unwrap();
+    std::thread::sleep(Duration::from_millis(350));
+    n2.status().unwrap();
+    n1.status().unwrap();
+    n1.status().unwrap();
+    assert!(d.join("unfence-peer-n1.env").exists(), "{:?}", handlers_log(d));
+}
+
+#[test]
+fn a_handler_that_cannot_start_counts_as_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 4);
+    synced(&n1, &n2);
+    // The in-process worlds' case: the configured omctl does not exist (sh exits 127).
+    let file = d.join("n1/drbd.d").join(format!("{RES}.res"));
+    let script = d.join("handler.sh").display().to_string();
+    let missing = d.join("no-such-omctl").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace(&script, &missing);
+    std::fs::write(&file, text).unwrap();
+    cut(d, "n2");
+    assert!(n1.status().unwrap()[0].suspended);
+    assert_eq!(handlers_log(d), [format!("n1 {RES} fence-peer peer=n2 exit 127")]);
 }
