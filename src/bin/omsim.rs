@@ -3,6 +3,9 @@
 //! node comes from `__DRBD_NODE__` (as drbdadm's own override) and the shared state directory
 //! from `OMRAFT_SIM_DIR`.
 //!
+//! `omsim drbd-handler JOB` runs one DRBD handler the simulator started for a node (see
+//! `sim::drbd`'s fencing), detached from the command that found it due.
+//!
 //! `omsim virsh --node NODE define FILE|start NAME|destroy NAME|list` acts on a node's
 //! simulated libvirt: the simulator's equivalent of the tutorial's manual `virt-install`.
 //! `omsim virsh --node NODE poweroff` pulls the plug on that node (guests and DRBD down).
@@ -22,7 +25,21 @@ fn main() {
         eprintln!("omsim: set OMRAFT_SIM_DIR and __DRBD_NODE__");
         std::process::exit(20);
     };
-    let sim = omraft::sim::drbd::from_env(&PathBuf::from(dir), &node);
+    let mut sim = omraft::sim::drbd::from_env(&PathBuf::from(dir), &node);
+    // DRBD's handlers run beside the kernel, not inside `drbdsetup status`: in a detached
+    // `omsim drbd-handler JOB` process that records their outcome.
+    if let Ok(me) = std::env::current_exe() {
+        sim.handlers = omraft::sim::drbd::Handlers::Detached(me);
+    }
+    if let [verb, job] = args.as_slice() {
+        if verb == "drbd-handler" {
+            if let Err(e) = omraft::sim::drbd::run_detached(&sim, job) {
+                eprintln!("omsim drbd-handler: {e}");
+                std::process::exit(20);
+            }
+            std::process::exit(0);
+        }
+    }
     let out = match args.split_first() {
         Some((tool, rest)) if tool == "drbdadm" => sim.drbdadm(rest),
         Some((tool, rest)) if tool == "drbdsetup" => sim.drbdsetup(rest),

@@ -15,6 +15,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+#[path = "drbd_fence.rs"]
+mod fence;
+pub use fence::{parse_fence_conf, run_detached, FenceConf, Handlers, Job, FENCE_HANDLER_ENV, HANDLER_TIMEOUT};
+
 /// How long the initial resync takes, unless `OMRAFT_SIM_SYNC_MS` says otherwise.
 pub const DEFAULT_SYNC_MS: u64 = 3000;
 
@@ -115,6 +119,9 @@ struct NodeState {
     open: bool,
     minor: u32,
     node_id: u32,
+    /// Fencing: the policy, the handlers' file, this node's view of its peers.
+    #[serde(default)]
+    fence: fence::NodeFence,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +151,8 @@ pub struct Sim {
     pub sync_ms: u64,
     /// The real drbdadm, to validate resource files with, when installed.
     pub validator: Option<PathBuf>,
+    /// Where this node's fence-peer/unfence-peer handlers run.
+    pub handlers: Handlers,
 }
 
 impl Sim {
@@ -184,8 +193,14 @@ impl Sim {
         up(a) && up(b) && !self.cut(a) && !self.cut(b)
     }
 
-    /// Finishes a resync whose time is up (its targets become UpToDate).
+    /// Brings a resource's state to now: resyncs whose time is up, then fencing.
     fn settle(&self, s: &mut ResState) {
+        self.settle_resync(s);
+        self.settle_fencing(s);
+    }
+
+    /// Finishes a resync whose time is up (its targets become UpToDate).
+    fn settle_resync(&self, s: &mut ResState) {
         let Some(r) = s.resync.clone() else { return };
         if now_ms() < r.start_ms + r.duration_ms {
             return;
@@ -255,6 +270,12 @@ impl Sim {
         }
         let verb: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let node = self.node.clone();
+        self.run_pending_handlers(res);
+        if verb.first() == Some(&"primary") {
+            if let Err(e) = self.fence_before_promote(res) {
+                return fail(20, format!("omsim: state: {e}"));
+            }
+        }
         let result = self.with_state(res, |s| {
             for n in &file_nodes {
                 let e = s.nodes.entry(n.name.clone()).or_insert_with(|| NodeState {
@@ -264,7 +285,14 @@ impl Sim {
                 e.minor = n.minor;
                 e.node_id = n.node_id;
             }
-            self.apply(s, &node, &me, &verb)
+            if verb == ["down"] && s.nodes.get(&node).is_some_and(|x| x.up && !x.open) {
+                self.fence_leave(s, &node);
+            }
+            let r = self.apply(s, &node, &me, &verb);
+            if r.is_ok() {
+                self.fence_config(s, &node, &file, &text, &verb);
+            }
+            r
         });
         match result {
             Ok(Ok(())) => ok(String::new()),
@@ -291,6 +319,7 @@ impl Sim {
                 let e = s.nodes.get_mut(node).expect("entry");
                 e.md = true;
                 e.disk = "Inconsistent".into();
+                Self::fence_new_md(e);
                 Ok(())
             }
             ["up"] => {
@@ -312,6 +341,7 @@ impl Sim {
                 e.up = false;
                 e.primary = false;
                 e.two_primaries = false;
+                Self::fence_down(e);
                 Ok(())
             }
             ["primary", rest @ ..] => {
@@ -327,6 +357,11 @@ impl Sim {
                     if !both {
                         return refuse(11, "(-1) Multiple primaries not allowed by config");
                     }
+                }
+                // fence-peer ran before (`fence_before_promote`); `--force` promotes anyway
+                // ("Forced into split brain situation!").
+                if !mine.primary && !force && !self.fence_unknown_peers(s, node).is_empty() {
+                    return refuse(11, "(-7) Refusing to be Primary while peer is not outdated");
                 }
                 let initial = mine.disk != "UpToDate";
                 let e = s.nodes.get_mut(node).expect("entry");
@@ -345,7 +380,9 @@ impl Sim {
                 if mine.open {
                     return refuse(11, "(-12) Device is held open by someone");
                 }
-                s.nodes.get_mut(node).expect("entry").primary = false;
+                let e = s.nodes.get_mut(node).expect("entry");
+                e.primary = false;
+                Self::fence_demoted(e);
                 Ok(())
             }
             ["net-options", opt] if opt.starts_with("--allow-two-primaries=") => {
@@ -407,6 +444,7 @@ impl Sim {
                     x.primary = false;
                     x.two_primaries = false;
                     x.open = false;
+                    Self::fence_down(x);
                 }
             })?;
         }
@@ -434,6 +472,9 @@ impl Sim {
             );
         }
         let mut out = Vec::new();
+        for res in self.resources() {
+            self.run_pending_handlers(&res);
+        }
         for res in self.resources() {
             let Ok(Some(v)) = self.with_state(&res, |s| self.status_json(&res, s)) else {
                 continue;
@@ -534,7 +575,7 @@ impl Sim {
                 let mut pd = serde_json::json!({
                     "volume": 0,
                     "replication-state": repl,
-                    "peer-disk-state": if connected { peer.disk.as_str() } else { "DUnknown" },
+                    "peer-disk-state": if connected { peer.disk.clone() } else { Self::fence_peer_disk(s, &self.node, n) },
                     "percent-in-sync": pct,
                 });
                 if let Some(d) = done {
@@ -553,7 +594,7 @@ impl Sim {
             "name": res,
             "node-id": me.node_id,
             "role": if me.primary { "Primary" } else { "Secondary" },
-            "suspended": false,
+            "suspended": Self::fence_suspended(s, &self.node),
             "devices": [{"volume": 0, "minor": me.minor, "disk-state": me.disk, "open": me.open, "quorum": true, "size": 0}],
             "connections": connections,
         }))
@@ -572,6 +613,7 @@ pub fn from_env(dir: &Path, node: &str) -> Sim {
         node: node.into(),
         sync_ms,
         validator: real.exists().then(|| real.into()),
+        handlers: Handlers::Inline,
     }
 }
 
@@ -599,6 +641,7 @@ impl crate::drivers::run::Runner for SimRunner {
             node,
             sync_ms: self.sync_ms,
             validator: None,
+            handlers: Handlers::Inline,
         };
         let out = match inv.args.split_first() {
             Some((t, rest)) if t == "drbdadm" => sim.drbdadm(rest),
