@@ -218,19 +218,45 @@ async fn linearizable_read_after_heal() {
         );
         c.note(&format!("{PROBE}={new} committed through {majority}"));
         c.heal();
+        let get = |c: &Cluster| {
+            let out = omctl_within(&c.server(follower), &["cluster", "config", "get", "--kw", PROBE], 10.0);
+            match &out {
+                Some(o) if o.status.success() => Ok(support::omd::stdout(o).trim().to_string()),
+                Some(o) => {
+                    // omctl's usage errors exit 2: a broken test, not a refused read.
+                    assert_ne!(o.status.code(), Some(2), "{}", support::omd::stderr(o));
+                    Err(format!("error: {}", support::omd::stderr(o).trim()))
+                }
+                None => Err("no answer within 10 s".into()),
+            }
+        };
         for _ in 0..5 {
-            let out = omctl_within(&c.server(follower), &["cluster", "config", "get", PROBE], 10.0);
-            let got = match &out {
-                Some(o) if o.status.success() => support::omd::stdout(o).trim().to_string(),
-                Some(o) => format!("error: {}", support::omd::stderr(o).trim()),
-                None => "no answer within 10 s".into(),
-            };
-            c.note(&format!("get {PROBE} on {follower}: {got}"));
-            if got == old {
+            let got = get(&c);
+            c.note(&format!("get {PROBE} on {follower}: {got:?}"));
+            if got.as_deref() == Ok(old.as_str()) {
                 stale.push(format!(
                     "round {round}: {follower} answered {old} after {new} committed"
                 ));
             }
+        }
+        // And the new value, once it caught up.
+        let t = std::time::Instant::now();
+        loop {
+            let got = get(&c);
+            if got.as_deref() == Ok(new.as_str()) {
+                break;
+            }
+            if got.as_deref() == Ok(old.as_str()) {
+                stale.push(format!(
+                    "round {round}: {follower} answered {old} after {new} committed"
+                ));
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "{follower} never answered {new}: {got:?}\n{}",
+                c.report()
+            );
+            c.sleep(0.2).await;
         }
         // Back in touch before the next round.
         c.until(20.0, "an agreed leader", |s| s.agreed_leader()).await;
