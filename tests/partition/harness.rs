@@ -451,6 +451,32 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// One line per node: what the simulators and the node say.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "guest running on {:?}, DRBD Primary on {:?}\n",
+            self.running, self.primary
+        );
+        for n in NAMES {
+            let st = match &self.status[n] {
+                Ok(s) => format!(
+                    "placed on {:?}, switch phase {:?}, last switch error {:?}",
+                    s.placement, s.migration_phase, s.last_migration_error
+                ),
+                Err(e) => format!("no status: {e}"),
+            };
+            let raft = match &self.node[n] {
+                Ok(s) => format!(
+                    "{} (leader {:?}, lease {:?} ms)",
+                    s.raft_role, s.leader_name, s.lease_ms
+                ),
+                Err(e) => format!("no node status: {e}"),
+            };
+            out += &format!("  {n}: {raft}; {st}\n");
+        }
+        out
+    }
+
     /// Every node's view of the service, or which node did not answer.
     pub fn views(&self) -> Result<Vec<(&str, &pb::InstanceStatusReply)>, String> {
         self.status
@@ -555,7 +581,9 @@ impl Snapshot {
 /// Samples the simulators every 100 ms in a thread of its own; see the module's comment.
 pub struct Poller {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+    /// What it saw so far: shown by `Cluster::report` when a test fails before `finish`.
+    events: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
 /// The live-switch phases the answering nodes' applied states show.
@@ -582,12 +610,15 @@ impl Poller {
     fn start(sim: PathBuf, servers: Vec<String>, t0: Instant) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let events = Arc::new(Mutex::new(vec![]));
+        let seen = events.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("poller runtime");
-            let (mut samples, mut events) = (0u64, vec![]);
+            let mut samples = 0u64;
+            let record = |e: String| seen.lock().unwrap_or_else(|e| e.into_inner()).push(e);
             while !flag.load(Ordering::SeqCst) {
                 // The phases before and after the look: a window that ended between the two
                 // would otherwise read as a violation.
@@ -595,12 +626,12 @@ impl Poller {
                 let (running, primary) = (running_nodes(&sim), primary_nodes(&sim));
                 let t = t0.elapsed().as_secs_f64();
                 if running.len() > 1 {
-                    events.push(format!("{t:.1} s: the guest runs on {}", running.join(" and ")));
+                    record(format!("{t:.1} s: the guest runs on {}", running.join(" and ")));
                 }
                 if primary.len() > 1 && !dual(&before) {
                     let after = rt.block_on(phases(&servers));
                     if !dual(&after) {
-                        events.push(format!(
+                        record(format!(
                             "{t:.1} s: DRBD Primary on {} outside a committed dual-primary window \
                              (live-switch phases on the answering nodes: {before:?}, then {after:?})",
                             primary.join(" and ")
@@ -610,20 +641,23 @@ impl Poller {
                 samples += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (samples, events)
+            samples
         });
         Poller {
             stop,
+            events,
             thread: Some(thread),
         }
     }
 
     fn finish(&mut self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .map(|t| t.join().unwrap_or((0, vec!["the poller panicked".into()])))
-            .unwrap_or_default()
+        let samples = self.thread.take().map(|t| t.join().unwrap_or(0)).unwrap_or_default();
+        (samples, self.seen())
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -982,7 +1016,8 @@ impl Cluster {
             };
             if t.elapsed() >= Duration::from_secs_f64(secs) {
                 panic!(
-                    "not within {secs} s: {what} (for {hold} s in a row); last: {why}\n{}",
+                    "not within {secs} s: {what} (for {hold} s in a row); last: {why}\n{}{}",
+                    snap.summary(),
                     self.report()
                 );
             }
@@ -1009,20 +1044,34 @@ impl Cluster {
         );
         assert!(
             events.is_empty(),
-            "the poller saw:\n{}\n{}",
-            events.join("\n"),
+            "the poller saw {} violations, the first:\n{}\n{}",
+            events.len(),
+            events.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
             self.report()
         );
-        assert_eq!(self.violations(), "", "violations.log\n{}", self.report());
+        assert!(
+            self.violations().is_empty(),
+            "the DRBD simulator logged violations (violations.log)\n{}",
+            self.report()
+        );
     }
 
     /// The timeline, the simulators' logs and the daemons' last log lines, for a failure.
     pub fn report(&self) -> String {
         let mut out = format!("---- timeline ----\n{}\n", self.timeline.join("\n"));
+        if let Some(p) = &self.poller {
+            let seen = p.seen();
+            if !seen.is_empty() {
+                out += &format!("---- the poller saw ({}) ----\n", seen.len());
+                out += &seen.iter().take(10).map(|e| format!("{e}\n")).collect::<String>();
+            }
+        }
         for f in ["violations.log", "watchdog.log"] {
             let text = std::fs::read_to_string(self.sim.join(f)).unwrap_or_default();
-            if !text.is_empty() {
-                out += &format!("---- {f} ----\n{text}");
+            let lines: Vec<&str> = text.lines().collect();
+            if !lines.is_empty() {
+                out += &format!("---- {f} ({} lines) ----\n", lines.len());
+                out += &lines.iter().take(10).map(|l| format!("{l}\n")).collect::<String>();
             }
         }
         for n in &self.nodes {
