@@ -982,7 +982,11 @@ impl Cluster {
                 Err(why) => why,
             };
             if t.elapsed() >= Duration::from_secs_f64(secs) {
-                panic!("not within {secs} s: {what}; last: {why}\n{}", self.report());
+                panic!(
+                    "not within {secs} s: {what}; last: {why}\n{}{}",
+                    snap.summary(),
+                    self.report()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
