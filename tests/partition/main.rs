@@ -188,7 +188,7 @@ async fn a_stale_report_never_overwrites_a_newer_one() {
     let on = c
         .until_stable(
             30.0,
-            2.0,
+            5.0,
             "after the heal: every node's committed instance status matches the simulators",
             |s| s.reports_match_reality(),
         )
