@@ -44,10 +44,11 @@ const OMCTL: &str = env!("CARGO_BIN_EXE_omctl");
 
 /// One test at a time: each runs three daemons, their simulators and a poller on a small
 /// machine, and timings are the fast profile's.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// (An async lock: it is held across the test's awaits, and a failed test does not poison it.)
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ fn probe_init(c: &Cluster, value: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_primary_after_both_nodes_reset_during_a_live_switch() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::with_guest(1).await;
     c.set_migrate_ms(3000);
     c.note("switch --live --to n2");
@@ -71,7 +71,7 @@ async fn dual_primary_after_both_nodes_reset_during_a_live_switch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_switch_whose_source_reboots_mid_copy_is_resolved() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::with_guest(2).await;
     c.set_migrate_ms(3000);
     c.note("switch --live --to n2");
@@ -104,7 +104,7 @@ async fn a_live_switch_whose_source_reboots_mid_copy_is_resolved() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_links_recover_after_a_drop_partition() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::with_guest(3).await;
     probe_init(&c, "before");
     let leader = c.until(10.0, "an agreed leader", |s| s.agreed_leader()).await;
@@ -177,7 +177,7 @@ async fn raft_links_recover_after_a_drop_partition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_report_never_overwrites_a_newer_one() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::with_guest(4).await;
     // Full isolation: its Raft traffic and its DRBD links.
     c.isolate("n1");
@@ -199,7 +199,7 @@ async fn a_stale_report_never_overwrites_a_newer_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_read_after_heal() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::form(5).await;
     c.start_poller();
     probe_init(&c, "v0");
@@ -267,7 +267,7 @@ async fn linearizable_read_after_heal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_way_drop_from_the_active_node_fails_over_and_converges() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::with_guest(6).await;
     // n1's packets to the others are dropped; theirs to n1 pass. (DRBD links untouched.)
     c.drop_one_way("n1", "n2");
@@ -288,7 +288,7 @@ async fn a_one_way_drop_from_the_active_node_fails_over_and_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_cut_between_the_data_nodes_keeps_the_guest_once_and_converges() {
-    let _one = one_at_a_time();
+    let _one = one_at_a_time().await;
     let mut c = Cluster::with_guest(7).await;
     // n1 and n2 cut from each other (Raft and DRBD); both still see the witness.
     c.cut_pair("n1", "n2");
