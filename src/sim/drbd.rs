@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 #[path = "drbd_fence.rs"]
 mod fence;
-pub use fence::{parse_fence_conf, run_detached, FenceConf, Handlers, Job, FENCE_HANDLER_ENV, HANDLER_TIMEOUT};
+pub use fence::{
+    parse_fence_conf, run_detached, FenceConf, Handlers, Job, FENCE_HANDLER_ENV, HANDLER_TIMEOUT, UNFENCE_HANDLER_ENV,
+};
 
 /// How long the initial resync takes, unless `OMRAFT_SIM_SYNC_MS` says otherwise.
 pub const DEFAULT_SYNC_MS: u64 = 3000;

@@ -20,8 +20,9 @@
 //! from the file the node last passed with `-c FILE`, run through `/bin/sh -c` with DRBD's
 //! environment, bounded by `HANDLER_TIMEOUT`, and logged to `SIM_DIR/handlers.log`.
 //!
-//! `OMRAFT_SIM_FENCE_HANDLER`, when set, replaces the fence-peer command of a file that
-//! configures one: in-process test worlds, which have no omctl to run, may stand one in.
+//! `OMRAFT_SIM_FENCE_HANDLER` and `OMRAFT_SIM_UNFENCE_HANDLER`, when set, replace the
+//! fence-peer and unfence-peer commands of a file that configures them: in-process test
+//! worlds, which have no omctl to run, stand in one that asks their model of the cluster.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -38,6 +39,8 @@ pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Replaces the configured fence-peer command (for in-process worlds without omctl).
 pub const FENCE_HANDLER_ENV: &str = "OMRAFT_SIM_FENCE_HANDLER";
+/// Replaces the configured unfence-peer command, likewise.
+pub const UNFENCE_HANDLER_ENV: &str = "OMRAFT_SIM_UNFENCE_HANDLER";
 
 /// What one node's kernel keeps about fencing for one resource.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -618,10 +621,13 @@ impl Sim {
             conf.unfence_peer
         };
         let Some(mut command) = configured else { return 0 };
-        if job.handler == "fence-peer" {
-            if let Ok(stand_in) = std::env::var(FENCE_HANDLER_ENV) {
-                command = stand_in;
-            }
+        let knob = if job.handler == "fence-peer" {
+            FENCE_HANDLER_ENV
+        } else {
+            UNFENCE_HANDLER_ENV
+        };
+        if let Ok(stand_in) = std::env::var(knob) {
+            command = stand_in;
         }
         let output = std::fs::OpenOptions::new()
             .create(true)

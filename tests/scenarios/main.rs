@@ -92,6 +92,14 @@ fn s02_power_off_of_the_active_node_fails_over_to_n2() {
     w.run_for(S(2));
     w.power_off("n1");
     settles_on(&mut w, "n2", S(20));
+    // n2 promoted beside a peer of unknown state: DRBD ran fence-peer first, and the
+    // cluster marked n1 outdated.
+    let log = std::fs::read_to_string(w.sim.join("handlers.log")).unwrap_or_default();
+    assert!(
+        log.contains("n2 ") && log.contains("fence-peer peer=n1 exit 4"),
+        "{log}"
+    );
+    assert!(!w.committed().outdated.is_empty());
 }
 
 #[test]

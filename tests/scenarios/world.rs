@@ -47,6 +47,26 @@ pub const SVC: &str = "demo/svc/kvm1";
 pub const VM: &str = "kvm1";
 const RES: &str = "kvm1.demo.vol.drbd4kvm";
 
+/// The fence-peer handler of the worlds, standing in for `omctl drbd fence-peer` (which asks
+/// the node's daemon to commit the peer outdated and exits 4 only once it is): it answers 4
+/// when the world said, right before this node's pass, that the node would get it committed
+/// (`SIM/fence-ok/ME-PEER`: it reaches a leader with a majority, which accepts it), and
+/// leaves the request in `SIM/fence-req/ME` for the world to commit after the pass; 1
+/// otherwise, as omctl does. `SIM` is three levels above the resource file.
+const FENCE_STAND_IN: &str = r#"sim=$(dirname "$(dirname "$(dirname "$DRBD_CONF")")")
+eval me=\$DRBD_NODE_ID_$DRBD_MY_NODE_ID; eval peer=\$DRBD_NODE_ID_$DRBD_PEER_NODE_ID
+[ -e "$sim/fence-ok/$me-$peer" ] || exit 1
+mkdir -p "$sim/fence-req" && echo "fence $DRBD_RESOURCE $peer" >> "$sim/fence-req/$me" && exit 4
+exit 1"#;
+
+/// The unfence-peer handler of the worlds: clears the mark through the cluster when the node
+/// reaches a leader (`SIM/fence-ok/ME`), 1 otherwise.
+const UNFENCE_STAND_IN: &str = r#"sim=$(dirname "$(dirname "$(dirname "$DRBD_CONF")")")
+eval me=\$DRBD_NODE_ID_$DRBD_MY_NODE_ID; eval peer=\$DRBD_NODE_ID_$DRBD_PEER_NODE_ID
+[ -e "$sim/fence-ok/$me" ] || exit 1
+mkdir -p "$sim/fence-req" && echo "unfence $DRBD_RESOURCE $peer" >> "$sim/fence-req/$me" && exit 0
+exit 1"#;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Daemon {
     Running,
@@ -146,6 +166,9 @@ impl World {
     pub fn new(seed: u64) -> World {
         // The simulated migration's memory copy takes no real time here.
         std::env::set_var("OMRAFT_SIM_MIGRATE_MS", "0");
+        // DRBD's fencing handlers ask this model of the cluster (see `fencing_requests`).
+        std::env::set_var(omraft::sim::drbd::FENCE_HANDLER_ENV, FENCE_STAND_IN);
+        std::env::set_var(omraft::sim::drbd::UNFENCE_HANDLER_ENV, UNFENCE_STAND_IN);
         let tmp = tempfile::tempdir().unwrap();
         let sim = tmp.path().join("sim");
         std::fs::create_dir_all(&sim).unwrap();
@@ -518,7 +541,52 @@ impl World {
     }
 
     /// One applier pass of node `id` over the services it is part of.
+    /// What node `id`'s DRBD handlers may answer in its coming pass (see `FENCE_STAND_IN`).
+    fn prepare_fencing(&self, id: NodeId) {
+        let dir = self.sim.join("fence-ok");
+        std::fs::create_dir_all(&dir).unwrap();
+        let leader = self.valid_leader().filter(|l| self.linked(id, *l));
+        let me = &self.nodes[&id].name;
+        let set = |f: PathBuf, yes: bool| {
+            if yes {
+                std::fs::write(f, "").unwrap();
+            } else {
+                let _ = std::fs::remove_file(f);
+            }
+        };
+        set(dir.join(me), leader.is_some());
+        for peer in self.nodes.values().filter(|p| p.id != id) {
+            let accepted = leader.is_some_and(|l| {
+                let outdate = Command::OutdatePeer {
+                    resource: RES.into(),
+                    node_id: peer.id,
+                };
+                self.nodes[&l].state.check(&outdate).is_ok()
+            });
+            set(dir.join(format!("{me}-{}", peer.name)), accepted);
+        }
+    }
+
+    /// The marks node `id`'s handlers asked for in its pass, to commit.
+    fn fencing_requests(&mut self, id: NodeId) -> Vec<Command> {
+        let f = self.sim.join("fence-req").join(&self.nodes[&id].name);
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let _ = std::fs::remove_file(&f);
+        text.lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let (verb, resource, peer) = (w.first()?, w.get(1)?.to_string(), w.get(2)?);
+                let node_id = self.nodes.values().find(|n| n.name == *peer)?.id;
+                Some(match *verb {
+                    "fence" => Command::OutdatePeer { resource, node_id },
+                    _ => Command::UnfencePeer { resource, node_id },
+                })
+            })
+            .collect()
+    }
+
     fn apply_node(&mut self, id: NodeId) {
+        self.prepare_fencing(id);
         let now = self.now();
         let n = self.nodes.get_mut(&id).unwrap();
         let leased = n.lease.is_valid(now, n.applied as u64);
@@ -551,6 +619,12 @@ impl World {
                 };
                 out.push((Some((key, rep)), cmd));
             }
+        }
+        // The handlers ran during the pass: their marks commit first (the stand-in answered
+        // for it, from the same state).
+        for cmd in self.fencing_requests(id) {
+            let r = self.propose(id, cmd.clone());
+            assert_eq!(r, Ok(Response::Done), "{cmd}: the stand-in promised it");
         }
         for (sent_as, cmd) in out {
             if self.propose(id, cmd).is_ok() {
