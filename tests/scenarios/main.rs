@@ -655,18 +655,18 @@ fn random_schedule(seed: u64) {
 
 const TICK_MS: Duration = world::TICK;
 
-/// The randomized schedules, for a fixed set of seeds (`OMRAFT_SCENARIO_SEEDS`, default 40);
-/// `OMRAFT_SCENARIO_SEED=N` replays one.
-#[test]
-fn random_schedules_keep_the_invariants_and_converge() {
+/// The randomized schedules, for a fixed set of seeds (`OMRAFT_SCENARIO_SEEDS`, default
+/// 1000), in four shards that run in parallel; `OMRAFT_SCENARIO_SEED=N` replays one.
+fn random_shard(shard: u64) {
+    const SHARDS: u64 = 4;
     let seeds: Vec<u64> = match std::env::var("OMRAFT_SCENARIO_SEED") {
-        Ok(s) => vec![s.parse().expect("OMRAFT_SCENARIO_SEED: a number")],
+        Ok(s) if shard == 0 => vec![s.parse().expect("OMRAFT_SCENARIO_SEED: a number")],
+        Ok(_) => vec![],
         Err(_) => {
-            let n = std::env::var("OMRAFT_SCENARIO_SEEDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(40);
-            (1..=n).collect()
+            let n: u64 = std::env::var("OMRAFT_SCENARIO_SEEDS")
+                .map(|v| v.parse().expect("OMRAFT_SCENARIO_SEEDS: a number"))
+                .unwrap_or(1000);
+            (1..=n).filter(|s| s % SHARDS == shard).collect()
         }
     };
     for seed in seeds {
@@ -676,6 +676,26 @@ fn random_schedules_keep_the_invariants_and_converge() {
             );
         }
     }
+}
+
+#[test]
+fn random_schedules_keep_the_invariants_and_converge_0() {
+    random_shard(0);
+}
+
+#[test]
+fn random_schedules_keep_the_invariants_and_converge_1() {
+    random_shard(1);
+}
+
+#[test]
+fn random_schedules_keep_the_invariants_and_converge_2() {
+    random_shard(2);
+}
+
+#[test]
+fn random_schedules_keep_the_invariants_and_converge_3() {
+    random_shard(3);
 }
 
 #[test]
