@@ -235,16 +235,17 @@ impl pb::cluster_server::Cluster for ClusterService {
         admit.metadata_mut().insert("authorization", bearer);
         admit.set_timeout(Duration::from_secs(15));
         let admitted = node
-            .cluster_client(&req.node)?
-            .admit(admit)
+            .channels
+            .call(&req.node, Duration::from_secs(15), |ch| async move {
+                pb::cluster_client::ClusterClient::new(ch).admit(admit).await
+            })
             .await
             .map_err(|s| {
                 Status::new(
                     s.code(),
                     format!("{} refused to admit this node: {}", req.node, s.message()),
                 )
-            })?
-            .into_inner();
+            })?;
         steps.push(format!(
             "Admitted as node id {} of cluster {} (leader {})",
             admitted.node_id, admitted.cluster_name, admitted.leader
@@ -268,11 +269,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             Duration::from_secs(90),
         );
         let added = node
-            .cluster_client(&req.node)?
-            .add_member(add)
+            .channels
+            .call(&req.node, Duration::from_secs(90), |ch| async move {
+                pb::cluster_client::ClusterClient::new(ch).add_member(add).await
+            })
             .await
-            .map_err(|s| Status::new(s.code(), format!("joining the membership: {}", s.message())))?
-            .into_inner();
+            .map_err(|s| Status::new(s.code(), format!("joining the membership: {}", s.message())))?;
         steps.push(format!("Membership committed at log index {}", added.log_index));
         steps.push(if req.witness {
             "Joined as witness".into()
@@ -338,7 +340,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
             let fwd = self.node.node_request(msg, Duration::from_secs(90));
-            return self.node.cluster_client(&addr)?.add_member(fwd).await;
+            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).add_member(fwd).await };
+            return self
+                .node
+                .channels
+                .call(&addr, Duration::from_secs(90), call)
+                .await
+                .map(Response::new);
         }
         let log_index = self.add_member_here(msg.node_id).await?;
         Ok(Response::new(AddMemberReply { log_index }))
@@ -349,7 +357,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
             let fwd = self.node.node_request(msg, Duration::from_secs(30));
-            return self.node.cluster_client(&addr)?.remove_node(fwd).await;
+            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).remove_node(fwd).await };
+            return self
+                .node
+                .channels
+                .call(&addr, Duration::from_secs(30), call)
+                .await
+                .map(Response::new);
         }
         let node_id = self.remove_here(&msg.name).await?;
         tracing::info!(node = %msg.name, id = node_id, "removed from the cluster");

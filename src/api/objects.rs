@@ -13,7 +13,7 @@ use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords;
 use crate::model::objects::ObjectError;
 use crate::model::{
-    ClusterState, Command, KeyMode, NodeId, ObjectKey, ObjectPath, Phase, Rejection, Response as Applied,
+    ClusterState, Command, KeyMode, Migration, NodeId, ObjectKey, ObjectPath, Phase, Rejection, Response as Applied,
 };
 use crate::pb::*;
 
@@ -556,6 +556,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
         .map(|id| match reports.and_then(|r| r.get(&id)) {
             None => InstanceView {
                 node: name(id),
+                node_frozen: s.frozen_nodes.contains(&id),
                 reported: false,
                 avail: "n/a".into(),
                 outdated: s.outdated_on(p, id),
@@ -603,12 +604,51 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
         instances,
         migration_phase: svc.migration.as_ref().map(|m| m.phase.to_string()).unwrap_or_default(),
         migration_to: svc.migration.as_ref().map(|m| name(m.to)).unwrap_or_default(),
+        migration_from: svc.migration.as_ref().map(|m| name(m.from)).unwrap_or_default(),
+        migration_error: svc.migration.as_ref().and_then(|m| m.error.clone()).unwrap_or_default(),
+        pending_action: svc
+            .migration
+            .as_ref()
+            .map(|m| {
+                let guest_on_target = reports.and_then(|r| r.get(&m.to)).is_some_and(|r| {
+                    let guests: Vec<_> = r.resources.iter().filter(|x| x.rid.starts_with("container#")).collect();
+                    !guests.is_empty() && guests.iter().all(|x| x.avail == crate::model::Avail::Up)
+                });
+                pending_action(m, &name(m.from), &name(m.to), guest_on_target)
+            })
+            .unwrap_or_default(),
         last_migration_error: svc
             .last_migration
             .as_ref()
             .and_then(|m| m.error.clone())
             .unwrap_or_default(),
     }
+}
+
+/// What the cluster does or waits for on a service with switch `m` in progress, and who must
+/// act next: in `Stopping` the source, `Starting` the target, `Prepare` the source,
+/// `DualPrimary` the target, `Migrating` the source (the target once the guest runs there),
+/// `Finalize` the source then the target, `Abort` the target then the source.
+pub fn pending_action(m: &Migration, from: &str, to: &str, guest_on_target: bool) -> String {
+    let live = !matches!(m.phase, Phase::Stopping | Phase::Starting) && (m.phase != Phase::Abort || m.dual);
+    let what = if live { "live switch" } else { "switch" };
+    let waiting = match m.phase {
+        Phase::Stopping => format!("{from} to stop the guests and demote"),
+        Phase::Starting => format!("{to} to promote and start the guests"),
+        Phase::Prepare => format!("{from} to check the guest runs there and {to}'s DRBD is Connected and UpToDate"),
+        Phase::DualPrimary => format!("{to} to allow two primaries and promote"),
+        Phase::Migrating if guest_on_target => format!("{to} to commit Finalize (the guest runs there)"),
+        Phase::Migrating => format!("{from} to live-migrate the guest"),
+        Phase::Finalize => format!("{from} to demote, then {to} to end the switch"),
+        Phase::Abort if m.dual => format!("{to} to stop what it has and demote, then {from} to end the switch"),
+        Phase::Abort => format!("{from} to end the switch"),
+        Phase::Done => return format!("{what} to {to}: done"),
+    };
+    let why = match (&m.phase, &m.error) {
+        (Phase::Abort, Some(e)) => format!(" ({e})"),
+        _ => String::new(),
+    };
+    format!("{what} to {to}: phase {}{why}: waiting for {waiting}", m.phase)
 }
 
 const DRBD_CAPABILITIES: &str = "rox,rwx,roo,rwo,snap,blk,shared";
@@ -700,4 +740,78 @@ pub fn device_rows(s: &ClusterState, p: &ObjectPath, o: &crate::model::Object) -
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn switch(phase: Phase, dual: bool, error: Option<&str>) -> Migration {
+        Migration {
+            id: 7,
+            from: 1,
+            to: 2,
+            phase,
+            error: error.map(Into::into),
+            dual,
+        }
+    }
+
+    #[test]
+    fn the_pending_action_names_the_phase_and_who_acts_next() {
+        let cases = [
+            (switch(Phase::Stopping, false, None), false, "switch to n2: phase Stopping: waiting for n1 to stop the guests and demote"),
+            (switch(Phase::Starting, false, None), false, "switch to n2: phase Starting: waiting for n2 to promote and start the guests"),
+            (switch(Phase::Prepare, false, None), false, "live switch to n2: phase Prepare: waiting for n1 to check the guest runs there and n2's DRBD is Connected and UpToDate"),
+            (switch(Phase::DualPrimary, true, None), false, "live switch to n2: phase DualPrimary: waiting for n2 to allow two primaries and promote"),
+            (switch(Phase::Migrating, true, None), false, "live switch to n2: phase Migrating: waiting for n1 to live-migrate the guest"),
+            (switch(Phase::Migrating, true, None), true, "live switch to n2: phase Migrating: waiting for n2 to commit Finalize (the guest runs there)"),
+            (switch(Phase::Finalize, true, None), true, "live switch to n2: phase Finalize: waiting for n1 to demote, then n2 to end the switch"),
+            (switch(Phase::Abort, true, Some("n2: DRBD not UpToDate")), false, "live switch to n2: phase Abort (n2: DRBD not UpToDate): waiting for n2 to stop what it has and demote, then n1 to end the switch"),
+            (switch(Phase::Abort, false, Some("aborted by request")), false, "switch to n2: phase Abort (aborted by request): waiting for n1 to end the switch"),
+        ];
+        for (m, guest_on_target, want) in cases {
+            assert_eq!(pending_action(&m, "n1", "n2", guest_on_target), want);
+        }
+    }
+
+    #[test]
+    fn instance_status_carries_the_switch_and_every_frozen_node() {
+        let mut s = ClusterState::default();
+        for (id, name) in [(1, "n1"), (2, "n2")] {
+            s.nodes.insert(
+                id,
+                crate::model::NodeInfo {
+                    name: name.into(),
+                    addr: format!("127.0.0.1:{id}"),
+                    witness: false,
+                    watchdog: false,
+                    ssh_key: None,
+                },
+            );
+        }
+        s.frozen_nodes.insert(2);
+        let p = ObjectPath::parse("demo/svc/kvm1").unwrap();
+        s.services.insert(
+            p.to_string(),
+            crate::model::ServiceState {
+                provisioned: true,
+                started: true,
+                frozen: true,
+                placement: Some(1),
+                migration: Some(switch(Phase::Stopping, false, None)),
+                ..Default::default()
+            },
+        );
+        let r = instance_status(&s, &p);
+        assert!(r.frozen);
+        assert_eq!((r.migration_from.as_str(), r.migration_to.as_str()), ("n1", "n2"));
+        assert_eq!(r.migration_phase, "Stopping");
+        assert!(
+            r.pending_action
+                .starts_with("switch to n2: phase Stopping: waiting for n1"),
+            "{}",
+            r.pending_action
+        );
+    }
 }

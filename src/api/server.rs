@@ -56,7 +56,10 @@ pub async fn serve(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    // Keepalive pings close connections whose peer went silent (a cut network), as clients do.
     let tcp = Server::builder()
+        .http2_keepalive_interval(Some(crate::raft::network::KEEPALIVE))
+        .http2_keepalive_timeout(Some(crate::raft::network::KEEPALIVE_TIMEOUT))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             raft,
             tcp_auth.clone(),

@@ -159,14 +159,14 @@ pub async fn mon(node: &Arc<Node>) -> pb::MonReply {
                 return row;
             }
             let req = node.node_request(pb::NodeStatusRequest {}, Duration::from_secs(1));
-            let call = async { node.cluster_client(&info.addr)?.node_status(req).await };
-            match tokio::time::timeout(Duration::from_secs(1), call).await {
-                Ok(Ok(s)) => {
-                    row.status = Some(s.into_inner());
+            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).node_status(req).await };
+            match node.channels.call(&info.addr, Duration::from_secs(1), call).await {
+                Ok(s) => {
+                    row.status = Some(s);
                     row.reachable = true;
                 }
-                Ok(Err(e)) => row.error = e.message().to_string(),
-                Err(_) => row.error = "no answer within 1 s".into(),
+                Err(e) if e.code() == tonic::Code::DeadlineExceeded => row.error = "no answer within 1 s".into(),
+                Err(e) => row.error = e.message().to_string(),
             }
             row
         });

@@ -127,18 +127,19 @@ pub async fn run(cli: &Cli, cmd: &DrbdCmd, out: &mut Printer) -> Result<(), Fail
             node: t.peer.clone(),
             unfence,
         };
-        Ok::<_, Failure>(c.drbd_fence(req).await?.into_inner())
+        Ok::<_, Failure>(c.drbd_fence(req).await.map_err(Failure::write)?.into_inner())
     };
     let failed = |why: String| Failure {
         user: true,
-        message: format!("{handler}: {}: {} not marked {what}: {why}", t.resource, t.peer),
+        message: format!("{handler}: {}: {} not confirmed {what}: {why}", t.resource, t.peer),
     };
     let reply = match tokio::time::timeout(args.timeout, call).await {
         Ok(Ok(r)) => r,
         Ok(Err(f)) => return Err(failed(f.message)),
         Err(_) => {
             return Err(failed(format!(
-                "not committed within {} s (is this node cut from the cluster's majority?)",
+                "{} (it may commit later): no answer within {} s (is this node cut from the cluster's majority?)",
+                crate::daemon::OUTCOME_UNKNOWN,
                 args.timeout.as_secs()
             )))
         }

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::Code;
 
 use crate::api::auth::Role;
+use crate::daemon::{NOT_COMMITTED, OUTCOME_UNKNOWN};
 use crate::pb;
 use client::Client;
 use render::Printer;
@@ -265,6 +266,23 @@ impl From<tonic::Status> for Failure {
     }
 }
 
+impl Failure {
+    /// A failed write. Refused input (a user error) changed nothing, and the daemon says when
+    /// a command was certainly not committed; any other failure (the connection lost after the
+    /// request went out, a deadline, an error from the leader) may come after the command was
+    /// appended, so it says the outcome is unknown, never that the write failed.
+    pub fn write(s: tonic::Status) -> Failure {
+        let f = Failure::from(s);
+        if f.user || f.message.starts_with(OUTCOME_UNKNOWN) || f.message.starts_with(NOT_COMMITTED) {
+            return f;
+        }
+        Failure {
+            user: false,
+            message: format!("{OUTCOME_UNKNOWN} (it may have been committed): {}", f.message),
+        }
+    }
+}
+
 impl From<client::ConnectError> for Failure {
     fn from(e: client::ConnectError) -> Failure {
         let user = !matches!(e, client::ConnectError::Unreachable(..));
@@ -377,7 +395,8 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
                     }],
                     unset: vec![],
                 })
-                .await?
+                .await
+                .map_err(Failure::write)?
                 .into_inner();
             out.committed(reply.log_index);
             Ok(())
@@ -386,7 +405,8 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             let mut c = connect(cli).await?;
             let reply = c
                 .remove_node(pb::RemoveNodeRequest { name: node.clone() })
-                .await?
+                .await
+                .map_err(Failure::write)?
                 .into_inner();
             out.removed(node, reply.node_id);
             Ok(())
@@ -415,7 +435,8 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
                     node: node.clone(),
                     frozen,
                 })
-                .await?
+                .await
+                .map_err(Failure::write)?
                 .into_inner();
             out.committed(r.log_index);
             Ok(())
@@ -468,7 +489,8 @@ async fn config(cli: &Cli, cmd: &ConfigCmd, out: &mut Printer) -> Result<(), Fai
                     set,
                     unset: args.unset.clone(),
                 })
-                .await?
+                .await
+                .map_err(Failure::write)?
                 .into_inner();
             out.committed(reply.log_index);
             Ok(())
@@ -508,6 +530,37 @@ mod tests {
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn a_failed_write_says_the_outcome_is_unknown_unless_it_is_known() {
+        use tonic::Status;
+        for s in [
+            Status::unavailable("transport error"),
+            Status::unknown("h2 protocol error: error reading a body from connection"),
+            Status::deadline_exceeded("Timeout expired"),
+            Status::cancelled("operation was canceled"),
+            Status::internal("commit failed: raft stopped"),
+        ] {
+            let f = Failure::write(s.clone());
+            assert!(!f.user, "{}", f.message);
+            assert!(f.message.starts_with("outcome unknown"), "{}", f.message);
+            assert!(f.message.contains(s.message()), "{}", f.message);
+        }
+        // Known outcomes keep their message: refused, certainly not committed, already unknown.
+        for s in [
+            Status::failed_precondition("demo/svc/kvm1 is provisioned"),
+            Status::invalid_argument("unknown keyword foo.bar"),
+            Status::unavailable("not committed: no leader: the cluster has no quorum"),
+            Status::unavailable("outcome unknown: the leader 10.0.0.1:1215: transport error"),
+        ] {
+            assert_eq!(Failure::write(s.clone()).message, s.message());
+        }
+        // A read keeps its message.
+        assert_eq!(
+            Failure::from(Status::unavailable("transport error")).message,
+            "transport error"
+        );
     }
 
     #[test]

@@ -250,11 +250,15 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
                 kws: kvs(&kw, "--kw")?,
                 config_text,
             };
-            let r = c.object_create(req).await?.into_inner();
+            let r = c.object_create(req).await.map_err(Failure::write)?.into_inner();
             out.quiet_commit(r.log_index);
         }
         PathCmd::Delete => {
-            let r = c.object_delete(pb::ObjectRef { path }).await?.into_inner();
+            let r = c
+                .object_delete(pb::ObjectRef { path })
+                .await
+                .map_err(Failure::write)?
+                .into_inner();
             out.quiet_commit(r.log_index);
         }
         PathCmd::Config(ConfigCmd::Show { section }) => {
@@ -273,7 +277,13 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
                 set: kvs(&a.set, "--set")?,
                 unset: a.unset,
             };
-            out.committed(c.object_config_update(req).await?.into_inner().log_index);
+            out.committed(
+                c.object_config_update(req)
+                    .await
+                    .map_err(Failure::write)?
+                    .into_inner()
+                    .log_index,
+            );
         }
         PathCmd::Config(ConfigCmd::Get { kw, eval, node }) => {
             let req = pb::ObjectConfigGetRequest {
@@ -322,7 +332,7 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
                 value,
                 change,
             };
-            let r = c.key_put(req).await?.into_inner();
+            let r = c.key_put(req).await.map_err(Failure::write)?.into_inner();
             out.key_set(&path, &a.name, r.log_index);
         }
         PathCmd::Key(KeyCmd::List) => out.names(&c.key_list(pb::ObjectRef { path }).await?.into_inner().names),
@@ -331,7 +341,11 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
             out.raw(&r.value);
         }
         PathCmd::Key(KeyCmd::Remove { name }) => {
-            let r = c.key_remove(pb::KeyRequest { path, name }).await?.into_inner();
+            let r = c
+                .key_remove(pb::KeyRequest { path, name })
+                .await
+                .map_err(Failure::write)?
+                .into_inner();
             out.quiet_commit(r.log_index);
         }
         PathCmd::Instance(InstanceCmd::Device(DeviceCmd::List)) => {
@@ -352,7 +366,7 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
                 action: "provision-state-only".into(),
                 node: node.clone(),
             };
-            let r = c.object_action(req).await?.into_inner();
+            let r = c.object_action(req).await.map_err(Failure::write)?.into_inner();
             out.state_only(&path, &node, r.log_index);
         }
         PathCmd::Freeze | PathCmd::Thaw => {
@@ -366,7 +380,13 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
                 action: action.into(),
                 node: String::new(),
             };
-            out.committed(c.object_action(req).await?.into_inner().log_index);
+            out.committed(
+                c.object_action(req)
+                    .await
+                    .map_err(Failure::write)?
+                    .into_inner()
+                    .log_index,
+            );
         }
         PathCmd::Takeover(w) => action(&mut c, out, &path, "takeover", &w).await?,
         PathCmd::Giveback(w) => action(&mut c, out, &path, "giveback", &w).await?,
@@ -439,7 +459,12 @@ async fn orchestrate(
     req: pb::ObjectActionRequest,
     w: &WaitArgs,
 ) -> Result<(), Failure> {
-    let index = c.object_action(req).await?.into_inner().log_index;
+    let index = c
+        .object_action(req)
+        .await
+        .map_err(Failure::write)?
+        .into_inner()
+        .log_index;
     let id = crate::model::objects::derived_uuid(&format!("{path}@{index}"));
     let mut error = None;
     if w.wait {

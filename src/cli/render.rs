@@ -78,10 +78,22 @@ struct InstanceStatusView<'a> {
     avail: &'a str,
     warn: bool,
     provisioned: bool,
+    /// The node is frozen: nothing is placed on it automatically.
+    frozen: bool,
     /// DRBD resources a peer's fence-peer marked outdated here.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     outdated: &'a [String],
     resources: Vec<ResourceStatusView<'a>>,
+}
+
+/// A switch or live switch in progress.
+#[derive(Serialize)]
+struct SwitchView<'a> {
+    from: &'a str,
+    to: &'a str,
+    phase: &'a str,
+    /// Why it is being aborted (phase Abort).
+    error: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -90,8 +102,21 @@ struct StatusView<'a> {
     provisioned: bool,
     placement: &'a str,
     started: bool,
+    /// The service is frozen: the orchestrator moves nothing.
+    frozen: bool,
     epoch: u64,
+    /// The switch in progress, if any.
+    switch: Option<SwitchView<'a>>,
+    /// What the cluster does or waits for on this service, e.g. "live switch to n2: phase
+    /// Migrating: waiting for n1 to live-migrate the guest"; null when nothing is pending.
+    pending_action: Option<&'a str>,
+    /// Why the last switch was aborted; null when it succeeded or there was none.
+    last_switch_error: Option<&'a str>,
     instances: Vec<InstanceStatusView<'a>>,
+}
+
+fn some(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 impl<'a> From<&'a pb::InstanceStatusReply> for StatusView<'a> {
@@ -101,7 +126,16 @@ impl<'a> From<&'a pb::InstanceStatusReply> for StatusView<'a> {
             provisioned: s.provisioned,
             placement: &s.placement,
             started: s.started,
+            frozen: s.frozen,
             epoch: s.epoch,
+            switch: some(&s.migration_phase).map(|phase| SwitchView {
+                from: &s.migration_from,
+                to: &s.migration_to,
+                phase,
+                error: some(&s.migration_error),
+            }),
+            pending_action: some(&s.pending_action),
+            last_switch_error: some(&s.last_migration_error),
             instances: s
                 .instances
                 .iter()
@@ -111,6 +145,7 @@ impl<'a> From<&'a pb::InstanceStatusReply> for StatusView<'a> {
                     avail: &i.avail,
                     warn: i.warn,
                     provisioned: i.provisioned,
+                    frozen: i.node_frozen,
                     outdated: &i.outdated,
                     resources: i
                         .resources
@@ -662,7 +697,14 @@ impl Printer {
         let warn = s.instances.iter().any(|i| i.warn);
         let line =
             |name: &str, avail: &str, rest: &str| format!("{name:<33}{avail:<6}{rest}").trim_end().to_string() + "\n";
-        let mut t = line(&s.path, avail, if warn { "warn" } else { "" });
+        let flags: Vec<&str> = [(warn, "warn"), (s.frozen, "frozen")]
+            .into_iter()
+            .filter_map(|(on, flag)| on.then_some(flag))
+            .collect();
+        let mut t = line(&s.path, avail, &flags.join(" "));
+        if !s.pending_action.is_empty() {
+            t.push_str(&format!("  pending: {}\n", s.pending_action));
+        }
         if recursive {
             t.push_str("└ instances\n");
             // The node holding the service last, as the tutorial shows it.
@@ -959,6 +1001,83 @@ mod tests {
         assert_eq!(human_duration(5), "5s");
         assert_eq!(human_duration(203), "3m23");
         assert_eq!(human_duration(7500), "2h05");
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn status_output(format: Output, s: &pb::InstanceStatusReply) -> String {
+        let out = Captured::default();
+        let mut p = Printer::to(format, Box::new(out.clone()));
+        p.status_tree(s, true);
+        p.finish().unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn status_shows_the_switch_its_pending_action_and_the_frozen_flags() {
+        let pending = "live switch to n2: phase Migrating: waiting for n1 to live-migrate the guest";
+        let node = |name: &str, frozen: bool| pb::InstanceView {
+            node: name.into(),
+            node_frozen: frozen,
+            reported: true,
+            avail: "up".into(),
+            provisioned: true,
+            ..Default::default()
+        };
+        let s = pb::InstanceStatusReply {
+            path: "demo/svc/kvm1".into(),
+            provisioned: true,
+            placement: "n1".into(),
+            started: true,
+            frozen: true,
+            instances: vec![node("n1", false), node("n2", true)],
+            migration_phase: "Migrating".into(),
+            migration_from: "n1".into(),
+            migration_to: "n2".into(),
+            pending_action: pending.into(),
+            ..Default::default()
+        };
+        let json: serde_json::Value = serde_json::from_str(&status_output(Output::Json, &s)).unwrap();
+        assert_eq!(json["frozen"], true, "{json}");
+        assert_eq!(json["switch"]["phase"], "Migrating", "{json}");
+        assert_eq!(json["switch"]["from"], "n1", "{json}");
+        assert_eq!(json["switch"]["to"], "n2", "{json}");
+        assert_eq!(json["switch"]["error"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["pending_action"], pending, "{json}");
+        assert_eq!(json["instances"][0]["frozen"], false, "{json}");
+        assert_eq!(json["instances"][1]["frozen"], true, "{json}");
+        let human = status_output(Output::Human, &s);
+        let lines: Vec<&str> = human.lines().collect();
+        assert!(lines[0].ends_with("frozen"), "{human}");
+        assert_eq!(lines[1], format!("  pending: {pending}"), "{human}");
+
+        // At rest: no switch, nothing pending, nothing frozen.
+        let rest = pb::InstanceStatusReply {
+            frozen: false,
+            instances: vec![node("n1", false), node("n2", false)],
+            migration_phase: String::new(),
+            migration_from: String::new(),
+            migration_to: String::new(),
+            pending_action: String::new(),
+            ..s
+        };
+        let json: serde_json::Value = serde_json::from_str(&status_output(Output::Json, &rest)).unwrap();
+        assert_eq!(json["switch"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["pending_action"], serde_json::Value::Null, "{json}");
+        assert_eq!(json["frozen"], false, "{json}");
+        assert!(!status_output(Output::Human, &rest).contains("pending"));
     }
 
     #[test]

@@ -350,27 +350,6 @@ impl Node {
         id == Some(m.id)
     }
 
-    /// A `Raft` transport client to `addr`, with the node credential.
-    fn raft_client(&self, addr: &str) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, Status> {
-        let ch = self
-            .channels
-            .get(addr)
-            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
-        Ok(pb::raft_client::RaftClient::new(ch))
-    }
-
-    /// A `Cluster` API client to `addr`, with the node credential attached by `node_request`.
-    pub fn cluster_client(
-        &self,
-        addr: &str,
-    ) -> Result<pb::cluster_client::ClusterClient<tonic::transport::Channel>, Status> {
-        let ch = self
-            .channels
-            .get(addr)
-            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?;
-        Ok(pb::cluster_client::ClusterClient::new(ch))
-    }
-
     /// Wraps `msg` in a request carrying this node's credential.
     pub fn node_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
@@ -383,52 +362,39 @@ impl Node {
 
     /// Commits `cmd` through the leader and returns what applying it produced. Retries only
     /// when the command was certainly not appended (no leader yet, or a node that is not the
-    /// leader any more); any other failure is reported as an unknown outcome.
+    /// leader any more); any other failure says the outcome is unknown (`OUTCOME_UNKNOWN`), and
+    /// a failure where it certainly did not commit says so (`NOT_COMMITTED`).
     pub async fn write(&self, cmd: Command) -> Result<(u64, Response), Status> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let err = if self.is_leader() {
+            let attempt = if self.is_leader() {
                 match self.member().raft.client_write(cmd.clone()).await {
                     Ok(r) => return Ok((r.log_id.index, r.data)),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                        Status::unavailable("leadership moved")
-                    }
-                    Err(e) => return Err(Status::unavailable(format!("commit failed: {e}"))),
+                    Err(e) => local_write_failure(&e),
                 }
             } else if let Some((_, addr)) = self.leader() {
                 let data = serde_json::to_vec(&cmd).expect("serialize command");
                 let req = self.node_request(pb::RaftMessage { data }, Duration::from_secs(10));
-                // tonic does not enforce the request timeout itself: a hung leader must not
-                // hang us.
-                let mut client = self.raft_client(&addr)?;
-                let answer = tokio::time::timeout(Duration::from_secs(10), client.propose(req))
-                    .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("the leader did not answer within 10 s")));
-                match answer {
+                let call = |ch| async move { pb::raft_client::RaftClient::new(ch).propose(req).await };
+                match self.channels.call(&addr, Duration::from_secs(10), call).await {
                     Ok(reply) => {
-                        let r: Result<(u64, Response), String> = serde_json::from_slice(&reply.into_inner().data)
-                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
+                        let r: Result<(u64, Response), String> = serde_json::from_slice(&reply.data)
+                            .map_err(|e| outcome_unknown(format!("undecodable reply from the leader {addr}: {e}")))?;
                         match r {
                             Ok(ok) => return Ok(ok),
-                            Err(not_leader) if not_leader == NOT_LEADER => Status::unavailable("leadership moved"),
-                            Err(e) => return Err(Status::unavailable(format!("commit failed on the leader: {e}"))),
+                            Err(e) => leader_write_failure(&addr, &e),
                         }
                     }
-                    Err(s) if s.code() == Code::Unavailable && s.message().contains("tcp connect") => s,
-                    Err(s) => {
-                        return Err(Status::unavailable(format!(
-                            "outcome unknown, leader {addr}: {}",
-                            s.message()
-                        )))
-                    }
+                    Err(s) => propose_failure(&addr, &s),
                 }
             } else {
-                Status::unavailable("no leader: the cluster has no quorum")
+                Attempt::Retry(not_committed("no leader: the cluster has no quorum"))
             };
-            if Instant::now() >= deadline {
-                return Err(err);
+            match attempt {
+                Attempt::Fail(s) => return Err(s),
+                Attempt::Retry(s) if Instant::now() >= deadline => return Err(s),
+                Attempt::Retry(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -454,13 +420,11 @@ impl Node {
                 }
             } else if let Some((_, addr)) = self.leader() {
                 let req = self.node_request(pb::RaftMessage { data: vec![] }, Duration::from_secs(5));
-                let mut client = self.raft_client(&addr)?;
-                let answer = tokio::time::timeout(Duration::from_secs(5), client.read_index(req))
-                    .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("the leader did not answer within 5 s")));
+                let call = |ch| async move { pb::raft_client::RaftClient::new(ch).read_index(req).await };
+                let answer = self.channels.call(&addr, Duration::from_secs(5), call).await;
                 match answer {
                     Ok(reply) => {
-                        let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.into_inner().data)
+                        let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.data)
                             .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))?;
                         match idx {
                             Ok(idx) => {
@@ -640,6 +604,70 @@ impl Node {
 /// The reply `Propose` gives when the node asked is not the leader.
 pub const NOT_LEADER: &str = "not the leader";
 
+/// How an error of a write begins when the command may or may not have been committed.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
+/// How an error of a write begins when the command was certainly not committed.
+pub const NOT_COMMITTED: &str = "not committed";
+
+/// The command may have been appended: it may commit or not.
+fn outcome_unknown(why: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("{OUTCOME_UNKNOWN}: {why}"))
+}
+
+/// The command was certainly not appended anywhere.
+fn not_committed(why: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("{NOT_COMMITTED}: {why}"))
+}
+
+/// What one failed attempt of `Node::write` means.
+#[derive(Debug)]
+enum Attempt {
+    /// Certainly not appended: try again (through the leader of the moment) until the deadline.
+    Retry(Status),
+    /// Give up with this error.
+    Fail(Status),
+}
+
+/// A failed `client_write` on this node. `ForwardToLeader` comes before an append, or when
+/// the appended entry was truncated by a new leader's log: it never commits. Anything else
+/// (the Raft core stopped, a storage error) may come after the append.
+fn local_write_failure(e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Attempt {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Attempt::Retry(not_committed("leadership moved while committing"))
+        }
+        e => Attempt::Fail(outcome_unknown(format!("committing on this node (the leader): {e}"))),
+    }
+}
+
+/// The leader's `Propose` answered with an error (`propose_local`'s).
+fn leader_write_failure(addr: &str, e: &str) -> Attempt {
+    if e == NOT_LEADER {
+        Attempt::Retry(not_committed(format!("{addr} is not the leader any more")))
+    } else {
+        Attempt::Fail(outcome_unknown(format!("committing on the leader {addr}: {e}")))
+    }
+}
+
+/// The `Propose` call to the leader failed: only a connection never made proves the command
+/// was not sent; a timeout or a connection lost on the way leaves the outcome unknown.
+fn propose_failure(addr: &str, s: &Status) -> Attempt {
+    if s.code() == Code::InvalidArgument && s.message().starts_with("bad address") {
+        return Attempt::Fail(not_committed(format!("the leader's address: {}", s.message())));
+    }
+    let mut text = s.message().to_string();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        text.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    if s.code() == Code::Unavailable && text.contains("tcp connect") {
+        Attempt::Retry(not_committed(format!("the leader {addr} is unreachable: {text}")))
+    } else {
+        Attempt::Fail(outcome_unknown(format!("the leader {addr}: {}", s.message())))
+    }
+}
+
 /// `cluster.name`, or its default.
 pub fn cluster_name(state: &ClusterState) -> String {
     crate::model::catalog::get(&state.config, "cluster.name")
@@ -725,16 +753,9 @@ async fn renew_lease(weak: std::sync::Weak<Node>) {
         } else if let Some((_, addr)) = node.leader() {
             let me = serde_json::to_vec(&m.id).expect("serialize node id");
             let req = node.node_request(pb::RaftMessage { data: me }, cfg.renew);
-            match node.raft_client(&addr) {
-                Ok(mut c) => match tokio::time::timeout(cfg.renew, c.lease(req))
-                    .await
-                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")))
-                {
-                    Ok(reply) => {
-                        serde_json::from_slice(&reply.into_inner().data).unwrap_or_else(|e| Err(e.to_string()))
-                    }
-                    Err(s) => Err(s.message().to_string()),
-                },
+            let call = |ch| async move { pb::raft_client::RaftClient::new(ch).lease(req).await };
+            match node.channels.call(&addr, cfg.renew, call).await {
+                Ok(reply) => serde_json::from_slice(&reply.data).unwrap_or_else(|e| Err(e.to_string())),
                 Err(s) => Err(s.message().to_string()),
             }
         } else {
@@ -872,7 +893,7 @@ fn report_watchdog(node: &Arc<Node>, me: NodeId) {
         match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
             Ok(Ok(_)) => tracing::info!("reported: watchdog {}", if has { "present" } else { "absent" }),
             Ok(Err(e)) => tracing::warn!("reporting the watchdog: {}", e.message()),
-            Err(_) => tracing::warn!("reporting the watchdog: not committed within 2 s"),
+            Err(_) => tracing::warn!("reporting the watchdog: outcome unknown: not committed within 2 s"),
         }
     });
 }
@@ -923,7 +944,9 @@ pub async fn keep_ssh_trust(weak: std::sync::Weak<Node>, dir: PathBuf) {
                         match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
                             Ok(Ok(_)) => tracing::info!("ssh trust: public key published"),
                             Ok(Err(e)) => tracing::warn!("ssh trust: publishing the key: {}", e.message()),
-                            Err(_) => tracing::warn!("ssh trust: publishing the key: not committed within 2 s"),
+                            Err(_) => tracing::warn!(
+                                "ssh trust: publishing the key: outcome unknown: not committed within 2 s"
+                            ),
                         }
                     }
                 }
@@ -1023,6 +1046,53 @@ mod tests {
         state.services.insert("demo/svc/a".into(), switching);
         assert!(state.hosts(1) && state.hosts(2));
         assert!(!state.hosts(3), "not a participant");
+    }
+
+    #[test]
+    fn a_write_error_after_a_possible_append_says_the_outcome_is_unknown() {
+        fn message(a: Attempt) -> (bool, String) {
+            match a {
+                Attempt::Retry(s) => (true, s.message().to_string()),
+                Attempt::Fail(s) => (false, s.message().to_string()),
+            }
+        }
+        let unknown = |a: Attempt| {
+            let (retry, m) = message(a);
+            assert!(!retry, "{m}: retried, so maybe committed twice");
+            assert!(m.starts_with(OUTCOME_UNKNOWN), "{m}");
+            assert!(!m.contains("failed"), "{m}");
+        };
+        let not_committed_retried = |a: Attempt| {
+            let (retry, m) = message(a);
+            assert!(retry, "{m}");
+            assert!(m.starts_with(NOT_COMMITTED), "{m}");
+        };
+        // On this node as the leader.
+        unknown(local_write_failure(&RaftError::Fatal(openraft::error::Fatal::Stopped)));
+        not_committed_retried(local_write_failure(&RaftError::APIError(
+            ClientWriteError::ForwardToLeader(openraft::error::ForwardToLeader::empty()),
+        )));
+        // The leader's own answer.
+        unknown(leader_write_failure("10.0.0.1:1215", "raft stopped"));
+        not_committed_retried(leader_write_failure("10.0.0.1:1215", NOT_LEADER));
+        // The call to the leader.
+        for s in [
+            Status::deadline_exceeded("10.0.0.1:1215 did not answer within 10s"),
+            Status::unavailable("transport error"),
+            Status::unknown("h2 protocol error: connection reset"),
+            Status::cancelled("operation was canceled"),
+        ] {
+            unknown(propose_failure("10.0.0.1:1215", &s));
+        }
+        not_committed_retried(propose_failure(
+            "10.0.0.1:1215",
+            &Status::unavailable("error trying to connect: tcp connect error: Connection refused"),
+        ));
+        let (retry, m) = message(propose_failure(
+            "nowhere",
+            &Status::invalid_argument("bad address nowhere: invalid uri"),
+        ));
+        assert!(!retry && m.starts_with(NOT_COMMITTED), "{m}");
     }
 
     /// A regular file standing in for /dev/watchdog, and its fake sysfs directory.

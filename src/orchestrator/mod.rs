@@ -159,7 +159,7 @@ pub async fn run(node: Arc<Node>) {
                     match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
                         Ok(Ok(_)) => info!("failover committed"),
                         Ok(Err(e)) => warn!("failover: {}", e.message()),
-                        Err(_) => warn!("failover: not committed within 2 s"),
+                        Err(_) => warn!("failover: outcome unknown: not committed within 2 s (it may still commit)"),
                     }
                 }
             }

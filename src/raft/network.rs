@@ -2,9 +2,16 @@
 //!
 //! Channels are cached per address and connect lazily, so a dead peer costs a failed connect
 //! and never a blocked caller: openraft runs one replication task per target, and every call
-//! here is bounded by the TTL openraft gives it.
+//! here is bounded by the TTL openraft gives it. A cut connection must not outlive the cut:
+//! HTTP/2 keepalive pings (every `KEEPALIVE`, answered within `KEEPALIVE_TIMEOUT`, idle or not)
+//! close a connection whose peer went silent, and a channel whose calls failed
+//! `FAILURES_BEFORE_RECONNECT` times in a row (no answer in time, transport error, or abandoned
+//! by the caller's own timeout) is dropped and made again on next use. Without that, a TCP
+//! connection whose packets were dropped for a while stays in retransmission backoff long after
+//! the network heals.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,31 +25,159 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 use super::{NodeId, TypeConfig};
 use crate::api::auth::Secret;
 use crate::pb;
 
+/// Consecutive failed calls on one channel after which it is dropped and made again.
+pub const FAILURES_BEFORE_RECONNECT: u32 = 2;
+/// How often an HTTP/2 keepalive ping goes out on a channel, idle or not.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long a keepalive ping may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One cached channel and its run of failed calls.
+struct Slot {
+    channel: Channel,
+    generation: u64,
+    failures: u32,
+}
+
+#[derive(Default)]
+struct ChannelMap {
+    slots: HashMap<String, Slot>,
+    made: u64,
+}
+
 /// Lazily connected gRPC channels, one per peer address, shared by all callers.
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<ChannelMap>>,
+}
+
+/// One call's use of a cached channel. Settle it with the call's outcome; dropped unsettled
+/// (the caller gave up waiting), it counts as a failure.
+pub struct ChannelUse {
+    channel: Channel,
+    addr: String,
+    generation: u64,
+    channels: Channels,
+    settled: bool,
+}
+
+impl ChannelUse {
+    /// The channel, to build a client on.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Records the call's outcome: `answered` when the peer answered, whatever it said.
+    pub fn settle(mut self, answered: bool) {
+        self.settled = true;
+        self.channels.record(&self.addr, self.generation, answered);
+    }
+}
+
+impl Drop for ChannelUse {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.channels.record(&self.addr, self.generation, false);
+        }
+    }
+}
+
+/// Whether a status returned by a call means the peer was not reached or did not answer (as
+/// opposed to an answer from it).
+pub fn transport_failure(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+    )
 }
 
 impl Channels {
-    /// The channel to `addr` (`HOST:PORT`), created on first use.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// The channel to `addr` (`HOST:PORT`), created on first use and again after a run of
+    /// failed calls.
+    pub fn get(&self, addr: &str) -> Result<ChannelUse, tonic::transport::Error> {
         let mut map = self.inner.lock().expect("channels lock");
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
+        let (channel, generation) = match map.slots.get(addr) {
+            Some(s) => (s.channel.clone(), s.generation),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .tcp_keepalive(Some(Duration::from_secs(5)))
+                    .http2_keep_alive_interval(KEEPALIVE)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+                    .connect_lazy();
+                map.made += 1;
+                let generation = map.made;
+                map.slots.insert(
+                    addr.to_string(),
+                    Slot {
+                        channel: channel.clone(),
+                        generation,
+                        failures: 0,
+                    },
+                );
+                (channel, generation)
+            }
+        };
+        Ok(ChannelUse {
+            channel,
+            addr: addr.to_string(),
+            generation,
+            channels: self.clone(),
+            settled: false,
+        })
+    }
+
+    /// Counts a call's outcome against the channel it used (not against one made since).
+    fn record(&self, addr: &str, generation: u64, answered: bool) {
+        let mut map = self.inner.lock().expect("channels lock");
+        let Some(slot) = map.slots.get_mut(addr).filter(|s| s.generation == generation) else {
+            return;
+        };
+        if answered {
+            slot.failures = 0;
+            return;
         }
-        let c = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
-        map.insert(addr.to_string(), c.clone());
-        Ok(c)
+        slot.failures += 1;
+        if slot.failures >= FAILURES_BEFORE_RECONNECT {
+            tracing::debug!("{addr}: {} failed calls in a row: reconnecting", slot.failures);
+            map.slots.remove(addr);
+        }
+    }
+
+    /// One call on the channel to `addr`, bounded by `timeout` (tonic does not enforce a
+    /// request's own) and counted for the channel's replacement.
+    pub async fn call<T, F, Fut>(&self, addr: &str, timeout: Duration, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let conn = self
+            .get(addr)
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?;
+        match tokio::time::timeout(timeout, f(conn.channel())).await {
+            Err(_) => {
+                conn.settle(false);
+                Err(Status::deadline_exceeded(format!(
+                    "{addr} did not answer within {timeout:?}"
+                )))
+            }
+            Ok(Err(s)) => {
+                conn.settle(!transport_failure(&s));
+                Err(s)
+            }
+            Ok(Ok(r)) => {
+                conn.settle(true);
+                Ok(r.into_inner())
+            }
+        }
     }
 }
 
@@ -99,7 +234,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             target,
-            channel: self.channels.get(&node.addr).map_err(|e| e.to_string()),
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
             credential: format!("Node {}", self.secret.node_credential()),
             links: self.links.clone(),
         }
@@ -109,7 +245,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The connection to one peer.
 pub struct Peer {
     target: NodeId,
-    channel: Result<Channel, String>,
+    addr: String,
+    channels: Channels,
     credential: String,
     links: Arc<Links>,
 }
@@ -136,10 +273,13 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let result = async {
-            let channel = self
-                .channel
-                .clone()
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&io_err(std::io::ErrorKind::InvalidInput, e))))?;
+            let conn = self.channels.get(&self.addr).map_err(|e| {
+                let e = io_err(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("bad address {}: {e}", self.addr),
+                );
+                RPCError::Unreachable(Unreachable::new(&e))
+            })?;
             let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             let mut request = tonic::Request::new(pb::RaftMessage { data });
             request.metadata_mut().insert(
@@ -150,7 +290,7 @@ impl Peer {
             );
             let ttl = option.hard_ttl();
             request.set_timeout(ttl);
-            let mut client = pb::raft_client::RaftClient::new(channel).max_decoding_message_size(64 << 20);
+            let mut client = pb::raft_client::RaftClient::new(conn.channel()).max_decoding_message_size(64 << 20);
             let call = async {
                 match rpc {
                     Rpc::Append => client.append_entries(request).await,
@@ -158,7 +298,9 @@ impl Peer {
                     Rpc::Snapshot => client.install_snapshot(request).await,
                 }
             };
-            let reply = match tokio::time::timeout(ttl, call).await {
+            let answer = tokio::time::timeout(ttl, call).await;
+            conn.settle(matches!(&answer, Ok(Ok(_))) || matches!(&answer, Ok(Err(s)) if !transport_failure(s)));
+            let reply = match answer {
                 Err(_) => {
                     let e = io_err(std::io::ErrorKind::TimedOut, format!("no answer within {ttl:?}"));
                     return Err(RPCError::Unreachable(Unreachable::new(&e)));
@@ -213,5 +355,162 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
         self.call(Rpc::Vote, &rpc, option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use openraft::{CommittedLeaderId, Vote};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tonic::{Request, Response};
+
+    use super::*;
+    use crate::pb::RaftMessage;
+
+    /// A peer that answers every vote request with a granted vote.
+    struct Voter;
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for Voter {
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+                Ok(VoteResponse::new(Vote::new(1, 1), None, true));
+            Ok(Response::new(RaftMessage {
+                data: serde_json::to_vec(&answer).unwrap(),
+            }))
+        }
+        async fn append_entries(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("append_entries"))
+        }
+        async fn install_snapshot(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+        async fn propose(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("propose"))
+        }
+        async fn lease(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("lease"))
+        }
+        async fn read_index(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("read_index"))
+        }
+    }
+
+    /// A TCP proxy that can drop every byte, as a packet-dropping firewall does. A connection
+    /// that lived through a cut stays dead after the heal (as a real one does for as long as
+    /// TCP's retransmission backoff lasts); connections made after the heal work.
+    struct Proxy {
+        cut: AtomicBool,
+        cuts: AtomicU64,
+    }
+
+    impl Proxy {
+        async fn start(upstream: std::net::SocketAddr) -> (Arc<Proxy>, String) {
+            let proxy = Arc::new(Proxy {
+                cut: AtomicBool::new(false),
+                cuts: AtomicU64::new(0),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let p = proxy.clone();
+            tokio::spawn(async move {
+                while let Ok((down, _)) = listener.accept().await {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let born = p.cuts.load(Ordering::SeqCst);
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::spawn(pump(p.clone(), born, dr, uw));
+                    tokio::spawn(pump(p.clone(), born, ur, dw));
+                }
+            });
+            (proxy, addr)
+        }
+
+        fn cut(&self) {
+            self.cuts.fetch_add(1, Ordering::SeqCst);
+            self.cut.store(true, Ordering::SeqCst);
+        }
+
+        fn heal(&self) {
+            self.cut.store(false, Ordering::SeqCst);
+        }
+
+        fn drops(&self, born: u64) -> bool {
+            self.cut.load(Ordering::SeqCst) || self.cuts.load(Ordering::SeqCst) != born
+        }
+    }
+
+    async fn pump(
+        p: Arc<Proxy>,
+        born: u64,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if !p.drops(born) && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn vote_request() -> VoteRequest<NodeId> {
+        VoteRequest::new(
+            Vote::new(1, 1),
+            Some(openraft::LogId::new(CommittedLeaderId::new(1, 1), 1)),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_whose_calls_timed_out_is_replaced_once_the_network_heals() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(Voter))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let (proxy, addr) = Proxy::start(upstream).await;
+        let mut network = Network {
+            channels: Channels::default(),
+            secret: Secret::generate(),
+            links: Arc::new(Links::default()),
+        };
+        let mut peer = network.new_client(2, &BasicNode { addr }).await;
+        let option = || RPCOption::new(Duration::from_millis(200));
+        peer.vote(vote_request(), option())
+            .await
+            .expect("the peer answers before the cut");
+
+        proxy.cut();
+        for _ in 0..5 {
+            let failed = peer.vote(vote_request(), option()).await;
+            assert!(failed.is_err(), "no answer through the cut: {failed:?}");
+        }
+        proxy.heal();
+
+        // Generous: the old cached channel stayed dead for its keepalive (10 s) plus the
+        // keepalive's timeout (20 s).
+        let healed = Instant::now();
+        let recovered = loop {
+            if peer.vote(vote_request(), option()).await.is_ok() {
+                break true;
+            }
+            if healed.elapsed() > Duration::from_secs(8) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(recovered, "no call succeeded within 8 s of the heal");
+        let stat = network.links.snapshot()[&2].clone();
+        assert!(stat.tx_ok.unwrap() > stat.tx_err.as_ref().unwrap().0, "{stat:?}");
     }
 }

@@ -532,6 +532,30 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
         (ls.contains("n1    up") && tree.contains("container#1")).then_some(())
     })
     .await;
+    // The frozen flags (the service's, each node's) and the pending action, as a client of
+    // `instance status --output json` reads them.
+    assert_eq!(omctl(&["node", "freeze", "--node", "n2"]).await.0, 0);
+    assert_eq!(omctl(&["demo/svc/kvm1", "freeze"]).await.0, 0);
+    let (code, json) = omctl(&["demo/svc/kvm1", "instance", "status", "-r", "-o", "json"]).await;
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["frozen"], true, "{v}");
+    assert_eq!(
+        (&v["switch"], &v["pending_action"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null),
+        "{v}"
+    );
+    let frozen: Vec<(&str, bool)> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["node"].as_str().unwrap(), i["frozen"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(frozen, [("n1", false), ("n2", true)], "{v}");
+    let (_, tree) = omctl(&["demo/svc/kvm1", "instance", "status", "-r"]).await;
+    assert!(tree.lines().next().unwrap().ends_with("frozen"), "{tree}");
+    assert_eq!(omctl(&["node", "thaw", "--node", "n2"]).await.0, 0);
+    assert_eq!(omctl(&["demo/svc/kvm1", "thaw"]).await.0, 0);
     let ls = |on1: &str, on2: &str| {
         format!("OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    {on1}\ndemo/svc/kvm1  n2    {on2}\n")
     };

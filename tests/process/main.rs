@@ -340,3 +340,70 @@ async fn a_hung_follower_does_not_block_writes_or_mon() {
     .await;
     assert!(cfg.contains_key("pool#s19"), "resumed follower missed writes");
 }
+
+/// Isolated (SIGSTOP: it neither hears nor speaks), a node misses a write the majority
+/// acknowledges; healed (SIGCONT), the first read it serves sees that write, or fails: never
+/// the value from before. Once with the leader isolated (resuming, it still believes it
+/// leads), once with a follower (resuming, it remembers a leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_node_just_healed_from_a_partition_sees_the_last_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three(tmp.path()).await;
+    for round in 0..2 {
+        let c1 = local_client(&nodes[0].dir).await;
+        let leader = agreed_leader(&mut c1.clone(), 3).await.unwrap();
+        let isolated = if round == 0 {
+            nodes.iter().find(|n| n.name == leader).unwrap()
+        } else {
+            nodes.iter().find(|n| n.name != leader).unwrap()
+        };
+        let before = format!("before{round}");
+        let after = format!("after{round}");
+        let mut ci = local_client(&isolated.dir).await;
+        ci.config_update(set(&[("cluster.name", &before)])).await.unwrap();
+        // Every node applied `before` (linearizable reads on each).
+        for n in &nodes {
+            let mut c = local_client(&n.dir).await;
+            let got = c
+                .config_get(pb::ConfigGetRequest {
+                    key: "cluster.name".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .value;
+            assert_eq!(got, before);
+        }
+        let pid = isolated.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+        let other = nodes.iter().find(|n| n.name != isolated.name).unwrap();
+        let co = local_client(&other.dir).await;
+        eventually(30, "the majority acknowledges the write", || {
+            let mut co = co.clone();
+            let after = after.clone();
+            async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    co.config_update(set(&[("cluster.name", &after)])),
+                );
+                r.await.ok()?.ok()
+            }
+        })
+        .await;
+        assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+        let read = ci
+            .config_get(pb::ConfigGetRequest {
+                key: "cluster.name".into(),
+            })
+            .await;
+        match read {
+            Ok(r) => assert_eq!(
+                r.into_inner().value,
+                after,
+                "round {round}: {} served a stale read just after the heal",
+                isolated.name
+            ),
+            Err(e) => eprintln!("round {round}: the healed node refused the read: {e}"),
+        }
+    }
+}
