@@ -368,9 +368,17 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let attempt = if self.is_leader() {
-                match self.member().raft.client_write(cmd.clone()).await {
-                    Ok(r) => return Ok((r.log_id.index, r.data)),
-                    Err(e) => local_write_failure(&e),
+                // A leader cut from its majority appends but cannot commit: bounded too.
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100));
+                match tokio::time::timeout(left, self.member().raft.client_write(cmd.clone())).await {
+                    Ok(Ok(r)) => return Ok((r.log_id.index, r.data)),
+                    Ok(Err(e)) => local_write_failure(&e),
+                    Err(_) => Attempt::Fail(outcome_unknown(format!(
+                        "appended on this node, the leader, but not committed within {} s",
+                        left.as_secs()
+                    ))),
                 }
             } else if let Some((_, addr)) = self.leader() {
                 let data = serde_json::to_vec(&cmd).expect("serialize command");

@@ -616,7 +616,9 @@ fn random_schedule(seed: u64) {
             _ => {}
         }
     }
-    // Heal everything, thaw everything: the cluster must converge.
+    // Heal everything, thaw everything: the cluster must converge. A node its watchdog resets
+    // from now on reboots, as a machine does.
+    w.reboot_after_reset = Some(S(5));
     w.migrations_fail(false);
     for n in names {
         w.heal(n);

@@ -146,6 +146,10 @@ pub struct World {
     /// which TCP still delivers later: committed `LATE` after they were sent if the sender
     /// then reaches a leader, forgotten after `LATE_MAX`. Their outcome was unknown.
     in_flight: Vec<(NodeId, Command, Duration)>,
+    /// A node reset by its watchdog boots again after this long (a machine reboots); `None`:
+    /// it stays off until a scenario powers it on.
+    pub reboot_after_reset: Option<Duration>,
+    reboots: Vec<(NodeId, Duration)>,
     /// The log applied from the start, as far as it was asked for (`committed`).
     committed: std::cell::RefCell<(usize, ClusterState)>,
     rng: Rng,
@@ -166,6 +170,9 @@ impl World {
     pub fn new(seed: u64) -> World {
         // The simulated migration's memory copy takes no real time here.
         std::env::set_var("OMRAFT_SIM_MIGRATE_MS", "0");
+        // Nor does a resync (the simulator counts it in real milliseconds): the nodes' drivers
+        // are made with none, and so is the simulator the invariant checks read through.
+        std::env::set_var("OMRAFT_SIM_SYNC_MS", "0");
         // DRBD's fencing handlers ask this model of the cluster (see `fencing_requests`).
         std::env::set_var(omraft::sim::drbd::FENCE_HANDLER_ENV, FENCE_STAND_IN);
         std::env::set_var(omraft::sim::drbd::UNFENCE_HANDLER_ENV, UNFENCE_STAND_IN);
@@ -214,6 +221,8 @@ impl World {
             cfg: LeaseConfig::default(),
             pair_cuts: Default::default(),
             in_flight: vec![],
+            reboot_after_reset: None,
+            reboots: vec![],
             committed: Default::default(),
             rng: Rng::new(seed),
             trace: vec![],
@@ -399,6 +408,7 @@ impl World {
         self.elect();
         self.replicate();
         self.deliver_late();
+        self.reboot_due();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for &id in &ids {
             self.watchdog_fires(id);
@@ -522,6 +532,27 @@ impl World {
         let name = n.name.clone();
         self.note(format!("{name}: watchdog reset"));
         self.power_off(&name);
+        if let Some(boot) = self.reboot_after_reset {
+            self.reboots.push((id, self.t + boot));
+        }
+    }
+
+    /// Powers on the nodes whose watchdog reset is over (see `reboot_after_reset`).
+    fn reboot_due(&mut self) {
+        let now = self.t;
+        let due: Vec<NodeId> = self
+            .reboots
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        self.reboots.retain(|(_, at)| *at > now);
+        for id in due {
+            let name = self.nodes[&id].name.clone();
+            if !self.nodes[&id].power {
+                self.power_on(&name);
+            }
+        }
     }
 
     /// The leader's orchestrator pass.
