@@ -37,10 +37,11 @@ pub enum Act {
     Commit(Phase, Option<String>),
 }
 
-/// How long the source of a live switch in `Migrating` waits, once no guest runs on it, for
-/// the target to commit `Finalize` (it does within a pass of seeing the guest) before it
-/// decides the guest runs on neither side and commits `Abort`.
-pub const VANISHED_GRACE: Duration = Duration::from_secs(5);
+/// How long the source of a live switch in `Migrating` waits, once no guest runs on it and
+/// the target's hypervisor cannot be asked, before it decides the guest runs on neither side
+/// and commits `Abort` (a guest the target does have is then stopped there first). When the
+/// target answers, its answer decides at once.
+pub const VANISHED_GRACE: Duration = Duration::from_secs(30);
 
 /// What this node does next for the live switch it takes part in; nothing when it waits for
 /// the other side. `vanished_for`: on the source in `Migrating`, how long no guest has run
@@ -111,13 +112,26 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
             } else if running_here(true).is_empty() {
                 // Gone from here: on the target, which commits Finalize as soon as it sees it,
                 // or nowhere (this node was reset during the copy). Never restarted here in
-                // this phase; once the target had ample time, the switch is aborted, and the
-                // guest starts again here only after the target demoted (a guest the target
-                // does have is stopped there first).
-                match vanished_for {
-                    Some(d) if d >= VANISHED_GRACE => abort(format!(
-                        "the guest runs on neither side: gone from this node for {} s and the target did not report it",
-                        d.as_secs()
+                // this phase. Where it runs is asked of the target's hypervisor: on neither
+                // side, the switch is aborted and the guest starts again here once the target
+                // demoted; running (or arriving, paused) there, this node waits. Unanswered,
+                // it waits `VANISHED_GRACE`, then aborts (a guest the target has is stopped
+                // there before this node starts it).
+                let nowhere = observed.peer_domains.as_ref().map(|peer| {
+                    desired
+                        .containers
+                        .iter()
+                        .all(|c| peer.get(&c.domain).is_some_and(|s| *s != DomainState::Running))
+                });
+                match (nowhere, vanished_for) {
+                    (Some(true), _) => abort(format!(
+                        "the guest runs on neither side: gone from this node and absent from {}",
+                        m.peer.node
+                    )),
+                    (None, Some(d)) if d >= VANISHED_GRACE => abort(format!(
+                        "the guest runs on neither side as far as this node can tell: gone from it for {} s, and {} did not answer",
+                        d.as_secs(),
+                        m.peer.node
                     )),
                     _ => vec![],
                 }
@@ -300,15 +314,21 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_on_neither_side_aborts_the_live_switch_after_the_grace() {
+    fn a_guest_on_neither_side_aborts_the_live_switch() {
         let src = part(Phase::Migrating, true);
-        let gone = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
+        let mut gone = seen("Primary", "UpToDate", "Connected", DomainState::Absent);
+        let aborts = |acts: Vec<Act>| matches!(&acts[..], [Act::Commit(Phase::Abort, Some(why))] if why.contains("neither side"));
+        // The target cannot be asked: wait, then abort after the grace.
         assert_eq!(next(&src, &gone, Some(Duration::from_secs(1))), vec![]);
-        let acts = next(&src, &gone, Some(VANISHED_GRACE));
-        assert!(
-            matches!(&acts[..], [Act::Commit(Phase::Abort, Some(why))] if why.contains("neither side")),
-            "{acts:?}"
-        );
+        assert!(aborts(next(&src, &gone, Some(VANISHED_GRACE))));
+        // The target says it has it (running, or arriving paused): wait, however long.
+        gone.peer_domains = Some([("kvm1".to_string(), DomainState::Running)].into());
+        assert_eq!(next(&src, &gone, Some(VANISHED_GRACE * 10)), vec![]);
+        // The target says it has none: at once.
+        for there in [DomainState::Absent, DomainState::ShutOff] {
+            gone.peer_domains = Some([("kvm1".to_string(), there)].into());
+            assert!(aborts(next(&src, &gone, Some(Duration::ZERO))), "{there:?}");
+        }
         // The target never decides that: it cannot tell a guest still being copied.
         let dst = part(Phase::Migrating, false);
         assert_eq!(next(&dst, &gone, Some(VANISHED_GRACE)), vec![]);

@@ -117,6 +117,10 @@ pub struct Observed {
     /// Per resource, the peers whose connection allows two primaries now. Read only during a
     /// live switch (empty otherwise).
     pub two_primaries: BTreeMap<String, BTreeSet<String>>,
+    /// The source of a live switch in `Migrating` with no guest running here: the state of
+    /// each desired domain on the target, asked of its hypervisor; `None` when it could not
+    /// be asked (or there was no need).
+    pub peer_domains: Option<BTreeMap<String, DomainState>>,
 }
 
 impl Observed {
@@ -530,6 +534,7 @@ pub(super) mod tests {
             drbd: st.map(|s| [(RES.to_string(), s)].into()).unwrap_or_default(),
             domains: BTreeMap::new(),
             two_primaries: BTreeMap::new(),
+            peer_domains: None,
         }
     }
 

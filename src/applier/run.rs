@@ -56,6 +56,22 @@ pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String>
             drivers.hypervisor.state(&c.domain).map_err(|e| e.to_string())?,
         );
     }
+    // The source of a live switch in Migrating whose guest is gone from here asks the
+    // target whether it runs there (unanswered: None, the switch waits for it).
+    if let Some(m) = desired
+        .migration
+        .as_ref()
+        .filter(|m| m.source && m.phase == Phase::Migrating && !desired.containers.is_empty())
+    {
+        if o.domains.values().all(|s| *s != DomainState::Running) {
+            o.peer_domains = desired
+                .containers
+                .iter()
+                .map(|c| Ok((c.domain.clone(), drivers.hypervisor.state_at(&c.domain, &m.peer)?)))
+                .collect::<Result<_, crate::drivers::hypervisor::HypervisorError>>()
+                .ok();
+        }
+    }
     Ok(o)
 }
 

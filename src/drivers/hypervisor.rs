@@ -54,6 +54,9 @@ pub trait Hypervisor: Send + Sync {
     /// Live migration: the guest keeps running, then resumes on the target, defined there
     /// (persistent) and undefined here.
     fn migrate(&self, name: &str, to: &MigrationTarget) -> Result<(), HypervisorError>;
+    /// The domain's state on a live switch's other node, asked of that node's hypervisor
+    /// (`at.libvirt_uri`), bounded in time: where the guest actually runs, never a guess.
+    fn state_at(&self, name: &str, at: &MigrationTarget) -> Result<DomainState, HypervisorError>;
 }
 
 /// The `<name>` of a domain XML.
@@ -260,6 +263,19 @@ impl Hypervisor for SimHypervisor {
                 Ok(())
             }
         })
+    }
+
+    fn state_at(&self, name: &str, at: &MigrationTarget) -> Result<DomainState, HypervisorError> {
+        // The network between the hosts is the one DRBD's cut flags cut.
+        for n in [&self.node, &at.node] {
+            if self.dir.join(format!("netcut-{n}")).exists() {
+                return Err(HypervisorError::Refused(format!(
+                    "unable to connect to {}: no route to host",
+                    at.libvirt_uri
+                )));
+            }
+        }
+        SimHypervisor::new(&self.dir, &at.node).state(name)
     }
 
     fn migrate(&self, name: &str, to: &MigrationTarget) -> Result<(), HypervisorError> {

@@ -18,6 +18,9 @@ const VIR_MIGRATE_LIVE: u32 = 1;
 const VIR_MIGRATE_PERSIST_DEST: u32 = 8;
 const VIR_MIGRATE_UNDEFINE_SOURCE: u32 = 16;
 
+/// How long a question to another node's libvirt may take.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Libvirt {
     uri: String,
     conn: Mutex<Option<Connect>>,
@@ -118,6 +121,24 @@ impl Hypervisor for Libvirt {
         self.existing(name)?.undefine().map_err(refused)
     }
 
+    fn state_at(&self, name: &str, at: &MigrationTarget) -> Result<DomainState, HypervisorError> {
+        // A connection to an unreachable host can take minutes to fail: asked on a thread of
+        // its own, given up after REMOTE_TIMEOUT (the thread ends when libvirt gives up).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (uri, name) = (at.libvirt_uri.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let remote = Libvirt::new(&uri);
+            let _ = tx.send(remote.state(&name));
+        });
+        rx.recv_timeout(REMOTE_TIMEOUT).unwrap_or_else(|_| {
+            Err(HypervisorError::Refused(format!(
+                "{} did not answer within {} s",
+                at.libvirt_uri,
+                REMOTE_TIMEOUT.as_secs()
+            )))
+        })
+    }
+
     fn migrate(&self, name: &str, to: &MigrationTarget) -> Result<(), HypervisorError> {
         let d = self.existing(name)?;
         let dest = Connect::open(Some(&to.libvirt_uri)).map_err(refused)?;
@@ -165,5 +186,13 @@ mod tests {
             migration_uri: None,
         };
         assert!(hv.migrate("test", &to).is_err());
+        // Another node's hypervisor, asked through its own connection.
+        assert_eq!(hv.state_at("test", &to).unwrap(), DomainState::Running);
+        assert_eq!(hv.state_at("omraft-none", &to).unwrap(), DomainState::Absent);
+        let nowhere = MigrationTarget {
+            libvirt_uri: "qemu+unix:///system?socket=/nonexistent/omraft.sock".into(),
+            ..to
+        };
+        assert!(hv.state_at("test", &nowhere).is_err());
     }
 }

@@ -994,6 +994,18 @@ impl Cluster {
     }
 
     /// Like `until`, but `check` must then keep holding for `hold` seconds in a row.
+    /// Within 30 s of a heal, and for 2 s in a row: the guest runs once, where the service is
+    /// placed, and no switch is in progress. Returns where it runs.
+    pub async fn settles_after_heal(&mut self) -> String {
+        self.until_stable(
+            30.0,
+            2.0,
+            "after the heal: the guest once, where placed, no switch",
+            |s| s.settled(),
+        )
+        .await
+    }
+
     pub async fn until_stable<T>(
         &mut self,
         secs: f64,

@@ -57,14 +57,7 @@ async fn dual_primary_after_both_nodes_reset_during_a_live_switch() {
     c.drbd_cut("n2", true);
     c.sleep(4.0).await;
     c.drbd_cut("n2", false);
-    let on = c
-        .until_stable(
-            30.0,
-            2.0,
-            "after the heal: the guest once, where placed, no switch",
-            |s| s.settled(),
-        )
-        .await;
+    let on = c.settles_after_heal().await;
     c.note(&format!("settled: the guest on {on}"));
     c.finish();
 }
@@ -287,14 +280,7 @@ async fn a_one_way_drop_from_the_active_node_fails_over_and_converges() {
     c.drop_one_way("n1", "w");
     c.sleep(8.0).await;
     c.heal();
-    let on = c
-        .until_stable(
-            30.0,
-            2.0,
-            "after the heal: the guest once, where placed, no switch",
-            |s| s.settled(),
-        )
-        .await;
+    let on = c.settles_after_heal().await;
     c.note(&format!("converged: the guest on {on}"));
     c.finish();
 }
@@ -309,14 +295,7 @@ async fn a_pair_cut_between_the_data_nodes_keeps_the_guest_once_and_converges() 
     c.sleep(8.0).await;
     c.heal();
     c.drbd_cut("n2", false);
-    let on = c
-        .until_stable(
-            30.0,
-            2.0,
-            "after the heal: the guest once, where placed, no switch",
-            |s| s.settled(),
-        )
-        .await;
+    let on = c.settles_after_heal().await;
     c.note(&format!("converged: the guest on {on}"));
     c.finish();
 }
