@@ -209,14 +209,21 @@ async fn linearizable_read_after_heal() {
     let mut c = Cluster::form(5).await;
     c.start_poller();
     probe_init(&c, "v0");
-    let leader = c.until(10.0, "an agreed leader", |s| s.agreed_leader()).await;
-    let followers: Vec<&str> = NAMES.iter().copied().filter(|n| *n != leader).collect();
     let mut stale = vec![];
-    for round in 1..=4 {
-        let follower = followers[round % followers.len()];
+    // Every node in turn, the leader of the moment included: isolated by packet drops, an old
+    // leader goes on believing it leads until it hears the newer term.
+    for round in 1..=6 {
+        let leader = c.until(10.0, "an agreed leader", |s| s.agreed_leader()).await;
+        let follower = if round % 3 == 0 {
+            NAMES.iter().copied().find(|n| *n == leader).unwrap()
+        } else {
+            NAMES.iter().copied().filter(|n| *n != leader).nth(round % 2).unwrap()
+        };
+        c.note(&format!("round {round}: isolating {follower} (leader {leader})"));
         let (old, new) = (format!("v{}", round - 1), format!("v{round}"));
         c.isolate(follower);
-        c.sleep(1.0).await;
+        // Isolating the leader: the others elect a new one first.
+        c.sleep(if follower == leader { 3.0 } else { 1.0 }).await;
         let majority = NAMES.iter().copied().find(|n| *n != follower).unwrap();
         c.ok(
             majority,
