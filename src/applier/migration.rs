@@ -14,8 +14,8 @@
 //! | phase       | source (holds the service)                 | target                                  |
 //! |-------------|--------------------------------------------|-----------------------------------------|
 //! | Prepare     | checks the guest runs here and the target's DRBD is Connected and UpToDate; allows two primaries; commits DualPrimary, or Abort with why | - |
-//! | DualPrimary | -                                          | allows two primaries, promotes (plan); commits Migrating |
-//! | Migrating   | live-migrates each guest still here; commits Finalize, or Abort on failure | commits Finalize once every guest runs here |
+//! | DualPrimary | allows two primaries again if a reboot reset it (plan) | allows two primaries, promotes only while connected to the source (plan); commits Migrating |
+//! | Migrating   | live-migrates each guest still here; commits Finalize, or Abort on failure; with the guest gone, asks the target: Abort at once if it is on neither side, after `VANISHED_GRACE` if the target does not answer | as in DualPrimary; commits Finalize once every guest runs here |
 //! | Finalize    | stops what is left, demotes (plan); disallows two primaries | once the source is Secondary: disallows, commits Done |
 //! | Abort       | once the target is Secondary (at once if the switch never reached DualPrimary): disallows, commits Done; restarts the guest if it is gone (plan) | stops what it has, demotes (plan), disallows |
 
