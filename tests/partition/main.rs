@@ -200,6 +200,24 @@ async fn a_stale_report_never_overwrites_a_newer_one() {
         )
         .await;
     c.note(&format!("converged: the guest on {on}, reports true"));
+    // Then the passive node, which holds nothing (no watchdog reset ends its isolation): its
+    // reports of a peer Connecting are held up by the drops and may arrive after the newer
+    // ones it sends once healed.
+    let passive = if on == "n1" { "n2" } else { "n1" };
+    c.isolate(passive);
+    c.drbd_cut(passive, true);
+    c.sleep(6.0).await;
+    c.heal();
+    c.drbd_cut(passive, false);
+    let on = c
+        .until_stable(
+            30.0,
+            5.0,
+            "after the second heal: every node's committed instance status matches the simulators",
+            |s| s.reports_match_reality(),
+        )
+        .await;
+    c.note(&format!("converged again: the guest on {on}, reports true"));
     c.finish();
 }
 
