@@ -1,6 +1,6 @@
 //! Leases: a node may start or keep a service only while the leader has recently confirmed,
-//! with a quorum, that it is still the leader and that the node is in touch (DESIGN.md
-//! section 4). Pure: every function takes the current instant, so tests drive the clock.
+//! with a quorum, that it is still the leader and that the node is in touch. Pure: every
+//! function takes the current instant, so tests drive the clock.
 //!
 //! A node asks for a lease every `renew`; the leader grants it only after a quorum-confirmed
 //! read and answers with the lease duration and its commit index. The lease runs from the

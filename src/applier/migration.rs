@@ -1,6 +1,5 @@
 //! A live switch, seen from one participant: what it does next in the committed phase, from
-//! what its drivers see (DESIGN.md section 5). Pure, like `plan`; the applier runs the acts
-//! and commits the phase they end with. Each phase is committed by the node that did its
+//! what its drivers see. Pure, like `plan`; the applier runs the acts and commits the phase they end with. Each phase is committed by the node that did its
 //! work, so after a crash or a leader change the phase in the log says what is left, and the
 //! domain's actual place (never a guess) decides between going on and aborting.
 //!

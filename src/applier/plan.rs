@@ -16,7 +16,7 @@ pub struct Desired {
     /// This node holds the service: DRBD Primary here.
     pub active: bool,
     /// This node should hold the service but has no valid lease: stop everything at once
-    /// (destroy the guests, demote), as DESIGN.md section 4 requires.
+    /// (destroy the guests, demote): a node without a lease self-fences.
     pub fenced: bool,
     /// Peers the leader saw lose their lease when it moved the service here: out of sight,
     /// they do not hold it back.

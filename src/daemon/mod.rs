@@ -69,7 +69,7 @@ impl Settings {
 
 /// A watchdog resets the node when the daemon stops petting it: it pets only while its lease
 /// has more than the watchdog's margin to run (`drivers::watchdog::decide`), so a hung or dead
-/// daemon's node is reset before the leader can move its services (DESIGN.md section 4).
+/// daemon's node is reset before the leader can move its services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Watchdog {
     /// None: the leader never moves a service away from this node automatically.

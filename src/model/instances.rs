@@ -44,7 +44,7 @@ pub struct ServiceState {
     pub last_migration: Option<Migration>,
 }
 
-/// A live switch (DESIGN.md section 5): each phase is committed by the node that did the work
+/// A live switch (ARCHITECTURE.md, `src/applier/`): each phase is committed by the node that did the work
 /// of the one before, so a crash or a leader change in any phase resumes from the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {

@@ -2,7 +2,7 @@
 //!
 //! This module owns `ClusterState`, the `Command` enum carried by the Raft log and the pure
 //! `apply` function. It never does I/O, never reads a clock and never draws random numbers:
-//! applying the same log gives the same state on every node (DESIGN.md invariant 6).
+//! applying the same log gives the same state on every node (an architecture invariant in ARCHITECTURE.md).
 
 pub mod catalog;
 pub mod instances;

@@ -2,7 +2,7 @@
 //! whose lease ran out. The decision is the pure `decide`; `run` feeds it what the leader
 //! knows of leases and writes its decisions to the log.
 //!
-//! Safety (DESIGN.md section 4): a node's lease, as the leader granted it, must have run out
+//! Safety (the lease invariants of ARCHITECTURE.md): a node's lease, as the leader granted it, must have run out
 //! plus the drift margin before anything moves; a new leader, which cannot know the grants of
 //! the previous one, first waits one lease duration plus the margin.
 

@@ -1,4 +1,4 @@
-//! The real-host test bed (DESIGN.md section 9, tier 5): hosts n1, n2 (data) and w (witness)
+//! The real-host test bed: hosts n1, n2 (data) and w (witness)
 //! built by `scripts/testbed` on this machine (network, mount and UTS namespaces; in n1 and n2
 //! a libvirtd of their own), a real `omd` in each host with the real libvirt driver beside the
 //! DRBD and LVM simulators (`--drivers sim --real-libvirt`: DRBD's kernel module cannot load

@@ -1,4 +1,4 @@
-//! Deterministic scenarios (DESIGN.md section 9, tier 4), in the spirit of Pacemaker's
+//! Deterministic scenarios, in the spirit of Pacemaker's
 //! scheduler regression cases and Proxmox's HA simulator: scripted timelines on a simulated
 //! cluster of two data nodes and a witness (see `world.rs` for what is real and what is
 //! modelled), with the invariants checked after every 100 ms tick: the guest runs on at most

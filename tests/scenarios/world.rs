@@ -711,7 +711,8 @@ impl World {
         std::cell::Ref::map(self.committed.borrow(), |c| &c.1)
     }
 
-    /// The invariants of DESIGN.md section 2, after every tick.
+    /// The invariants (ARCHITECTURE.md: no split brain, nothing acknowledged lost, one state per
+    /// log index), after every tick.
     fn check(&mut self) {
         let running = self.running();
         let primaries = self.primaries();
