@@ -1,7 +1,8 @@
 //! A live switch, seen from one participant: what it does next in the committed phase, from
-//! what its drivers see. Pure, like `plan`; the applier runs the acts and commits the phase they end with. Each phase is committed by the node that did its
-//! work, so after a crash or a leader change the phase in the log says what is left, and the
-//! domain's actual place (never a guess) decides between going on and aborting.
+//! what its drivers see. Pure, like `plan`; the applier runs the acts and commits the phase
+//! they end with. Each phase is committed by the node that did its work, so after a crash or
+//! a leader change the phase in the log says what is left, and the domain's actual place
+//! (never a guess) decides between going on and aborting.
 //!
 //! A switch: in `Stopping` the source (no longer active) stops its guests and demotes (plan),
 //! then commits `Starting`, which hands the service to the target; the target promotes and
