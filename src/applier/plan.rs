@@ -63,6 +63,19 @@ impl Desired {
             .map(|m| m.peer.node.as_str())
     }
 
+    /// This node's live switch, when it is the source in `Migrating` and none of the guests
+    /// runs here any more: on the target, or nowhere.
+    pub(super) fn source_without_guest(&self, observed: &Observed) -> Option<&DesiredMigration> {
+        let m = self
+            .migration
+            .as_ref()
+            .filter(|m| m.source && m.phase == Phase::Migrating && !self.containers.is_empty())?;
+        self.containers
+            .iter()
+            .all(|c| observed.domains.get(&c.domain) != Some(&DomainState::Running))
+            .then_some(m)
+    }
+
     /// The migration source before `Finalize`: the guest is its to move, never to restart.
     fn moving_source(&self) -> bool {
         self.migration

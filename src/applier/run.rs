@@ -58,19 +58,13 @@ pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String>
     }
     // The source of a live switch in Migrating whose guest is gone from here asks the
     // target whether it runs there (unanswered: None, the switch waits for it).
-    if let Some(m) = desired
-        .migration
-        .as_ref()
-        .filter(|m| m.source && m.phase == Phase::Migrating && !desired.containers.is_empty())
-    {
-        if o.domains.values().all(|s| *s != DomainState::Running) {
-            o.peer_domains = desired
-                .containers
-                .iter()
-                .map(|c| Ok((c.domain.clone(), drivers.hypervisor.state_at(&c.domain, &m.peer)?)))
-                .collect::<Result<_, crate::drivers::hypervisor::HypervisorError>>()
-                .ok();
-        }
+    if let Some(m) = desired.source_without_guest(&o) {
+        o.peer_domains = desired
+            .containers
+            .iter()
+            .map(|c| Ok((c.domain.clone(), drivers.hypervisor.state_at(&c.domain, &m.peer)?)))
+            .collect::<Result<_, crate::drivers::hypervisor::HypervisorError>>()
+            .ok();
     }
     Ok(o)
 }
@@ -226,16 +220,8 @@ impl Retry {
     /// Records whether the source of live switch `id` in `Migrating` has no guest running,
     /// and returns for how long it has had none.
     fn vanished_for(&mut self, desired: &Desired, observed: &Observed, now: Instant) -> Option<Duration> {
-        let m = desired
-            .migration
-            .as_ref()
-            .filter(|m| m.source && m.phase == Phase::Migrating && !desired.containers.is_empty());
-        let none_here = desired
-            .containers
-            .iter()
-            .all(|c| observed.domains.get(&c.domain) != Some(&DomainState::Running));
-        match m {
-            Some(m) if none_here => {
+        match desired.source_without_guest(observed) {
+            Some(m) => {
                 let since = match self.vanished {
                     Some((id, t)) if id == m.id => t,
                     _ => now,
@@ -373,13 +359,11 @@ pub fn committed_report(
 }
 
 /// The sequence number of this node's next report: above its last one, above the one the
-/// cluster has, and at least the wall clock in microseconds, so that a restarted daemon (whose
-/// counter starts again) still numbers above what its previous run may have left in flight.
-pub fn next_report_seq(last: u64, committed: u64) -> u64 {
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    (last + 1).max(committed + 1).max(clock)
+/// cluster has, and at least `clock_us` (the wall clock in microseconds, from the daemon), so
+/// that a restarted daemon (whose counter starts again) still numbers above what its previous
+/// run may have left in flight.
+pub fn next_report_seq(last: u64, committed: u64, clock_us: u64) -> u64 {
+    (last + 1).max(committed + 1).max(clock_us)
 }
 
 /// Runs the applier of `node` until the process ends, and with it the report of the node's
@@ -480,7 +464,10 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
             // Sent while the committed report differs from what this node sees (not from what
             // it remembers sending: a write that timed out may still commit, late).
             if let Some(rep) = done.report.filter(|r| committed.as_ref() != Some(r)) {
-                seq = next_report_seq(seq, committed_seq);
+                let clock_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                seq = next_report_seq(seq, committed_seq, clock_us);
                 let cmd = Command::ReportInstance {
                     path: path.clone(),
                     node_id: me,

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use omraft::applier::desired::desired;
-use omraft::applier::run::{committed_report, pass, Drivers, Retry};
+use omraft::applier::run::{committed_report, next_report_seq, pass, Drivers, Retry};
 use omraft::config::ini::Ini;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
 use omraft::drivers::watchdog;
@@ -637,11 +637,11 @@ impl World {
             let retry = n.retries.entry(key.clone()).or_default();
             let done = pass(&n.drivers, &p, &want, errors, retry, now);
             out.extend(done.commands.into_iter().map(|c| (None, c)));
-            // The daemon's rule: sent while the committed report differs, numbered above the
-            // last one (the virtual clock stands for the wall clock).
+            // The daemon's rule: sent while the committed report differs, numbered by
+            // `next_report_seq` (the virtual clock stands for the wall clock).
             let (committed, committed_seq) = committed_report(&n.state, &p, id);
             if let Some(rep) = done.report.filter(|r| committed.as_ref() != Some(r)) {
-                n.report_seq = (n.report_seq + 1).max(committed_seq + 1).max(self.t.as_micros() as u64);
+                n.report_seq = next_report_seq(n.report_seq, committed_seq, self.t.as_micros() as u64);
                 let cmd = Command::ReportInstance {
                     path: p.clone(),
                     node_id: id,
