@@ -371,7 +371,7 @@ pub async fn within<T>(
 }
 
 pub async fn client(d: &Daemon) -> Result<Client, String> {
-    connect(&d.server(), None).await.map_err(|e| e.to_string())
+    connect(&d.server(), None, None).await.map_err(|e| e.to_string())
 }
 
 /// Waits until every daemon's unix socket answers and the daemon leads its one-node cluster
@@ -426,23 +426,25 @@ pub async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
 pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Result<(), String> {
     let n1 = &cluster.daemons[0];
     let mut c1 = client(n1).await?;
-    let token = within(Duration::from_secs(10), "IssueToken", async {
-        c1.issue_token(pb::IssueTokenRequest {
-            role: "join".into(),
-            duration_secs: 600,
-        })
-        .await
-        .map_err(status_text)
-    })
-    .await?
-    .into_inner()
-    .token;
     for d in &cluster.daemons[1..] {
+        // A join token works once, and this one only for this node's name.
+        let token = within(Duration::from_secs(10), "IssueToken", async {
+            c1.issue_token(pb::IssueTokenRequest {
+                role: "join".into(),
+                duration_secs: 600,
+                node: d.name.to_string(),
+            })
+            .await
+            .map_err(status_text)
+        })
+        .await?
+        .into_inner()
+        .token;
         let t0 = Instant::now();
         let mut c = client(d).await?;
         let req = pb::JoinRequest {
             node: n1.addr.clone(),
-            token: token.clone(),
+            token,
             witness: witnesses.contains(&d.name),
         };
         let reply = within(Duration::from_secs(120), &format!("joining {}", d.name), async {

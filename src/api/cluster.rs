@@ -9,7 +9,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tonic::{Request, Response, Status};
 
-use super::auth::{self, Role};
+use super::auth::{self, Caller, Role};
 use super::{authorize, status, Access};
 use crate::daemon::Node;
 use crate::model::{catalog, Command, ConfigError, Response as Applied};
@@ -31,7 +31,56 @@ fn applied(index: u64, r: Applied) -> Result<u64, Status> {
     }
 }
 
+/// The caller's `authorization` header, to pass on when a call is forwarded.
+fn bearer_of<T>(req: &Request<T>) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    req.metadata().get("authorization").cloned()
+}
+
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        src = s.source();
+    }
+    text
+}
+
 impl ClusterService {
+    /// The cluster's trust, and the name and address of the authority node unless it is this
+    /// one (then calls that need its keys are done here).
+    async fn authority(&self) -> Result<(crate::model::Trust, Option<(String, String)>), Status> {
+        let me = self.node.member().id;
+        let (trust, holder) = self
+            .node
+            .read_linearizable(|d| {
+                let trust = d.state.trust.clone();
+                let holder = trust.as_ref().and_then(|t| {
+                    d.state
+                        .nodes
+                        .get(&t.authority)
+                        .map(|n| (t.authority, n.name.clone(), n.addr.clone()))
+                });
+                (trust, holder)
+            })
+            .await?;
+        let trust =
+            trust.ok_or_else(|| Status::unavailable("the cluster's CA is not recorded yet: retry in a moment"))?;
+        match holder {
+            Some((id, _, _)) if id == me => Ok((trust, None)),
+            Some((_, name, addr)) => Ok((trust, Some((name, addr)))),
+            None => Err(Status::unavailable(format!(
+                "node id {} holds the cluster's CA and signing key but is not registered any more: \
+                 no node can be admitted and no token minted (see README, \"Losing the authority node\")",
+                trust.authority
+            ))),
+        }
+    }
+
     /// `Some(leader address)` when this node is not the leader and the call must go there.
     fn forward_target(&self) -> Result<Option<String>, Status> {
         let me = self.node.member().id;
@@ -130,7 +179,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn config_get(&self, req: Request<ConfigGetRequest>) -> Result<Response<ConfigGetReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let key = req.into_inner().key;
         catalog::ConfigKey::parse(&key).map_err(invalid)?;
         let value = self
@@ -145,7 +194,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn config_show(&self, req: Request<ConfigShowRequest>) -> Result<Response<ConfigShowReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let want = req.into_inner().section;
         let cfg = self.node.read_linearizable(|d| d.state.config.clone()).await?;
         let sections: Vec<Section> = cfg
@@ -170,30 +219,129 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenReply>, Status> {
-        authorize(&req, Access::Admin)?;
-        let req = req.into_inner();
-        let role = match req.role.as_str() {
+        let from = super::caller(&req);
+        let header = bearer_of(&req);
+        let msg = req.get_ref().clone();
+        let role = match msg.role.as_str() {
             "join" => Role::Join,
+            "viewer" => Role::Viewer,
+            "operator" => Role::Operator,
             "root" => Role::Root,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown role {other:?} (roles: join, root)"
+                    "unknown role {other:?} (roles: join, viewer, operator, root)"
                 )))
             }
         };
-        let secs = if req.duration_secs == 0 {
+        // A node asks the authority for a join token on behalf of its local socket; tokens
+        // that act on the cluster come only from the local socket there or a root token.
+        let node_for_join = matches!(from, Caller::Node(_)) && role == Role::Join;
+        if !node_for_join {
+            authorize(&req, Access::Tokens)?;
+        }
+        if !msg.node.is_empty() {
+            if role != Role::Join {
+                return Err(Status::invalid_argument("--node binds only a join token"));
+            }
+            crate::model::validate_node_name(&msg.node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let secs = if msg.duration_secs == 0 {
             3600
         } else {
-            req.duration_secs
+            msg.duration_secs
         };
-        if secs > 30 * 86400 {
-            return Err(Status::invalid_argument("a token may last 30 days at most"));
+        if secs > auth::MAX_LIFETIME_SECS {
+            return Err(Status::invalid_argument(format!(
+                "a token may last {} days at most",
+                auth::MAX_LIFETIME_SECS / 86400
+            )));
         }
-        let exp = auth::unix_now() + secs;
+        let (trust, holder) = self.authority().await?;
+        if let Some((name, addr)) = holder {
+            if from == Caller::Local && role != Role::Join {
+                return Err(Status::failed_precondition(format!(
+                    "{role} tokens are minted by {name}, the node holding the cluster's signing key: \
+                     run `omctl daemon auth` there, or call it with a root token"
+                )));
+            }
+            let mut fwd = self.node.node_request(msg, Duration::from_secs(10));
+            if let Some(h) = header {
+                fwd.metadata_mut().insert("authorization", h);
+            }
+            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).issue_token(fwd).await };
+            return self
+                .node
+                .channels
+                .call(&addr, Duration::from_secs(10), call)
+                .await
+                .map(Response::new);
+        }
+        let now = auth::unix_now();
+        let node = (!msg.node.is_empty()).then(|| msg.node.clone());
+        let claims = auth::Claims::new(role, now, secs, &trust, node);
+        let token = {
+            let a = self.node.authority.lock().expect("authority lock");
+            let a = a
+                .as_ref()
+                .ok_or_else(|| Status::internal("this node lost its signing key"))?;
+            if a.signing_public() != trust.signing_key {
+                return Err(Status::failed_precondition(
+                    "this node's signing key is not the cluster's current one (a rotation is being committed): retry",
+                ));
+            }
+            claims.sign(|m| a.sign_token(m))
+        };
+        tracing::info!(%role, exp = claims.exp, node = ?claims.node, "minted a token");
         Ok(Response::new(IssueTokenReply {
-            token: self.node.member().secret.sign(role, exp),
-            expires_unix: exp,
+            token,
+            expires_unix: claims.exp,
         }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        req: Request<RotateSigningKeyRequest>,
+    ) -> Result<Response<RotateSigningKeyReply>, Status> {
+        authorize(&req, Access::Tokens)?;
+        let header = bearer_of(&req);
+        let (_, holder) = self.authority().await?;
+        if let Some((name, addr)) = holder {
+            let Some(h) = header else {
+                return Err(Status::failed_precondition(format!(
+                    "the signing key is held by {name}: run `omctl cluster rotate-signing-key` there, or call it with a root token"
+                )));
+            };
+            let mut fwd = self
+                .node
+                .node_request(RotateSigningKeyRequest {}, Duration::from_secs(10));
+            fwd.metadata_mut().insert("authorization", h);
+            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).rotate_signing_key(fwd).await };
+            return self
+                .node
+                .channels
+                .call(&addr, Duration::from_secs(10), call)
+                .await
+                .map(Response::new);
+        }
+        let _guard = self.node.join_lock.lock().await;
+        let public = {
+            let mut a = self.node.authority.lock().expect("authority lock");
+            let a = a
+                .as_mut()
+                .ok_or_else(|| Status::internal("this node lost its signing key"))?;
+            a.rotate_signing_key(&crate::daemon::tls_dir(&self.node.settings))
+                .map_err(|e| Status::internal(e.to_string()))?
+        };
+        let (index, r) = self
+            .node
+            .write(Command::RotateSigningKey { signing_key: public })
+            .await?;
+        applied(index, r)?;
+        let generation = self
+            .node
+            .read(|d| d.state.trust.as_ref().map(|t| t.generation).unwrap_or(0));
+        tracing::warn!(generation, "token signing key rotated: every older token is invalid");
+        Ok(Response::new(RotateSigningKeyReply { generation }))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
@@ -220,41 +368,86 @@ impl pb::cluster_server::Cluster for ClusterService {
                 req.node
             )));
         }
+        let claims =
+            auth::Claims::peek(&req.token).map_err(|e| Status::invalid_argument(format!("the join token: {e}")))?;
+        if claims.role != Role::Join {
+            return Err(Status::invalid_argument(format!(
+                "this is a {} token, not a join token: create one with `omctl daemon auth --role join`",
+                claims.role
+            )));
+        }
         steps.push(format!(
-            "Ask {} to admit {} ({})",
-            req.node, node.settings.name, node.settings.addr
+            "Ask {} to admit {} ({}), trusting only the CA {}",
+            req.node, node.settings.name, node.settings.addr, claims.ca
         ));
         let mut admit = Request::new(AdmitRequest {
             name: node.settings.name.clone(),
             addr: node.settings.addr.clone(),
             witness: req.witness,
+            public_key: node.key.public(),
+            proof: node.key.prove(&claims.nonce, &node.settings.name),
         });
         let bearer = format!("Bearer {}", req.token.trim())
             .parse()
             .map_err(|_| Status::invalid_argument("the token has characters a token never has"))?;
         admit.metadata_mut().insert("authorization", bearer);
         admit.set_timeout(Duration::from_secs(15));
-        let admitted = node
-            .channels
-            .call(&req.node, Duration::from_secs(15), |ch| async move {
-                pb::cluster_client::ClusterClient::new(ch).admit(admit).await
-            })
-            .await
-            .map_err(|s| {
-                Status::new(
-                    s.code(),
-                    format!("{} refused to admit this node: {}", req.node, s.message()),
-                )
-            })?;
+        let refused = |s: Status| {
+            Status::new(
+                s.code(),
+                format!("{} refused to admit this node: {}", req.node, s.message()),
+            )
+        };
+        // Nothing is sent before the server proved it holds a certificate from the CA the
+        // token names.
+        let config = super::tls::client_config(
+            super::tls::Anchor::Pinned(claims.ca.clone()),
+            None,
+            super::tls::Revoked::default(),
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", req.node))
+            .map_err(|e| Status::invalid_argument(format!("--node {}: {e}", req.node)))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = super::tls::connect(endpoint, Arc::new(config)).await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot reach {} or it is not the cluster the token names: {}",
+                req.node,
+                error_chain(&e)
+            ))
+        })?;
+        let admitted = tokio::time::timeout(
+            Duration::from_secs(15),
+            pb::cluster_client::ClusterClient::new(channel).admit(admit),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("{} did not answer within 15 s", req.node)))?
+        .map_err(refused)?
+        .into_inner();
+        if super::pki::fingerprint(&admitted.ca) != claims.ca {
+            return Err(Status::permission_denied(format!(
+                "{} answered with a CA other than the one the token names: not joining",
+                req.node
+            )));
+        }
+        if super::pki::node_id_of(&admitted.cert) != Some(admitted.node_id) {
+            return Err(Status::permission_denied(format!(
+                "{} sent a certificate that does not name node id {}: not joining",
+                req.node, admitted.node_id
+            )));
+        }
         steps.push(format!(
-            "Admitted as node id {} of cluster {} (leader {})",
-            admitted.node_id, admitted.cluster_name, admitted.leader
+            "Admitted as node id {} of cluster {} (leader {}), certificate {}",
+            admitted.node_id,
+            admitted.cluster_name,
+            admitted.leader,
+            super::pki::fingerprint(&admitted.cert)
         ));
         let backup = save_backup(node)?;
         steps.push(format!("Save the pre-join state to {}", backup.display()));
         steps.push(format!("Stop the local one-node cluster (node id {})", m.id));
         drop(m);
-        node.rejoin_as(admitted.node_id, auth::Secret(admitted.secret))
+        node.rejoin_as(admitted.node_id, &admitted.cert, &admitted.ca)
             .await
             .map_err(|e| Status::internal(format!("restarting raft as node {}: {e}", admitted.node_id)))?;
         steps.push(format!("Start raft as node id {}", admitted.node_id));
@@ -290,9 +483,40 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn admit(&self, req: Request<AdmitRequest>) -> Result<Response<AdmitReply>, Status> {
         authorize(&req, Access::Join)?;
+        let Caller::Token(claims) = super::caller(&req) else {
+            return Err(Status::permission_denied("a join token is needed"));
+        };
+        let header = bearer_of(&req);
         let req = req.into_inner();
         crate::model::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(bound) = &claims.node {
+            if bound != &req.name {
+                return Err(Status::permission_denied(format!(
+                    "this join token is for node {bound}, not {}",
+                    req.name
+                )));
+            }
+        }
+        super::pki::verify_proof(&req.public_key, &claims.nonce, &req.name, &req.proof)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.node.wait_bootstrapped().await?;
+        let (_, holder) = self.authority().await?;
+        if let Some((_, addr)) = holder {
+            let mut fwd = self.node.node_request(req, Duration::from_secs(15));
+            if let Some(h) = header {
+                fwd.metadata_mut().insert("authorization", h);
+            }
+            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).admit(fwd).await };
+            return self
+                .node
+                .channels
+                .call(&addr, Duration::from_secs(15), call)
+                .await
+                .map(Response::new);
+        }
+        // One admission at a time on the authority: a token's nonce is checked and used up in
+        // one log entry, and its certificate follows.
+        let _guard = self.node.join_lock.lock().await;
         let (existing, in_membership) = self
             .node
             .read_linearizable(|d| {
@@ -310,7 +534,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                     req.name, req.name
                 )));
             }
-            // Admitted before but never added: forget that id, a fresh one is allocated.
+            // Admitted before but never added: forget that id (and revoke its certificate), a
+            // fresh one is allocated.
             let (index, r) = self.node.write(Command::RemoveNode { node_id: id }).await?;
             applied(index, r)?;
         }
@@ -318,6 +543,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             name: req.name.clone(),
             addr: req.addr.clone(),
             witness: req.witness,
+            token: Some(claims.nonce.clone()),
         };
         let (_, r) = self.node.write(cmd).await?;
         let node_id = match r {
@@ -325,11 +551,36 @@ impl pb::cluster_server::Cluster for ClusterService {
             Applied::Refused(why) => return Err(Status::failed_precondition(why)),
             Applied::Done => return Err(Status::internal("admission allocated no node id")),
         };
-        tracing::info!(node = %req.name, id = node_id, witness = req.witness, "admitted");
+        let (cert, ca) = {
+            let a = self.node.authority.lock().expect("authority lock");
+            let a = a
+                .as_ref()
+                .ok_or_else(|| Status::internal("this node lost its CA key"))?;
+            let subject = super::pki::Subject {
+                id: node_id,
+                name: &req.name,
+                addrs: std::slice::from_ref(&req.addr),
+            };
+            let cert = a
+                .issue(&req.public_key, &subject)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            (cert, a.ca_der().to_vec())
+        };
+        let fingerprint = super::pki::fingerprint(&cert);
+        let (index, r) = self
+            .node
+            .write(Command::NodeCert {
+                node_id,
+                fingerprint: fingerprint.clone(),
+            })
+            .await?;
+        applied(index, r)?;
+        tracing::info!(node = %req.name, id = node_id, witness = req.witness, cert = %fingerprint, "admitted");
         let leader = self.node.leader().map(|(_, a)| a).unwrap_or_default();
         Ok(Response::new(AdmitReply {
             node_id,
-            secret: self.node.member().secret.0.clone(),
+            cert,
+            ca,
             cluster_name: self.node.cluster_name(),
             leader,
         }))
@@ -371,12 +622,12 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn node_status(&self, req: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         Ok(Response::new(status::node_status(&self.node)))
     }
 
     async fn mon(&self, req: Request<MonRequest>) -> Result<Response<MonReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         Ok(Response::new(status::mon(&self.node).await))
     }
 

@@ -5,54 +5,90 @@
 pub mod auth;
 mod cluster;
 mod objects;
+pub mod pki;
 mod raft;
 mod server;
 mod status;
+pub mod tls;
 
 pub use server::{serve, Listeners};
 
 use auth::{Caller, Role};
 use tonic::{Request, Status};
 
-/// What a call needs from its caller.
+/// What a call needs from its caller. The README's role table is this mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// The local socket, a node, or a root token.
+    /// Membership and cluster configuration: the local socket, a node, or a root token.
     Admin,
+    /// Minting tokens: the local socket or a root token, never a node (tokens would outlive
+    /// the node's revocation).
+    Tokens,
+    /// Objects, keys, actions, freeze: also an operator token.
+    Operate,
+    /// Reading status, listings and configuration: also a viewer token.
+    View,
     /// Another node of the cluster (or the local socket).
     Node,
-    /// A join token (or a node forwarding one it checked).
+    /// A join token.
     Join,
     /// Only the local socket: acts on this daemon itself.
     Local,
 }
 
-/// Refuses a call whose caller lacks `access`, with an error that says what is missing.
-pub fn authorize<T>(req: &Request<T>, access: Access) -> Result<(), Status> {
-    let caller = req
-        .extensions()
+/// The caller of a request, as the transport established it.
+pub fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions()
         .get::<Caller>()
         .cloned()
-        .unwrap_or(Caller::Anonymous("no credential given".into()));
-    let ok = match (&caller, access) {
-        (Caller::Anonymous(why), _) => return Err(Status::unauthenticated(format!("credential refused: {why}"))),
-        (Caller::Local, _) => true,
-        (Caller::Node, Access::Admin | Access::Node | Access::Join) => true,
-        (Caller::Token(Role::Root), Access::Admin) => true,
-        (Caller::Token(Role::Join), Access::Join) => true,
-        _ => false,
+        .unwrap_or(Caller::Anonymous("no credential given".into()))
+}
+
+/// Whether `caller` may make a call needing `access`.
+pub fn allowed(caller: &Caller, access: Access) -> bool {
+    let role = match caller {
+        Caller::Anonymous(_) => return false,
+        Caller::Local => return true,
+        Caller::Node(_) => return matches!(access, Access::Admin | Access::Operate | Access::View | Access::Node),
+        Caller::Token(c) => c.role,
     };
-    if ok {
+    match access {
+        Access::Admin | Access::Tokens => role == Role::Root,
+        Access::Operate => role >= Role::Operator,
+        Access::View => role >= Role::Viewer,
+        Access::Join => role == Role::Join,
+        Access::Node | Access::Local => false,
+    }
+}
+
+/// Refuses a call whose caller lacks `access`, with an error that says what is missing.
+pub fn authorize<T>(req: &Request<T>, access: Access) -> Result<(), Status> {
+    let caller = caller(req);
+    if let Caller::Anonymous(why) = &caller {
+        return Err(Status::unauthenticated(format!("credential refused: {why}")));
+    }
+    if allowed(&caller, access) {
         return Ok(());
     }
     let why = match (caller, access) {
         (_, Access::Local) => "this command acts on the daemon itself: run it on that node's unix socket".to_string(),
-        (Caller::Token(Role::Join), _) => "a join token only allows joining a node".to_string(),
-        (Caller::Token(Role::Root), Access::Join) => {
-            "this is a root token, not a join token: create one with `omctl daemon auth --role join`".to_string()
+        (Caller::Token(c), _) if c.role == Role::Join => "a join token only allows joining a node".to_string(),
+        (_, Access::Join) => {
+            "this call needs a join token: create one with `omctl daemon auth --role join`".to_string()
         }
         (_, Access::Node) => "only cluster nodes may call this".to_string(),
+        (Caller::Node(id), Access::Tokens) => format!("node id {id} may not mint tokens"),
+        (Caller::Token(c), a) => format!("a {} token does not allow this ({a:?} access needed)", c.role),
         (c, a) => format!("{c:?} may not make a {a:?} call"),
     };
     Err(Status::permission_denied(why))
+}
+
+/// The node id of a node caller, refusing anyone else.
+pub fn node_caller<T>(req: &Request<T>) -> Result<crate::model::NodeId, Status> {
+    match caller(req) {
+        Caller::Node(id) => Ok(id),
+        Caller::Anonymous(why) => Err(Status::unauthenticated(format!("credential refused: {why}"))),
+        _ => Err(Status::permission_denied("only cluster nodes may call this")),
+    }
 }

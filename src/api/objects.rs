@@ -86,7 +86,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectCreateRequest>,
     ) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let mut config = Ini::parse(&req.config_text)
@@ -107,7 +107,7 @@ impl ClusterService {
     }
 
     pub(super) async fn object_delete(&self, req: Request<ObjectRef>) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let p = path(&req.into_inner().path)?;
         self.commit(Command::DeleteObject { path: p }).await
     }
@@ -116,7 +116,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectConfigUpdateRequest>,
     ) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let set = parse_keys(&req.path, &req.set)?;
@@ -144,7 +144,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectConfigShowRequest>,
     ) -> Result<Response<ConfigShowReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let config = self.read_object(&p, |_, o| o.config.clone()).await?;
@@ -175,7 +175,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectConfigGetRequest>,
     ) -> Result<Response<ConfigGetReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let key = ObjectKey::parse(req.key.trim()).map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
@@ -212,7 +212,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectConfigDocRequest>,
     ) -> Result<Response<ObjectConfigDocReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let filter = if req.key.trim().is_empty() {
@@ -250,7 +250,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectListRequest>,
     ) -> Result<Response<ObjectListReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let sel = req.into_inner().selector;
         let sel = if sel.trim().is_empty() {
             "*".to_string()
@@ -277,7 +277,7 @@ impl ClusterService {
     }
 
     pub(super) async fn key_put(&self, req: Request<KeyPutRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let mode = if req.change { KeyMode::Change } else { KeyMode::Add };
         let cmd = Command::PutKey {
@@ -290,14 +290,14 @@ impl ClusterService {
     }
 
     pub(super) async fn key_list(&self, req: Request<ObjectRef>) -> Result<Response<KeyListReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let p = path(&req.into_inner().path)?;
         let names = self.read_object(&p, |_, o| o.keys.keys().cloned().collect()).await?;
         Ok(Response::new(KeyListReply { names }))
     }
 
     pub(super) async fn key_decode(&self, req: Request<KeyRequest>) -> Result<Response<KeyDecodeReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let value = self.read_object(&p, |_, o| o.keys.get(&req.name).cloned()).await?;
@@ -306,7 +306,7 @@ impl ClusterService {
     }
 
     pub(super) async fn key_remove(&self, req: Request<KeyRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         self.commit(Command::RemoveKey {
             path: path(&req.path)?,
@@ -316,7 +316,7 @@ impl ClusterService {
     }
 
     pub(super) async fn pool_list(&self, req: Request<PoolListRequest>) -> Result<Response<PoolListReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let req = req.into_inner();
         let pools = self
             .node
@@ -326,7 +326,7 @@ impl ClusterService {
     }
 
     pub(super) async fn device_list(&self, req: Request<ObjectRef>) -> Result<Response<DeviceListReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let p = path(&req.into_inner().path)?;
         let devices = self.read_object(&p, |s, o| device_rows(s, &p, o)).await?;
         Ok(Response::new(DeviceListReply { devices }))
@@ -336,9 +336,18 @@ impl ClusterService {
         &self,
         req: Request<ReportVolumeGroupsRequest>,
     ) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Node)?;
+        let from = super::caller(&req);
         let req = req.into_inner();
         let node_id = self.node_id_of(&req.node).await?;
+        if let super::auth::Caller::Node(id) = from {
+            if id != node_id {
+                return Err(Status::permission_denied(format!(
+                    "node id {id} may report only its own volume groups, not {}'s",
+                    req.node
+                )));
+            }
+        }
         let vgs: BTreeMap<String, u64> = req.vgs.into_iter().map(|v| (v.name, v.size)).collect();
         self.commit(Command::ReportVolumeGroups { node_id, vgs }).await
     }
@@ -349,7 +358,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectActionRequest>,
     ) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let p = path(&req.path)?;
         let cmd = match req.action.as_str() {
@@ -440,7 +449,7 @@ impl ClusterService {
         &self,
         req: Request<NodeFreezeRequest>,
     ) -> Result<Response<ConfigUpdateReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let node_id = self.node_id_of(&req.node).await?;
         self.commit(Command::FreezeNode {
@@ -454,7 +463,7 @@ impl ClusterService {
         &self,
         req: Request<ObjectRef>,
     ) -> Result<Response<InstanceStatusReply>, Status> {
-        authorize(&req, Access::Admin)?;
+        authorize(&req, Access::View)?;
         let p = path(&req.into_inner().path)?;
         if p.kind != "svc" {
             return Err(Status::invalid_argument(format!("{p} is not a service")));
@@ -787,6 +796,7 @@ mod tests {
                     witness: false,
                     watchdog: false,
                     ssh_key: None,
+                    cert: None,
                 },
             );
         }

@@ -1,5 +1,8 @@
 //! Server side of the Raft transport: decodes openraft messages and hands them to the
-//! current Raft instance. Every call needs the node credential.
+//! current Raft instance. Every call needs a node certificate, and a message speaks only for
+//! the node that certificate names: the leader of an AppendEntries or InstallSnapshot, the
+//! candidate of a Vote, the node of a report. Terms are bounded, so a member cannot push the
+//! cluster's term to where openraft's arithmetic overflows.
 
 use std::sync::Arc;
 
@@ -8,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use super::{authorize, Access};
+use super::node_caller;
 use crate::daemon::Node;
 use crate::model::Command;
 use crate::pb::{self, RaftMessage};
@@ -18,10 +21,38 @@ pub struct RaftService {
     pub node: Arc<Node>,
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    authorize(&req, Access::Node)?;
-    serde_json::from_slice(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+/// The largest step a message may take the term from this node's: far beyond any election
+/// history (one term per election timeout), far below overflow.
+const MAX_TERM_STEP: u64 = 1 << 32;
+
+/// The sending node's id and its message.
+fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<(NodeId, T), Status> {
+    let from = node_caller(&req)?;
+    let msg = serde_json::from_slice(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+    Ok((from, msg))
+}
+
+impl RaftService {
+    /// Refuses a message whose vote is not `from`'s own or whose term leaps too far.
+    fn check_vote(&self, from: NodeId, vote: &openraft::Vote<NodeId>, what: &str) -> Result<(), Status> {
+        let claimed = vote.leader_id().voted_for();
+        if claimed != Some(from) {
+            tracing::warn!("refused {what} from node id {from} claiming to be node {claimed:?}");
+            return Err(Status::permission_denied(format!(
+                "node id {from} sent {what} as node {claimed:?}: a node speaks only for itself"
+            )));
+        }
+        let term = vote.leader_id().term;
+        let current = self.node.member().raft.metrics().borrow().current_term;
+        if term > current.saturating_add(MAX_TERM_STEP) || term >= u64::MAX / 2 {
+            tracing::warn!("refused {what} from node id {from} with term {term} (ours {current})");
+            return Err(Status::invalid_argument(format!(
+                "term {term} is out of range (this node is at term {current})"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -32,8 +63,9 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(req)?;
-        let leader: NodeId = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        let (from, rpc): (_, AppendEntriesRequest<TypeConfig>) = decode(req)?;
+        self.check_vote(from, &rpc.vote, "AppendEntries")?;
+        let leader = from;
         let res = self.node.member().raft.append_entries(rpc).await;
         if res.is_ok() {
             self.node.links.rx(leader);
@@ -42,13 +74,15 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<NodeId> = decode(req)?;
+        let (from, rpc): (_, VoteRequest<NodeId>) = decode(req)?;
+        self.check_vote(from, &rpc.vote, "Vote")?;
         encode(&self.node.member().raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
-        let leader: NodeId = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        let (from, rpc): (_, InstallSnapshotRequest<TypeConfig>) = decode(req)?;
+        self.check_vote(from, &rpc.vote, "InstallSnapshot")?;
+        let leader = from;
         let res = self.node.member().raft.install_snapshot(rpc).await;
         if res.is_ok() {
             self.node.links.rx(leader);
@@ -57,17 +91,30 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let cmd: Command = decode(req)?;
+        let (from, cmd): (_, Command) = decode(req)?;
+        if let Some(about) = cmd.reporting_node() {
+            if about != from {
+                tracing::warn!("refused a report about node id {about} from node id {from}");
+                return Err(Status::permission_denied(format!(
+                    "node id {from} may report only about itself, not node id {about}"
+                )));
+            }
+        }
         encode(&self.node.propose_local(cmd).await)
     }
 
     async fn lease(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let from: NodeId = decode(req)?;
+        let (caller, from): (_, NodeId) = decode(req)?;
+        if caller != from {
+            return Err(Status::permission_denied(format!(
+                "node id {caller} asked for node id {from}'s lease"
+            )));
+        }
         encode(&self.node.grant_lease(from).await)
     }
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        authorize(&req, Access::Node)?;
+        node_caller(&req)?;
         let res = match self.node.member().raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index)),
             Err(e) => Err(e.to_string()),

@@ -1,18 +1,19 @@
-//! Serving the API: TCP (Raft transport and Cluster API, credentials required) and the local
-//! unix socket (Cluster API, trusted, mode 0600).
+//! Serving the API: TCP with TLS 1.3 (Raft transport and Cluster API; a node certificate or a
+//! token required) and the local unix socket (Cluster API, trusted, mode 0600).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
-use super::auth::{unix_now, Caller};
+use super::auth::{self, unix_now, Caller};
 use super::cluster::ClusterService;
 use super::raft::RaftService;
+use super::tls::Peer;
 use crate::daemon::Node;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::raft_server::RaftServer;
@@ -39,7 +40,8 @@ pub async fn serve(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let caller = tcp_node.member().secret.caller(header.as_deref(), unix_now());
+        let peer = req.extensions().get::<Peer>().cloned();
+        let caller = identify(&tcp_node, peer.as_ref(), header.as_deref());
         req.extensions_mut().insert(caller);
         Ok(req)
     };
@@ -68,7 +70,10 @@ pub async fn serve(
             cluster(),
             tcp_auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.tcp), wait(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            super::tls::incoming(listeners.tcp, node.tls.clone()),
+            wait(stop_rx.clone()),
+        );
     let unix = Server::builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), wait(stop_rx));
@@ -79,4 +84,20 @@ pub async fn serve(
     let (a, b) = tokio::join!(tcp, unix);
     let _ = std::fs::remove_file(&listeners.unix_path);
     a.and(b)
+}
+
+/// Who the caller of a TCP request is: its token if it gives one, else the node its
+/// certificate names. A revoked certificate is refused here too, for connections made before
+/// the revocation.
+fn identify(node: &Node, peer: Option<&Peer>, header: Option<&str>) -> Caller {
+    let fingerprint = peer.and_then(|p| p.fingerprint.as_deref());
+    node.read(|d| {
+        let trust = d.state.trust.as_ref();
+        if let Some(fp) = fingerprint {
+            if node.tls.is_revoked_fingerprint(fp) || trust.is_some_and(|t| t.revoked.contains(fp)) {
+                return Caller::Anonymous(format!("certificate {fp} is revoked"));
+            }
+        }
+        auth::caller(header, peer.and_then(|p| p.node), trust, unix_now())
+    })
 }

@@ -1,4 +1,5 @@
-//! Connecting omctl to a daemon: the local unix socket or `http://HOST:PORT` with a token.
+//! Connecting omctl to a daemon: the local unix socket, or `https://HOST:PORT` over TLS
+//! verified against the cluster CA, with a token.
 
 use std::time::Duration;
 
@@ -29,16 +30,23 @@ impl tonic::service::Interceptor for Auth {
 /// Why omctl could not reach the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("--server {0:?}: expected unix:PATH or http://HOST:PORT")]
+    #[error("--server {0:?}: expected unix:PATH or https://HOST:PORT")]
     BadServer(String),
+    #[error("--server {0}: daemons serve TCP over TLS only: use https://, with --ca")]
+    Plaintext(String),
+    #[error("--server {0}: give the cluster CA with --ca FILE (a copy of any node's DATA_DIR/tls/ca.crt)")]
+    NoCa(String),
+    #[error("--ca {0}: {1}")]
+    BadCa(String, String),
     #[error("the token has characters a token never has")]
     BadToken,
     #[error("cannot reach the daemon at {0}: {1}")]
     Unreachable(String, String),
 }
 
-/// Connects to `server` (`unix:PATH` or `http://HOST:PORT`).
-pub async fn connect(server: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+/// Connects to `server` (`unix:PATH` or `https://HOST:PORT`, verified against the CA in the
+/// PEM file `ca`).
+pub async fn connect(server: &str, token: Option<&str>, ca: Option<&std::path::Path>) -> Result<Client, ConnectError> {
     let auth = match token {
         Some(t) => Some(
             format!("Bearer {}", t.trim())
@@ -68,13 +76,21 @@ pub async fn connect(server: &str, token: Option<&str>) -> Result<Client, Connec
             }))
             .await
             .map_err(unreachable)?
-    } else if server.starts_with("http://") {
-        Endpoint::from_shared(server.to_string())
+    } else if let Some(hostport) = server.strip_prefix("https://") {
+        let ca = ca.ok_or_else(|| ConnectError::NoCa(server.to_string()))?;
+        let bad_ca = |why: String| ConnectError::BadCa(ca.display().to_string(), why);
+        let pem = std::fs::read_to_string(ca).map_err(|e| bad_ca(e.to_string()))?;
+        let der = crate::api::pki::pem_to_der(&pem).map_err(|e| bad_ca(e.to_string()))?;
+        let config = crate::api::tls::client_config(crate::api::tls::Anchor::Ca(der), None, Default::default())
+            .map_err(|e| bad_ca(e.to_string()))?;
+        let endpoint = Endpoint::from_shared(format!("http://{}", hostport.trim_end_matches('/')))
             .map_err(|_| ConnectError::BadServer(server.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .connect()
+            .connect_timeout(Duration::from_secs(3));
+        crate::api::tls::connect(endpoint, std::sync::Arc::new(config))
             .await
             .map_err(unreachable)?
+    } else if server.starts_with("http://") {
+        return Err(ConnectError::Plaintext(server.to_string()));
     } else {
         return Err(ConnectError::BadServer(server.to_string()));
     };

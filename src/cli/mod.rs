@@ -23,8 +23,9 @@ use render::Printer;
 
 /// omctl: manage an omraft cluster.
 ///
-/// Talks to the local daemon's unix socket by default; `--server http://HOST:PORT` reaches a
-/// remote one, which requires `--token` (see `omctl daemon auth --role root`).
+/// Talks to the local daemon's unix socket by default; `--server https://HOST:PORT` reaches a
+/// remote one over TLS, verified against the cluster CA (`--ca`, a copy of any node's
+/// `DATA_DIR/tls/ca.crt`), with a token (`omctl daemon auth --role root|operator|viewer`).
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -35,7 +36,7 @@ use render::Printer;
                   --state-only, print status -r. See `omctl PATH --help`, e.g. `omctl demo/svc/kvm1 --help`."
 )]
 pub struct Cli {
-    /// Daemon to talk to: unix:PATH or http://HOST:PORT.
+    /// Daemon to talk to: unix:PATH or https://HOST:PORT.
     #[arg(
         long,
         global = true,
@@ -46,6 +47,10 @@ pub struct Cli {
     /// Token for a remote (TCP) daemon.
     #[arg(long, global = true, env = "OMCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA certificate (PEM) a remote daemon must prove itself with: a copy of
+    /// DATA_DIR/tls/ca.crt from any node.
+    #[arg(long, global = true, env = "OMCTL_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
@@ -142,14 +147,18 @@ pub enum ClusterCmd {
         /// HOST:PORT of any node of the cluster to join.
         #[arg(long)]
         node: String,
-        /// Join token from `omctl daemon auth --role join` on that cluster.
-        #[arg(long)]
-        token: String,
+        /// Join token from `omctl daemon auth --role join` on that cluster; read from
+        /// standard input when absent or `-` (keeps it out of `ps`).
+        #[arg(long, env = "OMCTL_JOIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Join as a witness: votes, never hosts services.
         #[arg(long)]
         witness: bool,
     },
-    /// Remove a node from the cluster (from the Raft membership, then from the state).
+    /// Make a new token signing key: every token minted before stops working.
+    RotateSigningKey,
+    /// Remove a node from the cluster (from the Raft membership, then from the state); its
+    /// certificate is revoked.
     Remove {
         /// Name of the node to remove.
         #[arg(long)]
@@ -199,12 +208,16 @@ pub struct UpdateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DaemonCmd {
-    /// Print a token signed with the cluster secret.
+    /// Mint a token with the cluster's signing key (on the node holding it, or through it).
     Auth {
-        /// What the token allows: join (a node joining) or root (every call).
+        /// What the token allows: join (one node joining, once), viewer (read), operator
+        /// (objects, keys, actions, freeze) or root (everything).
         #[arg(long, value_enum)]
         role: Role,
-        /// How long the token is valid, e.g. 90s, 10m, 1h, 2d.
+        /// Bind a join token to this node name: any other name is refused.
+        #[arg(long)]
+        node: Option<String>,
+        /// How long the token is valid, e.g. 90s, 10m, 1h, 2d (30d at most).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         duration: Duration,
     },
@@ -350,7 +363,7 @@ async fn run_cli(cli: Cli, mut out: Printer) -> i32 {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    Ok(client::connect(&cli.server, cli.token.as_deref()).await?)
+    Ok(client::connect(&cli.server, cli.token.as_deref(), cli.ca.as_deref()).await?)
 }
 
 async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
@@ -375,10 +388,25 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
         }
         Command::Cluster(ClusterCmd::Config(cmd)) => config(cli, cmd, out).await,
         Command::Cluster(ClusterCmd::Join { node, token, witness }) => {
+            let token = match token.as_deref() {
+                Some(t) if t != "-" => t.to_string(),
+                _ => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| user_error(format!("reading the join token from standard input: {e}")))?;
+                    if line.trim().is_empty() {
+                        return Err(user_error(
+                            "no join token: give --token, OMCTL_JOIN_TOKEN or the token on standard input",
+                        ));
+                    }
+                    line
+                }
+            };
             let mut c = connect(cli).await?;
             let req = pb::JoinRequest {
                 node: node.clone(),
-                token: token.clone(),
+                token: token.trim().to_string(),
                 witness: *witness,
             };
             let reply = c.join(req).await?.into_inner();
@@ -401,6 +429,16 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             out.committed(reply.log_index);
             Ok(())
         }
+        Command::Cluster(ClusterCmd::RotateSigningKey) => {
+            let mut c = connect(cli).await?;
+            let reply = c
+                .rotate_signing_key(pb::RotateSigningKeyRequest {})
+                .await
+                .map_err(Failure::write)?
+                .into_inner();
+            out.rotated(reply.generation);
+            Ok(())
+        }
         Command::Cluster(ClusterCmd::Remove { node }) => {
             let mut c = connect(cli).await?;
             let reply = c
@@ -411,15 +449,12 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             out.removed(node, reply.node_id);
             Ok(())
         }
-        Command::Daemon(DaemonCmd::Auth { role, duration }) => {
+        Command::Daemon(DaemonCmd::Auth { role, duration, node }) => {
             let mut c = connect(cli).await?;
-            let role = match role {
-                Role::Join => "join",
-                Role::Root => "root",
-            };
             let req = pb::IssueTokenRequest {
-                role: role.into(),
+                role: role.to_string(),
                 duration_secs: duration.as_secs().max(1),
+                node: node.clone().unwrap_or_default(),
             };
             let reply = c.issue_token(req).await?.into_inner();
             out.token(&reply);

@@ -251,6 +251,11 @@ impl<'a> From<&'a pb::DeviceRow> for DeviceView<'a> {
 }
 
 #[derive(Serialize)]
+struct RotatedView {
+    generation: u64,
+}
+
+#[derive(Serialize)]
 struct RemovedView<'a> {
     removed: &'a str,
     node_id: u64,
@@ -798,6 +803,15 @@ impl Printer {
         match self.format {
             Output::Human => self.write(&format!("{value}\n")),
             Output::Json => self.json(&ValueView { value }),
+        }
+    }
+
+    pub fn rotated(&mut self, generation: u64) {
+        match self.format {
+            Output::Human => self.write(&format!(
+                "token signing key rotated (generation {generation}): every token minted before is invalid\n"
+            )),
+            Output::Json => self.json(&RotatedView { generation }),
         }
     }
 

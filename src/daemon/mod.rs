@@ -16,7 +16,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Code, Status};
 
-use crate::api::auth::Secret;
+use crate::api::pki::{self, Authority, NodeKey, PkiError, Subject};
+use crate::api::tls::{Identity, Tls};
 use crate::model::{ClusterState, Command, NodeId, Response};
 use crate::pb;
 use crate::raft::network::{Channels, Links, Network};
@@ -210,7 +211,6 @@ pub struct Member {
     pub id: NodeId,
     pub raft: Raft,
     pub sm: StateMachine,
-    pub secret: Secret,
 }
 
 /// A running node.
@@ -220,6 +220,12 @@ pub struct Node {
     pub store: Store,
     pub channels: Channels,
     pub links: Arc<Links>,
+    /// This node's TLS identity, CA and revocation list.
+    pub tls: Arc<Tls>,
+    /// This node's own key pair (`tls/node.key`).
+    pub key: NodeKey,
+    /// The CA and token signing key, on the node that holds them (the founder).
+    pub authority: std::sync::Mutex<Option<Authority>>,
     member: RwLock<Arc<Member>>,
     /// Held during a join, so two joins never interleave.
     pub join_lock: tokio::sync::Mutex<()>,
@@ -256,10 +262,18 @@ pub enum StartError {
     Config(#[source] openraft::ConfigError),
     #[error(transparent)]
     Name(#[from] crate::model::Rejection),
+    #[error("TLS identity: {0}")]
+    Pki(#[from] PkiError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 const LOCAL_ID: &str = "node_id";
-const LOCAL_SECRET: &str = "secret";
+
+/// This node's TLS directory.
+pub fn tls_dir(settings: &Settings) -> PathBuf {
+    settings.data_dir.join("tls")
+}
 
 impl Node {
     /// Opens the data directory and starts Raft: resumes from disk, or founds a new one-node
@@ -270,20 +284,32 @@ impl Node {
         restrict(&settings.data_dir, 0o700).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let store = Store::open(&settings.data_dir)?;
         let links = Arc::new(Links::default());
-        let channels = Channels::default();
-        let (id, secret, fresh) = match (
-            store.local_get::<NodeId>(LOCAL_ID)?,
-            store.local_get::<Secret>(LOCAL_SECRET)?,
-        ) {
-            (Some(id), Some(secret)) => (id, secret, false),
-            _ => {
-                let secret = Secret::generate();
-                store.local_set(LOCAL_SECRET, &secret)?;
+        let dir = tls_dir(&settings);
+        let key = NodeKey::load_or_make(&dir.join(pki::NODE_KEY))?;
+        let (id, fresh) = match store.local_get::<NodeId>(LOCAL_ID)? {
+            Some(id) => (id, false),
+            None => {
+                // A new one-node cluster: its own CA, and a certificate from it. Made before the
+                // id is recorded, so a crash in between starts over.
+                let authority = Authority::create(&dir)?;
+                let cert = authority.issue(
+                    &key.public(),
+                    &Subject {
+                        id: 1,
+                        name: &settings.name,
+                        addrs: std::slice::from_ref(&settings.addr),
+                    },
+                )?;
+                pki::write_file(&dir.join(pki::NODE_CERT), pki::der_to_pem(&cert).as_bytes(), 0o644)?;
                 store.local_set(LOCAL_ID, &1u64)?;
-                (1, secret, true)
+                (1, true)
             }
         };
-        let member = start_member(&settings, &store, &channels, &links, id, secret).await?;
+        let identity = load_identity(&dir, &key)?;
+        let tls = Arc::new(Tls::new(identity.1, &identity.0)?);
+        let authority = Authority::load(&dir)?;
+        let channels = Channels::new(tls.clone());
+        let member = start_member(&settings, &store, &channels, &links, id).await?;
         if fresh {
             let nodes = BTreeMap::from([(
                 id,
@@ -309,6 +335,9 @@ impl Node {
             store,
             channels,
             links,
+            tls,
+            key,
+            authority: std::sync::Mutex::new(authority),
             member: RwLock::new(member),
             join_lock: tokio::sync::Mutex::new(()),
             lease: std::sync::Mutex::new(crate::lease::Lease::default()),
@@ -321,6 +350,7 @@ impl Node {
             releasing: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(register_founder(Arc::downgrade(&node)));
+        tokio::spawn(keep_revocations(Arc::downgrade(&node)));
         tokio::spawn(renew_lease(Arc::downgrade(&node)));
         Ok(node)
     }
@@ -350,12 +380,9 @@ impl Node {
         id == Some(m.id)
     }
 
-    /// Wraps `msg` in a request carrying this node's credential.
+    /// Wraps `msg` in a request from this node (its certificate authenticates it).
     pub fn node_request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        let cred = format!("Node {}", self.member().secret.node_credential());
-        r.metadata_mut()
-            .insert("authorization", cred.parse().expect("hex credential is ascii"));
         r.set_timeout(timeout);
         r
     }
@@ -522,8 +549,8 @@ impl Node {
     }
 
     /// Replaces the Raft incarnation: stops the current one, wipes the Raft state and starts
-    /// as `id` of the cluster whose secret is `secret`, waiting to be added by its leader.
-    pub async fn rejoin_as(&self, id: NodeId, secret: Secret) -> Result<(), StartError> {
+    /// as `id` of the cluster whose CA issued `cert`, waiting to be added by its leader.
+    pub async fn rejoin_as(&self, id: NodeId, cert: &[u8], ca: &[u8]) -> Result<(), StartError> {
         let old = self.member();
         if let Err(e) = old.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
@@ -532,9 +559,26 @@ impl Node {
         // Joining: no lease for a while, and maybe never (a witness). Disarm first.
         self.disarm_watchdog();
         self.store.wipe_raft()?;
-        self.store.local_set(LOCAL_SECRET, &secret)?;
+        // The new identity, then the id: a crash in between leaves the old id with a
+        // certificate naming another, which the cluster refuses, rather than the reverse.
+        let dir = tls_dir(&self.settings);
+        pki::write_file(&dir.join(pki::CA_CERT), pki::der_to_pem(ca).as_bytes(), 0o644)?;
+        pki::write_file(&dir.join(pki::NODE_CERT), pki::der_to_pem(cert).as_bytes(), 0o644)?;
+        // The keys of the one-node cluster this node leaves: that CA is dead.
+        *self.authority.lock().expect("authority lock") = None;
+        for f in [pki::CA_KEY, pki::SIGNING_KEY] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        self.tls.replace(
+            ca.to_vec(),
+            &Identity {
+                cert: cert.to_vec(),
+                key: self.key.pkcs8(),
+            },
+        )?;
+        self.channels.clear();
         self.store.local_set(LOCAL_ID, &id)?;
-        let new = start_member(&self.settings, &self.store, &self.channels, &self.links, id, secret).await?;
+        let new = start_member(&self.settings, &self.store, &self.channels, &self.links, id).await?;
         *self.member.write().expect("member lock") = new;
         Ok(())
     }
@@ -690,19 +734,49 @@ async fn start_member(
     channels: &Channels,
     links: &Arc<Links>,
     id: NodeId,
-    secret: Secret,
 ) -> Result<Arc<Member>, StartError> {
     let config = Arc::new(settings.raft_config().validate().map_err(StartError::Config)?);
     let sm = store.state_machine()?;
     let network = Network {
         channels: channels.clone(),
-        secret: secret.clone(),
         links: links.clone(),
     };
     let raft = Raft::new(id, config, network, store.log_store(), sm.clone())
         .await
         .map_err(StartError::Raft)?;
-    Ok(Arc::new(Member { id, raft, sm, secret }))
+    Ok(Arc::new(Member { id, raft, sm }))
+}
+
+/// This node's certificate and the CA's (DER), from the TLS directory.
+fn load_identity(dir: &std::path::Path, key: &NodeKey) -> Result<(Identity, Vec<u8>), PkiError> {
+    let read = |name: &str| -> Result<Vec<u8>, PkiError> {
+        let path = dir.join(name);
+        let pem = std::fs::read_to_string(&path).map_err(|e| {
+            PkiError::Bad(
+                path.display().to_string(),
+                format!(
+                    "{e}: this data directory has no TLS identity (made by an older version, or damaged): \
+                     wipe it and join the node again"
+                ),
+            )
+        })?;
+        pki::pem_to_der(&pem)
+    };
+    let cert = read(pki::NODE_CERT)?;
+    let ca = read(pki::CA_CERT)?;
+    Ok((Identity { cert, key: key.pkcs8() }, ca))
+}
+
+/// Keeps the TLS layer's revocation list equal to the replicated one, so a removed node's
+/// certificate fails the handshake.
+async fn keep_revocations(weak: std::sync::Weak<Node>) {
+    loop {
+        let Some(node) = Node::alive(&weak) else { return };
+        let revoked = node.read(|d| d.state.trust.as_ref().map(|t| t.revoked.clone()).unwrap_or_default());
+        node.tls.set_revoked(&revoked);
+        drop(node);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A founding node registers itself in the state once it leads its one-node cluster. Runs at
@@ -711,16 +785,23 @@ async fn register_founder(weak: std::sync::Weak<Node>) {
     for _ in 0..100 {
         let Some(node) = Node::alive(&weak) else { return };
         let m = node.member();
-        let (registered, alone) = m.sm.read(|d| {
+        let (registered, trusted, alone) = m.sm.read(|d| {
             let voters: Vec<_> = d.membership.membership().voter_ids().collect();
             // `None` until the initial membership is applied.
             (
                 !d.state.nodes.is_empty(),
+                d.state.trust.is_some(),
                 (!voters.is_empty()).then(|| voters == [m.id]),
             )
         });
-        if registered || alone == Some(false) {
+        if (registered && trusted) || alone == Some(false) {
             return;
+        }
+        if registered && alone == Some(true) && node.is_leader() {
+            match establish_trust(&node, &m).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!("recording the cluster CA: {e}"),
+            }
         }
         if alone == Some(true) && node.is_leader() {
             let cmd = Command::Bootstrap {
@@ -729,7 +810,7 @@ async fn register_founder(weak: std::sync::Weak<Node>) {
                 addr: node.settings.addr.clone(),
             };
             match m.raft.client_write(cmd).await {
-                Ok(_) => return,
+                Ok(_) => continue,
                 Err(e) => tracing::warn!("registering the founding node: {e}"),
             }
         }
@@ -737,6 +818,28 @@ async fn register_founder(weak: std::sync::Weak<Node>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::error!("could not register this node as the founder of its cluster");
+}
+
+/// Records the founder's CA, signing key and certificate in the log.
+async fn establish_trust(node: &Node, m: &Member) -> Result<(), String> {
+    let (ca, signing_key) = {
+        let a = node.authority.lock().expect("authority lock");
+        let a = a.as_ref().ok_or("this founding node holds no CA key")?;
+        (a.ca_der().to_vec(), a.signing_public())
+    };
+    let cmd = Command::EstablishTrust {
+        ca,
+        authority: m.id,
+        signing_key,
+    };
+    m.raft.client_write(cmd).await.map_err(|e| e.to_string())?;
+    let cert = node.tls.cert();
+    let cmd = Command::NodeCert {
+        node_id: m.id,
+        fingerprint: pki::fingerprint(&cert),
+    };
+    m.raft.client_write(cmd).await.map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Renews this node's lease every `lease.renew`: from itself when it leads, else from the

@@ -41,6 +41,29 @@ pub struct NodeInfo {
     /// Its ssh public key (`cluster.ssh_trust`): every node trusts every node's key.
     #[serde(default)]
     pub ssh_key: Option<String>,
+    /// The fingerprint of its certificate, revoked when it is removed.
+    #[serde(default)]
+    pub cert: Option<String>,
+}
+
+/// What the cluster's TLS trust rests on. The keys stay on the authority node; the log holds
+/// only public halves and fingerprints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trust {
+    /// The cluster CA's certificate (DER).
+    pub ca: Vec<u8>,
+    /// The node holding the CA key and the token signing key: admissions and token minting
+    /// are done there.
+    pub authority: NodeId,
+    /// The public half of the token signing key (Ed25519).
+    pub signing_key: Vec<u8>,
+    /// Counts signing keys: a token names the one it was signed with, and only the current
+    /// one is accepted (a rotation invalidates every token minted before it).
+    pub generation: u64,
+    /// Fingerprints of revoked certificates (removed nodes').
+    pub revoked: BTreeSet<String>,
+    /// Nonces of the join tokens already used: a join token works once.
+    pub used_join_tokens: BTreeSet<String>,
 }
 
 /// Cluster configuration: `section -> keyword -> value`, as validated against the catalog.
@@ -77,6 +100,9 @@ pub struct ClusterState {
     /// peer's `unfence-peer` handler clears the mark; nothing fails over to them meanwhile.
     #[serde(default)]
     pub outdated: BTreeMap<String, BTreeSet<NodeId>>,
+    /// TLS trust: the CA, the authority node, the token signing key, revocations.
+    #[serde(default)]
+    pub trust: Option<Trust>,
     /// Derived from `objects`; see `objects::AllocIndex`.
     #[serde(skip)]
     index: objects::IndexCache,
@@ -91,8 +117,25 @@ pub enum Command {
         name: String,
         addr: String,
     },
-    /// Registers a joining node and allocates its id.
-    AddNode { name: String, addr: String, witness: bool },
+    /// Registers a joining node and allocates its id, using up its join token.
+    AddNode {
+        name: String,
+        addr: String,
+        witness: bool,
+        /// The join token's nonce: refused if it was used before.
+        #[serde(default)]
+        token: Option<String>,
+    },
+    /// The certificate the authority issued to a node.
+    NodeCert { node_id: NodeId, fingerprint: String },
+    /// The founding node's CA and token signing key (public halves).
+    EstablishTrust {
+        ca: Vec<u8>,
+        authority: NodeId,
+        signing_key: Vec<u8>,
+    },
+    /// A new token signing key: every token signed with an older one stops working.
+    RotateSigningKey { signing_key: Vec<u8> },
     /// Forgets a node (its Raft membership is removed separately, before).
     RemoveNode { node_id: NodeId },
     /// Applies every `set` and `unset` of one `cluster config update` at once, or none.
@@ -185,6 +228,20 @@ pub enum Command {
     UnfencePeer { resource: String, node_id: NodeId },
 }
 
+impl Command {
+    /// The node a report is about, for commands only that node may send (its own
+    /// observations): a node's certificate lets it report about itself and nobody else.
+    pub fn reporting_node(&self) -> Option<NodeId> {
+        match self {
+            Command::ReportVolumeGroups { node_id, .. }
+            | Command::ReportInstance { node_id, .. }
+            | Command::ReportSshKey { node_id, .. }
+            | Command::ReportWatchdog { node_id, .. } => Some(*node_id),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -195,6 +252,11 @@ impl fmt::Display for Command {
                 write!(f, "add {} {name}", if *witness { "witness" } else { "node" })
             }
             Command::RemoveNode { node_id } => write!(f, "remove node id {node_id}"),
+            Command::NodeCert { node_id, fingerprint } => {
+                write!(f, "node id {node_id} has certificate {fingerprint}")
+            }
+            Command::EstablishTrust { authority, .. } => write!(f, "cluster CA held by node id {authority}"),
+            Command::RotateSigningKey { .. } => write!(f, "rotate the token signing key"),
             Command::UpdateConfig { set, unset } => {
                 write!(f, "config update: {} set, {} unset", set.len(), unset.len())
             }
@@ -258,6 +320,14 @@ pub enum Response {
 pub enum Rejection {
     #[error("a node named {0:?} is already in the cluster; remove it first")]
     DuplicateNodeName(String),
+    #[error(
+        "this join token was used already: a join token works once (mint another with `omctl daemon auth --role join`)"
+    )]
+    TokenUsed,
+    #[error("the cluster's trust (CA, signing key) is not established yet")]
+    NoTrust,
+    #[error("the cluster's trust is already established")]
+    TrustEstablished,
     #[error("address {0} is already used by node {1:?}")]
     DuplicateAddr(String, String),
     #[error("node name {0:?} is invalid: {1}")]
@@ -322,9 +392,14 @@ impl ClusterState {
                 }
                 validate_node_name(name)
             }
-            Command::AddNode { name, addr, .. } => {
+            Command::AddNode { name, addr, token, .. } => {
                 if self.nodes.is_empty() {
                     return Err(Rejection::NotBootstrapped);
+                }
+                if let Some(nonce) = token {
+                    if self.trust.as_ref().is_some_and(|t| t.used_join_tokens.contains(nonce)) {
+                        return Err(Rejection::TokenUsed);
+                    }
                 }
                 validate_node_name(name)?;
                 for n in self.nodes.values() {
@@ -337,13 +412,21 @@ impl ClusterState {
                 }
                 Ok(())
             }
-            Command::RemoveNode { node_id } => {
+            Command::RemoveNode { node_id } | Command::NodeCert { node_id, .. } => {
                 if self.nodes.contains_key(node_id) {
                     Ok(())
                 } else {
                     Err(Rejection::UnknownNode(*node_id))
                 }
             }
+            Command::EstablishTrust { .. } => match self.trust {
+                Some(_) => Err(Rejection::TrustEstablished),
+                None => Ok(()),
+            },
+            Command::RotateSigningKey { .. } => match self.trust {
+                Some(_) => Ok(()),
+                None => Err(Rejection::NoTrust),
+            },
             Command::UpdateConfig { set, unset } => {
                 let plan = catalog::plan(&self.config, set, unset)?;
                 Ok(self.check_pools(&plan)?)
@@ -489,12 +572,18 @@ impl ClusterState {
                         witness: false,
                         watchdog: false,
                         ssh_key: None,
+                        cert: None,
                     },
                 );
                 self.next_node_id = self.next_node_id.max(node_id + 1);
                 Response::Done
             }
-            Command::AddNode { name, addr, witness } => {
+            Command::AddNode {
+                name,
+                addr,
+                witness,
+                token,
+            } => {
                 let id = self.next_node_id;
                 self.next_node_id = id + 1;
                 self.nodes.insert(
@@ -505,11 +594,53 @@ impl ClusterState {
                         witness: *witness,
                         watchdog: false,
                         ssh_key: None,
+                        cert: None,
                     },
                 );
+                if let (Some(nonce), Some(trust)) = (token, self.trust.as_mut()) {
+                    trust.used_join_tokens.insert(nonce.clone());
+                }
                 Response::NodeAdded(id)
             }
+            Command::NodeCert { node_id, fingerprint } => {
+                if let Some(n) = self.nodes.get_mut(node_id) {
+                    // A new certificate for the same node: the old one is revoked.
+                    if let (Some(old), Some(trust)) = (n.cert.replace(fingerprint.clone()), self.trust.as_mut()) {
+                        if &old != fingerprint {
+                            trust.revoked.insert(old);
+                        }
+                    }
+                }
+                Response::Done
+            }
+            Command::EstablishTrust {
+                ca,
+                authority,
+                signing_key,
+            } => {
+                self.trust = Some(Trust {
+                    ca: ca.clone(),
+                    authority: *authority,
+                    signing_key: signing_key.clone(),
+                    generation: 1,
+                    ..Trust::default()
+                });
+                Response::Done
+            }
+            Command::RotateSigningKey { signing_key } => {
+                if let Some(t) = self.trust.as_mut() {
+                    t.signing_key = signing_key.clone();
+                    t.generation += 1;
+                }
+                Response::Done
+            }
             Command::RemoveNode { node_id } => {
+                if let (Some(fp), Some(trust)) = (
+                    self.nodes.get(node_id).and_then(|n| n.cert.clone()),
+                    self.trust.as_mut(),
+                ) {
+                    trust.revoked.insert(fp);
+                }
                 self.nodes.remove(node_id);
                 self.vgs.remove(node_id);
                 self.outdated.retain(|_, nodes| {
@@ -767,6 +898,7 @@ mod tests {
             name: name.into(),
             addr: addr.into(),
             witness: false,
+            token: None,
         })
     }
 

@@ -32,6 +32,7 @@ pub(crate) fn nodes_with_vgs() -> ClusterState {
             name: "n2".into(),
             addr: "a:2".into(),
             witness: false,
+            token: None,
         },
     );
     ok(
@@ -40,6 +41,7 @@ pub(crate) fn nodes_with_vgs() -> ClusterState {
             name: "w".into(),
             addr: "a:3".into(),
             witness: true,
+            token: None,
         },
     );
     for id in [1, 2] {

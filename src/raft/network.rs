@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::{NodeId, TypeConfig};
-use crate::api::auth::Secret;
+use crate::api::tls::Tls;
 use crate::pb;
 
 /// Consecutive failed calls on one channel after which it is dropped and made again.
@@ -51,10 +51,11 @@ struct ChannelMap {
     made: u64,
 }
 
-/// Lazily connected gRPC channels, one per peer address, shared by all callers.
-#[derive(Clone, Default)]
+/// Lazily connected gRPC channels over TLS, one per peer address, shared by all callers.
+#[derive(Clone)]
 pub struct Channels {
     inner: Arc<Mutex<ChannelMap>>,
+    tls: Arc<Tls>,
 }
 
 /// One call's use of a cached channel. Settle it with the call's outcome; dropped unsettled
@@ -98,6 +99,19 @@ pub fn transport_failure(s: &Status) -> bool {
 }
 
 impl Channels {
+    /// No channels yet; each will speak TLS with this node's identity.
+    pub fn new(tls: Arc<Tls>) -> Channels {
+        Channels {
+            inner: Arc::default(),
+            tls,
+        }
+    }
+
+    /// Drops every cached channel (this node's identity changed).
+    pub fn clear(&self) {
+        self.inner.lock().expect("channels lock").slots.clear();
+    }
+
     /// The channel to `addr` (`HOST:PORT`), created on first use and again after a run of
     /// failed calls.
     pub fn get(&self, addr: &str) -> Result<ChannelUse, tonic::transport::Error> {
@@ -105,14 +119,13 @@ impl Channels {
         let (channel, generation) = match map.slots.get(addr) {
             Some(s) => (s.channel.clone(), s.generation),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
                     .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .tcp_keepalive(Some(Duration::from_secs(5)))
                     .http2_keep_alive_interval(KEEPALIVE)
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                    .keep_alive_while_idle(true)
-                    .connect_lazy();
+                    .keep_alive_while_idle(true);
+                let tls = self.tls.clone();
+                let channel = crate::api::tls::channel(endpoint, move || tls.client_config());
                 map.made += 1;
                 let generation = map.made;
                 map.slots.insert(
@@ -224,7 +237,6 @@ impl Links {
 #[derive(Clone)]
 pub struct Network {
     pub channels: Channels,
-    pub secret: Secret,
     pub links: Arc<Links>,
 }
 
@@ -236,7 +248,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             channels: self.channels.clone(),
-            credential: format!("Node {}", self.secret.node_credential()),
             links: self.links.clone(),
         }
     }
@@ -247,7 +258,6 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     channels: Channels,
-    credential: String,
     links: Arc<Links>,
 }
 
@@ -282,12 +292,6 @@ impl Peer {
             })?;
             let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             let mut request = tonic::Request::new(pb::RaftMessage { data });
-            request.metadata_mut().insert(
-                "authorization",
-                self.credential
-                    .parse()
-                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?,
-            );
             let ttl = option.hard_ttl();
             request.set_timeout(ttl);
             let mut client = pb::raft_client::RaftClient::new(conn.channel()).max_decoding_message_size(64 << 20);
@@ -473,15 +477,16 @@ mod tests {
     async fn a_channel_whose_calls_timed_out_is_replaced_once_the_network_heals() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
+        let authority = crate::api::pki::Authority::ephemeral();
+        let tls = |id| Arc::new(authority.test_tls(id));
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::raft_server::RaftServer::new(Voter))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(crate::api::tls::incoming(listener, tls(2))),
         );
         let (proxy, addr) = Proxy::start(upstream).await;
         let mut network = Network {
-            channels: Channels::default(),
-            secret: Secret::generate(),
+            channels: Channels::new(tls(1)),
             links: Arc::new(Links::default()),
         };
         let mut peer = network.new_client(2, &BasicNode { addr }).await;

@@ -321,8 +321,8 @@ pub fn cluster() -> Option<Bed> {
     until(30, "the daemons answering", &bed, || {
         HOSTS.iter().all(|(h, _)| bed.omctl(h, &["mon"]).status.success())
     });
-    let token = bed.ok("n1", &["daemon", "auth", "--role", "join"]);
     for (host, witness) in [("n2", false), ("w", true)] {
+        let token = bed.ok("n1", &["daemon", "auth", "--role", "join", "--node", host]);
         let mut args = vec!["cluster", "join", "--node", "10.77.0.11:1215", "--token", token.trim()];
         if witness {
             args.push("--witness");

@@ -408,7 +408,7 @@ pub fn primary_nodes(sim: &Path) -> Vec<String> {
 async fn client(server: &str, secs: f64) -> Result<omraft::cli::client::Client, String> {
     match tokio::time::timeout(
         Duration::from_secs_f64(secs),
-        omraft::cli::client::connect(server, None),
+        omraft::cli::client::connect(server, None, None),
     )
     .await
     {
@@ -723,9 +723,9 @@ impl Cluster {
             support::local_client(&n.dir).await;
         }
         let n1 = c.server("n1");
-        let token = c.ok("n1", &["daemon", "auth", "--role", "join"]);
         let founder = format!("{}:1215", c.nodes[0].ip);
         for name in ["n2", "w"] {
+            let token = c.ok("n1", &["daemon", "auth", "--role", "join", "--node", name]);
             let mut args = vec!["cluster", "join", "--node", &founder, "--token", token.trim()];
             if name == "w" {
                 args.push("--witness");

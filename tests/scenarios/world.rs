@@ -244,11 +244,13 @@ impl World {
                 name: "n2".into(),
                 addr: "10.0.0.2:1215".into(),
                 witness: false,
+                token: None,
             },
             Command::AddNode {
                 name: "w".into(),
                 addr: "10.0.0.3:1215".into(),
                 witness: true,
+                token: None,
             },
             Command::ReportVolumeGroups {
                 node_id: 1,

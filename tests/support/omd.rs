@@ -165,10 +165,14 @@ pub async fn three_with(root: &Path, common: &[&str]) -> Vec<Omd> {
     for n in &nodes[1..] {
         local_client(&n.dir).await;
     }
-    let token = stdout(&omctl(&nodes[0].server(), &["daemon", "auth", "--role", "join"]))
+    for n in &nodes[1..] {
+        // A join token works once: one per joiner, bound to its name.
+        let token = ok(
+            &nodes[0].server(),
+            &["daemon", "auth", "--role", "join", "--node", &n.name],
+        )
         .trim()
         .to_string();
-    for n in &nodes[1..] {
         let mut args = vec!["cluster", "join", "--node", &nodes[0].addr, "--token", &token];
         if n.name == "n3" {
             args.push("--witness");
