@@ -444,12 +444,18 @@ async fn dial(
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(443);
-    let tcp = TcpStream::connect((host, port)).await?;
+    // Both errors say "connect": no request was sent (a write's caller may retry it).
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect to {host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     // The name only goes into SNI: the verifier checks the CA and the node id, not the name.
     let name = ServerName::try_from(host.to_string())
         .unwrap_or_else(|_| ServerName::try_from("omraft.invalid").expect("a valid name"));
-    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("tls connect to {host}:{port}: {e}")))?;
     Ok(TokioIo::new(tls))
 }
 

@@ -713,7 +713,7 @@ fn propose_failure(addr: &str, s: &Status) -> Attempt {
         text.push_str(&format!(": {e}"));
         src = e.source();
     }
-    if s.code() == Code::Unavailable && text.contains("tcp connect") {
+    if s.code() == Code::Unavailable && (text.contains("tcp connect") || text.contains("tls connect")) {
         Attempt::Retry(not_committed(format!("the leader {addr} is unreachable: {text}")))
     } else {
         Attempt::Fail(outcome_unknown(format!("the leader {addr}: {}", s.message())))

@@ -186,6 +186,7 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
         );
         assert!(out.stdout.is_empty());
     }
+    let super_omctl = omctl;
     // Join with a token of another cluster: refused, nothing changes.
     let foreign = stdout(&omctl(&n2.server(), &["daemon", "auth", "--role", "join"]))
         .trim()
@@ -194,16 +195,36 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
         &n2.server(),
         &["cluster", "join", "--node", &n1.addr, "--token", &foreign],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not signed by this cluster"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not the cluster the token names"),
+        "{}",
+        stderr(&out)
+    );
     let v: serde_json::Value = serde_json::from_slice(&omctl(&n1.server(), &["mon", "-o", "json"]).stdout).unwrap();
     assert_eq!(v["nodes"].as_array().unwrap().len(), 1, "{v}");
 
-    // Over TCP: nothing without a credential, reads and writes with a root token.
-    let tcp = format!("http://{}", n1.addr);
+    // Over TCP: TLS only, verified against the CA; nothing without a credential, reads and
+    // writes with a root token.
+    let plain = format!("http://{}", n1.addr);
+    let out = omctl(&plain, &["mon"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("TLS only"), "{}", stderr(&out));
+    let ca = n1.dir.join("tls/ca.crt");
+    let ca = ca.to_str().unwrap();
+    let tcp = format!("https://{}", n1.addr);
+    let omctl = |server: &str, args: &[&str]| {
+        let mut all = vec!["--ca", ca];
+        all.extend_from_slice(args);
+        omctl(server, &all)
+    };
     let out = omctl(&tcp, &["cluster", "config", "update", "--set", "cluster.name=x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no credential"), "{}", stderr(&out));
+    // The wrong CA: the server is not trusted, nothing is sent.
+    let other_ca = n2.dir.join("tls/ca.crt");
+    let out = super_omctl(&tcp, &["--ca", other_ca.to_str().unwrap(), "mon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let root = stdout(&omctl(
         &n1.server(),
         &["daemon", "auth", "--role", "root", "--duration", "5m"],
@@ -229,7 +250,7 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
     );
     assert_eq!(out.status.code(), Some(1));
     // Unreachable daemon: exit 2.
-    let out = omctl("unix:/nonexistent/omd.sock", &["mon"]);
+    let out = super_omctl("unix:/nonexistent/omd.sock", &["mon"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
