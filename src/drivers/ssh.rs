@@ -90,14 +90,13 @@ mod tests {
     }
 
     #[test]
-    fn only_one_line_ed25519_keys_with_our_comment_are_accepted() {
+    fn only_one_line_ed25519_keys_are_accepted() {
         crate::model::valid_ssh_key(K1).unwrap();
         for bad in [
             "ssh-rsa AAAA omraft@n1",
             "ssh-ed25519 AAAA",
             "ssh-ed25519 AAAA omraft@n1\nssh-ed25519 BBBB omraft@n2",
             "ssh-ed25519 AA;rm omraft@n1",
-            "ssh-ed25519 AAAA root@n1",
         ] {
             assert!(crate::model::valid_ssh_key(bad).is_err(), "{bad:?} accepted");
         }
