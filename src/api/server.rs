@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
@@ -71,7 +71,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.tcp), wait(stop_rx.clone()));
     let unix = Server::builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), wait(stop_rx));
+        .serve_with_incoming_shutdown(super::local::trusted_incoming(listeners.unix), wait(stop_rx));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
