@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cluster;
+mod local;
 mod objects;
 pub mod pki;
 mod raft;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
@@ -76,7 +75,7 @@ pub async fn serve(
         );
     let unix = Server::builder()
         .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), wait(stop_rx));
+        .serve_with_incoming_shutdown(super::local::trusted_incoming(listeners.unix), wait(stop_rx));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);

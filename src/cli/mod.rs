@@ -171,10 +171,11 @@ pub enum ClusterCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum SshCmd {
-    /// Make every node trust every node over ssh: each keeps a key pair (omraft, omraft.pub in
-    /// omd's --ssh-dir, /root/.ssh by default) and lists every node's public key in its
-    /// authorized_keys (in lines marked omraft@NODE; other lines are kept). Sets
-    /// cluster.ssh_trust=true; the nodes do the rest within seconds, and new nodes too.
+    /// Make every node trust the data nodes over ssh: each data node keeps a key pair (omraft,
+    /// omraft.pub in omd's --ssh-dir, /root/.ssh by default) and every node lists their public
+    /// keys in its authorized_keys (in one block between `# BEGIN omraft managed keys` and
+    /// `# END omraft managed keys`; other lines are kept). Sets cluster.ssh_trust=true; the
+    /// nodes do the rest within seconds, and new nodes too.
     Trust,
 }
 

@@ -1009,14 +1009,16 @@ fn report_watchdog(node: &Arc<Node>, me: NodeId) {
     });
 }
 
-/// Keeps ssh trust (`cluster.ssh_trust`) in `dir`: this node's key pair made and its public
-/// key published, and `authorized_keys` listing every node's key. Checked every 2 seconds.
+/// Keeps ssh trust (`cluster.ssh_trust`) in `dir`: on a data node, its key pair made and its
+/// public key published; on every node, the managed block of `authorized_keys` listing the
+/// data nodes' keys (a witness's key is never trusted). Checked every 2 seconds.
 pub async fn keep_ssh_trust(weak: std::sync::Weak<Node>, dir: PathBuf) {
     let mut last_error = String::new();
+    let mut last_skipped = Vec::new();
     loop {
         let Some(node) = Node::alive(&weak) else { return };
         let m = node.member();
-        let (trust, keys, mine) = m.sm.read(|d| {
+        let (trust, witness, keyed, mine) = m.sm.read(|d| {
             let trust = crate::model::catalog::get(&d.state.config, "cluster.ssh_trust")
                 .ok()
                 .flatten()
@@ -1025,19 +1027,45 @@ pub async fn keep_ssh_trust(weak: std::sync::Weak<Node>, dir: PathBuf) {
                 .state
                 .nodes
                 .values()
+                .filter(|n| !n.witness)
                 .filter_map(|n| Some((n.name.clone(), n.ssh_key.clone()?)))
                 .collect();
             keyed.sort();
-            let keys: Vec<String> = keyed.into_iter().map(|(_, k)| k).collect();
-            (trust, keys, d.state.nodes.get(&m.id).and_then(|n| n.ssh_key.clone()))
+            let me = d.state.nodes.get(&m.id);
+            (
+                trust,
+                me.is_some_and(|n| n.witness),
+                keyed,
+                me.and_then(|n| n.ssh_key.clone()),
+            )
         });
+        // The lines are built from the state's node names and the keys checked again: a key
+        // committed before the check was strict is skipped, not written.
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (name, key) in &keyed {
+            match crate::drivers::ssh::TrustedKey::new(name, key) {
+                Ok(k) => keys.push(k),
+                Err(e) => skipped.push(e),
+            }
+        }
+        if trust && skipped != last_skipped {
+            for e in &skipped {
+                tracing::warn!("ssh trust: not trusted: {e}");
+            }
+            last_skipped = skipped;
+        }
         if trust {
             let (d, name, listed) = (dir.clone(), node.settings.name.clone(), keys.len());
-            let done = tokio::task::spawn_blocking(move || -> Result<(String, bool), String> {
+            let done = tokio::task::spawn_blocking(move || -> Result<(Option<String>, bool), String> {
                 let runner = crate::drivers::run::SystemRunner {
                     timeout: Duration::from_secs(10),
                 };
-                let key = crate::drivers::ssh::ensure_key(&runner, &d, &name).map_err(|e| e.to_string())?;
+                let key = if witness {
+                    None
+                } else {
+                    Some(crate::drivers::ssh::ensure_key(&runner, &d, &name)?)
+                };
                 let wrote = crate::drivers::ssh::write_authorized_keys(&d, &keys)
                     .map_err(|e| format!("writing {}/authorized_keys: {e}", d.display()))?;
                 Ok((key, wrote))
@@ -1050,7 +1078,7 @@ pub async fn keep_ssh_trust(weak: std::sync::Weak<Node>, dir: PathBuf) {
                     if wrote {
                         tracing::info!("ssh trust: authorized_keys lists {listed} node keys");
                     }
-                    if mine.as_ref() != Some(&key) {
+                    if let Some(key) = key.filter(|k| mine.as_ref() != Some(k)) {
                         let cmd = Command::ReportSshKey { node_id: m.id, key };
                         match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
                             Ok(Ok(_)) => tracing::info!("ssh trust: public key published"),

@@ -70,7 +70,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1500)]
     pub watchdog_timeout_ms: u64,
     /// Where ssh trust (`omctl cluster ssh trust`) keeps this node's key pair (omraft,
-    /// omraft.pub) and the authorized_keys listing every node's key.
+    /// omraft.pub) and the authorized_keys listing the data nodes' keys.
     #[arg(long, env = "OMD_SSH_DIR", default_value = "/root/.ssh")]
     pub ssh_dir: PathBuf,
     /// With --drivers real: the watchdog device, armed while this node holds a started service

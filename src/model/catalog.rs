@@ -98,7 +98,7 @@ pub const CATALOG: &[Keyword] = &[
         kind: Kind::Bool,
         required: false,
         default: Some("false"),
-        doc: "Every node keeps an ssh key pair (omraft, in omd's --ssh-dir) and trusts every node's public key in its authorized_keys (`omctl cluster ssh trust` sets it).",
+        doc: "Every data node keeps an ssh key pair (omraft, in omd's --ssh-dir) and every node trusts the data nodes' public keys in a managed block of its authorized_keys (`omctl cluster ssh trust` sets it).",
     },
     Keyword {
         section: "migration",

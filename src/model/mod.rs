@@ -38,7 +38,8 @@ pub struct NodeInfo {
     /// its services once its lease ran out.
     #[serde(default)]
     pub watchdog: bool,
-    /// Its ssh public key (`cluster.ssh_trust`): every node trusts every node's key.
+    /// Its ssh public key (`cluster.ssh_trust`): every node trusts the data nodes' keys; a
+    /// witness never reports one.
     #[serde(default)]
     pub ssh_key: Option<String>,
     /// The fingerprint of its certificate, revoked when it is removed.
@@ -469,8 +470,14 @@ impl ClusterState {
             }
             Command::MigrationPhase { path, id, from, to, .. } => self.check_migration_phase(path, *id, *from, *to),
             Command::ReportSshKey { node_id, key } => {
-                if !self.nodes.contains_key(node_id) {
+                let Some(node) = self.nodes.get(node_id) else {
                     return Err(Rejection::UnknownNode(*node_id));
+                };
+                if node.witness {
+                    return Err(Rejection::BadSshKey(
+                        *node_id,
+                        "the node is a witness, and a witness's key is never trusted".into(),
+                    ));
                 }
                 valid_ssh_key(key).map_err(|e| Rejection::BadSshKey(*node_id, e))
             }
@@ -839,24 +846,116 @@ impl ClusterState {
     }
 }
 
-/// A public key as the cluster accepts it: one line `ssh-ed25519 BASE64 omraft@NODE`.
-pub fn valid_ssh_key(key: &str) -> Result<(), String> {
-    let fields: Vec<&str> = key.split(' ').collect();
-    let ok = key.len() <= 1024
-        && fields.len() == 3
-        && fields[0] == "ssh-ed25519"
-        && fields[1]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
-        && fields[2].starts_with("omraft@");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{:?} is not one line `ssh-ed25519 BASE64 omraft@NODE`",
-            key.chars().take(80).collect::<String>()
-        ))
+/// The longest public key line the cluster accepts, in bytes.
+pub const SSH_KEY_MAX: usize = 1024;
+
+/// The key type the cluster accepts: what the nodes make with ssh-keygen.
+pub const SSH_KEY_TYPE: &str = "ssh-ed25519";
+
+/// A public key line split into its fields, as `parse_ssh_key` checked them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SshKey<'a> {
+    /// The key type: `ssh-ed25519`.
+    pub kind: &'a str,
+    /// The key itself, in base64.
+    pub body: &'a str,
+    /// The comment, when there is one: printable ASCII without spaces.
+    pub comment: Option<&'a str>,
+}
+
+/// A public key as the cluster accepts it: exactly `ssh-ed25519 BASE64 [COMMENT]`, single
+/// spaces between the fields, printable ASCII only (no control character can start another
+/// `authorized_keys` line or option), at most `SSH_KEY_MAX` bytes, and BASE64 the encoding of
+/// an ed25519 public key. The error says what is wrong.
+pub fn parse_ssh_key(key: &str) -> Result<SshKey<'_>, String> {
+    if key.len() > SSH_KEY_MAX {
+        return Err(format!("the key is {} bytes long, more than {SSH_KEY_MAX}", key.len()));
     }
+    if let Some((at, c)) = key.char_indices().find(|(_, c)| !(' '..='~').contains(c)) {
+        let what = if c.is_ascii() {
+            "a control character"
+        } else {
+            "a non-ASCII character"
+        };
+        return Err(format!(
+            "the key contains {what} ({:?}) at byte {at}: only printable ASCII is allowed",
+            c
+        ));
+    }
+    let fields: Vec<&str> = key.split(' ').collect();
+    if !(2..=3).contains(&fields.len()) || fields.iter().any(|f| f.is_empty()) {
+        return Err("the key is not `TYPE BASE64 [COMMENT]` with single spaces between the fields".into());
+    }
+    let (kind, body, comment) = (fields[0], fields[1], fields.get(2).copied());
+    if kind != SSH_KEY_TYPE {
+        return Err(format!("key type {kind:?} is not accepted: only {SSH_KEY_TYPE}"));
+    }
+    let blob = decode_base64(body).map_err(|e| format!("the key body is not base64: {e}"))?;
+    if !is_ed25519_blob(&blob) {
+        return Err(format!("the key body is not an {SSH_KEY_TYPE} public key"));
+    }
+    Ok(SshKey { kind, body, comment })
+}
+
+/// `parse_ssh_key`, for its verdict only.
+pub fn valid_ssh_key(key: &str) -> Result<(), String> {
+    parse_ssh_key(key).map(|_| ())
+}
+
+/// Whether `blob` is an ed25519 public key in the ssh wire format: the length-prefixed type
+/// name, then the length-prefixed 32 key bytes, and nothing more.
+fn is_ed25519_blob(blob: &[u8]) -> bool {
+    let name = SSH_KEY_TYPE.as_bytes();
+    let mut want = Vec::with_capacity(4 + name.len() + 4);
+    want.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    want.extend_from_slice(name);
+    want.extend_from_slice(&32u32.to_be_bytes());
+    blob.len() == want.len() + 32 && blob.starts_with(&want)
+}
+
+/// Strict standard base64: the standard alphabet, a length that is a multiple of 4, `=`
+/// padding only at the end (at most two), and zero bits where the padding cuts a byte.
+fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+    fn value(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return Err(format!("its length {} is not a multiple of 4", bytes.len()));
+    }
+    let pad = bytes.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return Err(format!("it ends with {pad} '=', at most 2 are allowed"));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = (i + 1) * 4 == bytes.len();
+        let used = if last { 4 - pad } else { 4 };
+        let mut n = 0u32;
+        for (j, &c) in chunk.iter().enumerate() {
+            let v = if j < used {
+                value(c)
+                    .ok_or_else(|| format!("{:?} at position {} is not a base64 character", c as char, i * 4 + j))?
+            } else {
+                0
+            };
+            n = n << 6 | v;
+        }
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        let keep = used - 1;
+        if decoded[keep..].iter().any(|&b| b != 0) {
+            return Err("the bits before the '=' padding are not zero".into());
+        }
+        out.extend_from_slice(&decoded[..keep]);
+    }
+    Ok(out)
 }
 
 /// Node names: what a hostname label allows, since they end up in DRBD `on NAME` sections.
@@ -1115,6 +1214,99 @@ mod tests {
         v.as_object_mut().unwrap().remove("outdated");
         let s: ClusterState = serde_json::from_value(v).unwrap();
         assert!(s.outdated.is_empty());
+    }
+
+    /// A real ed25519 public key, as ssh-keygen writes it.
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMgCrZCehGhMPJK5j1ImjfzEKCaoSTiUBweLHteT8Hxd omraft@n1";
+
+    fn key_refused(key: &str) -> String {
+        parse_ssh_key(key).map_or_else(|e| e, |k| panic!("{key:?} accepted as {k:?}"))
+    }
+
+    #[test]
+    fn a_key_is_type_base64_and_an_optional_comment() {
+        let k = parse_ssh_key(KEY).unwrap();
+        assert_eq!((k.kind, k.comment), ("ssh-ed25519", Some("omraft@n1")));
+        let bare = KEY.rsplit_once(' ').unwrap().0;
+        assert_eq!(parse_ssh_key(bare).unwrap().comment, None);
+        parse_ssh_key(&format!("{bare} any-comment!@#")).unwrap();
+    }
+
+    #[test]
+    fn a_key_smuggling_another_authorized_keys_line_is_refused() {
+        let evil = format!("{KEY}\n\tssh-rsa\tEVIL\tx");
+        let why = key_refused(&evil);
+        assert!(
+            why.contains(&format!("a control character ('\\n') at byte {}", KEY.len())),
+            "{why}"
+        );
+        for (sep, what) in [
+            ("\n", "control character ('\\n')"),
+            ("\r", "control character ('\\r')"),
+            ("\t", "control character ('\\t')"),
+            ("\0", "control character ('\\0')"),
+            ("\u{7f}", "control character ('\\u{7f}')"),
+            ("\u{2028}", "non-ASCII character ('\\u{2028}')"),
+            ("\u{85}", "non-ASCII character ('\\u{85}')"),
+            ("é", "non-ASCII character ('é')"),
+        ] {
+            let key = format!("{KEY}{sep}ssh-ed25519 AAAA evil");
+            assert!(key_refused(&key).contains(what), "{sep:?}: {}", key_refused(&key));
+            let in_comment = KEY.replace("omraft@n1", &format!("omraft@n1{sep}x"));
+            assert!(
+                key_refused(&in_comment).contains(what),
+                "{sep:?}: {}",
+                key_refused(&in_comment)
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_key_is_refused_naming_what_is_wrong() {
+        let body = KEY.split(' ').nth(1).unwrap();
+        for (key, what) in [
+            (String::new(), "not `TYPE BASE64 [COMMENT]`"),
+            ("ssh-ed25519".into(), "not `TYPE BASE64 [COMMENT]`"),
+            (KEY.replace(' ', "  "), "not `TYPE BASE64 [COMMENT]`"),
+            (format!("{KEY} more"), "not `TYPE BASE64 [COMMENT]`"),
+            (format!(" {KEY}"), "not `TYPE BASE64 [COMMENT]`"),
+            (format!("{KEY} "), "not `TYPE BASE64 [COMMENT]`"),
+            (format!("ssh-rsa {body} x"), "key type \"ssh-rsa\" is not accepted"),
+            (format!("ssh-ed25519 {body}= x"), "not a multiple of 4"),
+            (
+                "ssh-ed25519 AA;r omraft@n1".into(),
+                "';' at position 2 is not a base64 character",
+            ),
+            ("ssh-ed25519 AA=A x".into(), "'=' at position 2"),
+            ("ssh-ed25519 A=== x".into(), "at most 2"),
+            ("ssh-ed25519 AB== x".into(), "bits before the '=' padding"),
+            ("ssh-ed25519 AAAA x".into(), "not an ssh-ed25519 public key"),
+            (format!("{KEY}{}", "x".repeat(1024)), "more than 1024"),
+        ] {
+            let why = key_refused(&key);
+            assert!(why.contains(what), "{key:?}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_witness_key_report_is_refused() {
+        let mut s = objects_tests::nodes_with_vgs();
+        let report = |node_id| Command::ReportSshKey {
+            node_id,
+            key: KEY.into(),
+        };
+        assert_eq!(
+            s.check(&report(3)).unwrap_err().to_string(),
+            "ssh key of node id 3: the node is a witness, and a witness's key is never trusted"
+        );
+        assert!(s.nodes[&3].ssh_key.is_none());
+        assert_eq!(s.apply(&report(2)), Response::Done);
+        assert_eq!(s.nodes[&2].ssh_key.as_deref(), Some(KEY));
+        let smuggled = Command::ReportSshKey {
+            node_id: 2,
+            key: format!("{KEY}\nssh-rsa EVIL x"),
+        };
+        assert!(matches!(s.apply(&smuggled), Response::Refused(m) if m.contains("control character")));
     }
 
     #[test]

@@ -485,7 +485,7 @@ fn drbd_handler_help_explains_the_exit_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_ssh_trust_gives_every_node_every_nodes_key() {
+async fn cluster_ssh_trust_gives_every_node_the_data_nodes_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes = three(tmp.path()).await;
     // The admin's own key on n1 stays.
@@ -495,21 +495,33 @@ async fn cluster_ssh_trust_gives_every_node_every_nodes_key() {
     let out = ok(&nodes[1].server(), &["cluster", "ssh", "trust"]);
     assert!(out.starts_with("committed"), "{out}");
     let keys = |n: &Omd| std::fs::read_to_string(n.dir.join("ssh/authorized_keys")).unwrap_or_default();
-    support::eventually(30, "every node's key on every node", || {
+    support::eventually(30, "the data nodes' keys on every node", || {
         let all = nodes.iter().all(|n| {
             let k = keys(n);
-            ["n1", "n2", "n3"].iter().all(|m| k.contains(&format!(" omraft@{m}\n")))
+            ["n1", "n2"].iter().all(|m| k.contains(&format!(" omraft@{m}\n")))
         });
         async move { all.then_some(()) }
     })
     .await;
-    assert!(keys(&nodes[0]).starts_with("ssh-rsa AAAAB3Nza admin@laptop\n"));
-    for n in &nodes {
+    let begin = "# BEGIN omraft managed keys (do not edit)\n";
+    assert!(
+        keys(&nodes[0]).starts_with(&format!("ssh-rsa AAAAB3Nza admin@laptop\n{begin}")),
+        "{}",
+        keys(&nodes[0])
+    );
+    for n in &nodes[..2] {
         let public = std::fs::read_to_string(n.dir.join("ssh/omraft.pub")).unwrap();
         let body = public.split_whitespace().nth(1).unwrap();
         for m in &nodes {
+            assert!(keys(m).starts_with(begin) || m.name == "n1", "{}", keys(m));
             assert!(keys(m).contains(body), "{}'s key missing on {}", n.name, m.name);
         }
+    }
+    // n3, the witness, makes no key, and no node trusts one of it.
+    assert!(!nodes[2].dir.join("ssh/omraft.pub").exists());
+    assert!(!nodes[2].log().contains("publishing the key"), "{}", nodes[2].log());
+    for m in &nodes {
+        assert!(!keys(m).contains("omraft@n3"), "{}: {}", m.name, keys(m));
     }
     assert_eq!(
         ok(
