@@ -220,6 +220,11 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenReply>, Status> {
         let from = super::caller(&req);
+        // A node asks the authority for a join token on behalf of its local socket; tokens
+        // that act on the cluster come only from the local socket there or a root token.
+        if !matches!(from, Caller::Node(_)) {
+            authorize(&req, Access::Tokens)?;
+        }
         let header = bearer_of(&req);
         let msg = req.get_ref().clone();
         let role = match msg.role.as_str() {
@@ -233,11 +238,10 @@ impl pb::cluster_server::Cluster for ClusterService {
                 )))
             }
         };
-        // A node asks the authority for a join token on behalf of its local socket; tokens
-        // that act on the cluster come only from the local socket there or a root token.
-        let node_for_join = matches!(from, Caller::Node(_)) && role == Role::Join;
-        if !node_for_join {
-            authorize(&req, Access::Tokens)?;
+        if let (Caller::Node(id), false) = (&from, role == Role::Join) {
+            return Err(Status::permission_denied(format!(
+                "node id {id} may ask only for join tokens, not {role} tokens"
+            )));
         }
         if !msg.node.is_empty() {
             if role != Role::Join {

@@ -12,6 +12,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod matrix;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -209,20 +211,24 @@ async fn tokens_do_only_what_their_role_allows_once_and_until_rotated() {
     drop((n4, n5, n6));
 }
 
+/// A TLS channel presenting `identity` (or none), trusting the cluster CA `ca`.
+async fn tls_channel(addr: &str, ca: &[u8], identity: Option<&Identity>) -> Result<tonic::transport::Channel, String> {
+    let config = tls::client_config(Anchor::Ca(ca.to_vec()), identity, Default::default()).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(3));
+    tls::connect(endpoint, std::sync::Arc::new(config))
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
 /// A Raft client presenting `identity` (or none), trusting the cluster CA `ca`.
 async fn raft_client(
     addr: &str,
     ca: &[u8],
     identity: Option<&Identity>,
 ) -> Result<pb::raft_client::RaftClient<tonic::transport::Channel>, String> {
-    let config = tls::client_config(Anchor::Ca(ca.to_vec()), identity, Default::default()).unwrap();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(3));
-    let channel = tls::connect(endpoint, std::sync::Arc::new(config))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(pb::raft_client::RaftClient::new(channel))
+    Ok(pb::raft_client::RaftClient::new(tls_channel(addr, ca, identity).await?))
 }
 
 fn identity_of(dir: &Path) -> Identity {
