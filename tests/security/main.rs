@@ -7,7 +7,8 @@
 //!   Vote with term u64::MAX, a report about another node or with a smuggled ssh key, a
 //!   client without a certificate, a certificate of another CA, a removed node's certificate;
 //! - joining: a rogue endpoint (a cluster other than the token's) gets nothing, changes
-//!   nothing.
+//!   nothing;
+//! - the local socket opened to everyone: another uid is refused by its peer credentials.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -15,6 +16,7 @@ mod support;
 mod matrix;
 
 use std::path::Path;
+use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -365,4 +367,66 @@ async fn the_raft_transport_speaks_only_for_the_authenticated_current_member() {
 
     // The rest of the cluster still commits and answers.
     still_healthy(&[&nodes[0], &nodes[2]]);
+}
+
+/// The unix socket, its mode opened to everyone: a user other than root (or omd's own) is
+/// still refused, by its peer credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_socket_refuses_another_user_even_when_its_mode_lets_them_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let n1 = Omd::spawn("n1", tmp.path(), &format!("127.0.0.1:{}", free_port()));
+    let c = local_client(&n1.dir).await;
+    wait_leader(&c, 1).await;
+    ok(
+        &n1.server(),
+        &["cluster", "config", "update", "--set", "cluster.name=gated"],
+    );
+    // Let uid 65534 reach the socket and run an omctl of its own: only the gate is left.
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(tmp.path(), 0o711);
+    mode(&n1.dir, 0o711);
+    mode(&n1.dir.join("omd.sock"), 0o666);
+    let omctl_bin = tmp.path().join("omctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_omctl"), &omctl_bin).unwrap();
+    mode(&omctl_bin, 0o755);
+    let as_nobody = |program: &Path, args: &[&str]| {
+        Process::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(program)
+            .args(args)
+            .env_remove("OMCTL_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("setpriv (util-linux) runs this test: install it")
+    };
+    let id = as_nobody(Path::new("id"), &["-u"]);
+    assert_eq!(
+        (id.status.success(), stdout(&id).trim()),
+        (true, "65534"),
+        "setpriv did not run a command as uid 65534: {}",
+        stderr(&id)
+    );
+
+    let server = n1.server();
+    let out = as_nobody(
+        &omctl_bin,
+        &["--server", &server, "cluster", "config", "get", "--kw", "cluster.name"],
+    );
+    assert!(
+        !out.status.success() && !stdout(&out).contains("gated"),
+        "uid 65534 was served: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    eventually(10, "the refusal in the daemon's log", || async {
+        n1.log()
+            .contains("local socket: refused a connection from uid 65534 (pid ")
+            .then_some(())
+    })
+    .await;
+
+    // Root is still served, on a new connection.
+    let value = ok(&server, &["cluster", "config", "get", "--kw", "cluster.name"]);
+    assert_eq!(value.trim(), "gated");
 }
