@@ -31,8 +31,14 @@ fn applied(index: u64, r: Applied) -> Result<u64, Status> {
     }
 }
 
+/// A client of another node's `Cluster` service.
+type Client = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
+
+/// An `authorization` header value.
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
 /// The caller's `authorization` header, to pass on when a call is forwarded.
-fn bearer_of<T>(req: &Request<T>) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+fn bearer_of<T>(req: &Request<T>) -> Option<Bearer> {
     req.metadata().get("authorization").cloned()
 }
 
@@ -79,6 +85,27 @@ impl ClusterService {
                 trust.authority
             ))),
         }
+    }
+
+    /// Sends `msg` to the node at `addr` with `rpc`, as this node, passing the caller's
+    /// `token` on if it gave one (the receiver judges the token itself), bounded by `timeout`.
+    async fn forward<M, R, Fut>(
+        &self,
+        addr: &str,
+        msg: M,
+        token: Option<Bearer>,
+        timeout: Duration,
+        rpc: impl FnOnce(Client, Request<M>) -> Fut,
+    ) -> Result<Response<R>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut req = self.node.node_request(msg, timeout);
+        if let Some(t) = token {
+            req.metadata_mut().insert("authorization", t);
+        }
+        let call = |ch| rpc(pb::cluster_client::ClusterClient::new(ch), req);
+        self.node.channels.call(addr, timeout, call).await.map(Response::new)
     }
 
     /// `Some(leader address)` when this node is not the leader and the call must go there.
@@ -268,17 +295,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                      run `omctl daemon auth` there, or call it with a root token"
                 )));
             }
-            let mut fwd = self.node.node_request(msg, Duration::from_secs(10));
-            if let Some(h) = header {
-                fwd.metadata_mut().insert("authorization", h);
-            }
-            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).issue_token(fwd).await };
-            return self
-                .node
-                .channels
-                .call(&addr, Duration::from_secs(10), call)
-                .await
-                .map(Response::new);
+            let rpc = |mut c: Client, r| async move { c.issue_token(r).await };
+            return self.forward(&addr, msg, header, Duration::from_secs(10), rpc).await;
         }
         let now = auth::unix_now();
         let node = (!msg.node.is_empty()).then(|| msg.node.clone());
@@ -315,17 +333,9 @@ impl pb::cluster_server::Cluster for ClusterService {
                     "the signing key is held by {name}: run `omctl cluster rotate-signing-key` there, or call it with a root token"
                 )));
             };
-            let mut fwd = self
-                .node
-                .node_request(RotateSigningKeyRequest {}, Duration::from_secs(10));
-            fwd.metadata_mut().insert("authorization", h);
-            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).rotate_signing_key(fwd).await };
-            return self
-                .node
-                .channels
-                .call(&addr, Duration::from_secs(10), call)
-                .await
-                .map(Response::new);
+            let rpc = |mut c: Client, r| async move { c.rotate_signing_key(r).await };
+            let msg = RotateSigningKeyRequest {};
+            return self.forward(&addr, msg, Some(h), Duration::from_secs(10), rpc).await;
         }
         let _guard = self.node.join_lock.lock().await;
         let public = {
@@ -506,17 +516,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.node.wait_bootstrapped().await?;
         let (_, holder) = self.authority().await?;
         if let Some((_, addr)) = holder {
-            let mut fwd = self.node.node_request(req, Duration::from_secs(15));
-            if let Some(h) = header {
-                fwd.metadata_mut().insert("authorization", h);
-            }
-            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).admit(fwd).await };
-            return self
-                .node
-                .channels
-                .call(&addr, Duration::from_secs(15), call)
-                .await
-                .map(Response::new);
+            let rpc = |mut c: Client, r| async move { c.admit(r).await };
+            return self.forward(&addr, req, header, Duration::from_secs(15), rpc).await;
         }
         // One admission at a time on the authority: a token's nonce is checked and used up in
         // one log entry, and its certificate follows.
@@ -594,14 +595,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         authorize(&req, Access::Node)?;
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
-            let fwd = self.node.node_request(msg, Duration::from_secs(90));
-            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).add_member(fwd).await };
-            return self
-                .node
-                .channels
-                .call(&addr, Duration::from_secs(90), call)
-                .await
-                .map(Response::new);
+            let rpc = |mut c: Client, r| async move { c.add_member(r).await };
+            return self.forward(&addr, msg, None, Duration::from_secs(90), rpc).await;
         }
         let log_index = self.add_member_here(msg.node_id).await?;
         Ok(Response::new(AddMemberReply { log_index }))
@@ -611,14 +606,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         authorize(&req, Access::Admin)?;
         let msg = req.into_inner();
         if let Some(addr) = self.forward_target()? {
-            let fwd = self.node.node_request(msg, Duration::from_secs(30));
-            let call = |ch| async move { pb::cluster_client::ClusterClient::new(ch).remove_node(fwd).await };
-            return self
-                .node
-                .channels
-                .call(&addr, Duration::from_secs(30), call)
-                .await
-                .map(Response::new);
+            let rpc = |mut c: Client, r| async move { c.remove_node(r).await };
+            return self.forward(&addr, msg, None, Duration::from_secs(30), rpc).await;
         }
         let node_id = self.remove_here(&msg.name).await?;
         tracing::info!(node = %msg.name, id = node_id, "removed from the cluster");
