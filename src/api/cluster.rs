@@ -287,6 +287,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 auth::MAX_LIFETIME_SECS / 86400
             )));
         }
+        self.node.wait_bootstrapped().await?;
         let (trust, holder) = self.authority().await?;
         if let Some((name, addr)) = holder {
             if from == Caller::Local && role != Role::Join {

@@ -34,6 +34,9 @@ use super::pki::{fingerprint, node_id_of};
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; a connection beyond them is closed at once, so a flood of
+/// unauthenticated connections costs bounded memory and never starves the accept loop.
+pub const MAX_HANDSHAKES: usize = 256;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -389,13 +392,15 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts connections on `listener` and completes their TLS handshakes concurrently (each
-/// bounded by `HANDSHAKE_TIMEOUT`), with the server configuration current at each accept.
+/// bounded by `HANDSHAKE_TIMEOUT`, at most `MAX_HANDSHAKES` at once), with the server
+/// configuration current at each accept.
 /// Ends, closing the listener, when the returned stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Tls>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -410,10 +415,15 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!("{addr}: {MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first());

@@ -484,11 +484,16 @@ impl Node {
         }
     }
 
-    /// Waits (at most 10 s) until the cluster's founding node is registered in the state: a
-    /// freshly founded cluster cannot admit anyone before.
+    /// Waits (at most 10 s) until the cluster's founding node is registered in the state with
+    /// its CA: a freshly founded cluster cannot admit anyone or mint tokens before.
     pub async fn wait_bootstrapped(&self) -> Result<(), Status> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.read_linearizable(|d| !d.state.nodes.is_empty()).await? {
+        // Registered, with its CA recorded and its certificate (three entries the founder
+        // commits right after it first leads).
+        let ready = |d: &SmData| {
+            !d.state.nodes.is_empty() && d.state.trust.is_some() && d.state.nodes.values().any(|n| n.cert.is_some())
+        };
+        while !self.read_linearizable(ready).await? {
             if Instant::now() >= deadline {
                 return Err(Status::unavailable(
                     "the cluster is not bootstrapped yet: retry in a moment",

@@ -366,8 +366,12 @@ async fn unknown_keyword_or_bad_value_commits_nothing() {
     let mut c = n1.client().await;
     c.config_update(set(&[("cluster.name", "ok")])).await.unwrap();
     let node = n1.node.clone().unwrap();
+    // Registered, its CA recorded and its certificate too: the founder's own entries.
     eventually(10, "the founder's registration", || async {
-        node.read(|d| d.state.nodes.len() == 1).then_some(())
+        node.read(|d| {
+            d.state.trust.is_some() && d.state.nodes.values().all(|n| n.cert.is_some()) && d.state.nodes.len() == 1
+        })
+        .then_some(())
     })
     .await;
     let index = || node.member().raft.metrics().borrow().last_log_index;
