@@ -371,7 +371,7 @@ pub async fn within<T>(
 }
 
 pub async fn client(d: &Daemon) -> Result<Client, String> {
-    connect(&d.server(), None, None).await.map_err(|e| e.to_string())
+    connect(&d.server(), None, None, None).await.map_err(|e| e.to_string())
 }
 
 /// Waits until every daemon's unix socket answers and the daemon leads its one-node cluster

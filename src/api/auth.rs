@@ -52,6 +52,8 @@ pub enum Caller {
     Node(NodeId),
     /// A valid token.
     Token(Claims),
+    /// A client certificate of this role (not a join), verified in the TLS handshake.
+    Client(Role),
     /// A caller without a valid credential, and why.
     Anonymous(String),
 }
@@ -150,8 +152,15 @@ impl Claims {
 }
 
 /// Who presents the `authorization` header value `header` (`Bearer TOKEN`) over a connection
-/// whose client certificate named node `node` (verified in the TLS handshake).
-pub fn caller(header: Option<&str>, node: Option<NodeId>, trust: Option<&Trust>, now: u64) -> Caller {
+/// whose client certificate named node `node`, or the client role `client` (verified in the
+/// TLS handshake).
+pub fn caller(
+    header: Option<&str>,
+    node: Option<NodeId>,
+    client: Option<&str>,
+    trust: Option<&Trust>,
+    now: u64,
+) -> Caller {
     if let Some(h) = header {
         let Some(t) = h.strip_prefix("Bearer ") else {
             return Caller::Anonymous("unknown authorization scheme (expected Bearer)".into());
@@ -161,9 +170,13 @@ pub fn caller(header: Option<&str>, node: Option<NodeId>, trust: Option<&Trust>,
             Err(e) => Caller::Anonymous(e.to_string()),
         };
     }
-    match node {
-        Some(id) => Caller::Node(id),
-        None => Caller::Anonymous("no credential given (use --token or OMCTL_TOKEN)".into()),
+    match (node, client) {
+        (Some(id), _) => Caller::Node(id),
+        (None, Some("viewer")) => Caller::Client(Role::Viewer),
+        (None, Some("operator")) => Caller::Client(Role::Operator),
+        (None, Some("root")) => Caller::Client(Role::Root),
+        (None, Some(other)) => Caller::Anonymous(format!("a client certificate of unknown role {other:?}")),
+        (None, None) => Caller::Anonymous("no credential given (use --token or --cert)".into()),
     }
 }
 
@@ -237,10 +250,18 @@ mod tests {
 
     #[test]
     fn a_certificate_names_a_node_unless_a_token_is_given() {
-        assert_eq!(caller(None, Some(3), None, 0), Caller::Node(3));
-        assert!(matches!(caller(None, None, None, 0), Caller::Anonymous(_)));
+        assert_eq!(caller(None, Some(3), None, None, 0), Caller::Node(3));
+        assert_eq!(
+            caller(None, None, Some("viewer"), None, 0),
+            Caller::Client(Role::Viewer)
+        );
         assert!(matches!(
-            caller(Some("Node abc"), Some(3), None, 0),
+            caller(None, None, Some("join"), None, 0),
+            Caller::Anonymous(_)
+        ));
+        assert!(matches!(caller(None, None, None, None, 0), Caller::Anonymous(_)));
+        assert!(matches!(
+            caller(Some("Node abc"), Some(3), None, None, 0),
             Caller::Anonymous(_)
         ));
     }

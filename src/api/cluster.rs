@@ -359,6 +359,75 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(RotateSigningKeyReply { generation }))
     }
 
+    async fn issue_client_cert(
+        &self,
+        req: Request<IssueClientCertRequest>,
+    ) -> Result<Response<IssueClientCertReply>, Status> {
+        authorize(&req, Access::Tokens)?;
+        let from = super::caller(&req);
+        let header = bearer_of(&req);
+        let msg = req.into_inner();
+        if !matches!(msg.role.as_str(), "viewer" | "operator" | "root") {
+            return Err(Status::invalid_argument(format!(
+                "role {:?}: a client certificate is for viewer, operator or root",
+                msg.role
+            )));
+        }
+        crate::model::validate_node_name(&msg.name)
+            .map_err(|e| Status::invalid_argument(format!("the certificate's name: {e}")))?;
+        let secs = if msg.duration_secs == 0 {
+            86400
+        } else {
+            msg.duration_secs
+        };
+        if secs > auth::MAX_LIFETIME_SECS {
+            return Err(Status::invalid_argument(format!(
+                "a client certificate may last {} days at most",
+                auth::MAX_LIFETIME_SECS / 86400
+            )));
+        }
+        super::pki::verify_proof(&msg.public_key, super::pki::CLIENT_PROOF, &msg.name, &msg.proof)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.node.wait_bootstrapped().await?;
+        let (_, holder) = self.authority().await?;
+        if let Some((name, addr)) = holder {
+            if from == Caller::Local {
+                return Err(Status::failed_precondition(format!(
+                    "client certificates are issued by {name}, the node holding the cluster CA: \
+                     run the command there, or call it with a root token"
+                )));
+            }
+            let rpc = |mut c: Client, r| async move { c.issue_client_cert(r).await };
+            return self.forward(&addr, msg, header, Duration::from_secs(10), rpc).await;
+        }
+        // Whole days, rounded down (at least one): the certificate's validity has day precision.
+        let days = (secs / 86400).max(1);
+        let (cert, ca) = {
+            let a = self.node.authority.lock().expect("authority lock");
+            let a = a
+                .as_ref()
+                .ok_or_else(|| Status::internal("this node lost its CA key"))?;
+            let cert = a
+                .issue_client(&msg.public_key, &msg.name, &msg.role, days)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            (cert, a.ca_der().to_vec())
+        };
+        let fingerprint = super::pki::fingerprint(&cert);
+        tracing::info!(name = %msg.name, role = %msg.role, days, cert = %fingerprint, "issued a client certificate");
+        Ok(Response::new(IssueClientCertReply { cert, ca, fingerprint }))
+    }
+
+    async fn revoke_cert(&self, req: Request<RevokeCertRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
+        authorize(&req, Access::Admin)?;
+        let fingerprint = req.into_inner().fingerprint.trim().to_ascii_lowercase();
+        if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "{fingerprint:?} is not a certificate fingerprint (64 hex digits, as `omctl daemon auth --client-cert` printed it)"
+            )));
+        }
+        self.commit(Command::RevokeCert { fingerprint }).await
+    }
+
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         authorize(&req, Access::Local)?;
         let req = req.into_inner();

@@ -52,6 +52,7 @@ pub fn allowed(caller: &Caller, access: Access) -> bool {
         Caller::Local => return true,
         Caller::Node(_) => return matches!(access, Access::Admin | Access::Operate | Access::View | Access::Node),
         Caller::Token(c) => c.role,
+        Caller::Client(role) => *role,
     };
     match access {
         Access::Admin | Access::Tokens => role == Role::Root,
@@ -80,6 +81,9 @@ pub fn authorize<T>(req: &Request<T>, access: Access) -> Result<(), Status> {
         (_, Access::Node) => "only cluster nodes may call this".to_string(),
         (Caller::Node(id), Access::Tokens) => format!("node id {id} may not mint tokens"),
         (Caller::Token(c), a) => format!("a {} token does not allow this ({a:?} access needed)", c.role),
+        (Caller::Client(role), a) => {
+            format!("a {role} client certificate does not allow this ({a:?} access needed)")
+        }
         (c, a) => format!("{c:?} may not make a {a:?} call"),
     };
     Err(Status::permission_denied(why))

@@ -29,6 +29,10 @@ use crate::model::NodeId;
 
 /// The DNS-name suffix of the SAN that carries a node id.
 const ID_SUFFIX: &str = ".node.omraft";
+/// The DNS-name suffix of the SAN that carries a client certificate's role.
+const ROLE_SUFFIX: &str = ".client.omraft";
+/// What a client's proof of possession signs beside its name.
+pub const CLIENT_PROOF: &str = "client certificate";
 
 /// Why a key or certificate operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,32 @@ pub fn node_id_of(der: &[u8]) -> Option<NodeId> {
     let id = ids.next()?;
     // Two ids in one certificate: ours never have that, so it names none.
     ids.next().is_none().then_some(id)
+}
+
+/// The role a client certificate names, from its `role-R.client.omraft` SAN; `None` for any
+/// other certificate. Call it only on a certificate whose chain was verified.
+pub fn client_role_of(der: &[u8]) -> Option<String> {
+    let der = CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    let mut roles = cert
+        .valid_dns_names()
+        .filter_map(|n| Some(n.strip_prefix("role-")?.strip_suffix(ROLE_SUFFIX)?.to_string()));
+    let role = roles.next()?;
+    roles.next().is_none().then_some(role)
+}
+
+/// The civil date (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m, d)
 }
 
 /// The DER of the first certificate in a PEM text.
@@ -139,7 +169,17 @@ impl NodeKey {
         Ok(NodeKey(key))
     }
 
-    /// A fresh key that is not saved (tests, and tools that act as a node).
+    /// A key from its PEM text.
+    pub fn from_pem(pem: &str) -> Result<NodeKey, PkiError> {
+        Ok(NodeKey(KeyPair::from_pem(pem).map_err(|e| bad("key", e))?))
+    }
+
+    /// The private key as PEM (PKCS#8).
+    pub fn pem(&self) -> String {
+        self.0.serialize_pem()
+    }
+
+    /// A fresh key that is not saved (a client certificate's, tests).
     pub fn generate() -> NodeKey {
         NodeKey(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generating a P-256 key"))
     }
@@ -320,6 +360,40 @@ impl Authority {
         self.signing.sign(msg).as_ref().to_vec()
     }
 
+    /// Issues a client certificate for `public` (a P-256 key), named `name`, with `role`,
+    /// valid from yesterday until `days` days after today (UTC).
+    pub fn issue_client(&self, public: &[u8], name: &str, role: &str, days: u64) -> Result<Vec<u8>, PkiError> {
+        if public.len() != 65 || public[0] != 4 {
+            return Err(bad(
+                "client certificate request",
+                "the public key is not an uncompressed P-256 point",
+            ));
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, format!("omctl {role}"));
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::DnsName(
+            format!("role-{role}{ROLE_SUFFIX}")
+                .try_into()
+                .map_err(|e| bad("certificate name", e))?,
+        )];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        let today = (crate::api::auth::unix_now() / 86_400) as i64;
+        let (y, m, d) = civil_from_days(today - 1);
+        params.not_before = rcgen::date_time_ymd(y, m, d);
+        let (y, m, d) = civil_from_days(today + days as i64);
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let issuer = Issuer::new(ca_params(), &self.ca);
+        let cert = params
+            .signed_by(&ForeignKey(public.to_vec()), &issuer)
+            .map_err(|e| bad("issuing a client certificate", e))?;
+        Ok(cert.der().to_vec())
+    }
+
     /// Issues a certificate (valid 10 years) for `public`, the P-256 public key of `subject`.
     pub fn issue(&self, public: &[u8], subject: &Subject<'_>) -> Result<Vec<u8>, PkiError> {
         if public.len() != 65 || public[0] != 4 {
@@ -407,4 +481,54 @@ pub fn verify_token_signature(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     signature::UnparsedPublicKey::new(&signature::ED25519, public)
         .verify(msg, sig)
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(20_790), (2026, 12, 3));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn certificates_name_a_node_or_a_client_role_never_both() {
+        let a = Authority::ephemeral();
+        let key = NodeKey::generate();
+        let addrs = ["10.0.0.1:1215".to_string(), "n1.example:1215".to_string()];
+        let node = a
+            .issue(
+                &key.public(),
+                &Subject {
+                    id: 7,
+                    name: "n1",
+                    addrs: &addrs,
+                },
+            )
+            .unwrap();
+        assert_eq!((node_id_of(&node), client_role_of(&node)), (Some(7), None));
+        let client = a.issue_client(&key.public(), "alice", "operator", 30).unwrap();
+        assert_eq!(
+            (node_id_of(&client), client_role_of(&client).as_deref()),
+            (None, Some("operator"))
+        );
+        assert!(a
+            .issue(
+                &[4; 10],
+                &Subject {
+                    id: 1,
+                    name: "n1",
+                    addrs: &[]
+                }
+            )
+            .is_err());
+        let proof = key.prove("nonce", "n2");
+        verify_proof(&key.public(), "nonce", "n2", &proof).unwrap();
+        assert!(verify_proof(&key.public(), "nonce", "n3", &proof).is_err());
+        assert!(verify_proof(&NodeKey::generate().public(), "nonce", "n2", &proof).is_err());
+    }
 }

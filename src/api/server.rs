@@ -97,6 +97,12 @@ fn identify(node: &Node, peer: Option<&Peer>, header: Option<&str>) -> Caller {
                 return Caller::Anonymous(format!("certificate {fp} is revoked"));
             }
         }
-        auth::caller(header, peer.and_then(|p| p.node), trust, unix_now())
+        auth::caller(
+            header,
+            peer.and_then(|p| p.node),
+            peer.and_then(|p| p.client_role.as_deref()),
+            trust,
+            unix_now(),
+        )
     })
 }

@@ -32,6 +32,15 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pki::{fingerprint, node_id_of};
 
+/// The SAN of a certificate, for error messages: node or client.
+pub fn describe(der: &[u8]) -> String {
+    match (node_id_of(der), super::pki::client_role_of(der)) {
+        (Some(id), _) => format!("node id {id}"),
+        (None, Some(role)) => format!("a {role} client"),
+        _ => "nobody".into(),
+    }
+}
+
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; a connection beyond them is closed at once, so a flood of
@@ -343,6 +352,8 @@ pub struct Peer {
     pub fingerprint: Option<String>,
     /// The node id that certificate names.
     pub node: Option<crate::model::NodeId>,
+    /// The role a client certificate names.
+    pub client_role: Option<String>,
 }
 
 /// A served TLS connection.
@@ -431,6 +442,7 @@ pub fn incoming(
                             addr: Some(addr),
                             fingerprint: cert.map(|c| fingerprint(c)),
                             node: cert.and_then(|c| node_id_of(c)),
+                            client_role: cert.and_then(|c| super::pki::client_role_of(c)),
                         };
                         let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                     }

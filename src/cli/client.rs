@@ -38,6 +38,8 @@ pub enum ConnectError {
     NoCa(String),
     #[error("--ca {0}: {1}")]
     BadCa(String, String),
+    #[error("--cert {0}: {1}")]
+    BadCert(String, String),
     #[error("the token has characters a token never has")]
     BadToken,
     #[error("cannot reach the daemon at {0}: {1}")]
@@ -46,7 +48,12 @@ pub enum ConnectError {
 
 /// Connects to `server` (`unix:PATH` or `https://HOST:PORT`, verified against the CA in the
 /// PEM file `ca`).
-pub async fn connect(server: &str, token: Option<&str>, ca: Option<&std::path::Path>) -> Result<Client, ConnectError> {
+pub async fn connect(
+    server: &str,
+    token: Option<&str>,
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+) -> Result<Client, ConnectError> {
     let auth = match token {
         Some(t) => Some(
             format!("Bearer {}", t.trim())
@@ -81,8 +88,10 @@ pub async fn connect(server: &str, token: Option<&str>, ca: Option<&std::path::P
         let bad_ca = |why: String| ConnectError::BadCa(ca.display().to_string(), why);
         let pem = std::fs::read_to_string(ca).map_err(|e| bad_ca(e.to_string()))?;
         let der = crate::api::pki::pem_to_der(&pem).map_err(|e| bad_ca(e.to_string()))?;
-        let config = crate::api::tls::client_config(crate::api::tls::Anchor::Ca(der), None, Default::default())
-            .map_err(|e| bad_ca(e.to_string()))?;
+        let identity = cert.map(load_client_cert).transpose()?;
+        let config =
+            crate::api::tls::client_config(crate::api::tls::Anchor::Ca(der), identity.as_ref(), Default::default())
+                .map_err(|e| bad_ca(e.to_string()))?;
         let endpoint = Endpoint::from_shared(format!("http://{}", hostport.trim_end_matches('/')))
             .map_err(|_| ConnectError::BadServer(server.to_string()))?
             .connect_timeout(Duration::from_secs(3));
@@ -95,4 +104,28 @@ pub async fn connect(server: &str, token: Option<&str>, ca: Option<&std::path::P
         return Err(ConnectError::BadServer(server.to_string()));
     };
     Ok(ClusterClient::with_interceptor(channel, Auth(auth)).max_decoding_message_size(64 << 20))
+}
+
+/// The client certificate in `dir` (client.key, client.crt).
+fn load_client_cert(dir: &std::path::Path) -> Result<crate::api::tls::Identity, ConnectError> {
+    let bad = |why: String| ConnectError::BadCert(dir.display().to_string(), why);
+    let key = std::fs::read_to_string(dir.join("client.key")).map_err(|e| bad(format!("client.key: {e}")))?;
+    let key = crate::api::pki::NodeKey::from_pem(&key).map_err(|e| bad(format!("client.key: {e}")))?;
+    let cert = std::fs::read_to_string(dir.join("client.crt")).map_err(|e| bad(format!("client.crt: {e}")))?;
+    let cert = crate::api::pki::pem_to_der(&cert).map_err(|e| bad(format!("client.crt: {e}")))?;
+    Ok(crate::api::tls::Identity { cert, key: key.pkcs8() })
+}
+
+/// Writes a client certificate, its key (mode 0600) and the CA to `dir`.
+pub fn save_client_cert(
+    dir: &std::path::Path,
+    key: &crate::api::pki::NodeKey,
+    cert: &[u8],
+    ca: &[u8],
+) -> Result<(), ConnectError> {
+    use crate::api::pki::{der_to_pem, write_file};
+    let bad = |e: crate::api::pki::PkiError| ConnectError::BadCert(dir.display().to_string(), e.to_string());
+    write_file(&dir.join("client.key"), key.pem().as_bytes(), 0o600).map_err(bad)?;
+    write_file(&dir.join("client.crt"), der_to_pem(cert).as_bytes(), 0o644).map_err(bad)?;
+    write_file(&dir.join("ca.crt"), der_to_pem(ca).as_bytes(), 0o644).map_err(bad)
 }

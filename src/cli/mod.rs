@@ -51,6 +51,11 @@ pub struct Cli {
     /// DATA_DIR/tls/ca.crt from any node.
     #[arg(long, global = true, env = "OMCTL_CA")]
     pub ca: Option<std::path::PathBuf>,
+    /// A client certificate directory (client.key, client.crt, ca.crt, as `omctl daemon auth
+    /// --client-cert DIR` writes it) to authenticate with instead of a token; its ca.crt
+    /// serves as --ca unless given.
+    #[arg(long, global = true, env = "OMCTL_CERT")]
+    pub cert: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
@@ -157,6 +162,12 @@ pub enum ClusterCmd {
     },
     /// Make a new token signing key: every token minted before stops working.
     RotateSigningKey,
+    /// Revoke a certificate (a client's) by its fingerprint: refused from then on.
+    Revoke {
+        /// SHA-256 fingerprint of the certificate, 64 hex digits.
+        #[arg(long)]
+        fingerprint: String,
+    },
     /// Remove a node from the cluster (from the Raft membership, then from the state); its
     /// certificate is revoked.
     Remove {
@@ -218,6 +229,15 @@ pub enum DaemonCmd {
         /// Bind a join token to this node name: any other name is refused.
         #[arg(long)]
         node: Option<String>,
+        /// Instead of a token, make a client certificate for the role (viewer, operator or
+        /// root): a key made here, certified by the cluster CA, written with the CA to DIR
+        /// (client.key mode 0600); use it with `--cert DIR`. Revoke it with `omctl cluster
+        /// revoke --fingerprint FP`.
+        #[arg(long, value_name = "DIR")]
+        client_cert: Option<std::path::PathBuf>,
+        /// The client certificate's subject name.
+        #[arg(long, default_value = "omctl", requires = "client_cert")]
+        name: String,
         /// How long the token is valid, e.g. 90s, 10m, 1h, 2d (30d at most).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         duration: Duration,
@@ -364,7 +384,8 @@ async fn run_cli(cli: Cli, mut out: Printer) -> i32 {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    Ok(client::connect(&cli.server, cli.token.as_deref(), cli.ca.as_deref()).await?)
+    let ca = cli.ca.clone().or_else(|| cli.cert.as_ref().map(|d| d.join("ca.crt")));
+    Ok(client::connect(&cli.server, cli.token.as_deref(), ca.as_deref(), cli.cert.as_deref()).await?)
 }
 
 async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
@@ -430,6 +451,18 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             out.committed(reply.log_index);
             Ok(())
         }
+        Command::Cluster(ClusterCmd::Revoke { fingerprint }) => {
+            let mut c = connect(cli).await?;
+            let reply = c
+                .revoke_cert(pb::RevokeCertRequest {
+                    fingerprint: fingerprint.clone(),
+                })
+                .await
+                .map_err(Failure::write)?
+                .into_inner();
+            out.committed(reply.log_index);
+            Ok(())
+        }
         Command::Cluster(ClusterCmd::RotateSigningKey) => {
             let mut c = connect(cli).await?;
             let reply = c
@@ -450,7 +483,30 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             out.removed(node, reply.node_id);
             Ok(())
         }
-        Command::Daemon(DaemonCmd::Auth { role, duration, node }) => {
+        Command::Daemon(DaemonCmd::Auth {
+            role,
+            duration,
+            node: _,
+            client_cert: Some(dir),
+            name,
+        }) => {
+            let mut c = connect(cli).await?;
+            let key = crate::api::pki::NodeKey::generate();
+            let req = pb::IssueClientCertRequest {
+                name: name.clone(),
+                role: role.to_string(),
+                duration_secs: duration.as_secs().max(1),
+                public_key: key.public(),
+                proof: key.prove(crate::api::pki::CLIENT_PROOF, name),
+            };
+            let reply = c.issue_client_cert(req).await?.into_inner();
+            client::save_client_cert(dir, &key, &reply.cert, &reply.ca)?;
+            out.client_cert(dir, &reply.fingerprint);
+            Ok(())
+        }
+        Command::Daemon(DaemonCmd::Auth {
+            role, duration, node, ..
+        }) => {
             let mut c = connect(cli).await?;
             let req = pb::IssueTokenRequest {
                 role: role.to_string(),

@@ -251,6 +251,12 @@ impl<'a> From<&'a pb::DeviceRow> for DeviceView<'a> {
 }
 
 #[derive(Serialize)]
+struct ClientCertView<'a> {
+    dir: &'a str,
+    fingerprint: &'a str,
+}
+
+#[derive(Serialize)]
 struct RotatedView {
     generation: u64,
 }
@@ -803,6 +809,20 @@ impl Printer {
         match self.format {
             Output::Human => self.write(&format!("{value}\n")),
             Output::Json => self.json(&ValueView { value }),
+        }
+    }
+
+    pub fn client_cert(&mut self, dir: &std::path::Path, fingerprint: &str) {
+        match self.format {
+            Output::Human => self.write(&format!(
+                "client certificate {fingerprint} written to {} (use --cert {})\n",
+                dir.display(),
+                dir.display()
+            )),
+            Output::Json => self.json(&ClientCertView {
+                dir: &dir.display().to_string(),
+                fingerprint,
+            }),
         }
     }
 

@@ -137,6 +137,8 @@ pub enum Command {
     },
     /// A new token signing key: every token signed with an older one stops working.
     RotateSigningKey { signing_key: Vec<u8> },
+    /// Revokes a certificate (a client's, by its fingerprint).
+    RevokeCert { fingerprint: String },
     /// Forgets a node (its Raft membership is removed separately, before).
     RemoveNode { node_id: NodeId },
     /// Applies every `set` and `unset` of one `cluster config update` at once, or none.
@@ -258,6 +260,7 @@ impl fmt::Display for Command {
             }
             Command::EstablishTrust { authority, .. } => write!(f, "cluster CA held by node id {authority}"),
             Command::RotateSigningKey { .. } => write!(f, "rotate the token signing key"),
+            Command::RevokeCert { fingerprint } => write!(f, "revoke certificate {fingerprint}"),
             Command::UpdateConfig { set, unset } => {
                 write!(f, "config update: {} set, {} unset", set.len(), unset.len())
             }
@@ -424,7 +427,7 @@ impl ClusterState {
                 Some(_) => Err(Rejection::TrustEstablished),
                 None => Ok(()),
             },
-            Command::RotateSigningKey { .. } => match self.trust {
+            Command::RotateSigningKey { .. } | Command::RevokeCert { .. } => match self.trust {
                 Some(_) => Ok(()),
                 None => Err(Rejection::NoTrust),
             },
@@ -638,6 +641,12 @@ impl ClusterState {
                 if let Some(t) = self.trust.as_mut() {
                     t.signing_key = signing_key.clone();
                     t.generation += 1;
+                }
+                Response::Done
+            }
+            Command::RevokeCert { fingerprint } => {
+                if let Some(t) = self.trust.as_mut() {
+                    t.revoked.insert(fingerprint.clone());
                 }
                 Response::Done
             }

@@ -408,7 +408,7 @@ pub fn primary_nodes(sim: &Path) -> Vec<String> {
 async fn client(server: &str, secs: f64) -> Result<omraft::cli::client::Client, String> {
     match tokio::time::timeout(
         Duration::from_secs_f64(secs),
-        omraft::cli::client::connect(server, None, None),
+        omraft::cli::client::connect(server, None, None, None),
     )
     .await
     {

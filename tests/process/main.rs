@@ -29,7 +29,7 @@ async fn kill9_of_the_leader_during_updates_loses_no_acknowledged_update() {
             for i in 0..300u32 {
                 let dir = &dirs[i as usize % dirs.len()];
                 let server = format!("unix:{}", dir.join("omd.sock").display());
-                let Ok(mut c) = omraft::cli::client::connect(&server, None, None).await else {
+                let Ok(mut c) = omraft::cli::client::connect(&server, None, None, None).await else {
                     continue;
                 };
                 let req = set(&[(&format!("pool#w{i}.type"), "lvm")]);

@@ -199,6 +199,41 @@ async fn tokens_do_only_what_their_role_allows_once_and_until_rotated() {
     );
     assert!(joined.contains("Joined"), "{joined}");
 
+    // A client certificate: an operator without a token, until revoked. Its key was made by
+    // omctl and is mode 0600.
+    let dir = tmp.path().join("alice");
+    let made = mint(
+        n1,
+        &[
+            "--role",
+            "operator",
+            "--client-cert",
+            dir.to_str().unwrap(),
+            "--name",
+            "alice",
+        ],
+    );
+    let fingerprint = made.split_whitespace().nth(2).unwrap().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("client.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let with_cert = |args: &[&str]| {
+        let mut all = vec!["--cert", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        omctl(&format!("https://{}", n2.addr), &all)
+    };
+    let created = with_cert(&["demo/cfg/c2", "create"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    refused(&with_cert(&set), "operator client certificate does not allow");
+    refused(
+        &omctl(&n2.server(), &["cluster", "revoke", "--fingerprint", "nothex"]),
+        "not a certificate fingerprint",
+    );
+    ok(&n2.server(), &["cluster", "revoke", "--fingerprint", &fingerprint]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = with_cert(&["mon"]);
+    assert!(!after.status.success(), "a revoked client certificate was served");
+
     // A rotation: every token minted before stops working, new ones work.
     ok(&n1.server(), &["cluster", "rotate-signing-key"]);
     refused(
@@ -236,6 +271,13 @@ async fn raft_client(
 fn identity_of(dir: &Path) -> Identity {
     let key = NodeKey::load_or_make(&dir.join("tls/node.key")).unwrap();
     let cert = pki::pem_to_der(&std::fs::read_to_string(dir.join("tls/node.crt")).unwrap()).unwrap();
+    Identity { cert, key: key.pkcs8() }
+}
+
+/// The client certificate omctl wrote to `dir`.
+fn client_identity(dir: &Path) -> Identity {
+    let key = NodeKey::from_pem(&std::fs::read_to_string(dir.join("client.key")).unwrap()).unwrap();
+    let cert = pki::pem_to_der(&std::fs::read_to_string(dir.join("client.crt")).unwrap()).unwrap();
     Identity { cert, key: key.pkcs8() }
 }
 

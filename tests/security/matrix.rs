@@ -85,6 +85,8 @@ async fn call(rpc: &str, ch: Channel, token: Option<&str>) -> Result<(), Status>
             node: String::new(),
         })),
         "RotateSigningKey" => go!(c.rotate_signing_key(pb::RotateSigningKeyRequest {})),
+        "IssueClientCert" => go!(c.issue_client_cert(pb::IssueClientCertRequest::default())),
+        "RevokeCert" => go!(c.revoke_cert(pb::RevokeCertRequest::default())),
         "Join" => go!(c.join(pb::JoinRequest::default())),
         "Admit" => go!(c.admit(pb::AdmitRequest::default())),
         "AddMember" => go!(c.add_member(pb::AddMemberRequest::default())),
@@ -143,6 +145,15 @@ async fn every_rpc_with_every_credential_is_allowed_or_refused_as_the_readme_say
         .collect();
     let anonymous = tls_channel(&n1.addr, &ca, None).await.unwrap();
     let node = tls_channel(&n1.addr, &ca, Some(&identity_of(&n1.dir))).await.unwrap();
+    // A client certificate of each role, made by omctl: it must allow what the role's token
+    // allows.
+    let mut certs = BTreeMap::new();
+    for role in ["viewer", "operator", "root"] {
+        let dir = tmp.path().join(format!("cert-{role}"));
+        mint(&n1, &["--role", role, "--client-cert", dir.to_str().unwrap()]);
+        let identity = client_identity(&dir);
+        certs.insert(role, tls_channel(&n1.addr, &ca, Some(&identity)).await.unwrap());
+    }
 
     let mut wrong = Vec::new();
     for rpc in &rpcs {
@@ -150,12 +161,19 @@ async fn every_rpc_with_every_credential_is_allowed_or_refused_as_the_readme_say
         if !refused(&none) {
             wrong.push(format!("{rpc} without a credential: {none:?}"));
         }
+        let mut results = Vec::new();
         for kind in KINDS {
             let result = match kind {
                 "node" => call(rpc, node.clone(), None).await,
                 role => call(rpc, anonymous.clone(), Some(&tokens[role])).await,
             };
-            let expected = table[rpc][kind];
+            results.push((kind.to_string(), table[rpc][kind], result));
+        }
+        for (role, ch) in &certs {
+            let result = call(rpc, ch.clone(), None).await;
+            results.push((format!("a {role} client certificate"), table[rpc][*role], result));
+        }
+        for (kind, expected, result) in results {
             if refused(&result) == expected {
                 wrong.push(format!(
                     "{rpc} with {kind}: README says {}, got {result:?}",

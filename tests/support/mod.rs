@@ -23,7 +23,7 @@ pub async fn local_client(dir: &std::path::Path) -> Client {
     let server = format!("unix:{}", dir.join("omd.sock").display());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match connect(&server, None, None).await {
+        match connect(&server, None, None, None).await {
             Ok(c) => return c,
             Err(e) if Instant::now() > deadline => panic!("daemon at {server} never answered: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
