@@ -57,30 +57,28 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The node id a certificate names, from its `id-N.node.omraft` SAN; `None` if it names none
-/// (a client certificate, or not one of ours). Call it only on a certificate whose chain was
-/// verified.
-pub fn node_id_of(der: &[u8]) -> Option<NodeId> {
+/// The one DNS name of `der` of the form `PREFIX LABEL SUFFIX`, as LABEL; `None` if there is
+/// none, or more than one (ours never have that). Call it only on a verified certificate.
+fn san_label(der: &[u8], prefix: &str, suffix: &str) -> Option<String> {
     let der = CertificateDer::from(der);
     let cert = webpki::EndEntityCert::try_from(&der).ok()?;
-    let mut ids = cert
+    let mut labels = cert
         .valid_dns_names()
-        .filter_map(|n| n.strip_prefix("id-")?.strip_suffix(ID_SUFFIX)?.parse::<NodeId>().ok());
-    let id = ids.next()?;
-    // Two ids in one certificate: ours never have that, so it names none.
-    ids.next().is_none().then_some(id)
+        .filter_map(|n| Some(n.strip_prefix(prefix)?.strip_suffix(suffix)?.to_string()));
+    let label = labels.next()?;
+    labels.next().is_none().then_some(label)
+}
+
+/// The node id a certificate names, from its `id-N.node.omraft` SAN; `None` if it names none
+/// (a client certificate, or not one of ours). Call it only on a verified certificate.
+pub fn node_id_of(der: &[u8]) -> Option<NodeId> {
+    san_label(der, "id-", ID_SUFFIX)?.parse().ok()
 }
 
 /// The role a client certificate names, from its `role-R.client.omraft` SAN; `None` for any
-/// other certificate. Call it only on a certificate whose chain was verified.
+/// other certificate. Call it only on a verified certificate.
 pub fn client_role_of(der: &[u8]) -> Option<String> {
-    let der = CertificateDer::from(der);
-    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
-    let mut roles = cert
-        .valid_dns_names()
-        .filter_map(|n| Some(n.strip_prefix("role-")?.strip_suffix(ROLE_SUFFIX)?.to_string()));
-    let role = roles.next()?;
-    roles.next().is_none().then_some(role)
+    san_label(der, "role-", ROLE_SUFFIX)
 }
 
 /// The civil date (year, month, day) of a day count since 1970-01-01.
@@ -258,8 +256,8 @@ pub const NODE_KEY: &str = "node.key";
 pub const NODE_CERT: &str = "node.crt";
 
 impl Authority {
-    /// A new CA (valid 20 years) and signing key.
-    fn generate() -> Result<Authority, PkiError> {
+    /// A new CA (valid 20 years) and signing key, and the signing key's PKCS#8 (to save).
+    fn generate() -> Result<(Authority, Vec<u8>), PkiError> {
         let ca = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| bad("generating the CA key", e))?;
         let mut params = ca_params();
         params.serial_number = Some(random_serial());
@@ -268,16 +266,18 @@ impl Authority {
         let cert = params
             .self_signed(&ca)
             .map_err(|e| bad("making the CA certificate", e))?;
-        Ok(Authority {
+        let (signing, pkcs8) = new_signing_key();
+        let a = Authority {
             ca,
             ca_der: cert.der().to_vec(),
-            signing: Ed25519KeyPair::from_pkcs8(&new_signing_pkcs8()).expect("a fresh Ed25519 key"),
-        })
+            signing,
+        };
+        Ok((a, pkcs8))
     }
 
     /// A CA and signing key kept in memory only (tests).
     pub fn ephemeral() -> Authority {
-        Authority::generate().expect("generating a CA")
+        Authority::generate().expect("generating a CA").0
     }
 
     /// TLS for a node `id` with a fresh key, certified by this CA (tests).
@@ -307,47 +307,36 @@ impl Authority {
         ) else {
             return Ok(None);
         };
-        let key = String::from_utf8(key).map_err(|e| bad(CA_KEY, e))?;
-        let cert = String::from_utf8(cert).map_err(|e| bad(CA_CERT, e))?;
+        let named = |f: &str| dir.join(f).display().to_string();
+        let key = String::from_utf8(key).map_err(|e| bad(named(CA_KEY), e))?;
+        let cert = String::from_utf8(cert).map_err(|e| bad(named(CA_CERT), e))?;
         Ok(Some(Authority {
-            ca: KeyPair::from_pem(&key).map_err(|e| bad(CA_KEY, e))?,
-            ca_der: pem_to_der(&cert)?,
-            signing: Ed25519KeyPair::from_pkcs8(&signing).map_err(|e| bad(SIGNING_KEY, e))?,
+            ca: KeyPair::from_pem(&key).map_err(|e| bad(named(CA_KEY), e))?,
+            ca_der: pem_to_der(&cert).map_err(|e| bad(named(CA_CERT), e))?,
+            signing: Ed25519KeyPair::from_pkcs8(&signing).map_err(|e| bad(named(SIGNING_KEY), e))?,
         }))
     }
 
-    /// Saves the CA key, its certificate and the signing key in `dir` (keys mode 0600).
-    pub fn save(&self, dir: &Path, signing_pkcs8: &[u8]) -> Result<(), PkiError> {
-        write_file(&dir.join(CA_KEY), self.ca.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&dir.join(SIGNING_KEY), signing_pkcs8, 0o600)?;
-        write_file(&dir.join(CA_CERT), der_to_pem(&self.ca_der).as_bytes(), 0o644)
-    }
-
-    /// A new CA and signing key, saved in `dir`.
+    /// A new CA and signing key, saved in `dir` (keys mode 0600).
     pub fn create(dir: &Path) -> Result<Authority, PkiError> {
-        let mut a = Authority::generate()?;
-        let pkcs8 = new_signing_pkcs8();
-        a.signing = Ed25519KeyPair::from_pkcs8(&pkcs8).expect("a fresh Ed25519 key");
-        a.save(dir, &pkcs8)?;
+        let (a, signing_pkcs8) = Authority::generate()?;
+        write_file(&dir.join(CA_KEY), a.ca.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&dir.join(SIGNING_KEY), &signing_pkcs8, 0o600)?;
+        write_file(&dir.join(CA_CERT), der_to_pem(&a.ca_der).as_bytes(), 0o644)?;
         Ok(a)
     }
 
     /// Replaces the signing key with a new one (saved in `dir`); returns its public key.
     pub fn rotate_signing_key(&mut self, dir: &Path) -> Result<Vec<u8>, PkiError> {
-        let pkcs8 = new_signing_pkcs8();
+        let (signing, pkcs8) = new_signing_key();
         write_file(&dir.join(SIGNING_KEY), &pkcs8, 0o600)?;
-        self.signing = Ed25519KeyPair::from_pkcs8(&pkcs8).expect("a fresh Ed25519 key");
+        self.signing = signing;
         Ok(self.signing_public())
     }
 
     /// The CA certificate (DER).
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der
-    }
-
-    /// The CA certificate's fingerprint: what a join token pins.
-    pub fn ca_fingerprint(&self) -> String {
-        fingerprint(&self.ca_der)
     }
 
     /// The public half of the token signing key.
@@ -360,15 +349,24 @@ impl Authority {
         self.signing.sign(msg).as_ref().to_vec()
     }
 
+    /// Signs `params` (subject and names set) for `public`, a P-256 public key given by the
+    /// requester: a fresh serial, a signature-only key usage.
+    fn certify(&self, mut params: CertificateParams, public: &[u8], what: &str) -> Result<Vec<u8>, PkiError> {
+        if public.len() != 65 || public[0] != 4 {
+            return Err(bad(what, "the public key is not an uncompressed P-256 point"));
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial());
+        let issuer = Issuer::new(ca_params(), &self.ca);
+        let cert = params
+            .signed_by(&ForeignKey(public.to_vec()), &issuer)
+            .map_err(|e| bad(what, e))?;
+        Ok(cert.der().to_vec())
+    }
+
     /// Issues a client certificate for `public` (a P-256 key), named `name`, with `role`,
     /// valid from yesterday until `days` days after today (UTC).
     pub fn issue_client(&self, public: &[u8], name: &str, role: &str, days: u64) -> Result<Vec<u8>, PkiError> {
-        if public.len() != 65 || public[0] != 4 {
-            return Err(bad(
-                "client certificate request",
-                "the public key is not an uncompressed P-256 point",
-            ));
-        }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
@@ -379,26 +377,17 @@ impl Authority {
                 .try_into()
                 .map_err(|e| bad("certificate name", e))?,
         )];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
-        let today = (crate::api::auth::unix_now() / 86_400) as i64;
+        let today = today();
         let (y, m, d) = civil_from_days(today - 1);
         params.not_before = rcgen::date_time_ymd(y, m, d);
         let (y, m, d) = civil_from_days(today + days as i64);
         params.not_after = rcgen::date_time_ymd(y, m, d);
-        let issuer = Issuer::new(ca_params(), &self.ca);
-        let cert = params
-            .signed_by(&ForeignKey(public.to_vec()), &issuer)
-            .map_err(|e| bad("issuing a client certificate", e))?;
-        Ok(cert.der().to_vec())
+        self.certify(params, public, "client certificate request")
     }
 
     /// Issues a certificate (valid 10 years) for `public`, the P-256 public key of `subject`.
     pub fn issue(&self, public: &[u8], subject: &Subject<'_>) -> Result<Vec<u8>, PkiError> {
-        if public.len() != 65 || public[0] != 4 {
-            return Err(bad("join request", "the public key is not an uncompressed P-256 point"));
-        }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, subject.name);
@@ -424,16 +413,10 @@ impl Authority {
             }
         }
         params.subject_alt_names = sans;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
         params.not_before = rcgen::date_time_ymd(2000, 1, 1);
         params.not_after = rcgen::date_time_ymd(this_year() + 10, 1, 1);
-        let issuer = Issuer::new(ca_params(), &self.ca);
-        let cert = params
-            .signed_by(&ForeignKey(public.to_vec()), &issuer)
-            .map_err(|e| bad("issuing a certificate", e))?;
-        Ok(cert.der().to_vec())
+        self.certify(params, public, "join request")
     }
 }
 
@@ -462,17 +445,24 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-/// The current year (UTC, near enough for a validity period counted in years).
-fn this_year() -> i32 {
-    1970 + (crate::api::auth::unix_now() / 31_556_952) as i32
+/// Days since 1970-01-01 (UTC).
+fn today() -> i64 {
+    (crate::api::auth::unix_now() / 86_400) as i64
 }
 
-fn new_signing_pkcs8() -> Vec<u8> {
+/// The current year (UTC).
+fn this_year() -> i32 {
+    civil_from_days(today()).0
+}
+
+/// A fresh Ed25519 token signing key, and its PKCS#8 (to save).
+fn new_signing_key() -> (Ed25519KeyPair, Vec<u8>) {
     let rng = ring::rand::SystemRandom::new();
-    Ed25519KeyPair::generate_pkcs8(&rng)
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .expect("system random source")
         .as_ref()
-        .to_vec()
+        .to_vec();
+    (Ed25519KeyPair::from_pkcs8(&pkcs8).expect("a fresh Ed25519 key"), pkcs8)
 }
 
 /// Checks a token signature made by `Authority::sign_token` with the key whose public half is

@@ -765,7 +765,7 @@ fn load_identity(dir: &std::path::Path, key: &NodeKey) -> Result<(Identity, Vec<
                 ),
             )
         })?;
-        pki::pem_to_der(&pem)
+        pki::pem_to_der(&pem).map_err(|e| PkiError::Bad(path.display().to_string(), e.to_string()))
     };
     let cert = read(pki::NODE_CERT)?;
     let ca = read(pki::CA_CERT)?;
