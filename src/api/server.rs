@@ -85,24 +85,20 @@ pub async fn serve(
     a.and(b)
 }
 
-/// Who the caller of a TCP request is: its token if it gives one, else the node its
-/// certificate names. A revoked certificate is refused here too, for connections made before
-/// the revocation.
+/// Who the caller of a TCP request is: its token if it gives one, else the node or client role
+/// its certificate names. A revoked certificate is refused here too, for connections made
+/// before the revocation (the TLS layer's copy of the list, which `keep_revocations` keeps
+/// within half a second of the applied state). Only a token needs the state (its signing key):
+/// a Raft call reads nothing.
 fn identify(node: &Node, peer: Option<&Peer>, header: Option<&str>) -> Caller {
-    let fingerprint = peer.and_then(|p| p.fingerprint.as_deref());
-    node.read(|d| {
-        let trust = d.state.trust.as_ref();
-        if let Some(fp) = fingerprint {
-            if node.tls.is_revoked_fingerprint(fp) || trust.is_some_and(|t| t.revoked.contains(fp)) {
-                return Caller::Anonymous(format!("certificate {fp} is revoked"));
-            }
+    if let Some(fp) = peer.and_then(|p| p.fingerprint.as_deref()) {
+        if node.tls.is_revoked(fp) {
+            return Caller::Anonymous(format!("certificate {fp} is revoked"));
         }
-        auth::caller(
-            header,
-            peer.and_then(|p| p.node),
-            peer.and_then(|p| p.client_role.as_deref()),
-            trust,
-            unix_now(),
-        )
-    })
+    }
+    let (id, role) = (peer.and_then(|p| p.node), peer.and_then(|p| p.client_role.as_deref()));
+    match header {
+        Some(_) => node.read(|d| auth::caller(header, id, role, d.state.trust.as_ref(), unix_now())),
+        None => auth::caller(None, id, role, None, unix_now()),
+    }
 }

@@ -12,7 +12,6 @@
 //!   carries, and accepts only a server whose chain ends in that CA.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -32,15 +31,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pki::{fingerprint, node_id_of};
 
-/// The SAN of a certificate, for error messages: node or client.
-pub fn describe(der: &[u8]) -> String {
-    match (node_id_of(der), super::pki::client_role_of(der)) {
-        (Some(id), _) => format!("node id {id}"),
-        (None, Some(role)) => format!("a {role} client"),
-        _ => "nobody".into(),
-    }
-}
-
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; a connection beyond them is closed at once, so a flood of
@@ -56,13 +46,6 @@ pub type Revoked = Arc<RwLock<BTreeSet<String>>>;
 
 fn revoked(set: &Revoked, der: &[u8]) -> bool {
     set.read().expect("revoked lock").contains(&fingerprint(der))
-}
-
-impl Tls {
-    /// Whether the certificate with this fingerprint is revoked.
-    pub fn is_revoked_fingerprint(&self, fp: &str) -> bool {
-        self.revoked.read().expect("revoked lock").contains(fp)
-    }
 }
 
 /// What a client trusts.
@@ -248,7 +231,6 @@ pub struct Tls {
 struct Current {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
-    ca: Vec<u8>,
     cert: Vec<u8>,
 }
 
@@ -279,14 +261,14 @@ impl Tls {
         self.current.read().expect("tls lock").client.clone()
     }
 
-    /// The CA certificate (DER).
-    pub fn ca(&self) -> Vec<u8> {
-        self.current.read().expect("tls lock").ca.clone()
-    }
-
     /// This node's certificate (DER).
     pub fn cert(&self) -> Vec<u8> {
         self.current.read().expect("tls lock").cert.clone()
+    }
+
+    /// Whether the certificate with this fingerprint is revoked.
+    pub fn is_revoked(&self, fp: &str) -> bool {
+        self.revoked.read().expect("revoked lock").contains(fp)
     }
 
     /// Replaces the revocation list (from the replicated state).
@@ -295,16 +277,6 @@ impl Tls {
         if *r != *set {
             *r = set.clone();
         }
-    }
-
-    /// Whether the certificate `der` is revoked.
-    pub fn is_revoked(&self, der: &[u8]) -> bool {
-        revoked(&self.revoked, der)
-    }
-
-    /// The revocation list, for a one-off client configuration.
-    pub fn revoked(&self) -> Revoked {
-        self.revoked.clone()
     }
 }
 
@@ -338,7 +310,6 @@ impl Current {
         Ok(Current {
             server: Arc::new(server),
             client: Arc::new(client),
-            ca,
             cert: identity.cert.clone(),
         })
     }
@@ -347,7 +318,6 @@ impl Current {
 /// Who is at the other end of a served TLS connection.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    pub addr: Option<SocketAddr>,
     /// The fingerprint of the client's certificate, verified in the handshake, if it gave one.
     pub fingerprint: Option<String>,
     /// The node id that certificate names.
@@ -439,7 +409,6 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
                         let peer = Peer {
-                            addr: Some(addr),
                             fingerprint: cert.map(|c| fingerprint(c)),
                             node: cert.and_then(|c| node_id_of(c)),
                             client_role: cert.and_then(|c| super::pki::client_role_of(c)),
