@@ -27,6 +27,15 @@ pub enum Role {
     Root,
 }
 
+impl Role {
+    /// The role named `name` (as `Display` writes it).
+    pub fn parse(name: &str) -> Option<Role> {
+        [Role::Join, Role::Viewer, Role::Operator, Role::Root]
+            .into_iter()
+            .find(|r| r.to_string() == name)
+    }
+}
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -172,10 +181,10 @@ pub fn caller(
     }
     match (node, client) {
         (Some(id), _) => Caller::Node(id),
-        (None, Some("viewer")) => Caller::Client(Role::Viewer),
-        (None, Some("operator")) => Caller::Client(Role::Operator),
-        (None, Some("root")) => Caller::Client(Role::Root),
-        (None, Some(other)) => Caller::Anonymous(format!("a client certificate of unknown role {other:?}")),
+        (None, Some(name)) => match Role::parse(name) {
+            Some(role) if role != Role::Join => Caller::Client(role),
+            _ => Caller::Anonymous(format!("a client certificate of unknown role {name:?}")),
+        },
         (None, None) => Caller::Anonymous("no credential given (use --token or --cert)".into()),
     }
 }

@@ -31,6 +31,19 @@ fn applied(index: u64, r: Applied) -> Result<u64, Status> {
     }
 }
 
+/// A requested lifetime in seconds (`default` for 0), refused beyond the cap with `what`
+/// named.
+fn lifetime(secs: u64, default: u64, what: &str) -> Result<u64, Status> {
+    let secs = if secs == 0 { default } else { secs };
+    if secs > auth::MAX_LIFETIME_SECS {
+        return Err(Status::invalid_argument(format!(
+            "{what} may last {} days at most",
+            auth::MAX_LIFETIME_SECS / 86400
+        )));
+    }
+    Ok(secs)
+}
+
 /// A client of another node's `Cluster` service.
 type Client = pb::cluster_client::ClusterClient<tonic::transport::Channel>;
 
@@ -59,7 +72,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl ClusterService {
     /// The cluster's trust, and the name and address of the authority node unless it is this
     /// one (then calls that need its keys are done here).
+    /// Waits for a fresh cluster's founder to record its CA first.
     async fn authority(&self) -> Result<(crate::model::Trust, Option<(String, String)>), Status> {
+        self.node.wait_bootstrapped().await?;
         let me = self.node.member().id;
         let (trust, holder) = self
             .node
@@ -254,17 +269,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let header = bearer_of(&req);
         let msg = req.get_ref().clone();
-        let role = match msg.role.as_str() {
-            "join" => Role::Join,
-            "viewer" => Role::Viewer,
-            "operator" => Role::Operator,
-            "root" => Role::Root,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown role {other:?} (roles: join, viewer, operator, root)"
-                )))
-            }
-        };
+        let role = Role::parse(&msg.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown role {:?} (roles: join, viewer, operator, root)",
+                msg.role
+            ))
+        })?;
         if let (Caller::Node(id), false) = (&from, role == Role::Join) {
             return Err(Status::permission_denied(format!(
                 "node id {id} may ask only for join tokens, not {role} tokens"
@@ -276,18 +286,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             crate::model::validate_node_name(&msg.node).map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        let secs = if msg.duration_secs == 0 {
-            3600
-        } else {
-            msg.duration_secs
-        };
-        if secs > auth::MAX_LIFETIME_SECS {
-            return Err(Status::invalid_argument(format!(
-                "a token may last {} days at most",
-                auth::MAX_LIFETIME_SECS / 86400
-            )));
-        }
-        self.node.wait_bootstrapped().await?;
+        let secs = lifetime(msg.duration_secs, 3600, "a token")?;
         let (trust, holder) = self.authority().await?;
         if let Some((name, addr)) = holder {
             if from == Caller::Local && role != Role::Join {
@@ -367,7 +366,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let from = super::caller(&req);
         let header = bearer_of(&req);
         let msg = req.into_inner();
-        if !matches!(msg.role.as_str(), "viewer" | "operator" | "root") {
+        if Role::parse(&msg.role).is_none_or(|r| r == Role::Join) {
             return Err(Status::invalid_argument(format!(
                 "role {:?}: a client certificate is for viewer, operator or root",
                 msg.role
@@ -375,20 +374,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         crate::model::validate_node_name(&msg.name)
             .map_err(|e| Status::invalid_argument(format!("the certificate's name: {e}")))?;
-        let secs = if msg.duration_secs == 0 {
-            86400
-        } else {
-            msg.duration_secs
-        };
-        if secs > auth::MAX_LIFETIME_SECS {
-            return Err(Status::invalid_argument(format!(
-                "a client certificate may last {} days at most",
-                auth::MAX_LIFETIME_SECS / 86400
-            )));
-        }
+        let secs = lifetime(msg.duration_secs, 86400, "a client certificate")?;
         super::pki::verify_proof(&msg.public_key, super::pki::CLIENT_PROOF, &msg.name, &msg.proof)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.node.wait_bootstrapped().await?;
         let (_, holder) = self.authority().await?;
         if let Some((name, addr)) = holder {
             if from == Caller::Local {
@@ -583,7 +571,6 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         super::pki::verify_proof(&req.public_key, &claims.nonce, &req.name, &req.proof)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.node.wait_bootstrapped().await?;
         let (_, holder) = self.authority().await?;
         if let Some((_, addr)) = holder {
             let rpc = |mut c: Client, r| async move { c.admit(r).await };
