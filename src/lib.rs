@@ -19,11 +19,13 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drivers;
+pub mod files;
 pub mod lease;
 pub mod model;
 pub mod orchestrator;
 pub mod raft;
 pub mod sim;
+pub mod tls;
 
 /// Code generated from `proto/omraft.proto`.
 pub mod pb {

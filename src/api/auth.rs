@@ -113,9 +113,9 @@ impl Claims {
             role,
             iat: now,
             exp: now + secs,
-            nonce: super::pki::hex(&n),
+            nonce: crate::tls::pki::hex(&n),
             generation: trust.generation,
-            ca: super::pki::fingerprint(&trust.ca),
+            ca: crate::tls::pki::fingerprint(&trust.ca),
             node,
         }
     }
@@ -139,7 +139,7 @@ impl Claims {
         let trust = trust.ok_or(TokenError::NoTrust)?;
         let (body, sig) = token.trim().split_once('.').ok_or(TokenError::Malformed)?;
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
-        if !super::pki::verify_token_signature(&trust.signing_key, body.as_bytes(), &sig) {
+        if !crate::tls::pki::verify_token_signature(&trust.signing_key, body.as_bytes(), &sig) {
             return Err(TokenError::BadSignature);
         }
         let claims = Claims::peek(token)?;
@@ -190,17 +190,12 @@ pub fn caller(
 }
 
 /// Seconds since the Unix epoch, for token times (the only wall-clock use of the API).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::tls::pki::unix_now;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::pki::Authority;
+    use crate::tls::pki::Authority;
 
     fn trust(a: &Authority, generation: u64) -> Trust {
         Trust {
@@ -219,7 +214,7 @@ mod tests {
         let token = Claims::new(Role::Join, 1000, 60, &t, Some("n2".into())).sign(|m| a.sign_token(m));
         let c = Claims::verify(&token, Some(&t), 1010).unwrap();
         assert_eq!((c.role, c.node.as_deref()), (Role::Join, Some("n2")));
-        assert_eq!(c.ca, crate::api::pki::fingerprint(a.ca_der()));
+        assert_eq!(c.ca, crate::tls::pki::fingerprint(a.ca_der()));
         assert_eq!(Claims::verify(&token, Some(&t), 1065), Err(TokenError::Expired(5)));
         assert_eq!(Claims::verify("garbage", Some(&t), 0), Err(TokenError::Malformed));
         assert_eq!(Claims::verify(&token, None, 1010), Err(TokenError::NoTrust));

@@ -375,7 +375,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         crate::model::validate_node_name(&msg.name)
             .map_err(|e| Status::invalid_argument(format!("the certificate's name: {e}")))?;
         let secs = lifetime(msg.duration_secs, 86400, "a client certificate")?;
-        super::pki::verify_proof(&msg.public_key, super::pki::CLIENT_PROOF, &msg.name, &msg.proof)
+        crate::tls::pki::verify_proof(&msg.public_key, crate::tls::pki::CLIENT_PROOF, &msg.name, &msg.proof)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (_, holder) = self.authority().await?;
         if let Some((name, addr)) = holder {
@@ -400,7 +400,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             (cert, a.ca_der().to_vec())
         };
-        let fingerprint = super::pki::fingerprint(&cert);
+        let fingerprint = crate::tls::pki::fingerprint(&cert);
         tracing::info!(name = %msg.name, role = %msg.role, days, cert = %fingerprint, "issued a client certificate");
         Ok(Response::new(IssueClientCertReply { cert, ca, fingerprint }))
     }
@@ -472,16 +472,16 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         // Nothing is sent before the server proved it holds a certificate from the CA the
         // token names.
-        let config = super::tls::client_config(
-            super::tls::Anchor::Pinned(claims.ca.clone()),
+        let config = crate::tls::client_config(
+            crate::tls::Anchor::Pinned(claims.ca.clone()),
             None,
-            super::tls::Revoked::default(),
+            crate::tls::Revoked::default(),
         )
         .map_err(|e| Status::internal(e.to_string()))?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", req.node))
             .map_err(|e| Status::invalid_argument(format!("--node {}: {e}", req.node)))?
             .connect_timeout(Duration::from_secs(5));
-        let channel = super::tls::connect(endpoint, Arc::new(config)).await.map_err(|e| {
+        let channel = crate::tls::connect(endpoint, Arc::new(config)).await.map_err(|e| {
             Status::unavailable(format!(
                 "cannot reach {} or it is not the cluster the token names: {}",
                 req.node,
@@ -496,13 +496,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         .map_err(|_| Status::deadline_exceeded(format!("{} did not answer within 15 s", req.node)))?
         .map_err(refused)?
         .into_inner();
-        if super::pki::fingerprint(&admitted.ca) != claims.ca {
+        if crate::tls::pki::fingerprint(&admitted.ca) != claims.ca {
             return Err(Status::permission_denied(format!(
                 "{} answered with a CA other than the one the token names: not joining",
                 req.node
             )));
         }
-        if super::pki::node_id_of(&admitted.cert) != Some(admitted.node_id) {
+        if crate::tls::pki::node_id_of(&admitted.cert) != Some(admitted.node_id) {
             return Err(Status::permission_denied(format!(
                 "{} sent a certificate that does not name node id {}: not joining",
                 req.node, admitted.node_id
@@ -513,7 +513,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             admitted.node_id,
             admitted.cluster_name,
             admitted.leader,
-            super::pki::fingerprint(&admitted.cert)
+            crate::tls::pki::fingerprint(&admitted.cert)
         ));
         let backup = save_backup(node)?;
         steps.push(format!("Save the pre-join state to {}", backup.display()));
@@ -569,7 +569,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 )));
             }
         }
-        super::pki::verify_proof(&req.public_key, &claims.nonce, &req.name, &req.proof)
+        crate::tls::pki::verify_proof(&req.public_key, &claims.nonce, &req.name, &req.proof)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (_, holder) = self.authority().await?;
         if let Some((_, addr)) = holder {
@@ -618,7 +618,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             let a = a
                 .as_ref()
                 .ok_or_else(|| Status::internal("this node lost its CA key"))?;
-            let subject = super::pki::Subject {
+            let subject = crate::tls::pki::Subject {
                 id: node_id,
                 name: &req.name,
                 addrs: std::slice::from_ref(&req.addr),
@@ -628,7 +628,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             (cert, a.ca_der().to_vec())
         };
-        let fingerprint = super::pki::fingerprint(&cert);
+        let fingerprint = crate::tls::pki::fingerprint(&cert);
         let (index, r) = self
             .node
             .write(Command::NodeCert {

@@ -6,11 +6,9 @@ pub mod auth;
 mod cluster;
 mod local;
 mod objects;
-pub mod pki;
 mod raft;
 mod server;
 mod status;
-pub mod tls;
 
 pub use server::{serve, Listeners};
 

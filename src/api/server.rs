@@ -12,10 +12,10 @@ use tonic::{Request, Status};
 use super::auth::{self, unix_now, Caller};
 use super::cluster::ClusterService;
 use super::raft::RaftService;
-use super::tls::Peer;
 use crate::daemon::Node;
 use crate::pb::cluster_server::ClusterServer;
 use crate::pb::raft_server::RaftServer;
+use crate::tls::Peer;
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {
@@ -70,7 +70,7 @@ pub async fn serve(
             tcp_auth,
         ))
         .serve_with_incoming_shutdown(
-            super::tls::incoming(listeners.tcp, node.tls.clone()),
+            crate::tls::incoming(listeners.tcp, node.tls.clone()),
             wait(stop_rx.clone()),
         );
     let unix = Server::builder()

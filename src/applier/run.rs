@@ -14,18 +14,9 @@ use super::desired::desired;
 use super::migration::{self, Act};
 use super::plan::{plan, report, Desired, Observed, Step};
 use crate::daemon::Node;
-use crate::drivers::drbd::commands::Drbd;
-use crate::drivers::hypervisor::{DomainState, Hypervisor};
-use crate::drivers::lvm::Lvm;
+use crate::drivers::hypervisor::DomainState;
+use crate::drivers::Drivers;
 use crate::model::{Command, InstanceReport, ObjectPath, Phase};
-
-/// The drivers a node's applier uses.
-#[derive(Clone)]
-pub struct Drivers {
-    pub lvm: Arc<dyn Lvm>,
-    pub drbd: Arc<dyn Drbd>,
-    pub hypervisor: Arc<dyn Hypervisor>,
-}
 
 /// Reads what the drivers see of the desired volumes.
 pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String> {

@@ -87,15 +87,14 @@ pub async fn connect(
         let ca = ca.ok_or_else(|| ConnectError::NoCa(server.to_string()))?;
         let bad_ca = |why: String| ConnectError::BadCa(ca.display().to_string(), why);
         let pem = std::fs::read_to_string(ca).map_err(|e| bad_ca(e.to_string()))?;
-        let der = crate::api::pki::pem_to_der(&pem).map_err(|e| bad_ca(e.to_string()))?;
+        let der = crate::tls::pki::pem_to_der(&pem).map_err(|e| bad_ca(e.to_string()))?;
         let identity = cert.map(load_client_cert).transpose()?;
-        let config =
-            crate::api::tls::client_config(crate::api::tls::Anchor::Ca(der), identity.as_ref(), Default::default())
-                .map_err(|e| bad_ca(e.to_string()))?;
+        let config = crate::tls::client_config(crate::tls::Anchor::Ca(der), identity.as_ref(), Default::default())
+            .map_err(|e| bad_ca(e.to_string()))?;
         let endpoint = Endpoint::from_shared(format!("http://{}", hostport.trim_end_matches('/')))
             .map_err(|_| ConnectError::BadServer(server.to_string()))?
             .connect_timeout(Duration::from_secs(3));
-        crate::api::tls::connect(endpoint, std::sync::Arc::new(config))
+        crate::tls::connect(endpoint, std::sync::Arc::new(config))
             .await
             .map_err(unreachable)?
     } else if server.starts_with("http://") {
@@ -107,24 +106,24 @@ pub async fn connect(
 }
 
 /// The client certificate in `dir` (client.key, client.crt).
-fn load_client_cert(dir: &std::path::Path) -> Result<crate::api::tls::Identity, ConnectError> {
+fn load_client_cert(dir: &std::path::Path) -> Result<crate::tls::Identity, ConnectError> {
     let bad = |why: String| ConnectError::BadCert(dir.display().to_string(), why);
     let key = std::fs::read_to_string(dir.join("client.key")).map_err(|e| bad(format!("client.key: {e}")))?;
-    let key = crate::api::pki::NodeKey::from_pem(&key).map_err(|e| bad(format!("client.key: {e}")))?;
+    let key = crate::tls::pki::NodeKey::from_pem(&key).map_err(|e| bad(format!("client.key: {e}")))?;
     let cert = std::fs::read_to_string(dir.join("client.crt")).map_err(|e| bad(format!("client.crt: {e}")))?;
-    let cert = crate::api::pki::pem_to_der(&cert).map_err(|e| bad(format!("client.crt: {e}")))?;
-    Ok(crate::api::tls::Identity { cert, key: key.pkcs8() })
+    let cert = crate::tls::pki::pem_to_der(&cert).map_err(|e| bad(format!("client.crt: {e}")))?;
+    Ok(crate::tls::Identity { cert, key: key.pkcs8() })
 }
 
 /// Writes a client certificate, its key (mode 0600) and the CA to `dir`.
 pub fn save_client_cert(
     dir: &std::path::Path,
-    key: &crate::api::pki::NodeKey,
+    key: &crate::tls::pki::NodeKey,
     cert: &[u8],
     ca: &[u8],
 ) -> Result<(), ConnectError> {
-    use crate::api::pki::{der_to_pem, write_file};
-    let bad = |e: crate::api::pki::PkiError| ConnectError::BadCert(dir.display().to_string(), e.to_string());
+    use crate::tls::pki::{der_to_pem, write_file};
+    let bad = |e: crate::tls::pki::PkiError| ConnectError::BadCert(dir.display().to_string(), e.to_string());
     write_file(&dir.join("client.key"), key.pem().as_bytes(), 0o600).map_err(bad)?;
     write_file(&dir.join("client.crt"), der_to_pem(cert).as_bytes(), 0o644).map_err(bad)?;
     write_file(&dir.join("ca.crt"), der_to_pem(ca).as_bytes(), 0o644).map_err(bad)

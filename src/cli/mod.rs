@@ -491,13 +491,13 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             name,
         }) => {
             let mut c = connect(cli).await?;
-            let key = crate::api::pki::NodeKey::generate();
+            let key = crate::tls::pki::NodeKey::generate();
             let req = pb::IssueClientCertRequest {
                 name: name.clone(),
                 role: role.to_string(),
                 duration_secs: duration.as_secs().max(1),
                 public_key: key.public(),
-                proof: key.prove(crate::api::pki::CLIENT_PROOF, name),
+                proof: key.prove(crate::tls::pki::CLIENT_PROOF, name),
             };
             let reply = c.issue_client_cert(req).await?.into_inner();
             client::save_client_cert(dir, &key, &reply.cert, &reply.ca)?;

@@ -16,13 +16,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use tonic::{Code, Status};
 
-use crate::api::pki::{self, Authority, NodeKey, PkiError, Subject};
-use crate::api::tls::{Identity, Tls};
 use crate::model::{ClusterState, Command, NodeId, Response};
 use crate::pb;
 use crate::raft::network::{Channels, Links, Network};
 use crate::raft::store::{SmData, StateMachine, Store};
 use crate::raft::Raft;
+use crate::tls::pki::{self, Authority, NodeKey, PkiError, Subject};
+use crate::tls::{Identity, Tls};
 
 /// How a node is started.
 #[derive(Debug, Clone)]
@@ -281,7 +281,8 @@ impl Node {
     pub async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
         crate::model::validate_node_name(&settings.name)?;
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
-        restrict(&settings.data_dir, 0o700).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
+        crate::files::restrict(&settings.data_dir, 0o700)
+            .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         let store = Store::open(&settings.data_dir)?;
         let links = Arc::new(Links::default());
         let dir = tls_dir(&settings);
@@ -1138,12 +1139,6 @@ where
         drop(node);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Sets a path's permission bits.
-pub fn restrict(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 #[cfg(test)]

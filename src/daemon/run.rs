@@ -7,9 +7,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
-use super::{restrict, Node, Settings, Watchdog};
+use super::{Node, Settings, Watchdog};
 use crate::api::{serve, Listeners};
-use crate::applier::run::Drivers;
+use crate::drivers::Drivers;
+use crate::files::restrict;
 
 /// omd: the omraft node daemon.
 ///

@@ -9,3 +9,13 @@ pub mod lvm;
 pub mod run;
 pub mod ssh;
 pub mod watchdog;
+
+use std::sync::Arc;
+
+/// The drivers of one node: what its applier acts through.
+#[derive(Clone)]
+pub struct Drivers {
+    pub lvm: Arc<dyn lvm::Lvm>,
+    pub drbd: Arc<dyn drbd::commands::Drbd>,
+    pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
+}

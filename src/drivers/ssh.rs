@@ -55,7 +55,7 @@ pub fn ensure_key(runner: &dyn Runner, dir: &Path, node: &str) -> Result<String,
     let public = dir.join(format!("{KEY_FILE}.pub"));
     if !public.exists() {
         std::fs::create_dir_all(dir)
-            .and_then(|()| crate::daemon::restrict(dir, 0o700))
+            .and_then(|()| crate::files::restrict(dir, 0o700))
             .map_err(|e| format!("making {}: {e}", dir.display()))?;
         let path = private.display().to_string();
         let comment = comment(node);
@@ -118,11 +118,7 @@ pub fn write_authorized_keys(dir: &Path, keys: &[TrustedKey]) -> std::io::Result
     if wanted == existing {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join("authorized_keys.omraft.tmp");
-    std::fs::write(&tmp, &wanted)?;
-    crate::daemon::restrict(&tmp, 0o600)?;
-    std::fs::rename(&tmp, &file)?;
+    crate::files::write_atomic(&file, wanted.as_bytes(), 0o600)?;
     Ok(true)
 }
 

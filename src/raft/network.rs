@@ -28,8 +28,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use super::{NodeId, TypeConfig};
-use crate::api::tls::Tls;
 use crate::pb;
+use crate::tls::Tls;
 
 /// Consecutive failed calls on one channel after which it is dropped and made again.
 pub const FAILURES_BEFORE_RECONNECT: u32 = 2;
@@ -125,7 +125,7 @@ impl Channels {
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true);
                 let tls = self.tls.clone();
-                let channel = crate::api::tls::channel(endpoint, move || tls.client_config());
+                let channel = crate::tls::channel(endpoint, move || tls.client_config());
                 map.made += 1;
                 let generation = map.made;
                 map.slots.insert(
@@ -477,12 +477,12 @@ mod tests {
     async fn a_channel_whose_calls_timed_out_is_replaced_once_the_network_heals() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
-        let authority = crate::api::pki::Authority::ephemeral();
+        let authority = crate::tls::pki::Authority::ephemeral();
         let tls = |id| Arc::new(authority.test_tls(id));
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::raft_server::RaftServer::new(Voter))
-                .serve_with_incoming(crate::api::tls::incoming(listener, tls(2))),
+                .serve_with_incoming(crate::tls::incoming(listener, tls(2))),
         );
         let (proxy, addr) = Proxy::start(upstream).await;
         let mut network = Network {

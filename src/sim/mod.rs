@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::applier::run::Drivers;
 use crate::drivers::drbd::commands::DrbdCommands;
 use crate::drivers::hypervisor::SimHypervisor;
 use crate::drivers::lvm::SimLvm;
+use crate::drivers::Drivers;
 
 /// The simulated drivers of `node` in `dir`, with the DRBD simulator run in this process
 /// through the real DRBD driver (no `omsim` process per command): in-process test clusters.

@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use omraft::applier::desired::desired;
-use omraft::applier::run::{committed_report, next_report_seq, pass, Drivers, Retry};
+use omraft::applier::run::{committed_report, next_report_seq, pass, Retry};
 use omraft::config::ini::Ini;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
 use omraft::drivers::watchdog;
+use omraft::drivers::Drivers;
 use omraft::lease::{Grant, Lease, LeaseConfig};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};

@@ -20,11 +20,11 @@ use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use omraft::api::pki::{self, NodeKey};
-use omraft::api::tls::{self, Anchor, Identity};
 use omraft::model::Command;
 use omraft::pb;
 use omraft::raft::TypeConfig;
+use omraft::tls::pki::{self, NodeKey};
+use omraft::tls::{self, Anchor, Identity};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 use support::omd::{ok, omctl, stderr, stdout, three, Omd};

@@ -29,7 +29,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
-use super::pki::{fingerprint, node_id_of};
+pub mod pki;
+
+use pki::{fingerprint, node_id_of};
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -411,7 +413,7 @@ pub fn incoming(
                         let peer = Peer {
                             fingerprint: cert.map(|c| fingerprint(c)),
                             node: cert.and_then(|c| node_id_of(c)),
-                            client_role: cert.and_then(|c| super::pki::client_role_of(c)),
+                            client_role: cert.and_then(|c| pki::client_role_of(c)),
                         };
                         let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                     }

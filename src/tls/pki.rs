@@ -124,23 +124,7 @@ pub fn der_to_pem(der: &[u8]) -> String {
 
 /// Writes `data` to `path` atomically, with `mode`.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let io = |e| PkiError::Io(path.to_path_buf(), e);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_atomic(path, data, mode).map_err(|e| PkiError::Io(path.to_path_buf(), e))
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, PkiError> {
@@ -281,7 +265,7 @@ impl Authority {
     }
 
     /// TLS for a node `id` with a fresh key, certified by this CA (tests).
-    pub fn test_tls(&self, id: NodeId) -> crate::api::tls::Tls {
+    pub fn test_tls(&self, id: NodeId) -> crate::tls::Tls {
         let key = NodeKey::generate();
         let name = format!("n{id}");
         let cert = self
@@ -294,8 +278,8 @@ impl Authority {
                 },
             )
             .expect("issuing a certificate");
-        let identity = crate::api::tls::Identity { cert, key: key.pkcs8() };
-        crate::api::tls::Tls::new(self.ca_der.clone(), &identity).expect("TLS configuration")
+        let identity = crate::tls::Identity { cert, key: key.pkcs8() };
+        crate::tls::Tls::new(self.ca_der.clone(), &identity).expect("TLS configuration")
     }
 
     /// The authority saved in `dir`, if this node holds one.
@@ -447,7 +431,7 @@ fn random_serial() -> SerialNumber {
 
 /// Days since 1970-01-01 (UTC).
 fn today() -> i64 {
-    (crate::api::auth::unix_now() / 86_400) as i64
+    (unix_now() / 86_400) as i64
 }
 
 /// The current year (UTC).
@@ -471,6 +455,14 @@ pub fn verify_token_signature(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     signature::UnparsedPublicKey::new(&signature::ED25519, public)
         .verify(msg, sig)
         .is_ok()
+}
+
+/// Seconds since the Unix epoch (token and certificate times).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
