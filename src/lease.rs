@@ -8,6 +8,7 @@
 //! counts only once the node applied the log up to that index (so a node back from a partition
 //! first learns that its services moved).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,67 @@ impl Lease {
     }
 }
 
+/// The leases a leader granted, by node id, in the term it led when it granted them. A leader
+/// moves a service off a node only once the lease it granted that node ran out; what it
+/// granted in an earlier term says nothing of what leaders in between granted, so a record
+/// of another term never counts (`of_term`).
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    term: u64,
+    at: BTreeMap<u64, Instant>,
+}
+
+impl Grants {
+    /// Records a lease granted to `node` at `at`, confirmed by a quorum as the leader of `term`.
+    /// A record of an older term than the latest is dropped; a newer term starts afresh.
+    pub fn record(&mut self, term: u64, node: u64, at: Instant) {
+        if term > self.term {
+            self.term = term;
+            self.at.clear();
+        }
+        if term == self.term {
+            let t = self.at.entry(node).or_insert(at);
+            *t = (*t).max(at);
+        }
+    }
+
+    /// When this node last granted each node a lease as the leader of `term`.
+    pub fn of_term(&self, term: u64) -> BTreeMap<u64, Instant> {
+        if term == self.term {
+            self.at.clone()
+        } else {
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Where a node asks for its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Nowhere: a witness never hosts services, and a node that knows no leader has none.
+    Nowhere(&'static str),
+    /// From itself: it leads.
+    Itself,
+    /// From the leader, this node id.
+    Leader(u64),
+}
+
+/// Where node `me` (a witness or not) asks for its lease when Raft names `leader`.
+pub fn source(me: u64, witness: bool, leader: Option<u64>) -> Source {
+    match leader {
+        _ if witness => Source::Nowhere("a witness holds no lease"),
+        Some(l) if l == me => Source::Itself,
+        Some(l) => Source::Leader(l),
+        None => Source::Nowhere("no leader"),
+    }
+}
+
+/// How long a node waits before it renews again: `renew`, or just past the moment its lease
+/// (`remaining`) would lapse if that comes sooner, so it sees the lapse when it happens.
+pub fn next_renewal(remaining: Option<Duration>, renew: Duration) -> Duration {
+    remaining.map_or(renew, |l| l.min(renew) + Duration::from_millis(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +179,38 @@ mod tests {
         assert!(l.is_valid(t0 + Duration::from_millis(3500), 10));
         l.revoke();
         assert!(!l.is_valid(t0, 10));
+    }
+
+    #[test]
+    fn grants_of_another_term_never_count() {
+        let t0 = Instant::now();
+        let mut g = Grants::default();
+        g.record(3, 2, t0);
+        g.record(3, 2, t0 - Duration::from_secs(1));
+        assert_eq!(g.of_term(3), BTreeMap::from([(2, t0)]), "the latest grant of the term");
+        assert!(g.of_term(4).is_empty() && g.of_term(2).is_empty());
+        g.record(2, 5, t0);
+        assert_eq!(g.of_term(3).len(), 1, "an older term's record is dropped");
+        g.record(5, 1, t0);
+        assert_eq!(g.of_term(5), BTreeMap::from([(1, t0)]), "a new term starts afresh");
+        assert!(g.of_term(3).is_empty());
+    }
+
+    #[test]
+    fn a_node_asks_the_leader_and_renews_before_its_lease_lapses() {
+        assert_eq!(source(1, false, Some(1)), Source::Itself);
+        assert_eq!(source(1, false, Some(2)), Source::Leader(2));
+        assert!(matches!(source(1, false, None), Source::Nowhere(_)));
+        assert!(matches!(source(1, true, Some(1)), Source::Nowhere(_)), "a witness");
+        let renew = Duration::from_millis(300);
+        assert_eq!(next_renewal(None, renew), renew);
+        assert_eq!(
+            next_renewal(Some(Duration::from_secs(2)), renew),
+            renew + Duration::from_millis(1)
+        );
+        assert_eq!(
+            next_renewal(Some(Duration::from_millis(100)), renew),
+            Duration::from_millis(101)
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! to the cluster when it changed. A failed step is recorded as a warning on its resource and
 //! retried with exponential backoff (1 s to 30 s).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,9 @@ use tracing::{info, warn};
 use super::desired::desired;
 use super::migration::{self, Act};
 use super::plan::{plan, report, Desired, Observed, Step};
-use crate::daemon::Node;
 use crate::drivers::hypervisor::DomainState;
 use crate::drivers::Drivers;
-use crate::model::{Command, InstanceReport, ObjectPath, Phase};
+use crate::model::{ClusterState, Command, InstanceReport, NodeId, ObjectPath, Phase};
 
 /// Reads what the drivers see of the desired volumes.
 pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String> {
@@ -357,74 +357,100 @@ pub fn next_report_seq(last: u64, committed: u64, clock_us: u64) -> u64 {
     (last + 1).max(committed + 1).max(clock_us)
 }
 
-/// Runs the applier of `node` until the process ends, and with it the report of the node's
-/// volume groups (from `vgs`, unless `--report-vg` declares them).
-pub async fn run(node: Arc<Node>, drivers: Drivers) {
-    let declared = node.settings.vgs.clone();
-    let lvm = drivers.lvm.clone();
-    let read = move || -> Result<BTreeMap<String, u64>, String> {
-        if !declared.is_empty() {
-            return Ok(declared.clone());
-        }
-        Ok(lvm
-            .vgs()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|v| (v.name, v.size))
-            .collect())
-    };
-    let weak = Arc::downgrade(&node);
-    drop(node);
-    tokio::spawn(crate::daemon::report_volume_groups(weak.clone(), read));
+/// The services node `me` reconciles: those provisioned somewhere and run on it, and those it
+/// reported on before (`reported`), so it cleans up after an unprovision or a move; never the
+/// whole object list.
+pub fn services(state: &ClusterState, me: NodeId, reported: &BTreeSet<String>) -> Vec<ObjectPath> {
+    state
+        .objects
+        .keys()
+        .filter_map(|p| ObjectPath::parse(p).ok())
+        .filter(|p| p.kind == "svc")
+        .filter(|p| {
+            let key = p.to_string();
+            let provisioned = state.services.get(&key).is_some_and(|s| s.provisioned);
+            (provisioned && state.service_nodes(p).contains(&me)) || reported.contains(&key)
+        })
+        .collect()
+}
+
+/// The report node `me` sends after a pass over `path`: only while the committed one differs
+/// from what it saw (not from what it remembers sending: a write that timed out may still
+/// commit, late), numbered by `next_report_seq` from `last_seq` (updated) and `clock_us`.
+pub fn report_to_send(
+    state: &ClusterState,
+    path: &ObjectPath,
+    me: NodeId,
+    seen: Option<InstanceReport>,
+    last_seq: &mut u64,
+    clock_us: u64,
+) -> Option<Command> {
+    let (committed, committed_seq) = committed_report(state, path, me);
+    let report = seen.filter(|r| committed.as_ref() != Some(r))?;
+    *last_seq = next_report_seq(*last_seq, committed_seq, clock_us);
+    Some(Command::ReportInstance {
+        path: path.clone(),
+        node_id: me,
+        report,
+        seq: *last_seq,
+    })
+}
+
+/// What the applier loop needs of its node.
+pub trait Host: Send + Sync + 'static {
+    /// The node is stopping: the loop ends.
+    fn closing(&self) -> bool;
+    /// Reads the applied state, with this node's id in it.
+    fn read<T>(&self, f: impl FnOnce(NodeId, &ClusterState) -> T) -> T;
+    /// Resolves when the applied state changes or the lease lapses. Holds nothing of the host.
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static;
+    /// Whether this node holds a valid lease (it may run services).
+    fn lease_valid(&self) -> bool;
+    /// Whether this node may take resources (its watchdog, if any, is armed).
+    fn may_take(&self) -> bool;
+    /// What the last pass saw: a guest running or a DRBD resource Primary here.
+    fn set_holding(&self, holding: bool);
+    /// Commits `cmd` (through the leader).
+    fn write(&self, cmd: Command) -> impl Future<Output = Result<crate::model::Response, String>> + Send;
+}
+
+/// Runs the applier of `host` on `drivers` until the host closes.
+pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
+    let weak = Arc::downgrade(&host);
+    drop(host);
     // Services this node reported on: it goes on with them (cleans up) after they leave it.
-    let mut sent: std::collections::BTreeSet<String> = Default::default();
+    let mut sent: BTreeSet<String> = Default::default();
     let mut seq = 0;
     let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
     loop {
         // Wait holding nothing of the node, so a stopped node is released at once.
-        let (mut data, lapsed) = match Node::alive(&weak) {
-            Some(node) => (node.member().raft.data_metrics(), node.lease_lapsed.clone()),
+        let changed = match weak.upgrade().filter(|h| !h.closing()) {
+            Some(host) => host.changed(),
             None => return,
         };
         tokio::select! {
-            _ = data.changed() => {}
-            _ = lapsed.notified() => {}
+            _ = changed => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let Some(node) = Node::alive(&weak) else { return };
-        let m = node.member();
-        let me = m.id;
-        let leased = node.lease_valid();
-        let may_take = node.may_take();
+        let Some(host) = weak.upgrade().filter(|h| !h.closing()) else {
+            return;
+        };
+        let leased = host.lease_valid();
+        let may_take = host.may_take();
         #[allow(clippy::type_complexity)]
-        let work: Vec<(
-            ObjectPath,
-            Desired,
-            BTreeMap<String, String>,
-            (Option<InstanceReport>, u64),
-        )> = m.sm.read(|d| {
-            d.state
-                .objects
-                .keys()
-                .filter_map(|p| ObjectPath::parse(p).ok())
-                .filter(|p| p.kind == "svc")
-                // Services provisioned somewhere and run on this node, or that it reported before
-                // (so it cleans up after an unprovision): never the whole object list.
-                .filter(|p| {
-                    let key = p.to_string();
-                    let provisioned = d.state.services.get(&key).is_some_and(|s| s.provisioned);
-                    (provisioned && d.state.service_nodes(p).contains(&me)) || sent.contains(&key)
-                })
+        let (me, work): (NodeId, Vec<(ObjectPath, Desired, BTreeMap<String, String>)>) = host.read(|me, state| {
+            let work = services(state, me, &sent)
+                .into_iter()
                 .map(|p| {
-                    let (want, errors) = desired(&d.state, me, &p, leased, may_take);
-                    let committed = committed_report(&d.state, &p, me);
-                    (p, want, errors, committed)
+                    let (want, errors) = desired(state, me, &p, leased, may_take);
+                    (p, want, errors)
                 })
-                .collect()
+                .collect();
+            (me, work)
         });
         let mut pending: Vec<(Option<String>, Command)> = Vec::new();
         let mut holding = false;
-        for (path, want, render_errors, (committed, committed_seq)) in work {
+        for (path, want, render_errors) in work {
             let key = path.to_string();
             let mut retry = retries.remove(&key).unwrap_or_default();
             let d = drivers.clone();
@@ -452,28 +478,20 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                 }
                 Ok(o) => holding |= o.holds_anything(),
             }
-            // Sent while the committed report differs from what this node sees (not from what
-            // it remembers sending: a write that timed out may still commit, late).
-            if let Some(rep) = done.report.filter(|r| committed.as_ref() != Some(r)) {
-                let clock_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as u64);
-                seq = next_report_seq(seq, committed_seq, clock_us);
-                let cmd = Command::ReportInstance {
-                    path: path.clone(),
-                    node_id: me,
-                    report: rep,
-                    seq,
-                };
+            let clock_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let report = host.read(|_, state| report_to_send(state, &path, me, done.report, &mut seq, clock_us));
+            if let Some(cmd) = report {
                 pending.push((Some(key), cmd));
             }
         }
-        node.holding.store(holding, std::sync::atomic::Ordering::SeqCst);
+        host.set_holding(holding);
         // What this node tells the cluster goes out after every service was acted on, each
         // write bounded: a node cut from the quorum fences all its services first.
         for (sent_as, cmd) in pending {
             let what = cmd.to_string();
-            match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
+            match tokio::time::timeout(Duration::from_secs(2), host.write(cmd)).await {
                 Ok(Ok(_)) => {
                     if let Some(key) = sent_as {
                         sent.insert(key);
@@ -481,12 +499,12 @@ pub async fn run(node: Arc<Node>, drivers: Drivers) {
                         info!("{what}");
                     }
                 }
-                Ok(Err(e)) => warn!("{what}: {}", e.message()),
+                Ok(Err(e)) => warn!("{what}: {e}"),
                 Err(_) => warn!("{what}: not committed within 2 s; outcome unknown (it may still commit)"),
             }
         }
         // At most one pass every 200 ms, however fast the log moves.
-        drop((node, m));
+        drop(host);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

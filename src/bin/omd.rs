@@ -12,8 +12,8 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
-    let args = omraft::daemon::run::Args::parse();
-    match omraft::daemon::run::run(args).await {
+    let args = omraft::cli::omd::Args::parse();
+    match omraft::cli::omd::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("omd: error: {e:#}");

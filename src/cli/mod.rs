@@ -8,6 +8,7 @@
 pub mod client;
 pub mod drbd;
 mod object;
+pub mod omd;
 mod render;
 
 use std::time::Duration;

@@ -1,299 +1,119 @@
-//! `omd`'s command line and process lifecycle: bind, start, serve, shut down on SIGTERM.
+//! Starts a node and every loop it runs, and hands each loop the narrow view of the node it
+//! needs (the applier's and the orchestrator's `Host` traits).
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::{bail, Context};
-use clap::Parser;
-use tokio::net::{TcpListener, UnixListener, UnixStream};
-
-use super::{Node, Settings, Watchdog};
-use crate::api::{serve, Listeners};
+use super::{lease, node, reports, ssh_trust, Node, Settings, StartError};
 use crate::drivers::Drivers;
-use crate::files::restrict;
+use crate::model::{ClusterState, Command, NodeId, Response};
 
-/// omd: the omraft node daemon.
-///
-/// Starts one node. A fresh data directory founds a new one-node cluster; an existing one
-/// resumes from disk. Join other clusters with `omctl cluster join`. The local API listens on
-/// DATA_DIR/omd.sock (mode 0600); the TCP listener serves peers and authenticated clients.
-#[derive(Debug, Parser)]
-#[command(version)]
-pub struct Args {
-    /// This node's name: lowercase letters, digits and '-' (defaults to the hostname).
-    #[arg(long, env = "OMD_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Where the Raft log, the state snapshots and the local socket live.
-    #[arg(long, env = "OMD_DATA_DIR", default_value = "/var/lib/omraft")]
-    pub data_dir: PathBuf,
-    /// TCP address to listen on for peers and remote clients.
-    #[arg(long, env = "OMD_LISTEN", default_value = "127.0.0.1:1215")]
-    pub listen: String,
-    /// Address peers use to reach this node, if not --listen (required when listening on 0.0.0.0).
-    #[arg(long, env = "OMD_ADVERTISE")]
-    pub advertise: Option<String>,
-    /// Raft heartbeat interval in milliseconds; also the time a peer has to answer an append.
-    #[arg(long, default_value_t = 200)]
-    pub heartbeat_ms: u64,
-    /// Minimal Raft election timeout in milliseconds (the maximum is 1.5 times it). After a
-    /// leader's loss an election takes about 2.5 times it: keep that well under the lease
-    /// duration (`lease.duration`, 3 s by default), or every node loses its lease meanwhile.
-    #[arg(long, default_value_t = 600)]
-    pub election_timeout_ms: u64,
-    /// Build a state snapshot every this many log entries.
-    #[arg(long, default_value_t = 5000)]
-    pub snapshot_every: u64,
-    /// Log entries kept behind a snapshot for followers that lag.
-    #[arg(long, default_value_t = 1000)]
-    pub keep_logs: u64,
-    /// Declare a volume group and its size for pool capacity, e.g. data=5G; repeatable.
-    /// Stands in for the LVM driver's `vgs` report (simulation, tests, the demo).
-    #[arg(long, value_name = "NAME=SIZE", value_parser = parse_vg)]
-    pub report_vg: Vec<(String, u64)>,
-    /// real: LVM, drbdadm, drbdsetup, libvirt and the watchdog device of this machine. sim: the
-    /// simulators (`omsim watchdog` for the watchdog), with their state in --sim-dir (shared by
-    /// every simulated node of one machine).
-    #[arg(long, value_enum, default_value_t = DriverKind::Real)]
-    pub drivers: DriverKind,
-    /// The simulators' shared directory (with --drivers sim).
-    #[arg(long, required_if_eq("drivers", "sim"))]
-    pub sim_dir: Option<PathBuf>,
-    /// Where DRBD resource files are written (default /etc/drbd.d; SIM_DIR/NODE/drbd.d with sim).
-    #[arg(long)]
-    pub drbd_config_dir: Option<PathBuf>,
-    /// The drbdadm program.
-    #[arg(long, default_value = "drbdadm")]
-    pub drbdadm: String,
-    /// The drbdsetup program.
-    #[arg(long, default_value = "drbdsetup")]
-    pub drbdsetup: String,
-    /// With --drivers sim: the simulated watchdog's timeout, shorter than the lease duration.
-    #[arg(long, default_value_t = 1500)]
-    pub watchdog_timeout_ms: u64,
-    /// Where ssh trust (`omctl cluster ssh trust`) keeps this node's key pair (omraft,
-    /// omraft.pub) and the authorized_keys listing the data nodes' keys.
-    #[arg(long, env = "OMD_SSH_DIR", default_value = "/root/.ssh")]
-    pub ssh_dir: PathBuf,
-    /// With --drivers real: the watchdog device, armed while this node holds a started service
-    /// or takes part in a live switch.
-    ///
-    /// Its timeout is the driver's (e.g. `modprobe softdog soft_margin=1`): twice it must be
-    /// shorter than lease.duration minus lease.renew, or it is never armed. Without the device,
-    /// the cluster never moves this node's services away automatically.
-    #[arg(long, default_value = crate::drivers::watchdog::DEVICE)]
-    pub watchdog_device: PathBuf,
-    /// The watchdog device's sysfs directory, where its timeout and nowayout are read
-    /// (default /sys/class/watchdog/NAME; watchdog0 for /dev/watchdog).
-    #[arg(long)]
-    pub watchdog_sysfs: Option<PathBuf>,
-    /// The libvirt connection of the real hypervisor driver.
-    #[arg(long, default_value = "qemu:///system")]
-    pub libvirt_uri: String,
-    /// With --drivers sim: run the guests with the real libvirt (at --libvirt-uri) beside the
-    /// simulated DRBD and LVM (the real-host test bed, where the DRBD module cannot load).
-    #[arg(long, requires = "sim_dir")]
-    pub real_libvirt: bool,
+/// The loops a node runs besides Raft, the lease renewal, the founder's registration and the
+/// revocation list, which every node runs.
+#[derive(Default)]
+pub struct Loops {
+    /// The applier (and the volume group report) on these drivers; none on a node that only
+    /// keeps the cluster state.
+    pub drivers: Option<Drivers>,
+    /// ssh trust (`cluster.ssh_trust`) kept in this directory.
+    pub ssh_dir: Option<PathBuf>,
 }
 
-/// Which drivers a node uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DriverKind {
-    Real,
-    Sim,
-}
-
-/// The drivers `args` ask for.
-fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
-    use crate::drivers::drbd::commands::DrbdCommands;
-    use crate::drivers::lvm::{LvmCommands, SimLvm};
-    use crate::drivers::run::SystemRunner;
-    let runner = || SystemRunner {
-        timeout: std::time::Duration::from_secs(120),
-    };
-    let real_drbdadm = std::path::Path::new("/usr/sbin/drbdadm");
-    let validator = real_drbdadm.exists().then(|| real_drbdadm.to_path_buf());
-    Ok(match args.drivers {
-        DriverKind::Real => Drivers {
-            hypervisor: std::sync::Arc::new(crate::drivers::libvirt::Libvirt::new(&args.libvirt_uri)),
-            lvm: std::sync::Arc::new(LvmCommands { runner: runner() }),
-            drbd: std::sync::Arc::new(DrbdCommands {
-                runner: runner(),
-                drbdadm: vec![args.drbdadm.clone()],
-                drbdsetup: vec![args.drbdsetup.clone()],
-                config_dir: args.drbd_config_dir.clone().unwrap_or_else(|| "/etc/drbd.d".into()),
-                node: node.into(),
-                validator,
-                env: vec![],
-            }),
-        },
-        DriverKind::Sim => {
-            let dir = args.sim_dir.clone().context("--drivers sim needs --sim-dir")?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let omsim = std::env::current_exe()?.with_file_name("omsim");
-            if !omsim.exists() {
-                bail!(
-                    "--drivers sim needs the omsim binary beside omd ({} is missing)",
-                    omsim.display()
-                );
-            }
-            let omsim = omsim.display().to_string();
-            let vgs = args.report_vg.iter().cloned().collect();
-            Drivers {
-                hypervisor: if args.real_libvirt {
-                    std::sync::Arc::new(crate::drivers::libvirt::Libvirt::new(&args.libvirt_uri))
-                } else {
-                    std::sync::Arc::new(crate::drivers::hypervisor::SimHypervisor::new(&dir, node))
-                },
-                lvm: std::sync::Arc::new(SimLvm::open(&dir, node, &vgs)?),
-                drbd: std::sync::Arc::new(DrbdCommands {
-                    runner: runner(),
-                    drbdadm: vec![omsim.clone(), "drbdadm".into()],
-                    drbdsetup: vec![omsim, "drbdsetup".into()],
-                    config_dir: args
-                        .drbd_config_dir
-                        .clone()
-                        .unwrap_or_else(|| dir.join(node).join("drbd.d")),
-                    node: node.into(),
-                    validator,
-                    env: vec![("OMRAFT_SIM_DIR".into(), dir.display().to_string())],
-                }),
-            }
-        }
-    })
-}
-
-/// The watchdog `args` ask for: the simulator's, the device when it can be read, else none
-/// (loudly). Whether the device's timeout suits the lease is checked when it is armed, since
-/// the lease configuration is replicated state that changes at run time and with a join.
-fn watchdog(args: &Args) -> anyhow::Result<Watchdog> {
-    use crate::drivers::watchdog::{nowayout, probe, sysfs_dir};
-    let none = |why: String| {
-        tracing::warn!(
-            "no watchdog: {why}. A hung daemon could not stop this node's services, so the cluster will never move \
-             them away from this node automatically"
-        );
-        Watchdog::None
-    };
-    Ok(match (&args.drivers, &args.sim_dir) {
-        (DriverKind::Sim, Some(dir)) => Watchdog::Sim {
-            dir: dir.clone(),
-            omsim: std::env::current_exe()?.with_file_name("omsim"),
-            timeout_ms: args.watchdog_timeout_ms,
-        },
-        (DriverKind::Sim, None) => none("--drivers sim without --sim-dir".into()),
-        (DriverKind::Real, _) => {
-            let path = args.watchdog_device.clone();
-            let sysfs = args.watchdog_sysfs.clone().unwrap_or_else(|| sysfs_dir(&path));
-            match probe(&path, &sysfs) {
-                Err(e) => none(e.to_string()),
-                Ok(timeout) => {
-                    if nowayout(&sysfs) {
-                        tracing::warn!(
-                            "the watchdog {} has nowayout set (or {} is unreadable): once armed, nothing stops it, and \
-                             stopping omd resets this machine",
-                            path.display(),
-                            sysfs.join("nowayout").display()
-                        );
-                    }
-                    tracing::info!("watchdog: {} ({} s)", path.display(), timeout.as_secs());
-                    Watchdog::Device {
-                        path,
-                        sysfs,
-                        timeout_ms: timeout.as_millis() as u64,
-                    }
-                }
-            }
-        }
-    })
-}
-
-fn parse_vg(s: &str) -> Result<(String, u64), String> {
-    let (name, size) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected NAME=SIZE, e.g. data=5G"))?;
-    crate::config::kind::Kind::Ident
-        .check(name)
-        .map_err(|e| format!("volume group {name:?}: {e}"))?;
-    Ok((name.to_string(), crate::config::kind::parse_size(size)?))
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let name = match args.node_name.clone().or_else(hostname) {
-        Some(n) => n,
-        None => bail!("no --node-name given and the hostname cannot be read"),
-    };
-    let addr = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
-    if addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:") {
-        bail!(
-            "--listen {} is not an address peers can reach: give --advertise HOST:PORT",
-            args.listen
-        );
-    }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    restrict(&args.data_dir, 0o700)?;
-    let tcp = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let sock = args.data_dir.join("omd.sock");
-    if sock.exists() {
-        if UnixStream::connect(&sock).await.is_ok() {
-            bail!("another omd is already serving {}", sock.display());
-        }
-        std::fs::remove_file(&sock).with_context(|| format!("removing stale {}", sock.display()))?;
-    }
-    let unix = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
-    restrict(&sock, 0o600)?;
-
-    let settings = Settings {
-        heartbeat_ms: args.heartbeat_ms,
-        election_timeout_ms: args.election_timeout_ms,
-        snapshot_every: args.snapshot_every,
-        keep_logs: args.keep_logs,
-        vgs: args.report_vg.iter().cloned().collect(),
-        watchdog: watchdog(&args)?,
-        ..Settings::new(&name, args.data_dir.clone(), &addr)
-    };
-    let drivers = drivers(&args, &name)?;
-    let node = Node::start(settings).await.context("starting the node")?;
-    if let Watchdog::Device { timeout_ms, .. } = &node.settings.watchdog {
-        // Early word only: the lease configuration may still change (a join, `config set`);
-        // the daemon checks again each time it would arm the device.
-        let lease = node.read(|d| crate::model::catalog::lease_config(&d.state.config));
-        if let Err(why) = crate::drivers::watchdog::check_timeout(Duration::from_millis(*timeout_ms), &lease) {
-            tracing::warn!("the watchdog will not be armed under the current lease configuration: {why}");
-        }
-    }
-    crate::applier::desired::set_handler_socket(&sock);
-    tokio::spawn(super::keep_ssh_trust(
-        std::sync::Arc::downgrade(&node),
-        args.ssh_dir.clone(),
-    ));
-    tokio::spawn(crate::applier::run::run(node.clone(), drivers));
+/// Starts the node of `settings` and its loops.
+pub async fn start(settings: Settings, loops: Loops) -> Result<Arc<Node>, StartError> {
+    let node = Node::start(settings).await?;
+    let weak = Arc::downgrade(&node);
+    tokio::spawn(node::register_founder(weak.clone()));
+    tokio::spawn(node::keep_revocations(weak.clone()));
+    tokio::spawn(lease::renew(weak.clone()));
     tokio::spawn(crate::orchestrator::run(node.clone()));
-    tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");
+    if let Some(dir) = loops.ssh_dir {
+        tokio::spawn(ssh_trust::keep(weak.clone(), dir));
+    }
+    if let Some(drivers) = loops.drivers {
+        // The volume groups `--report-vg` declares, else what LVM's `vgs` sees.
+        let declared = node.settings.vgs.clone();
+        let lvm = drivers.lvm.clone();
+        let read = move || -> Result<BTreeMap<String, u64>, String> {
+            if !declared.is_empty() {
+                return Ok(declared.clone());
+            }
+            let vgs = lvm.vgs().map_err(|e| e.to_string())?;
+            Ok(vgs.into_iter().map(|v| (v.name, v.size)).collect())
+        };
+        tokio::spawn(reports::report_volume_groups(weak, read));
+        tokio::spawn(crate::applier::run::run(node.clone(), drivers));
+    }
+    Ok(node)
+}
 
-    let listeners = Listeners {
-        tcp,
-        unix,
-        unix_path: sock,
-    };
-    let stop = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+/// `write`'s error as the loops log it.
+async fn commit(node: &Node, cmd: Command) -> Result<Response, String> {
+    node.write(cmd)
+        .await
+        .map(|(_, r)| r)
+        .map_err(|s| s.message().to_string())
+}
+
+impl crate::applier::run::Host for Node {
+    fn closing(&self) -> bool {
+        Node::closing(self)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(NodeId, &ClusterState) -> T) -> T {
+        let m = self.member();
+        m.sm.read(|d| f(m.id, &d.state))
+    }
+
+    fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut data = self.member().raft.data_metrics();
+        let lapsed = self.leases.lapsed();
+        async move {
+            tokio::select! {
+                _ = data.changed() => {}
+                _ = lapsed.notified() => {}
+            }
         }
-    };
-    serve(node.clone(), listeners, stop).await.context("serving the API")?;
-    node.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+    }
+
+    fn lease_valid(&self) -> bool {
+        Node::lease_valid(self)
+    }
+
+    fn may_take(&self) -> bool {
+        self.watchdog.may_take()
+    }
+
+    fn set_holding(&self, holding: bool) {
+        self.watchdog.set_holding(holding)
+    }
+
+    fn write(&self, cmd: Command) -> impl Future<Output = Result<Response, String>> + Send {
+        commit(self, cmd)
+    }
+}
+
+impl crate::orchestrator::Host for Node {
+    fn closing(&self) -> bool {
+        Node::closing(self)
+    }
+
+    fn leadership(&self) -> (u64, bool) {
+        Node::leadership(self)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        self.member().sm.read(|d| f(&d.state))
+    }
+
+    fn grants(&self, term: u64) -> BTreeMap<NodeId, Instant> {
+        self.leases.grants(term)
+    }
+
+    fn write(&self, cmd: Command) -> impl Future<Output = Result<Response, String>> + Send {
+        commit(self, cmd)
+    }
 }

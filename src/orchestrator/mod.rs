@@ -7,13 +7,13 @@
 //! the previous one, first waits one lease duration plus the margin.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::config::ini::DEFAULT;
-use crate::daemon::Node;
 use crate::lease::LeaseConfig;
 use crate::model::{ClusterState, Command, NodeId, ObjectPath, Phase};
 
@@ -131,40 +131,95 @@ pub fn may_act(since: Instant, now: Instant, cfg: &LeaseConfig) -> bool {
     now >= since + cfg.duration + cfg.drift
 }
 
-/// Runs the orchestrator of `node` until the process ends: active only while it leads.
-pub async fn run(node: Arc<Node>) {
-    let weak: Weak<Node> = Arc::downgrade(&node);
-    drop(node);
-    let mut leader_since: Option<Instant> = None;
+/// What the orchestrator remembers from one tick to the next: the term this node leads in and
+/// when it first saw itself leading in it.
+#[derive(Debug, Clone, Default)]
+pub struct Leadership {
+    term: u64,
+    since: Option<Instant>,
+}
+
+/// What one tick decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// The data nodes whose lease, as granted in this term, ran out plus the drift margin.
+    pub expired: BTreeSet<NodeId>,
+    /// The data nodes holding a lease granted in this term.
+    pub leased: BTreeSet<NodeId>,
+    /// What to commit.
+    pub commands: Vec<Command>,
+}
+
+/// One step of the orchestrator at `now`, Raft saying this node `leads` in `term`, with the
+/// leases this node granted in that term (`grants`). Leadership is tracked by term: a node
+/// that lost and regained it between two ticks (another leader may have granted leases
+/// meanwhile) starts over, waiting one lease duration plus the margin before it moves
+/// anything.
+pub fn tick(
+    memory: &mut Leadership,
+    term: u64,
+    leads: bool,
+    state: &ClusterState,
+    grants: &BTreeMap<NodeId, Instant>,
+    now: Instant,
+    cfg: &LeaseConfig,
+) -> Tick {
+    if !leads {
+        memory.since = None;
+        return Tick::default();
+    }
+    if memory.since.is_none() || memory.term != term {
+        *memory = Leadership { term, since: Some(now) };
+    }
+    if !memory.since.is_some_and(|since| may_act(since, now, cfg)) {
+        return Tick::default();
+    }
+    let (expired, leased) = lease_views(state, grants, now, cfg);
+    let commands = decide(state, &expired, &leased);
+    Tick {
+        expired,
+        leased,
+        commands,
+    }
+}
+
+/// What the orchestrator loop needs of its node.
+pub trait Host: Send + Sync + 'static {
+    /// The node is stopping: the loop ends.
+    fn closing(&self) -> bool;
+    /// The current Raft term, and whether this node leads in it.
+    fn leadership(&self) -> (u64, bool);
+    /// Reads the applied state.
+    fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T;
+    /// The leases this node granted as the leader of `term`.
+    fn grants(&self, term: u64) -> BTreeMap<NodeId, Instant>;
+    /// Commits `cmd` (through the leader).
+    fn write(&self, cmd: Command) -> impl Future<Output = Result<crate::model::Response, String>> + Send;
+}
+
+/// Runs the orchestrator of `host` until it closes: active only while it leads.
+pub async fn run<H: Host>(host: Arc<H>) {
+    let weak: Weak<H> = Arc::downgrade(&host);
+    drop(host);
+    let mut memory = Leadership::default();
     loop {
-        let Some(node) = Node::alive(&weak) else { return };
-        let m = node.member();
-        let cfg = m.sm.read(|d| crate::model::catalog::lease_config(&d.state.config));
-        let leads = m.raft.metrics().borrow().current_leader == Some(m.id);
-        if !leads {
-            leader_since = None;
-            node.grants.lock().expect("grants lock").clear();
-        } else {
-            let since = *leader_since.get_or_insert_with(Instant::now);
-            let now = Instant::now();
-            if may_act(since, now, &cfg) {
-                let grants = node.grants.lock().expect("grants lock").clone();
-                let (expired, leased, decisions) = m.sm.read(|d| {
-                    let (expired, leased) = lease_views(&d.state, &grants, now, &cfg);
-                    let decisions = decide(&d.state, &expired, &leased);
-                    (expired, leased, decisions)
-                });
-                for cmd in decisions {
-                    warn!(?expired, ?leased, "lease expired: {cmd}");
-                    match tokio::time::timeout(Duration::from_secs(2), node.write(cmd)).await {
-                        Ok(Ok(_)) => info!("failover committed"),
-                        Ok(Err(e)) => warn!("failover: {}", e.message()),
-                        Err(_) => warn!("failover: outcome unknown: not committed within 2 s (it may still commit)"),
-                    }
-                }
+        let Some(host) = weak.upgrade().filter(|h| !h.closing()) else {
+            return;
+        };
+        let cfg = host.read(|s| crate::model::catalog::lease_config(&s.config));
+        let (term, leads) = host.leadership();
+        let grants = if leads { host.grants(term) } else { BTreeMap::new() };
+        let now = Instant::now();
+        let done = host.read(|s| tick(&mut memory, term, leads, s, &grants, now, &cfg));
+        for cmd in done.commands {
+            warn!(expired = ?done.expired, leased = ?done.leased, "lease expired: {cmd}");
+            match tokio::time::timeout(Duration::from_secs(2), host.write(cmd)).await {
+                Ok(Ok(_)) => info!("failover committed"),
+                Ok(Err(e)) => warn!("failover: {e}"),
+                Err(_) => warn!("failover: outcome unknown: not committed within 2 s (it may still commit)"),
             }
         }
-        drop((node, m));
+        drop(host);
         tokio::time::sleep(cfg.renew).await;
     }
 }

@@ -518,4 +518,43 @@ mod tests {
         let stat = network.links.snapshot()[&2].clone();
         assert!(stat.tx_ok.unwrap() > stat.tx_err.as_ref().unwrap().0, "{stat:?}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_never_connected_says_so_and_one_cut_midway_does_not() {
+        let authority = crate::tls::pki::Authority::ephemeral();
+        let channels = Channels::new(Arc::new(authority.test_tls(1)));
+        let vote = |ch| async move {
+            let data = serde_json::to_vec(&vote_request()).unwrap();
+            pb::raft_client::RaftClient::new(ch)
+                .vote(pb::RaftMessage { data })
+                .await
+        };
+        // Nobody listens there.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let refused = channels.call(&addr, Duration::from_secs(2), vote).await.unwrap_err();
+        let why = crate::tls::never_connected(&refused);
+        assert!(why.as_deref().is_some_and(|w| w.contains("tcp connect")), "{refused:?}");
+
+        // Connected, then cut: the request may have reached the peer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(Voter))
+                .serve_with_incoming(crate::tls::incoming(listener, Arc::new(authority.test_tls(2)))),
+        );
+        let (proxy, addr) = Proxy::start(upstream).await;
+        channels
+            .call(&addr, Duration::from_secs(2), vote)
+            .await
+            .expect("answered");
+        proxy.cut();
+        let lost = channels
+            .call(&addr, Duration::from_millis(300), vote)
+            .await
+            .unwrap_err();
+        assert_eq!(crate::tls::never_connected(&lost), None, "{lost:?}");
+    }
 }

@@ -437,10 +437,10 @@ async fn dial(
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(443);
-    // Both errors say "connect": no request was sent (a write's caller may retry it).
+    // Both errors are `NotConnected`: no request was sent (a write's caller may retry it).
     let tcp = TcpStream::connect((host, port))
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("tcp connect to {host}:{port}: {e}")))?;
+        .map_err(|e| NotConnected::io(e.kind(), format!("tcp connect to {host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     // The name only goes into SNI: the verifier checks the CA and the node id, not the name.
     let name = ServerName::try_from(host.to_string())
@@ -448,8 +448,36 @@ async fn dial(
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("tls connect to {host}:{port}: {e}")))?;
+        .map_err(|e| NotConnected::io(e.kind(), format!("tls connect to {host}:{port}: {e}")))?;
     Ok(TokioIo::new(tls))
+}
+
+/// A connection that was never made (TCP or the TLS handshake failed): nothing was sent on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotConnected(String);
+
+impl NotConnected {
+    fn io(kind: std::io::ErrorKind, why: String) -> std::io::Error {
+        std::io::Error::new(kind, NotConnected(why))
+    }
+}
+
+/// Why a failed call never reached its server (`NotConnected` somewhere in its causes), or
+/// `None` when it may have: then what the call asked for may have happened.
+pub fn never_connected(status: &tonic::Status) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(n) = e.downcast_ref::<NotConnected>() {
+            return Some(n.0.clone());
+        }
+        let inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(n) = inner.and_then(|i| i.downcast_ref::<NotConnected>()) {
+            return Some(n.0.clone());
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// A lazily connected channel over TLS, with the client configuration `config()` gives at

@@ -57,7 +57,11 @@ async fn start_with(
     let sock = dir.join("omd.sock");
     let _ = std::fs::remove_file(&sock);
     let unix = tokio::net::UnixListener::bind(&sock).unwrap();
-    let node = Node::start(settings).await.unwrap();
+    let loops = omraft::daemon::run::Loops {
+        drivers: sim.map(|sim| omraft::sim::in_process_drivers(sim, name, &settings_vgs(), 500)),
+        ssh_dir: None,
+    };
+    let node = omraft::daemon::run::start(settings, loops).await.unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let n = node.clone();
     let served = tokio::spawn(async move {
@@ -75,10 +79,6 @@ async fn start_with(
         .await
         .unwrap();
     });
-    if let Some(sim) = sim {
-        let drivers = omraft::sim::in_process_drivers(sim, name, &settings_vgs(), 500);
-        tokio::spawn(omraft::applier::run::run(node.clone(), drivers));
-    }
     TestNode {
         name: name.into(),
         dir: dir.into(),
