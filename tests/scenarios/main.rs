@@ -349,6 +349,26 @@ fn s24_the_source_restarting_in_the_migrating_phase_resumes_the_migration() {
 }
 
 #[test]
+fn s24b_a_leader_that_lost_and_regained_leadership_between_two_orchestrator_ticks_waits_again() {
+    let mut w = World::new(0);
+    // w leads long enough to act, with fresh grants for n1 and n2.
+    w.transfer_leader("w");
+    w.run_for(Duration::from_secs(5));
+    // Its orchestrator is busy while leadership goes to n2, which grants the leases for 4 s,
+    // and comes back to w, now cut from n1: w's own record of n1's lease is 4 s old, the
+    // lease n1 holds from n2 is not. w must start over in its new term (wait one lease plus
+    // the margin) rather than move the guest while n1 may still run it.
+    w.stall_orchestrator("w", Duration::from_millis(4500));
+    w.transfer_leader("n2");
+    w.run_for(Duration::from_secs(4));
+    w.cut_pair("n1", "w", false);
+    w.transfer_leader("w");
+    // n1 cannot renew, fences itself once its lease ran out, then the guest moves: the world
+    // fails the test if the move commits while n1's lease still runs.
+    settles_on(&mut w, "n2", Duration::from_secs(20));
+}
+
+#[test]
 fn s25_a_target_hung_in_dual_primary_the_operator_aborts_and_the_guest_stays() {
     let mut w = World::new(25);
     w.transfer_leader("w");

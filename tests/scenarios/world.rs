@@ -25,15 +25,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use omraft::applier::desired::desired;
-use omraft::applier::run::{committed_report, next_report_seq, pass, Retry};
+use omraft::applier::run::{pass, report_to_send, services, Retry};
 use omraft::config::ini::Ini;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
 use omraft::drivers::watchdog;
 use omraft::drivers::Drivers;
-use omraft::lease::{Grant, Lease, LeaseConfig};
+use omraft::lease::{Grant, Grants, Lease, LeaseConfig, Source};
 use omraft::model::objects::derived_uuid;
-use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};
-use omraft::orchestrator::{decide, lease_views, may_act};
+use omraft::model::{ClusterState, Command, ConfigKey, NodeId, ObjectPath, Phase, Response};
+use omraft::orchestrator::{tick, Leadership};
 
 pub const TICK: Duration = Duration::from_millis(100);
 /// When a proposal sent across a cut link arrives, if it does (see `World::in_flight`).
@@ -91,10 +91,15 @@ pub struct SimNode {
     last_response: Response,
     lease: Lease,
     next_renew: Duration,
-    /// As leader: when it last granted each node's lease.
-    grants: BTreeMap<NodeId, Instant>,
+    /// As leader: when it last granted each node's lease, by term.
+    grants: Grants,
+    /// Its orchestrator's memory between ticks.
+    orchestrator: Leadership,
+    /// Its orchestrator's loop is busy (a slow write) until then: no tick before.
+    orchestrator_stalled_until: Duration,
     retries: BTreeMap<String, Retry>,
-    sent: BTreeMap<String, InstanceReport>,
+    /// The services it reported on.
+    sent: std::collections::BTreeSet<String>,
     /// The last report's sequence number (kept across restarts, as the wall clock would be).
     report_seq: u64,
     /// Armed watchdog: when it was last petted.
@@ -135,7 +140,8 @@ pub struct World {
     pub acked: Vec<usize>,
     pub nodes: BTreeMap<NodeId, SimNode>,
     pub leader: Option<NodeId>,
-    leader_since: Duration,
+    /// The Raft term: one more at each election.
+    term: u64,
     leaderless_since: Option<Duration>,
     /// When the next election completes, once the leader is lost.
     election_at: Duration,
@@ -155,6 +161,8 @@ pub struct World {
     committed: std::cell::RefCell<(usize, ClusterState)>,
     rng: Rng,
     pub trace: Vec<String>,
+    /// Moves committed while the node's lease still ran (`check_moved_only_after_the_lease`).
+    lease_violations: Vec<String>,
 }
 
 fn drivers(sim: &Path, name: &str) -> Drivers {
@@ -197,9 +205,11 @@ impl World {
                     last_response: Response::Done,
                     lease: Lease::default(),
                     next_renew: Duration::ZERO,
-                    grants: BTreeMap::new(),
+                    grants: Grants::default(),
+                    orchestrator: Leadership::default(),
+                    orchestrator_stalled_until: Duration::ZERO,
                     retries: BTreeMap::new(),
-                    sent: BTreeMap::new(),
+                    sent: Default::default(),
                     report_seq: 0,
                     watchdog: None,
                     reported_watchdog: false,
@@ -216,7 +226,7 @@ impl World {
             acked: vec![],
             nodes,
             leader: Some(1),
-            leader_since: Duration::ZERO,
+            term: 1,
             leaderless_since: None,
             election_at: Duration::ZERO,
             cfg: LeaseConfig::default(),
@@ -227,6 +237,7 @@ impl World {
             committed: Default::default(),
             rng: Rng::new(seed),
             trace: vec![],
+            lease_violations: vec![],
         };
         let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
         let mut config = Ini::parse(
@@ -332,10 +343,29 @@ impl World {
             self.log.len(),
             self.nodes[&from].name
         ));
+        self.check_moved_only_after_the_lease(&cmd);
         self.log.push(cmd);
         self.replicate();
         let node = &self.nodes[&l];
         Ok(node.last_response.clone())
+    }
+
+    /// The leader moves a service off a node, or records it fenced, only once that node's lease
+    /// ran out: a powered node whose lease still runs may be running the guest.
+    fn check_moved_only_after_the_lease(&mut self, cmd: &Command) {
+        let moved_off = match cmd {
+            Command::Failover { from, .. } => Some(*from),
+            Command::Fence { node_id, .. } => Some(*node_id),
+            Command::MigrationPhase { fenced, .. } => *fenced,
+            _ => None,
+        };
+        let Some(id) = moved_off else { return };
+        let n = &self.nodes[&id];
+        if n.power && n.lease.remaining(self.now()).is_some() {
+            let why = format!("{cmd} while {}'s lease still runs", n.name);
+            self.note(why.clone());
+            self.lease_violations.push(why);
+        }
     }
 
     /// An operator's command through node `via`, acknowledged when committed and applied.
@@ -421,9 +451,7 @@ impl World {
             {
                 self.nodes.get_mut(&id).unwrap().next_renew = self.t + self.cfg.renew;
                 self.renew(id);
-                if Some(id) == self.leader {
-                    self.orchestrate(id);
-                }
+                self.orchestrate(id);
             }
         }
         for &id in &ids {
@@ -463,11 +491,8 @@ impl World {
             return;
         }
         let pick = candidates[self.rng.below(candidates.len() as u64) as usize];
-        if let Some(old) = self.leader {
-            self.nodes.get_mut(&old).unwrap().grants.clear();
-        }
         self.leader = Some(pick);
-        self.leader_since = self.t;
+        self.term += 1;
         self.leaderless_since = None;
         let name = self.nodes[&pick].name.clone();
         self.note(format!("{name} elected leader"));
@@ -475,17 +500,22 @@ impl World {
 
     /// A data node asks the leader for a lease; then the watchdog rule.
     fn renew(&mut self, id: NodeId) {
-        if self.nodes[&id].witness {
-            return;
-        }
         let sent = self.now();
-        if let Some(l) = self.valid_leader().filter(|l| self.linked(id, *l)) {
+        // Raft names the leader to a node that hears from it.
+        let leader = self.leader.filter(|l| self.linked(id, *l));
+        let granter = match omraft::lease::source(id, self.nodes[&id].witness, leader) {
+            Source::Nowhere(_) if self.nodes[&id].witness => return,
+            Source::Nowhere(_) => None,
+            Source::Itself | Source::Leader(_) => self.valid_leader().filter(|l| self.linked(id, *l)),
+        };
+        if let Some(l) = granter {
             let grant = Grant {
                 duration_ms: self.cfg.duration.as_millis() as u64,
                 commit_index: self.log.len() as u64,
             };
             self.nodes.get_mut(&id).unwrap().lease.granted(sent, grant);
-            self.nodes.get_mut(&l).unwrap().grants.insert(id, sent);
+            let term = self.term;
+            self.nodes.get_mut(&l).unwrap().grants.record(term, id, sent);
         }
         // A data node reports its watchdog once per start.
         if !self.nodes[&id].reported_watchdog
@@ -558,19 +588,19 @@ impl World {
         }
     }
 
-    /// The leader's orchestrator pass.
-    fn orchestrate(&mut self, l: NodeId) {
-        if self.valid_leader() != Some(l) {
+    /// Node `id`'s orchestrator tick (the daemon's loop, every `lease.renew`): Raft tells it
+    /// the term and whether it leads; only a leader that reaches a majority commits anything.
+    fn orchestrate(&mut self, id: NodeId) {
+        if self.t < self.nodes[&id].orchestrator_stalled_until {
             return;
         }
-        let since = self.base + self.leader_since;
-        if !may_act(since, self.now(), &self.cfg) {
-            return;
-        }
-        let n = &self.nodes[&l];
-        let (expired, leased) = lease_views(&n.state, &n.grants, self.now(), &self.cfg);
-        for cmd in decide(&n.state, &expired, &leased) {
-            let _ = self.propose(l, cmd);
+        let leads = self.leader == Some(id);
+        let (term, now, cfg) = (self.term, self.now(), self.cfg);
+        let n = self.nodes.get_mut(&id).unwrap();
+        let grants = n.grants.of_term(term);
+        let done = tick(&mut n.orchestrator, term, leads, &n.state, &grants, now, &cfg);
+        for cmd in done.commands {
+            let _ = self.propose(id, cmd);
         }
     }
 
@@ -624,14 +654,7 @@ impl World {
         let now = self.now();
         let n = self.nodes.get_mut(&id).unwrap();
         let leased = n.lease.is_valid(now, n.applied as u64);
-        let mut work = vec![];
-        for key in n.state.objects.keys().filter(|k| k.contains("/svc/")) {
-            let p = ObjectPath::parse(key).unwrap();
-            let provisioned = n.state.services.get(key).is_some_and(|s| s.provisioned);
-            if (provisioned && n.state.service_nodes(&p).contains(&id)) || n.sent.contains_key(key) {
-                work.push(p);
-            }
-        }
+        let work = services(&n.state, id, &n.sent);
         let mut out = vec![];
         for p in work {
             let n = self.nodes.get_mut(&id).unwrap();
@@ -640,18 +663,10 @@ impl World {
             let retry = n.retries.entry(key.clone()).or_default();
             let done = pass(&n.drivers, &p, &want, errors, retry, now);
             out.extend(done.commands.into_iter().map(|c| (None, c)));
-            // The daemon's rule: sent while the committed report differs, numbered by
-            // `next_report_seq` (the virtual clock stands for the wall clock).
-            let (committed, committed_seq) = committed_report(&n.state, &p, id);
-            if let Some(rep) = done.report.filter(|r| committed.as_ref() != Some(r)) {
-                n.report_seq = next_report_seq(n.report_seq, committed_seq, self.t.as_micros() as u64);
-                let cmd = Command::ReportInstance {
-                    path: p.clone(),
-                    node_id: id,
-                    report: rep.clone(),
-                    seq: n.report_seq,
-                };
-                out.push((Some((key, rep)), cmd));
+            // The daemon's rule, the virtual clock standing for the wall clock.
+            let clock_us = self.t.as_micros() as u64;
+            if let Some(cmd) = report_to_send(&n.state, &p, id, done.report, &mut n.report_seq, clock_us) {
+                out.push((Some(key), cmd));
             }
         }
         // The handlers ran during the pass: their marks commit first (the stand-in answered
@@ -662,8 +677,8 @@ impl World {
         }
         for (sent_as, cmd) in out {
             if self.propose(id, cmd).is_ok() {
-                if let Some((key, rep)) = sent_as {
-                    self.nodes.get_mut(&id).unwrap().sent.insert(key, rep);
+                if let Some(key) = sent_as {
+                    self.nodes.get_mut(&id).unwrap().sent.insert(key);
                 }
             }
         }
@@ -742,6 +757,7 @@ impl World {
                 ));
             }
         }
+        broken.extend(self.lease_violations.iter().cloned());
         let violations = std::fs::read_to_string(self.sim.join("violations.log")).unwrap_or_default();
         if !violations.is_empty() {
             broken.push(format!("violations.log: {violations}"));
@@ -835,11 +851,8 @@ impl World {
         if !self.responds(id) || reach * 2 <= self.nodes.len() {
             return self.note(format!("{name} cannot lead"));
         }
-        if let Some(old) = self.leader {
-            self.nodes.get_mut(&old).unwrap().grants.clear();
-        }
         self.leader = Some(id);
-        self.leader_since = self.t;
+        self.term += 1;
         self.note(format!("{name} elected leader"));
     }
 
@@ -850,11 +863,20 @@ impl World {
         let n = self.nodes.get_mut(&id).unwrap();
         n.daemon = Daemon::Running;
         n.lease = Lease::default();
-        n.grants.clear();
+        n.grants = Grants::default();
+        n.orchestrator = Leadership::default();
         n.retries.clear();
         n.sent.clear();
         n.reported_watchdog = false;
         n.next_renew = self.t;
+    }
+
+    /// Node `name`'s orchestrator loop is busy for `d` (a write that takes its 2 s bound, a
+    /// slow read): it does not tick until then.
+    pub fn stall_orchestrator(&mut self, name: &str, d: Duration) {
+        self.note(format!("{name}: orchestrator busy for {:.1}s", d.as_secs_f64()));
+        let id = self.id(name);
+        self.nodes.get_mut(&id).unwrap().orchestrator_stalled_until = self.t + d;
     }
 
     pub fn restart_daemon(&mut self, name: &str) {
