@@ -17,6 +17,8 @@ use crate::config::refs::{self, Context, RefError};
 
 /// The first DRBD port, as in the tutorial's firewall notes.
 pub const DRBD_BASE_PORT: u16 = 7289;
+/// The highest DRBD minor number (DRBD 9 allows 2^20 minors).
+pub const DRBD_MAX_MINOR: u32 = (1 << 20) - 1;
 /// The largest key a config map or secret holds.
 pub const MAX_KEY_BYTES: usize = 1 << 20;
 /// The config map holding DRBD resource file templates.
@@ -186,7 +188,7 @@ pub enum ObjectError {
 pub struct AllocIndex {
     used: BTreeMap<(NodeId, String), u64>,
     minors: BTreeSet<u32>,
-    ports: BTreeSet<u32>,
+    pub(super) ports: BTreeSet<u32>,
 }
 
 impl AllocIndex {
@@ -408,6 +410,13 @@ impl ClusterState {
             .is_none_or(|i| *i == AllocIndex::build(&self.objects))
     }
 
+    /// The kept allocation index, built first if missing: tests fill it to exhaustion.
+    #[cfg(test)]
+    pub(super) fn index_mut(&mut self) -> &mut AllocIndex {
+        self.ensure_index();
+        self.index.0.as_mut().expect("just built")
+    }
+
     /// Builds the allocation index if the state has none (after a snapshot was loaded).
     pub(super) fn ensure_index(&mut self) {
         if self.index.0.is_none() {
@@ -619,18 +628,30 @@ impl ClusterState {
                 }
             }
             let lv = format!("{name}.{}.vol.{cluster}", svc.namespace);
-            let drbd = is_drbd.then(|| {
-                let minor = first_free(&index.minors, &minors, 0);
-                minors.insert(minor);
-                let port = first_free(&index.ports, &ports, u32::from(DRBD_BASE_PORT));
-                ports.insert(port);
-                let port = port as u16;
-                DrbdAllocation {
-                    minor,
-                    port,
-                    node_ids: nodes.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect(),
+            let drbd = match is_drbd {
+                false => None,
+                true => {
+                    let minor = first_free(&index.minors, &minors, 0)
+                        .filter(|m| *m <= DRBD_MAX_MINOR)
+                        .ok_or_else(|| ObjectError::Pool {
+                            pool: pool.clone(),
+                            why: format!("no free DRBD minor: minors 0 to {DRBD_MAX_MINOR} are all in use"),
+                        })?;
+                    let port = first_free(&index.ports, &ports, u32::from(DRBD_BASE_PORT))
+                        .and_then(|p| u16::try_from(p).ok())
+                        .ok_or_else(|| ObjectError::Pool {
+                            pool: pool.clone(),
+                            why: format!("no free DRBD port: ports {DRBD_BASE_PORT} to 65535 are all in use"),
+                        })?;
+                    minors.insert(minor);
+                    ports.insert(u32::from(port));
+                    Some(DrbdAllocation {
+                        minor,
+                        port,
+                        node_ids: nodes.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect(),
+                    })
                 }
-            });
+            };
             let mut vc = Ini::default();
             let svc_id = config.get(DEFAULT, "id").unwrap_or_default();
             let node_names: Vec<&str> = nodes.iter().map(|id| self.nodes[id].name.as_str()).collect();
@@ -914,19 +935,20 @@ impl ClusterState {
 }
 
 /// The lowest value `>= start` in neither `used` nor `planned`.
-fn first_free(used: &BTreeSet<u32>, planned: &BTreeSet<u32>, start: u32) -> u32 {
+/// The lowest number from `start` in neither `used` nor `planned`; `None` when none is left.
+fn first_free(used: &BTreeSet<u32>, planned: &BTreeSet<u32>, start: u32) -> Option<u32> {
     let mut candidate = start;
     loop {
         for u in used.range(candidate..) {
             if *u != candidate {
                 break;
             }
-            candidate += 1;
+            candidate = candidate.checked_add(1)?;
         }
         if !planned.contains(&candidate) {
-            return candidate;
+            return Some(candidate);
         }
-        candidate += 1;
+        candidate = candidate.checked_add(1)?;
     }
 }
 
@@ -938,9 +960,10 @@ mod tests {
     fn first_free_fills_gaps() {
         let used: BTreeSet<u32> = [0, 1, 3].into();
         let none = BTreeSet::new();
-        assert_eq!(first_free(&used, &none, 0), 2);
-        assert_eq!(first_free(&used, &[2].into(), 0), 4);
-        assert_eq!(first_free(&none, &none, 7289), 7289);
+        assert_eq!(first_free(&used, &none, 0), Some(2));
+        assert_eq!(first_free(&used, &[2].into(), 0), Some(4));
+        assert_eq!(first_free(&none, &none, 7289), Some(7289));
+        assert_eq!(first_free(&[u32::MAX].into(), &none, u32::MAX), None, "no wrap");
     }
 
     #[test]

@@ -139,6 +139,21 @@ fn tutorial_volume_gets_the_tutorial_allocation() {
 }
 
 #[test]
+fn a_volume_is_refused_when_every_drbd_port_is_taken_never_given_a_wrapped_one() {
+    let mut s = cluster();
+    s.index_mut().ports.extend(u32::from(DRBD_BASE_PORT)..=65_534);
+    assert_eq!(s.apply(&svc_with_volume("last", "1G")), Response::Done);
+    let port = |s: &ClusterState| s.objects["demo/vol/last"].alloc.as_ref().unwrap().drbd.as_ref().unwrap().port;
+    assert_eq!(port(&s), 65_535);
+    let before = s.clone();
+    match s.apply(&svc_with_volume("over", "1G")) {
+        Response::Refused(why) => assert!(why.contains("no free DRBD port"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s, before, "a refusal changes nothing");
+}
+
+#[test]
 fn refusals_name_the_part_and_change_nothing() {
     let mut s = cluster();
     s.apply(&svc_with_volume("kvm1", "4G"));

@@ -319,7 +319,13 @@ pub struct StateMachine {
 impl StateMachine {
     /// Runs `f` on the current state. Never hold the result across an `.await`.
     pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
-        f(&self.shared.data.read().expect("state machine lock"))
+        f(&self.shared.data.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The state, for writing. A panic elsewhere while it was held does not make every later
+    /// reader panic too: `apply` catches its own panics (see there).
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
+        self.shared.data.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn snapshot_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -372,18 +378,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut data = self.shared.data.write().expect("state machine lock");
+        let mut data = self.write();
         let mut out = Vec::new();
         for entry in entries {
-            data.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Response::Done,
-                EntryPayload::Normal(cmd) => data.state.apply(&cmd),
+                EntryPayload::Normal(cmd) => {
+                    // `apply` is meant never to panic. Should it, the entry is not marked
+                    // applied and the error stops Raft on this node (every node applies the
+                    // same entry, so every node stops there): nothing is applied after a
+                    // half-applied entry, and readers keep reading instead of panicking on a
+                    // poisoned lock.
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data.state.apply(&cmd)));
+                    match applied {
+                        Ok(r) => r,
+                        Err(panic) => {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic".into());
+                            tracing::error!(index = entry.log_id.index, "applying {cmd} panicked: {why}");
+                            let e = std::io::Error::other(format!("applying {cmd} panicked: {why}"));
+                            return Err(StorageIOError::apply(entry.log_id, &e).into());
+                        }
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     data.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Done
                 }
             });
+            data.last_applied = Some(entry.log_id);
         }
         Ok(out)
     }
@@ -407,7 +433,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.persist_snapshot(meta, &bytes)?;
-        *self.shared.data.write().expect("state machine lock") = new;
+        *self.write() = new;
         Ok(())
     }
 
@@ -427,5 +453,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data.to_vec())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_the_state_is_held_does_not_make_readers_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = Store::open(dir.path()).unwrap().state_machine().unwrap();
+        let held = sm.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = held.write();
+            panic!("a bug while applying");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(sm.shared.data.is_poisoned(), "the lock is poisoned");
+        assert_eq!(sm.read(|d| d.last_applied), None, "and still readable");
+        sm.write().last_applied = None;
     }
 }
