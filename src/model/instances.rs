@@ -388,15 +388,11 @@ impl ClusterState {
         }
     }
 
-    /// The volume whose DRBD resource is `resource` (`NAME.NAMESPACE.vol.CLUSTER`): its path
-    /// and allocation. Names hold no dots, so the name locates the volume object.
+    /// The volume whose DRBD resource is `resource` (`DrbdResource`): its path and allocation.
     pub fn drbd_volume(&self, resource: &str) -> Option<(String, &Allocation)> {
-        let mut parts = resource.splitn(4, '.');
-        let (name, namespace, kind) = (parts.next()?, parts.next()?, parts.next()?);
-        parts.next()?;
-        let key = format!("{namespace}/{kind}/{name}");
+        let key = super::objects::DrbdResource::parse(resource)?.volume().to_string();
         let alloc = self.objects.get(&key)?.alloc.as_ref()?;
-        (kind == "vol" && alloc.lv == resource && alloc.drbd.is_some()).then_some((key, alloc))
+        (alloc.lv == resource && alloc.drbd.is_some()).then_some((key, alloc))
     }
 
     /// The DRBD resources of a service's volumes, in section order.

@@ -477,8 +477,7 @@ impl ClusterState {
         let mut out: Vec<(String, Object)> = Vec::new();
         let index = self.alloc_index();
         // Minors and ports this plan takes, beside those already in use.
-        let (mut minors, mut ports) = (BTreeSet::new(), BTreeSet::new());
-        let cluster = self.cluster_name();
+        let mut taken = Taken::default();
         for section in config.sections_of("volume") {
             let s = &section.name;
             let Some(size_raw) = self.eval(svc, config, s, "size", None)? else {
@@ -503,65 +502,13 @@ impl ClusterState {
                 name: name.clone(),
             };
             let vol_key = vol.to_string();
-            let shared = parse_bool(&self.eval(svc, config, s, "shared", None)?.unwrap_or_default()).unwrap_or(false);
-            let pool = match self.eval(svc, config, s, "pool", None)? {
-                Some(pool) => pool,
-                None if shared => self
-                    .config
-                    .iter()
-                    .find(|(sec, v)| sec.starts_with("pool#") && v.get("type").map(String::as_str) == Some("drbd"))
-                    .map(|(sec, _)| sec["pool#".len()..].to_string())
-                    .ok_or_else(|| ObjectError::NoPool {
-                        path: p.clone(),
-                        section: s.clone(),
-                        pools: self.pool_names(),
-                    })?,
-                None => {
-                    return Err(ObjectError::NoPool {
-                        path: p.clone(),
-                        section: s.clone(),
-                        pools: self.pool_names(),
-                    })
-                }
-            };
-            let pool_cfg = self
-                .config
-                .get(&format!("pool#{pool}"))
-                .ok_or_else(|| ObjectError::UnknownPool {
-                    path: p.clone(),
-                    section: s.clone(),
-                    pool: pool.clone(),
-                    pools: self.pool_names(),
-                })?;
-            if let Some(existing) = self
+            let (pool, pool_cfg) = self.volume_pool(svc, config, s)?;
+            let existing = self
                 .objects
                 .get(&vol_key)
-                .or_else(|| out.iter().find(|(k, _)| *k == vol_key).map(|(_, o)| o))
-            {
-                let owner = existing.config.get(DEFAULT, "owner").unwrap_or("");
-                if owner != p {
-                    return Err(ObjectError::InUse {
-                        path: vol_key,
-                        what: "this volume".into(),
-                        user: if owner.is_empty() {
-                            "another object".into()
-                        } else {
-                            owner.into()
-                        },
-                    });
-                }
-                if existing
-                    .alloc
-                    .as_ref()
-                    .is_some_and(|a| a.size != size || a.pool != pool)
-                {
-                    return Err(ObjectError::Volume {
-                        path: vol_key,
-                        why: format!(
-                            "already allocated from another pool or size; resizing or moving ({s}) is not supported"
-                        ),
-                    });
-                }
+                .or_else(|| out.iter().find(|(k, _)| *k == vol_key).map(|(_, o)| o));
+            if let Some(existing) = existing {
+                check_existing_volume(&p, &vol_key, existing, s, size, &pool)?;
                 continue;
             }
             let vg = pool_cfg.get("vg").cloned().ok_or_else(|| ObjectError::Pool {
@@ -569,118 +516,18 @@ impl ClusterState {
                 why: "has no vg: set pool#NAME.vg".into(),
             })?;
             let is_drbd = pool_cfg.get("type").map(String::as_str) == Some("drbd");
-            // The nodes: the service's, witnesses refused.
-            let names = self.eval(svc, config, DEFAULT, "nodes", None)?.unwrap_or_default();
-            let mut nodes = Vec::new();
-            for n in names.split_whitespace() {
-                let (id, info) =
-                    self.nodes
-                        .iter()
-                        .find(|(_, i)| i.name == n)
-                        .ok_or_else(|| ObjectError::UnknownNode {
-                            path: p.clone(),
-                            key: "nodes".into(),
-                            node: n.into(),
-                            known: self.data_nodes().join(", "),
-                        })?;
-                if info.witness {
-                    return Err(ObjectError::Witness {
-                        path: p.clone(),
-                        node: n.into(),
-                    });
-                }
-                if !nodes.contains(id) {
-                    nodes.push(*id);
-                }
+            let nodes = self.volume_nodes(svc, config, s)?;
+            self.check_capacity(&pool, &vg, &nodes, size, &index, &out)?;
+            let lv = DrbdResource {
+                name: name.clone(),
+                namespace: svc.namespace.clone(),
+                cluster: self.cluster_name(),
             }
-            if nodes.is_empty() {
-                return Err(ObjectError::Volume {
-                    path: p.clone(),
-                    why: format!("{s}: the service has no nodes to allocate on"),
-                });
-            }
-            for id in &nodes {
-                let node = &self.nodes[id].name;
-                let reported = self
-                    .vgs
-                    .get(id)
-                    .and_then(|v| v.get(&vg))
-                    .copied()
-                    .ok_or_else(|| ObjectError::Pool {
-                        pool: pool.clone(),
-                        why: format!("node {node} has not reported a volume group {vg}"),
-                    })?;
-                let planned: u64 = out
-                    .iter()
-                    .filter_map(|(_, o)| o.alloc.as_ref())
-                    .filter(|a| a.vg == vg && a.nodes.contains(id))
-                    .map(|a| a.size)
-                    .sum();
-                let used = index.used.get(&(*id, vg.clone())).copied().unwrap_or(0);
-                let free = reported.saturating_sub(used + planned);
-                if size > free {
-                    return Err(ObjectError::OutOfSpace {
-                        pool: pool.clone(),
-                        node: node.clone(),
-                        need: format_size(size),
-                        free: format_size(free),
-                    });
-                }
-            }
-            let lv = format!("{name}.{}.vol.{cluster}", svc.namespace);
+            .to_string();
             let drbd = match is_drbd {
                 false => None,
-                true => {
-                    let minor = first_free(&index.minors, &minors, 0)
-                        .filter(|m| *m <= DRBD_MAX_MINOR)
-                        .ok_or_else(|| ObjectError::Pool {
-                            pool: pool.clone(),
-                            why: format!("no free DRBD minor: minors 0 to {DRBD_MAX_MINOR} are all in use"),
-                        })?;
-                    let port = first_free(&index.ports, &ports, u32::from(DRBD_BASE_PORT))
-                        .and_then(|p| u16::try_from(p).ok())
-                        .ok_or_else(|| ObjectError::Pool {
-                            pool: pool.clone(),
-                            why: format!("no free DRBD port: ports {DRBD_BASE_PORT} to 65535 are all in use"),
-                        })?;
-                    minors.insert(minor);
-                    ports.insert(u32::from(port));
-                    Some(DrbdAllocation {
-                        minor,
-                        port,
-                        node_ids: nodes.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect(),
-                    })
-                }
+                true => Some(taken.allocate(&pool, &nodes, &index)?),
             };
-            let mut vc = Ini::default();
-            let svc_id = config.get(DEFAULT, "id").unwrap_or_default();
-            let node_names: Vec<&str> = nodes.iter().map(|id| self.nodes[id].name.as_str()).collect();
-            let size_text = format_size(size).to_uppercase();
-            let entries: Vec<(&str, &str, String)> = vec![
-                (DEFAULT, "id", derived_uuid(&format!("{svc_id}/{vol_key}"))),
-                (DEFAULT, "owner", p.clone()),
-                (DEFAULT, "nodes", node_names.join(" ")),
-                (DEFAULT, "pool", pool.clone()),
-                (DEFAULT, "size", size_text.clone()),
-                ("disk#1", "type", "lv".into()),
-                ("disk#1", "name", lv.clone()),
-                ("disk#1", "vg", vg.clone()),
-                ("disk#1", "size", size_text),
-            ];
-            for (sec, k, v) in entries {
-                vc.set(sec, k, &v).expect("one-line values");
-            }
-            if let Some(d) = &drbd {
-                for (k, v) in [
-                    ("type", "drbd".to_string()),
-                    ("res", lv.clone()),
-                    ("disk", format!("/dev/{vg}/{lv}")),
-                    ("minor", d.minor.to_string()),
-                    ("port", d.port.to_string()),
-                ] {
-                    vc.set("disk#2", k, &v).expect("one-line values");
-                }
-            }
             let alloc = Allocation {
                 pool,
                 vg,
@@ -689,16 +536,165 @@ impl ClusterState {
                 nodes,
                 drbd,
             };
+            let config = self.volume_config(&p, config, &vol_key, &alloc);
             out.push((
                 vol_key,
                 Object {
-                    config: vc,
+                    config,
                     keys: BTreeMap::new(),
                     alloc: Some(alloc),
                 },
             ));
         }
         Ok(out)
+    }
+
+    /// The pool of volume section `s` (its `pool`, else the first DRBD pool for a `shared`
+    /// volume) and the pool's configuration.
+    fn volume_pool(
+        &self,
+        svc: &ObjectPath,
+        config: &Ini,
+        s: &str,
+    ) -> Result<(String, &BTreeMap<String, String>), ObjectError> {
+        let p = svc.to_string();
+        let shared = parse_bool(&self.eval(svc, config, s, "shared", None)?.unwrap_or_default()).unwrap_or(false);
+        let no_pool = || ObjectError::NoPool {
+            path: p.clone(),
+            section: s.to_string(),
+            pools: self.pool_names(),
+        };
+        let pool = match self.eval(svc, config, s, "pool", None)? {
+            Some(pool) => pool,
+            None if shared => self
+                .config
+                .iter()
+                .find(|(sec, v)| sec.starts_with("pool#") && v.get("type").map(String::as_str) == Some("drbd"))
+                .map(|(sec, _)| sec["pool#".len()..].to_string())
+                .ok_or_else(no_pool)?,
+            None => return Err(no_pool()),
+        };
+        let pool_cfg = self
+            .config
+            .get(&format!("pool#{pool}"))
+            .ok_or_else(|| ObjectError::UnknownPool {
+                path: p.clone(),
+                section: s.to_string(),
+                pool: pool.clone(),
+                pools: self.pool_names(),
+            })?;
+        Ok((pool, pool_cfg))
+    }
+
+    /// The data nodes a service's volume (section `s`) is allocated on: the service's nodes, in
+    /// order, witnesses refused.
+    fn volume_nodes(&self, svc: &ObjectPath, config: &Ini, s: &str) -> Result<Vec<NodeId>, ObjectError> {
+        let p = svc.to_string();
+        let names = self.eval(svc, config, DEFAULT, "nodes", None)?.unwrap_or_default();
+        let mut nodes = Vec::new();
+        for n in names.split_whitespace() {
+            let (id, info) = self
+                .nodes
+                .iter()
+                .find(|(_, i)| i.name == n)
+                .ok_or_else(|| ObjectError::UnknownNode {
+                    path: p.clone(),
+                    key: "nodes".into(),
+                    node: n.into(),
+                    known: self.data_nodes().join(", "),
+                })?;
+            if info.witness {
+                return Err(ObjectError::Witness {
+                    path: p.clone(),
+                    node: n.into(),
+                });
+            }
+            if !nodes.contains(id) {
+                nodes.push(*id);
+            }
+        }
+        if nodes.is_empty() {
+            return Err(ObjectError::Volume {
+                path: p,
+                why: format!("{s}: the service has no nodes to allocate on"),
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// Refuses a volume of `size` bytes in volume group `vg` when one of `nodes` reported no
+    /// such group or has less free than that, counting what `planned` takes already.
+    fn check_capacity(
+        &self,
+        pool: &str,
+        vg: &str,
+        nodes: &[NodeId],
+        size: u64,
+        index: &AllocIndex,
+        planned: &[(String, Object)],
+    ) -> Result<(), ObjectError> {
+        for id in nodes {
+            let node = &self.nodes[id].name;
+            let reported = self
+                .vgs
+                .get(id)
+                .and_then(|v| v.get(vg))
+                .copied()
+                .ok_or_else(|| ObjectError::Pool {
+                    pool: pool.to_string(),
+                    why: format!("node {node} has not reported a volume group {vg}"),
+                })?;
+            let planned = planned
+                .iter()
+                .filter_map(|(_, o)| o.alloc.as_ref())
+                .filter(|a| a.vg == vg && a.nodes.contains(id))
+                .fold(0u64, |sum, a| sum.saturating_add(a.size));
+            let used = index.used.get(&(*id, vg.to_string())).copied().unwrap_or(0);
+            let free = reported.saturating_sub(used.saturating_add(planned));
+            if size > free {
+                return Err(ObjectError::OutOfSpace {
+                    pool: pool.to_string(),
+                    node: node.clone(),
+                    need: format_size(size),
+                    free: format_size(free),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration of a new volume object at `vol_key`, owned by service `owner`.
+    fn volume_config(&self, owner: &str, svc_config: &Ini, vol_key: &str, a: &Allocation) -> Ini {
+        let mut vc = Ini::default();
+        let svc_id = svc_config.get(DEFAULT, "id").unwrap_or_default();
+        let node_names: Vec<&str> = a.nodes.iter().map(|id| self.nodes[id].name.as_str()).collect();
+        let size_text = format_size(a.size).to_uppercase();
+        let entries: Vec<(&str, &str, String)> = vec![
+            (DEFAULT, "id", derived_uuid(&format!("{svc_id}/{vol_key}"))),
+            (DEFAULT, "owner", owner.to_string()),
+            (DEFAULT, "nodes", node_names.join(" ")),
+            (DEFAULT, "pool", a.pool.clone()),
+            (DEFAULT, "size", size_text.clone()),
+            ("disk#1", "type", "lv".into()),
+            ("disk#1", "name", a.lv.clone()),
+            ("disk#1", "vg", a.vg.clone()),
+            ("disk#1", "size", size_text),
+        ];
+        for (sec, k, v) in entries {
+            vc.set(sec, k, &v).expect("one-line values");
+        }
+        if let Some(d) = &a.drbd {
+            for (k, v) in [
+                ("type", "drbd".to_string()),
+                ("res", a.lv.clone()),
+                ("disk", format!("/dev/{}/{}", a.vg, a.lv)),
+                ("minor", d.minor.to_string()),
+                ("port", d.port.to_string()),
+            ] {
+                vc.set("disk#2", k, &v).expect("one-line values");
+            }
+        }
+        vc
     }
 
     /// Checks a new object; returns it with the volumes it creates.
@@ -935,6 +931,120 @@ impl ClusterState {
 }
 
 /// The lowest value `>= start` in neither `used` nor `planned`.
+/// Refuses a service's volume section whose volume exists already but belongs to another
+/// object, or was allocated with another size or pool (resizing and moving are not supported).
+fn check_existing_volume(
+    owner: &str,
+    vol_key: &str,
+    existing: &Object,
+    section: &str,
+    size: u64,
+    pool: &str,
+) -> Result<(), ObjectError> {
+    let by = existing.config.get(DEFAULT, "owner").unwrap_or("");
+    if by != owner {
+        return Err(ObjectError::InUse {
+            path: vol_key.to_string(),
+            what: "this volume".into(),
+            user: if by.is_empty() {
+                "another object".into()
+            } else {
+                by.into()
+            },
+        });
+    }
+    if existing
+        .alloc
+        .as_ref()
+        .is_some_and(|a| a.size != size || a.pool != pool)
+    {
+        return Err(ObjectError::Volume {
+            path: vol_key.to_string(),
+            why: format!(
+                "already allocated from another pool or size; resizing or moving ({section}) is not supported"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The DRBD minors and ports one plan takes, beside those the index says are in use.
+#[derive(Default)]
+struct Taken {
+    minors: BTreeSet<u32>,
+    ports: BTreeSet<u32>,
+}
+
+impl Taken {
+    /// The lowest free minor and port, and DRBD node ids in `nodes`' order; refused when
+    /// either is exhausted.
+    fn allocate(&mut self, pool: &str, nodes: &[NodeId], index: &AllocIndex) -> Result<DrbdAllocation, ObjectError> {
+        let exhausted = |why: String| ObjectError::Pool {
+            pool: pool.to_string(),
+            why,
+        };
+        let minor = first_free(&index.minors, &self.minors, 0)
+            .filter(|m| *m <= DRBD_MAX_MINOR)
+            .ok_or_else(|| {
+                exhausted(format!(
+                    "no free DRBD minor: minors 0 to {DRBD_MAX_MINOR} are all in use"
+                ))
+            })?;
+        let port = first_free(&index.ports, &self.ports, u32::from(DRBD_BASE_PORT))
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| {
+                exhausted(format!(
+                    "no free DRBD port: ports {DRBD_BASE_PORT} to 65535 are all in use"
+                ))
+            })?;
+        self.minors.insert(minor);
+        self.ports.insert(u32::from(port));
+        Ok(DrbdAllocation {
+            minor,
+            port,
+            node_ids: nodes.iter().enumerate().map(|(i, id)| (*id, i as u32)).collect(),
+        })
+    }
+}
+
+/// A volume's DRBD resource name, which is also its logical volume's:
+/// `NAME.NAMESPACE.vol.CLUSTER`. Formatted and parsed here only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrbdResource {
+    pub name: String,
+    pub namespace: String,
+    pub cluster: String,
+}
+
+impl DrbdResource {
+    /// Reads a resource name back. Names and namespaces hold no dots; the cluster name is the
+    /// rest.
+    pub fn parse(text: &str) -> Option<DrbdResource> {
+        let mut parts = text.splitn(4, '.');
+        let (name, namespace, kind, cluster) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        (kind == "vol" && !name.is_empty() && !namespace.is_empty()).then(|| DrbdResource {
+            name: name.into(),
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+        })
+    }
+
+    /// The volume object this resource belongs to.
+    pub fn volume(&self) -> ObjectPath {
+        ObjectPath {
+            namespace: self.namespace.clone(),
+            kind: "vol".into(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for DrbdResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.vol.{}", self.name, self.namespace, self.cluster)
+    }
+}
+
 /// The lowest number from `start` in neither `used` nor `planned`; `None` when none is left.
 fn first_free(used: &BTreeSet<u32>, planned: &BTreeSet<u32>, start: u32) -> Option<u32> {
     let mut candidate = start;
@@ -964,6 +1074,16 @@ mod tests {
         assert_eq!(first_free(&used, &[2].into(), 0), Some(4));
         assert_eq!(first_free(&none, &none, 7289), Some(7289));
         assert_eq!(first_free(&[u32::MAX].into(), &none, u32::MAX), None, "no wrap");
+    }
+
+    #[test]
+    fn a_drbd_resource_name_reads_back_as_its_volume() {
+        let r = DrbdResource::parse("kvm1.demo.vol.drbd4kvm").unwrap();
+        assert_eq!(r.to_string(), "kvm1.demo.vol.drbd4kvm");
+        assert_eq!(r.volume().to_string(), "demo/vol/kvm1");
+        for bad in ["kvm1.demo.svc.x", "kvm1.demo.vol", ".demo.vol.x", "kvm1"] {
+            assert_eq!(DrbdResource::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

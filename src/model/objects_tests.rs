@@ -143,7 +143,16 @@ fn a_volume_is_refused_when_every_drbd_port_is_taken_never_given_a_wrapped_one()
     let mut s = cluster();
     s.index_mut().ports.extend(u32::from(DRBD_BASE_PORT)..=65_534);
     assert_eq!(s.apply(&svc_with_volume("last", "1G")), Response::Done);
-    let port = |s: &ClusterState| s.objects["demo/vol/last"].alloc.as_ref().unwrap().drbd.as_ref().unwrap().port;
+    let port = |s: &ClusterState| {
+        s.objects["demo/vol/last"]
+            .alloc
+            .as_ref()
+            .unwrap()
+            .drbd
+            .as_ref()
+            .unwrap()
+            .port
+    };
     assert_eq!(port(&s), 65_535);
     let before = s.clone();
     match s.apply(&svc_with_volume("over", "1G")) {

@@ -319,13 +319,20 @@ pub struct StateMachine {
 impl StateMachine {
     /// Runs `f` on the current state. Never hold the result across an `.await`.
     pub fn read<T>(&self, f: impl FnOnce(&SmData) -> T) -> T {
-        f(&self.shared.data.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&self
+            .shared
+            .data
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// The state, for writing. A panic elsewhere while it was held does not make every later
     /// reader panic too: `apply` catches its own panics (see there).
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
-        self.shared.data.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared
+            .data
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn snapshot_err(e: impl std::error::Error + 'static) -> StorageError {
