@@ -26,7 +26,7 @@ fn invalid(e: ConfigError) -> Status {
 /// The outcome of a committed command, as an API result.
 fn applied(index: u64, r: Applied) -> Result<u64, Status> {
     match r {
-        Applied::Refused(why) => Err(Status::failed_precondition(why)),
+        Applied::Refused(why) => Err(super::refused(&why)),
         _ => Ok(index),
     }
 }
@@ -610,7 +610,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let (_, r) = self.node.write(cmd).await?;
         let node_id = match r {
             Applied::NodeAdded(id) => id,
-            Applied::Refused(why) => return Err(Status::failed_precondition(why)),
+            Applied::Refused(why) => return Err(super::refused(&why)),
             Applied::Done => return Err(Status::internal("admission allocated no node id")),
         };
         let (cert, ca) = {

@@ -87,11 +87,64 @@ pub fn authorize<T>(req: &Request<T>, access: Access) -> Result<(), Status> {
     Err(Status::permission_denied(why))
 }
 
+/// The error a caller gets when the state machine refused its command: a code by the kind of
+/// refusal (what does not exist, what exists already, bad input, anything else the state
+/// forbids now), and the refusal's message, which names the offending part.
+pub fn refused(r: &crate::model::Rejection) -> Status {
+    use crate::model::objects::ObjectError as O;
+    use crate::model::Rejection as R;
+    let message = r.to_string();
+    match r {
+        R::UnknownNode(_) | R::UnknownResource(_) | R::Object(O::NotFound(_)) => Status::not_found(message),
+        R::DuplicateNodeName(_) | R::DuplicateAddr(..) | R::Object(O::Exists(_)) => Status::already_exists(message),
+        R::BadNodeName(..)
+        | R::Config(_)
+        | R::BadSshKey(..)
+        | R::BadDomain(_)
+        | R::Object(O::BadKey(_) | O::Keyword { .. } | O::Value { .. } | O::Reference { .. } | O::Missing { .. }) => {
+            Status::invalid_argument(message)
+        }
+        _ => Status::failed_precondition(message),
+    }
+}
+
 /// The node id of a node caller, refusing anyone else.
 pub fn node_caller<T>(req: &Request<T>) -> Result<crate::model::NodeId, Status> {
     match caller(req) {
         Caller::Node(id) => Ok(id),
         Caller::Anonymous(why) => Err(Status::unauthenticated(format!("credential refused: {why}"))),
         _ => Err(Status::permission_denied("only cluster nodes may call this")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::objects::ObjectError;
+    use crate::model::Rejection;
+    use tonic::Code;
+
+    #[test]
+    fn a_refusal_keeps_its_kind_as_the_error_code_and_its_message() {
+        let cases = [
+            (
+                Rejection::Object(ObjectError::NotFound("demo/svc/x".into())),
+                Code::NotFound,
+            ),
+            (Rejection::DuplicateNodeName("n2".into()), Code::AlreadyExists),
+            (
+                Rejection::BadNodeName("N2".into(), "lowercase".into()),
+                Code::InvalidArgument,
+            ),
+            (Rejection::NotProvisioned("demo/svc/x".into()), Code::FailedPrecondition),
+        ];
+        for (r, code) in cases {
+            let s = refused(&r);
+            assert_eq!((s.code(), s.message()), (code, r.to_string().as_str()), "{r:?}");
+        }
+        // The whole refusal crosses the wire between nodes (a follower's write through the leader).
+        let r = Rejection::NotProvisioned("demo/svc/x".into());
+        let back: Rejection = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 }

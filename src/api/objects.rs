@@ -77,7 +77,7 @@ impl ClusterService {
         }
         let (log_index, r) = self.node.write(cmd).await?;
         match r {
-            Applied::Refused(why) => Err(Status::failed_precondition(why)),
+            Applied::Refused(why) => Err(super::refused(&why)),
             _ => Ok(Response::new(ConfigUpdateReply { log_index })),
         }
     }

@@ -294,7 +294,7 @@ pub fn section_types(kind: &str) -> &'static [&'static str] {
 }
 
 /// Why a keyword reference is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum KeywordError {
     #[error("section [{0}] is not allowed in a {1} object (sections: {2})")]
     Section(String, String, String),

@@ -27,7 +27,7 @@ pub struct Context<'a> {
 }
 
 /// Why a value's references are refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RefError {
     #[error("unknown reference {{{0}}} (known: {known})", known = REFERENCES.iter().map(|r| format!("{{{r}}}")).collect::<Vec<_>>().join(", "))]
     Unknown(String),

@@ -26,7 +26,7 @@ impl fmt::Display for ConfigKey {
 }
 
 /// Why a configuration change is refused. Each names the offending part.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ConfigError {
     #[error("{0:?} is not a keyword: expected SECTION.KEYWORD, e.g. cluster.name")]
     Malformed(String),
@@ -41,7 +41,7 @@ pub enum ConfigError {
     #[error("{0} is set twice in one update")]
     SetTwice(ConfigKey),
     #[error("section {section} needs keyword {keyword}")]
-    Missing { section: String, keyword: &'static str },
+    Missing { section: String, keyword: String },
     #[error("nothing to change: give at least one --set or --unset")]
     Empty,
 }
@@ -256,7 +256,7 @@ pub fn plan(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey
             if !values.contains_key(kw.name) {
                 return Err(ConfigError::Missing {
                     section: section.clone(),
-                    keyword: kw.name,
+                    keyword: kw.name.to_string(),
                 });
             }
         }
@@ -398,7 +398,7 @@ mod tests {
             e,
             ConfigError::Missing {
                 section: "pool#p".into(),
-                keyword: "type"
+                keyword: "type".into()
             }
         );
     }

@@ -316,11 +316,12 @@ pub enum Response {
     /// The command allocated this node id.
     NodeAdded(NodeId),
     /// The command was refused by the state machine and changed nothing.
-    Refused(String),
+    Refused(Rejection),
 }
 
-/// Why a command cannot be applied to the current state.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a command cannot be applied to the current state. Carried whole to the caller
+/// (`Response::Refused`), which maps it to an error code and its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejection {
     #[error("a node named {0:?} is already in the cluster; remove it first")]
     DuplicateNodeName(String),
@@ -335,7 +336,7 @@ pub enum Rejection {
     #[error("address {0} is already used by node {1:?}")]
     DuplicateAddr(String, String),
     #[error("node name {0:?} is invalid: {1}")]
-    BadNodeName(String, &'static str),
+    BadNodeName(String, String),
     #[error("no node with id {0}")]
     UnknownNode(NodeId),
     #[error("the cluster is not bootstrapped yet: retry in a moment")]
@@ -569,7 +570,7 @@ impl ClusterState {
         );
         if !planned {
             if let Err(e) = self.check(cmd) {
-                return Response::Refused(e.to_string());
+                return Response::Refused(e);
             }
         }
         match cmd {
@@ -668,10 +669,10 @@ impl ClusterState {
             Command::UpdateConfig { set, unset } => {
                 let plan = match catalog::plan(&self.config, set, unset) {
                     Ok(plan) => plan,
-                    Err(e) => return Response::Refused(e.to_string()),
+                    Err(e) => return Response::Refused(e.into()),
                 };
                 if let Err(e) = self.check_pools(&plan) {
-                    return Response::Refused(e.to_string());
+                    return Response::Refused(e.into());
                 }
                 catalog::apply_plan(&mut self.config, plan);
                 Response::Done
@@ -681,7 +682,7 @@ impl ClusterState {
                     self.insert_objects(objects);
                     Response::Done
                 }
-                Err(e) => Response::Refused(e.to_string()),
+                Err(e) => Response::Refused(e.into()),
             },
             Command::UpdateObject { path, set, unset } => match self.plan_update(path, set, unset) {
                 Ok((config, volumes)) => {
@@ -691,7 +692,7 @@ impl ClusterState {
                     self.insert_objects(volumes);
                     Response::Done
                 }
-                Err(e) => Response::Refused(e.to_string()),
+                Err(e) => Response::Refused(e.into()),
             },
             Command::DeleteObject { path } => match self.plan_delete(path) {
                 Ok(gone) => {
@@ -706,7 +707,7 @@ impl ClusterState {
                     }
                     Response::Done
                 }
-                Err(e) => Response::Refused(e.to_string()),
+                Err(e) => Response::Refused(e.into()),
             },
             Command::PutKey { path, key, value, .. } => {
                 if let Some(o) = self.objects.get_mut(&path.to_string()) {
@@ -969,7 +970,7 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
 
 /// Node names: what a hostname label allows, since they end up in DRBD `on NAME` sections.
 pub fn validate_node_name(name: &str) -> Result<(), Rejection> {
-    let bad = |why| Err(Rejection::BadNodeName(name.to_string(), why));
+    let bad = |why: &str| Err(Rejection::BadNodeName(name.to_string(), why.to_string()));
     if name.is_empty() || name.len() > 63 {
         return bad("it must have 1 to 63 characters");
     }
@@ -1023,8 +1024,8 @@ mod tests {
         let mut s = boot();
         add(&mut s, "n2", "a:2");
         let before = s.clone();
-        assert!(matches!(add(&mut s, "n2", "a:3"), Response::Refused(m) if m.contains("\"n2\"")));
-        assert!(matches!(add(&mut s, "n3", "a:2"), Response::Refused(m) if m.contains("a:2")));
+        assert!(matches!(add(&mut s, "n2", "a:3"), Response::Refused(m) if m.to_string().contains("\"n2\"")));
+        assert!(matches!(add(&mut s, "n3", "a:2"), Response::Refused(m) if m.to_string().contains("a:2")));
         assert_eq!(s, before);
     }
 
@@ -1039,7 +1040,7 @@ mod tests {
     #[test]
     fn add_before_bootstrap_is_refused() {
         let mut s = ClusterState::default();
-        assert!(matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.contains("not bootstrapped")));
+        assert!(matches!(add(&mut s, "n2", "a:2"), Response::Refused(m) if m.to_string().contains("not bootstrapped")));
     }
 
     #[test]
@@ -1050,7 +1051,7 @@ mod tests {
             name: "x".into(),
             addr: "b:1".into(),
         });
-        assert_eq!(r, Response::Refused("the cluster is already bootstrapped".into()));
+        assert_eq!(r, Response::Refused(Rejection::AlreadyBootstrapped));
     }
 
     /// n1, n2 and the witness w (id 3); cluster drbd4kvm; demo/svc/kvm1 with a DRBD volume on
@@ -1315,7 +1316,7 @@ mod tests {
             node_id: 2,
             key: format!("{KEY}\nssh-rsa EVIL x"),
         };
-        assert!(matches!(s.apply(&smuggled), Response::Refused(m) if m.contains("control character")));
+        assert!(matches!(s.apply(&smuggled), Response::Refused(m) if m.to_string().contains("control character")));
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub enum KeyMode {
 }
 
 /// Why an object change is refused. Each names the offending part.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ObjectError {
     #[error("{0:?} is not a keyword: expected [SECTION.]KEYWORD[@NODE], e.g. volume#data.size")]
     BadKey(String),

@@ -114,7 +114,7 @@ pub(crate) fn refused(s: &mut ClusterState, c: Command) -> String {
     match s.apply(&c) {
         Response::Refused(why) => {
             assert_eq!(*s, before, "a refused {c} changed the state");
-            why
+            why.to_string()
         }
         r => panic!("{c} was not refused: {r:?}"),
     }
@@ -156,7 +156,7 @@ fn a_volume_is_refused_when_every_drbd_port_is_taken_never_given_a_wrapped_one()
     assert_eq!(port(&s), 65_535);
     let before = s.clone();
     match s.apply(&svc_with_volume("over", "1G")) {
-        Response::Refused(why) => assert!(why.contains("no free DRBD port"), "{why}"),
+        Response::Refused(why) => assert!(why.to_string().contains("no free DRBD port"), "{why}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(s, before, "a refusal changes nothing");

@@ -220,7 +220,7 @@ fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
         Response::Refused(_)
     ));
     assert!(
-        matches!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Refused(m) if m.contains("switch is in progress"))
+        matches!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Refused(m) if m.to_string().contains("switch is in progress"))
     );
     assert!(matches!(
         s.apply(&Command::LiveSwitch { path: path(), to: 2 }),
@@ -381,7 +381,7 @@ fn no_failover_to_a_node_whose_disk_a_fence_peer_outdated() {
         from: 1,
         to: 2,
     };
-    assert!(matches!(s.apply(&failover), Response::Refused(m) if m.contains("node n2 is outdated")));
+    assert!(matches!(s.apply(&failover), Response::Refused(m) if m.to_string().contains("node n2 is outdated")));
     // Resynced: unfence-peer clears the mark, and n2 may take the service again.
     s.apply(&Command::UnfencePeer { resource, node_id: 2 });
     assert_eq!(
@@ -460,7 +460,7 @@ fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_beh
         });
         let r = s.apply(&Command::LiveSwitch { path: path(), to: 2 });
         assert!(
-            matches!(&r, Response::Refused(m) if m.contains("n2's DRBD for volume#data is") && m.contains(bad)),
+            matches!(&r, Response::Refused(m) if m.to_string().contains("n2's DRBD for volume#data is") && m.to_string().contains(bad)),
             "{r:?}"
         );
         assert!(s.services["demo/svc/kvm1"].migration.is_none());
