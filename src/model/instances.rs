@@ -224,7 +224,7 @@ impl ClusterState {
         s.provisioned = true;
         if s.placement.is_none() {
             s.placement = first;
-            s.epoch += 1;
+            s.epoch = s.epoch.saturating_add(1);
         }
         s.started = true;
     }
@@ -290,7 +290,7 @@ impl ClusterState {
             s.last_migration = None;
             return self.switch(path, to);
         };
-        s.epoch += 1;
+        s.epoch = s.epoch.saturating_add(1);
         // Both sides are in sight for a switch to begin (the source hands over, a live
         // switch's target is checked Connected): no node is gone any more. A stale mark
         // would let a rebooted holder promote beside a target that is Primary across a cut.
@@ -344,7 +344,7 @@ impl ClusterState {
         match to {
             Phase::Finalize | Phase::Starting => {
                 s.placement = Some(m.to);
-                s.epoch += 1;
+                s.epoch = s.epoch.saturating_add(1);
                 s.fenced.clear();
             }
             Phase::Done => s.last_migration = s.migration.take(),
@@ -370,7 +370,7 @@ impl ClusterState {
         let s = self.services.entry(path.to_string()).or_default();
         s.placement = Some(to);
         s.started = true;
-        s.epoch += 1;
+        s.epoch = s.epoch.saturating_add(1);
         s.fenced.clear();
     }
 
@@ -430,7 +430,11 @@ impl ClusterState {
         if !alloc.nodes.contains(&node) {
             return Err(Rejection::NotANodeOfResource(resource.to_string(), name.clone()));
         }
-        let owner = self.objects[&key].config.get(DEFAULT, "owner").unwrap_or_default();
+        let owner = self
+            .objects
+            .get(&key)
+            .and_then(|o| o.config.get(DEFAULT, "owner"))
+            .unwrap_or_default();
         if self.services.get(owner).and_then(|s| s.placement) == Some(node) {
             return Err(Rejection::HolderNotOutdated {
                 resource: resource.to_string(),

@@ -339,6 +339,8 @@ pub enum Rejection {
     BadNodeName(String, String),
     #[error("no node with id {0}")]
     UnknownNode(NodeId),
+    #[error("every node id was used once already: ids are never reused")]
+    NodeIdsExhausted,
     #[error("the cluster is not bootstrapped yet: retry in a moment")]
     NotBootstrapped,
     #[error("the cluster is already bootstrapped")]
@@ -400,6 +402,10 @@ impl ClusterState {
             Command::AddNode { name, addr, token, .. } => {
                 if self.nodes.is_empty() {
                     return Err(Rejection::NotBootstrapped);
+                }
+                // Ids are never reused: the last one stays unallocated.
+                if self.next_node_id == NodeId::MAX {
+                    return Err(Rejection::NodeIdsExhausted);
                 }
                 if let Some(nonce) = token {
                     if self.trust.as_ref().is_some_and(|t| t.used_join_tokens.contains(nonce)) {
@@ -586,7 +592,7 @@ impl ClusterState {
                         cert: None,
                     },
                 );
-                self.next_node_id = self.next_node_id.max(node_id + 1);
+                self.next_node_id = self.next_node_id.max(node_id.saturating_add(1));
                 Response::Done
             }
             Command::AddNode {
@@ -596,7 +602,7 @@ impl ClusterState {
                 token,
             } => {
                 let id = self.next_node_id;
-                self.next_node_id = id + 1;
+                self.next_node_id = id.saturating_add(1);
                 self.nodes.insert(
                     id,
                     NodeInfo {
@@ -641,7 +647,7 @@ impl ClusterState {
             Command::RotateSigningKey { signing_key } => {
                 if let Some(t) = self.trust.as_mut() {
                     t.signing_key = signing_key.clone();
-                    t.generation += 1;
+                    t.generation = t.generation.saturating_add(1);
                 }
                 Response::Done
             }
@@ -1035,6 +1041,21 @@ mod tests {
             assert!(validate_node_name(n).is_err(), "{n:?} accepted");
         }
         validate_node_name("node-1").unwrap();
+    }
+
+    #[test]
+    fn node_ids_are_never_reused_even_at_the_end_of_the_range() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::Bootstrap {
+            node_id: 1,
+            name: "n1".into(),
+            addr: "a:1".into(),
+        });
+        s.next_node_id = NodeId::MAX - 1;
+        assert_eq!(add(&mut s, "n2", "a:2"), Response::NodeAdded(NodeId::MAX - 1));
+        let before = s.clone();
+        assert_eq!(add(&mut s, "n3", "a:3"), Response::Refused(Rejection::NodeIdsExhausted));
+        assert_eq!(s, before);
     }
 
     #[test]

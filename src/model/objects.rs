@@ -202,7 +202,8 @@ impl AllocIndex {
 
     fn add(&mut self, a: &Allocation) {
         for n in &a.nodes {
-            *self.used.entry((*n, a.vg.clone())).or_default() += a.size;
+            let used = self.used.entry((*n, a.vg.clone())).or_default();
+            *used = used.saturating_add(a.size);
         }
         if let Some(d) = &a.drbd {
             self.minors.insert(d.minor);
