@@ -104,8 +104,9 @@ pub enum DriverKind {
 /// The drivers `args` ask for.
 fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
     use crate::drivers::drbd::commands::DrbdCommands;
-    use crate::drivers::lvm::{LvmCommands, SimLvm};
+    use crate::drivers::lvm::LvmCommands;
     use crate::drivers::run::SystemRunner;
+    use crate::sim::lvm::SimLvm;
     let runner = || SystemRunner {
         timeout: std::time::Duration::from_secs(120),
     };
@@ -141,7 +142,7 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
                 hypervisor: if args.real_libvirt {
                     std::sync::Arc::new(crate::drivers::libvirt::Libvirt::new(&args.libvirt_uri))
                 } else {
-                    std::sync::Arc::new(crate::drivers::hypervisor::SimHypervisor::new(&dir, node))
+                    std::sync::Arc::new(crate::sim::hypervisor::SimHypervisor::new(&dir, node))
                 },
                 lvm: std::sync::Arc::new(SimLvm::open(&dir, node, &vgs)?),
                 drbd: std::sync::Arc::new(DrbdCommands {

@@ -8,12 +8,13 @@
 //! only across a cut, as with real DRBD) are appended to `SIM_DIR/violations.log`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use super::state::StateFile;
 
 #[path = "drbd_fence.rs"]
 mod fence;
@@ -158,6 +159,18 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// The simulator of `node` in `dir` with the defaults: the default resync time, no
+    /// validation by the real drbdadm, handlers run inline.
+    pub fn new(dir: &Path, node: &str) -> Sim {
+        Sim {
+            dir: dir.into(),
+            node: node.into(),
+            sync_ms: DEFAULT_SYNC_MS,
+            validator: None,
+            handlers: Handlers::Inline,
+        }
+    }
+
     fn state_path(&self, res: &str) -> PathBuf {
         self.dir.join("drbd").join(format!("{res}.json"))
     }
@@ -168,11 +181,9 @@ impl Sim {
 
     /// Runs `f` on a resource's state under an exclusive lock, saving what it leaves.
     fn with_state<T>(&self, res: &str, f: impl FnOnce(&mut ResState) -> T) -> Result<T, String> {
-        std::fs::create_dir_all(self.dir.join("drbd")).map_err(|e| e.to_string())?;
-        let lock = File::create(self.dir.join("drbd").join(format!("{res}.lock"))).map_err(|e| e.to_string())?;
-        lock.lock().map_err(|e| e.to_string())?;
-        let path = self.state_path(res);
-        let before = std::fs::read(&path).ok();
+        let file = StateFile::new(self.state_path(res));
+        let locked = file.lock()?;
+        let before = file.read_bytes()?;
         let mut state: ResState = match &before {
             Some(b) => serde_json::from_slice(b).map_err(|e| e.to_string())?,
             None => ResState::default(),
@@ -182,9 +193,7 @@ impl Sim {
         let after = serde_json::to_vec_pretty(&state).expect("serialize");
         // Reads (status, show) change nothing: no write.
         if before.as_ref() != Some(&after) {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, after).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            file.write_bytes(&locked, &after)?;
         }
         self.check_violations(res, &state);
         Ok(out)

@@ -1,11 +1,15 @@
 //! Simulators for machines without the real systems (no DRBD kernel module, no LVM, no
-//! libvirt): they keep their state in a directory every simulated node shares and refuse
-//! what the real systems refuse. The DRBD one is command-compatible and reached through the
-//! real DRBD driver, via the `omsim` binary.
+//! libvirt): they keep their state in a directory every simulated node shares, in state files
+//! changed under file locks (`state.rs`), and refuse what the real systems refuse. The DRBD one
+//! is command-compatible and reached through the real DRBD driver, via the `omsim` binary;
+//! LVM (`lvm.rs`) and libvirt (`hypervisor.rs`) implement the drivers' traits.
 
 pub mod drbd;
 #[cfg(test)]
 mod drbd_tests;
+pub mod hypervisor;
+pub mod lvm;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +17,8 @@ use std::sync::Arc;
 
 use crate::applier::run::Drivers;
 use crate::drivers::drbd::commands::DrbdCommands;
-use crate::drivers::hypervisor::SimHypervisor;
-use crate::drivers::lvm::SimLvm;
+use hypervisor::SimHypervisor;
+use lvm::SimLvm;
 
 /// The simulated drivers of `node` in `dir`, with the DRBD simulator run in this process
 /// through the real DRBD driver (no `omsim` process per command): in-process test clusters.

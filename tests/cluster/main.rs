@@ -531,7 +531,7 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
     // The tutorial's Tests section, through omctl's own code: the guest created on n1 (its
     // virt-install), then `switch --wait`, `switch --live --wait` and `instance ls`.
     use omraft::drivers::hypervisor::Hypervisor;
-    let hv = |n: &str| omraft::drivers::hypervisor::SimHypervisor::new(&sim, n);
+    let hv = |n: &str| omraft::sim::hypervisor::SimHypervisor::new(&sim, n);
     hv("n1").define(support::KVM1_XML).unwrap();
     hv("n1").start("kvm1").unwrap();
     let server = format!("unix:{}", nodes[0].dir.join("omd.sock").display());

@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 use omraft::applier::desired::desired;
 use omraft::applier::run::{committed_report, next_report_seq, pass, Drivers, Retry};
 use omraft::config::ini::Ini;
-use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
+use omraft::drivers::hypervisor::{DomainState, Hypervisor};
 use omraft::drivers::watchdog;
 use omraft::lease::{Grant, Lease, LeaseConfig};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};
 use omraft::orchestrator::{decide, lease_views, may_act};
+use omraft::sim::hypervisor::SimHypervisor;
 
 pub const TICK: Duration = Duration::from_millis(100);
 /// When a proposal sent across a cut link arrives, if it does (see `World::in_flight`).
@@ -168,8 +169,6 @@ impl World {
     /// n1, n2 and w; the pool, the service with its volume and guest, provisioned and running
     /// on n1.
     pub fn new(seed: u64) -> World {
-        // The simulated migration's memory copy takes no real time here.
-        std::env::set_var("OMRAFT_SIM_MIGRATE_MS", "0");
         // Nor does a resync (the simulator counts it in real milliseconds): the nodes' drivers
         // are made with none, and so is the simulator the invariant checks read through.
         std::env::set_var("OMRAFT_SIM_SYNC_MS", "0");
@@ -179,6 +178,8 @@ impl World {
         let tmp = tempfile::tempdir().unwrap();
         let sim = tmp.path().join("sim");
         std::fs::create_dir_all(&sim).unwrap();
+        // The simulated migration's memory copy takes no real time here.
+        std::fs::write(sim.join("migrate-ms"), "0").unwrap();
         let mut nodes = BTreeMap::new();
         for (id, name, witness) in [(1, "n1", false), (2, "n2", false), (3, "w", true)] {
             nodes.insert(
