@@ -121,7 +121,6 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
                 drbdadm: vec![args.drbdadm.clone()],
                 drbdsetup: vec![args.drbdsetup.clone()],
                 config_dir: args.drbd_config_dir.clone().unwrap_or_else(|| "/etc/drbd.d".into()),
-                node: node.into(),
                 validator,
                 env: vec![],
             }),
@@ -153,9 +152,8 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
                         .drbd_config_dir
                         .clone()
                         .unwrap_or_else(|| dir.join(node).join("drbd.d")),
-                    node: node.into(),
                     validator,
-                    env: vec![("OMRAFT_SIM_DIR".into(), dir.display().to_string())],
+                    env: crate::sim::drbd::omsim_env(&dir, node),
                 }),
             }
         }

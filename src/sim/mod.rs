@@ -20,28 +20,39 @@ use crate::drivers::drbd::commands::DrbdCommands;
 use hypervisor::SimHypervisor;
 use lvm::SimLvm;
 
+/// What an in-process simulated node is made with, chosen by the test that makes it.
+#[derive(Debug, Clone, Default)]
+pub struct InProcess {
+    /// The simulated volume groups: name -> size in bytes.
+    pub vgs: BTreeMap<String, u64>,
+    /// How long the initial resync takes (real milliseconds).
+    pub sync_ms: u64,
+    /// What runs instead of the resource files' DRBD handlers, if anything.
+    pub stand_ins: drbd::StandIns,
+}
+
 /// The simulated drivers of `node` in `dir`, with the DRBD simulator run in this process
 /// through the real DRBD driver (no `omsim` process per command): in-process test clusters.
-/// `vgs` sizes the simulated volume groups; `sync_ms` is the initial resync's length.
-pub fn in_process_drivers(dir: &Path, node: &str, vgs: &BTreeMap<String, u64>, sync_ms: u64) -> Drivers {
+pub fn in_process_drivers(dir: &Path, node: &str, settings: &InProcess) -> Drivers {
     Drivers {
-        lvm: Arc::new(SimLvm::open(dir, node, vgs).expect("the simulated LVM's state")),
-        drbd: Arc::new(in_process_drbd(dir, node, sync_ms)),
+        lvm: Arc::new(SimLvm::open(dir, node, &settings.vgs).expect("the simulated LVM's state")),
+        drbd: Arc::new(in_process_drbd(dir, node, settings)),
         hypervisor: Arc::new(SimHypervisor::new(dir, node)),
     }
 }
 
 /// The real DRBD driver on the DRBD simulator of `node` in `dir`, run in this process.
-pub fn in_process_drbd(dir: &Path, node: &str, sync_ms: u64) -> DrbdCommands<drbd::SimRunner> {
+pub fn in_process_drbd(dir: &Path, node: &str, settings: &InProcess) -> DrbdCommands<drbd::SimRunner> {
     DrbdCommands {
         runner: drbd::SimRunner {
             dir: dir.into(),
-            sync_ms,
+            node: node.into(),
+            sync_ms: settings.sync_ms,
+            stand_ins: settings.stand_ins.clone(),
         },
         drbdadm: vec!["omsim".into(), "drbdadm".into()],
         drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
         config_dir: dir.join(node).join("drbd.d"),
-        node: node.into(),
         validator: None,
         env: vec![],
     }

@@ -76,7 +76,12 @@ async fn start_with(
         .unwrap();
     });
     if let Some(sim) = sim {
-        let drivers = omraft::sim::in_process_drivers(sim, name, &settings_vgs(), 500);
+        let settings = omraft::sim::InProcess {
+            vgs: settings_vgs(),
+            sync_ms: 500,
+            ..Default::default()
+        };
+        let drivers = omraft::sim::in_process_drivers(sim, name, &settings);
         tokio::spawn(omraft::applier::run::run(node.clone(), drivers));
     }
     TestNode {

@@ -33,7 +33,9 @@ use omraft::lease::{Grant, Lease, LeaseConfig};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, InstanceReport, NodeId, ObjectPath, Phase, Response};
 use omraft::orchestrator::{decide, lease_views, may_act};
+use omraft::sim::drbd::{Sim, StandIns};
 use omraft::sim::hypervisor::SimHypervisor;
+use omraft::sim::InProcess;
 
 pub const TICK: Duration = Duration::from_millis(100);
 /// When a proposal sent across a cut link arrives, if it does (see `World::in_flight`).
@@ -157,8 +159,19 @@ pub struct World {
     pub trace: Vec<String>,
 }
 
+/// A node's simulated drivers: no time for a resync (the simulator counts it in real
+/// milliseconds), and DRBD's fencing handlers asking this model of the cluster (see
+/// `fencing_requests`).
 fn drivers(sim: &Path, name: &str) -> Drivers {
-    omraft::sim::in_process_drivers(sim, name, &[("data".to_string(), 10u64 << 30)].into(), 0)
+    let settings = InProcess {
+        vgs: [("data".to_string(), 10u64 << 30)].into(),
+        sync_ms: 0,
+        stand_ins: StandIns {
+            fence_peer: Some(FENCE_STAND_IN.into()),
+            unfence_peer: Some(UNFENCE_STAND_IN.into()),
+        },
+    };
+    omraft::sim::in_process_drivers(sim, name, &settings)
 }
 
 pub fn domain_xml() -> String {
@@ -169,12 +182,6 @@ impl World {
     /// n1, n2 and w; the pool, the service with its volume and guest, provisioned and running
     /// on n1.
     pub fn new(seed: u64) -> World {
-        // Nor does a resync (the simulator counts it in real milliseconds): the nodes' drivers
-        // are made with none, and so is the simulator the invariant checks read through.
-        std::env::set_var("OMRAFT_SIM_SYNC_MS", "0");
-        // DRBD's fencing handlers ask this model of the cluster (see `fencing_requests`).
-        std::env::set_var(omraft::sim::drbd::FENCE_HANDLER_ENV, FENCE_STAND_IN);
-        std::env::set_var(omraft::sim::drbd::UNFENCE_HANDLER_ENV, UNFENCE_STAND_IN);
         let tmp = tempfile::tempdir().unwrap();
         let sim = tmp.path().join("sim");
         std::fs::create_dir_all(&sim).unwrap();
@@ -672,9 +679,7 @@ impl World {
     /// Whether the guest runs or DRBD is Primary on `node`.
     fn holding(&self, node: &str) -> bool {
         self.hv(node).state(VM).ok() == Some(DomainState::Running)
-            || omraft::sim::drbd::from_env(&self.sim, node)
-                .is_primary(RES)
-                .unwrap_or(false)
+            || Sim::new(&self.sim, node).is_primary(RES).unwrap_or(false)
     }
 
     /// Nodes on which the guest runs.
@@ -692,11 +697,7 @@ impl World {
         self.nodes
             .values()
             .filter(|n| !n.witness)
-            .filter(|n| {
-                omraft::sim::drbd::from_env(&self.sim, &n.name)
-                    .is_primary(RES)
-                    .unwrap_or(false)
-            })
+            .filter(|n| Sim::new(&self.sim, &n.name).is_primary(RES).unwrap_or(false))
             .map(|n| n.name.clone())
             .collect()
     }
