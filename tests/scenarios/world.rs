@@ -87,8 +87,8 @@ pub struct SimNode {
     pub cut: bool,
     /// Only its DRBD links are cut (`SIM_DIR/netcut-NODE`); Raft still passes.
     pub drbd_cut: bool,
-    /// How much of the log it applied (kept across restarts: it is on disk).
-    pub applied: usize,
+    /// The log entries it applied, in order (kept across restarts: it is on disk).
+    pub log: Vec<Command>,
     pub state: ClusterState,
     last_response: Response,
     lease: Lease,
@@ -104,6 +104,20 @@ pub struct SimNode {
     /// This daemon reported its watchdog to the cluster.
     reported_watchdog: bool,
     drivers: Drivers,
+}
+
+impl SimNode {
+    /// How many log entries it applied.
+    pub fn applied(&self) -> usize {
+        self.log.len()
+    }
+}
+
+/// A write acknowledged to an operator: the log index it was committed at, and the command.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub index: usize,
+    pub command: Command,
 }
 
 /// A tiny deterministic generator (xorshift), for elections' ties and random schedules.
@@ -133,8 +147,9 @@ pub struct World {
     pub sim: PathBuf,
     /// The committed log.
     pub log: Vec<Command>,
-    /// Indexes of the log entries acknowledged to an operator.
-    pub acked: Vec<usize>,
+    /// The writes acknowledged to an operator, as they were acknowledged (not read back from
+    /// the log, so that a log that changed under them is caught).
+    pub acked: Vec<Acked>,
     pub nodes: BTreeMap<NodeId, SimNode>,
     pub leader: Option<NodeId>,
     leader_since: Duration,
@@ -199,7 +214,7 @@ impl World {
                     daemon: Daemon::Running,
                     cut: false,
                     drbd_cut: false,
-                    applied: 0,
+                    log: vec![],
                     state: ClusterState::default(),
                     last_response: Response::Done,
                     lease: Lease::default(),
@@ -347,9 +362,13 @@ impl World {
 
     /// An operator's command through node `via`, acknowledged when committed and applied.
     pub fn operator(&mut self, via: NodeId, cmd: Command) -> Result<Response, String> {
-        let r = self.propose(via, cmd)?;
+        let r = self.propose(via, cmd.clone())?;
         if r == Response::Done || matches!(r, Response::NodeAdded(_)) {
-            self.acked.push(self.log.len() - 1);
+            // The index the leader answered with, and the operator's own command.
+            self.acked.push(Acked {
+                index: self.log.len() - 1,
+                command: cmd,
+            });
         }
         Ok(r)
     }
@@ -397,9 +416,10 @@ impl World {
         for id in ids {
             let log = &self.log;
             let n = self.nodes.get_mut(&id).unwrap();
-            while n.applied < log.len() {
-                n.last_response = n.state.apply(&log[n.applied]);
-                n.applied += 1;
+            while n.applied() < log.len() {
+                let entry = log[n.applied()].clone();
+                n.last_response = n.state.apply(&entry);
+                n.log.push(entry);
             }
         }
     }
@@ -464,8 +484,8 @@ impl World {
             .copied()
             .filter(|c| self.responds(*c) && majority(self, *c))
             .collect();
-        let best = candidates.iter().map(|c| self.nodes[c].applied).max();
-        candidates.retain(|c| Some(self.nodes[c].applied) == best);
+        let best = candidates.iter().map(|c| self.nodes[c].applied()).max();
+        candidates.retain(|c| Some(self.nodes[c].applied()) == best);
         if candidates.is_empty() {
             return;
         }
@@ -516,7 +536,7 @@ impl World {
         let remaining = n
             .lease
             .remaining(now)
-            .filter(|_| n.lease.is_valid(now, n.applied as u64));
+            .filter(|_| n.lease.is_valid(now, n.applied() as u64));
         let name = n.name.clone();
         let t = self.t;
         let dog = &mut self.nodes.get_mut(&id).unwrap().watchdog;
@@ -630,7 +650,7 @@ impl World {
         self.prepare_fencing(id);
         let now = self.now();
         let n = self.nodes.get_mut(&id).unwrap();
-        let leased = n.lease.is_valid(now, n.applied as u64);
+        let leased = n.lease.is_valid(now, n.applied() as u64);
         let mut work = vec![];
         for key in n.state.objects.keys().filter(|k| k.contains("/svc/")) {
             let p = ObjectPath::parse(key).unwrap();
@@ -748,12 +768,10 @@ impl World {
             broken.push(format!("violations.log: {violations}"));
         }
         // Nothing acknowledged is lost, and every node that applied as much holds the same state.
-        for &i in &self.acked {
-            assert!(i < self.log.len(), "acknowledged entry {i} lost");
-        }
+        broken.extend(self.lost_acknowledged());
         let mut by_applied: BTreeMap<usize, &ClusterState> = BTreeMap::new();
         for n in self.nodes.values() {
-            if let Some(other) = by_applied.insert(n.applied, &n.state) {
+            if let Some(other) = by_applied.insert(n.applied(), &n.state) {
                 if other != &n.state {
                     broken.push(format!("{} diverged from a node at the same log index", n.name));
                 }
@@ -767,6 +785,37 @@ impl World {
                 self.trace.join("\n")
             );
         }
+    }
+
+    /// The acknowledged writes that are not, identical and at their index, in the committed log
+    /// and in the log of every node that applied that far: each a line saying where.
+    pub fn lost_acknowledged(&self) -> Vec<String> {
+        let mut lost = vec![];
+        for a in &self.acked {
+            let logs = std::iter::once(("the committed log".to_string(), &self.log, true)).chain(
+                self.nodes
+                    .values()
+                    .map(|n| (format!("{}'s applied log", n.name), &n.log, false)),
+            );
+            for (whose, log, must_hold) in logs {
+                match log.get(a.index) {
+                    Some(c) if *c == a.command => {}
+                    Some(c) => lost.push(format!(
+                        "acknowledged entry {} ({}) is {c} in {whose}",
+                        a.index, a.command
+                    )),
+                    None if must_hold => lost.push(format!(
+                        "acknowledged entry {} ({}) is missing from {whose} ({} entries)",
+                        a.index,
+                        a.command,
+                        log.len()
+                    )),
+                    // A node that has not applied that far yet (cut off, down).
+                    None => {}
+                }
+            }
+        }
+        lost
     }
 
     /// Ticks until `cond` holds, failing after `limit` of virtual time.
