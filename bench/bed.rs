@@ -65,9 +65,7 @@ fn job(bed: &Bed, host: &str) -> (Option<f64>, Option<f64>) {
 }
 
 fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
-    let Some(bed) = cluster() else {
-        return Err("the bed cannot be built here".into());
-    };
+    let bed = cluster()?;
     guest_on_n1(&bed, None);
     let mut out = Vec::new();
     for n in 0..trials {
@@ -114,9 +112,7 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
 }
 
 fn failover() -> Result<Failover, String> {
-    let Some(bed) = cluster() else {
-        return Err("the bed cannot be built here".into());
-    };
+    let bed = cluster()?;
     guest_on_n1(&bed, None);
     let t0 = SystemTime::now();
     let start = Instant::now();

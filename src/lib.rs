@@ -8,10 +8,13 @@
 //! - [`raft`]: openraft types, the sled store and the tonic transport between nodes.
 //! - [`applier`]: per-node reconciliation of desired and observed state.
 //! - [`api`]: the gRPC services, authentication and the only code that knows protobuf.
-//! - [`drivers`]: the external systems a node manages (DRBD status parsing so far).
-//! - [`sim`]: simulators of DRBD (command-compatible), for machines without the real systems.
+//! - [`drivers`]: the external systems a node manages (LVM, DRBD, libvirt, watchdog, ssh).
+//! - [`sim`]: simulators of LVM, DRBD (command-compatible) and libvirt, for machines without
+//!   the real systems.
 //! - [`daemon`]: `omd`, wiring a node together.
 //! - [`cli`]: the `omctl` command line.
+//! - [`testing`]: for tests only: what a test that cannot run here does (fail, or skip when
+//!   allowed).
 
 pub mod api;
 pub mod applier;
@@ -25,6 +28,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod raft;
 pub mod sim;
+pub mod testing;
 pub mod tls;
 
 /// Code generated from `proto/omraft.proto`.
@@ -37,7 +41,7 @@ pub mod pb {
 /// the code against it.
 #[cfg(test)]
 const LAYERS: &[&[&str]] = &[
-    &["pb", "files", "config", "lease"],
+    &["pb", "files", "config", "lease", "testing"],
     &["model"],
     &["tls"],
     &["drivers"],

@@ -55,7 +55,8 @@ fn main() {
 
 /// `virsh --node NODE VERB ARG` on the simulated libvirt of NODE.
 fn virsh(args: &[String]) -> i32 {
-    use omraft::drivers::hypervisor::{Hypervisor, SimHypervisor};
+    use omraft::drivers::hypervisor::Hypervisor;
+    use omraft::sim::hypervisor::SimHypervisor;
     let Ok(dir) = std::env::var("OMRAFT_SIM_DIR") else {
         eprintln!("omsim virsh: set OMRAFT_SIM_DIR");
         return 2;
@@ -93,7 +94,7 @@ fn virsh(args: &[String]) -> i32 {
 /// file `SIM_DIR/watchdog-NODE` is older than T; it stops when the file says `disarm`, is
 /// removed, or the simulator directory is gone.
 fn watchdog(args: &[String]) -> i32 {
-    use omraft::drivers::hypervisor::SimHypervisor;
+    use omraft::sim::hypervisor::SimHypervisor;
     let (Ok(dir), [flag_n, node, flag_p, pid, flag_t, timeout]) = (std::env::var("OMRAFT_SIM_DIR"), args) else {
         eprintln!("usage: OMRAFT_SIM_DIR=DIR omsim watchdog --node NODE --pid PID --timeout-ms T");
         return 2;

@@ -107,8 +107,9 @@ pub enum DriverKind {
 /// The drivers `args` ask for.
 fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
     use crate::drivers::drbd::commands::DrbdCommands;
-    use crate::drivers::lvm::{LvmCommands, SimLvm};
+    use crate::drivers::lvm::LvmCommands;
     use crate::drivers::run::SystemRunner;
+    use crate::sim::lvm::SimLvm;
     let runner = || SystemRunner {
         timeout: std::time::Duration::from_secs(120),
     };
@@ -123,7 +124,6 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
                 drbdadm: vec![args.drbdadm.clone()],
                 drbdsetup: vec![args.drbdsetup.clone()],
                 config_dir: args.drbd_config_dir.clone().unwrap_or_else(|| "/etc/drbd.d".into()),
-                node: node.into(),
                 validator,
                 env: vec![],
             }),
@@ -144,7 +144,7 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
                 hypervisor: if args.real_libvirt {
                     std::sync::Arc::new(crate::drivers::libvirt::Libvirt::new(&args.libvirt_uri))
                 } else {
-                    std::sync::Arc::new(crate::drivers::hypervisor::SimHypervisor::new(&dir, node))
+                    std::sync::Arc::new(crate::sim::hypervisor::SimHypervisor::new(&dir, node))
                 },
                 lvm: std::sync::Arc::new(SimLvm::open(&dir, node, &vgs)?),
                 drbd: std::sync::Arc::new(DrbdCommands {
@@ -155,9 +155,8 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
                         .drbd_config_dir
                         .clone()
                         .unwrap_or_else(|| dir.join(node).join("drbd.d")),
-                    node: node.into(),
                     validator,
-                    env: vec![("OMRAFT_SIM_DIR".into(), dir.display().to_string())],
+                    env: crate::sim::drbd::omsim_env(&dir, node),
                 }),
             }
         }

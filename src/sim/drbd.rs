@@ -8,18 +8,18 @@
 //! only across a cut, as with real DRBD) are appended to `SIM_DIR/violations.log`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::state::StateFile;
+use crate::drivers::drbd::render::{check_with_drbdadm, Validation};
+
 #[path = "drbd_fence.rs"]
 mod fence;
-pub use fence::{
-    parse_fence_conf, run_detached, FenceConf, Handlers, Job, FENCE_HANDLER_ENV, HANDLER_TIMEOUT, UNFENCE_HANDLER_ENV,
-};
+pub use fence::{parse_fence_conf, run_detached, FenceConf, Handlers, Job, StandIns, HANDLER_TIMEOUT};
 
 /// How long the initial resync takes, unless `OMRAFT_SIM_SYNC_MS` says otherwise.
 pub const DEFAULT_SYNC_MS: u64 = 3000;
@@ -137,6 +137,11 @@ struct Resync {
 struct ResState {
     nodes: BTreeMap<String, NodeState>,
     resync: Option<Resync>,
+    /// How long a resync after a reconnection takes, loaded by the last `up` (as the kernel
+    /// loads a resource's configuration): whoever then settles the state (another node's
+    /// command, a hypervisor opening a device) starts it with this length, not its own.
+    #[serde(default)]
+    sync_ms: Option<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -151,13 +156,29 @@ pub struct Sim {
     pub dir: PathBuf,
     pub node: String,
     pub sync_ms: u64,
-    /// The real drbdadm, to validate resource files with, when installed.
+    /// The real drbdadm, to validate resource files with (as this node, without the kernel
+    /// module: `Validation::WithoutKernel`), when installed.
     pub validator: Option<PathBuf>,
     /// Where this node's fence-peer/unfence-peer handlers run.
     pub handlers: Handlers,
+    /// What runs instead of the configured handlers, if anything.
+    pub stand_ins: StandIns,
 }
 
 impl Sim {
+    /// The simulator of `node` in `dir` with the defaults: the default resync time, no
+    /// validation by the real drbdadm, handlers run inline.
+    pub fn new(dir: &Path, node: &str) -> Sim {
+        Sim {
+            dir: dir.into(),
+            node: node.into(),
+            sync_ms: DEFAULT_SYNC_MS,
+            validator: None,
+            handlers: Handlers::Inline,
+            stand_ins: StandIns::default(),
+        }
+    }
+
     fn state_path(&self, res: &str) -> PathBuf {
         self.dir.join("drbd").join(format!("{res}.json"))
     }
@@ -168,11 +189,9 @@ impl Sim {
 
     /// Runs `f` on a resource's state under an exclusive lock, saving what it leaves.
     fn with_state<T>(&self, res: &str, f: impl FnOnce(&mut ResState) -> T) -> Result<T, String> {
-        std::fs::create_dir_all(self.dir.join("drbd")).map_err(|e| e.to_string())?;
-        let lock = File::create(self.dir.join("drbd").join(format!("{res}.lock"))).map_err(|e| e.to_string())?;
-        lock.lock().map_err(|e| e.to_string())?;
-        let path = self.state_path(res);
-        let before = std::fs::read(&path).ok();
+        let file = StateFile::new(self.state_path(res));
+        let locked = file.lock()?;
+        let before = file.read_bytes()?;
         let mut state: ResState = match &before {
             Some(b) => serde_json::from_slice(b).map_err(|e| e.to_string())?,
             None => ResState::default(),
@@ -182,9 +201,7 @@ impl Sim {
         let after = serde_json::to_vec_pretty(&state).expect("serialize");
         // Reads (status, show) change nothing: no write.
         if before.as_ref() != Some(&after) {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, after).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            file.write_bytes(&locked, &after)?;
         }
         self.check_violations(res, &state);
         Ok(out)
@@ -266,7 +283,8 @@ impl Sim {
             return fail(10, format!("{}: no `on {}` section", file.display(), self.node));
         };
         if let Some(v) = &self.validator {
-            if let Err(e) = crate::drivers::drbd::render::check_with_drbdadm(v, &file, &self.node) {
+            let how = Validation::WithoutKernel { node: &self.node };
+            if let Err(e) = check_with_drbdadm(v, &file, how) {
                 return fail(10, e.to_string());
             }
         }
@@ -333,6 +351,7 @@ impl Sim {
                 // `net-options` changed.
                 e.two_primaries = me.two_primaries;
                 e.up = true;
+                s.sync_ms = Some(self.sync_ms);
                 Ok(())
             }
             ["down"] => {
@@ -603,28 +622,38 @@ impl Sim {
     }
 }
 
-/// The simulator for `node` in `dir`, with the real drbdadm as validator when installed.
+/// The simulator for `node` in `dir` as the `omsim` command runs it: the initial resync's
+/// length from `OMRAFT_SIM_SYNC_MS` (its environment, set by whoever starts `omd`), the real
+/// drbdadm as validator when installed.
 pub fn from_env(dir: &Path, node: &str) -> Sim {
-    let sync_ms = std::env::var("OMRAFT_SIM_SYNC_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SYNC_MS);
     let real = Path::new("/usr/sbin/drbdadm");
     Sim {
-        dir: dir.into(),
-        node: node.into(),
-        sync_ms,
+        sync_ms: std::env::var("OMRAFT_SIM_SYNC_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_SYNC_MS),
         validator: real.exists().then(|| real.into()),
-        handlers: Handlers::Inline,
+        ..Sim::new(dir, node)
     }
 }
 
-/// Runs `omsim drbdadm|drbdsetup ...` invocations in this process, as the node named in the
-/// invocation's `__DRBD_NODE__`: the real DRBD driver builds the command lines and parses the
-/// output, without a process per command (in-process test clusters).
+/// The environment the real DRBD driver gives `omsim` for node `node` of the simulators in
+/// `dir`: `OMRAFT_SIM_DIR` and `__DRBD_NODE__` (named after drbdadm's own override).
+pub fn omsim_env(dir: &Path, node: &str) -> Vec<(String, String)> {
+    vec![
+        ("OMRAFT_SIM_DIR".into(), dir.display().to_string()),
+        ("__DRBD_NODE__".into(), node.into()),
+    ]
+}
+
+/// Runs `omsim drbdadm|drbdsetup ...` invocations in this process, as node `node`: the real
+/// DRBD driver builds the command lines and parses the output, without a process per command
+/// (in-process test clusters).
 pub struct SimRunner {
     pub dir: PathBuf,
+    pub node: String,
     pub sync_ms: u64,
+    pub stand_ins: StandIns,
 }
 
 impl crate::drivers::run::Runner for SimRunner {
@@ -632,18 +661,10 @@ impl crate::drivers::run::Runner for SimRunner {
         &self,
         inv: &crate::drivers::run::Invocation,
     ) -> Result<crate::drivers::run::Finished, crate::drivers::run::RunError> {
-        let node = inv
-            .env
-            .iter()
-            .find(|(k, _)| k == "__DRBD_NODE__")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
         let sim = Sim {
-            dir: self.dir.clone(),
-            node,
             sync_ms: self.sync_ms,
-            validator: None,
-            handlers: Handlers::Inline,
+            stand_ins: self.stand_ins.clone(),
+            ..Sim::new(&self.dir, &self.node)
         };
         let out = match inv.args.split_first() {
             Some((t, rest)) if t == "drbdadm" => sim.drbdadm(rest),

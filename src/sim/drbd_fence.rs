@@ -20,9 +20,9 @@
 //! from the file the node last passed with `-c FILE`, run through `/bin/sh -c` with DRBD's
 //! environment, bounded by `HANDLER_TIMEOUT`, and logged to `SIM_DIR/handlers.log`.
 //!
-//! `OMRAFT_SIM_FENCE_HANDLER` and `OMRAFT_SIM_UNFENCE_HANDLER`, when set, replace the
-//! fence-peer and unfence-peer commands of a file that configures them: in-process test
-//! worlds, which have no omctl to run, stand in one that asks their model of the cluster.
+//! `StandIns`, given to the simulator explicitly, replace the fence-peer and unfence-peer
+//! commands of a file that configures them: in-process test worlds, which have no omctl to
+//! run, stand in one that asks their model of the cluster.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -37,10 +37,14 @@ use super::{now_ms, ResState, Sim};
 /// without bound; the simulator must not.
 pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Replaces the configured fence-peer command (for in-process worlds without omctl).
-pub const FENCE_HANDLER_ENV: &str = "OMRAFT_SIM_FENCE_HANDLER";
-/// Replaces the configured unfence-peer command, likewise.
-pub const UNFENCE_HANDLER_ENV: &str = "OMRAFT_SIM_UNFENCE_HANDLER";
+/// Commands run instead of the resource file's handlers (for in-process worlds without
+/// omctl), each through `/bin/sh -c` with DRBD's environment; only for a file that configures
+/// that handler.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandIns {
+    pub fence_peer: Option<String>,
+    pub unfence_peer: Option<String>,
+}
 
 /// What one node's kernel keeps about fencing for one resource.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -396,7 +400,7 @@ impl Sim {
                 s.resync = Some(super::Resync {
                     source,
                     start_ms: now_ms(),
-                    duration_ms: self.sync_ms,
+                    duration_ms: s.sync_ms.unwrap_or(self.sync_ms),
                 });
             }
         }
@@ -620,15 +624,13 @@ impl Sim {
         } else {
             conf.unfence_peer
         };
-        let Some(mut command) = configured else { return 0 };
-        let knob = if job.handler == "fence-peer" {
-            FENCE_HANDLER_ENV
+        let Some(configured) = configured else { return 0 };
+        let stand_in = if job.handler == "fence-peer" {
+            &self.stand_ins.fence_peer
         } else {
-            UNFENCE_HANDLER_ENV
+            &self.stand_ins.unfence_peer
         };
-        if let Ok(stand_in) = std::env::var(knob) {
-            command = stand_in;
-        }
+        let command = stand_in.clone().unwrap_or(configured);
         let output = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -4,14 +4,32 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::drbd::{Sim, SimRunner};
+use super::drbd::{Sim, SimRunner, StandIns};
 use crate::drivers::drbd::commands::{Drbd, DrbdCommands};
 use crate::drivers::drbd::render::{render, TemplateData, TemplateNode, BUILTIN_TEMPLATE};
 
 const RES: &str = "kvm1.demo.vol.drbd4kvm";
 
 fn driver(dir: &Path, node: &str) -> DrbdCommands<SimRunner> {
-    super::in_process_drbd(dir, node, 300)
+    driver_with(dir, node, StandIns::default())
+}
+
+/// `driver`, its handlers replaced by `stand_ins`.
+fn driver_with(dir: &Path, node: &str, stand_ins: StandIns) -> DrbdCommands<SimRunner> {
+    let settings = super::InProcess {
+        sync_ms: 300,
+        stand_ins,
+        ..Default::default()
+    };
+    super::in_process_drbd(dir, node, &settings)
+}
+
+/// Node `node`'s simulator itself (what the hypervisor and power cuts reach).
+fn sim(dir: &Path, node: &str) -> Sim {
+    Sim {
+        sync_ms: 300,
+        ..Sim::new(dir, node)
+    }
 }
 
 fn data() -> TemplateData {
@@ -111,17 +129,11 @@ fn an_open_device_cannot_be_demoted_or_downed() {
     let dir = tempfile::tempdir().unwrap();
     let (n1, _n2) = provisioned(dir.path());
     n1.primary(RES, true).unwrap();
-    let sim = Sim {
-        dir: dir.path().into(),
-        node: "n1".into(),
-        sync_ms: 300,
-        validator: None,
-        handlers: super::drbd::Handlers::Inline,
-    };
-    sim.set_open(RES, true).unwrap();
+    let kernel = sim(dir.path(), "n1");
+    kernel.set_open(RES, true).unwrap();
     assert!(n1.secondary(RES).unwrap_err().to_string().contains("held open"));
     assert!(n1.down(RES).unwrap_err().to_string().contains("held open"));
-    sim.set_open(RES, false).unwrap();
+    kernel.set_open(RES, false).unwrap();
     n1.secondary(RES).unwrap();
     n1.down(RES).unwrap();
     assert!(n1.status().unwrap().is_empty(), "a down resource is not listed");
@@ -165,15 +177,7 @@ fn two_primaries_is_running_configuration_that_a_reboot_resets_to_the_file() {
     assert_eq!(allowing(&n1), ["n2".to_string()].into());
     assert!(allowing(&n2).is_empty(), "one side only");
     // A power cycle forgets `net-options`: up again from the file, two primaries not allowed.
-    Sim {
-        dir: dir.path().into(),
-        node: "n1".into(),
-        sync_ms: 300,
-        validator: None,
-        handlers: super::drbd::Handlers::Inline,
-    }
-    .power_off()
-    .unwrap();
+    sim(dir.path(), "n1").power_off().unwrap();
     n1.up(RES).unwrap();
     assert!(allowing(&n1).is_empty());
     // A file that allows it (the tutorial's live-migration template) allows it from `up`.
@@ -208,27 +212,30 @@ fn handler_script(dir: &Path) -> String {
     script.display().to_string()
 }
 
-/// Taken by every test that runs handlers: one of them sets `OMRAFT_SIM_FENCE_HANDLER`,
-/// which all of this process's handlers read.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-type Serial = std::sync::MutexGuard<'static, ()>;
-
 /// Both nodes up on the built-in template (resource-and-stonith, or `policy`), its handlers
-/// being `handler_script`; fence-peer exits `fence_exit`. The guard serializes such tests.
-fn fenced(dir: &Path, policy: &str, fence_exit: i32) -> (DrbdCommands<SimRunner>, DrbdCommands<SimRunner>, Serial) {
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// being `handler_script`; fence-peer exits `fence_exit`.
+fn fenced(dir: &Path, policy: &str, fence_exit: i32) -> (DrbdCommands<SimRunner>, DrbdCommands<SimRunner>) {
+    fenced_with(dir, policy, fence_exit, StandIns::default())
+}
+
+/// `fenced`, n1's handlers replaced by `n1_stand_ins`.
+fn fenced_with(
+    dir: &Path,
+    policy: &str,
+    fence_exit: i32,
+    n1_stand_ins: StandIns,
+) -> (DrbdCommands<SimRunner>, DrbdCommands<SimRunner>) {
     let script = handler_script(dir);
     std::fs::write(dir.join("exit-fence-peer"), fence_exit.to_string()).unwrap();
     let template = BUILTIN_TEMPLATE.replace("fencing resource-and-stonith;", &format!("fencing {policy};"));
     let text = crate::drivers::drbd::render::render_with(&template, &data(), &script).unwrap();
-    let (n1, n2) = (driver(dir, "n1"), driver(dir, "n2"));
+    let (n1, n2) = (driver_with(dir, "n1", n1_stand_ins), driver(dir, "n2"));
     for d in [&n1, &n2] {
         d.write_config(RES, &text, &data()).unwrap();
         d.create_md(RES).unwrap();
         d.up(RES).unwrap();
     }
-    (n1, n2, serial)
+    (n1, n2)
 }
 
 /// n1 Primary with both disks UpToDate.
@@ -264,10 +271,32 @@ fn heal(dir: &Path, node: &str) {
 }
 
 #[test]
+fn a_resync_after_a_reconnection_lasts_what_the_resource_loaded_whoever_notices_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (n1, n2) = fenced(d, "resource-and-stonith", 4);
+    synced(&n1, &n2);
+    cut(d, "n2");
+    n1.status().unwrap();
+    assert_eq!(n2.status().unwrap()[0].devices[0].disk_state, "Outdated");
+    heal(d, "n2");
+    // The reconnection is noticed first by a simulator of another resync time (a hypervisor
+    // opening a device, `omsim virsh`): the resync still takes the 300 ms the nodes' `up` loaded.
+    let observer = Sim {
+        sync_ms: 60_000,
+        ..Sim::new(d, "n1")
+    };
+    assert!(observer.is_primary(RES).unwrap());
+    assert_eq!(n2.status().unwrap()[0].devices[0].disk_state, "Inconsistent");
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(n2.status().unwrap()[0].devices[0].disk_state, "UpToDate");
+}
+
+#[test]
 fn a_primary_losing_its_peer_freezes_and_fence_peer_exit_4_resumes_and_outdates_the_peer() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 4);
+    let (n1, n2) = fenced(d, "resource-and-stonith", 4);
     synced(&n1, &n2);
     assert!(handlers_log(d).is_empty(), "nothing lost yet: {:?}", handlers_log(d));
     cut(d, "n2");
@@ -342,7 +371,7 @@ fn a_primary_losing_its_peer_freezes_and_fence_peer_exit_4_resumes_and_outdates_
 fn a_broken_fence_peer_keeps_io_frozen_until_the_peer_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
+    let (n1, n2) = fenced(d, "resource-and-stonith", 1);
     synced(&n1, &n2);
     cut(d, "n1");
     let st = n1.status().unwrap();
@@ -374,17 +403,11 @@ fn a_broken_fence_peer_keeps_io_frozen_until_the_peer_is_back() {
 fn promoting_beside_a_peer_of_unknown_state_runs_fence_peer_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
+    let (n1, n2) = fenced(d, "resource-and-stonith", 1);
     synced(&n1, &n2);
     n1.secondary(RES).unwrap();
     // n1 loses power: n2, Secondary, has nothing to fence until it wants to promote.
-    let sim1 = Sim {
-        dir: d.into(),
-        node: "n1".into(),
-        sync_ms: 300,
-        validator: None,
-        handlers: super::drbd::Handlers::Inline,
-    };
+    let sim1 = sim(d, "n1");
     sim1.power_off().unwrap();
     assert!(!n2.status().unwrap()[0].suspended);
     assert!(handlers_log(d).is_empty());
@@ -422,7 +445,7 @@ fn promoting_beside_a_peer_of_unknown_state_runs_fence_peer_first() {
 fn a_peer_outdated_while_primary_is_outdated_once_it_demotes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 4);
+    let (n1, n2) = fenced(d, "resource-and-stonith", 4);
     synced(&n1, &n2);
     // The cut-off Primary cannot have its peer outdated (no majority behind it)...
     std::fs::write(d.join("exit-fence-peer-n1"), "1").unwrap();
@@ -457,7 +480,7 @@ fn a_peer_outdated_while_primary_is_outdated_once_it_demotes() {
 fn resource_only_runs_fence_peer_without_freezing_io() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-only", 1);
+    let (n1, n2) = fenced(d, "resource-only", 1);
     synced(&n1, &n2);
     cut(d, "n2");
     let st = n1.status().unwrap();
@@ -469,7 +492,7 @@ fn resource_only_runs_fence_peer_without_freezing_io() {
 fn dont_care_runs_no_handler() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "dont-care", 4);
+    let (n1, n2) = fenced(d, "dont-care", 4);
     synced(&n1, &n2);
     cut(d, "n2");
     assert!(!n1.status().unwrap()[0].suspended);
@@ -483,7 +506,7 @@ fn dont_care_runs_no_handler() {
 fn a_secondary_going_down_cleanly_outdates_itself_and_is_not_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
+    let (n1, n2) = fenced(d, "resource-and-stonith", 1);
     synced(&n1, &n2);
     n2.down(RES).unwrap();
     let st = n1.status().unwrap();
@@ -525,13 +548,14 @@ fn the_fence_configuration_is_read_where_drbd_reads_it() {
 fn the_fence_handler_stand_in_replaces_the_configured_command_only() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 1);
+    let stand_in = StandIns {
+        fence_peer: Some("exit 4".into()),
+        unfence_peer: None,
+    };
+    let (n1, n2) = fenced_with(d, "resource-and-stonith", 1, stand_in);
     synced(&n1, &n2);
-    std::env::set_var(super::drbd::FENCE_HANDLER_ENV, "exit 4");
     cut(d, "n2");
-    let st = n1.status();
-    std::env::remove_var(super::drbd::FENCE_HANDLER_ENV);
-    assert!(!st.unwrap()[0].suspended);
+    assert!(!n1.status().unwrap()[0].suspended);
     assert_eq!(handlers_log(d), [format!("n1 {RES} fence-peer peer=n2 exit 4")]);
     assert!(
         !d.join("fence-peer-n1.env").exists(),
@@ -551,7 +575,7 @@ fn the_fence_handler_stand_in_replaces_the_configured_command_only() {
 fn a_handler_that_cannot_start_counts_as_broken() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (n1, n2, _serial) = fenced(d, "resource-and-stonith", 4);
+    let (n1, n2) = fenced(d, "resource-and-stonith", 4);
     synced(&n1, &n2);
     // The in-process worlds' case: the configured omctl does not exist (sh exits 127).
     let file = d.join("n1/drbd.d").join(format!("{RES}.res"));

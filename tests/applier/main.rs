@@ -397,6 +397,29 @@ async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing()
     );
 }
 
+/// Row `label` of the frame `frame` in `omctl mon`'s output, by node name (the frame's
+/// header names the columns).
+fn mon_row(mon: &str, frame: &str, label: &str) -> std::collections::BTreeMap<String, String> {
+    let mut lines = mon.lines().skip_while(|l| l.split_whitespace().next() != Some(frame));
+    let header = lines.next().unwrap_or_else(|| panic!("no {frame} frame in:\n{mon}"));
+    let names = header.split_whitespace().skip(1);
+    let row = lines
+        .take_while(|l| l.contains('|'))
+        .find_map(|l| l.split_once('|').filter(|(h, _)| h.trim() == label))
+        .unwrap_or_else(|| panic!("no {label} row in {frame}:\n{mon}"));
+    let values: Vec<&str> = row.1.split_whitespace().collect();
+    assert_eq!(
+        values.len(),
+        header.split_whitespace().count() - 1,
+        "{header}\n{}",
+        row.1
+    );
+    names
+        .map(String::from)
+        .zip(values.into_iter().map(String::from))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
     let tmp = tempfile::tempdir().unwrap();
@@ -406,16 +429,17 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
     let vol = ["--kw", "volume#data.size=1G", "--kw", "volume#data.shared=true"];
     until_ok(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat()).await;
     ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
+    // n1 and n2 hold leases (seconds left, at most lease.duration: 3 s), the witness n3 none.
     let mon = ok(&n1, &["mon"]);
-    let lease = mon
-        .lines()
-        .find(|l| l.starts_with(" lease"))
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        lease.contains('s') && lease.ends_with('-'),
-        "n1 and n2 hold leases, the witness none: {lease}"
-    );
+    let lease = mon_row(&mon, "Daemon", "lease");
+    for n in ["n1", "n2"] {
+        let left = lease[n].strip_suffix('s').and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            left.is_some_and(|s| s > 0.0 && s <= 3.0),
+            "{n}'s lease: {lease:?}\n{mon}"
+        );
+    }
+    assert_eq!(lease["n3"], "-", "the witness holds no lease\n{mon}");
     let xml = tmp.path().join("kvm1.xml");
     std::fs::write(&xml, support::KVM1_XML).unwrap();
     let virsh = |node: &str, args: &[&str]| String::from_utf8_lossy(&omsim_virsh(&sim, node, args).stdout).into_owned();

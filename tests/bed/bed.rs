@@ -306,15 +306,10 @@ pub fn guest_xml(dir: &Path, device: &str) -> PathBuf {
     xml
 }
 
-/// The bed with a formed cluster (n1 founder, n2 joined, w a witness), or why not.
-pub fn cluster() -> Option<Bed> {
-    let mut bed = match Bed::up() {
-        Ok(bed) => bed,
-        Err(why) => {
-            eprintln!("SKIPPED (the test bed cannot be built here): {why}");
-            return None;
-        }
-    };
+/// The bed with a formed cluster (n1 founder, n2 joined, w a witness), or why this machine
+/// cannot build the bed.
+pub fn cluster() -> Result<Bed, String> {
+    let mut bed = Bed::up().map_err(|why| format!("the test bed cannot be built here: {why}"))?;
     for (host, addr) in HOSTS {
         bed.start_omd(host, addr);
     }
@@ -329,7 +324,7 @@ pub fn cluster() -> Option<Bed> {
         }
         bed.ok(host, &args);
     }
-    Some(bed)
+    Ok(bed)
 }
 
 /// The tutorial from the cluster name to its guest running on n1, reported up there. With a

@@ -5,8 +5,9 @@
 //! here), real `omctl` inside the hosts, and a real TCG guest (`scripts/testbed-guest`: a
 //! Debian kernel and a busybox initramfs printing a counter to its serial console).
 //!
-//! Where the machine cannot build the bed (not root, no namespaces, no libvirt or QEMU), each
-//! test says why on stderr and passes without running: `scripts/testbed up` exits 77.
+//! Where the machine cannot build the bed (not root, no namespaces, no libvirt or QEMU:
+//! `scripts/testbed up` exits 77), each test fails saying why, or skips when
+//! `OMRAFT_ALLOW_SKIP` names `bed`.
 //! Everything the bed made is torn down when a test ends, failed or not.
 
 mod bed;
@@ -18,10 +19,22 @@ use std::time::Duration;
 
 use bed::*;
 
+/// The bed with its cluster formed; `None` (the test returns) where the machine cannot build
+/// it and `OMRAFT_ALLOW_SKIP=bed` allows skipping, else the test fails.
+fn formed() -> Option<Bed> {
+    match cluster() {
+        Ok(bed) => Some(bed),
+        Err(why) => {
+            omraft::testing::cannot_run("bed", &why);
+            None
+        }
+    }
+}
+
 #[test]
 fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
     let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(bed) = cluster() else { return };
+    let Some(bed) = formed() else { return };
     guest_on_n1(&bed, Some(support::TUTORIAL_TEMPLATE));
     // The resource files come from the tutorial's template (no fencing handlers there).
     let res = std::fs::read_to_string(bed.dir.join("sim/n1/drbd.d/kvm1.demo.vol.drbd4kvm.res")).unwrap();
@@ -79,7 +92,7 @@ fn the_tutorial_replayed_on_real_hosts_with_a_real_guest_and_live_migration() {
 /// `expect` only, and never on both hosts meanwhile.
 fn fault(what: &str, expect: &str, act: impl FnOnce(&Bed), after: impl FnOnce(&Bed)) {
     let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(bed) = cluster() else { return };
+    let Some(bed) = formed() else { return };
     guest_on_n1(&bed, None);
     let poller = Poller::start(&bed.dir);
     act(&bed);

@@ -58,7 +58,14 @@ async fn start_with(
     let _ = std::fs::remove_file(&sock);
     let unix = tokio::net::UnixListener::bind(&sock).unwrap();
     let loops = omraft::daemon::run::Loops {
-        drivers: sim.map(|sim| omraft::sim::in_process_drivers(sim, name, &settings_vgs(), 500)),
+        drivers: sim.map(|sim| {
+            let settings = omraft::sim::InProcess {
+                vgs: settings_vgs(),
+                sync_ms: 500,
+                ..Default::default()
+            };
+            omraft::sim::in_process_drivers(sim, name, &settings)
+        }),
         ssh_dir: None,
     };
     let node = omraft::daemon::run::start(settings, loops).await.unwrap();
@@ -531,7 +538,7 @@ async fn tutorial_from_provision_to_status_and_devices_with_simulated_drivers() 
     // The tutorial's Tests section, through omctl's own code: the guest created on n1 (its
     // virt-install), then `switch --wait`, `switch --live --wait` and `instance ls`.
     use omraft::drivers::hypervisor::Hypervisor;
-    let hv = |n: &str| omraft::drivers::hypervisor::SimHypervisor::new(&sim, n);
+    let hv = |n: &str| omraft::sim::hypervisor::SimHypervisor::new(&sim, n);
     hv("n1").define(support::KVM1_XML).unwrap();
     hv("n1").start("kvm1").unwrap();
     let server = format!("unix:{}", nodes[0].dir.join("omd.sock").display());

@@ -79,6 +79,48 @@ fn boots(w: &World, node: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The check that nothing acknowledged is lost can fail: it compares what was acknowledged, as
+/// it was, with the committed log and every node's applied log, so a log rewritten, truncated or
+/// diverging on one node under an acknowledged write is caught.
+#[test]
+fn a_lost_or_changed_acknowledged_write_is_caught() {
+    let mut w = World::new(1);
+    assert_eq!(w.lost_acknowledged(), Vec::<String>::new());
+    let acked = w.acked.last().expect("the setup was acknowledged").clone();
+    let other = Command::ReportWatchdog {
+        node_id: 1,
+        armed: false,
+    };
+    assert_ne!(acked.command, other);
+    let committed = w.log.clone();
+
+    // The committed log rewritten under it (its length unchanged).
+    w.log[acked.index] = other.clone();
+    let lost = w.lost_acknowledged();
+    assert!(
+        lost.iter()
+            .any(|l| l.contains(&format!("entry {}", acked.index)) && l.contains("the committed log")),
+        "{lost:?}"
+    );
+    w.log = committed.clone();
+
+    // The committed log truncated below it.
+    w.log.truncate(acked.index);
+    let lost = w.lost_acknowledged();
+    assert!(
+        lost.iter().any(|l| l.contains("missing from the committed log")),
+        "{lost:?}"
+    );
+    w.log = committed;
+
+    // One node's applied log diverging at it.
+    let n2 = w.id("n2");
+    w.nodes.get_mut(&n2).unwrap().log[acked.index] = other;
+    let lost = w.lost_acknowledged();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].contains("n2's applied log"), "{lost:?}");
+}
+
 #[test]
 fn s01_setup_runs_the_guest_on_n1_with_one_primary() {
     let mut w = World::new(1);

@@ -27,13 +27,16 @@ use std::time::{Duration, Instant};
 use omraft::applier::desired::desired;
 use omraft::applier::run::{pass, report_to_send, services, Retry};
 use omraft::config::ini::Ini;
-use omraft::drivers::hypervisor::{DomainState, Hypervisor, SimHypervisor};
+use omraft::drivers::hypervisor::{DomainState, Hypervisor};
 use omraft::drivers::watchdog;
 use omraft::drivers::Drivers;
 use omraft::lease::{Grant, Grants, Lease, LeaseConfig, Source};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, NodeId, ObjectPath, Phase, Response};
 use omraft::orchestrator::{tick, Leadership};
+use omraft::sim::drbd::{Sim, StandIns};
+use omraft::sim::hypervisor::SimHypervisor;
+use omraft::sim::InProcess;
 
 pub const TICK: Duration = Duration::from_millis(100);
 /// When a proposal sent across a cut link arrives, if it does (see `World::in_flight`).
@@ -85,8 +88,8 @@ pub struct SimNode {
     pub cut: bool,
     /// Only its DRBD links are cut (`SIM_DIR/netcut-NODE`); Raft still passes.
     pub drbd_cut: bool,
-    /// How much of the log it applied (kept across restarts: it is on disk).
-    pub applied: usize,
+    /// The log entries it applied, in order (kept across restarts: it is on disk).
+    pub log: Vec<Command>,
     pub state: ClusterState,
     last_response: Response,
     lease: Lease,
@@ -107,6 +110,20 @@ pub struct SimNode {
     /// This daemon reported its watchdog to the cluster.
     reported_watchdog: bool,
     drivers: Drivers,
+}
+
+impl SimNode {
+    /// How many log entries it applied.
+    pub fn applied(&self) -> usize {
+        self.log.len()
+    }
+}
+
+/// A write acknowledged to an operator: the log index it was committed at, and the command.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub index: usize,
+    pub command: Command,
 }
 
 /// A tiny deterministic generator (xorshift), for elections' ties and random schedules.
@@ -136,8 +153,9 @@ pub struct World {
     pub sim: PathBuf,
     /// The committed log.
     pub log: Vec<Command>,
-    /// Indexes of the log entries acknowledged to an operator.
-    pub acked: Vec<usize>,
+    /// The writes acknowledged to an operator, as they were acknowledged (not read back from
+    /// the log, so that a log that changed under them is caught).
+    pub acked: Vec<Acked>,
     pub nodes: BTreeMap<NodeId, SimNode>,
     pub leader: Option<NodeId>,
     /// The Raft term: one more at each election.
@@ -165,8 +183,19 @@ pub struct World {
     lease_violations: Vec<String>,
 }
 
+/// A node's simulated drivers: no time for a resync (the simulator counts it in real
+/// milliseconds), and DRBD's fencing handlers asking this model of the cluster (see
+/// `fencing_requests`).
 fn drivers(sim: &Path, name: &str) -> Drivers {
-    omraft::sim::in_process_drivers(sim, name, &[("data".to_string(), 10u64 << 30)].into(), 0)
+    let settings = InProcess {
+        vgs: [("data".to_string(), 10u64 << 30)].into(),
+        sync_ms: 0,
+        stand_ins: StandIns {
+            fence_peer: Some(FENCE_STAND_IN.into()),
+            unfence_peer: Some(UNFENCE_STAND_IN.into()),
+        },
+    };
+    omraft::sim::in_process_drivers(sim, name, &settings)
 }
 
 pub fn domain_xml() -> String {
@@ -177,17 +206,11 @@ impl World {
     /// n1, n2 and w; the pool, the service with its volume and guest, provisioned and running
     /// on n1.
     pub fn new(seed: u64) -> World {
-        // The simulated migration's memory copy takes no real time here.
-        std::env::set_var("OMRAFT_SIM_MIGRATE_MS", "0");
-        // Nor does a resync (the simulator counts it in real milliseconds): the nodes' drivers
-        // are made with none, and so is the simulator the invariant checks read through.
-        std::env::set_var("OMRAFT_SIM_SYNC_MS", "0");
-        // DRBD's fencing handlers ask this model of the cluster (see `fencing_requests`).
-        std::env::set_var(omraft::sim::drbd::FENCE_HANDLER_ENV, FENCE_STAND_IN);
-        std::env::set_var(omraft::sim::drbd::UNFENCE_HANDLER_ENV, UNFENCE_STAND_IN);
         let tmp = tempfile::tempdir().unwrap();
         let sim = tmp.path().join("sim");
         std::fs::create_dir_all(&sim).unwrap();
+        // The simulated migration's memory copy takes no real time here.
+        std::fs::write(sim.join("migrate-ms"), "0").unwrap();
         let mut nodes = BTreeMap::new();
         for (id, name, witness) in [(1, "n1", false), (2, "n2", false), (3, "w", true)] {
             nodes.insert(
@@ -200,7 +223,7 @@ impl World {
                     daemon: Daemon::Running,
                     cut: false,
                     drbd_cut: false,
-                    applied: 0,
+                    log: vec![],
                     state: ClusterState::default(),
                     last_response: Response::Done,
                     lease: Lease::default(),
@@ -370,9 +393,13 @@ impl World {
 
     /// An operator's command through node `via`, acknowledged when committed and applied.
     pub fn operator(&mut self, via: NodeId, cmd: Command) -> Result<Response, String> {
-        let r = self.propose(via, cmd)?;
+        let r = self.propose(via, cmd.clone())?;
         if r == Response::Done || matches!(r, Response::NodeAdded(_)) {
-            self.acked.push(self.log.len() - 1);
+            // The index the leader answered with, and the operator's own command.
+            self.acked.push(Acked {
+                index: self.log.len() - 1,
+                command: cmd,
+            });
         }
         Ok(r)
     }
@@ -420,9 +447,10 @@ impl World {
         for id in ids {
             let log = &self.log;
             let n = self.nodes.get_mut(&id).unwrap();
-            while n.applied < log.len() {
-                n.last_response = n.state.apply(&log[n.applied]);
-                n.applied += 1;
+            while n.applied() < log.len() {
+                let entry = log[n.applied()].clone();
+                n.last_response = n.state.apply(&entry);
+                n.log.push(entry);
             }
         }
     }
@@ -485,8 +513,8 @@ impl World {
             .copied()
             .filter(|c| self.responds(*c) && majority(self, *c))
             .collect();
-        let best = candidates.iter().map(|c| self.nodes[c].applied).max();
-        candidates.retain(|c| Some(self.nodes[c].applied) == best);
+        let best = candidates.iter().map(|c| self.nodes[c].applied()).max();
+        candidates.retain(|c| Some(self.nodes[c].applied()) == best);
         if candidates.is_empty() {
             return;
         }
@@ -539,7 +567,7 @@ impl World {
         let remaining = n
             .lease
             .remaining(now)
-            .filter(|_| n.lease.is_valid(now, n.applied as u64));
+            .filter(|_| n.lease.is_valid(now, n.applied() as u64));
         let name = n.name.clone();
         let t = self.t;
         let dog = &mut self.nodes.get_mut(&id).unwrap().watchdog;
@@ -653,7 +681,7 @@ impl World {
         self.prepare_fencing(id);
         let now = self.now();
         let n = self.nodes.get_mut(&id).unwrap();
-        let leased = n.lease.is_valid(now, n.applied as u64);
+        let leased = n.lease.is_valid(now, n.applied() as u64);
         let work = services(&n.state, id, &n.sent);
         let mut out = vec![];
         for p in work {
@@ -687,9 +715,7 @@ impl World {
     /// Whether the guest runs or DRBD is Primary on `node`.
     fn holding(&self, node: &str) -> bool {
         self.hv(node).state(VM).ok() == Some(DomainState::Running)
-            || omraft::sim::drbd::from_env(&self.sim, node)
-                .is_primary(RES)
-                .unwrap_or(false)
+            || Sim::new(&self.sim, node).is_primary(RES).unwrap_or(false)
     }
 
     /// Nodes on which the guest runs.
@@ -707,11 +733,7 @@ impl World {
         self.nodes
             .values()
             .filter(|n| !n.witness)
-            .filter(|n| {
-                omraft::sim::drbd::from_env(&self.sim, &n.name)
-                    .is_primary(RES)
-                    .unwrap_or(false)
-            })
+            .filter(|n| Sim::new(&self.sim, &n.name).is_primary(RES).unwrap_or(false))
             .map(|n| n.name.clone())
             .collect()
     }
@@ -763,12 +785,10 @@ impl World {
             broken.push(format!("violations.log: {violations}"));
         }
         // Nothing acknowledged is lost, and every node that applied as much holds the same state.
-        for &i in &self.acked {
-            assert!(i < self.log.len(), "acknowledged entry {i} lost");
-        }
+        broken.extend(self.lost_acknowledged());
         let mut by_applied: BTreeMap<usize, &ClusterState> = BTreeMap::new();
         for n in self.nodes.values() {
-            if let Some(other) = by_applied.insert(n.applied, &n.state) {
+            if let Some(other) = by_applied.insert(n.applied(), &n.state) {
                 if other != &n.state {
                     broken.push(format!("{} diverged from a node at the same log index", n.name));
                 }
@@ -782,6 +802,37 @@ impl World {
                 self.trace.join("\n")
             );
         }
+    }
+
+    /// The acknowledged writes that are not, identical and at their index, in the committed log
+    /// and in the log of every node that applied that far: each a line saying where.
+    pub fn lost_acknowledged(&self) -> Vec<String> {
+        let mut lost = vec![];
+        for a in &self.acked {
+            let logs = std::iter::once(("the committed log".to_string(), &self.log, true)).chain(
+                self.nodes
+                    .values()
+                    .map(|n| (format!("{}'s applied log", n.name), &n.log, false)),
+            );
+            for (whose, log, must_hold) in logs {
+                match log.get(a.index) {
+                    Some(c) if *c == a.command => {}
+                    Some(c) => lost.push(format!(
+                        "acknowledged entry {} ({}) is {c} in {whose}",
+                        a.index, a.command
+                    )),
+                    None if must_hold => lost.push(format!(
+                        "acknowledged entry {} ({}) is missing from {whose} ({} entries)",
+                        a.index,
+                        a.command,
+                        log.len()
+                    )),
+                    // A node that has not applied that far yet (cut off, down).
+                    None => {}
+                }
+            }
+        }
+        lost
     }
 
     /// Ticks until `cond` holds, failing after `limit` of virtual time.

@@ -45,18 +45,20 @@ pub trait Drbd: Send + Sync {
 }
 
 /// `drbdadm`/`drbdsetup` as commands: each is a program and leading arguments, so the
-/// simulator (`omsim drbdadm`) plugs in where the real tools would.
+/// simulator (`omsim drbdadm`) plugs in where the real tools would. The real tools run as
+/// they would by hand: drbdadm finds this node's `on NAME` section by the host name, and
+/// reads the loaded kernel module's version.
 pub struct DrbdCommands<R: Runner> {
     pub runner: R,
     pub drbdadm: Vec<String>,
     pub drbdsetup: Vec<String>,
     /// Where resource files go (`/etc/drbd.d` in production).
     pub config_dir: PathBuf,
-    /// This node's name, as resource files know it (`on NAME`).
-    pub node: String,
-    /// The real `drbdadm` to validate files with, when installed.
+    /// The real `drbdadm` to validate files with, when installed: as this host
+    /// (`Validation::Host`).
     pub validator: Option<PathBuf>,
-    /// Extra environment for every command (the simulator's directory).
+    /// Extra environment for every command: none for the real tools; the simulator's
+    /// directory and node for `omsim` (`sim::drbd::omsim_env`).
     pub env: Vec<(String, String)>,
 }
 
@@ -69,8 +71,6 @@ impl<R: Runner> DrbdCommands<R> {
         let mut inv = Invocation::new(&tool[0], &tool[1..].iter().map(String::as_str).collect::<Vec<_>>());
         inv.args.extend(args.iter().map(|a| a.to_string()));
         inv.env = self.env.clone();
-        inv.env.push(("__DRBD_NODE__".into(), self.node.clone()));
-        inv.env.push(("DRBD_DRIVER_VERSION_OVERRIDE".into(), "9.2.0".into()));
         inv
     }
 
@@ -97,7 +97,7 @@ impl<R: Runner> Drbd for DrbdCommands<R> {
         let tmp = self.config_dir.join(format!(".{resource}.res.new"));
         std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
         if let Some(v) = &self.validator {
-            if let Err(e) = render::check_with_drbdadm(v, &tmp, &self.node) {
+            if let Err(e) = render::check_with_drbdadm(v, &tmp, render::Validation::Host) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e.into());
             }
@@ -178,7 +178,9 @@ mod tests {
 
     impl Runner for Recorder {
         fn run(&self, inv: &Invocation) -> Result<Finished, RunError> {
-            self.0.lock().unwrap().push(inv.display());
+            // The real tools run with omd's environment only: no test hook of drbdadm's.
+            let env = inv.env.iter().map(|(k, v)| format!("{k}={v} "));
+            self.0.lock().unwrap().push(env.collect::<String>() + &inv.display());
             Ok(Finished {
                 code: Some(0),
                 stdout: "[]".into(),
@@ -195,7 +197,6 @@ mod tests {
             drbdadm: vec!["drbdadm".into()],
             drbdsetup: vec!["omsim".into(), "drbdsetup".into()],
             config_dir: dir.path().into(),
-            node: "n1".into(),
             validator: None,
             env: vec![],
         };
@@ -233,7 +234,6 @@ mod tests {
             drbdadm: vec!["drbdadm".into()],
             drbdsetup: vec!["drbdsetup".into()],
             config_dir: dir.path().join("drbd.d"),
-            node: "n1".into(),
             validator: None,
             env: vec![],
         };

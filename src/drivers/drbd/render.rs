@@ -150,14 +150,28 @@ pub fn check(text: &str, data: &TemplateData) -> Result<(), RenderError> {
     Ok(())
 }
 
-/// Has `drbdadm` parse the file (`drbdadm -c FILE dump all`), as node `node` would.
-pub fn check_with_drbdadm(drbdadm: &Path, file: &Path, node: &str) -> Result<(), RenderError> {
-    let out = std::process::Command::new(drbdadm)
-        .arg("-c")
-        .arg(file)
-        .args(["dump", "all"])
-        .env("__DRBD_NODE__", node)
-        .env("DRBD_DRIVER_VERSION_OVERRIDE", "9.2.0")
+/// How `drbdadm` reads a resource file when checking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation<'a> {
+    /// As this host: drbdadm picks the file's `on` section by the host name and checks that
+    /// section's address against this host's; what the real driver uses, with nothing
+    /// overridden.
+    Host,
+    /// On a machine without the DRBD kernel module, as node `node`: drbdadm's own test hooks
+    /// (`__DRBD_NODE__`, `DRBD_DRIVER_VERSION_OVERRIDE`) make it read the file as that node of
+    /// a DRBD 9.2 machine. Only the simulator and tests choose it.
+    WithoutKernel { node: &'a str },
+}
+
+/// Has `drbdadm` parse the file (`drbdadm -c FILE dump all`), read as `how` says.
+pub fn check_with_drbdadm(drbdadm: &Path, file: &Path, how: Validation) -> Result<(), RenderError> {
+    let mut cmd = std::process::Command::new(drbdadm);
+    cmd.arg("-c").arg(file).args(["dump", "all"]);
+    if let Validation::WithoutKernel { node } = how {
+        cmd.env("__DRBD_NODE__", node)
+            .env("DRBD_DRIVER_VERSION_OVERRIDE", "9.2.0");
+    }
+    let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| RenderError::Run(drbdadm.display().to_string(), e))?;
@@ -165,7 +179,7 @@ pub fn check_with_drbdadm(drbdadm: &Path, file: &Path, node: &str) -> Result<(),
         Ok(())
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        // drbdadm first says it pretends to be NODE; the rest is the complaint.
+        // Pretending to be NODE, drbdadm first says so; the rest is the complaint.
         let lines: Vec<&str> = err
             .lines()
             .map(str::trim)
@@ -178,6 +192,23 @@ pub fn check_with_drbdadm(drbdadm: &Path, file: &Path, node: &str) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// drbdadm reads the test files as node n1 of a DRBD 9.2 machine, module loaded or not.
+    const N1: Validation = Validation::WithoutKernel { node: "n1" };
+
+    /// The real drbdadm; without it the calling test fails, or skips when `OMRAFT_ALLOW_SKIP`
+    /// names `drbdadm` (then `None`: the test returns).
+    fn drbdadm() -> Option<&'static Path> {
+        let drbdadm = Path::new("/usr/sbin/drbdadm");
+        if drbdadm.exists() {
+            return Some(drbdadm);
+        }
+        crate::testing::cannot_run(
+            "drbdadm",
+            "/usr/sbin/drbdadm is missing: drbd-utils is not installed (apt-get install drbd-utils)",
+        );
+        None
+    }
 
     /// The tutorial's `live-migration` template, as stored in `system/cfg/drbd`.
     const LIVE_MIGRATION: &str = "resource {{.Name}} {
@@ -289,12 +320,8 @@ mod tests {
     }
 
     #[test]
-    fn drbdadm_accepts_the_builtin_file_with_its_fencing_handlers_when_installed() {
-        let drbdadm = Path::new("/usr/sbin/drbdadm");
-        if !drbdadm.exists() {
-            eprintln!("skipped: drbd-utils is not installed (apt-get install drbd-utils)");
-            return;
-        }
+    fn drbdadm_accepts_the_builtin_file_with_its_fencing_handlers() {
+        let Some(drbdadm) = drbdadm() else { return };
         let mut data = tutorial();
         data.nodes[0].addr = "ipv4 127.0.0.1:7289".into();
         let dir = tempfile::tempdir().unwrap();
@@ -303,7 +330,7 @@ mod tests {
             check(&text, &data).unwrap();
             let file = dir.path().join("builtin.res");
             std::fs::write(&file, &text).unwrap();
-            check_with_drbdadm(drbdadm, &file, "n1").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            check_with_drbdadm(drbdadm, &file, N1).unwrap_or_else(|e| panic!("{e}\n{text}"));
         }
         // drbdadm would refuse fencing in the disk section: the check catches such a template.
         let text = render_with(BUILTIN_TEMPLATE, &data, "/x/omctl").unwrap().replace(
@@ -312,7 +339,7 @@ mod tests {
         );
         let file = dir.path().join("disk.res");
         std::fs::write(&file, &text).unwrap();
-        assert!(check_with_drbdadm(drbdadm, &file, "n1").is_err(), "{text}");
+        assert!(check_with_drbdadm(drbdadm, &file, N1).is_err(), "{text}");
     }
 
     #[test]
@@ -344,21 +371,17 @@ mod tests {
     }
 
     #[test]
-    fn drbdadm_validates_the_tutorial_file_when_installed() {
-        let drbdadm = Path::new("/usr/sbin/drbdadm");
-        if !drbdadm.exists() {
-            eprintln!("skipped: drbd-utils is not installed (apt-get install drbd-utils)");
-            return;
-        }
+    fn drbdadm_validates_the_tutorial_file() {
+        let Some(drbdadm) = drbdadm() else { return };
         // drbdadm checks that the local node's address is on this host: use loopback's.
         let text = LIVE_MIGRATION_RENDERED.replace("10.30.0.11", "127.0.0.1");
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.res");
         std::fs::write(&good, &text).unwrap();
-        check_with_drbdadm(drbdadm, &good, "n1").unwrap();
+        check_with_drbdadm(drbdadm, &good, N1).unwrap();
         let bad = dir.path().join("bad.res");
         std::fs::write(&bad, text.replace("meta-disk internal;", "meta-disk;")).unwrap();
-        let err = check_with_drbdadm(drbdadm, &bad, "n1").unwrap_err().to_string();
+        let err = check_with_drbdadm(drbdadm, &bad, N1).unwrap_err().to_string();
         assert!(
             err.contains("bad.res:"),
             "drbdadm's complaint names file and line: {err}"
@@ -366,7 +389,33 @@ mod tests {
         // On a host without the node's address, drbdadm says so.
         let elsewhere = dir.path().join("elsewhere.res");
         std::fs::write(&elsewhere, LIVE_MIGRATION_RENDERED).unwrap();
-        let err = check_with_drbdadm(drbdadm, &elsewhere, "n1").unwrap_err().to_string();
+        let err = check_with_drbdadm(drbdadm, &elsewhere, N1).unwrap_err().to_string();
         assert!(err.contains("10.30.0.11"), "{err}");
+    }
+
+    #[test]
+    fn the_host_validation_reads_the_file_as_this_host_with_nothing_overridden() {
+        let Some(drbdadm) = drbdadm() else { return };
+        // drbdadm picks the section of this host's name (uname -n).
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let host = host.trim();
+        let text = LIVE_MIGRATION_RENDERED
+            .replace("on n1 {", &format!("on {host} {{"))
+            .replace("hosts n1 n2", &format!("hosts {host} n2"));
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().join("here.res");
+        std::fs::write(&here, text.replace("10.30.0.11", "127.0.0.1")).unwrap();
+        check_with_drbdadm(drbdadm, &here, Validation::Host).unwrap();
+        // This host's section with an address elsewhere: drbdadm, reading it as this host, says so.
+        let elsewhere = dir.path().join("elsewhere.res");
+        std::fs::write(&elsewhere, &text).unwrap();
+        let err = check_with_drbdadm(drbdadm, &elsewhere, Validation::Host)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10.30.0.11"), "{err}");
+        // Syntax errors are refused whoever reads the file.
+        let bad = dir.path().join("bad.res");
+        std::fs::write(&bad, text.replace("meta-disk internal;", "meta-disk;")).unwrap();
+        assert!(check_with_drbdadm(drbdadm, &bad, Validation::Host).is_err());
     }
 }
