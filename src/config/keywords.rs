@@ -90,7 +90,7 @@ pub static CATALOG: &[Keyword] = &[
         Kind::Choice(&["nodes order", "spread", "score"]),
         SVC,
         default = Some("nodes order"),
-        "How the node to run on is chosen."
+        "Where provision, failover, switch without a node and giveback send it: nodes order: the first of its nodes; spread: the one with the fewest started services; score: the one with the most free memory and volume group space reported (ties: nodes order)."
     ),
     keyword!(
         "DEFAULT",
@@ -98,7 +98,7 @@ pub static CATALOG: &[Keyword] = &[
         Kind::Int,
         SVC,
         default = Some("50"),
-        "Lower runs first when nodes compete."
+        "When several services fail over at once, the lower number moves first and gets the node its placement prefers."
     ),
     keyword!(
         "DEFAULT",
