@@ -746,10 +746,20 @@ impl ClusterState {
         let mut user = Ini::default();
         for k in unset {
             let (name, _) = k.split_scope();
-            let def = keywords::lookup(&path.kind, &k.section, name).map_err(|source| ObjectError::Keyword {
-                path: key.clone(),
-                source,
-            })?;
+            let def = match keywords::lookup(&path.kind, &k.section, name) {
+                Ok(def) => def,
+                // A configuration made before the keyword was retired can drop it.
+                Err(KeywordError::Retired(..)) if config.get(&k.section, &k.keyword).is_some() => {
+                    config.unset(&k.section, &k.keyword);
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ObjectError::Keyword {
+                        path: key.clone(),
+                        source,
+                    })
+                }
+            };
             if def.readonly {
                 return Err(ObjectError::Keyword {
                     path: key.clone(),

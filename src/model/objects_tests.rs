@@ -143,7 +143,16 @@ fn a_volume_is_refused_when_every_drbd_port_is_taken_never_given_a_wrapped_one()
     let mut s = cluster();
     s.index_mut().ports.extend(u32::from(DRBD_BASE_PORT)..=65_534);
     assert_eq!(s.apply(&svc_with_volume("last", "1G")), Response::Done);
-    let port = |s: &ClusterState| s.objects["demo/vol/last"].alloc.as_ref().unwrap().drbd.as_ref().unwrap().port;
+    let port = |s: &ClusterState| {
+        s.objects["demo/vol/last"]
+            .alloc
+            .as_ref()
+            .unwrap()
+            .drbd
+            .as_ref()
+            .unwrap()
+            .port
+    };
     assert_eq!(port(&s), 65_535);
     let before = s.clone();
     match s.apply(&svc_with_volume("over", "1G")) {
@@ -246,7 +255,7 @@ fn update_creates_the_volume_once_size_is_set() {
     ));
     let key = |k: &str| ObjectKey::parse(k).unwrap();
     let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
-    let set = ["name={name}", "shared=true", "size=4G", "format=false", "pool=drbdvm"]
+    let set = ["name={name}", "shared=true", "size=4G", "pool=drbdvm"]
         .iter()
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap();
@@ -268,7 +277,7 @@ fn update_creates_the_volume_once_size_is_set() {
         "{shown}"
     );
     assert!(
-        shown.ends_with("[volume#data]\nname = {name}\nshared = true\nsize = 4G\nformat = false\npool = drbdvm\n"),
+        shown.ends_with("[volume#data]\nname = {name}\nshared = true\nsize = 4G\npool = drbdvm\n"),
         "{shown}"
     );
     // Resizing is refused, not silently ignored.
@@ -380,4 +389,54 @@ fn provision_places_on_the_first_data_node_and_guards_delete() {
         },
     );
     assert!(why.contains("not a service"), "{why}");
+}
+
+#[test]
+fn a_retired_keyword_is_refused_by_name_and_an_old_config_can_drop_it() {
+    let mut s = cluster();
+    let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
+    let why = refused(&mut s, create("demo/svc/kvm1", "[DEFAULT]\ntopology = failover\n"));
+    assert!(
+        why.contains("keyword \"topology\" in section [DEFAULT] is not supported"),
+        "{why}"
+    );
+    s.apply(&create("demo/svc/kvm1", "[DEFAULT]\nnodes = n1 n2\n"));
+    let key = |k: &str| ObjectKey::parse(k).unwrap();
+    let update = |set: Vec<(ObjectKey, String)>, unset: Vec<ObjectKey>| Command::UpdateObject {
+        path: path.clone(),
+        set,
+        unset,
+    };
+    let why = refused(
+        &mut s,
+        update(vec![(key("volume#data.format"), "false".into())], vec![]),
+    );
+    assert!(
+        why.contains("\"format\" in section [volume#data]") && why.contains("raw block devices"),
+        "{why}"
+    );
+    // A configuration stored before the keyword was retired: every update names it until it
+    // is unset, which works.
+    s.objects
+        .get_mut("demo/svc/kvm1")
+        .unwrap()
+        .config
+        .set("volume#data", "format", "false")
+        .unwrap();
+    let why = refused(&mut s, update(vec![(key("priority"), "10".into())], vec![]));
+    assert!(why.contains("\"format\""), "{why}");
+    assert_eq!(
+        s.apply(&update(
+            vec![(key("priority"), "10".into())],
+            vec![key("volume#data.format")]
+        )),
+        Response::Done
+    );
+    let config = &s.objects["demo/svc/kvm1"].config;
+    assert_eq!(
+        (config.get("volume#data", "format"), config.get("DEFAULT", "priority")),
+        (None, Some("10"))
+    );
+    // Unsetting a retired keyword the configuration does not hold is refused like any other.
+    refused(&mut s, update(vec![], vec![key("container#1.start_timeout")]));
 }
