@@ -1,6 +1,7 @@
 //! The orchestrator: on the leader only, moves a service with `orchestrate=ha` off a node
-//! whose lease ran out, to the node its placement policy prefers (`model::placement`). The decision is the pure `decide`; `run` feeds it what the leader
-//! knows of leases and writes its decisions to the log.
+//! whose lease ran out, to the node its placement policy prefers (`model::placement`). The
+//! decision is the pure `decide`; `run` feeds it what the leader knows of leases and writes
+//! its decisions to the log.
 //!
 //! Safety (the lease invariants of ARCHITECTURE.md): a node's lease, as the leader granted it, must have run out
 //! plus the drift margin before anything moves; a new leader, which cannot know the grants of
