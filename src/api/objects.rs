@@ -12,6 +12,7 @@ use super::{authorize, Access};
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords;
 use crate::model::objects::ObjectError;
+use crate::model::placement;
 use crate::model::{
     ClusterState, Command, KeyMode, Migration, NodeId, ObjectKey, ObjectPath, Phase, Rejection, Response as Applied,
 };
@@ -373,14 +374,15 @@ impl ClusterService {
                 path: p,
                 frozen: req.action == "freeze",
             },
-            // takeover: to the node asked; giveback: to the first node of the service's order.
+            // takeover: to the node asked; giveback: to the node the service's placement
+            // policy prefers.
             "takeover" | "giveback" => {
                 let me = self.node.settings.name.clone();
                 let target = self
                     .node
                     .read_linearizable(|d| match req.action.as_str() {
                         "takeover" => d.state.node_id(&me),
-                        _ => d.state.service_nodes(&p).first().copied(),
+                        _ => placement::first_choice(&d.state, &p),
                     })
                     .await?
                     .ok_or_else(|| Status::failed_precondition(format!("{p}: no node to move to")))?;
@@ -419,14 +421,10 @@ impl ClusterService {
                                 .node_id(&req.node)
                                 .ok_or_else(|| format!("unknown node {:?}", req.node));
                         }
-                        // The next node in the service's order after the one holding it.
-                        let nodes = d.state.service_nodes(&p);
-                        let at = d.state.services.get(&key).and_then(|s| s.placement);
-                        let i = nodes.iter().position(|n| Some(*n) == at).map_or(0, |i| i + 1);
-                        nodes
-                            .get(i % nodes.len().max(1))
-                            .copied()
-                            .ok_or_else(|| format!("{key} has no node to switch to"))
+                        // The node the service's placement policy prefers after the one
+                        // holding it.
+                        placement::best_other(&d.state, &p)
+                            .ok_or_else(|| format!("{key} has no other node to switch to"))
                     })
                     .await?
                     .map_err(Status::failed_precondition)?;

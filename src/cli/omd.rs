@@ -52,6 +52,10 @@ pub struct Args {
     /// Stands in for the LVM driver's `vgs` report (simulation, tests, the demo).
     #[arg(long, value_name = "NAME=SIZE", value_parser = parse_vg)]
     pub report_vg: Vec<(String, u64)>,
+    /// Declare the memory available for guests, e.g. 16G, reported for `placement=score`
+    /// instead of /proc/meminfo's MemAvailable (simulation, tests).
+    #[arg(long, value_name = "SIZE", value_parser = parse_mem)]
+    pub report_mem: Option<u64>,
     /// real: LVM, drbdadm, drbdsetup, libvirt and the watchdog device of this machine. sim: the
     /// simulators (`omsim watchdog` for the watchdog), with their state in --sim-dir (shared by
     /// every simulated node of one machine).
@@ -218,6 +222,18 @@ fn parse_vg(s: &str) -> Result<(String, u64), String> {
     Ok((name.to_string(), crate::config::kind::parse_size(size)?))
 }
 
+/// `--report-mem`: a size the cluster accepts (`model::MAX_MEMORY_REPORT` at most).
+fn parse_mem(s: &str) -> Result<u64, String> {
+    let bytes = crate::config::kind::parse_size(s)?;
+    if bytes > crate::model::MAX_MEMORY_REPORT {
+        return Err(format!(
+            "{s:?} is more memory than a node can have (at most {} bytes)",
+            crate::model::MAX_MEMORY_REPORT
+        ));
+    }
+    Ok(bytes)
+}
+
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -258,6 +274,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         snapshot_every: args.snapshot_every,
         keep_logs: args.keep_logs,
         vgs: args.report_vg.iter().cloned().collect(),
+        memory: args.report_mem,
         watchdog: watchdog(&args)?,
         ..Settings::new(&name, args.data_dir.clone(), &addr)
     };
@@ -297,4 +314,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mem;
+
+    #[test]
+    fn report_mem_is_a_bounded_size() {
+        assert_eq!(parse_mem("16G"), Ok(16 << 30));
+        assert!(parse_mem("lots").is_err());
+        let e = parse_mem("5000T").unwrap_err();
+        assert!(e.contains("\"5000T\"") && e.contains("at most"), "{e}");
+    }
 }

@@ -78,19 +78,11 @@ pub static CATALOG: &[Keyword] = &[
     ),
     keyword!(
         "DEFAULT",
-        "topology",
-        Kind::Choice(&["failover"]),
-        SVC,
-        default = Some("failover"),
-        "failover: at most one instance runs at a time."
-    ),
-    keyword!(
-        "DEFAULT",
         "placement",
         Kind::Choice(&["nodes order", "spread", "score"]),
         SVC,
         default = Some("nodes order"),
-        "How the node to run on is chosen."
+        "Where provision, failover, switch without a node and giveback send it: nodes order: the first of its nodes; spread: the one with the fewest started services; score: the one with the most free memory and volume group space reported (ties: nodes order)."
     ),
     keyword!(
         "DEFAULT",
@@ -98,7 +90,7 @@ pub static CATALOG: &[Keyword] = &[
         Kind::Int,
         SVC,
         default = Some("50"),
-        "Lower runs first when nodes compete."
+        "When several services fail over at once, the lower number moves first and gets the node its placement prefers."
     ),
     keyword!(
         "DEFAULT",
@@ -116,15 +108,6 @@ pub static CATALOG: &[Keyword] = &[
         VOL,
         default = None,
         "The volume's size.",
-        readonly
-    ),
-    keyword!(
-        "DEFAULT",
-        "access",
-        Kind::Choice(&["rwo", "rox", "rwx", "roo"]),
-        VOL,
-        default = Some("rwo"),
-        "Access mode: read-write by one node (rwo) or others.",
         readonly
     ),
     keyword!(
@@ -169,14 +152,6 @@ pub static CATALOG: &[Keyword] = &[
         "The volume must be reachable from every node (a replicated pool)."
     ),
     keyword!(
-        "volume",
-        "format",
-        Kind::Bool,
-        SVC,
-        default = Some("true"),
-        "Create a filesystem on the volume."
-    ),
-    keyword!(
         "container",
         "type",
         Kind::Choice(&["kvm"]),
@@ -193,14 +168,6 @@ pub static CATALOG: &[Keyword] = &[
         default = None,
         "The libvirt domain name.",
         required
-    ),
-    keyword!(
-        "container",
-        "start_timeout",
-        Kind::Duration,
-        SVC,
-        default = Some("1m"),
-        "How long a start may take."
     ),
     keyword!(
         "container",
@@ -304,7 +271,34 @@ pub enum KeywordError {
     Readonly(String),
     #[error("section name {0:?}: the id after '#' must be 1 to 63 of [a-z0-9_-]")]
     BadId(String),
+    #[error("keyword {0:?} in section [{1}] is not supported: {2}")]
+    Retired(String, String, String),
 }
+
+/// Keywords other cluster managers have that this one refuses, by section type and name,
+/// with why: a configuration that sets one gets the reason instead of "unknown keyword".
+pub const RETIRED: &[(&str, &str, &str)] = &[
+    (
+        DEFAULT,
+        "topology",
+        "every service is a failover service (at most one instance runs at a time); remove it",
+    ),
+    (
+        DEFAULT,
+        "access",
+        "a volume is read-write on the node holding its service, nowhere else; remove it",
+    ),
+    (
+        "volume",
+        "format",
+        "volumes are raw block devices, never formatted by the cluster (the guest formats its disk); remove it",
+    ),
+    (
+        "container",
+        "start_timeout",
+        "a start is libvirt's create, which returns once the domain runs; a failed start is retried with backoff; remove it",
+    ),
+];
 
 /// The type of a section name: `DEFAULT` or the part before `#`.
 pub fn section_type(section: &str) -> &str {
@@ -336,6 +330,9 @@ pub fn lookup(kind: &str, section: &str, keyword: &str) -> Result<&'static Keywo
     let sec = if section == DEFAULT { DEFAULT } else { stype };
     let in_section = || CATALOG.iter().filter(|k| k.section == sec && k.kinds.contains(&kind));
     in_section().find(|k| k.name == keyword).ok_or_else(|| {
+        if let Some((_, _, why)) = RETIRED.iter().find(|(s, k, _)| *s == sec && *k == keyword) {
+            return KeywordError::Retired(keyword.into(), section.into(), why.to_string());
+        }
         let names: Vec<&str> = in_section().map(|k| k.name).collect();
         KeywordError::Unknown(keyword.into(), section.into(), names.join(", "))
     })
@@ -375,5 +372,34 @@ mod tests {
             Err(KeywordError::Section(..))
         ));
         assert!(lookup("vol", "disk#1", "minor").unwrap().readonly);
+    }
+
+    #[test]
+    fn retired_keywords_are_refused_with_why() {
+        for (section, keyword, why) in [
+            (DEFAULT, "topology", "every service is a failover service"),
+            ("volume#data", "format", "raw block devices"),
+            ("container#1", "start_timeout", "libvirt's create"),
+        ] {
+            let e = lookup("svc", section, keyword).unwrap_err();
+            assert!(matches!(e, KeywordError::Retired(..)), "{e}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("{keyword:?}")) && text.contains(why), "{text}");
+        }
+        assert!(matches!(
+            lookup("vol", DEFAULT, "access"),
+            Err(KeywordError::Retired(..))
+        ));
+        // Only where it was: elsewhere it is just unknown.
+        assert!(matches!(
+            lookup("svc", "container#1", "format"),
+            Err(KeywordError::Unknown(..))
+        ));
+        for (section, keyword, _) in RETIRED {
+            assert!(
+                !CATALOG.iter().any(|k| k.section == *section && k.name == *keyword),
+                "{section}.{keyword} is both retired and in the catalog"
+            );
+        }
     }
 }

@@ -45,6 +45,9 @@ pub struct Settings {
     /// Volume groups (name -> bytes) this node reports for pool capacity instead of what LVM's
     /// `vgs` sees (`omd --report-vg`; they also size the simulated volume groups).
     pub vgs: BTreeMap<String, u64>,
+    /// Available memory in bytes this node reports for `placement=score` instead of what
+    /// `/proc/meminfo` says (`omd --report-mem`).
+    pub memory: Option<u64>,
 }
 
 impl Settings {
@@ -59,6 +62,7 @@ impl Settings {
             snapshot_every: 5000,
             keep_logs: 1000,
             vgs: BTreeMap::new(),
+            memory: None,
             watchdog: Watchdog::None,
         }
     }

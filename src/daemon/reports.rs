@@ -1,5 +1,6 @@
 //! What this node reports about itself to the cluster, each only when the committed state
-//! says otherwise: whether it runs with a watchdog, and its volume groups.
+//! says otherwise: whether it runs with a watchdog, its volume groups, and its available
+//! memory (when it changed enough).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -62,5 +63,104 @@ where
         }
         drop(node);
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The smallest change of available memory worth a new report: with the relative step
+/// (`MEMORY_SHARE`), what keeps a node's ordinary memory churn out of the log.
+const MEMORY_STEP: u64 = 64 << 20;
+/// A change of more than one twentieth of the committed report is reported.
+const MEMORY_SHARE: u64 = 20;
+
+/// Whether available memory `seen` differs enough from the committed report to send it: no
+/// report yet, or a change of at least a twentieth of it and at least 64 MiB.
+pub fn memory_stale(committed: Option<u64>, seen: u64) -> bool {
+    committed.is_none_or(|c| c.abs_diff(seen) >= (c / MEMORY_SHARE).max(MEMORY_STEP))
+}
+
+/// Linux's `MemAvailable` from the text of `/proc/meminfo`, in bytes.
+pub fn mem_available(meminfo: &str) -> Result<u64, String> {
+    let line = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .ok_or("no MemAvailable line")?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let &[_, value, "kB"] = fields.as_slice() else {
+        return Err(format!("{line:?} is not `MemAvailable: N kB`"));
+    };
+    let kib: u64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} in {line:?} is not a whole number"))?;
+    kib.checked_mul(1024)
+        .ok_or_else(|| format!("{line:?}: {kib} kB overflows a byte count"))
+}
+
+/// Keeps this node's available memory report (`placement=score`) current: at start, after a
+/// join, and when it changed enough (`memory_stale`). `read` gives it in bytes (`/proc/meminfo`,
+/// or what `--report-mem` declares).
+pub async fn report_memory<F>(weak: Weak<Node>, read: F)
+where
+    F: Fn() -> Result<u64, String> + Send + Sync + Clone + 'static,
+{
+    loop {
+        let Some(node) = Node::alive(&weak) else { return };
+        let r = read.clone();
+        let seen = tokio::task::spawn_blocking(r)
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match seen {
+            Err(e) => tracing::debug!("reading available memory: {e}"),
+            Ok(available) => {
+                let m = node.member();
+                let stale = m.sm.read(|d| {
+                    d.state.nodes.contains_key(&m.id) && memory_stale(d.state.memory.get(&m.id).copied(), available)
+                });
+                if stale {
+                    let cmd = Command::ReportMemory {
+                        node_id: m.id,
+                        available,
+                    };
+                    match node.write(cmd).await {
+                        Ok((_, Response::Refused(why))) => tracing::warn!("memory report refused: {why}"),
+                        Ok(_) => tracing::info!("reported {available} bytes of memory available"),
+                        Err(e) => tracing::debug!("memory report: {}", e.message()),
+                    }
+                }
+            }
+        }
+        drop(node);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_available_reads_the_kernel_line_or_says_what_is_wrong() {
+        let text = "MemTotal:       24570236 kB\nMemFree:         1000 kB\nMemAvailable:   20123456 kB\n";
+        assert_eq!(mem_available(text), Ok(20_123_456 * 1024));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), Err("no MemAvailable line".into()));
+        let e = mem_available("MemAvailable: 12 MB\n").unwrap_err();
+        assert!(e.contains("is not `MemAvailable: N kB`"), "{e}");
+        let e = mem_available("MemAvailable: x kB\n").unwrap_err();
+        assert!(e.contains("\"x\""), "{e}");
+        let e = mem_available(&format!("MemAvailable: {} kB\n", u64::MAX)).unwrap_err();
+        assert!(e.contains("overflows"), "{e}");
+    }
+
+    #[test]
+    fn memory_is_reported_first_then_on_a_real_change() {
+        const GIB: u64 = 1 << 30;
+        assert!(memory_stale(None, 0));
+        assert!(!memory_stale(Some(8 * GIB), 8 * GIB));
+        // 8 GiB: a twentieth is 409.6 MiB.
+        assert!(!memory_stale(Some(8 * GIB), 8 * GIB - (400 << 20)));
+        assert!(memory_stale(Some(8 * GIB), 8 * GIB + (410 << 20)));
+        // Little memory: 64 MiB at least.
+        assert!(!memory_stale(Some(GIB), GIB + (60 << 20)));
+        assert!(memory_stale(Some(GIB), GIB - (64 << 20)));
+        assert!(memory_stale(Some(0), 64 << 20));
     }
 }

@@ -217,9 +217,10 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Marks a service provisioned, placed on its first node and started there.
+    /// Marks a service provisioned, placed on the node its placement policy prefers (if it is
+    /// not placed yet) and started there.
     pub(super) fn provision(&mut self, path: &ObjectPath) {
-        let first = self.service_nodes(path).first().copied();
+        let first = super::placement::first_choice(self, path);
         let s = self.services.entry(path.to_string()).or_default();
         s.provisioned = true;
         if s.placement.is_none() {

@@ -10,6 +10,9 @@ pub mod objects;
 #[cfg(test)]
 pub(crate) mod objects_tests;
 pub mod path;
+pub mod placement;
+#[cfg(test)]
+mod placement_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -83,6 +86,10 @@ pub struct ClusterState {
     /// Each node's volume groups and their sizes in bytes, as the node last reported them.
     #[serde(default)]
     pub vgs: BTreeMap<NodeId, BTreeMap<String, u64>>,
+    /// Each node's available memory in bytes (Linux's MemAvailable, or what `omd --report-mem`
+    /// declares), as the node last reported it: `placement=score` weighs it.
+    #[serde(default)]
+    pub memory: BTreeMap<NodeId, u64>,
     /// What the cluster wants of each service: provisioned, placement, started.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceState>,
@@ -170,7 +177,11 @@ pub enum Command {
         node_id: NodeId,
         vgs: BTreeMap<String, u64>,
     },
-    /// Provision a service's volumes on all its nodes, placed (and started) on the first.
+    /// A node's available memory in bytes, replacing its previous report (at most
+    /// `MAX_MEMORY_REPORT`).
+    ReportMemory { node_id: NodeId, available: u64 },
+    /// Provision a service's volumes on all its nodes, placed (and started) on the node its
+    /// placement policy prefers (`placement::first_choice`).
     Provision { path: ObjectPath },
     /// Stop a service and remove its volumes from every node.
     Unprovision { path: ObjectPath },
@@ -237,6 +248,7 @@ impl Command {
     pub fn reporting_node(&self) -> Option<NodeId> {
         match self {
             Command::ReportVolumeGroups { node_id, .. }
+            | Command::ReportMemory { node_id, .. }
             | Command::ReportInstance { node_id, .. }
             | Command::ReportSshKey { node_id, .. }
             | Command::ReportWatchdog { node_id, .. } => Some(*node_id),
@@ -274,6 +286,9 @@ impl fmt::Display for Command {
             Command::RemoveKey { path, key } => write!(f, "{path} key remove {key}"),
             Command::ReportVolumeGroups { node_id, vgs } => {
                 write!(f, "node {node_id} reports {} volume groups", vgs.len())
+            }
+            Command::ReportMemory { node_id, available } => {
+                write!(f, "node {node_id} reports {available} bytes of memory available")
             }
             Command::Provision { path } => write!(f, "provision {path}"),
             Command::Unprovision { path } => write!(f, "unprovision {path}"),
@@ -377,6 +392,8 @@ pub enum Rejection {
     StaleReport(String, NodeId, u64, u64),
     #[error("{0}: the disk of node {1} is outdated (DRBD {2}): it must resync before it holds the service")]
     Outdated(String, String, String),
+    #[error("memory report of node id {0}: {1} bytes is more than a node can have (at most {2})")]
+    BadMemoryReport(NodeId, u64, u64),
     #[error("{0} is not the DRBD resource of any volume")]
     UnknownResource(String),
     #[error("DRBD resource {0}: node {1} is not one of its nodes")]
@@ -443,10 +460,22 @@ impl ClusterState {
                 Ok(self.check_pools(&plan)?)
             }
             Command::CreateObject { path, config } => {
+                let keys: Vec<objects::ObjectKey> = config
+                    .sections()
+                    .iter()
+                    .flat_map(|s| {
+                        s.entries.iter().map(|(k, _)| objects::ObjectKey {
+                            section: s.name.clone(),
+                            keyword: k.clone(),
+                        })
+                    })
+                    .collect();
+                ClusterState::check_retired(path, &keys)?;
                 self.plan_create(path, config)?;
                 Ok(())
             }
             Command::UpdateObject { path, set, unset } => {
+                ClusterState::check_retired(path, set.iter().map(|(k, _)| k))?;
                 self.plan_update(path, set, unset)?;
                 Ok(())
             }
@@ -462,6 +491,15 @@ impl ClusterState {
                 } else {
                     Err(Rejection::UnknownNode(*node_id))
                 }
+            }
+            Command::ReportMemory { node_id, available } => {
+                if !self.nodes.contains_key(node_id) {
+                    return Err(Rejection::UnknownNode(*node_id));
+                }
+                if *available > MAX_MEMORY_REPORT {
+                    return Err(Rejection::BadMemoryReport(*node_id, *available, MAX_MEMORY_REPORT));
+                }
+                Ok(())
             }
             Command::Provision { path } => self.check_provision(path),
             Command::Unprovision { path } | Command::SetStarted { path, .. } => {
@@ -666,6 +704,7 @@ impl ClusterState {
                 }
                 self.nodes.remove(node_id);
                 self.vgs.remove(node_id);
+                self.memory.remove(node_id);
                 self.outdated.retain(|_, nodes| {
                     nodes.remove(node_id);
                     !nodes.is_empty()
@@ -729,6 +768,10 @@ impl ClusterState {
             }
             Command::ReportVolumeGroups { node_id, vgs } => {
                 self.vgs.insert(*node_id, vgs.clone());
+                Response::Done
+            }
+            Command::ReportMemory { node_id, available } => {
+                self.memory.insert(*node_id, *available);
                 Response::Done
             }
             Command::Provision { path } => {
@@ -861,6 +904,10 @@ impl ClusterState {
         self.nodes.iter().find(|(_, n)| n.name == name).map(|(id, _)| *id)
     }
 }
+
+/// The most memory a node may report, in bytes (4 PiB, what x86-64's 52-bit physical
+/// addresses reach): a larger report is a bug or a lie, refused.
+pub const MAX_MEMORY_REPORT: u64 = 1 << 52;
 
 /// The longest public key line the cluster accepts, in bytes.
 pub const SSH_KEY_MAX: usize = 1024;

@@ -300,10 +300,20 @@ impl ClusterState {
                     keyword: kw.clone(),
                 };
                 let (name, scope) = key.split_scope();
-                let def = keywords::lookup(&path.kind, &section.name, name).map_err(|source| ObjectError::Keyword {
-                    path: p.clone(),
-                    source,
-                })?;
+                let def = match keywords::lookup(&path.kind, &section.name, name) {
+                    Ok(def) => def,
+                    // Refused before the log (`check_retired`, from `ClusterState::check`);
+                    // in `apply`, an entry written before the keyword was retired applies
+                    // as it always did (kept, read by nothing), so replaying an old log
+                    // gives every node the same state.
+                    Err(KeywordError::Retired(..)) => continue,
+                    Err(source) => {
+                        return Err(ObjectError::Keyword {
+                            path: p.clone(),
+                            source,
+                        })
+                    }
+                };
                 if def.readonly && !allow_readonly {
                     return Err(ObjectError::Keyword {
                         path: p.clone(),
@@ -698,6 +708,24 @@ impl ClusterState {
         vc
     }
 
+    /// Refuses keywords the catalog retired among `keys` of an object at `path`: a command is
+    /// checked with it before it reaches the log (not in `apply`, see `check_config`).
+    pub(super) fn check_retired<'a>(
+        path: &ObjectPath,
+        keys: impl IntoIterator<Item = &'a ObjectKey>,
+    ) -> Result<(), ObjectError> {
+        for k in keys {
+            let (name, _) = k.split_scope();
+            if let Err(source @ KeywordError::Retired(..)) = keywords::lookup(&path.kind, &k.section, name) {
+                return Err(ObjectError::Keyword {
+                    path: path.to_string(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a new object; returns it with the volumes it creates.
     pub(super) fn plan_create(&self, path: &ObjectPath, config: &Ini) -> Result<Vec<(String, Object)>, ObjectError> {
         let key = path.to_string();
@@ -743,10 +771,20 @@ impl ClusterState {
         let mut user = Ini::default();
         for k in unset {
             let (name, _) = k.split_scope();
-            let def = keywords::lookup(&path.kind, &k.section, name).map_err(|source| ObjectError::Keyword {
-                path: key.clone(),
-                source,
-            })?;
+            let def = match keywords::lookup(&path.kind, &k.section, name) {
+                Ok(def) => def,
+                // A configuration made before the keyword was retired can drop it.
+                Err(KeywordError::Retired(..)) if config.get(&k.section, &k.keyword).is_some() => {
+                    config.unset(&k.section, &k.keyword);
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ObjectError::Keyword {
+                        path: key.clone(),
+                        source,
+                    })
+                }
+            };
             if def.readonly {
                 return Err(ObjectError::Keyword {
                     path: key.clone(),

@@ -255,7 +255,7 @@ fn update_creates_the_volume_once_size_is_set() {
     ));
     let key = |k: &str| ObjectKey::parse(k).unwrap();
     let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
-    let set = ["name={name}", "shared=true", "size=4G", "format=false", "pool=drbdvm"]
+    let set = ["name={name}", "shared=true", "size=4G", "pool=drbdvm"]
         .iter()
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap();
@@ -277,7 +277,7 @@ fn update_creates_the_volume_once_size_is_set() {
         "{shown}"
     );
     assert!(
-        shown.ends_with("[volume#data]\nname = {name}\nshared = true\nsize = 4G\nformat = false\npool = drbdvm\n"),
+        shown.ends_with("[volume#data]\nname = {name}\nshared = true\nsize = 4G\npool = drbdvm\n"),
         "{shown}"
     );
     // Resizing is refused, not silently ignored.
@@ -389,4 +389,50 @@ fn provision_places_on_the_first_data_node_and_guards_delete() {
         },
     );
     assert!(why.contains("not a service"), "{why}");
+}
+
+#[test]
+fn a_retired_keyword_is_refused_before_the_log_and_an_old_entry_still_applies() {
+    let mut s = cluster();
+    let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
+    let key = |k: &str| ObjectKey::parse(k).unwrap();
+    let update = |set: Vec<(ObjectKey, String)>, unset: Vec<ObjectKey>| Command::UpdateObject {
+        path: path.clone(),
+        set,
+        unset,
+    };
+    let old = create("demo/svc/kvm1", "[DEFAULT]\nnodes = n1 n2\ntopology = failover\n");
+    let why = s.check(&old).unwrap_err().to_string();
+    assert!(
+        why.contains("keyword \"topology\" in section [DEFAULT] is not supported"),
+        "{why}"
+    );
+    // The same command in a log written before the keyword was retired applies as it did:
+    // every node replaying the log reaches the same state.
+    assert_eq!(s.apply(&old), Response::Done);
+    assert_eq!(
+        s.objects["demo/svc/kvm1"].config.get("DEFAULT", "topology"),
+        Some("failover")
+    );
+    let why = s
+        .check(&update(vec![(key("volume#data.format"), "false".into())], vec![]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        why.contains("\"format\" in section [volume#data]") && why.contains("raw block devices"),
+        "{why}"
+    );
+    // Kept, read by nothing: it blocks no other change, and it can be dropped.
+    s.check(&update(vec![(key("priority"), "10".into())], vec![])).unwrap();
+    assert_eq!(
+        s.apply(&update(vec![(key("priority"), "10".into())], vec![key("topology")])),
+        Response::Done
+    );
+    let config = &s.objects["demo/svc/kvm1"].config;
+    assert_eq!(
+        (config.get("DEFAULT", "topology"), config.get("DEFAULT", "priority")),
+        (None, Some("10"))
+    );
+    // Unsetting a retired keyword the configuration does not hold is refused like any other.
+    refused(&mut s, update(vec![], vec![key("container#1.start_timeout")]));
 }

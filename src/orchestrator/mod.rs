@@ -1,6 +1,7 @@
 //! The orchestrator: on the leader only, moves a service with `orchestrate=ha` off a node
-//! whose lease ran out. The decision is the pure `decide`; `run` feeds it what the leader
-//! knows of leases and writes its decisions to the log.
+//! whose lease ran out, to the node its placement policy prefers (`model::placement`). The
+//! decision is the pure `decide`; `run` feeds it what the leader knows of leases and writes
+//! its decisions to the log.
 //!
 //! Safety (the lease invariants of ARCHITECTURE.md): a node's lease, as the leader granted it, must have run out
 //! plus the drift margin before anything moves; a new leader, which cannot know the grants of
@@ -15,14 +16,22 @@ use tracing::{info, warn};
 
 use crate::config::ini::DEFAULT;
 use crate::lease::LeaseConfig;
+use crate::model::placement::{rank, Planned};
 use crate::model::{ClusterState, Command, NodeId, ObjectPath, Phase};
 
 /// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
-/// started and not frozen, placed on a node in `expired` that has a watchdog armed, the first node of its `nodes` order
-/// that is `leased`, not frozen, has the service provisioned and none of its DRBD resources
-/// marked outdated (by a peer's fence-peer handler).
+/// started and not frozen, placed on a node in `expired` that has a watchdog armed, a
+/// failover to the node its placement policy ranks first (`model::placement::rank`) among
+/// its nodes that are `leased`, not frozen, have the service provisioned and none of its DRBD
+/// resources marked outdated (by a peer's fence-peer handler).
+///
+/// The other decisions (a live switch ended, a node recorded fenced) come first; then the
+/// failovers, by `priority` (lower first; equal ones by path), each placed knowing where the
+/// ones before it go (`spread` counts them).
 pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<NodeId>) -> Vec<Command> {
     let mut out = Vec::new();
+    // (priority, path, from, eligible targets in nodes order)
+    let mut moving: Vec<(u64, ObjectPath, NodeId, Vec<NodeId>)> = Vec::new();
     for (key, obj) in &state.objects {
         let Ok(path) = ObjectPath::parse(key) else { continue };
         if path.kind != "svc" {
@@ -90,14 +99,27 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
                     .is_some_and(|r| r.provisioned)
         };
         // A node whose disk a DRBD fence-peer had outdated holds old data until it resyncs.
-        let target = state.service_nodes(&path).into_iter().find(|n| {
-            *n != from
-                && leased.contains(n)
-                && !state.frozen_nodes.contains(n)
-                && provisioned_on(n)
-                && state.outdated_on(&path, *n).is_empty()
-        });
-        if let Some(to) = target {
+        let eligible: Vec<NodeId> = state
+            .service_nodes(&path)
+            .into_iter()
+            .filter(|n| {
+                *n != from
+                    && leased.contains(n)
+                    && !state.frozen_nodes.contains(n)
+                    && provisioned_on(n)
+                    && state.outdated_on(&path, *n).is_empty()
+            })
+            .collect();
+        if !eligible.is_empty() {
+            moving.push((state.priority(&path), path, from, eligible));
+        }
+    }
+    // A stable sort: equal priorities keep the path order.
+    moving.sort_by_key(|(priority, ..)| *priority);
+    let mut planned = Planned::new();
+    for (_, path, from, eligible) in moving {
+        if let Some(&to) = rank(state, &path, &eligible, &planned).first() {
+            *planned.entry(to).or_default() += 1;
             out.push(Command::Failover { path, from, to });
         }
     }

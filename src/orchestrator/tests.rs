@@ -473,3 +473,168 @@ fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_beh
     });
     assert_eq!(s.apply(&Command::LiveSwitch { path: path(), to: 2 }), Response::Done);
 }
+
+/// n1, n2 and n4 (id 4) with watchdogs armed, the witness w (id 3); services `demo/svc/NAME`
+/// on the three data nodes, provisioned (placed on n1, the first of their nodes, reported
+/// provisioned everywhere), then given `config` (`KEYWORD=VALUE` lines).
+fn three(services: &[(&str, &[&str])]) -> ClusterState {
+    let mut s = crate::model::objects_tests::nodes_with_vgs();
+    let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
+    ok(
+        &mut s,
+        Command::AddNode {
+            name: "n4".into(),
+            addr: "a:4".into(),
+            witness: false,
+            token: None,
+        },
+    );
+    for node_id in [1, 2, 4] {
+        ok(&mut s, Command::ReportWatchdog { node_id, armed: true });
+    }
+    for (name, config) in services {
+        let path = ObjectPath::parse(&format!("demo/svc/{name}")).unwrap();
+        let mut ini = Ini::parse("[DEFAULT]\nnodes = n1 n2 n4\norchestrate = ha\n").unwrap();
+        ini.set("DEFAULT", "id", &derived_uuid(name)).unwrap();
+        ok(
+            &mut s,
+            Command::CreateObject {
+                path: path.clone(),
+                config: ini,
+            },
+        );
+        ok(&mut s, Command::Provision { path: path.clone() });
+        for node_id in [1, 2, 4] {
+            let report = InstanceReport {
+                avail: Avail::Down,
+                warn: false,
+                provisioned: true,
+                resources: vec![],
+            };
+            ok(
+                &mut s,
+                Command::ReportInstance {
+                    seq: 0,
+                    path: path.clone(),
+                    node_id,
+                    report,
+                },
+            );
+        }
+        let set = config
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (ObjectKey::parse(k).unwrap(), v.to_string())
+            })
+            .collect::<Vec<_>>();
+        if !set.is_empty() {
+            ok(
+                &mut s,
+                Command::UpdateObject {
+                    path,
+                    set,
+                    unset: vec![],
+                },
+            );
+        }
+    }
+    s
+}
+
+/// Each failover as (service name, from, to), in order.
+fn failovers(d: &[Command]) -> Vec<(String, NodeId, NodeId)> {
+    d.iter()
+        .filter_map(|c| match c {
+            Command::Failover { path, from, to } => Some((path.name.clone(), *from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn f(name: &str, from: NodeId, to: NodeId) -> (String, NodeId, NodeId) {
+    (name.to_string(), from, to)
+}
+
+#[test]
+fn nodes_order_sends_every_service_to_the_first_eligible_node() {
+    let s = three(&[("a", &[]), ("b", &[])]);
+    assert_eq!(
+        failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))),
+        vec![f("a", 1, 2), f("b", 1, 2)]
+    );
+}
+
+#[test]
+fn spread_failovers_in_one_tick_count_the_ones_decided_before() {
+    let spread: &[&str] = &["placement=spread"];
+    let s = three(&[("a", spread), ("b", spread), ("c", spread)]);
+    assert_eq!(
+        failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))),
+        vec![f("a", 1, 2), f("b", 1, 4), f("c", 1, 2)]
+    );
+}
+
+#[test]
+fn the_lower_priority_number_fails_over_first_and_gets_the_preferred_node() {
+    let s = three(&[
+        ("a", &["placement=spread"]),
+        ("b", &["placement=spread", "priority=10"]),
+        ("c", &["placement=spread", "priority=10"]),
+    ]);
+    // b and c before a (equal priorities by path), and a gets what is left.
+    assert_eq!(
+        failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))),
+        vec![f("b", 1, 2), f("c", 1, 4), f("a", 1, 2)]
+    );
+    // The other decisions come first: n4 lost its lease too, recorded fenced for each service
+    // before anything moves (to n2, the only node left).
+    let d = decide(&s, &set(&[1, 4]), &set(&[2]));
+    let fences = d.iter().take_while(|c| matches!(c, Command::Fence { .. })).count();
+    assert_eq!((fences, d.len()), (3, 6), "{d:?}");
+    assert_eq!(failovers(&d), vec![f("b", 1, 2), f("c", 1, 2), f("a", 1, 2)]);
+}
+
+#[test]
+fn score_fails_over_to_the_node_with_the_most_free_memory_and_capacity() {
+    let mut s = three(&[("a", &["placement=score"])]);
+    s.apply(&Command::ReportVolumeGroups {
+        node_id: 4,
+        vgs: [("data".to_string(), 5u64 << 30)].into(),
+    });
+    for (node_id, gib) in [(1, 8u64), (2, 2), (4, 4)] {
+        assert_eq!(
+            s.apply(&Command::ReportMemory {
+                node_id,
+                available: gib << 30
+            }),
+            Response::Done
+        );
+    }
+    assert_eq!(failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))), vec![f("a", 1, 4)]);
+}
+
+#[test]
+fn the_policy_chooses_only_among_eligible_nodes() {
+    // spread would pick n2 (empty, first): frozen, or without a lease, n4 gets it.
+    let mut s = three(&[("a", &["placement=spread"]), ("b", &[])]);
+    // b runs on n4.
+    let b = ObjectPath::parse("demo/svc/b").unwrap();
+    for c in [
+        Command::SetStarted {
+            path: b.clone(),
+            started: false,
+        },
+        Command::Switch { path: b.clone(), to: 4 },
+        Command::SetStarted { path: b, started: true },
+    ] {
+        assert_eq!(s.apply(&c), Response::Done, "{c}");
+    }
+    assert_eq!(failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))), vec![f("a", 1, 2)]);
+    assert_eq!(failovers(&decide(&s, &set(&[1]), &set(&[4]))), vec![f("a", 1, 4)]);
+    s.apply(&Command::FreezeNode {
+        node_id: 2,
+        frozen: true,
+    });
+    assert_eq!(failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))), vec![f("a", 1, 4)]);
+}

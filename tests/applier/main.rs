@@ -191,7 +191,8 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         &["demo/svc/kvm1", "switch", "--to", "n1", "--wait", "--time", "60s"],
     );
     assert!(running_on("n1") && !running_on("n2"));
-    // takeover: to the node asked (n2); giveback: to the first of its nodes (n1).
+    // takeover: to the node asked (n2); giveback: to the node its placement prefers (the
+    // default, nodes order: the first of its nodes, n1).
     ok(&n2, &["demo/svc/kvm1", "takeover", "--wait", "--time", "60s"]);
     assert!(running_on("n2") && !running_on("n1"));
     ok(&n2, &["demo/svc/kvm1", "giveback", "--wait", "--time", "60s"]);

@@ -105,8 +105,6 @@ async fn tutorial_object_steps_on_three_nodes() {
         "--set",
         "volume#data.size=4G",
         "--set",
-        "volume#data.format=false",
-        "--set",
         "volume#data.pool=drbdvm",
     ];
     ok(&n1, &[&["demo/svc/kvm1", "config", "update"][..], &vol].concat());
@@ -117,7 +115,7 @@ async fn tutorial_object_steps_on_three_nodes() {
     assert_eq!(id.len(), 36, "id {id:?}");
     assert_eq!(
         rest,
-        "\n[volume#data]\nname = {name}\nshared = true\nsize = 4G\nformat = false\npool = drbdvm\n"
+        "\n[volume#data]\nname = {name}\nshared = true\nsize = 4G\npool = drbdvm\n"
     );
     assert_eq!(
         ok(&n2, &["demo/svc/kvm1", "instance", "device", "list"]),

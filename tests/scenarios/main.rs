@@ -1,7 +1,8 @@
 //! Deterministic scenarios, in the spirit of Pacemaker's
 //! scheduler regression cases and Proxmox's HA simulator: scripted timelines on a simulated
-//! cluster of two data nodes and a witness (see `world.rs` for what is real and what is
-//! modelled), with the invariants checked after every 100 ms tick: the guest runs on at most
+//! cluster of two data nodes and a witness (three data nodes and two services for the
+//! placement policies; see `world.rs` for what is real and what is
+//! modelled), with the invariants checked after every 100 ms tick: a guest runs on at most
 //! one node, DRBD is Primary on at most one node outside a committed live switch's
 //! dual-primary window (and then exactly one node runs the guest), the simulators saw no split
 //! brain, nothing acknowledged is lost and nodes that applied as much agree. A failure prints
@@ -906,4 +907,129 @@ fn s41_a_report_that_arrives_late_never_overwrites_a_newer_one() {
             w.trace.join("\n")
         );
     }
+}
+
+/// Three data nodes (n1, n2, n3) and the witness, with `services` (name, DEFAULT lines), and
+/// the memory the nodes report.
+fn three_nodes(seed: u64, services: &[(&'static str, &'static str)], memory: &[(&'static str, u64)]) -> World {
+    World::with(
+        seed,
+        world::Setup {
+            data_nodes: 3,
+            services: services
+                .iter()
+                .map(|(name, config)| world::Service { name, config })
+                .collect(),
+            memory: memory.to_vec(),
+        },
+    )
+}
+
+/// Service `name`'s guest runs on `node` alone, where it is placed.
+fn settles(w: &mut World, name: &str, node: &str, within: Duration) {
+    let want = on(&[node]);
+    w.run_until(within, &format!("{name} on {node} alone"), |w| {
+        w.running_of(name) == want && w.placement_of(name).as_deref() == Some(node)
+    });
+}
+
+/// The services failed over from the log's entry `from` on, in commit order, with the index
+/// of each failover.
+fn failovers_since(w: &World, from: usize) -> Vec<(usize, String)> {
+    w.log
+        .iter()
+        .enumerate()
+        .skip(from)
+        .filter_map(|(i, c)| match c {
+            Command::Failover { path, .. } => Some((i, path.name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+const GIB: u64 = 1 << 30;
+
+#[test]
+fn s42_spread_provisions_beside_the_busy_node_and_fails_over_to_the_idle_one() {
+    let spread = "placement = spread\n";
+    let mut w = three_nodes(42, &[("kvm1", spread), ("kvm2", spread)], &[]);
+    // kvm1 went to n1 (all idle: nodes order), kvm2 beside it (n1 runs one).
+    assert_eq!(
+        (w.placement_of("kvm1"), w.placement_of("kvm2")),
+        (Some("n1".into()), Some("n2".into()))
+    );
+    w.run_for(S(2));
+    w.power_off("n1");
+    // The nodes order would give n2; n3 runs nothing.
+    settles(&mut w, "kvm1", "n3", S(20));
+    assert_eq!(w.running_of("kvm2"), on(&["n2"]));
+}
+
+#[test]
+fn s43_score_fails_over_to_the_node_with_the_most_free_memory_and_giveback_returns() {
+    let score = "placement = score\n";
+    let memory = [("n1", 16 * GIB), ("n2", 2 * GIB), ("n3", 8 * GIB)];
+    let mut w = three_nodes(43, &[("kvm1", score)], &memory);
+    assert_eq!(w.placement_of("kvm1").as_deref(), Some("n1"), "16 GiB free");
+    w.run_for(S(2));
+    w.power_off("n1");
+    // The nodes order would give n2 (2 GiB); n3 has 8.
+    settles(&mut w, "kvm1", "n3", S(20));
+    // Back, n1 is again the first choice: giveback's target.
+    w.power_on("n1");
+    w.run_for(S(5));
+    let path = world::service_path("kvm1");
+    let back = omraft::model::placement::first_choice(&w.committed(), &path);
+    assert_eq!(back, Some(id(&w, "n1")));
+    w.op(
+        "n3",
+        Command::Switch {
+            path,
+            to: back.unwrap(),
+        },
+    )
+    .unwrap();
+    settles(&mut w, "kvm1", "n1", S(30));
+}
+
+#[test]
+fn s44_the_lower_priority_number_fails_over_first_and_gets_the_node_its_policy_prefers() {
+    // Both on n1 (nodes order at provision), then spread, kvm2 with priority 10.
+    let mut w = three_nodes(44, &[("kvm1", ""), ("kvm2", "")], &[]);
+    assert_eq!(
+        (w.placement_of("kvm1"), w.placement_of("kvm2")),
+        (Some("n1".into()), Some("n1".into()))
+    );
+    for (name, set) in [
+        ("kvm1", vec![("placement", "spread")]),
+        ("kvm2", vec![("placement", "spread"), ("priority", "10")]),
+    ] {
+        let set = set
+            .into_iter()
+            .map(|(k, v)| (omraft::model::ObjectKey::parse(k).unwrap(), v.to_string()))
+            .collect();
+        let cmd = Command::UpdateObject {
+            path: world::service_path(name),
+            set,
+            unset: vec![],
+        };
+        assert_eq!(w.op("n1", cmd).unwrap(), Response::Done);
+    }
+    w.run_for(S(2));
+    let from = w.log.len();
+    w.power_off("n1");
+    // In path order kvm1 would go first and get n2; kvm2 goes first.
+    settles(&mut w, "kvm2", "n2", S(20));
+    settles(&mut w, "kvm1", "n3", S(10));
+    let moves = failovers_since(&w, from);
+    assert_eq!(
+        moves.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
+        ["kvm2", "kvm1"],
+        "{moves:?}"
+    );
+    assert_eq!(
+        moves[1].0,
+        moves[0].0 + 1,
+        "decided in one orchestrator step: {moves:?}"
+    );
 }

@@ -1,5 +1,6 @@
 //! A simulated cluster on a virtual clock: two data nodes (n1, n2) and a witness (w), stepped
-//! in 100 ms ticks, deterministic for a given seed.
+//! in 100 ms ticks, deterministic for a given seed; `World::with` adds data nodes (n3, ...)
+//! and services beside kvm1 (kvm2, ...).
 //!
 //! Real code everywhere above consensus: the state machine (`ClusterState::apply`), the lease
 //! rules (`Lease`), the leader's `lease_views`/`may_act`/`decide`, each node's applier pass
@@ -49,17 +50,52 @@ const ELECTION_MIN: Duration = Duration::from_millis(600);
 const WATCHDOG_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const SVC: &str = "demo/svc/kvm1";
 pub const VM: &str = "kvm1";
-const RES: &str = "kvm1.demo.vol.drbd4kvm";
+
+/// The DRBD resource of service `name`'s volume.
+fn res(name: &str) -> String {
+    format!("{name}.demo.vol.drbd4kvm")
+}
+
+/// One service of a world: `demo/svc/NAME` with a 1 GiB DRBD volume and the guest NAME, on
+/// every data node in the order n1, n2, ..., `orchestrate=ha`, plus `config` lines in its
+/// DEFAULT section (`placement = spread`).
+pub struct Service {
+    pub name: &'static str,
+    pub config: &'static str,
+}
+
+/// What a world holds: `data_nodes` data nodes (n1, n2, then n3... added after the witness,
+/// as they would join), its services, provisioned in this order (each guest created where its
+/// service was placed), and the memory each node reports (`omd --report-mem`).
+pub struct Setup {
+    pub data_nodes: usize,
+    pub services: Vec<Service>,
+    pub memory: Vec<(&'static str, u64)>,
+}
+
+impl Default for Setup {
+    /// n1, n2, the witness and kvm1: `World::new`.
+    fn default() -> Setup {
+        Setup {
+            data_nodes: 2,
+            services: vec![Service {
+                name: "kvm1",
+                config: "",
+            }],
+            memory: vec![],
+        }
+    }
+}
 
 /// The fence-peer handler of the worlds, standing in for `omctl drbd fence-peer` (which asks
 /// the node's daemon to commit the peer outdated and exits 4 only once it is): it answers 4
 /// when the world said, right before this node's pass, that the node would get it committed
-/// (`SIM/fence-ok/ME-PEER`: it reaches a leader with a majority, which accepts it), and
+/// (`SIM/fence-ok/ME-PEER-RESOURCE`: it reaches a leader with a majority, which accepts it), and
 /// leaves the request in `SIM/fence-req/ME` for the world to commit after the pass; 1
 /// otherwise, as omctl does. `SIM` is three levels above the resource file.
 const FENCE_STAND_IN: &str = r#"sim=$(dirname "$(dirname "$(dirname "$DRBD_CONF")")")
 eval me=\$DRBD_NODE_ID_$DRBD_MY_NODE_ID; eval peer=\$DRBD_NODE_ID_$DRBD_PEER_NODE_ID
-[ -e "$sim/fence-ok/$me-$peer" ] || exit 1
+[ -e "$sim/fence-ok/$me-$peer-$DRBD_RESOURCE" ] || exit 1
 mkdir -p "$sim/fence-req" && echo "fence $DRBD_RESOURCE $peer" >> "$sim/fence-req/$me" && exit 4
 exit 1"#;
 
@@ -181,6 +217,8 @@ pub struct World {
     pub trace: Vec<String>,
     /// Moves committed while the node's lease still ran (`check_moved_only_after_the_lease`).
     lease_violations: Vec<String>,
+    /// The services' names (kvm1 first): each is `demo/svc/NAME`, its guest NAME.
+    pub services: Vec<String>,
 }
 
 /// A node's simulated drivers: no time for a resync (the simulator counts it in real
@@ -198,26 +236,40 @@ fn drivers(sim: &Path, name: &str) -> Drivers {
     omraft::sim::in_process_drivers(sim, name, &settings)
 }
 
-pub fn domain_xml() -> String {
-    format!("<domain type='kvm'><name>{VM}</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>")
+/// The guest `name` on `/dev/drbdMINOR`.
+fn guest_xml(name: &str, minor: u32) -> String {
+    format!("<domain type='kvm'><name>{name}</name><devices><disk><source dev='/dev/drbd{minor}'/></disk></devices></domain>")
 }
 
 impl World {
     /// n1, n2 and w; the pool, the service with its volume and guest, provisioned and running
     /// on n1.
     pub fn new(seed: u64) -> World {
+        World::with(seed, Setup::default())
+    }
+
+    /// The world `setup` describes, every service provisioned and its guest running where it
+    /// was placed.
+    pub fn with(seed: u64, setup: Setup) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let sim = tmp.path().join("sim");
         std::fs::create_dir_all(&sim).unwrap();
         // The simulated migration's memory copy takes no real time here.
         std::fs::write(sim.join("migrate-ms"), "0").unwrap();
+        // Ids as the cluster allocates them: n1, n2, the witness, then the other data nodes.
+        let mut members: Vec<(NodeId, String, bool)> =
+            vec![(1, "n1".into(), false), (2, "n2".into(), false), (3, "w".into(), true)];
+        for i in 3..=setup.data_nodes {
+            members.push((i as NodeId + 1, format!("n{i}"), false));
+        }
         let mut nodes = BTreeMap::new();
-        for (id, name, witness) in [(1, "n1", false), (2, "n2", false), (3, "w", true)] {
+        for (id, name, witness) in &members {
+            let (id, witness) = (*id, *witness);
             nodes.insert(
                 id,
                 SimNode {
                     id,
-                    name: name.into(),
+                    name: name.clone(),
                     witness,
                     power: true,
                     daemon: Daemon::Running,
@@ -261,59 +313,81 @@ impl World {
             rng: Rng::new(seed),
             trace: vec![],
             lease_violations: vec![],
+            services: setup.services.iter().map(|s| s.name.to_string()).collect(),
         };
         let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
-        let mut config = Ini::parse(
-            "[DEFAULT]\nnodes = n1 n2\norchestrate = ha\n[volume#data]\nshared = true\nsize = 1G\n\
-             [container#1]\ntype = kvm\nname = kvm1\n",
-        )
-        .unwrap();
-        config.set("DEFAULT", "id", &derived_uuid(SVC)).unwrap();
-        let setup = vec![
-            Command::Bootstrap {
-                node_id: 1,
-                name: "n1".into(),
-                addr: "10.0.0.1:1215".into(),
-            },
-            Command::AddNode {
-                name: "n2".into(),
-                addr: "10.0.0.2:1215".into(),
-                witness: false,
+        let data: Vec<&str> = members.iter().filter(|m| !m.2).map(|m| m.1.as_str()).collect();
+        let mut setup_log = vec![Command::Bootstrap {
+            node_id: 1,
+            name: "n1".into(),
+            addr: "10.0.0.1:1215".into(),
+        }];
+        for (id, name, witness) in &members[1..] {
+            setup_log.push(Command::AddNode {
+                name: name.clone(),
+                addr: format!("10.0.0.{id}:1215"),
+                witness: *witness,
                 token: None,
-            },
-            Command::AddNode {
-                name: "w".into(),
-                addr: "10.0.0.3:1215".into(),
-                witness: true,
-                token: None,
-            },
-            Command::ReportVolumeGroups {
-                node_id: 1,
+            });
+        }
+        for (id, _, _) in members.iter().filter(|m| !m.2) {
+            setup_log.push(Command::ReportVolumeGroups {
+                node_id: *id,
                 vgs: [("data".to_string(), 10u64 << 30)].into(),
-            },
-            Command::ReportVolumeGroups {
-                node_id: 2,
-                vgs: [("data".to_string(), 10u64 << 30)].into(),
-            },
-            Command::UpdateConfig {
-                set: vec![
-                    kv("cluster.name", "drbd4kvm"),
-                    kv("pool#drbdvm.type", "drbd"),
-                    kv("pool#drbdvm.vg", "data"),
-                ],
-                unset: vec![],
-            },
-            Command::CreateObject { path: path(), config },
-        ];
-        for cmd in setup {
+            });
+        }
+        for (name, available) in &setup.memory {
+            let node_id = members.iter().find(|m| m.1 == *name).expect("a node of the world").0;
+            setup_log.push(Command::ReportMemory {
+                node_id,
+                available: *available,
+            });
+        }
+        setup_log.push(Command::UpdateConfig {
+            set: vec![
+                kv("cluster.name", "drbd4kvm"),
+                kv("pool#drbdvm.type", "drbd"),
+                kv("pool#drbdvm.vg", "data"),
+            ],
+            unset: vec![],
+        });
+        for cmd in setup_log {
             w.operator(1, cmd).expect("setup");
         }
-        // The operator creates the guest on n1 (the tutorial's virt-install), then provisions.
-        w.hv("n1").define(&domain_xml()).unwrap();
-        w.operator(1, Command::Provision { path: path() }).expect("provision");
-        w.run_until(Duration::from_secs(30), "the guest running on n1", |w| {
-            w.running() == vec!["n1".to_string()]
-        });
+        for svc in &setup.services {
+            let mut config = Ini::parse(&format!(
+                "[DEFAULT]\nnodes = {}\norchestrate = ha\n{}[volume#data]\nshared = true\nsize = 1G\n\
+                 [container#1]\ntype = kvm\nname = {}\n",
+                data.join(" "),
+                svc.config,
+                svc.name
+            ))
+            .unwrap();
+            let path = service_path(svc.name);
+            config.set("DEFAULT", "id", &derived_uuid(&path.to_string())).unwrap();
+            w.operator(
+                1,
+                Command::CreateObject {
+                    path: path.clone(),
+                    config,
+                },
+            )
+            .expect("create");
+            w.operator(1, Command::Provision { path }).expect("provision");
+            // The operator creates the guest where the service was placed (the tutorial's
+            // virt-install on n1, then provision).
+            let on = w.placement_of(svc.name).expect("placed");
+            let minor = w.committed().objects[&format!("demo/vol/{}", svc.name)]
+                .alloc
+                .as_ref()
+                .and_then(|a| a.drbd.as_ref())
+                .expect("a DRBD volume")
+                .minor;
+            w.hv(&on).define(&guest_xml(svc.name, minor)).unwrap();
+            w.run_until(Duration::from_secs(30), &format!("{} running on {on}", svc.name), |w| {
+                w.running_of(svc.name) == vec![on.clone()]
+            });
+        }
         w.trace.clear();
         w
     }
@@ -459,6 +533,11 @@ impl World {
 /// The service's path.
 pub fn path() -> ObjectPath {
     ObjectPath::parse(SVC).unwrap()
+}
+
+/// The path of service `name`.
+pub fn service_path(name: &str) -> ObjectPath {
+    ObjectPath::parse(&format!("demo/svc/{name}")).unwrap()
 }
 
 impl World {
@@ -648,14 +727,16 @@ impl World {
         };
         set(dir.join(me), leader.is_some());
         for peer in self.nodes.values().filter(|p| p.id != id) {
-            let accepted = leader.is_some_and(|l| {
-                let outdate = Command::OutdatePeer {
-                    resource: RES.into(),
-                    node_id: peer.id,
-                };
-                self.nodes[&l].state.check(&outdate).is_ok()
-            });
-            set(dir.join(format!("{me}-{}", peer.name)), accepted);
+            for resource in self.services.iter().map(|s| res(s)) {
+                let accepted = leader.is_some_and(|l| {
+                    let outdate = Command::OutdatePeer {
+                        resource: resource.clone(),
+                        node_id: peer.id,
+                    };
+                    self.nodes[&l].state.check(&outdate).is_ok()
+                });
+                set(dir.join(format!("{me}-{}-{resource}", peer.name)), accepted);
+            }
         }
     }
 
@@ -712,28 +793,40 @@ impl World {
         }
     }
 
-    /// Whether the guest runs or DRBD is Primary on `node`.
+    /// Whether a guest runs or a DRBD resource is Primary on `node`.
     fn holding(&self, node: &str) -> bool {
-        self.hv(node).state(VM).ok() == Some(DomainState::Running)
-            || Sim::new(&self.sim, node).is_primary(RES).unwrap_or(false)
+        let drbd = Sim::new(&self.sim, node);
+        self.services.iter().any(|s| {
+            self.hv(node).state(s).ok() == Some(DomainState::Running) || drbd.is_primary(&res(s)).unwrap_or(false)
+        })
     }
 
-    /// Nodes on which the guest runs.
+    /// Nodes on which kvm1's guest runs.
     pub fn running(&self) -> Vec<String> {
+        self.running_of(VM)
+    }
+
+    /// Nodes on which service `name`'s guest runs.
+    pub fn running_of(&self, name: &str) -> Vec<String> {
         self.nodes
             .values()
             .filter(|n| !n.witness)
-            .filter(|n| self.hv(&n.name).state(VM).ok() == Some(DomainState::Running))
+            .filter(|n| self.hv(&n.name).state(name).ok() == Some(DomainState::Running))
             .map(|n| n.name.clone())
             .collect()
     }
 
-    /// Nodes on which the service's DRBD resource is Primary.
+    /// Nodes on which kvm1's DRBD resource is Primary.
     pub fn primaries(&self) -> Vec<String> {
+        self.primaries_of(VM)
+    }
+
+    /// Nodes on which service `name`'s DRBD resource is Primary.
+    pub fn primaries_of(&self, name: &str) -> Vec<String> {
         self.nodes
             .values()
             .filter(|n| !n.witness)
-            .filter(|n| Sim::new(&self.sim, &n.name).is_primary(RES).unwrap_or(false))
+            .filter(|n| Sim::new(&self.sim, &n.name).is_primary(&res(name)).unwrap_or(false))
             .map(|n| n.name.clone())
             .collect()
     }
@@ -754,29 +847,32 @@ impl World {
     /// The invariants (ARCHITECTURE.md: no split brain, nothing acknowledged lost, one state per
     /// log index), after every tick.
     fn check(&mut self) {
-        let running = self.running();
-        let primaries = self.primaries();
         let mut broken = vec![];
-        if running.len() > 1 {
-            broken.push(format!("the guest runs on {running:?}"));
-        }
-        if primaries.len() > 1 {
-            // Only in a committed live switch's dual-primary window, with one guest.
-            let last = self.leader.map(|l| &self.nodes[&l].state);
-            let phase = last
-                .and_then(|s| s.services.get(SVC))
-                .and_then(|s| s.migration.as_ref())
-                .map(|m| m.phase);
-            let window = matches!(
-                phase,
-                Some(Phase::DualPrimary | Phase::Migrating | Phase::Finalize | Phase::Abort)
-            );
-            // Both sides may be Primary with the guest on neither (both reset during the
-            // copy); never with it on two.
-            if !window || running.len() > 1 {
-                broken.push(format!(
-                    "DRBD Primary on {primaries:?} (phase {phase:?}, guest on {running:?})"
-                ));
+        for name in &self.services {
+            let running = self.running_of(name);
+            let primaries = self.primaries_of(name);
+            if running.len() > 1 {
+                broken.push(format!("guest {name} runs on {running:?}"));
+            }
+            if primaries.len() > 1 {
+                // Only in a committed live switch's dual-primary window, with one guest.
+                let last = self.leader.map(|l| &self.nodes[&l].state);
+                let phase = last
+                    .and_then(|s| s.services.get(&service_path(name).to_string()))
+                    .and_then(|s| s.migration.as_ref())
+                    .map(|m| m.phase);
+                let window = matches!(
+                    phase,
+                    Some(Phase::DualPrimary | Phase::Migrating | Phase::Finalize | Phase::Abort)
+                );
+                // Both sides may be Primary with the guest on neither (both reset during the
+                // copy); never with it on two.
+                if !window || running.len() > 1 {
+                    broken.push(format!(
+                        "DRBD {} Primary on {primaries:?} (phase {phase:?}, guest on {running:?})",
+                        res(name)
+                    ));
+                }
             }
         }
         broken.extend(self.lease_violations.iter().cloned());
@@ -952,7 +1048,9 @@ impl World {
     }
 
     /// The simulator's DRBD cut flags from what is cut: a node's every link, its DRBD links
-    /// alone, or the pair of data nodes (DRBD's only peers) cut from each other.
+    /// alone, or the pair of data nodes (DRBD's only peers) cut from each other. The simulator
+    /// cuts a node from all its peers, so with more than two data nodes a pair cut between
+    /// two of them cuts the first data node's DRBD links altogether (no scenario does that).
     fn sync_netcut(&self) {
         let data_pair = self
             .pair_cuts
@@ -1030,10 +1128,15 @@ impl World {
         self.valid_leader().map(|l| self.nodes[&l].name.clone())
     }
 
-    /// The committed placement of the service.
+    /// The committed placement of kvm1.
     pub fn placement(&self) -> Option<String> {
+        self.placement_of(VM)
+    }
+
+    /// The committed placement of service `name`.
+    pub fn placement_of(&self, name: &str) -> Option<String> {
         let s = self.committed();
-        let id = s.services.get(SVC)?.placement?;
+        let id = s.services.get(&service_path(name).to_string())?.placement?;
         Some(s.nodes.get(&id)?.name.clone())
     }
 
