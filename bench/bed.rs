@@ -19,6 +19,8 @@
 #[path = "../tests/bed/bed.rs"]
 mod bed;
 mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};

@@ -18,13 +18,15 @@
 
 mod harness;
 mod runner;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{client, cpu_model, round, status_text, within, Cluster, Daemon, NODES};
+use harness::{client, cpu_model, round, status_text, within, Cluster, Omd, NODES};
 use omraft::pb;
 use runner::{Level, Phases};
 
@@ -53,7 +55,7 @@ fn update(i: u64) -> pb::ConfigUpdateRequest {
 }
 
 /// One ConfigUpdate per write, on this worker's own connection.
-async fn writers(d: &Daemon, n: usize) -> Result<Vec<impl runner::Writer>, String> {
+async fn writers(d: &Omd, n: usize) -> Result<Vec<impl runner::Writer>, String> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let conn = client(d).await?;
@@ -265,9 +267,8 @@ fn main() -> ExitCode {
         measure: Duration::from_secs_f64(secs),
         timeout: Duration::from_secs(15),
     };
-    let omd = harness::omd_path();
-    eprintln!("commit bench: {} , {secs} s per level", omd.display());
-    let mut cluster = match Cluster::spawn(&omd) {
+    eprintln!("commit bench: {} , {secs} s per level", support::omd::OMD);
+    let mut cluster = match Cluster::spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("commit bench: {e}");

@@ -32,12 +32,14 @@
 //! directory removed on every exit, panics, SIGINT and SIGTERM included.
 
 mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{client, epoch_secs, round, stamps, stats, status_text, within, Cluster, Daemon, Stats};
+use harness::{client, epoch_secs, round, stamps, stats, status_text, within, Cluster, Launch, Omd, Stats};
 use omraft::pb;
 
 const DEFAULT_TRIALS: usize = 10;
@@ -166,7 +168,7 @@ impl Sim {
     }
 }
 
-async fn instance_status(d: &Daemon) -> Result<pb::InstanceStatusReply, String> {
+async fn instance_status(d: &Omd) -> Result<pb::InstanceStatusReply, String> {
     let mut c = client(d).await?;
     within(RPC_LIMIT, "InstanceStatus", async {
         c.instance_status(pb::ObjectRef { path: SERVICE.into() })
@@ -382,7 +384,7 @@ fn lease_ms(s: &pb::NodeStatus) -> Option<u64> {
     s.lease_ms
 }
 
-async fn node_status(d: &Daemon) -> Result<pb::NodeStatus, String> {
+async fn node_status(d: &Omd) -> Result<pb::NodeStatus, String> {
     let mut c = client(d).await?;
     within(RPC_LIMIT, "NodeStatus", async {
         c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
@@ -410,7 +412,7 @@ async fn trial(cluster: &mut Cluster, sim: &Sim, n: usize) -> Result<Trial, Stri
     let survivors: Vec<&'static str> = harness::NODES.iter().copied().filter(|n| *n != holder).collect();
     let offsets: Vec<u64> = survivors
         .iter()
-        .map(|n| std::fs::metadata(&cluster.by_name(n).expect("ours").log).map_or(0, |m| m.len()))
+        .map(|n| std::fs::metadata(cluster.by_name(n).expect("ours").log_path()).map_or(0, |m| m.len()))
         .collect();
 
     // Pull the plug: the daemon dies with its node.
@@ -450,7 +452,7 @@ async fn trial(cluster: &mut Cluster, sim: &Sim, n: usize) -> Result<Trial, Stri
     let logs: Vec<(&str, String)> = survivors
         .iter()
         .zip(&offsets)
-        .map(|(name, off)| (*name, log_from(&cluster.by_name(name).expect("ours").log, *off)))
+        .map(|(name, off)| (*name, log_from(&cluster.by_name(name).expect("ours").log_path(), *off)))
         .collect();
     let mut t = Trial {
         n,
@@ -777,19 +779,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let omd = harness::omd_path();
-    let omsim = harness::bin_path("omsim", option_env!("CARGO_BIN_EXE_omsim"));
-    if !omsim.is_file() {
-        eprintln!(
-            "failover bench: no omsim at {}: build it first (cargo bench builds it)",
-            omsim.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    // The daemons inherit it (restarted ones too); set before any thread starts.
-    std::env::set_var("OMRAFT_SIM_SYNC_MS", SIM_SYNC_MS);
-    eprintln!("failover bench: {} , {trials} trials", omd.display());
-    let mut cluster = match Cluster::spawn_in(&omd, |dir, node| {
+    eprintln!("failover bench: {} , {trials} trials", support::omd::OMD);
+    let mut cluster = match Cluster::spawn_in(|dir, node| {
         let mut args = vec![
             "--drivers".to_string(),
             "sim".to_string(),
@@ -804,7 +795,12 @@ fn main() -> ExitCode {
             format!("--election-timeout-ms={}", p.election_timeout_ms),
             format!("--watchdog-timeout-ms={}", p.watchdog_timeout_ms),
         ]);
-        args
+        Launch {
+            args,
+            // Restarted daemons keep it.
+            env: vec![("OMRAFT_SIM_SYNC_MS".into(), SIM_SYNC_MS.into())],
+            wrapper: vec![],
+        }
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -813,7 +809,7 @@ fn main() -> ExitCode {
         }
     };
     let sim = Sim {
-        omsim,
+        omsim: PathBuf::from(support::omd::OMSIM),
         dir: cluster.dir().join("sim"),
     };
     // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.

@@ -1,19 +1,22 @@
-//! The cluster the benchmarks run against: three `omd` (the binaries cargo built for the bench)
-//! on loopback ports in a temporary directory, each with its own extra arguments, made ready and
-//! joined into one cluster. Dropping the [`Cluster`] stops every daemon by pid (SIGTERM, SIGKILL
-//! after 5 s) and removes the directory; [`run_interruptible`] turns SIGINT and SIGTERM into a
-//! failure so that the drop happens on those exits too.
+//! The cluster the benchmarks run against: three `omd` (the binaries cargo built for the bench,
+//! started through the tests' process harness, `tests/support/omd.rs`) on loopback ports in a
+//! temporary directory, each with its own extra arguments and environment, made ready and
+//! joined into one cluster. Dropping the [`Cluster`] stops every daemon (SIGTERM, SIGKILL after
+//! 5 s) and removes the directory; [`run_interruptible`] turns SIGINT and SIGTERM into a failure
+//! so that the drop happens on those exits too.
 //!
-//! Each bench includes this file with `mod harness;` and uses a part of it.
+//! Each bench includes this file with `mod harness;`, and `tests/support` with
+//! `#[path = "../tests/support/mod.rs"] mod support;`, and uses a part of them.
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use omraft::cli::client::{connect, Client};
 use omraft::pb;
+
+pub use crate::support::omd::{Launch, Omd};
 
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -21,59 +24,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------------------------
 // The daemons
 
-pub struct Daemon {
-    pub name: &'static str,
-    pub addr: String,
-    pub sock: PathBuf,
-    /// The daemon's data directory (Raft log, snapshots, socket).
-    pub data: PathBuf,
-    pub log: PathBuf,
-    /// Every argument it was started with, for [`Cluster::restart`].
-    pub args: Vec<String>,
-    pub child: Child,
-    /// Set once it has exited, with how long it took after SIGTERM.
-    pub exited: Option<String>,
-}
-
-impl Daemon {
-    pub fn server(&self) -> String {
-        format!("unix:{}", self.sock.display())
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
 /// Three `omd` processes and their directory; dropping it stops them and removes the directory.
 pub struct Cluster {
-    pub daemons: Vec<Daemon>,
-    omd: PathBuf,
+    pub daemons: Vec<Omd>,
     dir: tempfile::TempDir,
-}
-
-/// A binary of this package as cargo built it for the bench: `built` (its CARGO_BIN_EXE_<name>,
-/// given by the caller as `option_env!` needs a literal), else `../<name>` from `deps/`.
-pub fn bin_path(name: &str, built: Option<&str>) -> PathBuf {
-    if let Some(p) = built {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<bench>");
-    profile.join(name)
-}
-
-/// The `omd` cargo built for this bench.
-pub fn omd_path() -> PathBuf {
-    bin_path("omd", option_env!("CARGO_BIN_EXE_omd"))
-}
-
-/// The `omctl` cargo built for this bench, beside `omd`.
-pub fn omctl_path() -> PathBuf {
-    bin_path("omctl", option_env!("CARGO_BIN_EXE_omctl"))
 }
 
 /// Distinct free loopback ports: bound together, then released.
@@ -87,80 +41,38 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// One `omd` with `args`, its stdout and stderr to `log` (appended to, or truncated).
-fn start_omd(omd: &Path, args: &[String], log: &Path, append: bool) -> Result<Child, String> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(log)
-        .map_err(|e| format!("opening {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-    Command::new(omd)
-        .args(args)
-        .env_remove("OMD_ADVERTISE")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", omd.display()))
-}
-
 impl Cluster {
     /// Spawns the daemons (each founds its own one-node cluster until joined).
-    pub fn spawn(omd: &Path) -> Result<Cluster, String> {
-        Cluster::spawn_with(omd, |_| Vec::new())
+    pub fn spawn() -> Result<Cluster, String> {
+        Cluster::spawn_with(|_| Vec::new())
     }
 
     /// Like [`Cluster::spawn`], with `extra_args(node name)` appended to each daemon's arguments.
-    pub fn spawn_with(omd: &Path, extra_args: impl Fn(&str) -> Vec<String>) -> Result<Cluster, String> {
-        Cluster::spawn_in(omd, |_, name| extra_args(name))
+    pub fn spawn_with(extra_args: impl Fn(&str) -> Vec<String>) -> Result<Cluster, String> {
+        Cluster::spawn_in(|_, name| Launch {
+            args: extra_args(name),
+            ..Launch::default()
+        })
     }
 
-    /// Like [`Cluster::spawn_with`], `extra_args(the cluster's directory, node name)`: for
-    /// arguments naming a path in the directory (e.g. `--sim-dir DIR/sim`).
-    pub fn spawn_in(omd: &Path, extra_args: impl Fn(&Path, &str) -> Vec<String>) -> Result<Cluster, String> {
-        if !omd.is_file() {
-            return Err(format!(
-                "no omd at {}: build it first (cargo bench builds it)",
-                omd.display()
-            ));
-        }
+    /// Like [`Cluster::spawn_with`], each daemon started as `launch(the cluster's directory, node
+    /// name)` says: for arguments naming a path in the directory (e.g. `--sim-dir DIR/sim`), and
+    /// environment.
+    pub fn spawn_in(launch: impl Fn(&Path, &str) -> Launch) -> Result<Cluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("omraft-bench-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let mut cluster = Cluster {
             daemons: Vec::new(),
-            omd: omd.to_path_buf(),
             dir,
         };
         let ports = free_ports(NODES.len());
         for (name, port) in NODES.iter().zip(ports) {
             let data = cluster.dir.path().join(name);
-            let log = cluster.dir.path().join(format!("{name}.log"));
             let addr = format!("127.0.0.1:{port}");
-            let mut args: Vec<String> = vec![
-                "--node-name".into(),
-                name.to_string(),
-                "--data-dir".into(),
-                data.display().to_string(),
-                "--listen".into(),
-                addr.clone(),
-            ];
-            args.extend(extra_args(cluster.dir.path(), name));
-            let child = start_omd(omd, &args, &log, false)?;
-            cluster.daemons.push(Daemon {
-                name,
-                addr,
-                sock: data.join("omd.sock"),
-                data,
-                log,
-                args,
-                child,
-                exited: None,
-            });
+            let omd = Omd::launch(name, &data, &addr, launch(cluster.dir.path(), name))?;
+            cluster.daemons.push(omd);
         }
         Ok(cluster)
     }
@@ -170,19 +82,21 @@ impl Cluster {
         self.dir.path()
     }
 
-    /// SIGKILLs `name`'s daemon (a power loss) and reaps it; [`Cluster::restart`] brings it back.
-    pub fn kill9(&mut self, name: &str) -> Result<(), String> {
-        let d = self
-            .daemons
+    fn daemon(&mut self, name: &str) -> Result<&mut Omd, String> {
+        self.daemons
             .iter_mut()
             .find(|d| d.name == name)
-            .ok_or_else(|| format!("no daemon {name}"))?;
-        if d.exited.is_some() {
+            .ok_or_else(|| format!("no daemon {name}"))
+    }
+
+    /// SIGKILLs `name`'s daemon (a power loss) and reaps it; [`Cluster::restart`] brings it back.
+    pub fn kill9(&mut self, name: &str) -> Result<(), String> {
+        let d = self.daemon(name)?;
+        if d.child.is_none() {
             return Err(format!("{name} is not running: {}", d.exited.as_deref().unwrap_or("?")));
         }
-        d.child.kill().map_err(|e| format!("SIGKILL to {name}: {e}"))?;
-        let status = d.child.wait().map_err(|e| format!("waiting for {name}: {e}"))?;
-        d.exited = Some(format!("SIGKILLed by the bench ({status})"));
+        d.kill9();
+        d.exited = Some(format!("{} by the bench", d.exited.as_deref().unwrap_or("SIGKILLed")));
         Ok(())
     }
 
@@ -190,30 +104,17 @@ impl Cluster {
     /// directory and address, its output appended to the same log. It is tracked as before:
     /// dropping the cluster stops it.
     pub fn restart(&mut self, name: &str) -> Result<(), String> {
-        let omd = self.omd.clone();
-        let d = self
-            .daemons
-            .iter_mut()
-            .find(|d| d.name == name)
-            .ok_or_else(|| format!("no daemon {name}"))?;
-        match d.child.try_wait() {
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(format!("{name} is still running")),
-            Err(e) => return Err(format!("{name} cannot be waited for: {e}")),
-        }
-        d.child = start_omd(&omd, &d.args, &d.log, true)?;
-        d.exited = None;
-        Ok(())
+        self.daemon(name)?.try_start()
     }
 
-    pub fn by_name(&self, name: &str) -> Option<&Daemon> {
+    pub fn by_name(&self, name: &str) -> Option<&Omd> {
         self.daemons.iter().find(|d| d.name == name)
     }
 
     /// Errors if a daemon has exited (other than by [`Cluster::kill9`] or [`Cluster::stop`]).
     pub fn check_alive(&mut self) -> Result<(), String> {
-        for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
-            if let Ok(Some(status)) = d.child.try_wait() {
+        for d in &mut self.daemons {
+            if let Some(status) = d.try_wait() {
                 d.exited = Some(format!("exited on its own ({status})"));
                 return Err(format!("{} exited unexpectedly ({status})", d.name));
             }
@@ -225,52 +126,27 @@ impl Cluster {
     pub fn stop(&mut self) {
         let sent = Instant::now();
         for d in &mut self.daemons {
-            if d.exited.is_some() {
-                continue;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
+            if let Some(status) = d.try_wait() {
                 d.exited = Some(format!("had exited on its own before SIGTERM ({status})"));
-                continue;
-            }
-            let termed = Command::new("kill")
-                .arg("-TERM")
-                .arg(d.child.id().to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !termed {
-                let _ = d.child.kill();
+            } else if d.child.is_some() && !d.signal("TERM") {
+                d.kill9();
             }
         }
-        loop {
-            let mut running = 0;
-            for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
-                match d.child.try_wait() {
-                    Ok(Some(status)) => {
-                        d.exited = Some(format!(
-                            "stopped {:.2} s after SIGTERM ({status})",
-                            sent.elapsed().as_secs_f64()
-                        ))
-                    }
-                    Ok(None) => running += 1,
-                    Err(e) => d.exited = Some(format!("cannot be waited for: {e}")),
-                }
-            }
-            if running == 0 {
-                break;
-            }
-            if sent.elapsed() >= STOP_GRACE {
-                for d in self.daemons.iter_mut().filter(|d| d.exited.is_none()) {
-                    let _ = d.child.kill();
-                    let status = d.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        while self.daemons.iter().any(|d| d.child.is_some()) && sent.elapsed() < STOP_GRACE {
+            for d in &mut self.daemons {
+                if let Some(status) = d.try_wait() {
                     d.exited = Some(format!(
-                        "still running {STOP_GRACE:?} after SIGTERM: SIGKILLed ({status})"
+                        "stopped {:.2} s after SIGTERM ({status})",
+                        sent.elapsed().as_secs_f64()
                     ));
                 }
-                break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        for d in self.daemons.iter_mut().filter(|d| d.child.is_some()) {
+            d.kill9();
+            let how = d.exited.take().unwrap_or_default();
+            d.exited = Some(format!("still running {STOP_GRACE:?} after SIGTERM: {how}"));
         }
     }
 
@@ -278,7 +154,7 @@ impl Cluster {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for d in &self.daemons {
-            let text = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let text = d.log();
             let all: Vec<&str> = text.lines().collect();
             out.push_str(&format!("---- {} log (last {lines} lines) ----\n", d.name));
             for l in &all[all.len().saturating_sub(lines)..] {
@@ -293,7 +169,7 @@ impl Cluster {
     pub fn log_warnings(&self, max: usize) -> Vec<String> {
         let mut found = Vec::new();
         for d in &self.daemons {
-            let text = std::fs::read_to_string(&d.log).unwrap_or_default();
+            let text = d.log();
             let bad: Vec<&str> = text
                 .lines()
                 .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
@@ -370,7 +246,7 @@ pub async fn within<T>(
         .map_err(|_| format!("{what}: no answer within {limit:?}"))?
 }
 
-pub async fn client(d: &Daemon) -> Result<Client, String> {
+pub async fn client(d: &Omd) -> Result<Client, String> {
     connect(&d.server(), None, None, None).await.map_err(|e| e.to_string())
 }
 
@@ -445,7 +321,7 @@ pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Res
         let req = pb::JoinRequest {
             node: n1.addr.clone(),
             token,
-            witness: witnesses.contains(&d.name),
+            witness: witnesses.contains(&d.name.as_str()),
         };
         let reply = within(Duration::from_secs(120), &format!("joining {}", d.name), async {
             c.join(req)
@@ -457,7 +333,7 @@ pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Res
         eprintln!(
             "  {} joined{} as node id {} in {:.2} s",
             d.name,
-            if witnesses.contains(&d.name) {
+            if witnesses.contains(&d.name.as_str()) {
                 " as a witness"
             } else {
                 ""
@@ -513,10 +389,11 @@ pub async fn roles(cluster: &Cluster) -> Result<(&'static str, &'static str), St
     })
     .await?
     .into_inner();
-    let leader = cluster
-        .by_name(&st.leader_name)
-        .ok_or_else(|| format!("n1 reports leader {:?}, not one of ours", st.leader_name))?
-        .name;
+    let leader = NODES
+        .iter()
+        .copied()
+        .find(|n| *n == st.leader_name)
+        .ok_or_else(|| format!("n1 reports leader {:?}, not one of ours", st.leader_name))?;
     let follower = NODES.iter().copied().find(|n| *n != leader).expect("three nodes");
     Ok((leader, follower))
 }

@@ -24,6 +24,8 @@
 //! every exit, panics, SIGINT and SIGTERM included.
 
 mod harness;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{client, round, status_text, within, Cluster, Daemon};
+use harness::{client, round, status_text, within, Cluster, Omd};
 use omraft::pb;
 use prost::Message;
 
@@ -77,7 +79,7 @@ fn kv(key: &str, value: &str) -> pb::KeyValue {
 
 /// cluster.name, the DRBD template config map and its key, the pool; then waits until the pool
 /// shows every node's volume group report.
-async fn set_up(cluster: &Cluster, leader: &Daemon) -> Result<(), String> {
+async fn set_up(cluster: &Cluster, leader: &Omd) -> Result<(), String> {
     let mut c = client(leader).await?;
     let limit = Duration::from_secs(15);
     within(limit, "ConfigUpdate cluster.name", async {
@@ -131,7 +133,7 @@ async fn set_up(cluster: &Cluster, leader: &Daemon) -> Result<(), String> {
         for d in &cluster.daemons {
             let req = pb::PoolListRequest {
                 name: POOL.into(),
-                node: d.name.into(),
+                node: d.name.clone(),
             };
             let got = within(Duration::from_secs(5), "PoolList", async {
                 c.pool_list(req).await.map_err(status_text)
@@ -208,7 +210,7 @@ const MAX_SAMPLES: usize = 5;
 /// Creates services 0..n through `d`, CONCURRENCY in flight, each worker on its own
 /// connection, pulling service numbers from a shared counter. Bounded: at most n creates, none
 /// started after CREATE_DEADLINE or once too many failed, each lasting at most CREATE_TIMEOUT.
-async fn create_services(d: &Daemon, n: u64) -> Result<Creates, String> {
+async fn create_services(d: &Omd, n: u64) -> Result<Creates, String> {
     let max_errors = ((n as f64 * MAX_ERROR_RATIO) as u64).max(10);
     let next = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
@@ -406,7 +408,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Waits until every node has applied the leader's last log entry.
-async fn wait_applied(cluster: &Cluster, leader: &Daemon) -> Result<Duration, String> {
+async fn wait_applied(cluster: &Cluster, leader: &Omd) -> Result<Duration, String> {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(120);
     let mut lc = client(leader).await?;
@@ -490,7 +492,7 @@ struct Reads {
 }
 
 /// The real omctl against `d`'s socket; returns stdout's length.
-async fn omctl(omctl: &Path, d: &Daemon, args: &[&str]) -> Result<usize, String> {
+async fn omctl(omctl: &Path, d: &Omd, args: &[&str]) -> Result<usize, String> {
     let out = tokio::process::Command::new(omctl)
         .arg("--server")
         .arg(d.server())
@@ -515,7 +517,7 @@ async fn omctl(omctl: &Path, d: &Daemon, args: &[&str]) -> Result<usize, String>
     Ok(out.stdout.len())
 }
 
-async fn reads(d: &Daemon, omctl_bin: &Path) -> Result<Reads, String> {
+async fn reads(d: &Omd, omctl_bin: &Path) -> Result<Reads, String> {
     let c = client(d).await?;
     let mut r = Reads::default();
     let (ms, reply) = timed("ObjectList", RPC_RUNS, || {
@@ -589,7 +591,7 @@ async fn bench(cluster: &mut Cluster, n: u64, omctl_bin: &Path) -> Result<Outcom
     let cpu = |c: &Cluster| -> Vec<f64> {
         c.daemons
             .iter()
-            .map(|d| cpu_secs(d.pid(), ticks).unwrap_or(0.0))
+            .map(|d| d.pid().and_then(|pid| cpu_secs(pid, ticks)).unwrap_or(0.0))
             .collect()
     };
     let cpu_before = cpu(cluster);
@@ -650,14 +652,15 @@ async fn bench(cluster: &mut Cluster, n: u64, omctl_bin: &Path) -> Result<Outcom
     }
     let mut nodes = Vec::new();
     for (i, d) in cluster.daemons.iter().enumerate() {
-        let (rss_mb, hwm_mb) = memory_mb(d.pid())?;
+        let pid = d.pid().ok_or_else(|| format!("{} is not running", d.name))?;
+        let (rss_mb, hwm_mb) = memory_mb(pid)?;
         nodes.push(NodeFigures {
-            name: d.name,
+            name: harness::NODES[i],
             role: if d.name == leader { "leader" } else { "follower" },
             rss_mb,
             hwm_mb,
             create_cpu_s: cpu_after[i] - cpu_before[i],
-            data_dir_mb: dir_bytes(&d.data) as f64 / (1u64 << 20) as f64,
+            data_dir_mb: dir_bytes(&d.dir) as f64 / (1u64 << 20) as f64,
         });
     }
     cluster.check_alive()?;
@@ -963,17 +966,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let omd = harness::omd_path();
-    let omctl_bin: PathBuf = harness::omctl_path();
-    if !omctl_bin.is_file() {
-        eprintln!(
-            "scale bench: no omctl at {}: build it first (cargo bench builds it)",
-            omctl_bin.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    eprintln!("scale bench: {} , {n} services", omd.display());
-    let mut cluster = match Cluster::spawn_with(&omd, |_| vec!["--report-vg".to_string(), VG.to_string()]) {
+    let omctl_bin = PathBuf::from(support::omd::OMCTL);
+    eprintln!("scale bench: {} , {n} services", support::omd::OMD);
+    let mut cluster = match Cluster::spawn_with(|_| vec!["--report-vg".to_string(), VG.to_string()]) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("scale bench: {e}");

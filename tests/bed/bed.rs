@@ -1,11 +1,14 @@
 //! The real-host test bed's harness, shared by `tests/bed` and `bench/bed.rs`: the bed
-//! (`scripts/testbed`), real `omd` in its hosts, `omctl` and `virsh` inside them, the guest's
-//! console, a split-brain poller, and the tutorial up to the guest running on n1.
+//! (`scripts/testbed`), real `omd` in its hosts (the process harness of `tests/support/omd.rs`,
+//! run under `scripts/testbed run`), `omctl` and `virsh` inside them, the guest's console, a
+//! split-brain poller, and the tutorial up to the guest running on n1.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::support::omd::{Launch, Omd, OMCTL, OMSIM};
 
 pub const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testbed");
 pub const GUEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testbed-guest");
@@ -15,7 +18,7 @@ pub const HOSTS: [(&str, &str); 3] = [("n1", "10.77.0.11"), ("n2", "10.77.0.12")
 pub struct Bed {
     pub dir: PathBuf,
     _tmp: tempfile::TempDir,
-    pub omd: Vec<Child>,
+    pub omd: Vec<Omd>,
 }
 
 impl Bed {
@@ -60,49 +63,34 @@ impl Bed {
 
     /// Starts `omd` in `host`: the real libvirt of that host, the simulators in DIR/sim.
     pub fn start_omd(&mut self, host: &str, addr: &str) {
-        let data = self.data_dir(host);
-        std::fs::create_dir_all(&data).unwrap();
-        let log = std::fs::File::create(self.dir.join(format!("omd-{host}.log"))).unwrap();
-        let sim = self.dir.join("sim");
-        let listen = format!("{addr}:1215");
-        let mut args: Vec<String> = [
-            env!("CARGO_BIN_EXE_omd"),
-            "--node-name",
-            host,
-            "--listen",
-            &listen,
-            "--data-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(data.display().to_string());
-        args.extend(["--ssh-dir".into(), data.join("ssh").display().to_string()]);
-        args.extend(["--drivers", "sim", "--sim-dir"].map(String::from));
-        args.push(sim.display().to_string());
+        let mut args: Vec<String> = vec!["--drivers".into(), "sim".into(), "--sim-dir".into()];
+        args.push(self.dir.join("sim").display().to_string());
         if host != "w" {
             args.extend(["--real-libvirt", "--report-vg", "data=5G"].map(String::from));
         }
-        let child = Command::new(TESTBED)
-            .arg("run")
-            .arg(&self.dir)
-            .arg(host)
-            .args(&args)
-            .env("OMRAFT_SIM_SYNC_MS", "1000")
-            // A watchdog reset takes the whole host down, guests included.
-            .env("OMRAFT_SIM_RESET", "netns")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start omd in the bed");
-        self.omd.push(child);
+        let launch = Launch {
+            args,
+            env: vec![
+                ("OMRAFT_SIM_SYNC_MS".into(), "1000".into()),
+                // A watchdog reset takes the whole host down, guests included.
+                ("OMRAFT_SIM_RESET".into(), "netns".into()),
+            ],
+            wrapper: vec![
+                TESTBED.into(),
+                "run".into(),
+                self.dir.display().to_string(),
+                host.into(),
+            ],
+        };
+        let omd = Omd::launch(host, &self.data_dir(host), &format!("{addr}:1215"), launch)
+            .unwrap_or_else(|e| panic!("starting omd in the bed: {e}"));
+        self.omd.push(omd);
     }
 
     /// omctl inside `host`, against that host's daemon.
     pub fn omctl(&self, host: &str, args: &[&str]) -> Output {
         let server = format!("unix:{}", self.data_dir(host).join("omd.sock").display());
-        let mut all = vec![env!("CARGO_BIN_EXE_omctl"), "--server", &server];
+        let mut all = vec![OMCTL, "--server", &server];
         all.extend_from_slice(args);
         self.run(host, &all)
     }
@@ -151,7 +139,7 @@ impl Bed {
             let _ = Command::new("kill").arg("-KILL").args(&left).status();
             std::thread::sleep(Duration::from_millis(50));
         }
-        let off = Command::new(env!("CARGO_BIN_EXE_omsim"))
+        let off = Command::new(OMSIM)
             .args(["virsh", "--node", host, "poweroff"])
             .env("OMRAFT_SIM_DIR", self.dir.join("sim"))
             .status()
@@ -245,9 +233,8 @@ pub static ONE_BED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        for c in &mut self.omd {
-            let _ = c.kill();
-            let _ = c.wait();
+        for o in &mut self.omd {
+            o.kill9();
         }
         let _ = Command::new(TESTBED).arg("down").arg(&self.dir).status();
     }

@@ -145,7 +145,7 @@ fn a_hung_daemon_on_the_active_host_is_reset_by_its_watchdog() {
         "n1's omd hung",
         "n2",
         |bed| {
-            let pid = bed.omd[0].id().to_string();
+            let pid = bed.omd[0].pid().expect("omd runs in n1").to_string();
             assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
         },
         |bed| {

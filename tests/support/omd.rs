@@ -1,102 +1,167 @@
-//! Real `omd` processes for tests: spawned on loopback ports, SIGKILLed when dropped, and
-//! driven with the real `omctl` binary.
+//! The one harness of real `omd` processes, for the tests and the benches (which include
+//! `tests/support` with `#[path]`): `omd` as cargo built it, started with its name, listen
+//! address, data directory (`DIR`), an ssh directory inside it and whatever else the caller
+//! gives (`Launch`: arguments, environment, a command to run it under), each kept for restarts;
+//! its stdout and stderr appended to `DIR.log`; SIGKILLed when dropped. The real `omctl` and
+//! `omsim` beside it. The tests' defaults are `Omd::spawn_with`'s; the benches' cluster
+//! (`bench/harness.rs`) and the real-host test bed (`tests/bed/bed.rs`) are thin layers on
+//! `Omd::launch`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use super::*;
+
+pub const OMD: &str = env!("CARGO_BIN_EXE_omd");
+pub const OMCTL: &str = env!("CARGO_BIN_EXE_omctl");
+pub const OMSIM: &str = env!("CARGO_BIN_EXE_omsim");
+
+/// What an `omd` is started with beyond its name, address and directories.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub args: Vec<String>,
+    /// Set in its environment (nothing else of ours is: the tests set no variable in their own).
+    pub env: Vec<(String, String)>,
+    /// A command to run it under, `omd` and its arguments following (the test bed's
+    /// `scripts/testbed run DIR HOST`, which execs it in the host); empty: run directly.
+    pub wrapper: Vec<String>,
+}
 
 /// An `omd` process, SIGKILLed on drop.
 pub struct Omd {
     pub name: String,
+    /// Its data directory; its log is beside it, `DIR.log`.
     pub dir: PathBuf,
     pub addr: String,
     pub child: Option<Child>,
-    extra: Vec<String>,
+    /// Why it is not running, once it stopped (`kill9`, or as the caller records it).
+    pub exited: Option<String>,
+    launch: Launch,
 }
 
 impl Omd {
+    /// Starts `omd` as node `name` listening on `addr`, with the data directory `dir`.
+    pub fn launch(name: &str, dir: &Path, addr: &str, launch: Launch) -> Result<Omd, String> {
+        let mut o = Omd {
+            name: name.into(),
+            dir: dir.into(),
+            addr: addr.into(),
+            child: None,
+            exited: None,
+            launch,
+        };
+        o.try_start()?;
+        Ok(o)
+    }
+
+    /// A test's `omd` as node `name` in `root/NAME`: heartbeat 100 ms, election timeout
+    /// 600 ms and, with the simulated drivers, a 1.5 s initial DRBD resync.
     pub fn spawn(name: &str, root: &Path, addr: &str) -> Omd {
         Omd::spawn_with(name, root, addr, &[])
     }
 
-    /// Starts `omd` with extra arguments, kept for restarts.
+    /// `spawn` with extra arguments, kept for restarts.
     pub fn spawn_with(name: &str, root: &Path, addr: &str, extra: &[&str]) -> Omd {
-        let dir = root.join(name);
-        let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut o = Omd {
-            name: name.into(),
-            dir,
-            addr: addr.into(),
-            child: None,
-            extra,
+        let mut args: Vec<String> = ["--heartbeat-ms", "100", "--election-timeout-ms", "600"]
+            .map(String::from)
+            .into();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let launch = Launch {
+            args,
+            env: vec![("OMRAFT_SIM_SYNC_MS".into(), "1500".into())],
+            wrapper: vec![],
         };
-        o.start();
-        o
+        Omd::launch(name, &root.join(name), addr, launch).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    pub fn start(&mut self) {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    /// Starts the process again (it must have stopped), its output appended to its log.
+    pub fn try_start(&mut self) -> Result<(), String> {
+        if self.child.is_some() && self.try_wait().is_none() {
+            return Err(format!("omd {} is still running", self.name));
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let path = self.log_path();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.with_extension("log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_omd"))
-            // With --drivers sim, a short initial DRBD resync.
-            .env("OMRAFT_SIM_SYNC_MS", "1500")
-            .args([
-                "--node-name",
-                &self.name,
-                "--listen",
-                &self.addr,
-                "--heartbeat-ms",
-                "100",
-            ])
-            .args(["--election-timeout-ms", "600", "--data-dir"])
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let err = log.try_clone().map_err(|e| format!("{}: {e}", path.display()))?;
+        let (program, wrapped): (&str, Vec<&str>) = match self.launch.wrapper.split_first() {
+            Some((w, rest)) => (w, rest.iter().map(String::as_str).chain([OMD]).collect()),
+            None => (OMD, vec![]),
+        };
+        let child = Command::new(program)
+            .args(wrapped)
+            .args(["--node-name", &self.name, "--listen", &self.addr, "--data-dir"])
             .arg(&self.dir)
             // Never the machine's own /root/.ssh.
             .arg("--ssh-dir")
             .arg(self.dir.join("ssh"))
-            .args(&self.extra)
+            .args(&self.launch.args)
+            .env_remove("OMD_ADVERTISE")
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(log)
+            .stderr(err)
             .spawn()
-            .expect("spawn omd");
+            .map_err(|e| format!("starting {program} for {}: {e}", self.name))?;
         self.child = Some(child);
+        self.exited = None;
+        Ok(())
     }
 
+    /// `try_start`, for a test: a failure to start fails it.
+    pub fn start(&mut self) {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL (a power loss) and reap; nothing if it is not running.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
-            let _ = c.wait();
+            let status = c.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            self.exited = Some(format!("SIGKILLed ({status})"));
         }
     }
 
+    /// Its exit status if it has exited (reaped: `child` is then `None`).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGTERM and wait for the exit status (bounded).
-    pub fn term(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        for _ in 0..200 {
-            if let Some(status) = c.try_wait().unwrap() {
+    pub fn term(&mut self) -> ExitStatus {
+        assert!(self.signal("TERM"), "omd {} is not running", self.name);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Some(status) = self.try_wait() {
                 return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = c.kill();
+        self.kill9();
         panic!("omd {} did not exit within 10 s of SIGTERM", self.name);
     }
 
-    /// Sends `signal` (`STOP`, `CONT`, ...) to the running process; false if it is gone.
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`...) to the running process; false if it is gone.
     pub fn signal(&self, signal: &str) -> bool {
-        let Some(c) = &self.child else { return false };
+        let Some(pid) = self.pid() else { return false };
         Command::new("kill")
-            .args([&format!("-{signal}"), &c.id().to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     }
@@ -113,7 +178,7 @@ impl Omd {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 }
 
@@ -125,7 +190,7 @@ impl Drop for Omd {
 
 /// Runs the real omctl against `server`.
 pub fn omctl(server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_omctl"))
+    Command::new(OMCTL)
         .arg("--server")
         .arg(server)
         .args(args)
@@ -194,7 +259,7 @@ pub fn ok(server: &str, args: &[&str]) -> String {
 
 /// `omsim virsh --node NODE ARGS...` on the simulators in `sim`.
 pub fn omsim_virsh(sim: &Path, node: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_omsim"))
+    Command::new(OMSIM)
         .args(["virsh", "--node", node])
         .args(args)
         .env("OMRAFT_SIM_DIR", sim)
