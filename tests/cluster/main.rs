@@ -288,7 +288,11 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
     let mut c1 = n1.client().await;
     let mut c2 = n2.client().await;
     wait_leader(&c1, 1).await;
-    let n1_before = n1.node.as_ref().unwrap().read(|d| d.state.clone());
+    // Once the founder registered itself and its CA (entries of its own, committed after it
+    // first leads): only what a join would change may differ afterwards.
+    let n1node = n1.node.as_ref().unwrap();
+    n1node.wait_bootstrapped().await.unwrap();
+    let n1_before = n1node.read(|d| d.state.clone());
     let other_cluster = join_token(&mut c2).await;
     let root = c1
         .issue_token(pb::IssueTokenRequest {
