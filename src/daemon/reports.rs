@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{Node, Watchdog};
-use crate::model::{Command, NodeId, Response};
+use crate::model::{ClusterState, Command, NodeId, Response};
 
 /// Commits whether this node runs with a watchdog, when the log says otherwise. With one, it
 /// takes nothing (promotes nothing, starts no guest) unless it is armed, and keeps it armed
@@ -32,37 +32,74 @@ pub fn report_watchdog(node: &Arc<Node>, me: NodeId) {
     });
 }
 
-/// Keeps this node's volume group report in the state current: at start, after a join, when
-/// the volume groups change, and whenever the state lost it (a node re-admitted under a new id).
-/// `read` gives the volume groups and their sizes (LVM's `vgs`, or what `--report-vg` declares).
-pub async fn report_volume_groups<F>(weak: Weak<Node>, read: F)
-where
-    F: Fn() -> Result<BTreeMap<String, u64>, String> + Send + Sync + Clone + 'static,
-{
+/// One thing a node reports of itself, kept current by `keep`.
+pub struct Report<T> {
+    /// What it is, for the log ("volume groups", "available memory").
+    pub what: &'static str,
+    /// How often it is read again.
+    pub every: Duration,
+    /// Reads it (blocking: LVM's `vgs`, `/proc/meminfo`, or what a flag declares).
+    pub read: Arc<dyn Fn() -> Result<T, String> + Send + Sync>,
+    /// Whether what the state holds for this node differs enough from what was read.
+    pub stale: fn(&ClusterState, NodeId, &T) -> bool,
+    /// The command that reports it.
+    pub command: fn(NodeId, T) -> Command,
+}
+
+/// Keeps a report of this node in the state current: at start, after a join (a new id), and
+/// whenever what it reads and what the state holds differ (`stale`), e.g. the state lost it
+/// when the node was re-admitted.
+pub async fn keep<T: Send + 'static>(weak: Weak<Node>, report: Report<T>) {
     loop {
         let Some(node) = Node::alive(&weak) else { return };
-        let r = read.clone();
-        let vgs = tokio::task::spawn_blocking(r)
+        let read = report.read.clone();
+        let seen = tokio::task::spawn_blocking(move || read())
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-        match vgs {
-            Err(e) => tracing::debug!("reading volume groups: {e}"),
-            Ok(vgs) => {
+        match seen {
+            Err(e) => tracing::debug!("reading {}: {e}", report.what),
+            Ok(seen) => {
                 let m = node.member();
                 let stale =
-                    m.sm.read(|d| d.state.nodes.contains_key(&m.id) && d.state.vgs.get(&m.id) != Some(&vgs));
+                    m.sm.read(|d| d.state.nodes.contains_key(&m.id) && (report.stale)(&d.state, m.id, &seen));
                 if stale {
-                    let n = vgs.len();
-                    match node.write(Command::ReportVolumeGroups { node_id: m.id, vgs }).await {
-                        Ok((_, Response::Refused(why))) => tracing::warn!("volume group report refused: {why}"),
-                        Ok(_) => tracing::info!("reported {n} volume groups"),
-                        Err(e) => tracing::debug!("volume group report: {}", e.message()),
+                    let cmd = (report.command)(m.id, seen);
+                    let done = cmd.to_string();
+                    match node.write(cmd).await {
+                        Ok((_, Response::Refused(why))) => tracing::warn!("{} report refused: {why}", report.what),
+                        Ok(_) => tracing::info!("{done}"),
+                        Err(e) => tracing::debug!("{} report: {}", report.what, e.message()),
                     }
                 }
             }
         }
         drop(node);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(report.every).await;
+    }
+}
+
+/// This node's volume groups and their sizes, reported every second.
+pub fn volume_groups(
+    read: impl Fn() -> Result<BTreeMap<String, u64>, String> + Send + Sync + 'static,
+) -> Report<BTreeMap<String, u64>> {
+    Report {
+        what: "volume groups",
+        every: Duration::from_secs(1),
+        read: Arc::new(read),
+        stale: |state, me, vgs| state.vgs.get(&me) != Some(vgs),
+        command: |node_id, vgs| Command::ReportVolumeGroups { node_id, vgs },
+    }
+}
+
+/// This node's available memory (`placement=score`), read every 5 seconds and reported when it
+/// changed enough (`memory_stale`).
+pub fn memory(read: impl Fn() -> Result<u64, String> + Send + Sync + 'static) -> Report<u64> {
+    Report {
+        what: "available memory",
+        every: Duration::from_secs(5),
+        read: Arc::new(read),
+        stale: |state, me, seen| memory_stale(state.memory.get(&me).copied(), *seen),
+        command: |node_id, available| Command::ReportMemory { node_id, available },
     }
 }
 
@@ -93,44 +130,6 @@ pub fn mem_available(meminfo: &str) -> Result<u64, String> {
         .map_err(|_| format!("{value:?} in {line:?} is not a whole number"))?;
     kib.checked_mul(1024)
         .ok_or_else(|| format!("{line:?}: {kib} kB overflows a byte count"))
-}
-
-/// Keeps this node's available memory report (`placement=score`) current: at start, after a
-/// join, and when it changed enough (`memory_stale`). `read` gives it in bytes (`/proc/meminfo`,
-/// or what `--report-mem` declares).
-pub async fn report_memory<F>(weak: Weak<Node>, read: F)
-where
-    F: Fn() -> Result<u64, String> + Send + Sync + Clone + 'static,
-{
-    loop {
-        let Some(node) = Node::alive(&weak) else { return };
-        let r = read.clone();
-        let seen = tokio::task::spawn_blocking(r)
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-        match seen {
-            Err(e) => tracing::debug!("reading available memory: {e}"),
-            Ok(available) => {
-                let m = node.member();
-                let stale = m.sm.read(|d| {
-                    d.state.nodes.contains_key(&m.id) && memory_stale(d.state.memory.get(&m.id).copied(), available)
-                });
-                if stale {
-                    let cmd = Command::ReportMemory {
-                        node_id: m.id,
-                        available,
-                    };
-                    match node.write(cmd).await {
-                        Ok((_, Response::Refused(why))) => tracing::warn!("memory report refused: {why}"),
-                        Ok(_) => tracing::info!("reported {available} bytes of memory available"),
-                        Err(e) => tracing::debug!("memory report: {}", e.message()),
-                    }
-                }
-            }
-        }
-        drop(node);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub async fn start(settings: Settings, loops: Loops) -> Result<Arc<Node>, StartE
             let vgs = lvm.vgs().map_err(|e| e.to_string())?;
             Ok(vgs.into_iter().map(|v| (v.name, v.size)).collect())
         };
-        tokio::spawn(reports::report_volume_groups(weak.clone(), read));
+        tokio::spawn(reports::keep(weak.clone(), reports::volume_groups(read)));
         // The memory `--report-mem` declares, else MemAvailable.
         let declared = node.settings.memory;
         let read = move || -> Result<u64, String> {
@@ -54,7 +54,7 @@ pub async fn start(settings: Settings, loops: Loops) -> Result<Arc<Node>, StartE
             let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
             reports::mem_available(&text)
         };
-        tokio::spawn(reports::report_memory(weak, read));
+        tokio::spawn(reports::keep(weak, reports::memory(read)));
         tokio::spawn(crate::applier::run::run(node.clone(), drivers));
     }
     Ok(node)
