@@ -232,7 +232,8 @@ impl Node {
     /// The current Raft term, and whether this node leads in it.
     pub fn leadership(&self) -> (u64, bool) {
         let m = self.member();
-        let metrics = m.raft.metrics().borrow().clone();
+        let metrics = m.raft.metrics();
+        let metrics = metrics.borrow();
         (metrics.current_term, metrics.current_leader == Some(m.id))
     }
 

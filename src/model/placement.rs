@@ -115,23 +115,22 @@ pub fn rank(state: &ClusterState, path: &ObjectPath, candidates: &[NodeId], plan
             });
         }
         Policy::Score => {
-            let memory: Vec<u64> = ranked.iter().map(|n| state.free_memory(*n)).collect();
-            let capacity: Vec<u64> = ranked.iter().map(|n| state.free_capacity(*n)).collect();
-            let scores: BTreeMap<NodeId, u128> = ranked
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (*n, share(memory[i], &memory) + share(capacity[i], &capacity)))
-                .collect();
-            ranked.sort_by_key(|n| std::cmp::Reverse(scores[n]));
+            let best_memory = ranked.iter().map(|n| state.free_memory(*n)).max().unwrap_or(0);
+            let best_capacity = ranked.iter().map(|n| state.free_capacity(*n)).max().unwrap_or(0);
+            // A stable sort: equal scores keep the nodes order.
+            ranked.sort_by_cached_key(|n| {
+                std::cmp::Reverse(
+                    share(state.free_memory(*n), best_memory) + share(state.free_capacity(*n), best_capacity),
+                )
+            });
         }
     }
     ranked
 }
 
-/// `value` as per mille of the largest of `all` (0 when they are all 0). In u128: a u64
-/// times 1000 cannot overflow it.
-fn share(value: u64, all: &[u64]) -> u128 {
-    let best = all.iter().copied().max().unwrap_or(0);
+/// `value` as per mille of `best` (0 when `best` is 0). In u128: a u64 times 1000 cannot
+/// overflow it.
+fn share(value: u64, best: u64) -> u128 {
     if best == 0 {
         return 0;
     }
