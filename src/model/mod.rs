@@ -12,7 +12,7 @@ pub(crate) mod objects_tests;
 pub mod path;
 pub mod placement;
 #[cfg(test)]
-mod placement_tests;
+pub(crate) mod placement_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -1062,6 +1062,47 @@ mod tests {
             witness: false,
             token: None,
         })
+    }
+
+    #[test]
+    fn hosting_means_a_started_service_here_or_a_live_switch_from_or_to_here() {
+        let mut state = ClusterState::default();
+        let started = ServiceState {
+            provisioned: true,
+            started: true,
+            placement: Some(1),
+            ..ServiceState::default()
+        };
+        state.services.insert("demo/svc/a".into(), started.clone());
+        assert!(state.hosts(1));
+        assert!(!state.hosts(2), "another node's service");
+        for idle in [
+            ServiceState {
+                started: false,
+                ..started.clone()
+            },
+            ServiceState {
+                provisioned: false,
+                ..started.clone()
+            },
+        ] {
+            state.services.insert("demo/svc/a".into(), idle);
+            assert!(!state.hosts(1));
+        }
+        let switching = ServiceState {
+            migration: Some(Migration {
+                id: 1,
+                from: 1,
+                to: 2,
+                phase: Phase::Migrating,
+                error: None,
+                dual: true,
+            }),
+            ..started
+        };
+        state.services.insert("demo/svc/a".into(), switching);
+        assert!(state.hosts(1) && state.hosts(2));
+        assert!(!state.hosts(3), "not a participant");
     }
 
     #[test]

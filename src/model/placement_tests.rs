@@ -18,7 +18,7 @@ fn ok(s: &mut ClusterState, c: Command) {
 
 /// n1, n2 (5 GiB `data` each), the witness w (id 3) and n4 (id 4, 5 GiB `data`): three data
 /// nodes, pool `p` on `data`.
-fn three_nodes() -> ClusterState {
+pub(crate) fn three_nodes() -> ClusterState {
     let mut s = nodes_with_vgs();
     ok(
         &mut s,

@@ -7,6 +7,21 @@ use crate::config::ini::Ini;
 use crate::model::objects::derived_uuid;
 use crate::model::*;
 
+/// Node `node_id`'s report: `path` provisioned there, its guest down.
+fn provisioned_on(path: &ObjectPath, node_id: NodeId) -> Command {
+    Command::ReportInstance {
+        seq: 0,
+        path: path.clone(),
+        node_id,
+        report: InstanceReport {
+            avail: Avail::Down,
+            warn: false,
+            provisioned: true,
+            resources: vec![],
+        },
+    }
+}
+
 fn cluster() -> ClusterState {
     let mut s = crate::model::objects_tests::nodes_with_vgs();
     let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
@@ -30,21 +45,7 @@ fn cluster() -> ClusterState {
     );
     ok(&mut s, Command::Provision { path: path.clone() });
     for id in [1, 2] {
-        let report = InstanceReport {
-            avail: Avail::Down,
-            warn: false,
-            provisioned: true,
-            resources: vec![],
-        };
-        ok(
-            &mut s,
-            Command::ReportInstance {
-                seq: 0,
-                path: path.clone(),
-                node_id: id,
-                report,
-            },
-        );
+        ok(&mut s, provisioned_on(&path, id));
         ok(
             &mut s,
             Command::ReportWatchdog {
@@ -474,21 +475,12 @@ fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_beh
     assert_eq!(s.apply(&Command::LiveSwitch { path: path(), to: 2 }), Response::Done);
 }
 
-/// n1, n2 and n4 (id 4) with watchdogs armed, the witness w (id 3); services `demo/svc/NAME`
+/// n1, n2 and n4 (id 4) with watchdogs armed, the witness w (id 3) (`three_nodes`); services `demo/svc/NAME`
 /// on the three data nodes, provisioned (placed on n1, the first of their nodes, reported
 /// provisioned everywhere), then given `config` (`KEYWORD=VALUE` lines).
 fn three(services: &[(&str, &[&str])]) -> ClusterState {
-    let mut s = crate::model::objects_tests::nodes_with_vgs();
+    let mut s = crate::model::placement_tests::three_nodes();
     let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");
-    ok(
-        &mut s,
-        Command::AddNode {
-            name: "n4".into(),
-            addr: "a:4".into(),
-            witness: false,
-            token: None,
-        },
-    );
     for node_id in [1, 2, 4] {
         ok(&mut s, Command::ReportWatchdog { node_id, armed: true });
     }
@@ -505,21 +497,7 @@ fn three(services: &[(&str, &[&str])]) -> ClusterState {
         );
         ok(&mut s, Command::Provision { path: path.clone() });
         for node_id in [1, 2, 4] {
-            let report = InstanceReport {
-                avail: Avail::Down,
-                warn: false,
-                provisioned: true,
-                resources: vec![],
-            };
-            ok(
-                &mut s,
-                Command::ReportInstance {
-                    seq: 0,
-                    path: path.clone(),
-                    node_id,
-                    report,
-                },
-            );
+            ok(&mut s, provisioned_on(&path, node_id));
         }
         let set = config
             .iter()
