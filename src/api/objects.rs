@@ -14,7 +14,8 @@ use crate::config::keywords;
 use crate::model::objects::ObjectError;
 use crate::model::placement;
 use crate::model::{
-    ClusterState, Command, KeyMode, Migration, NodeId, ObjectKey, ObjectPath, Phase, Rejection, Response as Applied,
+    ClusterState, Command, KeyMode, Migration, NodeId, ObjectKey, ObjectKind, ObjectPath, Phase, Rejection,
+    Response as Applied,
 };
 use crate::pb::*;
 
@@ -134,11 +135,10 @@ impl ClusterService {
         p: &ObjectPath,
         f: impl FnOnce(&ClusterState, &crate::model::Object) -> T,
     ) -> Result<T, Status> {
-        let key = p.to_string();
         self.node
-            .read_linearizable(|d| d.state.objects.get(&key).map(|o| f(&d.state, o)))
+            .read_linearizable(|d| d.state.objects.get(p).map(|o| f(&d.state, o)))
             .await?
-            .ok_or_else(|| Status::not_found(format!("{key} does not exist")))
+            .ok_or_else(|| Status::not_found(format!("{p} does not exist")))
     }
 
     pub(super) async fn object_config_show(
@@ -181,7 +181,7 @@ impl ClusterService {
         let p = path(&req.path)?;
         let key = ObjectKey::parse(req.key.trim()).map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
         let (kw, scope) = key.split_scope();
-        keywords::lookup(&p.kind, &key.section, kw).map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
+        keywords::lookup(p.kind, &key.section, kw).map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
         if scope.is_some() && req.eval {
             return Err(Status::invalid_argument(
                 "give --node instead of an @node scope with --eval",
@@ -220,11 +220,11 @@ impl ClusterService {
             None
         } else {
             let k = ObjectKey::parse(req.key.trim()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            keywords::lookup(&p.kind, &k.section, k.split_scope().0)
+            keywords::lookup(p.kind, &k.section, k.split_scope().0)
                 .map_err(|e| Status::invalid_argument(format!("{p}: {e}")))?;
             Some(k)
         };
-        let keywords = keywords::doc(&p.kind)
+        let keywords = keywords::doc(p.kind)
             .filter(|k| {
                 filter
                     .as_ref()
@@ -264,10 +264,11 @@ impl ClusterService {
                 d.state
                     .objects
                     .iter()
-                    .filter(|(p, _)| crate::model::path::glob(&sel, p))
-                    .map(|(p, o)| ObjectRow {
-                        path: p.clone(),
-                        kind: p.split('/').nth(1).unwrap_or_default().into(),
+                    .map(|(p, o)| (p.to_string(), p.kind, o))
+                    .filter(|(p, ..)| crate::model::path::glob(&sel, p))
+                    .map(|(p, kind, o)| ObjectRow {
+                        path: p,
+                        kind: kind.to_string(),
                         orchestrate: o.config.get(DEFAULT, "orchestrate").unwrap_or("").into(),
                         nodes: o.config.get(DEFAULT, "nodes").unwrap_or("").into(),
                     })
@@ -389,15 +390,14 @@ impl ClusterService {
                 Command::Switch { path: p, to: target }
             }
             "abort-switch" => {
-                let key = p.to_string();
                 let m = self
                     .node
-                    .read_linearizable(|d| d.state.services.get(&key).and_then(|s| s.migration.clone()))
+                    .read_linearizable(|d| d.state.services.get(&p).and_then(|s| s.migration.clone()))
                     .await?
-                    .ok_or_else(|| Status::failed_precondition(format!("{key}: no switch in progress")))?;
+                    .ok_or_else(|| Status::failed_precondition(format!("{p}: no switch in progress")))?;
                 if !m.phase.before_hand_over() {
                     return Err(Status::failed_precondition(format!(
-                        "{key}: the switch already handed the service over (phase {}): it finishes on its own",
+                        "{p}: the switch already handed the service over (phase {}): it finishes on its own",
                         m.phase
                     )));
                 }
@@ -411,7 +411,6 @@ impl ClusterService {
                 }
             }
             "switch" | "live-switch" => {
-                let key = p.to_string();
                 let target = self
                     .node
                     .read_linearizable(|d| {
@@ -423,8 +422,7 @@ impl ClusterService {
                         }
                         // The node the service's placement policy prefers after the one
                         // holding it.
-                        placement::best_other(&d.state, &p)
-                            .ok_or_else(|| format!("{key} has no other node to switch to"))
+                        placement::best_other(&d.state, &p).ok_or_else(|| format!("{p} has no other node to switch to"))
                     })
                     .await?
                     .map_err(Status::failed_precondition)?;
@@ -463,7 +461,7 @@ impl ClusterService {
     ) -> Result<Response<InstanceStatusReply>, Status> {
         authorize(&req, Access::View)?;
         let p = path(&req.into_inner().path)?;
-        if p.kind != "svc" {
+        if p.kind != ObjectKind::Svc {
             return Err(Status::invalid_argument(format!("{p} is not a service")));
         }
         let reply = self.read_object(&p, |s, _| instance_status(s, &p)).await?;
@@ -532,25 +530,24 @@ impl ClusterService {
 
 /// The desired state of a service and every node's report of it.
 pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply {
-    let key = p.to_string();
-    let svc = s.services.get(&key).cloned().unwrap_or_default();
+    let svc = s.services.get(p).cloned().unwrap_or_default();
     let name = |id: u64| {
         s.nodes
             .get(&id)
             .map(|n| n.name.clone())
             .unwrap_or_else(|| format!("id{id}"))
     };
-    let reports = s.reports.get(&key);
+    let reports = s.reports.get(p);
     // Each volume resource's DRBD resource name, to show a fence-peer's outdated mark on it.
     let drbd_of: BTreeMap<String, String> = s
         .objects
-        .get(&key)
+        .get(p)
         .map(|o| {
             o.config
                 .sections_of("volume")
                 .filter_map(|sec| {
                     let name = s.eval(p, &o.config, &sec.name, "name", None).ok()??;
-                    let vol = s.objects.get(&format!("{}/vol/{name}", p.namespace))?;
+                    let vol = s.objects.get(&p.volume(&name))?;
                     let a = vol.alloc.as_ref().filter(|a| a.drbd.is_some())?;
                     Some((sec.name.clone(), a.lv.clone()))
                 })
@@ -602,7 +599,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
         })
         .collect();
     InstanceStatusReply {
-        path: key,
+        path: p.to_string(),
         provisioned: svc.provisioned,
         placement: svc.placement.map(name).unwrap_or_default(),
         started: svc.started,
@@ -741,8 +738,7 @@ pub fn device_rows(s: &ClusterState, p: &ObjectPath, o: &crate::model::Object) -
         let Ok(Some(name)) = s.eval(p, &o.config, &section.name, "name", None) else {
             continue;
         };
-        let vol = format!("{}/vol/{name}", p.namespace);
-        if let Some(a) = s.objects.get(&vol).and_then(|v| v.alloc.as_ref()) {
+        if let Some(a) = s.objects.get(&p.volume(&name)).and_then(|v| v.alloc.as_ref()) {
             push(&section.name, a);
         }
     }
@@ -801,7 +797,7 @@ mod tests {
         s.frozen_nodes.insert(2);
         let p = ObjectPath::parse("demo/svc/kvm1").unwrap();
         s.services.insert(
-            p.to_string(),
+            p.clone(),
             crate::model::ServiceState {
                 provisioned: true,
                 started: true,

@@ -24,7 +24,10 @@ fn age_ms(t: Option<Instant>) -> Option<u64> {
 
 /// Each node's reported avail of the instance at `path`, by node name: `warn` when an up
 /// instance carries warnings.
-fn instance_avails(state: &crate::model::ClusterState, path: &str) -> std::collections::HashMap<String, String> {
+fn instance_avails(
+    state: &crate::model::ClusterState,
+    path: &crate::model::ObjectPath,
+) -> std::collections::HashMap<String, String> {
     let Some(reports) = state.reports.get(path) else {
         return Default::default();
     };
@@ -112,9 +115,9 @@ pub async fn mon(node: &Arc<Node>) -> pb::MonReply {
             .state
             .objects
             .iter()
-            .filter(|(p, _)| p.split('/').nth(1) == Some("svc"))
+            .filter(|(p, _)| p.kind == crate::model::ObjectKind::Svc)
             .map(|(p, o)| pb::MonObject {
-                path: p.clone(),
+                path: p.to_string(),
                 orchestrate: o
                     .config
                     .get(crate::config::ini::DEFAULT, "orchestrate")

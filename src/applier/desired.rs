@@ -9,7 +9,7 @@ use super::plan::{Desired, DesiredContainer, DesiredDrbd, DesiredMigration, Desi
 use crate::config::kind::parse_duration;
 use crate::drivers::drbd::render::{self, TemplateData, TemplateNode, BUILTIN_TEMPLATE};
 use crate::drivers::hypervisor::MigrationTarget;
-use crate::model::objects::DRBD_TEMPLATES;
+use crate::model::objects::drbd_templates;
 use crate::model::{ClusterState, NodeId, ObjectPath};
 
 /// The local socket of this node's daemon, for the DRBD handlers (DRBD passes them no
@@ -86,8 +86,7 @@ pub fn desired(
     leased: bool,
     may_take: bool,
 ) -> (Desired, BTreeMap<String, String>) {
-    let key = path.to_string();
-    let svc = state.services.get(&key).cloned().unwrap_or_default();
+    let svc = state.services.get(path).cloned().unwrap_or_default();
     let mut errors = BTreeMap::new();
     // The source of a switch in phase Stopping releases the service it still holds.
     let stopping = svc
@@ -123,7 +122,7 @@ pub fn desired(
                 })
             }),
     };
-    let Some(obj) = state.objects.get(&key) else {
+    let Some(obj) = state.objects.get(path) else {
         return (out, errors);
     };
     for section in obj.config.sections_of("container") {
@@ -145,8 +144,8 @@ pub fn desired(
         let Ok(Some(name)) = state.eval(path, &obj.config, &section.name, "name", None) else {
             continue;
         };
-        let vol_key = format!("{}/vol/{name}", path.namespace);
-        let Some(alloc) = state.objects.get(&vol_key).and_then(|v| v.alloc.clone()) else {
+        let vol = path.volume(&name);
+        let Some(alloc) = state.objects.get(&vol).and_then(|v| v.alloc.clone()) else {
             continue;
         };
         if !alloc.nodes.contains(&me) {
@@ -160,7 +159,7 @@ pub fn desired(
                     None => Some(BUILTIN_TEMPLATE.to_string()),
                     Some(t) => state
                         .objects
-                        .get(DRBD_TEMPLATES)
+                        .get(&drbd_templates())
                         .and_then(|o| o.keys.get(t))
                         .and_then(|b| String::from_utf8(b.clone()).ok()),
                 };
@@ -202,7 +201,7 @@ pub fn desired(
         };
         out.volumes.push(DesiredVolume {
             rid: section.name.clone(),
-            volume: vol_key,
+            volume: vol.to_string(),
             vg: alloc.vg.clone(),
             lv: alloc.lv.clone(),
             size: alloc.size,

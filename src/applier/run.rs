@@ -16,7 +16,7 @@ use super::migration::{self, Act};
 use super::plan::{plan, report, Desired, Observed, Step};
 use crate::drivers::hypervisor::DomainState;
 use crate::drivers::Drivers;
-use crate::model::{ClusterState, Command, InstanceReport, NodeId, ObjectPath, Phase};
+use crate::model::{ClusterState, Command, InstanceReport, NodeId, ObjectKind, ObjectPath, Phase};
 
 /// Reads what the drivers see of the desired volumes.
 pub fn observe(drivers: &Drivers, desired: &Desired) -> Result<Observed, String> {
@@ -338,11 +338,10 @@ pub fn committed_report(
     path: &ObjectPath,
     me: u64,
 ) -> (Option<InstanceReport>, u64) {
-    let key = path.to_string();
-    let report = state.reports.get(&key).and_then(|r| r.get(&me)).cloned();
+    let report = state.reports.get(path).and_then(|r| r.get(&me)).cloned();
     let seq = state
         .report_seqs
-        .get(&key)
+        .get(path)
         .and_then(|r| r.get(&me))
         .copied()
         .unwrap_or(0);
@@ -360,17 +359,16 @@ pub fn next_report_seq(last: u64, committed: u64, clock_us: u64) -> u64 {
 /// The services node `me` reconciles: those provisioned somewhere and run on it, and those it
 /// reported on before (`reported`), so it cleans up after an unprovision or a move; never the
 /// whole object list.
-pub fn services(state: &ClusterState, me: NodeId, reported: &BTreeSet<String>) -> Vec<ObjectPath> {
+pub fn services(state: &ClusterState, me: NodeId, reported: &BTreeSet<ObjectPath>) -> Vec<ObjectPath> {
     state
         .objects
         .keys()
-        .filter_map(|p| ObjectPath::parse(p).ok())
-        .filter(|p| p.kind == "svc")
+        .filter(|p| p.kind == ObjectKind::Svc)
         .filter(|p| {
-            let key = p.to_string();
-            let provisioned = state.services.get(&key).is_some_and(|s| s.provisioned);
-            (provisioned && state.service_nodes(p).contains(&me)) || reported.contains(&key)
+            let provisioned = state.services.get(*p).is_some_and(|s| s.provisioned);
+            (provisioned && state.service_nodes(p).contains(&me)) || reported.contains(*p)
         })
+        .cloned()
         .collect()
 }
 
@@ -419,9 +417,9 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
     let weak = Arc::downgrade(&host);
     drop(host);
     // Services this node reported on: it goes on with them (cleans up) after they leave it.
-    let mut sent: BTreeSet<String> = Default::default();
+    let mut sent: BTreeSet<ObjectPath> = Default::default();
     let mut seq = 0;
-    let mut retries: BTreeMap<String, Retry> = BTreeMap::new();
+    let mut retries: BTreeMap<ObjectPath, Retry> = BTreeMap::new();
     loop {
         // Wait holding nothing of the node, so a stopped node is released at once.
         let changed = match weak.upgrade().filter(|h| !h.closing()) {
@@ -448,11 +446,10 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
                 .collect();
             (me, work)
         });
-        let mut pending: Vec<(Option<String>, Command)> = Vec::new();
+        let mut pending: Vec<(Option<ObjectPath>, Command)> = Vec::new();
         let mut holding = false;
         for (path, want, render_errors) in work {
-            let key = path.to_string();
-            let mut retry = retries.remove(&key).unwrap_or_default();
+            let mut retry = retries.remove(&path).unwrap_or_default();
             let d = drivers.clone();
             let p = path.clone();
             let (done, retry_back) = tokio::task::spawn_blocking(move || {
@@ -468,7 +465,7 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
                 };
                 (done, Retry::default())
             });
-            retries.insert(key.clone(), retry_back);
+            retries.insert(path.clone(), retry_back);
             pending.extend(done.commands.into_iter().map(|c| (None, c)));
             match &done.observed {
                 Err(e) => {
@@ -483,7 +480,7 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
                 .map_or(0, |d| d.as_micros() as u64);
             let report = host.read(|_, state| report_to_send(state, &path, me, done.report, &mut seq, clock_us));
             if let Some(cmd) = report {
-                pending.push((Some(key), cmd));
+                pending.push((Some(path), cmd));
             }
         }
         host.set_holding(holding);

@@ -1,8 +1,69 @@
 //! The object keyword catalog: which sections each kind of object has, and the keywords of
 //! each section type with their type, default and one-line doc (`omctl PATH config doc`).
 
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
 use super::ini::DEFAULT;
 use super::kind::Kind;
+
+/// The kinds of objects: services, volumes, config maps, secrets, users. Written in paths and
+/// in the log as `svc`, `vol`, `cfg`, `sec`, `usr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Svc,
+    Vol,
+    Cfg,
+    Sec,
+    Usr,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 5] = [
+        ObjectKind::Svc,
+        ObjectKind::Vol,
+        ObjectKind::Cfg,
+        ObjectKind::Sec,
+        ObjectKind::Usr,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Svc => "svc",
+            ObjectKind::Vol => "vol",
+            ObjectKind::Cfg => "cfg",
+            ObjectKind::Sec => "sec",
+            ObjectKind::Usr => "usr",
+        }
+    }
+
+    /// The kind written `s`, if there is one.
+    pub fn parse(s: &str) -> Option<ObjectKind> {
+        ObjectKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Config maps and secrets hold keys (`key add`, `key decode`).
+    pub fn holds_keys(self) -> bool {
+        matches!(self, ObjectKind::Cfg | ObjectKind::Sec)
+    }
+
+    /// Section types this kind may have besides DEFAULT.
+    pub fn section_types(self) -> &'static [&'static str] {
+        match self {
+            ObjectKind::Svc => &["volume", "container"],
+            ObjectKind::Vol => &["disk"],
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One keyword of an object section type.
 #[derive(Debug)]
@@ -13,19 +74,19 @@ pub struct Keyword {
     pub kind: Kind,
     pub default: Option<&'static str>,
     /// Object kinds whose configuration may hold it.
-    pub kinds: &'static [&'static str],
+    pub kinds: &'static [ObjectKind],
     /// Set by the cluster, never by the user.
     pub readonly: bool,
     pub required: bool,
     pub doc: &'static str,
 }
 
-const ALL: &[&str] = &["svc", "vol", "cfg", "sec", "usr"];
-const SVC: &[&str] = &["svc"];
-const VOL: &[&str] = &["vol"];
-const SVC_VOL: &[&str] = &["svc", "vol"];
+const ALL: &[ObjectKind] = &ObjectKind::ALL;
+const SVC: &[ObjectKind] = &[ObjectKind::Svc];
+const VOL: &[ObjectKind] = &[ObjectKind::Vol];
+const SVC_VOL: &[ObjectKind] = &[ObjectKind::Svc, ObjectKind::Vol];
 
-const fn kw(section: &'static str, name: &'static str, kind: Kind, kinds: &'static [&'static str]) -> Keyword {
+const fn kw(section: &'static str, name: &'static str, kind: Kind, kinds: &'static [ObjectKind]) -> Keyword {
     Keyword {
         section,
         name,
@@ -251,15 +312,6 @@ pub static CATALOG: &[Keyword] = &[
     ),
 ];
 
-/// Section types each object kind may have besides DEFAULT.
-pub fn section_types(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "svc" => &["volume", "container"],
-        "vol" => &["disk"],
-        _ => &[],
-    }
-}
-
 /// Why a keyword reference is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum KeywordError {
@@ -306,16 +358,16 @@ pub fn section_type(section: &str) -> &str {
 }
 
 /// Looks up `keyword` (without its `@node` scope) in `section` of a `kind` object.
-pub fn lookup(kind: &str, section: &str, keyword: &str) -> Result<&'static Keyword, KeywordError> {
+pub fn lookup(kind: ObjectKind, section: &str, keyword: &str) -> Result<&'static Keyword, KeywordError> {
     let stype = section_type(section);
     if section != DEFAULT {
-        let allowed = section_types(kind);
+        let allowed = kind.section_types();
         let id = section.split_once('#').map(|(_, id)| id);
         if !allowed.contains(&stype) || id.is_none() {
             let list: Vec<String> = std::iter::once(DEFAULT.to_string())
                 .chain(allowed.iter().map(|t| format!("{t}#ID")))
                 .collect();
-            return Err(KeywordError::Section(section.into(), kind.into(), list.join(", ")));
+            return Err(KeywordError::Section(section.into(), kind.to_string(), list.join(", ")));
         }
         let id = id.unwrap_or_default();
         if id.is_empty()
@@ -339,7 +391,7 @@ pub fn lookup(kind: &str, section: &str, keyword: &str) -> Result<&'static Keywo
 }
 
 /// The keywords of `kind` objects, optionally only `SECTION.KEYWORD`-matching `filter`.
-pub fn doc(kind: &str) -> impl Iterator<Item = &'static Keyword> + '_ {
+pub fn doc(kind: ObjectKind) -> impl Iterator<Item = &'static Keyword> {
     CATALOG.iter().filter(move |k| k.kinds.contains(&kind))
 }
 
@@ -349,29 +401,32 @@ mod tests {
 
     #[test]
     fn lookups() {
-        assert_eq!(lookup("svc", "volume#data", "size").unwrap().kind, Kind::Size);
-        assert_eq!(lookup("svc", DEFAULT, "nodes").unwrap().default, Some("{clusternodes}"));
+        assert_eq!(lookup(ObjectKind::Svc, "volume#data", "size").unwrap().kind, Kind::Size);
+        assert_eq!(
+            lookup(ObjectKind::Svc, DEFAULT, "nodes").unwrap().default,
+            Some("{clusternodes}")
+        );
         assert!(matches!(
-            lookup("svc", "volume#data", "sise"),
+            lookup(ObjectKind::Svc, "volume#data", "sise"),
             Err(KeywordError::Unknown(..))
         ));
         assert!(matches!(
-            lookup("svc", "disk#1", "type"),
+            lookup(ObjectKind::Svc, "disk#1", "type"),
             Err(KeywordError::Section(..))
         ));
         assert!(matches!(
-            lookup("cfg", "volume#x", "size"),
+            lookup(ObjectKind::Cfg, "volume#x", "size"),
             Err(KeywordError::Section(..))
         ));
         assert!(matches!(
-            lookup("svc", "volume#Bad", "size"),
+            lookup(ObjectKind::Svc, "volume#Bad", "size"),
             Err(KeywordError::BadId(_))
         ));
         assert!(matches!(
-            lookup("svc", "volume", "size"),
+            lookup(ObjectKind::Svc, "volume", "size"),
             Err(KeywordError::Section(..))
         ));
-        assert!(lookup("vol", "disk#1", "minor").unwrap().readonly);
+        assert!(lookup(ObjectKind::Vol, "disk#1", "minor").unwrap().readonly);
     }
 
     #[test]
@@ -381,18 +436,18 @@ mod tests {
             ("volume#data", "format", "raw block devices"),
             ("container#1", "start_timeout", "libvirt's create"),
         ] {
-            let e = lookup("svc", section, keyword).unwrap_err();
+            let e = lookup(ObjectKind::Svc, section, keyword).unwrap_err();
             assert!(matches!(e, KeywordError::Retired(..)), "{e}");
             let text = e.to_string();
             assert!(text.contains(&format!("{keyword:?}")) && text.contains(why), "{text}");
         }
         assert!(matches!(
-            lookup("vol", DEFAULT, "access"),
+            lookup(ObjectKind::Vol, DEFAULT, "access"),
             Err(KeywordError::Retired(..))
         ));
         // Only where it was: elsewhere it is just unknown.
         assert!(matches!(
-            lookup("svc", "container#1", "format"),
+            lookup(ObjectKind::Svc, "container#1", "format"),
             Err(KeywordError::Unknown(..))
         ));
         for (section, keyword, _) in RETIRED {

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::objects::Allocation;
-use super::path::ObjectPath;
+use super::path::{ObjectKind, ObjectPath};
 use super::{ClusterState, NodeId, Rejection};
 use crate::config::ini::DEFAULT;
 
@@ -167,10 +167,10 @@ pub struct InstanceReport {
 
 impl ClusterState {
     pub(super) fn service(&self, path: &ObjectPath) -> Result<(), Rejection> {
-        if path.kind != "svc" {
+        if path.kind != ObjectKind::Svc {
             return Err(Rejection::NotAService(path.to_string()));
         }
-        if !self.objects.contains_key(&path.to_string()) {
+        if !self.objects.contains_key(path) {
             return Err(Rejection::Object(super::ObjectError::NotFound(path.to_string())));
         }
         Ok(())
@@ -178,7 +178,7 @@ impl ClusterState {
 
     /// The data nodes a service may run on, in its `nodes` order.
     pub fn service_nodes(&self, path: &ObjectPath) -> Vec<NodeId> {
-        let Some(obj) = self.objects.get(&path.to_string()) else {
+        let Some(obj) = self.objects.get(path) else {
             return vec![];
         };
         let names = self
@@ -203,7 +203,7 @@ impl ClusterState {
 
     pub(super) fn check_needs_provisioned(&self, path: &ObjectPath) -> Result<(), Rejection> {
         self.service(path)?;
-        if !self.services.get(&path.to_string()).is_some_and(|s| s.provisioned) {
+        if !self.services.get(path).is_some_and(|s| s.provisioned) {
             return Err(Rejection::NotProvisioned(path.to_string()));
         }
         Ok(())
@@ -221,7 +221,7 @@ impl ClusterState {
     /// not placed yet) and started there.
     pub(super) fn provision(&mut self, path: &ObjectPath) {
         let first = super::placement::first_choice(self, path);
-        let s = self.services.entry(path.to_string()).or_default();
+        let s = self.services.entry(path.clone()).or_default();
         s.provisioned = true;
         if s.placement.is_none() {
             s.placement = first;
@@ -234,7 +234,7 @@ impl ClusterState {
         self.check_needs_provisioned(path)?;
         self.check_node_of(path, to)?;
         self.check_no_migration(path)?;
-        if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(to) {
+        if self.services.get(path).and_then(|s| s.placement) == Some(to) {
             return Err(Rejection::AlreadyThere(path.to_string(), to));
         }
         Ok(())
@@ -253,7 +253,7 @@ impl ClusterState {
 
     /// Refuses while a switch is in progress: it must finish or be aborted first.
     pub(super) fn check_no_migration(&self, path: &ObjectPath) -> Result<(), Rejection> {
-        match self.services.get(&path.to_string()).and_then(|s| s.migration.as_ref()) {
+        match self.services.get(path).and_then(|s| s.migration.as_ref()) {
             Some(m) => Err(Rejection::Migrating(path.to_string(), m.phase)),
             None => Ok(()),
         }
@@ -264,12 +264,12 @@ impl ClusterState {
     pub(super) fn check_live_switch(&self, path: &ObjectPath, to: NodeId) -> Result<(), Rejection> {
         self.check_switch(path, to)?;
         let key = path.to_string();
-        let s = &self.services[&key];
+        let s = &self.services[path];
         let Some(from) = s.placement.filter(|_| s.started) else {
             return Err(Rejection::NotRunning(key));
         };
         let target = self.nodes.get(&to).map(|n| n.name.clone()).unwrap_or_default();
-        let report = self.reports.get(&key).and_then(|r| r.get(&from));
+        let report = self.reports.get(path).and_then(|r| r.get(&from));
         for r in report.map(|r| r.resources.as_slice()).unwrap_or_default() {
             if r.peers.is_empty() {
                 continue;
@@ -285,7 +285,7 @@ impl ClusterState {
     /// Begins a switch (phase `Stopping`) or a live switch (`Prepare`) of a started service;
     /// a stopped one is just placed on `to`, and started there.
     pub(super) fn begin_switch(&mut self, path: &ObjectPath, to: NodeId, live: bool) {
-        let s = self.services.entry(path.to_string()).or_default();
+        let s = self.services.entry(path.clone()).or_default();
         let (Some(from), true) = (s.placement, s.started) else {
             // No switch record: an older one's outcome no longer applies.
             s.last_migration = None;
@@ -314,7 +314,7 @@ impl ClusterState {
         to: Phase,
     ) -> Result<(), Rejection> {
         self.service(path)?;
-        let m = self.services.get(&path.to_string()).and_then(|s| s.migration.as_ref());
+        let m = self.services.get(path).and_then(|s| s.migration.as_ref());
         match m {
             Some(m) if m.id == id && m.phase == from && from.may_go(to) => Ok(()),
             _ => Err(Rejection::StalePhase(path.to_string(), id, from, to)),
@@ -330,7 +330,7 @@ impl ClusterState {
         error: Option<&str>,
         fenced: Option<NodeId>,
     ) {
-        let Some(s) = self.services.get_mut(&path.to_string()) else {
+        let Some(s) = self.services.get_mut(path) else {
             return;
         };
         let Some(m) = s.migration.as_mut() else { return };
@@ -355,7 +355,7 @@ impl ClusterState {
 
     /// Ends a live switch that a failover overtook: the leader moved the service instead.
     pub(super) fn interrupt_migration(&mut self, path: &ObjectPath, why: String) {
-        let Some(s) = self.services.get_mut(&path.to_string()) else {
+        let Some(s) = self.services.get_mut(path) else {
             return;
         };
         if let Some(mut m) = s.migration.take() {
@@ -368,7 +368,7 @@ impl ClusterState {
     /// Places a service on `to`, started: the old node stops and demotes, `to` promotes once
     /// it sees it demoted, then starts the guests.
     pub(super) fn switch(&mut self, path: &ObjectPath, to: NodeId) {
-        let s = self.services.entry(path.to_string()).or_default();
+        let s = self.services.entry(path.clone()).or_default();
         s.placement = Some(to);
         s.started = true;
         s.epoch = s.epoch.saturating_add(1);
@@ -376,7 +376,7 @@ impl ClusterState {
     }
 
     pub(super) fn unprovision(&mut self, path: &ObjectPath) {
-        if let Some(s) = self.services.get_mut(&path.to_string()) {
+        if let Some(s) = self.services.get_mut(path) {
             s.provisioned = false;
             s.started = false;
             s.state_only.clear();
@@ -384,27 +384,27 @@ impl ClusterState {
     }
 
     pub(super) fn set_started(&mut self, path: &ObjectPath, started: bool) {
-        if let Some(s) = self.services.get_mut(&path.to_string()) {
+        if let Some(s) = self.services.get_mut(path) {
             s.started = started;
         }
     }
 
     /// The volume whose DRBD resource is `resource` (`DrbdResource`): its path and allocation.
-    pub fn drbd_volume(&self, resource: &str) -> Option<(String, &Allocation)> {
-        let key = super::objects::DrbdResource::parse(resource)?.volume().to_string();
+    pub fn drbd_volume(&self, resource: &str) -> Option<(ObjectPath, &Allocation)> {
+        let key = super::objects::DrbdResource::parse(resource)?.volume();
         let alloc = self.objects.get(&key)?.alloc.as_ref()?;
         (alloc.lv == resource && alloc.drbd.is_some()).then_some((key, alloc))
     }
 
     /// The DRBD resources of a service's volumes, in section order.
     pub fn service_drbd_resources(&self, path: &ObjectPath) -> Vec<String> {
-        let Some(obj) = self.objects.get(&path.to_string()) else {
+        let Some(obj) = self.objects.get(path) else {
             return vec![];
         };
         obj.config
             .sections_of("volume")
             .filter_map(|s| self.eval(path, &obj.config, &s.name, "name", None).ok().flatten())
-            .filter_map(|name| self.objects.get(&format!("{}/vol/{name}", path.namespace)))
+            .filter_map(|name| self.objects.get(&path.volume(&name)))
             .filter_map(|v| v.alloc.as_ref().filter(|a| a.drbd.is_some()).map(|a| a.lv.clone()))
             .collect()
     }
@@ -431,12 +431,8 @@ impl ClusterState {
         if !alloc.nodes.contains(&node) {
             return Err(Rejection::NotANodeOfResource(resource.to_string(), name.clone()));
         }
-        let owner = self
-            .objects
-            .get(&key)
-            .and_then(|o| o.config.get(DEFAULT, "owner"))
-            .unwrap_or_default();
-        if self.services.get(owner).and_then(|s| s.placement) == Some(node) {
+        let owner = self.objects.get(&key).and_then(|o| o.owner());
+        if let Some(owner) = owner.filter(|o| self.services.get(o).and_then(|s| s.placement) == Some(node)) {
             return Err(Rejection::HolderNotOutdated {
                 resource: resource.to_string(),
                 node: name.clone(),

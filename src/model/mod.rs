@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use catalog::{ConfigError, ConfigKey};
 pub use instances::{Avail, InstanceReport, Migration, Phase, ResourceReport, ServiceState};
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
-pub use path::ObjectPath;
+pub use path::{ObjectKind, ObjectPath};
 
 use crate::config::ini::Ini;
 
@@ -81,8 +81,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     pub config: ClusterConfig,
     /// Objects by path (`NAMESPACE/KIND/NAME`).
-    #[serde(default)]
-    pub objects: BTreeMap<String, Object>,
+    #[serde(default, with = "path::keyed")]
+    pub objects: BTreeMap<ObjectPath, Object>,
     /// Each node's volume groups and their sizes in bytes, as the node last reported them.
     #[serde(default)]
     pub vgs: BTreeMap<NodeId, BTreeMap<String, u64>>,
@@ -91,18 +91,18 @@ pub struct ClusterState {
     #[serde(default)]
     pub memory: BTreeMap<NodeId, u64>,
     /// What the cluster wants of each service: provisioned, placement, started.
-    #[serde(default)]
-    pub services: BTreeMap<String, ServiceState>,
+    #[serde(default, with = "path::keyed")]
+    pub services: BTreeMap<ObjectPath, ServiceState>,
     /// Nodes the orchestrator places nothing on.
     #[serde(default)]
     pub frozen_nodes: std::collections::BTreeSet<NodeId>,
     /// What each node last reported of each service instance, by path then node.
-    #[serde(default)]
-    pub reports: BTreeMap<String, BTreeMap<NodeId, InstanceReport>>,
+    #[serde(default, with = "path::keyed")]
+    pub reports: BTreeMap<ObjectPath, BTreeMap<NodeId, InstanceReport>>,
     /// The sequence number of each stored report (same keys as `reports`): a report with a
     /// lower or equal one arrived late and is refused.
-    #[serde(default)]
-    pub report_seqs: BTreeMap<String, BTreeMap<NodeId, u64>>,
+    #[serde(default, with = "path::keyed")]
+    pub report_seqs: BTreeMap<ObjectPath, BTreeMap<NodeId, u64>>,
     /// DRBD fencing, by DRBD resource name: the nodes whose disk of it a peer's `fence-peer`
     /// handler had the cluster mark outdated. Their data is old until they resync and the
     /// peer's `unfence-peer` handler clears the mark; nothing fails over to them meanwhile.
@@ -511,7 +511,7 @@ impl ClusterState {
             Command::LiveSwitch { path, to } => self.check_live_switch(path, *to),
             Command::Fence { path, node_id } => {
                 self.check_node_of(path, *node_id)?;
-                if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(*node_id) {
+                if self.services.get(path).and_then(|s| s.placement) == Some(*node_id) {
                     return Err(Rejection::AlreadyThere(path.to_string(), *node_id));
                 }
                 Ok(())
@@ -539,10 +539,10 @@ impl ClusterState {
             Command::Failover { path, from, to } => {
                 self.check_needs_provisioned(path)?;
                 self.check_node_of(path, *to)?;
-                if self.services.get(&path.to_string()).and_then(|s| s.placement) == Some(*to) {
+                if self.services.get(path).and_then(|s| s.placement) == Some(*to) {
                     return Err(Rejection::AlreadyThere(path.to_string(), *to));
                 }
-                if self.services.get(&path.to_string()).and_then(|s| s.placement) != Some(*from) {
+                if self.services.get(path).and_then(|s| s.placement) != Some(*from) {
                     return Err(Rejection::Moved(path.to_string(), *from));
                 }
                 // Decided before a fence-peer outdated the target: its data is old.
@@ -574,12 +574,12 @@ impl ClusterState {
                 if !self.nodes.contains_key(node_id) {
                     return Err(Rejection::UnknownNode(*node_id));
                 }
-                if !self.objects.contains_key(&path.to_string()) {
+                if !self.objects.contains_key(path) {
                     return Err(Rejection::Object(ObjectError::NotFound(path.to_string())));
                 }
                 let stored = self
                     .report_seqs
-                    .get(&path.to_string())
+                    .get(path)
                     .and_then(|r| r.get(node_id))
                     .copied()
                     .unwrap_or(0);
@@ -731,7 +731,7 @@ impl ClusterState {
             },
             Command::UpdateObject { path, set, unset } => match self.plan_update(path, set, unset) {
                 Ok((config, volumes)) => {
-                    if let Some(o) = self.objects.get_mut(&path.to_string()) {
+                    if let Some(o) = self.objects.get_mut(path) {
                         o.config = config;
                     }
                     self.insert_objects(volumes);
@@ -755,13 +755,13 @@ impl ClusterState {
                 Err(e) => Response::Refused(e.into()),
             },
             Command::PutKey { path, key, value, .. } => {
-                if let Some(o) = self.objects.get_mut(&path.to_string()) {
+                if let Some(o) = self.objects.get_mut(path) {
                     o.keys.insert(key.clone(), value.clone());
                 }
                 Response::Done
             }
             Command::RemoveKey { path, key } => {
-                if let Some(o) = self.objects.get_mut(&path.to_string()) {
+                if let Some(o) = self.objects.get_mut(path) {
                     o.keys.remove(key);
                 }
                 Response::Done
@@ -788,7 +788,7 @@ impl ClusterState {
             }
             Command::MarkProvisioned { path, node_id } => {
                 self.services
-                    .entry(path.to_string())
+                    .entry(path.clone())
                     .or_default()
                     .state_only
                     .insert(*node_id);
@@ -805,14 +805,11 @@ impl ClusterState {
                 seq,
             } => {
                 self.reports
-                    .entry(path.to_string())
+                    .entry(path.clone())
                     .or_default()
                     .insert(*node_id, report.clone());
                 if *seq != 0 {
-                    self.report_seqs
-                        .entry(path.to_string())
-                        .or_default()
-                        .insert(*node_id, *seq);
+                    self.report_seqs.entry(path.clone()).or_default().insert(*node_id, *seq);
                 }
                 Response::Done
             }
@@ -837,11 +834,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::Fence { path, node_id } => {
-                self.services
-                    .entry(path.to_string())
-                    .or_default()
-                    .fenced
-                    .insert(*node_id);
+                self.services.entry(path.clone()).or_default().fenced.insert(*node_id);
                 Response::Done
             }
             Command::MigrationPhase {
@@ -860,11 +853,11 @@ impl ClusterState {
                     format!("interrupted: node id {from} lost its lease and the service failed over"),
                 );
                 self.switch(path, *to);
-                self.services.entry(path.to_string()).or_default().fenced.insert(*from);
+                self.services.entry(path.clone()).or_default().fenced.insert(*from);
                 Response::Done
             }
             Command::FreezeService { path, frozen } => {
-                self.services.entry(path.to_string()).or_default().frozen = *frozen;
+                self.services.entry(path.clone()).or_default().frozen = *frozen;
                 Response::Done
             }
             Command::FreezeNode { node_id, frozen } => {
@@ -877,7 +870,7 @@ impl ClusterState {
             }
             Command::CaptureDomain { path, name, xml } => {
                 self.services
-                    .entry(path.to_string())
+                    .entry(path.clone())
                     .or_default()
                     .domains
                     .insert(name.clone(), xml.clone());
@@ -1041,6 +1034,7 @@ pub fn validate_node_name(name: &str) -> Result<(), Rejection> {
 
 #[cfg(test)]
 mod tests {
+    use super::objects_tests::path_of;
     use super::*;
     use crate::config::ini::Ini;
 
@@ -1073,7 +1067,7 @@ mod tests {
             placement: Some(1),
             ..ServiceState::default()
         };
-        state.services.insert("demo/svc/a".into(), started.clone());
+        state.services.insert(path_of("demo/svc/a"), started.clone());
         assert!(state.hosts(1));
         assert!(!state.hosts(2), "another node's service");
         for idle in [
@@ -1086,7 +1080,7 @@ mod tests {
                 ..started.clone()
             },
         ] {
-            state.services.insert("demo/svc/a".into(), idle);
+            state.services.insert(path_of("demo/svc/a"), idle);
             assert!(!state.hosts(1));
         }
         let switching = ServiceState {
@@ -1100,7 +1094,7 @@ mod tests {
             }),
             ..started
         };
-        state.services.insert("demo/svc/a".into(), switching);
+        state.services.insert(path_of("demo/svc/a"), switching);
         assert!(state.hosts(1) && state.hosts(2));
         assert!(!state.hosts(3), "not a participant");
     }
@@ -1254,7 +1248,7 @@ mod tests {
         let mut s = fencing_cluster();
         s.apply(&Command::Provision { path: kvm1() });
         assert_eq!(s.apply(&Command::LiveSwitch { path: kvm1(), to: 2 }), Response::Done);
-        let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+        let id = s.services[&path_of("demo/svc/kvm1")].migration.as_ref().unwrap().id;
         let phase = Command::MigrationPhase {
             path: kvm1(),
             id,
@@ -1287,12 +1281,12 @@ mod tests {
         let why = refused(&mut s, report(Avail::Down, 9));
         assert!(why.contains("report 9 of node id 2") && why.contains("(10)"), "{why}");
         refused(&mut s, report(Avail::Down, 10));
-        assert_eq!(s.reports["demo/svc/kvm1"][&2].avail, Avail::Up);
+        assert_eq!(s.reports[&path_of("demo/svc/kvm1")][&2].avail, Avail::Up);
         assert_eq!(s.apply(&report(Avail::Down, 11)), Response::Done);
-        assert_eq!(s.reports["demo/svc/kvm1"][&2].avail, Avail::Down);
+        assert_eq!(s.reports[&path_of("demo/svc/kvm1")][&2].avail, Avail::Down);
         // Entries from before reports were numbered always apply.
         assert_eq!(s.apply(&report(Avail::Warn, 0)), Response::Done);
-        assert_eq!(s.report_seqs["demo/svc/kvm1"][&2], 11);
+        assert_eq!(s.report_seqs[&path_of("demo/svc/kvm1")][&2], 11);
     }
 
     #[test]
@@ -1304,11 +1298,11 @@ mod tests {
             node_id: 2,
         };
         assert_eq!(s.apply(&fence), Response::Done);
-        assert!(s.services["demo/svc/kvm1"].fenced.contains(&2));
+        assert!(s.services[&path_of("demo/svc/kvm1")].fenced.contains(&2));
         // n2 is back and connected (a live switch to it checks that): it is no longer out of
         // sight, so a rebooted holder must see it demoted before promoting.
         assert_eq!(s.apply(&Command::LiveSwitch { path: kvm1(), to: 2 }), Response::Done);
-        assert!(s.services["demo/svc/kvm1"].fenced.is_empty());
+        assert!(s.services[&path_of("demo/svc/kvm1")].fenced.is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::path::ObjectPath;
+use super::path::{ObjectKind, ObjectPath};
 use super::{ClusterState, NodeId};
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords::{self, KeywordError};
@@ -24,6 +24,11 @@ pub const MAX_KEY_BYTES: usize = 1 << 20;
 /// The config map holding DRBD resource file templates.
 pub const DRBD_TEMPLATES: &str = "system/cfg/drbd";
 
+/// The path of `DRBD_TEMPLATES`.
+pub fn drbd_templates() -> ObjectPath {
+    ObjectPath::new(super::path::SYSTEM, ObjectKind::Cfg, "drbd")
+}
+
 /// One object: its configuration, its keys (config maps and secrets), and for volumes what
 /// was allocated for them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +38,13 @@ pub struct Object {
     pub keys: BTreeMap<String, Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alloc: Option<Allocation>,
+}
+
+impl Object {
+    /// The service a volume belongs to: its `owner` keyword.
+    pub fn owner(&self) -> Option<ObjectPath> {
+        ObjectPath::parse(self.config.get(DEFAULT, "owner")?).ok()
+    }
 }
 
 /// A volume's storage, allocated from a pool on each of its nodes.
@@ -192,7 +204,7 @@ pub struct AllocIndex {
 }
 
 impl AllocIndex {
-    pub fn build(objects: &BTreeMap<String, Object>) -> AllocIndex {
+    pub fn build(objects: &BTreeMap<ObjectPath, Object>) -> AllocIndex {
         let mut index = AllocIndex::default();
         for a in objects.values().filter_map(|o| o.alloc.as_ref()) {
             index.add(a);
@@ -282,7 +294,7 @@ impl ClusterState {
         Context {
             name: &path.name,
             namespace: &path.namespace,
-            kind: &path.kind,
+            kind: path.kind.as_str(),
             nodename: node,
             clusternodes: nodes,
             clustername: cluster,
@@ -300,7 +312,7 @@ impl ClusterState {
                     keyword: kw.clone(),
                 };
                 let (name, scope) = key.split_scope();
-                let def = match keywords::lookup(&path.kind, &section.name, name) {
+                let def = match keywords::lookup(path.kind, &section.name, name) {
                     Ok(def) => def,
                     // Refused before the log (`check_retired`, from `ClusterState::check`);
                     // in `apply`, an entry written before the keyword was retired applies
@@ -357,9 +369,7 @@ impl ClusterState {
                 }
             }
             for def in keywords::CATALOG.iter().filter(|k| {
-                k.required
-                    && k.section == keywords::section_type(&section.name)
-                    && k.kinds.contains(&path.kind.as_str())
+                k.required && k.section == keywords::section_type(&section.name) && k.kinds.contains(&path.kind)
             }) {
                 if config.get(&section.name, def.name).is_none() {
                     return Err(ObjectError::Missing {
@@ -387,7 +397,7 @@ impl ClusterState {
             .or_else(|| config.get(section, keyword))
             .map(str::to_string)
             .or_else(|| {
-                keywords::lookup(&path.kind, section, keyword)
+                keywords::lookup(path.kind, section, keyword)
                     .ok()
                     .and_then(|k| k.default.map(str::to_string))
             });
@@ -436,7 +446,7 @@ impl ClusterState {
     }
 
     /// Adds or replaces objects, keeping the allocation index in step.
-    pub(super) fn insert_objects(&mut self, objects: Vec<(String, Object)>) {
+    pub(super) fn insert_objects(&mut self, objects: Vec<(ObjectPath, Object)>) {
         self.ensure_index();
         for (key, object) in objects {
             let index = self.index.0.as_mut().expect("ensured");
@@ -450,7 +460,7 @@ impl ClusterState {
     }
 
     /// Removes an object, keeping the allocation index in step.
-    pub(super) fn remove_object(&mut self, key: &str) {
+    pub(super) fn remove_object(&mut self, key: &ObjectPath) {
         self.ensure_index();
         if let Some(a) = self.objects.remove(key).and_then(|o| o.alloc) {
             self.index.0.as_mut().expect("ensured").remove(&a);
@@ -467,7 +477,7 @@ impl ClusterState {
     }
 
     /// The volumes allocated from `pool`.
-    pub fn pool_volumes(&self, pool: &str) -> impl Iterator<Item = (&String, &Allocation)> + '_ {
+    pub fn pool_volumes(&self, pool: &str) -> impl Iterator<Item = (&ObjectPath, &Allocation)> + '_ {
         let pool = pool.to_string();
         self.objects
             .iter()
@@ -483,9 +493,9 @@ impl ClusterState {
     }
 
     /// The volume objects a service's configuration needs that do not exist yet, allocated.
-    fn plan_volumes(&self, svc: &ObjectPath, config: &Ini) -> Result<Vec<(String, Object)>, ObjectError> {
+    fn plan_volumes(&self, svc: &ObjectPath, config: &Ini) -> Result<Vec<(ObjectPath, Object)>, ObjectError> {
         let p = svc.to_string();
-        let mut out: Vec<(String, Object)> = Vec::new();
+        let mut out: Vec<(ObjectPath, Object)> = Vec::new();
         let index = self.alloc_index();
         // Minors and ports this plan takes, beside those already in use.
         let mut taken = Taken::default();
@@ -507,19 +517,14 @@ impl ClusterState {
                 value: name.clone(),
                 why,
             })?;
-            let vol = ObjectPath {
-                namespace: svc.namespace.clone(),
-                kind: "vol".into(),
-                name: name.clone(),
-            };
-            let vol_key = vol.to_string();
+            let vol = svc.volume(&name);
             let (pool, pool_cfg) = self.volume_pool(svc, config, s)?;
             let existing = self
                 .objects
-                .get(&vol_key)
-                .or_else(|| out.iter().find(|(k, _)| *k == vol_key).map(|(_, o)| o));
+                .get(&vol)
+                .or_else(|| out.iter().find(|(k, _)| *k == vol).map(|(_, o)| o));
             if let Some(existing) = existing {
-                check_existing_volume(&p, &vol_key, existing, s, size, &pool)?;
+                check_existing_volume(&p, &vol, existing, s, size, &pool)?;
                 continue;
             }
             let vg = pool_cfg.get("vg").cloned().ok_or_else(|| ObjectError::Pool {
@@ -547,9 +552,9 @@ impl ClusterState {
                 nodes,
                 drbd,
             };
-            let config = self.volume_config(&p, config, &vol_key, &alloc);
+            let config = self.volume_config(&p, config, &vol, &alloc);
             out.push((
-                vol_key,
+                vol,
                 Object {
                     config,
                     keys: BTreeMap::new(),
@@ -642,7 +647,7 @@ impl ClusterState {
         nodes: &[NodeId],
         size: u64,
         index: &AllocIndex,
-        planned: &[(String, Object)],
+        planned: &[(ObjectPath, Object)],
     ) -> Result<(), ObjectError> {
         for id in nodes {
             let node = &self.nodes[id].name;
@@ -675,13 +680,13 @@ impl ClusterState {
     }
 
     /// The configuration of a new volume object at `vol_key`, owned by service `owner`.
-    fn volume_config(&self, owner: &str, svc_config: &Ini, vol_key: &str, a: &Allocation) -> Ini {
+    fn volume_config(&self, owner: &str, svc_config: &Ini, vol: &ObjectPath, a: &Allocation) -> Ini {
         let mut vc = Ini::default();
         let svc_id = svc_config.get(DEFAULT, "id").unwrap_or_default();
         let node_names: Vec<&str> = a.nodes.iter().map(|id| self.nodes[id].name.as_str()).collect();
         let size_text = format_size(a.size).to_uppercase();
         let entries: Vec<(&str, &str, String)> = vec![
-            (DEFAULT, "id", derived_uuid(&format!("{svc_id}/{vol_key}"))),
+            (DEFAULT, "id", derived_uuid(&format!("{svc_id}/{vol}"))),
             (DEFAULT, "owner", owner.to_string()),
             (DEFAULT, "nodes", node_names.join(" ")),
             (DEFAULT, "pool", a.pool.clone()),
@@ -716,7 +721,7 @@ impl ClusterState {
     ) -> Result<(), ObjectError> {
         for k in keys {
             let (name, _) = k.split_scope();
-            if let Err(source @ KeywordError::Retired(..)) = keywords::lookup(&path.kind, &k.section, name) {
+            if let Err(source @ KeywordError::Retired(..)) = keywords::lookup(path.kind, &k.section, name) {
                 return Err(ObjectError::Keyword {
                     path: path.to_string(),
                     source,
@@ -727,24 +732,27 @@ impl ClusterState {
     }
 
     /// Checks a new object; returns it with the volumes it creates.
-    pub(super) fn plan_create(&self, path: &ObjectPath, config: &Ini) -> Result<Vec<(String, Object)>, ObjectError> {
-        let key = path.to_string();
-        if self.objects.contains_key(&key) {
-            return Err(ObjectError::Exists(key));
+    pub(super) fn plan_create(
+        &self,
+        path: &ObjectPath,
+        config: &Ini,
+    ) -> Result<Vec<(ObjectPath, Object)>, ObjectError> {
+        if self.objects.contains_key(path) {
+            return Err(ObjectError::Exists(path.to_string()));
         }
-        if path.kind == "vol" {
-            return Err(ObjectError::DirectVolume(key));
+        if path.kind == ObjectKind::Vol {
+            return Err(ObjectError::DirectVolume(path.to_string()));
         }
         self.check_config(path, config, true)?;
         let mut out = vec![(
-            key,
+            path.clone(),
             Object {
                 config: config.clone(),
                 keys: BTreeMap::new(),
                 alloc: None,
             },
         )];
-        if path.kind == "svc" {
+        if path.kind == ObjectKind::Svc {
             out.extend(self.plan_volumes(path, config)?);
         }
         Ok(out)
@@ -756,11 +764,11 @@ impl ClusterState {
         path: &ObjectPath,
         set: &[(ObjectKey, String)],
         unset: &[ObjectKey],
-    ) -> Result<(Ini, Vec<(String, Object)>), ObjectError> {
+    ) -> Result<(Ini, Vec<(ObjectPath, Object)>), ObjectError> {
         let key = path.to_string();
         let obj = self
             .objects
-            .get(&key)
+            .get(path)
             .ok_or_else(|| ObjectError::NotFound(key.clone()))?;
         if set.is_empty() && unset.is_empty() {
             return Err(ObjectError::BadKey(
@@ -771,7 +779,7 @@ impl ClusterState {
         let mut user = Ini::default();
         for k in unset {
             let (name, _) = k.split_scope();
-            let def = match keywords::lookup(&path.kind, &k.section, name) {
+            let def = match keywords::lookup(path.kind, &k.section, name) {
                 Ok(def) => def,
                 // A configuration made before the keyword was retired can drop it.
                 Err(KeywordError::Retired(..)) if config.get(&k.section, &k.keyword).is_some() => {
@@ -810,7 +818,7 @@ impl ClusterState {
         self.check_config(path, &user, false)?;
         // ...and the result as a whole (required keywords, references).
         self.check_config(path, &config, true)?;
-        let vols = if path.kind == "svc" {
+        let vols = if path.kind == ObjectKind::Svc {
             self.plan_volumes(path, &config)?
         } else {
             vec![]
@@ -819,29 +827,25 @@ impl ClusterState {
     }
 
     /// Checks a deletion; returns every object it removes (a service takes its volumes along).
-    pub(super) fn plan_delete(&self, path: &ObjectPath) -> Result<Vec<String>, ObjectError> {
+    pub(super) fn plan_delete(&self, path: &ObjectPath) -> Result<Vec<ObjectPath>, ObjectError> {
         let key = path.to_string();
-        if self.services.get(&key).is_some_and(|s| s.provisioned) {
+        if self.services.get(path).is_some_and(|s| s.provisioned) {
             return Err(ObjectError::Provisioned(key));
         }
         let obj = self
             .objects
-            .get(&key)
+            .get(path)
             .ok_or_else(|| ObjectError::NotFound(key.clone()))?;
-        if path.kind == "vol" {
-            if let Some(owner) = obj
-                .config
-                .get(DEFAULT, "owner")
-                .filter(|o| self.objects.contains_key(*o))
-            {
+        if path.kind == ObjectKind::Vol {
+            if let Some(owner) = obj.owner().filter(|o| self.objects.contains_key(o)) {
                 return Err(ObjectError::InUse {
                     path: key,
                     what: "this volume".into(),
-                    user: owner.into(),
+                    user: owner.to_string(),
                 });
             }
         }
-        if key == DRBD_TEMPLATES {
+        if *path == drbd_templates() {
             if let Some((pool, t)) = self.templates_in_use().next() {
                 return Err(ObjectError::InUse {
                     path: key,
@@ -850,12 +854,12 @@ impl ClusterState {
                 });
             }
         }
-        let mut out = vec![key.clone()];
-        if path.kind == "svc" {
+        let mut out = vec![path.clone()];
+        if path.kind == ObjectKind::Svc {
             out.extend(
                 self.objects
                     .iter()
-                    .filter(|(_, o)| o.config.get(DEFAULT, "owner") == Some(key.as_str()))
+                    .filter(|(_, o)| o.owner().as_ref() == Some(path))
                     .map(|(k, _)| k.clone()),
             );
         }
@@ -878,8 +882,8 @@ impl ClusterState {
         mode: KeyMode,
     ) -> Result<(), ObjectError> {
         let p = path.to_string();
-        let obj = self.objects.get(&p).ok_or_else(|| ObjectError::NotFound(p.clone()))?;
-        if !["cfg", "sec"].contains(&path.kind.as_str()) {
+        let obj = self.objects.get(path).ok_or_else(|| ObjectError::NotFound(p.clone()))?;
+        if !path.kind.holds_keys() {
             return Err(ObjectError::NoKeys(p));
         }
         Kind::Ident.check(key).map_err(|why| ObjectError::Key {
@@ -911,7 +915,7 @@ impl ClusterState {
 
     pub(super) fn check_remove_key(&self, path: &ObjectPath, key: &str) -> Result<(), ObjectError> {
         let p = path.to_string();
-        let obj = self.objects.get(&p).ok_or_else(|| ObjectError::NotFound(p.clone()))?;
+        let obj = self.objects.get(path).ok_or_else(|| ObjectError::NotFound(p.clone()))?;
         if !obj.keys.contains_key(key) {
             return Err(ObjectError::Key {
                 path: p,
@@ -919,7 +923,7 @@ impl ClusterState {
                 why: "does not exist".into(),
             });
         }
-        if p == DRBD_TEMPLATES {
+        if *path == drbd_templates() {
             if let Some((pool, _)) = self.templates_in_use().find(|(_, t)| t == key) {
                 return Err(ObjectError::InUse {
                     path: p,
@@ -950,7 +954,7 @@ impl ClusterState {
                 }
             }
             if let Some(t) = values.as_ref().and_then(|v| v.get("template")) {
-                let why = match self.objects.get(DRBD_TEMPLATES) {
+                let why = match self.objects.get(&drbd_templates()) {
                     None => Some(format!(
                         "{DRBD_TEMPLATES} does not exist: create it and add the key first"
                     )),
@@ -974,7 +978,7 @@ impl ClusterState {
 /// object, or was allocated with another size or pool (resizing and moving are not supported).
 fn check_existing_volume(
     owner: &str,
-    vol_key: &str,
+    vol: &ObjectPath,
     existing: &Object,
     section: &str,
     size: u64,
@@ -983,7 +987,7 @@ fn check_existing_volume(
     let by = existing.config.get(DEFAULT, "owner").unwrap_or("");
     if by != owner {
         return Err(ObjectError::InUse {
-            path: vol_key.to_string(),
+            path: vol.to_string(),
             what: "this volume".into(),
             user: if by.is_empty() {
                 "another object".into()
@@ -998,7 +1002,7 @@ fn check_existing_volume(
         .is_some_and(|a| a.size != size || a.pool != pool)
     {
         return Err(ObjectError::Volume {
-            path: vol_key.to_string(),
+            path: vol.to_string(),
             why: format!(
                 "already allocated from another pool or size; resizing or moving ({section}) is not supported"
             ),
@@ -1061,7 +1065,7 @@ impl DrbdResource {
     pub fn parse(text: &str) -> Option<DrbdResource> {
         let mut parts = text.splitn(4, '.');
         let (name, namespace, kind, cluster) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        (kind == "vol" && !name.is_empty() && !namespace.is_empty()).then(|| DrbdResource {
+        (kind == ObjectKind::Vol.as_str() && !name.is_empty() && !namespace.is_empty()).then(|| DrbdResource {
             name: name.into(),
             namespace: namespace.into(),
             cluster: cluster.into(),
@@ -1070,17 +1074,20 @@ impl DrbdResource {
 
     /// The volume object this resource belongs to.
     pub fn volume(&self) -> ObjectPath {
-        ObjectPath {
-            namespace: self.namespace.clone(),
-            kind: "vol".into(),
-            name: self.name.clone(),
-        }
+        ObjectPath::new(&self.namespace, ObjectKind::Vol, &self.name)
     }
 }
 
 impl std::fmt::Display for DrbdResource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.vol.{}", self.name, self.namespace, self.cluster)
+        write!(
+            f,
+            "{}.{}.{}.{}",
+            self.name,
+            self.namespace,
+            ObjectKind::Vol,
+            self.cluster
+        )
     }
 }
 

@@ -9,6 +9,11 @@ use super::objects::*;
 use super::*;
 use crate::config::ini::Ini;
 
+/// A path the test writes out in full.
+pub(crate) fn path_of(text: &str) -> ObjectPath {
+    ObjectPath::parse(text).expect("a valid path")
+}
+
 const GIB: u64 = 1 << 30;
 
 /// n1, n2 with a 5 GiB `data` VG each, witness w, cluster drbd4kvm, pool drbdvm with the
@@ -124,7 +129,7 @@ pub(crate) fn refused(s: &mut ClusterState, c: Command) -> String {
 fn tutorial_volume_gets_the_tutorial_allocation() {
     let mut s = cluster();
     assert_eq!(s.apply(&svc_with_volume("kvm1", "4G")), Response::Done);
-    let vol = &s.objects["demo/vol/kvm1"];
+    let vol = &s.objects[&path_of("demo/vol/kvm1")];
     let a = vol.alloc.as_ref().unwrap();
     assert_eq!(a.lv, "kvm1.demo.vol.drbd4kvm");
     assert_eq!(a.nodes, vec![1, 2], "the witness never gets a volume");
@@ -144,7 +149,7 @@ fn a_volume_is_refused_when_every_drbd_port_is_taken_never_given_a_wrapped_one()
     s.index_mut().ports.extend(u32::from(DRBD_BASE_PORT)..=65_534);
     assert_eq!(s.apply(&svc_with_volume("last", "1G")), Response::Done);
     let port = |s: &ClusterState| {
-        s.objects["demo/vol/last"]
+        s.objects[&path_of("demo/vol/last")]
             .alloc
             .as_ref()
             .unwrap()
@@ -239,10 +244,16 @@ fn deleting_a_service_frees_its_volume_and_allocation() {
         }),
         Response::Done
     );
-    assert!(!s.objects.contains_key("demo/vol/a"));
+    assert!(!s.objects.contains_key(&path_of("demo/vol/a")));
     // The freed minor, port and space are reused.
     s.apply(&svc_with_volume("c", "3G"));
-    let d = s.objects["demo/vol/c"].alloc.as_ref().unwrap().drbd.clone().unwrap();
+    let d = s.objects[&path_of("demo/vol/c")]
+        .alloc
+        .as_ref()
+        .unwrap()
+        .drbd
+        .clone()
+        .unwrap();
     assert_eq!((d.minor, d.port), (0, DRBD_BASE_PORT));
 }
 
@@ -270,8 +281,8 @@ fn update_creates_the_volume_once_size_is_set() {
         }),
         Response::Done
     );
-    assert!(s.objects.contains_key("demo/vol/kvm1"));
-    let shown = s.objects["demo/svc/kvm1"].config.to_string();
+    assert!(s.objects.contains_key(&path_of("demo/vol/kvm1")));
+    let shown = s.objects[&path_of("demo/svc/kvm1")].config.to_string();
     assert!(
         shown.starts_with("[DEFAULT]\nnodes = {clusternodes}\norchestrate = ha\nid = "),
         "{shown}"
@@ -342,8 +353,9 @@ proptest! {
             }
             // Every volume belongs to a live service.
             for (p, o) in &s.objects {
-                if let Some(owner) = o.config.get("DEFAULT", "owner") {
-                    prop_assert!(s.objects.contains_key(owner), "{} outlived {}", p, owner);
+                if o.config.get("DEFAULT", "owner").is_some() {
+                    let owner = o.owner().expect("an owner is a path");
+                    prop_assert!(s.objects.contains_key(&owner), "{} outlived {}", p, owner);
                 }
             }
         }
@@ -364,7 +376,7 @@ fn provision_places_on_the_first_data_node_and_guards_delete() {
     );
     assert!(why.contains("not provisioned"), "{why}");
     assert_eq!(s.apply(&Command::Provision { path: path.clone() }), Response::Done);
-    let st = &s.services["demo/svc/kvm1"];
+    let st = &s.services[&path_of("demo/svc/kvm1")];
     assert_eq!(
         (st.provisioned, st.placement, st.started, st.epoch),
         (true, Some(1), true, 1)
@@ -411,7 +423,7 @@ fn a_retired_keyword_is_refused_before_the_log_and_an_old_entry_still_applies() 
     // every node replaying the log reaches the same state.
     assert_eq!(s.apply(&old), Response::Done);
     assert_eq!(
-        s.objects["demo/svc/kvm1"].config.get("DEFAULT", "topology"),
+        s.objects[&path_of("demo/svc/kvm1")].config.get("DEFAULT", "topology"),
         Some("failover")
     );
     let why = s
@@ -428,7 +440,7 @@ fn a_retired_keyword_is_refused_before_the_log_and_an_old_entry_still_applies() 
         s.apply(&update(vec![(key("priority"), "10".into())], vec![key("topology")])),
         Response::Done
     );
-    let config = &s.objects["demo/svc/kvm1"].config;
+    let config = &s.objects[&path_of("demo/svc/kvm1")].config;
     assert_eq!(
         (config.get("DEFAULT", "topology"), config.get("DEFAULT", "priority")),
         (None, Some("10"))

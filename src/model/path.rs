@@ -1,13 +1,12 @@
 //! Object paths: `NAMESPACE/KIND/NAME`, or just `NAME` for a service of the root namespace.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::keywords::ObjectKind;
 use crate::config::kind::check_name;
-
-/// Object kinds: services, volumes, config maps, secrets, users.
-pub const KINDS: [&str; 5] = ["svc", "vol", "cfg", "sec", "usr"];
 
 /// The namespace of paths given as a bare name.
 pub const ROOT: &str = "root";
@@ -15,10 +14,13 @@ pub const ROOT: &str = "root";
 /// A reserved namespace: it holds the cluster's own config maps, secrets and users only.
 pub const SYSTEM: &str = "system";
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A checked object path. In the log's commands it is written as a record of its three parts;
+/// as a key of the state's maps (`keyed`), as its text `NAMESPACE/KIND/NAME`. It orders as that
+/// text does, so listings and every walk over the state keep the order they always had.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ObjectPath {
     pub namespace: String,
-    pub kind: String,
+    pub kind: ObjectKind,
     pub name: String,
 }
 
@@ -40,23 +42,78 @@ impl ObjectPath {
     pub fn parse(s: &str) -> Result<ObjectPath, PathError> {
         let parts: Vec<&str> = s.split('/').collect();
         let (ns, kind, name) = match parts[..] {
-            [name] => (ROOT, "svc", name),
+            [name] => (ROOT, ObjectKind::Svc.as_str(), name),
             [ns, kind, name] => (ns, kind, name),
             _ => return Err(PathError::Shape(s.into())),
         };
-        if !KINDS.contains(&kind) {
+        let Some(kind) = ObjectKind::parse(kind) else {
             return Err(PathError::Kind(s.into(), kind.into()));
-        }
+        };
         check_name(ns).map_err(|e| PathError::Namespace(s.into(), ns.into(), e))?;
         check_name(name).map_err(|e| PathError::Name(s.into(), name.into(), e))?;
-        if ns == SYSTEM && !["cfg", "sec", "usr"].contains(&kind) {
+        if ns == SYSTEM && matches!(kind, ObjectKind::Svc | ObjectKind::Vol) {
             return Err(PathError::Reserved(s.into()));
         }
-        Ok(ObjectPath {
-            namespace: ns.into(),
-            kind: kind.into(),
+        Ok(ObjectPath::new(ns, kind, name))
+    }
+
+    /// A path from parts already checked (a service's own namespace and name, say).
+    pub fn new(namespace: &str, kind: ObjectKind, name: &str) -> ObjectPath {
+        ObjectPath {
+            namespace: namespace.into(),
+            kind,
             name: name.into(),
-        })
+        }
+    }
+
+    /// The volume object `name` of this path's namespace (a service's volume).
+    pub fn volume(&self, name: &str) -> ObjectPath {
+        ObjectPath::new(&self.namespace, ObjectKind::Vol, name)
+    }
+
+    /// The bytes of `NAMESPACE/KIND/NAME`, without building the text.
+    fn text(&self) -> impl Iterator<Item = u8> + '_ {
+        let parts = [self.namespace.as_str(), self.kind.as_str(), self.name.as_str()];
+        parts
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, p)| (i > 0).then_some(b'/').into_iter().chain(p.bytes()))
+    }
+}
+
+impl Ord for ObjectPath {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.text().cmp(other.text())
+    }
+}
+
+impl PartialOrd for ObjectPath {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Serde for maps keyed by path (`#[serde(with = "keyed")]`): keys written as their text,
+/// which is how the state always stored them, and read back through `ObjectPath::parse`.
+pub mod keyed {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ObjectPath;
+
+    pub fn serialize<S: Serializer, V: Serialize>(map: &BTreeMap<ObjectPath, V>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ObjectPath, V>, D::Error> {
+        BTreeMap::<String, V>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((ObjectPath::parse(&k).map_err(D::Error::custom)?, v)))
+            .collect()
     }
 }
 
@@ -103,6 +160,37 @@ mod tests {
         assert!(matches!(ObjectPath::parse("demo/svc/x_y"), Err(PathError::Name(..))));
         assert!(matches!(ObjectPath::parse("system/svc/x"), Err(PathError::Reserved(_))));
         assert!(ObjectPath::parse("system/cfg/drbd").is_ok());
+    }
+
+    #[test]
+    fn orders_as_its_text() {
+        let texts = [
+            "a-b/svc/x",
+            "a/svc/x",
+            "a/vol/a",
+            "a/svc/xy",
+            "a/cfg/z",
+            "ab/cfg/a",
+            "system/cfg/drbd",
+        ];
+        let mut paths: Vec<ObjectPath> = texts.iter().map(|t| ObjectPath::parse(t).unwrap()).collect();
+        paths.sort();
+        let mut sorted = texts.map(String::from).to_vec();
+        sorted.sort();
+        assert_eq!(paths.iter().map(|p| p.to_string()).collect::<Vec<_>>(), sorted);
+    }
+
+    #[test]
+    fn keyed_maps_read_back_what_they_wrote() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct M(#[serde(with = "keyed")] std::collections::BTreeMap<ObjectPath, u8>);
+        let m = M([(ObjectPath::parse("demo/svc/kvm1").unwrap(), 1)].into());
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(text, r#"{"demo/svc/kvm1":1}"#);
+        assert_eq!(serde_json::from_str::<M>(&text).unwrap(), m);
+        assert!(serde_json::from_str::<M>(r#"{"demo/vm/kvm1":1}"#).is_err());
+        let cmd = serde_json::to_string(&ObjectPath::parse("kvm1").unwrap()).unwrap();
+        assert_eq!(cmd, r#"{"namespace":"root","kind":"svc","name":"kvm1"}"#);
     }
 
     #[test]

@@ -69,16 +69,16 @@ impl ClusterState {
     }
 
     fn service_keyword(&self, path: &ObjectPath, keyword: &str) -> Option<String> {
-        let obj = self.objects.get(&path.to_string())?;
+        let obj = self.objects.get(path)?;
         self.eval(path, &obj.config, DEFAULT, keyword, None).ok().flatten()
     }
 
     /// The started services that run on `node` or are being switched to it, `except` one.
-    pub fn started_on(&self, node: NodeId, except: &str) -> u64 {
+    pub fn started_on(&self, node: NodeId, except: &ObjectPath) -> u64 {
         let on = self
             .services
             .iter()
-            .filter(|(key, s)| key.as_str() != except && s.provisioned && s.started)
+            .filter(|(key, s)| *key != except && s.provisioned && s.started)
             .filter(|(_, s)| s.migration.as_ref().map_or(s.placement, |m| Some(m.to)) == Some(node))
             .count();
         u64::try_from(on).unwrap_or(u64::MAX)
@@ -106,11 +106,10 @@ pub fn rank(state: &ClusterState, path: &ObjectPath, candidates: &[NodeId], plan
     match state.placement_policy(path) {
         Policy::NodesOrder => {}
         Policy::Spread => {
-            let key = path.to_string();
             // A stable sort: equal counts keep the nodes order.
             ranked.sort_by_cached_key(|n| {
                 state
-                    .started_on(*n, &key)
+                    .started_on(*n, path)
                     .saturating_add(planned.get(n).copied().unwrap_or(0))
             });
         }
@@ -148,7 +147,7 @@ pub fn first_choice(state: &ClusterState, path: &ObjectPath) -> Option<NodeId> {
 /// The node the service's policy prefers among its nodes other than the one holding it:
 /// where a switch without a node sends it.
 pub fn best_other(state: &ClusterState, path: &ObjectPath) -> Option<NodeId> {
-    let holder = state.services.get(&path.to_string()).and_then(|s| s.placement);
+    let holder = state.services.get(path).and_then(|s| s.placement);
     let others: Vec<NodeId> = state
         .service_nodes(path)
         .into_iter()

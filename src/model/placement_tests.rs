@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::objects::derived_uuid;
-use super::objects_tests::{nodes_with_vgs, refused};
+use super::objects_tests::{nodes_with_vgs, path_of, refused};
 use super::placement::{best_other, first_choice, rank, Planned, Policy};
 use super::*;
 use crate::config::ini::Ini;
@@ -72,7 +72,7 @@ fn placed(s: &mut ClusterState, name: &str, placement: &str, extra: &str) -> Nod
         &format!("[DEFAULT]\nnodes = n1 n2 n4\nplacement = {placement}\n{extra}"),
     );
     ok(s, Command::Provision { path: svc(name) });
-    s.services[&svc(name).to_string()].placement.unwrap()
+    s.services[&svc(name)].placement.unwrap()
 }
 
 fn memory(s: &mut ClusterState, node_id: NodeId, available: u64) {
@@ -87,7 +87,11 @@ fn nodes_order_follows_the_nodes_keyword() {
     assert_eq!(s.placement_policy(&p), Policy::NodesOrder, "the default");
     assert_eq!(rank(&s, &p, &s.service_nodes(&p), &Planned::new()), vec![4, 1, 2]);
     ok(&mut s, Command::Provision { path: p.clone() });
-    assert_eq!(s.services["demo/svc/a"].placement, Some(4), "provision: the first");
+    assert_eq!(
+        s.services[&path_of("demo/svc/a")].placement,
+        Some(4),
+        "provision: the first"
+    );
     assert_eq!(best_other(&s, &p), Some(1), "switch: the first but the holder");
     // Busy or not, the order decides.
     placed(&mut s, "b", "nodes order", "");
@@ -127,9 +131,10 @@ fn spread_prefers_the_node_with_the_fewest_started_services() {
 fn spread_counts_a_switch_in_progress_at_its_target() {
     let mut s = three_nodes();
     placed(&mut s, "a", "spread", "");
-    assert_eq!(s.started_on(1, ""), 1);
+    assert_eq!(s.started_on(1, &path_of("demo/svc/none")), 1);
     ok(&mut s, Command::Switch { path: svc("a"), to: 4 });
-    assert_eq!((s.started_on(1, ""), s.started_on(4, "")), (0, 1));
+    let none = path_of("demo/svc/none");
+    assert_eq!((s.started_on(1, &none), s.started_on(4, &none)), (0, 1));
 }
 
 #[test]

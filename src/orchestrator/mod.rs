@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::config::ini::DEFAULT;
 use crate::lease::LeaseConfig;
 use crate::model::placement::{rank, Planned};
-use crate::model::{ClusterState, Command, NodeId, ObjectPath, Phase};
+use crate::model::{ClusterState, Command, NodeId, ObjectKind, ObjectPath, Phase};
 
 /// The moves the leader should commit: for each `orchestrate=ha` service, provisioned,
 /// started and not frozen, placed on a node in `expired` that has a watchdog armed, a
@@ -32,16 +32,15 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
     let mut out = Vec::new();
     // (priority, path, from, eligible targets in nodes order)
     let mut moving: Vec<(u64, ObjectPath, NodeId, Vec<NodeId>)> = Vec::new();
-    for (key, obj) in &state.objects {
-        let Ok(path) = ObjectPath::parse(key) else { continue };
-        if path.kind != "svc" {
+    for (path, obj) in &state.objects {
+        if path.kind != ObjectKind::Svc {
             continue;
         }
         let watchdog = |id: &NodeId| state.nodes.get(id).is_some_and(|n| n.watchdog);
         // A live switch whose other participant lost its lease (and so fenced itself) ends
         // without it: aborted before Finalize, done after. Whatever the service's policy: it
         // finishes what the operator began.
-        if let Some(svc) = state.services.get(key) {
+        if let Some(svc) = state.services.get(path) {
             if let Some(m) = &svc.migration {
                 let other = if svc.placement == Some(m.from) { m.to } else { m.from };
                 if expired.contains(&other) && watchdog(&other) {
@@ -64,8 +63,8 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
         }
         // A node of the service that does not hold it and lost its lease fenced itself: the
         // holder need not wait to see it demoted (a switch whose source died midway).
-        if let Some(svc) = state.services.get(key).filter(|s| s.provisioned && s.started) {
-            for n in state.service_nodes(&path) {
+        if let Some(svc) = state.services.get(path).filter(|s| s.provisioned && s.started) {
+            for n in state.service_nodes(path) {
                 if Some(n) != svc.placement && expired.contains(&n) && watchdog(&n) && !svc.fenced.contains(&n) {
                     out.push(Command::Fence {
                         path: path.clone(),
@@ -75,13 +74,13 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
             }
         }
         let ha = state
-            .eval(&path, &obj.config, DEFAULT, "orchestrate", None)
+            .eval(path, &obj.config, DEFAULT, "orchestrate", None)
             .ok()
             .flatten();
         if ha.as_deref() != Some("ha") {
             continue;
         }
-        let Some(svc) = state.services.get(key) else { continue };
+        let Some(svc) = state.services.get(path) else { continue };
         let Some(from) = svc.placement else { continue };
         if !svc.provisioned || !svc.started || svc.frozen || !expired.contains(&from) {
             continue;
@@ -94,24 +93,24 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
             svc.state_only.contains(n)
                 || state
                     .reports
-                    .get(key)
+                    .get(path)
                     .and_then(|r| r.get(n))
                     .is_some_and(|r| r.provisioned)
         };
         // A node whose disk a DRBD fence-peer had outdated holds old data until it resyncs.
         let eligible: Vec<NodeId> = state
-            .service_nodes(&path)
+            .service_nodes(path)
             .into_iter()
             .filter(|n| {
                 *n != from
                     && leased.contains(n)
                     && !state.frozen_nodes.contains(n)
                     && provisioned_on(n)
-                    && state.outdated_on(&path, *n).is_empty()
+                    && state.outdated_on(path, *n).is_empty()
             })
             .collect();
         if !eligible.is_empty() {
-            moving.push((state.priority(&path), path, from, eligible));
+            moving.push((state.priority(path), path.clone(), from, eligible));
         }
     }
     // A stable sort: equal priorities keep the path order.

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use super::decide;
 use crate::config::ini::Ini;
 use crate::model::objects::derived_uuid;
+use crate::model::objects_tests::path_of;
 use crate::model::*;
 
 /// Node `node_id`'s report: `path` provisioned there, its guest down.
@@ -160,7 +161,7 @@ fn a_failover_records_the_fenced_node_and_a_stale_one_is_refused() {
         }),
         Response::Done
     );
-    let svc = &s.services["demo/svc/kvm1"];
+    let svc = &s.services[&path_of("demo/svc/kvm1")];
     assert_eq!(
         (svc.placement, svc.fenced.iter().copied().collect::<Vec<_>>(), svc.epoch),
         (Some(2), vec![1], 2)
@@ -176,9 +177,9 @@ fn a_failover_records_the_fenced_node_and_a_stale_one_is_refused() {
     ));
     // A switch back clears the record once it hands the service over.
     s.apply(&Command::Switch { path: path(), to: 1 });
-    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    let id = s.services[&path_of("demo/svc/kvm1")].migration.as_ref().unwrap().id;
     assert_eq!(phase(&mut s, id, Phase::Stopping, Phase::Starting), Response::Done);
-    assert!(s.services["demo/svc/kvm1"].fenced.is_empty());
+    assert!(s.services[&path_of("demo/svc/kvm1")].fenced.is_empty());
 }
 
 #[test]
@@ -209,7 +210,7 @@ fn phase(s: &mut ClusterState, id: u64, from: Phase, to: Phase) -> Response {
 fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
     let mut s = cluster();
     assert_eq!(s.apply(&Command::LiveSwitch { path: path(), to: 2 }), Response::Done);
-    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    let id = s.services[&path_of("demo/svc/kvm1")].migration.as_ref().unwrap().id;
     // Out of order, or from another switch: refused, nothing changes.
     let before = s.clone();
     assert!(matches!(
@@ -234,7 +235,7 @@ fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
     ] {
         assert_eq!(phase(&mut s, id, from, to), Response::Done);
         assert_eq!(
-            s.services["demo/svc/kvm1"].placement,
+            s.services[&path_of("demo/svc/kvm1")].placement,
             Some(1),
             "{to}: still the source's"
         );
@@ -245,13 +246,13 @@ fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
         Response::Refused(_)
     ));
     assert_eq!(phase(&mut s, id, Phase::Migrating, Phase::Finalize), Response::Done);
-    assert_eq!(s.services["demo/svc/kvm1"].placement, Some(2));
+    assert_eq!(s.services[&path_of("demo/svc/kvm1")].placement, Some(2));
     assert!(
         matches!(phase(&mut s, id, Phase::Finalize, Phase::Abort), Response::Refused(_)),
         "no abort after Finalize"
     );
     assert_eq!(phase(&mut s, id, Phase::Finalize, Phase::Done), Response::Done);
-    let svc = &s.services["demo/svc/kvm1"];
+    let svc = &s.services[&path_of("demo/svc/kvm1")];
     assert!(svc.migration.is_none());
     assert_eq!(
         svc.last_migration.as_ref().map(|m| (m.phase, m.error.clone())),
@@ -263,7 +264,7 @@ fn a_live_switch_walks_its_phases_in_order_and_refuses_stale_ones() {
 fn a_live_switch_whose_target_lost_its_lease_is_aborted_with_the_target_fenced() {
     let mut s = cluster();
     s.apply(&Command::LiveSwitch { path: path(), to: 2 });
-    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    let id = s.services[&path_of("demo/svc/kvm1")].migration.as_ref().unwrap().id;
     phase(&mut s, id, Phase::Prepare, Phase::DualPrimary);
     phase(&mut s, id, Phase::DualPrimary, Phase::Migrating);
     assert!(
@@ -290,7 +291,7 @@ fn a_live_switch_whose_target_lost_its_lease_is_aborted_with_the_target_fenced()
         "{d:?}"
     );
     s.apply(&d[0]);
-    let svc = &s.services["demo/svc/kvm1"];
+    let svc = &s.services[&path_of("demo/svc/kvm1")];
     assert_eq!((svc.placement, svc.fenced.contains(&2)), (Some(1), true));
     assert!(svc
         .last_migration
@@ -316,7 +317,7 @@ fn a_failover_overtakes_a_live_switch_whose_source_lost_its_lease() {
         }]
     );
     s.apply(&d[0]);
-    let svc = &s.services["demo/svc/kvm1"];
+    let svc = &s.services[&path_of("demo/svc/kvm1")];
     assert!(svc.migration.is_none());
     assert_eq!(svc.placement, Some(2));
     assert!(svc
@@ -366,7 +367,7 @@ fn a_node_that_does_not_hold_the_service_and_lost_its_lease_is_recorded_fenced_o
 #[test]
 fn no_failover_to_a_node_whose_disk_a_fence_peer_outdated() {
     let mut s = cluster();
-    let resource = s.objects["demo/vol/kvm1"].alloc.as_ref().unwrap().lv.clone();
+    let resource = s.objects[&path_of("demo/vol/kvm1")].alloc.as_ref().unwrap().lv.clone();
     let outdate = Command::OutdatePeer {
         resource: resource.clone(),
         node_id: 2,
@@ -399,10 +400,10 @@ fn no_failover_to_a_node_whose_disk_a_fence_peer_outdated() {
 fn a_switch_stops_then_starts_and_aborts_only_before_the_hand_over() {
     let mut s = cluster();
     assert_eq!(s.apply(&Command::Switch { path: path(), to: 2 }), Response::Done);
-    let m = s.services["demo/svc/kvm1"].migration.clone().unwrap();
+    let m = s.services[&path_of("demo/svc/kvm1")].migration.clone().unwrap();
     assert_eq!((m.phase, m.from, m.to), (Phase::Stopping, 1, 2));
     assert_eq!(
-        s.services["demo/svc/kvm1"].placement,
+        s.services[&path_of("demo/svc/kvm1")].placement,
         Some(1),
         "n1 holds it while it stops"
     );
@@ -411,26 +412,26 @@ fn a_switch_stops_then_starts_and_aborts_only_before_the_hand_over() {
         Response::Refused(_)
     ));
     assert_eq!(phase(&mut s, m.id, Phase::Stopping, Phase::Starting), Response::Done);
-    assert_eq!(s.services["demo/svc/kvm1"].placement, Some(2));
+    assert_eq!(s.services[&path_of("demo/svc/kvm1")].placement, Some(2));
     assert!(
         matches!(phase(&mut s, m.id, Phase::Starting, Phase::Abort), Response::Refused(_)),
         "handed over"
     );
     assert_eq!(phase(&mut s, m.id, Phase::Starting, Phase::Done), Response::Done);
-    assert!(s.services["demo/svc/kvm1"].migration.is_none());
+    assert!(s.services[&path_of("demo/svc/kvm1")].migration.is_none());
     // Aborted while stopping: n2 keeps it.
     s.apply(&Command::Switch { path: path(), to: 1 });
-    let id = s.services["demo/svc/kvm1"].migration.as_ref().unwrap().id;
+    let id = s.services[&path_of("demo/svc/kvm1")].migration.as_ref().unwrap().id;
     assert_eq!(phase(&mut s, id, Phase::Stopping, Phase::Abort), Response::Done);
     assert_eq!(phase(&mut s, id, Phase::Abort, Phase::Done), Response::Done);
-    assert_eq!(s.services["demo/svc/kvm1"].placement, Some(2));
+    assert_eq!(s.services[&path_of("demo/svc/kvm1")].placement, Some(2));
     // A stopped service is placed at once, no switch record.
     s.apply(&Command::SetStarted {
         path: path(),
         started: false,
     });
     s.apply(&Command::Switch { path: path(), to: 1 });
-    let svc = &s.services["demo/svc/kvm1"];
+    let svc = &s.services[&path_of("demo/svc/kvm1")];
     assert_eq!(
         (svc.placement, svc.migration.is_none(), svc.last_migration.is_none()),
         (Some(1), true, true)
@@ -464,7 +465,7 @@ fn a_live_switch_is_refused_while_the_holder_sees_the_target_disconnected_or_beh
             matches!(&r, Response::Refused(m) if m.to_string().contains("n2's DRBD for volume#data is") && m.to_string().contains(bad)),
             "{r:?}"
         );
-        assert!(s.services["demo/svc/kvm1"].migration.is_none());
+        assert!(s.services[&path_of("demo/svc/kvm1")].migration.is_none());
     }
     s.apply(&Command::ReportInstance {
         seq: 0,

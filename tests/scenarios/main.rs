@@ -33,7 +33,7 @@ fn live(w: &mut World, via: &str, to: &str) -> Response {
 
 /// `switch --abort` through node `via`: the switch in progress, from its committed phase.
 fn abort(w: &mut World, via: &str) -> Option<Result<Response, String>> {
-    let m = w.committed().services[world::SVC].migration.clone()?;
+    let m = w.committed().services[&world::path()].migration.clone()?;
     let cmd = Command::MigrationPhase {
         path: path(),
         id: m.id,
@@ -512,7 +512,7 @@ fn s29_after_a_failover_the_old_node_returns_and_the_guest_is_switched_back_live
         );
         w.run_for(Duration::from_millis(500));
     }
-    assert!(w.committed().reports[world::SVC].contains_key(&n1));
+    assert!(w.committed().reports[&world::path()].contains_key(&n1));
     settles_on(&mut w, "n1", S(10));
     assert_eq!(boots(&w, "n1"), before);
 }
@@ -889,7 +889,7 @@ fn s41_a_report_that_arrives_late_never_overwrites_a_newer_one() {
     let s = w.committed().clone();
     for name in ["n1", "n2"] {
         let id = w.id(name);
-        let report = &s.reports[world::SVC][&id];
+        let report = &s.reports[&world::path()][&id];
         let guest = report.resources.iter().find(|r| r.rid == "container#1").unwrap();
         let runs = w.running() == on(&[name]);
         assert_eq!(

@@ -136,9 +136,9 @@ pub struct SimNode {
     orchestrator: Leadership,
     /// Its orchestrator's loop is busy (a slow write) until then: no tick before.
     orchestrator_stalled_until: Duration,
-    retries: BTreeMap<String, Retry>,
+    retries: BTreeMap<ObjectPath, Retry>,
     /// The services it reported on.
-    sent: std::collections::BTreeSet<String>,
+    sent: std::collections::BTreeSet<ObjectPath>,
     /// The last report's sequence number (kept across restarts, as the wall clock would be).
     report_seq: u64,
     /// Armed watchdog: when it was last petted.
@@ -373,11 +373,12 @@ impl World {
                 },
             )
             .expect("create");
-            w.operator(1, Command::Provision { path }).expect("provision");
+            w.operator(1, Command::Provision { path: path.clone() })
+                .expect("provision");
             // The operator creates the guest where the service was placed (the tutorial's
             // virt-install on n1, then provision).
             let on = w.placement_of(svc.name).expect("placed");
-            let minor = w.committed().objects[&format!("demo/vol/{}", svc.name)]
+            let minor = w.committed().objects[&path.volume(svc.name)]
                 .alloc
                 .as_ref()
                 .and_then(|a| a.drbd.as_ref())
@@ -767,15 +768,14 @@ impl World {
         let mut out = vec![];
         for p in work {
             let n = self.nodes.get_mut(&id).unwrap();
-            let key = p.to_string();
             let (want, errors) = desired(&n.state, id, &p, leased, n.watchdog.is_some());
-            let retry = n.retries.entry(key.clone()).or_default();
+            let retry = n.retries.entry(p.clone()).or_default();
             let done = pass(&n.drivers, &p, &want, errors, retry, now);
             out.extend(done.commands.into_iter().map(|c| (None, c)));
             // The daemon's rule, the virtual clock standing for the wall clock.
             let clock_us = self.t.as_micros() as u64;
             if let Some(cmd) = report_to_send(&n.state, &p, id, done.report, &mut n.report_seq, clock_us) {
-                out.push((Some(key), cmd));
+                out.push((Some(p), cmd));
             }
         }
         // The handlers ran during the pass: their marks commit first (the stand-in answered
@@ -858,7 +858,7 @@ impl World {
                 // Only in a committed live switch's dual-primary window, with one guest.
                 let last = self.leader.map(|l| &self.nodes[&l].state);
                 let phase = last
-                    .and_then(|s| s.services.get(&service_path(name).to_string()))
+                    .and_then(|s| s.services.get(&service_path(name)))
                     .and_then(|s| s.migration.as_ref())
                     .map(|m| m.phase);
                 let window = matches!(
@@ -1136,18 +1136,23 @@ impl World {
     /// The committed placement of service `name`.
     pub fn placement_of(&self, name: &str) -> Option<String> {
         let s = self.committed();
-        let id = s.services.get(&service_path(name).to_string())?.placement?;
+        let id = s.services.get(&service_path(name))?.placement?;
         Some(s.nodes.get(&id)?.name.clone())
     }
 
     pub fn phase(&self) -> Option<Phase> {
-        self.committed().services.get(SVC)?.migration.as_ref().map(|m| m.phase)
+        self.committed()
+            .services
+            .get(&path())?
+            .migration
+            .as_ref()
+            .map(|m| m.phase)
     }
 
     pub fn last_migration_error(&self) -> Option<String> {
         self.committed()
             .services
-            .get(SVC)?
+            .get(&path())?
             .last_migration
             .as_ref()?
             .error
