@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use omraft::pb;
 
 use crate::support;
-use crate::support::omd::{omsim_virsh, stderr, stdout};
+use crate::support::omd::{omsim_virsh, stderr, stdout, Launch, Omd};
 
 pub const SERVICE: &str = "demo/svc/kvm1";
 /// The nodes, in order: n1 and n2 hold data, w is the witness.
@@ -39,7 +39,6 @@ pub const NAMES: [&str; 3] = ["n1", "n2", "w"];
 /// The live-switch phases in which both data nodes may be Primary.
 pub const DUAL_PHASES: [&str; 4] = ["DualPrimary", "Migrating", "Finalize", "Abort"];
 
-const OMD: &str = env!("CARGO_BIN_EXE_omd");
 const OMCTL: &str = env!("CARGO_BIN_EXE_omctl");
 
 /// One test at a time: each runs three daemons, their simulators and a poller on a small
@@ -284,84 +283,65 @@ impl Drop for Net {
 // ---------------------------------------------------------------------------------------------
 // Daemons
 
-/// One node: its namespace, data directory and `omd` (run as `ip netns exec NS omd ...`,
-/// which execs: the child's pid is the daemon's).
+/// One node: its namespace and its `omd` (the tests' one process harness, run as
+/// `ip netns exec NS omd ...`, which execs: the child's pid is the daemon's).
 pub struct Node {
     pub name: String,
     pub ns: String,
     pub ip: String,
     pub dir: PathBuf,
-    sim: PathBuf,
-    child: Option<Child>,
+    omd: Omd,
     /// Powered off by the test: not booted again until `power_on`.
     pub off: bool,
 }
 
 impl Node {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.with_extension("log"))
-            .unwrap();
-        let listen = format!("{}:1215", self.ip);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, OMD])
-            .env("OMRAFT_SIM_SYNC_MS", "1500")
-            // A watchdog reset takes down every process of the node (its namespace).
-            .env("OMRAFT_SIM_RESET", "netns")
-            .args(["--node-name", &self.name, "--listen", &listen])
-            .args(["--heartbeat-ms", "100", "--election-timeout-ms", "300"])
-            .args(["--watchdog-timeout-ms", "700", "--drivers", "sim", "--sim-dir"])
-            .arg(&self.sim)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--ssh-dir")
-            .arg(self.dir.join("ssh"));
-        if self.name != "w" {
-            cmd.args(["--report-vg", "data=5G"]);
+    /// Starts node `name`'s daemon in its namespace, in the fast profile.
+    fn boot(host: &Host, dir: PathBuf, sim: &Path) -> Node {
+        let mut args: Vec<String> = ["--heartbeat-ms", "100", "--election-timeout-ms", "300"]
+            .into_iter()
+            .chain(["--watchdog-timeout-ms", "700", "--drivers", "sim", "--sim-dir"])
+            .map(String::from)
+            .collect();
+        args.push(sim.display().to_string());
+        if host.name != "w" {
+            args.extend(["--report-vg", "data=5G"].map(String::from));
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn omd in its namespace");
-        self.child = Some(child);
+        let launch = Launch {
+            args,
+            env: vec![
+                ("OMRAFT_SIM_SYNC_MS".into(), "1500".into()),
+                // A watchdog reset takes down every process of the node (its namespace).
+                ("OMRAFT_SIM_RESET".into(), "netns".into()),
+            ],
+            wrapper: ["ip", "netns", "exec", &host.ns].map(String::from).into(),
+        };
+        let listen = format!("{}:1215", host.ip);
+        let omd = Omd::launch(&host.name, &dir, &listen, launch).unwrap_or_else(|e| panic!("{e}"));
+        Node {
+            name: host.name.clone(),
+            ns: host.ns.clone(),
+            ip: host.ip.clone(),
+            dir,
+            omd,
+            off: false,
+        }
     }
 
     pub fn server(&self) -> String {
-        format!("unix:{}", self.dir.join("omd.sock").display())
+        self.omd.server()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// Whether the daemon exited (killed by its watchdog's reset, or crashed).
-    fn exited(&mut self) -> bool {
-        match &mut self.child {
-            None => true,
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-        }
+        self.omd.pid()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+        self.omd.log()
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.pid().unwrap_or_else(|| panic!("{} has no daemon", self.name));
-        must(&["kill", &format!("-{sig}"), &pid.to_string()]);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        assert!(self.omd.signal(sig), "{} has no daemon", self.name);
     }
 }
 
@@ -695,17 +675,9 @@ impl Cluster {
         let nodes = net
             .hosts
             .iter()
-            .map(|h| Node {
-                name: h.name.clone(),
-                ns: h.ns.clone(),
-                ip: h.ip.clone(),
-                dir: tmp.path().join(&h.name),
-                sim: sim.clone(),
-                child: None,
-                off: false,
-            })
+            .map(|h| Node::boot(h, tmp.path().join(&h.name), &sim))
             .collect();
-        let mut c = Cluster {
+        let c = Cluster {
             poller: None,
             nodes,
             net,
@@ -714,9 +686,6 @@ impl Cluster {
             timeline: vec![],
             tmp,
         };
-        for n in &mut c.nodes {
-            n.start();
-        }
         let c1 = support::local_client(&c.nodes[0].dir).await;
         support::wait_leader(&c1, 1).await;
         for n in &c.nodes[1..] {
@@ -851,10 +820,7 @@ impl Cluster {
         let node = self.node_mut(name);
         node.off = true;
         let ns = node.ns.clone();
-        if let Some(mut c) = node.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        node.omd.kill9();
         kill_all_in(&ns).unwrap_or_else(|e| panic!("{e}"));
         let out = omsim_virsh(&self.sim, name, &["poweroff"]);
         assert!(out.status.success(), "omsim virsh poweroff: {}", stderr(&out));
@@ -864,7 +830,7 @@ impl Cluster {
         self.note(&format!("power on {name}"));
         let node = self.node_mut(name);
         node.off = false;
-        node.start();
+        node.omd.start();
     }
 
     pub fn isolate(&mut self, name: &str) {
@@ -921,16 +887,14 @@ impl Cluster {
         let dead: Vec<String> = self
             .nodes
             .iter_mut()
-            .filter(|n| !n.off && n.child.is_some())
-            .filter_map(|n| n.exited().then(|| n.name.clone()))
+            .filter(|n| !n.off && n.omd.child.is_some())
+            .filter_map(|n| n.omd.try_wait().map(|_| n.name.clone()))
             .collect();
         for name in dead {
             self.note(&format!("{name}'s daemon is gone (watchdog reset): booting it again"));
             let ns = self.node(&name).ns.clone();
             let _ = kill_all_in(&ns);
-            let node = self.node_mut(&name);
-            node.child = None;
-            node.start();
+            self.node_mut(&name).omd.start();
         }
     }
 

@@ -4,8 +4,8 @@
 //! gives (`Launch`: arguments, environment, a command to run it under), each kept for restarts;
 //! its stdout and stderr appended to `DIR.log`; SIGKILLed when dropped. The real `omctl` and
 //! `omsim` beside it. The tests' defaults are `Omd::spawn_with`'s; the benches' cluster
-//! (`bench/harness.rs`) and the real-host test bed (`tests/bed/bed.rs`) are thin layers on
-//! `Omd::launch`.
+//! (`bench/harness.rs`), the partition tests' namespaced nodes (`tests/partition/harness.rs`)
+//! and the real-host test bed (`tests/bed/bed.rs`) are thin layers on `Omd::launch`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
