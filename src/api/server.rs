@@ -1,11 +1,14 @@
 //! Serving the API: TCP with TLS 1.3 (Raft transport and Cluster API; a node certificate or a
-//! token required) and the local unix socket (Cluster API, trusted, mode 0600).
+//! token required, nodes and clients served apart) and the local unix socket (Cluster API,
+//! trusted, mode 0600).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
@@ -24,65 +27,149 @@ pub struct Listeners {
     pub unix_path: PathBuf,
 }
 
-const MAX_MESSAGE: usize = 64 << 20;
+/// The largest Raft message, from nodes only.
+const NODE_MESSAGE: usize = 64 << 20;
+/// The largest message anyone else may send: a key's largest value (1 MiB) and its request.
+pub const CLIENT_MESSAGE: usize = 2 << 20;
+/// Requests one client connection may have in progress; more wait for one to end.
+const CLIENT_CONCURRENCY: usize = 16;
+/// HTTP/2 streams a client may open at once on one connection.
+const CLIENT_STREAMS: u32 = 32;
+/// The longest a client's request may run.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest header block a request may carry (its token and gRPC's headers fit easily).
+const MAX_HEADERS: u32 = 16 << 10;
+/// Worker threads of the client runtime (TLS handshakes and clients' requests).
+const CLIENT_THREADS: usize = 2;
+/// How much lower than the daemon's own the client runtime's threads are scheduled.
+const CLIENT_NICENESS: i32 = 10;
+
+/// The client runtime, shut down without waiting when dropped (even inside the daemon's
+/// runtime, where a runtime may not be dropped).
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Threads of the client runtime run at a lower priority: under a flood of connections the
+/// kernel gives the daemon's own threads (Raft, the lease and the watchdog) the CPU first.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), CLIENT_NICENESS) {
+        tracing::warn!("lowering the priority of a client thread: {e}");
+    }
+}
 
 /// Serves both listeners until `shutdown` resolves.
+///
+/// Over TCP, nodes and clients are served apart (`tls::incoming` sorts connections by the
+/// certificate they present): nodes on the daemon's runtime, with the Raft service and large
+/// messages; everyone else on a runtime of its own whose threads run at a lower priority,
+/// where the TLS handshakes happen too, with small messages, a limit of requests per
+/// connection and a request timeout (and the Raft service only to refuse it). Credentials are checked from the
+/// headers, before a request's body is read: a caller without one never gets its body
+/// decoded. A flood of connections or requests thus costs the client runtime and never
+/// delays the loops that keep the node's lease and pet its watchdog.
 pub async fn serve(
     node: Arc<Node>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
+    let clients_rt = ClientRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(CLIENT_THREADS)
+            .thread_name("omd-clients")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()?,
+    ));
+    let handle = clients_rt.0.as_ref().expect("built").handle().clone();
+    let incoming = crate::tls::incoming(listeners.tcp, node.tls.clone(), handle.clone());
+
     let tcp_node = node.clone();
-    let tcp_auth = move |mut req: Request<()>| -> Result<Request<()>, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let peer = req.extensions().get::<Peer>().cloned();
-        let caller = identify(&tcp_node, peer.as_ref(), header.as_deref());
-        req.extensions_mut().insert(caller);
-        Ok(req)
+    let identified = move |req: &Request<()>| -> Caller {
+        let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let peer = req.extensions().get::<Peer>();
+        identify(&tcp_node, peer, header)
+    };
+    let any_caller = {
+        let identified = identified.clone();
+        move |mut req: Request<()>| -> Result<Request<()>, Status> {
+            let caller = identified(&req);
+            if let Caller::Anonymous(why) = &caller {
+                return Err(Status::unauthenticated(format!("credential refused: {why}")));
+            }
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        }
+    };
+    let nodes_only = move |mut req: Request<()>| -> Result<Request<()>, Status> {
+        match identified(&req) {
+            caller @ Caller::Node(_) => {
+                req.extensions_mut().insert(caller);
+                Ok(req)
+            }
+            Caller::Anonymous(why) => Err(Status::unauthenticated(format!("credential refused: {why}"))),
+            _ => Err(Status::permission_denied("only cluster nodes may call this")),
+        }
     };
     let local = |mut req: Request<()>| -> Result<Request<()>, Status> {
         req.extensions_mut().insert(Caller::Local);
         Ok(req)
     };
     let raft = RaftServer::new(RaftService { node: node.clone() })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let cluster = || ClusterServer::new(ClusterService { node: node.clone() });
+        .max_decoding_message_size(NODE_MESSAGE)
+        .max_encoding_message_size(NODE_MESSAGE);
+    let cluster = || {
+        ClusterServer::new(ClusterService { node: node.clone() })
+            .max_decoding_message_size(CLIENT_MESSAGE)
+            .max_encoding_message_size(NODE_MESSAGE)
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     // Keepalive pings close connections whose peer went silent (a cut network), as clients do.
-    let tcp = Server::builder()
+    let nodes = Server::builder()
         .http2_keepalive_interval(Some(crate::raft::network::KEEPALIVE))
         .http2_keepalive_timeout(Some(crate::raft::network::KEEPALIVE_TIMEOUT))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            raft,
-            tcp_auth.clone(),
+        .http2_max_header_list_size(Some(MAX_HEADERS))
+        .add_service(InterceptedService::new(raft, nodes_only.clone()))
+        .add_service(InterceptedService::new(cluster(), any_caller.clone()))
+        .serve_with_incoming_shutdown(incoming.nodes, wait(stop_rx.clone()));
+    // No keepalive pings here: a client connection without traffic of its own times out
+    // (`tls::CLIENT_IDLE_TIMEOUT`).
+    let clients = Server::builder()
+        .concurrency_limit_per_connection(CLIENT_CONCURRENCY)
+        .max_concurrent_streams(Some(CLIENT_STREAMS))
+        .timeout(CLIENT_TIMEOUT)
+        .http2_max_header_list_size(Some(MAX_HEADERS))
+        // Only to refuse a client its calls with the reason, from the headers.
+        .add_service(InterceptedService::new(
+            RaftServer::new(RaftService { node: node.clone() }).max_decoding_message_size(CLIENT_MESSAGE),
+            nodes_only,
         ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            cluster(),
-            tcp_auth,
-        ))
-        .serve_with_incoming_shutdown(
-            crate::tls::incoming(listeners.tcp, node.tls.clone()),
-            wait(stop_rx.clone()),
-        );
+        .add_service(InterceptedService::new(cluster(), any_caller))
+        .serve_with_incoming_shutdown(incoming.clients, wait(stop_rx.clone()));
+    let clients = handle.spawn(clients);
     let unix = Server::builder()
-        .add_service(tonic::service::interceptor::InterceptedService::new(cluster(), local))
+        .add_service(InterceptedService::new(cluster(), local))
         .serve_with_incoming_shutdown(super::local::trusted_incoming(listeners.unix), wait(stop_rx));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (a, b) = tokio::join!(tcp, unix);
+    let (a, b, c) = tokio::join!(nodes, clients, unix);
     let _ = std::fs::remove_file(&listeners.unix_path);
-    a.and(b)
+    drop(clients_rt);
+    let b = b.map_err(std::io::Error::other)?;
+    a.and(b).and(c).map_err(std::io::Error::other)
 }
 
 /// Who the caller of a TCP request is: its token if it gives one, else the node or client role

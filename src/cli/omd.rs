@@ -241,6 +241,37 @@ fn hostname() -> Option<String> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
+/// Open files the daemon may need at its connection limits: handshakes, nodes' and clients'
+/// connections, and a margin for its database, sockets and children.
+const FILES_NEEDED: u64 =
+    (crate::tls::MAX_HANDSHAKES + crate::tls::MAX_NODE_CONNECTIONS + crate::tls::MAX_CLIENT_CONNECTIONS + 256) as u64;
+
+/// Raises the soft limit on open files to the hard one (the usual soft limit, 1024, is below
+/// what the connection limits need) and logs the limit the daemon runs with.
+fn raise_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let current = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(e) => {
+            tracing::warn!("raising the open file limit to {:?}: {e}", limit.maximum);
+            limit.current
+        }
+    };
+    match current {
+        None => tracing::info!("open file limit: unlimited"),
+        Some(n) if n < FILES_NEEDED => tracing::warn!(
+            "open file limit: {n}, below the {FILES_NEEDED} the connection limits need: \
+             raise it (LimitNOFILE in a systemd unit, ulimit -n)"
+        ),
+        Some(n) => tracing::info!("open file limit: {n}"),
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let name = match args.node_name.clone().or_else(hostname) {
         Some(n) => n,
@@ -255,6 +286,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     restrict(&args.data_dir, 0o700)?;
+    raise_file_limit();
     let tcp = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -56,6 +56,9 @@ struct ChannelMap {
 pub struct Channels {
     inner: Arc<Mutex<ChannelMap>>,
     tls: Arc<Tls>,
+    /// The runtime the channels' connections run on: the one that made the cache (the
+    /// daemon's), whichever runtime a call comes from (clients are served on another).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// One call's use of a cached channel. Settle it with the call's outcome; dropped unsettled
@@ -104,6 +107,7 @@ impl Channels {
         Channels {
             inner: Arc::default(),
             tls,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -125,6 +129,7 @@ impl Channels {
                     .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                     .keep_alive_while_idle(true);
                 let tls = self.tls.clone();
+                let _on = self.runtime.as_ref().map(|r| r.enter());
                 let channel = crate::tls::channel(endpoint, move || tls.client_config());
                 map.made += 1;
                 let generation = map.made;
@@ -482,7 +487,7 @@ mod tests {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::raft_server::RaftServer::new(Voter))
-                .serve_with_incoming(crate::tls::incoming(listener, tls(2))),
+                .serve_with_incoming(crate::tls::incoming(listener, tls(2), tokio::runtime::Handle::current()).nodes),
         );
         let (proxy, addr) = Proxy::start(upstream).await;
         let mut network = Network {
@@ -543,7 +548,14 @@ mod tests {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(pb::raft_server::RaftServer::new(Voter))
-                .serve_with_incoming(crate::tls::incoming(listener, Arc::new(authority.test_tls(2)))),
+                .serve_with_incoming(
+                    crate::tls::incoming(
+                        listener,
+                        Arc::new(authority.test_tls(2)),
+                        tokio::runtime::Handle::current(),
+                    )
+                    .nodes,
+                ),
         );
         let (proxy, addr) = Proxy::start(upstream).await;
         channels

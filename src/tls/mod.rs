@@ -12,6 +12,7 @@
 //!   carries, and accepts only a server whose chain ends in that CA.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -38,6 +39,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; a connection beyond them is closed at once, so a flood of
 /// unauthenticated connections costs bounded memory and never starves the accept loop.
 pub const MAX_HANDSHAKES: usize = 256;
+/// Open connections from cluster nodes (a certificate naming a node) at once. Apart from the
+/// clients' so that no number of client connections can keep the nodes out.
+pub const MAX_NODE_CONNECTIONS: usize = 64;
+/// Open connections from everyone else (client certificates, tokens, nothing) at once; one
+/// beyond is closed after its handshake.
+pub const MAX_CLIENT_CONNECTIONS: usize = 512;
+/// A client connection that sends nothing for this long is closed (nodes' connections carry
+/// keepalive pings and are not timed out here).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -328,10 +338,13 @@ pub struct Peer {
     pub client_role: Option<String>,
 }
 
-/// A served TLS connection.
+/// A served TLS connection, holding its connection slot until it is dropped.
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: Peer,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// A client's: when it ends for want of traffic (reset by every byte read).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connected for TlsConn {
@@ -344,7 +357,20 @@ impl Connected for TlsConn {
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let Some(idle) = self.idle.as_mut() else { return polled };
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_IDLE_TIMEOUT);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if idle.as_mut().poll(cx).is_ready() => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no traffic for {CLIENT_IDLE_TIMEOUT:?}"),
+            ))),
+            other => other,
+        }
     }
 }
 
@@ -374,21 +400,32 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// Served connections: the nodes' and everyone else's.
+pub struct Incoming {
+    pub nodes: tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
+    pub clients: tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
+}
+
 /// Accepts connections on `listener` and completes their TLS handshakes concurrently (each
 /// bounded by `HANDSHAKE_TIMEOUT`, at most `MAX_HANDSHAKES` at once), with the server
-/// configuration current at each accept.
-/// Ends, closing the listener, when the returned stream is dropped.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+/// configuration current at each accept. Then each connection takes a slot of its class
+/// (`MAX_NODE_CONNECTIONS` for nodes, `MAX_CLIENT_CONNECTIONS` for everyone else; none left:
+/// closed) and a client's is closed after `CLIENT_IDLE_TIMEOUT` without traffic. Nodes' and
+/// clients' connections come out apart, to be served apart.
+/// The accept loop runs on the calling runtime; the handshakes, whose cryptography is the
+/// costly part of a flood, on `handshakes`.
+/// Ends, closing the listener, when both returned streams are dropped.
+pub fn incoming(listener: TcpListener, tls: Arc<Tls>, handshakes: tokio::runtime::Handle) -> Incoming {
+    let (node_tx, node_rx) = tokio::sync::mpsc::channel(16);
+    let (client_tx, client_rx) = tokio::sync::mpsc::channel(64);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let nodes = Arc::new(tokio::sync::Semaphore::new(MAX_NODE_CONNECTIONS));
+    let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENT_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = tx.closed() => return,
+                _ = async { node_tx.closed().await; client_tx.closed().await } => return,
             };
             let (tcp, addr) = match accepted {
                 Ok(a) => a,
@@ -404,8 +441,9 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
-            let tx = tx.clone();
-            tokio::spawn(async move {
+            let (node_tx, client_tx) = (node_tx.clone(), client_tx.clone());
+            let (nodes, clients) = (nodes.clone(), clients.clone());
+            handshakes.spawn(async move {
                 let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -415,7 +453,25 @@ pub fn incoming(
                             node: cert.and_then(|c| node_id_of(c)),
                             client_role: cert.and_then(|c| pki::client_role_of(c)),
                         };
-                        let _ = tx.send(Ok(TlsConn { stream, peer })).await;
+                        let (class, limit, tx) = match peer.node {
+                            Some(_) => (nodes, MAX_NODE_CONNECTIONS, node_tx),
+                            None => (clients, MAX_CLIENT_CONNECTIONS, client_tx),
+                        };
+                        let Ok(slot) = class.try_acquire_owned() else {
+                            tracing::debug!("{addr}: {limit} connections of its class open: connection closed");
+                            return;
+                        };
+                        let idle = peer
+                            .node
+                            .is_none()
+                            .then(|| Box::pin(tokio::time::sleep(CLIENT_IDLE_TIMEOUT)));
+                        let conn = TlsConn {
+                            stream,
+                            peer,
+                            _slot: slot,
+                            idle,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!("TLS handshake with {addr} failed: {e}"),
                     Err(_) => tracing::debug!("TLS handshake with {addr} timed out"),
@@ -423,7 +479,10 @@ pub fn incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    Incoming {
+        nodes: tokio_stream::wrappers::ReceiverStream::new(node_rx),
+        clients: tokio_stream::wrappers::ReceiverStream::new(client_rx),
+    }
 }
 
 /// Opens a TLS connection to the host and port of `uri`.
