@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::cluster::ClusterService;
 use super::{authorize, Access};
+use crate::config::echo::echo;
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords;
 use crate::model::objects::ObjectError;
@@ -53,7 +54,7 @@ fn parse_keys(path: &str, kvs: &[KeyValue]) -> Result<Vec<(ObjectKey, String)>, 
         .map(|kv| {
             ObjectKey::parse(kv.key.trim())
                 .map(|k| (k, kv.value.clone()))
-                .map_err(|e| Status::invalid_argument(format!("{path}: {e}")))
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", echo(path))))
         })
         .collect()
 }
@@ -64,7 +65,7 @@ impl ClusterService {
         self.node
             .read_linearizable(|d| d.state.node_id(name))
             .await?
-            .ok_or_else(|| Status::not_found(format!("unknown node {name:?}")))
+            .ok_or_else(|| Status::not_found(format!("unknown node {:?}", echo(name))))
     }
 
     /// Refuses `cmd` if the state refuses it; proposes it otherwise.
@@ -91,16 +92,16 @@ impl ClusterService {
         let req = req.into_inner();
         let p = path(&req.path)?;
         let mut config = Ini::parse(&req.config_text)
-            .map_err(|e| Status::invalid_argument(format!("{}: --config: {e}", req.path)))?;
+            .map_err(|e| Status::invalid_argument(format!("{}: --config: {e}", echo(&req.path))))?;
         for (k, v) in parse_keys(&req.path, &req.kws)? {
             config
                 .set(&k.section, &k.keyword, &v)
-                .map_err(|e| Status::invalid_argument(format!("{k}: {e}")))?;
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", echo(&k.to_string()))))?;
         }
         if config.get(DEFAULT, "id").is_some() {
             return Err(Status::invalid_argument(format!(
                 "{}: id is set by the cluster: remove it",
-                req.path
+                echo(&req.path)
             )));
         }
         config.set(DEFAULT, "id", &new_uuid()).expect("a uuid is one line");
@@ -124,7 +125,9 @@ impl ClusterService {
         let unset = req
             .unset
             .iter()
-            .map(|k| ObjectKey::parse(k.trim()).map_err(|e| Status::invalid_argument(format!("{}: {e}", req.path))))
+            .map(|k| {
+                ObjectKey::parse(k.trim()).map_err(|e| Status::invalid_argument(format!("{}: {e}", echo(&req.path))))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.commit(Command::UpdateObject { path: p, set, unset }).await
     }
@@ -167,7 +170,7 @@ impl ClusterService {
             })
             .collect();
         if !req.section.is_empty() && sections.is_empty() {
-            return Err(Status::not_found(format!("{p}: no section [{}]", req.section)));
+            return Err(Status::not_found(format!("{p}: no section [{}]", echo(&req.section))));
         }
         Ok(Response::new(ConfigShowReply { sections }))
     }
@@ -192,7 +195,7 @@ impl ClusterService {
             .read_object(&p, |s, o| {
                 if let Some(n) = &node {
                     if !s.nodes.values().any(|i| &i.name == n) {
-                        return Err(Status::not_found(format!("unknown node {n:?}")));
+                        return Err(Status::not_found(format!("unknown node {:?}", echo(n))));
                     }
                 }
                 if req.eval {
@@ -302,7 +305,7 @@ impl ClusterService {
         let req = req.into_inner();
         let p = path(&req.path)?;
         let value = self.read_object(&p, |_, o| o.keys.get(&req.name).cloned()).await?;
-        let value = value.ok_or_else(|| Status::not_found(format!("{p}: no key {:?}", req.name)))?;
+        let value = value.ok_or_else(|| Status::not_found(format!("{p}: no key {:?}", echo(&req.name))))?;
         Ok(Response::new(KeyDecodeReply { value }))
     }
 
@@ -419,7 +422,7 @@ impl ClusterService {
                             return d
                                 .state
                                 .node_id(&req.node)
-                                .ok_or_else(|| format!("unknown node {:?}", req.node));
+                                .ok_or_else(|| format!("unknown node {:?}", echo(&req.node)));
                         }
                         // The node the service's placement policy prefers after the one
                         // holding it.
@@ -438,7 +441,7 @@ impl ClusterService {
                 let node_id = self.node_id_of(&req.node).await?;
                 Command::MarkProvisioned { path: p, node_id }
             }
-            other => return Err(Status::invalid_argument(format!("unknown action {other:?}"))),
+            other => return Err(Status::invalid_argument(format!("unknown action {:?}", echo(other)))),
         };
         self.commit(cmd).await
     }
@@ -498,7 +501,11 @@ impl ClusterService {
             .read_linearizable(|d| {
                 let node_id = d.state.node_id(&req.node).ok_or_else(|| {
                     let known: Vec<&str> = d.state.nodes.values().map(|n| n.name.as_str()).collect();
-                    Status::not_found(format!("unknown node {:?} (nodes: {})", req.node, known.join(", ")))
+                    Status::not_found(format!(
+                        "unknown node {:?} (nodes: {})",
+                        echo(&req.node),
+                        known.join(", ")
+                    ))
                 })?;
                 let (resource, node_id) = (req.resource.clone(), node_id);
                 let cmd = if req.unfence {
@@ -668,7 +675,7 @@ pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow
     } else {
         Some(
             s.node_id(node)
-                .ok_or_else(|| Status::not_found(format!("unknown node {node:?}")))?,
+                .ok_or_else(|| Status::not_found(format!("unknown node {:?}", echo(node))))?,
         )
     };
     let mut rows = Vec::new();
@@ -709,7 +716,7 @@ pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow
         });
     }
     if !name.is_empty() && rows.is_empty() {
-        return Err(Status::not_found(format!("no pool named {name:?}")));
+        return Err(Status::not_found(format!("no pool named {:?}", echo(name))));
     }
     Ok(rows)
 }
@@ -780,6 +787,19 @@ mod tests {
         for (m, guest_on_target, want) in cases {
             assert_eq!(pending_action(&m, "n1", "n2", guest_on_target), want);
         }
+    }
+
+    #[test]
+    fn errors_repeat_long_names_cut() {
+        let s = crate::model::objects_tests::nodes_with_vgs();
+        let long = "x".repeat(20_000);
+        let e = pool_rows(&s, &long, "").unwrap_err();
+        assert!(
+            e.message().len() < 300 && e.message().contains("(20000 bytes)"),
+            "{e:?}"
+        );
+        let e = pool_rows(&s, "", &long).unwrap_err();
+        assert!(e.message().len() < 300, "{e:?}");
     }
 
     #[test]

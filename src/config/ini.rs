@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::echo::echo;
+
 /// One `[name]` section and its `keyword = value` lines, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
@@ -30,9 +32,9 @@ pub enum ParseError {
     NoEquals(usize),
     #[error("line {0}: empty keyword")]
     EmptyKeyword(usize),
-    #[error("line {0}: section [{1}] appears twice")]
+    #[error("line {0}: section [{name}] appears twice", name = echo(.1))]
     DuplicateSection(usize, String),
-    #[error("line {0}: keyword {1:?} appears twice in [{2}]")]
+    #[error("line {0}: keyword {keyword:?} appears twice in [{section}]", keyword = echo(.1), section = echo(.2))]
     DuplicateKeyword(usize, String, String),
     #[error("line {0}: a value cannot span lines or hold a newline")]
     Multiline(usize),
@@ -215,6 +217,14 @@ mod tests {
             Ini::parse("[a]\nk=1\nk=2\n"),
             Err(ParseError::DuplicateKeyword(3, ..))
         ));
+    }
+
+    #[test]
+    fn errors_repeat_long_names_cut() {
+        let long = "k".repeat(10_000);
+        let e = Ini::parse(&format!("[a#1]\n{long} = 1\n{long} = 2\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.len() < 400 && text.contains("(10000 bytes)"), "{text}");
     }
 
     #[test]

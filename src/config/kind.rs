@@ -1,5 +1,7 @@
 //! Keyword value types shared by the cluster and object catalogs: checking and parsing.
 
+use super::echo::echo;
+
 /// The type of a keyword's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -77,7 +79,7 @@ impl Kind {
             Kind::Nodes => {
                 for n in v.split_whitespace() {
                     if !(n.starts_with('{') && n.ends_with('}')) {
-                        check_name(n).map_err(|e| format!("node {n:?}: {e}"))?;
+                        check_name(n).map_err(|e| format!("node {:?}: {e}", echo(n)))?;
                     }
                 }
                 Ok(())
@@ -122,7 +124,7 @@ pub fn parse_bool(v: &str) -> Result<bool, String> {
 
 /// Bytes in a size such as `4G`, `512m`, `10gib`, `1024`.
 pub fn parse_size(v: &str) -> Result<u64, String> {
-    let bad = || format!("{v:?} is not a size like 512M, 4G or 1T");
+    let bad = || format!("{:?} is not a size like 512M, 4G or 1T", echo(v));
     let lower = v.trim().to_ascii_lowercase();
     let digits_end = lower
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -140,7 +142,7 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
     };
     let bytes = num * mult as f64;
     if !(1.0..=(1u64 << 60) as f64).contains(&bytes) {
-        return Err(format!("{v:?} is out of range (1 byte to 1 EiB)"));
+        return Err(format!("{:?} is out of range (1 byte to 1 EiB)", echo(v)));
     }
     Ok(bytes as u64)
 }
@@ -166,7 +168,7 @@ pub fn format_size(bytes: u64) -> String {
 
 /// Milliseconds in `300ms`, `3s`, `1m` (a unit is required, and the result at least 1 ms).
 pub fn parse_millis(v: &str) -> Result<u64, String> {
-    let bad = || format!("{v:?} is not an interval like 300ms, 3s or 1m");
+    let bad = || format!("{:?} is not an interval like 300ms, 3s or 1m", echo(v));
     let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (n, unit) = v.split_at(split);
     let n: u64 = n.parse().map_err(|_| bad())?;
@@ -177,14 +179,14 @@ pub fn parse_millis(v: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     if ms == 0 {
-        return Err(format!("{v:?} must be at least 1ms"));
+        return Err(format!("{:?} must be at least 1ms", echo(v)));
     }
     Ok(ms)
 }
 
 /// Seconds in `90s`, `1m30s`, `2h`, `1d`, or plain seconds.
 pub fn parse_duration(v: &str) -> Result<u64, String> {
-    let bad = || format!("{v:?} is not a duration like 90s, 1m30s or 2h");
+    let bad = || format!("{:?} is not a duration like 90s, 1m30s or 2h", echo(v));
     if v.is_empty() {
         return Err(bad());
     }

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterConfig;
+use crate::config::echo::echo;
 use crate::config::kind::check_name;
 pub use crate::config::kind::Kind;
 
@@ -28,13 +29,13 @@ impl fmt::Display for ConfigKey {
 /// Why a configuration change is refused. Each names the offending part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ConfigError {
-    #[error("{0:?} is not a keyword: expected SECTION.KEYWORD, e.g. cluster.name")]
+    #[error("{:?} is not a keyword: expected SECTION.KEYWORD, e.g. cluster.name", echo(.0))]
     Malformed(String),
-    #[error("unknown section {0:?} (known: cluster, lease, migration, pool#NAME)")]
+    #[error("unknown section {:?} (known: cluster, lease, migration, pool#NAME)", echo(.0))]
     UnknownSection(String),
-    #[error("unknown keyword {0}; see the keywords of section {1:?}: {2}")]
+    #[error("unknown keyword {key}; see the keywords of section {1:?}: {2}", key = echo(&.0.to_string()))]
     UnknownKeyword(ConfigKey, String, String),
-    #[error("bad value {value:?} for {key}: {why}")]
+    #[error("bad value {:?} for {key}: {why}", echo(.value))]
     BadValue { key: ConfigKey, value: String, why: String },
     #[error("{0} is both set and unset in one update")]
     SetAndUnset(ConfigKey),
@@ -154,7 +155,7 @@ fn section_kind(section: &str) -> Result<&'static str, ConfigError> {
         return Ok("migration");
     }
     if let Some(name) = section.strip_prefix("pool#") {
-        check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{section} (pool name: {why})")))?;
+        check_name(name).map_err(|why| ConfigError::UnknownSection(format!("{} (pool name: {why})", echo(section))))?;
         return Ok("pool");
     }
     Err(ConfigError::UnknownSection(section.to_string()))
@@ -445,6 +446,17 @@ mod tests {
             updated(&cfg, &[kv("lease.renew", "300")], &[]).is_err(),
             "a unit is required"
         );
+    }
+
+    #[test]
+    fn errors_repeat_long_input_cut() {
+        let long = format!("cluster.{}", "n".repeat(20_000));
+        let e = ConfigKey::parse(&long).unwrap_err().to_string();
+        assert!(e.len() < 600 && e.contains("(20008 bytes)"), "{e}");
+        let e = updated(&ClusterConfig::new(), &[kv("lease.renew", &"9".repeat(20_000))], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 800 && e.contains("(20000 bytes)"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub use instances::{Avail, InstanceReport, Migration, Phase, ResourceReport, Ser
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
 pub use path::ObjectPath;
 
+use crate::config::echo::echo;
 use crate::config::ini::Ini;
 
 /// Raft node id. Allocated by the cluster (`next_node_id`), never reused.
@@ -338,7 +339,7 @@ pub enum Response {
 /// (`Response::Refused`), which maps it to an error code and its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejection {
-    #[error("a node named {0:?} is already in the cluster; remove it first")]
+    #[error("a node named {:?} is already in the cluster; remove it first", echo(.0))]
     DuplicateNodeName(String),
     #[error(
         "this join token was used already: a join token works once (mint another with `omctl daemon auth --role join`)"
@@ -348,9 +349,9 @@ pub enum Rejection {
     NoTrust,
     #[error("the cluster's trust is already established")]
     TrustEstablished,
-    #[error("address {0} is already used by node {1:?}")]
+    #[error("address {addr} is already used by node {1:?}", addr = echo(.0))]
     DuplicateAddr(String, String),
-    #[error("node name {0:?} is invalid: {1}")]
+    #[error("node name {name:?} is invalid: {1}", name = echo(.0))]
     BadNodeName(String, String),
     #[error("no node with id {0}")]
     UnknownNode(NodeId),
@@ -374,7 +375,7 @@ pub enum Rejection {
     Moved(String, NodeId),
     #[error("{0} already runs on node id {1}")]
     AlreadyThere(String, NodeId),
-    #[error("the domain XML of {0} is too large or does not name the domain")]
+    #[error("the domain XML of {} is too large or does not name the domain", echo(.0))]
     BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
@@ -394,7 +395,7 @@ pub enum Rejection {
     Outdated(String, String, String),
     #[error("memory report of node id {0}: {1} bytes is more than a node can have (at most {2})")]
     BadMemoryReport(NodeId, u64, u64),
-    #[error("{0} is not the DRBD resource of any volume")]
+    #[error("{} is not the DRBD resource of any volume", echo(.0))]
     UnknownResource(String),
     #[error("DRBD resource {0}: node {1} is not one of its nodes")]
     NotANodeOfResource(String, String),
@@ -951,7 +952,10 @@ pub fn parse_ssh_key(key: &str) -> Result<SshKey<'_>, String> {
     }
     let (kind, body, comment) = (fields[0], fields[1], fields.get(2).copied());
     if kind != SSH_KEY_TYPE {
-        return Err(format!("key type {kind:?} is not accepted: only {SSH_KEY_TYPE}"));
+        return Err(format!(
+            "key type {:?} is not accepted: only {SSH_KEY_TYPE}",
+            echo(kind)
+        ));
     }
     let blob = decode_base64(body).map_err(|e| format!("the key body is not base64: {e}"))?;
     if !is_ed25519_blob(&blob) {

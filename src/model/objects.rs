@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::path::ObjectPath;
 use super::{ClusterState, NodeId};
+use crate::config::echo::echo;
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords::{self, KeywordError};
 use crate::config::kind::{check_name, format_size, parse_bool, parse_size, Kind};
@@ -106,24 +107,24 @@ pub enum KeyMode {
 /// Why an object change is refused. Each names the offending part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ObjectError {
-    #[error("{0:?} is not a keyword: expected [SECTION.]KEYWORD[@NODE], e.g. volume#data.size")]
+    #[error("{:?} is not a keyword: expected [SECTION.]KEYWORD[@NODE], e.g. volume#data.size", echo(.0))]
     BadKey(String),
     #[error("{path}: {source}")]
     Keyword { path: String, source: KeywordError },
-    #[error("{path}: bad value {value:?} for {key}: {why}")]
+    #[error("{path}: bad value {:?} for {}: {why}", echo(.value), echo(.key))]
     Value {
         path: String,
         key: String,
         value: String,
         why: String,
     },
-    #[error("{path}: {key}: {source}")]
+    #[error("{path}: {}: {source}", echo(.key))]
     Reference {
         path: String,
         key: String,
         source: RefError,
     },
-    #[error("{path}: {key}: unknown node {node:?} (nodes: {known})")]
+    #[error("{path}: {}: unknown node {:?} (nodes: {known})", echo(.key), echo(.node))]
     UnknownNode {
         path: String,
         key: String,
@@ -150,7 +151,7 @@ pub enum ObjectError {
         section: String,
         pools: String,
     },
-    #[error("{path}: [{section}]: unknown pool {pool:?} (pools: {pools})")]
+    #[error("{path}: [{section}]: unknown pool {:?} (pools: {pools})", echo(.pool))]
     UnknownPool {
         path: String,
         section: String,
@@ -174,7 +175,7 @@ pub enum ObjectError {
     Provisioned(String),
     #[error("{0}: only config maps (cfg) and secrets (sec) hold keys")]
     NoKeys(String),
-    #[error("{path}: key {key:?} {why}")]
+    #[error("{path}: key {:?} {why}", echo(.key))]
     Key { path: String, key: String, why: String },
     #[error("the cluster config refers to {key} of {DRBD_TEMPLATES}: {why}")]
     Template { key: String, why: String },
