@@ -174,8 +174,8 @@ pub fn parse_millis(v: &str) -> Result<u64, String> {
     let n: u64 = n.parse().map_err(|_| bad())?;
     let ms = match unit {
         "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
+        "s" => n.checked_mul(1000).ok_or_else(bad)?,
+        "m" => n.checked_mul(60_000).ok_or_else(bad)?,
         _ => return Err(bad()),
     };
     if ms == 0 {
@@ -207,7 +207,7 @@ pub fn parse_duration(v: &str) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         let n: u64 = num.parse().map_err(|_| bad())?;
-        total += n * mult;
+        total = n.checked_mul(mult).and_then(|s| total.checked_add(s)).ok_or_else(bad)?;
         num.clear();
     }
     if !num.is_empty() {
@@ -248,6 +248,15 @@ mod tests {
         assert!(parse_millis("3").is_err());
         assert!(parse_millis("0ms").is_err());
         assert!(parse_millis("3h").is_err());
+    }
+
+    #[test]
+    fn huge_intervals_and_durations_are_refused_not_overflowed() {
+        assert!(parse_millis("18446744073709552s").is_err());
+        assert!(parse_millis("18446744073709551m").is_err());
+        assert!(parse_duration("18446744073709551615d").is_err());
+        assert!(parse_duration("1d18446744073709551615s").is_err());
+        assert_eq!(parse_millis("18446744073709551615ms"), Ok(u64::MAX));
     }
 
     #[test]

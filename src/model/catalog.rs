@@ -270,7 +270,7 @@ pub fn plan(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey
                 .unwrap_or(default)
         };
         let (renew, duration, drift) = (ms("renew", 300), ms("duration", 3000), ms("drift", 500));
-        if renew * 2 > duration || drift >= duration {
+        if renew.saturating_mul(2) > duration || drift >= duration {
             return Err(ConfigError::BadValue {
                 key: ConfigKey {
                     section: "lease".into(),
@@ -457,6 +457,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.len() < 800 && e.contains("(20000 bytes)"), "{e}");
+    }
+
+    #[test]
+    fn huge_lease_timings_are_refused_without_overflow() {
+        let e = updated(
+            &ClusterConfig::new(),
+            &[kv("lease.renew", "18446744073709551615ms")],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lease.duration"), "{e}");
     }
 
     #[test]
