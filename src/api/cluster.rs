@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, Caller, Role};
 use super::{authorize, status, Access};
 use crate::config::echo::echo;
+use crate::config::kind::check_addr;
 use crate::daemon::Node;
 use crate::model::{catalog, Command, ConfigError, Response as Applied};
 use crate::pb::{self, *};
@@ -438,6 +439,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 members.max(registered)
             )));
         }
+        check_addr(&req.node)
+            .map_err(|why| Status::invalid_argument(format!("--node {:?}: {why}", echo(&req.node))))?;
         if req.node.to_socket_addrs().is_err() {
             return Err(Status::invalid_argument(format!(
                 "--node {:?} is not a reachable HOST:PORT",
@@ -565,6 +568,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         let header = bearer_of(&req);
         let req = req.into_inner();
         crate::model::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Before anything is forwarded or written: the address goes into the certificate, DRBD
+        // `address` lines and migration URIs.
+        crate::model::validate_node_addr(&req.addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(bound) = &claims.node {
             if bound != &req.name {
                 return Err(Status::permission_denied(format!(

@@ -692,8 +692,16 @@ pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow
             Some(id) => vec![id],
             None => s.nodes.iter().filter(|(_, n)| !n.witness).map(|(id, _)| *id).collect(),
         };
-        let size: u64 = nodes.iter().filter_map(|id| s.vgs.get(id)?.get(&vg)).sum();
-        let used: u64 = nodes.iter().map(|id| s.vg_used(*id, &vg)).sum();
+        // Saturating: reports are bounded (`model::MAX_VG_BYTES`), but not their sum over
+        // many nodes, nor what an older log holds.
+        let size = nodes
+            .iter()
+            .filter_map(|id| s.vgs.get(id)?.get(&vg))
+            .fold(0u64, |sum, b| sum.saturating_add(*b));
+        let used = nodes
+            .iter()
+            .map(|id| s.vg_used(*id, &vg))
+            .fold(0u64, u64::saturating_add);
         let count = s
             .pool_volumes(pool)
             .filter(|(_, a)| node_id.is_none_or(|id| a.nodes.contains(&id)))
@@ -787,6 +795,27 @@ mod tests {
         for (m, guest_on_target, want) in cases {
             assert_eq!(pending_action(&m, "n1", "n2", guest_on_target), want);
         }
+    }
+
+    #[test]
+    fn pool_totals_saturate_instead_of_overflowing() {
+        // Reports as large as an older version accepted, on two nodes: `pool list` sums them.
+        let mut s = crate::model::objects_tests::nodes_with_vgs();
+        for id in [1, 2] {
+            s.vgs.insert(id, [("data".to_string(), u64::MAX - 1)].into());
+        }
+        s.config.insert(
+            "pool#p".into(),
+            [
+                ("type".to_string(), "lvm".to_string()),
+                ("vg".to_string(), "data".to_string()),
+            ]
+            .into(),
+        );
+        let rows = pool_rows(&s, "p", "").unwrap();
+        assert_eq!((rows[0].size, rows[0].used, rows[0].free), (u64::MAX, 0, u64::MAX));
+        let rows = pool_rows(&s, "p", "n1").unwrap();
+        assert_eq!(rows[0].size, u64::MAX - 1);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Object configuration: the INI text format, the keyword catalogs and their value types,
-//! references, and how an error quotes input (`echo`). Pure: no I/O, no clock.
+//! Object configuration: the INI text format, the keyword catalogs and their value types, the
+//! rules every value and node address meets on the way in, references, and how an error
+//! quotes input (`echo`). Pure: no I/O, no clock.
 
 pub mod echo;
 pub mod ini;

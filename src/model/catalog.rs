@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ClusterConfig;
 use crate::config::echo::echo;
-use crate::config::kind::check_name;
 pub use crate::config::kind::Kind;
+use crate::config::kind::{self, check_name};
 
 /// `SECTION.KEYWORD`, for example `cluster.name` or `pool#drbdvm.vg`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -219,6 +219,26 @@ pub fn parse_update(set: &[(String, String)], unset: &[String]) -> Result<Update
         parsed_unset.push(key);
     }
     Ok((parsed_set, parsed_unset))
+}
+
+/// The rules a new value meets beyond its keyword's type, checked before an update reaches
+/// the log (never in `plan`, which `apply` runs: an older log may hold what they refuse): one
+/// line without control characters (`kind::check_line`), and for `migration.libvirt_uri` and
+/// `migration.uri` the transports the README documents, to the target node (`{host}`).
+pub fn check_input(set: &[(ConfigKey, String)]) -> Result<(), ConfigError> {
+    for (key, value) in set {
+        let rule = match (key.section.as_str(), key.keyword.as_str()) {
+            ("migration", "libvirt_uri") => kind::check_migration_libvirt_uri,
+            ("migration", "uri") => kind::check_migration_uri,
+            _ => kind::check_line,
+        };
+        rule(value).map_err(|why| ConfigError::BadValue {
+            key: key.clone(),
+            value: value.clone(),
+            why,
+        })?;
+    }
+    Ok(())
 }
 
 /// Touched sections and their new contents, `None` for a section the update empties.
@@ -445,6 +465,38 @@ mod tests {
         assert!(
             updated(&cfg, &[kv("lease.renew", "300")], &[]).is_err(),
             "a unit is required"
+        );
+    }
+
+    #[test]
+    fn new_values_are_one_line_and_migration_uris_documented_transports() {
+        let e = check_input(&[kv("migration.uri", "tcp://{host}:1\n[evil]\nk = v")]).unwrap_err();
+        assert!(
+            e.to_string().contains("migration.uri") && e.to_string().contains("one line"),
+            "{e}"
+        );
+        let e = check_input(&[kv("migration.libvirt_uri", "qemu+ext:///system?command=/tmp/x")]).unwrap_err();
+        assert!(
+            e.to_string().contains("migration.libvirt_uri") && e.to_string().contains("\"qemu+ext\""),
+            "{e}"
+        );
+        assert!(check_input(&[kv("migration.uri", "rdma://{host}:1")]).is_err());
+        assert!(check_input(&[kv("pool#p.vg", "da\0ta")]).is_err());
+        check_input(&[
+            kv(
+                "migration.libvirt_uri",
+                "qemu+ssh://root@{host}/system?keyfile=/root/.ssh/omraft",
+            ),
+            kv("migration.uri", "tcp://{host}:49152"),
+            kv("cluster.name", "drbd4kvm"),
+        ])
+        .unwrap();
+        // Not in `plan`: an entry an older version committed still applies.
+        let old = [kv("migration.libvirt_uri", "qemu+ext:///system?command=/tmp/x")];
+        let cfg = updated(&ClusterConfig::new(), &old, &[]).unwrap();
+        assert_eq!(
+            get(&cfg, "migration.libvirt_uri").unwrap().as_deref(),
+            Some("qemu+ext:///system?command=/tmp/x")
         );
     }
 

@@ -13,7 +13,7 @@ use super::{ClusterState, NodeId};
 use crate::config::echo::echo;
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords::{self, KeywordError};
-use crate::config::kind::{check_name, format_size, parse_bool, parse_size, Kind};
+use crate::config::kind::{check_line, check_name, format_size, parse_bool, parse_size, Kind};
 use crate::config::refs::{self, Context, RefError};
 
 /// The first DRBD port, as in the tutorial's firewall notes.
@@ -177,6 +177,8 @@ pub enum ObjectError {
     NoKeys(String),
     #[error("{path}: key {:?} {why}", echo(.key))]
     Key { path: String, key: String, why: String },
+    #[error("{path}: {why}")]
+    TooLarge { path: String, why: String },
     #[error("the cluster config refers to {key} of {DRBD_TEMPLATES}: {why}")]
     Template { key: String, why: String },
 }
@@ -725,6 +727,33 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a value (of `section`, `keyword`, `value`) of an object at `path` that is not
+    /// one line without control characters (`kind::check_line`): new input is checked with it
+    /// before it reaches the log (not in `apply`, as `check_retired`).
+    pub(super) fn check_lines<'a>(
+        path: &ObjectPath,
+        values: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<(), ObjectError> {
+        for (section, keyword, value) in values {
+            check_line(value).map_err(|why| ObjectError::Value {
+                path: path.to_string(),
+                key: format!("{section}.{keyword}"),
+                value: value.into(),
+                why,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a configuration of an object at `path` beyond the bounds of a configuration
+    /// text (`Ini::check_bounds`): new input only, as `check_retired`.
+    pub(super) fn check_size(path: &ObjectPath, config: &Ini) -> Result<(), ObjectError> {
+        config.check_bounds().map_err(|e| ObjectError::TooLarge {
+            path: path.to_string(),
+            why: e.to_string(),
+        })
     }
 
     /// Checks a new object; returns it with the volumes it creates.
