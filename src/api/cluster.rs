@@ -11,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Caller, Role};
 use super::{authorize, status, Access};
+use crate::config::echo::echo;
+use crate::config::kind::check_addr;
 use crate::daemon::Node;
 use crate::model::{catalog, Command, ConfigError, Response as Applied};
 use crate::pb::{self, *};
@@ -184,8 +186,9 @@ impl ClusterService {
                 )
             })
             .await?;
-        let id =
-            id.ok_or_else(|| Status::not_found(format!("no node named {name:?} (nodes: {})", known.join(", "))))?;
+        let id = id.ok_or_else(|| {
+            Status::not_found(format!("no node named {:?} (nodes: {})", echo(name), known.join(", ")))
+        })?;
         if voters.contains(&id) && voters.len() == 1 {
             return Err(Status::failed_precondition(format!(
                 "{name} is the last voter of the cluster"
@@ -253,7 +256,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         if !want.is_empty() && sections.is_empty() {
             let known: Vec<&str> = cfg.keys().map(String::as_str).collect();
             return Err(Status::not_found(format!(
-                "section {want:?} is not set (sections: {})",
+                "section {:?} is not set (sections: {})",
+                echo(&want),
                 known.join(", ")
             )));
         }
@@ -272,7 +276,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let role = Role::parse(&msg.role).ok_or_else(|| {
             Status::invalid_argument(format!(
                 "unknown role {:?} (roles: join, viewer, operator, root)",
-                msg.role
+                echo(&msg.role)
             ))
         })?;
         if let (Caller::Node(id), false) = (&from, role == Role::Join) {
@@ -369,7 +373,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if Role::parse(&msg.role).is_none_or(|r| r == Role::Join) {
             return Err(Status::invalid_argument(format!(
                 "role {:?}: a client certificate is for viewer, operator or root",
-                msg.role
+                echo(&msg.role)
             )));
         }
         crate::model::validate_node_name(&msg.name)
@@ -410,7 +414,8 @@ impl pb::cluster_server::Cluster for ClusterService {
         let fingerprint = req.into_inner().fingerprint.trim().to_ascii_lowercase();
         if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(format!(
-                "{fingerprint:?} is not a certificate fingerprint (64 hex digits, as `omctl daemon auth --client-cert` printed it)"
+                "{:?} is not a certificate fingerprint (64 hex digits, as `omctl daemon auth --client-cert` printed it)",
+                echo(&fingerprint)
             )));
         }
         self.commit(Command::RevokeCert { fingerprint }).await
@@ -434,10 +439,12 @@ impl pb::cluster_server::Cluster for ClusterService {
                 members.max(registered)
             )));
         }
+        check_addr(&req.node)
+            .map_err(|why| Status::invalid_argument(format!("--node {:?}: {why}", echo(&req.node))))?;
         if req.node.to_socket_addrs().is_err() {
             return Err(Status::invalid_argument(format!(
                 "--node {:?} is not a reachable HOST:PORT",
-                req.node
+                echo(&req.node)
             )));
         }
         let claims =
@@ -561,6 +568,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         let header = bearer_of(&req);
         let req = req.into_inner();
         crate::model::validate_node_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Before anything is forwarded or written: the address goes into the certificate, DRBD
+        // `address` lines and migration URIs.
+        crate::model::validate_node_addr(&req.addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(bound) = &claims.node {
             if bound != &req.name {
                 return Err(Status::permission_denied(format!(

@@ -98,12 +98,19 @@ pub fn refused(r: &crate::model::Rejection) -> Status {
         R::UnknownNode(_) | R::UnknownResource(_) | R::Object(O::NotFound(_)) => Status::not_found(message),
         R::DuplicateNodeName(_) | R::DuplicateAddr(..) | R::Object(O::Exists(_)) => Status::already_exists(message),
         R::BadNodeName(..)
+        | R::BadNodeAddr(..)
+        | R::BadVolumeGroups(..)
         | R::Config(_)
         | R::BadSshKey(..)
         | R::BadDomain(_)
-        | R::Object(O::BadKey(_) | O::Keyword { .. } | O::Value { .. } | O::Reference { .. } | O::Missing { .. }) => {
-            Status::invalid_argument(message)
-        }
+        | R::Object(
+            O::BadKey(_)
+            | O::Keyword { .. }
+            | O::Value { .. }
+            | O::Reference { .. }
+            | O::Missing { .. }
+            | O::TooLarge { .. },
+        ) => Status::invalid_argument(message),
         _ => Status::failed_precondition(message),
     }
 }

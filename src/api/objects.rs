@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::cluster::ClusterService;
 use super::{authorize, Access};
+use crate::config::echo::echo;
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords;
 use crate::model::objects::ObjectError;
@@ -54,7 +55,7 @@ fn parse_keys(path: &str, kvs: &[KeyValue]) -> Result<Vec<(ObjectKey, String)>, 
         .map(|kv| {
             ObjectKey::parse(kv.key.trim())
                 .map(|k| (k, kv.value.clone()))
-                .map_err(|e| Status::invalid_argument(format!("{path}: {e}")))
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", echo(path))))
         })
         .collect()
 }
@@ -65,7 +66,7 @@ impl ClusterService {
         self.node
             .read_linearizable(|d| d.state.node_id(name))
             .await?
-            .ok_or_else(|| Status::not_found(format!("unknown node {name:?}")))
+            .ok_or_else(|| Status::not_found(format!("unknown node {:?}", echo(name))))
     }
 
     /// Refuses `cmd` if the state refuses it; proposes it otherwise.
@@ -92,16 +93,16 @@ impl ClusterService {
         let req = req.into_inner();
         let p = path(&req.path)?;
         let mut config = Ini::parse(&req.config_text)
-            .map_err(|e| Status::invalid_argument(format!("{}: --config: {e}", req.path)))?;
+            .map_err(|e| Status::invalid_argument(format!("{}: --config: {e}", echo(&req.path))))?;
         for (k, v) in parse_keys(&req.path, &req.kws)? {
             config
                 .set(&k.section, &k.keyword, &v)
-                .map_err(|e| Status::invalid_argument(format!("{k}: {e}")))?;
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", echo(&k.to_string()))))?;
         }
         if config.get(DEFAULT, "id").is_some() {
             return Err(Status::invalid_argument(format!(
                 "{}: id is set by the cluster: remove it",
-                req.path
+                echo(&req.path)
             )));
         }
         config.set(DEFAULT, "id", &new_uuid()).expect("a uuid is one line");
@@ -125,7 +126,9 @@ impl ClusterService {
         let unset = req
             .unset
             .iter()
-            .map(|k| ObjectKey::parse(k.trim()).map_err(|e| Status::invalid_argument(format!("{}: {e}", req.path))))
+            .map(|k| {
+                ObjectKey::parse(k.trim()).map_err(|e| Status::invalid_argument(format!("{}: {e}", echo(&req.path))))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.commit(Command::UpdateObject { path: p, set, unset }).await
     }
@@ -167,7 +170,7 @@ impl ClusterService {
             })
             .collect();
         if !req.section.is_empty() && sections.is_empty() {
-            return Err(Status::not_found(format!("{p}: no section [{}]", req.section)));
+            return Err(Status::not_found(format!("{p}: no section [{}]", echo(&req.section))));
         }
         Ok(Response::new(ConfigShowReply { sections }))
     }
@@ -192,7 +195,7 @@ impl ClusterService {
             .read_object(&p, |s, o| {
                 if let Some(n) = &node {
                     if !s.nodes.values().any(|i| &i.name == n) {
-                        return Err(Status::not_found(format!("unknown node {n:?}")));
+                        return Err(Status::not_found(format!("unknown node {:?}", echo(n))));
                     }
                 }
                 if req.eval {
@@ -303,7 +306,7 @@ impl ClusterService {
         let req = req.into_inner();
         let p = path(&req.path)?;
         let value = self.read_object(&p, |_, o| o.keys.get(&req.name).cloned()).await?;
-        let value = value.ok_or_else(|| Status::not_found(format!("{p}: no key {:?}", req.name)))?;
+        let value = value.ok_or_else(|| Status::not_found(format!("{p}: no key {:?}", echo(&req.name))))?;
         Ok(Response::new(KeyDecodeReply { value }))
     }
 
@@ -418,7 +421,7 @@ impl ClusterService {
                             return d
                                 .state
                                 .node_id(&req.node)
-                                .ok_or_else(|| format!("unknown node {:?}", req.node));
+                                .ok_or_else(|| format!("unknown node {:?}", echo(&req.node)));
                         }
                         // The node the service's placement policy prefers after the one
                         // holding it.
@@ -436,7 +439,7 @@ impl ClusterService {
                 let node_id = self.node_id_of(&req.node).await?;
                 Command::MarkProvisioned { path: p, node_id }
             }
-            other => return Err(Status::invalid_argument(format!("unknown action {other:?}"))),
+            other => return Err(Status::invalid_argument(format!("unknown action {:?}", echo(other)))),
         };
         self.commit(cmd).await
     }
@@ -496,7 +499,11 @@ impl ClusterService {
             .read_linearizable(|d| {
                 let node_id = d.state.node_id(&req.node).ok_or_else(|| {
                     let known: Vec<&str> = d.state.nodes.values().map(|n| n.name.as_str()).collect();
-                    Status::not_found(format!("unknown node {:?} (nodes: {})", req.node, known.join(", ")))
+                    Status::not_found(format!(
+                        "unknown node {:?} (nodes: {})",
+                        echo(&req.node),
+                        known.join(", ")
+                    ))
                 })?;
                 let (resource, node_id) = (req.resource.clone(), node_id);
                 let cmd = if req.unfence {
@@ -665,7 +672,7 @@ pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow
     } else {
         Some(
             s.node_id(node)
-                .ok_or_else(|| Status::not_found(format!("unknown node {node:?}")))?,
+                .ok_or_else(|| Status::not_found(format!("unknown node {:?}", echo(node))))?,
         )
     };
     let mut rows = Vec::new();
@@ -682,8 +689,16 @@ pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow
             Some(id) => vec![id],
             None => s.nodes.iter().filter(|(_, n)| !n.witness).map(|(id, _)| *id).collect(),
         };
-        let size: u64 = nodes.iter().filter_map(|id| s.vgs.get(id)?.get(&vg)).sum();
-        let used: u64 = nodes.iter().map(|id| s.vg_used(*id, &vg)).sum();
+        // Saturating: reports are bounded (`model::MAX_VG_BYTES`), but not their sum over
+        // many nodes, nor what an older log holds.
+        let size = nodes
+            .iter()
+            .filter_map(|id| s.vgs.get(id)?.get(&vg))
+            .fold(0u64, |sum, b| sum.saturating_add(*b));
+        let used = nodes
+            .iter()
+            .map(|id| s.vg_used(*id, &vg))
+            .fold(0u64, u64::saturating_add);
         let count = s
             .pool_volumes(pool)
             .filter(|(_, a)| node_id.is_none_or(|id| a.nodes.contains(&id)))
@@ -706,7 +721,7 @@ pub fn pool_rows(s: &ClusterState, name: &str, node: &str) -> Result<Vec<PoolRow
         });
     }
     if !name.is_empty() && rows.is_empty() {
-        return Err(Status::not_found(format!("no pool named {name:?}")));
+        return Err(Status::not_found(format!("no pool named {:?}", echo(name))));
     }
     Ok(rows)
 }
@@ -776,6 +791,40 @@ mod tests {
         for (m, guest_on_target, want) in cases {
             assert_eq!(pending_action(&m, "n1", "n2", guest_on_target), want);
         }
+    }
+
+    #[test]
+    fn pool_totals_saturate_instead_of_overflowing() {
+        // Reports as large as an older version accepted, on two nodes: `pool list` sums them.
+        let mut s = crate::model::objects_tests::nodes_with_vgs();
+        for id in [1, 2] {
+            s.vgs.insert(id, [("data".to_string(), u64::MAX - 1)].into());
+        }
+        s.config.insert(
+            "pool#p".into(),
+            [
+                ("type".to_string(), "lvm".to_string()),
+                ("vg".to_string(), "data".to_string()),
+            ]
+            .into(),
+        );
+        let rows = pool_rows(&s, "p", "").unwrap();
+        assert_eq!((rows[0].size, rows[0].used, rows[0].free), (u64::MAX, 0, u64::MAX));
+        let rows = pool_rows(&s, "p", "n1").unwrap();
+        assert_eq!(rows[0].size, u64::MAX - 1);
+    }
+
+    #[test]
+    fn errors_repeat_long_names_cut() {
+        let s = crate::model::objects_tests::nodes_with_vgs();
+        let long = "x".repeat(20_000);
+        let e = pool_rows(&s, &long, "").unwrap_err();
+        assert!(
+            e.message().len() < 300 && e.message().contains("(20000 bytes)"),
+            "{e:?}"
+        );
+        let e = pool_rows(&s, "", &long).unwrap_err();
+        assert!(e.message().len() < 300, "{e:?}");
     }
 
     #[test]

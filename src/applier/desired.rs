@@ -67,6 +67,22 @@ fn migration_target(state: &ClusterState, name: &str, host: &str) -> MigrationTa
     }
 }
 
+/// Why the configured migration URIs may not be used, if so: a value an older version
+/// accepted that the transport rules (`config::kind::check_migration_libvirt_uri`,
+/// `check_migration_uri`) refuse now, kept by the log but never opened.
+fn unusable_migration_uris(state: &ClusterState) -> Option<String> {
+    use crate::config::kind::{check_migration_libvirt_uri, check_migration_uri};
+    let get = |k: &str| crate::model::catalog::get(&state.config, k).ok().flatten();
+    let refused = |key: &str, rule: fn(&str) -> Result<(), String>| {
+        let value = get(key)?;
+        rule(&value)
+            .err()
+            .map(|why| format!("{key} cannot be used: {why}; set it again"))
+    };
+    refused("migration.libvirt_uri", check_migration_libvirt_uri)
+        .or_else(|| refused("migration.uri", check_migration_uri))
+}
+
 /// The host part of a node's `HOST:PORT` cluster address, which DRBD uses too.
 fn host(addr: &str) -> &str {
     addr.rsplit_once(':')
@@ -119,6 +135,7 @@ pub fn desired(
                     dual: m.dual,
                     source,
                     peer: migration_target(state, &peer.name, host(&peer.addr)),
+                    unusable: unusable_migration_uris(state),
                 })
             }),
     };
@@ -243,6 +260,33 @@ mod tests {
         let t = migration_target(&s, "n2", "10.0.0.2");
         assert_eq!(t.libvirt_uri, "qemu+ssh://root@10.0.0.2/system");
         assert_eq!(t.migration_uri.as_deref(), Some("tcp://10.0.0.2:49152"));
+    }
+
+    #[test]
+    fn migration_uris_an_older_version_accepted_are_never_used() {
+        let mut s = ClusterState::default();
+        assert_eq!(unusable_migration_uris(&s), None, "the default");
+        let kv = |k: &str, v: &str| (crate::model::ConfigKey::parse(k).unwrap().0, v.to_string());
+        // As a log written before the transports were checked may hold it.
+        let r = s.apply(&crate::model::Command::UpdateConfig {
+            set: vec![kv("migration.libvirt_uri", "qemu+ext:///system?command=/tmp/x")],
+            unset: vec![],
+        });
+        assert_eq!(r, crate::model::Response::Done);
+        let why = unusable_migration_uris(&s).unwrap();
+        assert!(
+            why.contains("migration.libvirt_uri") && why.contains("qemu+ext"),
+            "{why}"
+        );
+        let r = s.apply(&crate::model::Command::UpdateConfig {
+            set: vec![
+                kv("migration.libvirt_uri", "qemu+tls://{host}/system"),
+                kv("migration.uri", "exec:/bin/sh"),
+            ],
+            unset: vec![],
+        });
+        assert_eq!(r, crate::model::Response::Done);
+        assert!(unusable_migration_uris(&s).unwrap().contains("migration.uri"));
     }
 
     #[test]

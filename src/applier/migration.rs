@@ -75,6 +75,9 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
             vec![Act::Commit(Phase::Done, None)]
         }
         (Phase::Prepare, true) => {
+            if let Some(why) = &m.unusable {
+                return abort(why.clone());
+            }
             if let Some(d) = running_here(false).first() {
                 return abort(format!("the guest {d} does not run on the source"));
             }
@@ -135,6 +138,8 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
                     )),
                     _ => vec![],
                 }
+            } else if let Some(why) = &m.unusable {
+                abort(why.clone())
             } else {
                 vec![Act::Migrate]
             }
@@ -179,6 +184,7 @@ mod tests {
                 libvirt_uri: "qemu+tcp://n2/system".into(),
                 migration_uri: None,
             },
+            unusable: None,
         });
         d
     }
@@ -247,6 +253,26 @@ mod tests {
         );
         // The target has nothing to do in Prepare.
         assert_eq!(next(&part(Phase::Prepare, false), &ok, None), vec![]);
+    }
+
+    #[test]
+    fn the_source_aborts_rather_than_open_a_migration_uri_outside_the_transports() {
+        let running = seen("Primary", "UpToDate", "Connected", DomainState::Running);
+        for phase in [Phase::Prepare, Phase::Migrating] {
+            let mut d = part(phase, true);
+            if let Some(m) = d.migration.as_mut() {
+                m.unusable = Some("migration.libvirt_uri cannot be used: transport".into());
+            }
+            assert_eq!(
+                next(&d, &running, None),
+                vec![Act::Commit(
+                    Phase::Abort,
+                    Some("migration.libvirt_uri cannot be used: transport".into())
+                )],
+                "{phase}"
+            );
+        }
+        assert_eq!(next(&part(Phase::Migrating, true), &running, None), vec![Act::Migrate]);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct DesiredMigration {
     pub peer: MigrationTarget,
     /// The switch reached `DualPrimary`: the target may have promoted.
     pub dual: bool,
+    /// Why the configured migration URIs may not be used (values an older version accepted,
+    /// outside the documented transports): the source aborts instead of migrating.
+    pub unusable: Option<String>,
 }
 
 impl Desired {

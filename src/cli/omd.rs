@@ -28,11 +28,14 @@ pub struct Args {
     /// Where the Raft log, the state snapshots and the local socket live.
     #[arg(long, env = "OMD_DATA_DIR", default_value = "/var/lib/omraft")]
     pub data_dir: PathBuf,
-    /// TCP address to listen on for peers and remote clients.
-    #[arg(long, env = "OMD_LISTEN", default_value = "127.0.0.1:1215")]
+    /// TCP address to listen on for peers and remote clients (HOST:PORT).
+    #[arg(long, env = "OMD_LISTEN", default_value = "127.0.0.1:1215", value_parser = parse_addr)]
     pub listen: String,
     /// Address peers use to reach this node, if not --listen (required when listening on 0.0.0.0).
-    #[arg(long, env = "OMD_ADVERTISE")]
+    ///
+    /// HOST:PORT, HOST a DNS name, an IPv4 address or an IPv6 address in brackets: it goes
+    /// into the node's certificate, DRBD address lines and migration URIs ({host}).
+    #[arg(long, env = "OMD_ADVERTISE", value_parser = parse_addr)]
     pub advertise: Option<String>,
     /// Raft heartbeat interval in milliseconds; also the time a peer has to answer an append.
     #[arg(long, default_value_t = 200)]
@@ -93,7 +96,9 @@ pub struct Args {
     #[arg(long)]
     pub watchdog_sysfs: Option<PathBuf>,
     /// The libvirt connection of the real hypervisor driver.
-    #[arg(long, default_value = "qemu:///system")]
+    ///
+    /// qemu:///system, or qemu+tcp://, qemu+tls:// or qemu+ssh://HOST/system.
+    #[arg(long, default_value = "qemu:///system", value_parser = parse_libvirt_uri)]
     pub libvirt_uri: String,
     /// With --drivers sim: run the guests with the real libvirt (at --libvirt-uri) beside the
     /// simulated DRBD and LVM (the real-host test bed, where the DRBD module cannot load).
@@ -210,6 +215,16 @@ fn watchdog(args: &Args) -> anyhow::Result<Watchdog> {
             }
         }
     })
+}
+
+/// `--listen`, `--advertise`: `HOST:PORT` as the cluster accepts a node address.
+fn parse_addr(s: &str) -> Result<String, String> {
+    crate::config::kind::check_addr(s).map(|()| s.to_string())
+}
+
+/// `--libvirt-uri`: this machine's libvirt, or one reached over a documented transport.
+fn parse_libvirt_uri(s: &str) -> Result<String, String> {
+    crate::config::kind::check_local_libvirt_uri(s).map(|()| s.to_string())
 }
 
 fn parse_vg(s: &str) -> Result<(String, u64), String> {
@@ -350,7 +365,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_mem;
+    use super::{parse_mem, Args};
+    use clap::Parser;
+
+    #[test]
+    fn addresses_and_the_libvirt_uri_are_checked_as_flags() {
+        let args = |extra: &[&str]| Args::try_parse_from([&["omd", "--node-name", "n1"][..], extra].concat());
+        let ok = args(&["--listen", "0.0.0.0:1215", "--advertise", "10.30.0.11:1215"]).unwrap();
+        assert_eq!(ok.advertise.as_deref(), Some("10.30.0.11:1215"));
+        assert_eq!(ok.libvirt_uri, "qemu:///system");
+        for (flag, value, why) in [
+            ("--advertise", "n1:1215\naddress ipv4 6.6.6.6:1", "only letters"),
+            ("--advertise", "n1", "HOST:PORT"),
+            ("--listen", "127.0.0.1:0", "port"),
+            ("--libvirt-uri", "qemu+ext:///system?command=/bin/sh", "transport"),
+        ] {
+            let e = args(&[flag, value]).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains(why), "{flag} {value:?}: {e}");
+        }
+    }
 
     #[test]
     fn report_mem_is_a_bounded_size() {

@@ -2,11 +2,15 @@
 //! `keyword = value` lines, where a keyword may carry a node scope (`size@n1`).
 //!
 //! Order is kept as written (it is part of what `config show` prints) and the printed form
-//! parses back to the same value.
+//! parses back to the same value. A text is bounded (`MAX_BYTES`, `MAX_SECTIONS`) and parsed
+//! in time linear in its length; a section or a keyword of a section appears once.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use super::echo::echo;
 
 /// One `[name]` section and its `keyword = value` lines, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,15 +34,27 @@ pub enum ParseError {
     NoEquals(usize),
     #[error("line {0}: empty keyword")]
     EmptyKeyword(usize),
-    #[error("line {0}: section [{1}] appears twice")]
+    #[error("line {0}: section [{name}] appears twice", name = echo(.1))]
     DuplicateSection(usize, String),
-    #[error("line {0}: keyword {1:?} appears twice in [{2}]")]
+    #[error("line {0}: keyword {keyword:?} appears twice in [{section}]", keyword = echo(.1), section = echo(.2))]
     DuplicateKeyword(usize, String, String),
     #[error("line {0}: a value cannot span lines or hold a newline")]
     Multiline(usize),
+    #[error("the configuration is {0} bytes long, more than the {MAX_BYTES} (1 MiB) allowed")]
+    TooLarge(usize),
+    #[error("line {0}: more than {MAX_SECTIONS} sections")]
+    TooManySections(usize),
+    #[error("the configuration has {0} sections, more than the {MAX_SECTIONS} allowed")]
+    SectionCount(usize),
 }
 
 pub const DEFAULT: &str = "DEFAULT";
+
+/// The most bytes an object's configuration text may have.
+pub const MAX_BYTES: usize = 1 << 20;
+
+/// The most sections an object's configuration may have, `DEFAULT` included.
+pub const MAX_SECTIONS: usize = 1024;
 
 impl Default for Ini {
     fn default() -> Ini {
@@ -52,10 +68,20 @@ impl Default for Ini {
 }
 
 impl Ini {
-    /// Parses the text format. Comments start with `#` or `;` at the beginning of a line.
+    /// Parses the text format. Comments start with `#` or `;` at the beginning of a line. A
+    /// `[DEFAULT]` header may open the text (DEFAULT is always there, first); any section
+    /// named twice is refused with the line of the second.
     pub fn parse(text: &str) -> Result<Ini, ParseError> {
+        if text.len() > MAX_BYTES {
+            return Err(ParseError::TooLarge(text.len()));
+        }
         let mut ini = Ini::default();
-        let mut current = DEFAULT.to_string();
+        // Index of each section by name, and the keywords of the current one: a lookup per
+        // line, not a scan of what came before.
+        let mut index: HashMap<String, usize> = HashMap::from([(DEFAULT.to_string(), 0)]);
+        let mut current = 0;
+        let mut keywords: HashSet<String> = HashSet::new();
+        let mut default_header = false;
         for (i, raw) in text.lines().enumerate() {
             let n = i + 1;
             let line = raw.trim();
@@ -67,18 +93,25 @@ impl Ini {
                 if name.is_empty() || name.contains(['[', ']']) {
                     return Err(ParseError::BadHeader(n));
                 }
-                let exists = ini.sections.iter().any(|s| s.name == name);
-                let is_default_first = name == DEFAULT && current == DEFAULT && ini.sections[0].entries.is_empty();
-                if exists && !is_default_first {
+                // `[DEFAULT]` opens the text at most once, before any keyword.
+                let opens = name == DEFAULT && !default_header && current == 0 && ini.sections[0].entries.is_empty();
+                if index.contains_key(name) && !opens {
                     return Err(ParseError::DuplicateSection(n, name.into()));
                 }
-                if !exists {
+                if name == DEFAULT {
+                    default_header = true;
+                } else {
+                    if ini.sections.len() >= MAX_SECTIONS {
+                        return Err(ParseError::TooManySections(n));
+                    }
+                    index.insert(name.to_string(), ini.sections.len());
                     ini.sections.push(Section {
                         name: name.into(),
                         entries: vec![],
                     });
                 }
-                current = name.into();
+                current = index[name];
+                keywords.clear();
                 continue;
             }
             let (k, v) = line.split_once('=').ok_or(ParseError::NoEquals(n))?;
@@ -86,13 +119,26 @@ impl Ini {
             if k.is_empty() {
                 return Err(ParseError::EmptyKeyword(n));
             }
-            let section = ini.section_mut(&current);
-            if section.entries.iter().any(|(e, _)| e == k) {
-                return Err(ParseError::DuplicateKeyword(n, k.into(), current.clone()));
+            let section = &mut ini.sections[current];
+            if !keywords.insert(k.to_string()) {
+                return Err(ParseError::DuplicateKeyword(n, k.into(), section.name.clone()));
             }
             section.entries.push((k.into(), v.into()));
         }
         Ok(ini)
+    }
+
+    /// Refuses a configuration beyond the bounds a parsed text meets (`MAX_BYTES`,
+    /// `MAX_SECTIONS`): for one built otherwise (keyword by keyword, or decoded).
+    pub fn check_bounds(&self) -> Result<(), ParseError> {
+        if self.sections.len() > MAX_SECTIONS {
+            return Err(ParseError::SectionCount(self.sections.len()));
+        }
+        let len = self.to_string().len();
+        if len > MAX_BYTES {
+            return Err(ParseError::TooLarge(len));
+        }
+        Ok(())
     }
 
     fn section_mut(&mut self, name: &str) -> &mut Section {
@@ -215,6 +261,85 @@ mod tests {
             Ini::parse("[a]\nk=1\nk=2\n"),
             Err(ParseError::DuplicateKeyword(3, ..))
         ));
+    }
+
+    #[test]
+    fn a_section_named_twice_is_refused_default_included() {
+        // `[DEFAULT]` may open the text once.
+        let ini = Ini::parse("[DEFAULT]\nnodes = n1\n[x#1]\nk = v\n").unwrap();
+        assert_eq!(ini.get(DEFAULT, "nodes"), Some("n1"));
+        for (text, line, section) in [
+            ("[DEFAULT]\n[DEFAULT]\nnodes = n1\n", 2, DEFAULT),
+            ("[DEFAULT]\nnodes = n1\n[DEFAULT]\n", 3, DEFAULT),
+            ("nodes = n1\n[DEFAULT]\n", 2, DEFAULT),
+            ("[x#1]\nk = v\n[DEFAULT]\n", 3, DEFAULT),
+            ("[x#1]\nk = v\n[y#1]\nk = v\n[ x#1 ]\n", 5, "x#1"),
+        ] {
+            let e = Ini::parse(text).unwrap_err();
+            assert_eq!(e, ParseError::DuplicateSection(line, section.into()), "{text:?}");
+            assert!(
+                e.to_string().contains(&format!("line {line}: section [{section}]")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn texts_are_bounded_in_bytes_and_sections() {
+        let big = format!("[DEFAULT]\nk = {}\n", "v".repeat(MAX_BYTES));
+        let e = Ini::parse(&big).unwrap_err();
+        assert_eq!(e, ParseError::TooLarge(big.len()));
+        assert!(e.to_string().contains("1 MiB"), "{e}");
+        let mut text = String::new();
+        for i in 1..MAX_SECTIONS {
+            text.push_str(&format!("[x#{i}]\nk = v\n"));
+        }
+        let ini = Ini::parse(&text).unwrap();
+        assert_eq!(ini.sections().len(), MAX_SECTIONS);
+        ini.check_bounds().unwrap();
+        text.push_str("[x#last]\nk = v\n");
+        let e = Ini::parse(&text).unwrap_err();
+        assert_eq!(e, ParseError::TooManySections(2 * MAX_SECTIONS - 1));
+        // Built keyword by keyword, the same bounds.
+        let mut built = ini.clone();
+        built.set("x#last", "k", "v").unwrap();
+        assert_eq!(built.check_bounds(), Err(ParseError::SectionCount(MAX_SECTIONS + 1)));
+        let mut built = Ini::default();
+        for i in 0..300 {
+            built.set(DEFAULT, &format!("k{i}"), &"v".repeat(4000)).unwrap();
+        }
+        assert!(matches!(built.check_bounds(), Err(ParseError::TooLarge(_))));
+    }
+
+    #[test]
+    fn parsing_is_linear_in_the_text() {
+        // Many sections and many keywords: each line is one lookup (it was a scan of every
+        // section before, so 50,000 sections took seconds).
+        let mut text = String::new();
+        for i in 1..MAX_SECTIONS {
+            text.push_str(&format!("[x#{i}]\nk = v\n"));
+        }
+        for i in 0..90_000 {
+            text.push_str(&format!("k{i} = v\n"));
+        }
+        assert!(text.len() < MAX_BYTES);
+        let started = std::time::Instant::now();
+        let ini = Ini::parse(&text).unwrap();
+        assert_eq!(ini.sections().last().unwrap().entries.len(), 90_001);
+        // Quadratic, this is about 4 billion comparisons; linear, a few milliseconds.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn errors_repeat_long_names_cut() {
+        let long = "k".repeat(10_000);
+        let e = Ini::parse(&format!("[a#1]\n{long} = 1\n{long} = 2\n")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.len() < 400 && text.contains("(10000 bytes)"), "{text}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::echo::echo;
 use super::ini::DEFAULT;
 use super::kind::Kind;
 
@@ -315,15 +316,15 @@ pub static CATALOG: &[Keyword] = &[
 /// Why a keyword reference is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum KeywordError {
-    #[error("section [{0}] is not allowed in a {1} object (sections: {2})")]
+    #[error("section [{section}] is not allowed in a {1} object (sections: {2})", section = echo(.0))]
     Section(String, String, String),
-    #[error("unknown keyword {0:?} in section [{1}] (keywords: {2})")]
+    #[error("unknown keyword {keyword:?} in section [{section}] (keywords: {2})", keyword = echo(.0), section = echo(.1))]
     Unknown(String, String, String),
-    #[error("{0} is set by the cluster and cannot be changed")]
+    #[error("{} is set by the cluster and cannot be changed", echo(.0))]
     Readonly(String),
-    #[error("section name {0:?}: the id after '#' must be 1 to 63 of [a-z0-9_-]")]
+    #[error("section name {:?}: the id after '#' must be 1 to 63 of [a-z0-9_-]", echo(.0))]
     BadId(String),
-    #[error("keyword {0:?} in section [{1}] is not supported: {2}")]
+    #[error("keyword {keyword:?} in section [{section}] is not supported: {2}", keyword = echo(.0), section = echo(.1))]
     Retired(String, String, String),
 }
 

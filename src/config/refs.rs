@@ -2,6 +2,8 @@
 //! `{nodename}`, `{clusternodes}`, `{clustername}`, `{fqdn}`. Stored as written, resolved
 //! when a value is evaluated, for a given node.
 
+use super::echo::echo;
+
 /// Every reference a value may use.
 pub const REFERENCES: &[&str] = &[
     "name",
@@ -29,9 +31,9 @@ pub struct Context<'a> {
 /// Why a value's references are refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RefError {
-    #[error("unknown reference {{{0}}} (known: {known})", known = REFERENCES.iter().map(|r| format!("{{{r}}}")).collect::<Vec<_>>().join(", "))]
+    #[error("unknown reference {{{}}} (known: {known})", echo(.0), known = REFERENCES.iter().map(|r| format!("{{{r}}}")).collect::<Vec<_>>().join(", "))]
     Unknown(String),
-    #[error("unclosed '{{' in {0:?}")]
+    #[error("unclosed '{{' in {:?}", echo(.0))]
     Unclosed(String),
     #[error("{{nodename}} needs a node: give --node")]
     NoNode,

@@ -117,8 +117,9 @@ pub enum StartError {
     Raft(#[source] openraft::error::Fatal<NodeId>),
     #[error("invalid raft configuration")]
     Config(#[source] openraft::ConfigError),
+    /// A node name or address the cluster refuses.
     #[error(transparent)]
-    Name(#[from] crate::model::Rejection),
+    Identity(#[from] crate::model::Rejection),
     #[error("TLS identity: {0}")]
     Pki(#[from] PkiError),
     #[error("TLS configuration: {0}")]
@@ -137,6 +138,7 @@ impl Node {
     /// cluster when the directory is fresh.
     pub(crate) async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
         crate::model::validate_node_name(&settings.name)?;
+        crate::model::validate_node_addr(&settings.addr)?;
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
         crate::files::restrict(&settings.data_dir, 0o700)
             .map_err(|e| StartError::DataDir(settings.data_dir.clone(), e))?;
@@ -277,8 +279,13 @@ impl Node {
     /// Commits `cmd` through the leader and returns what applying it produced. Retries only
     /// when the command was certainly not appended (no leader yet, or a node that is not the
     /// leader any more); any other failure says the outcome is unknown (`OUTCOME_UNKNOWN`), and
-    /// a failure where it certainly did not commit says so (`NOT_COMMITTED`).
+    /// a failure where it certainly did not commit says so (`NOT_COMMITTED`). A command
+    /// breaking an input rule (`Command::check_input`) is refused here, never proposed: the
+    /// answer is `Response::Refused`, with no log index (0).
     pub async fn write(&self, cmd: Command) -> Result<(u64, Response), Status> {
+        if let Err(why) = cmd.check_input() {
+            return Ok((0, Response::Refused(why)));
+        }
         let local = |m: Arc<Member>, deadline: Instant| {
             let cmd = cmd.clone();
             async move {
@@ -320,8 +327,12 @@ impl Node {
     }
 
     /// Proposes on this node if it is the leader; `Err(ProposeError::NotLeader)` otherwise.
-    /// Serves `Propose`.
+    /// Serves `Propose`: a member's command breaking an input rule (`Command::check_input`)
+    /// is refused (`Response::Refused`, log index 0) before Raft sees it.
     pub async fn propose_local(&self, cmd: Command) -> Result<(u64, Response), ProposeError> {
+        if let Err(why) = cmd.check_input() {
+            return Ok((0, Response::Refused(why)));
+        }
         match self.member().raft.client_write(cmd).await {
             Ok(r) => Ok((r.log_id.index, r.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),

@@ -24,7 +24,9 @@ pub use instances::{Avail, InstanceReport, Migration, Phase, ResourceReport, Ser
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
 pub use path::{ObjectKind, ObjectPath};
 
+use crate::config::echo::echo;
 use crate::config::ini::Ini;
+use crate::config::kind::{check_addr, Kind};
 
 /// Raft node id. Allocated by the cluster (`next_node_id`), never reused.
 pub type NodeId = u64;
@@ -257,6 +259,79 @@ impl Command {
     }
 }
 
+/// The most volume groups one node's report may list.
+pub const MAX_VG_REPORT_GROUPS: usize = 1024;
+
+/// The largest volume group a node may report, in bytes (1 EiB, the largest size a volume may
+/// have): a larger report is a bug or a lie, refused. Sums over reports still saturate.
+pub const MAX_VG_BYTES: u64 = 1 << 60;
+
+impl Command {
+    /// The rules on what a new command carries, whatever the state: node addresses are
+    /// `HOST:PORT`; configuration values are one line without control characters, and the
+    /// migration URIs use the documented transports (`catalog::check_input`); an object's
+    /// configuration is bounded (`Ini::check_bounds`) and uses no retired keyword; a volume
+    /// group report is bounded. Checked before a command is proposed (`ClusterState::check`,
+    /// `Node::write`, the leader's `Propose`), never by `apply`: an older log may hold what
+    /// they refuse, and must replay to the same state.
+    pub fn check_input(&self) -> Result<(), Rejection> {
+        match self {
+            Command::Bootstrap { addr, .. } | Command::AddNode { addr, .. } => validate_node_addr(addr),
+            Command::UpdateConfig { set, .. } => Ok(catalog::check_input(set)?),
+            Command::CreateObject { path, config } => {
+                ClusterState::check_size(path, config)?;
+                let entries = config
+                    .sections()
+                    .iter()
+                    .flat_map(|s| s.entries.iter().map(move |(k, v)| (s, k, v)));
+                ClusterState::check_lines(
+                    path,
+                    entries
+                        .clone()
+                        .map(|(s, k, v)| (s.name.as_str(), k.as_str(), v.as_str())),
+                )?;
+                let keys: Vec<ObjectKey> = entries
+                    .map(|(s, k, _)| ObjectKey {
+                        section: s.name.clone(),
+                        keyword: k.clone(),
+                    })
+                    .collect();
+                Ok(ClusterState::check_retired(path, &keys)?)
+            }
+            Command::UpdateObject { path, set, .. } => {
+                ClusterState::check_lines(
+                    path,
+                    set.iter()
+                        .map(|(k, v)| (k.section.as_str(), k.keyword.as_str(), v.as_str())),
+                )?;
+                Ok(ClusterState::check_retired(path, set.iter().map(|(k, _)| k))?)
+            }
+            Command::ReportVolumeGroups { node_id, vgs } => {
+                let bad = |why: String| Err(Rejection::BadVolumeGroups(*node_id, why));
+                if vgs.len() > MAX_VG_REPORT_GROUPS {
+                    return bad(format!(
+                        "{} volume groups, more than the {MAX_VG_REPORT_GROUPS} a report may list",
+                        vgs.len()
+                    ));
+                }
+                for (name, size) in vgs {
+                    if let Err(why) = Kind::Ident.check(name) {
+                        return bad(format!("volume group name {:?}: {why}", echo(name)));
+                    }
+                    if *size > MAX_VG_BYTES {
+                        return bad(format!(
+                            "{} is {size} bytes, more than a volume group can have (at most {MAX_VG_BYTES})",
+                            echo(name)
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -338,7 +413,7 @@ pub enum Response {
 /// (`Response::Refused`), which maps it to an error code and its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejection {
-    #[error("a node named {0:?} is already in the cluster; remove it first")]
+    #[error("a node named {:?} is already in the cluster; remove it first", echo(.0))]
     DuplicateNodeName(String),
     #[error(
         "this join token was used already: a join token works once (mint another with `omctl daemon auth --role join`)"
@@ -348,10 +423,14 @@ pub enum Rejection {
     NoTrust,
     #[error("the cluster's trust is already established")]
     TrustEstablished,
-    #[error("address {0} is already used by node {1:?}")]
+    #[error("address {addr} is already used by node {1:?}", addr = echo(.0))]
     DuplicateAddr(String, String),
-    #[error("node name {0:?} is invalid: {1}")]
+    #[error("node name {name:?} is invalid: {1}", name = echo(.0))]
     BadNodeName(String, String),
+    #[error("node address {addr:?} is invalid: {1}", addr = echo(.0))]
+    BadNodeAddr(String, String),
+    #[error("volume group report of node id {0}: {1}")]
+    BadVolumeGroups(NodeId, String),
     #[error("no node with id {0}")]
     UnknownNode(NodeId),
     #[error("every node id was used once already: ids are never reused")]
@@ -374,7 +453,7 @@ pub enum Rejection {
     Moved(String, NodeId),
     #[error("{0} already runs on node id {1}")]
     AlreadyThere(String, NodeId),
-    #[error("the domain XML of {0} is too large or does not name the domain")]
+    #[error("the domain XML of {} is too large or does not name the domain", echo(.0))]
     BadDomain(String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
@@ -394,7 +473,7 @@ pub enum Rejection {
     Outdated(String, String, String),
     #[error("memory report of node id {0}: {1} bytes is more than a node can have (at most {2})")]
     BadMemoryReport(NodeId, u64, u64),
-    #[error("{0} is not the DRBD resource of any volume")]
+    #[error("{} is not the DRBD resource of any volume", echo(.0))]
     UnknownResource(String),
     #[error("DRBD resource {0}: node {1} is not one of its nodes")]
     NotANodeOfResource(String, String),
@@ -407,8 +486,26 @@ pub enum Rejection {
 }
 
 impl ClusterState {
-    /// Checks `cmd` against the current state without changing anything.
+    /// Checks `cmd` as new input, without changing anything: what runs before a command is
+    /// proposed. The command's own values (`Command::check_input`), then what `apply` would
+    /// refuse (`check_state`); an object update may not grow its configuration past the
+    /// bounds of a new one.
     pub fn check(&self, cmd: &Command) -> Result<(), Rejection> {
+        cmd.check_input()?;
+        match cmd {
+            Command::UpdateObject { path, set, unset } => {
+                let (config, _) = self.plan_update(path, set, unset)?;
+                Ok(ClusterState::check_size(path, &config)?)
+            }
+            _ => self.check_state(cmd),
+        }
+    }
+
+    /// Checks `cmd` against the current state without changing anything: what `apply` holds
+    /// every command it does not plan to (the planned ones, config and object changes, it
+    /// checks while planning, with the same `plan_*`). Rules only new input meets belong in
+    /// `Command::check_input` or `check`, never here.
+    fn check_state(&self, cmd: &Command) -> Result<(), Rejection> {
         match cmd {
             Command::Bootstrap { name, .. } => {
                 if !self.nodes.is_empty() {
@@ -460,22 +557,10 @@ impl ClusterState {
                 Ok(self.check_pools(&plan)?)
             }
             Command::CreateObject { path, config } => {
-                let keys: Vec<objects::ObjectKey> = config
-                    .sections()
-                    .iter()
-                    .flat_map(|s| {
-                        s.entries.iter().map(|(k, _)| objects::ObjectKey {
-                            section: s.name.clone(),
-                            keyword: k.clone(),
-                        })
-                    })
-                    .collect();
-                ClusterState::check_retired(path, &keys)?;
                 self.plan_create(path, config)?;
                 Ok(())
             }
             Command::UpdateObject { path, set, unset } => {
-                ClusterState::check_retired(path, set.iter().map(|(k, _)| k))?;
                 self.plan_update(path, set, unset)?;
                 Ok(())
             }
@@ -613,7 +698,7 @@ impl ClusterState {
                 | Command::DeleteObject { .. }
         );
         if !planned {
-            if let Err(e) = self.check(cmd) {
+            if let Err(e) = self.check_state(cmd) {
                 return Response::Refused(e);
             }
         }
@@ -944,7 +1029,10 @@ pub fn parse_ssh_key(key: &str) -> Result<SshKey<'_>, String> {
     }
     let (kind, body, comment) = (fields[0], fields[1], fields.get(2).copied());
     if kind != SSH_KEY_TYPE {
-        return Err(format!("key type {kind:?} is not accepted: only {SSH_KEY_TYPE}"));
+        return Err(format!(
+            "key type {:?} is not accepted: only {SSH_KEY_TYPE}",
+            echo(kind)
+        ));
     }
     let blob = decode_base64(body).map_err(|e| format!("the key body is not base64: {e}"))?;
     if !is_ed25519_blob(&blob) {
@@ -1012,6 +1100,12 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
         out.extend_from_slice(&decoded[..keep]);
     }
     Ok(out)
+}
+
+/// Node addresses: `HOST:PORT` (`config::kind::check_addr`), since they end up in DRBD
+/// `address` lines, certificates and migration URIs (`{host}`).
+pub fn validate_node_addr(addr: &str) -> Result<(), Rejection> {
+    check_addr(addr).map_err(|why| Rejection::BadNodeAddr(addr.to_string(), why))
 }
 
 /// Node names: what a hostname label allows, since they end up in DRBD `on NAME` sections.
@@ -1429,5 +1523,83 @@ mod tests {
             s.apply(&Command::RemoveNode { node_id: 7 }),
             Response::Refused(_)
         ));
+    }
+
+    #[test]
+    fn node_addresses_are_checked_before_the_log_and_an_old_entry_still_applies() {
+        let mut s = boot();
+        for (addr, why) in [
+            ("n2:1\naddress ipv4 6.6.6.6:7789", "only letters"),
+            ("n2", "HOST:PORT"),
+            ("n2:99999", "port"),
+            ("$(reboot):1215", "only letters"),
+        ] {
+            let cmd = Command::AddNode {
+                name: "n2".into(),
+                addr: addr.into(),
+                witness: false,
+                token: None,
+            };
+            let e = s.check(&cmd).unwrap_err();
+            assert!(matches!(e, Rejection::BadNodeAddr(..)), "{addr:?}: {e}");
+            assert!(e.to_string().contains(why), "{addr:?}: {e}");
+        }
+        let founder = Command::Bootstrap {
+            node_id: 1,
+            name: "n1".into(),
+            addr: "n1 1215".into(),
+        };
+        assert!(matches!(
+            ClusterState::default().check(&founder),
+            Err(Rejection::BadNodeAddr(..))
+        ));
+        s.check(&Command::AddNode {
+            name: "n2".into(),
+            addr: "10.30.0.12:1215".into(),
+            witness: false,
+            token: None,
+        })
+        .unwrap();
+        // Entries an older version committed replay as they did.
+        assert_eq!(add(&mut s, "n2", "n2"), Response::NodeAdded(2));
+    }
+
+    #[test]
+    fn volume_group_reports_are_bounded_before_the_log_and_sums_saturate() {
+        let mut s = objects_tests::nodes_with_vgs();
+        let report = |vgs: Vec<(&str, u64)>| Command::ReportVolumeGroups {
+            node_id: 1,
+            vgs: vgs.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+        };
+        let refused = |c: &Command| match s.check(c) {
+            Err(e @ Rejection::BadVolumeGroups(1, _)) => e.to_string(),
+            other => panic!("{c}: {other:?}"),
+        };
+        assert!(refused(&report(vec![("data", u64::MAX)])).contains("more than a volume group can have"));
+        assert!(refused(&report(vec![("data", MAX_VG_BYTES + 1)])).contains("data is"));
+        assert!(refused(&report(vec![("da\nta", 1)])).contains("volume group name \"da\\nta\""));
+        let many: Vec<(String, u64)> = (0..=MAX_VG_REPORT_GROUPS).map(|i| (format!("vg{i}"), 1)).collect();
+        let many = Command::ReportVolumeGroups {
+            node_id: 1,
+            vgs: many.into_iter().collect(),
+        };
+        assert!(refused(&many).contains("1025 volume groups"));
+        s.check(&report(vec![("data", MAX_VG_BYTES), ("other", MAX_VG_BYTES)]))
+            .unwrap();
+        // In a log an older version wrote, any size applies; what sums the sizes saturates.
+        let huge = report(vec![("data", u64::MAX), ("more", u64::MAX)]);
+        assert_eq!(s.apply(&huge), Response::Done);
+        assert_eq!(s.free_capacity(1), u64::MAX);
+    }
+
+    #[test]
+    fn config_values_are_checked_before_the_log_and_an_old_entry_still_applies() {
+        let mut s = boot();
+        let (set, unset) =
+            catalog::parse_update(&[("migration.uri".into(), "tcp://{host}:1\n[evil]".into())], &[]).unwrap();
+        let cmd = Command::UpdateConfig { set, unset };
+        let e = s.check(&cmd).unwrap_err().to_string();
+        assert!(e.contains("migration.uri") && e.contains("one line"), "{e}");
+        assert_eq!(s.apply(&cmd), Response::Done);
     }
 }

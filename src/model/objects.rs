@@ -10,9 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::path::{ObjectKind, ObjectPath};
 use super::{ClusterState, NodeId};
+use crate::config::echo::echo;
 use crate::config::ini::{Ini, DEFAULT};
 use crate::config::keywords::{self, KeywordError};
-use crate::config::kind::{check_name, format_size, parse_bool, parse_size, Kind};
+use crate::config::kind::{check_line, check_name, format_size, parse_bool, parse_size, Kind};
 use crate::config::refs::{self, Context, RefError};
 
 /// The first DRBD port, as in the tutorial's firewall notes.
@@ -118,24 +119,24 @@ pub enum KeyMode {
 /// Why an object change is refused. Each names the offending part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ObjectError {
-    #[error("{0:?} is not a keyword: expected [SECTION.]KEYWORD[@NODE], e.g. volume#data.size")]
+    #[error("{:?} is not a keyword: expected [SECTION.]KEYWORD[@NODE], e.g. volume#data.size", echo(.0))]
     BadKey(String),
     #[error("{path}: {source}")]
     Keyword { path: String, source: KeywordError },
-    #[error("{path}: bad value {value:?} for {key}: {why}")]
+    #[error("{path}: bad value {:?} for {}: {why}", echo(.value), echo(.key))]
     Value {
         path: String,
         key: String,
         value: String,
         why: String,
     },
-    #[error("{path}: {key}: {source}")]
+    #[error("{path}: {}: {source}", echo(.key))]
     Reference {
         path: String,
         key: String,
         source: RefError,
     },
-    #[error("{path}: {key}: unknown node {node:?} (nodes: {known})")]
+    #[error("{path}: {}: unknown node {:?} (nodes: {known})", echo(.key), echo(.node))]
     UnknownNode {
         path: String,
         key: String,
@@ -162,7 +163,7 @@ pub enum ObjectError {
         section: String,
         pools: String,
     },
-    #[error("{path}: [{section}]: unknown pool {pool:?} (pools: {pools})")]
+    #[error("{path}: [{section}]: unknown pool {:?} (pools: {pools})", echo(.pool))]
     UnknownPool {
         path: String,
         section: String,
@@ -186,8 +187,10 @@ pub enum ObjectError {
     Provisioned(String),
     #[error("{0}: only config maps (cfg) and secrets (sec) hold keys")]
     NoKeys(String),
-    #[error("{path}: key {key:?} {why}")]
+    #[error("{path}: key {:?} {why}", echo(.key))]
     Key { path: String, key: String, why: String },
+    #[error("{path}: {why}")]
+    TooLarge { path: String, why: String },
     #[error("the cluster config refers to {key} of {DRBD_TEMPLATES}: {why}")]
     Template { key: String, why: String },
 }
@@ -729,6 +732,33 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a value (of `section`, `keyword`, `value`) of an object at `path` that is not
+    /// one line without control characters (`kind::check_line`): new input is checked with it
+    /// before it reaches the log (not in `apply`, as `check_retired`).
+    pub(super) fn check_lines<'a>(
+        path: &ObjectPath,
+        values: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<(), ObjectError> {
+        for (section, keyword, value) in values {
+            check_line(value).map_err(|why| ObjectError::Value {
+                path: path.to_string(),
+                key: format!("{section}.{keyword}"),
+                value: value.into(),
+                why,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a configuration of an object at `path` beyond the bounds of a configuration
+    /// text (`Ini::check_bounds`): new input only, as `check_retired`.
+    pub(super) fn check_size(path: &ObjectPath, config: &Ini) -> Result<(), ObjectError> {
+        config.check_bounds().map_err(|e| ObjectError::TooLarge {
+            path: path.to_string(),
+            why: e.to_string(),
+        })
     }
 
     /// Checks a new object; returns it with the volumes it creates.

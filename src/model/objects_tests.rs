@@ -448,3 +448,97 @@ fn a_retired_keyword_is_refused_before_the_log_and_an_old_entry_still_applies() 
     // Unsetting a retired keyword the configuration does not hold is refused like any other.
     refused(&mut s, update(vec![], vec![key("container#1.start_timeout")]));
 }
+
+#[test]
+fn object_values_are_one_line_before_the_log_and_an_old_entry_still_applies() {
+    let mut s = cluster();
+    let path = ObjectPath::parse("demo/svc/kvm1").unwrap();
+    let mut config = Ini::parse("[DEFAULT]\nnodes = n1 n2\n[container#1]\ntype = kvm\n").unwrap();
+    config.set("DEFAULT", "id", &derived_uuid("demo/svc/kvm1")).unwrap();
+    // A NUL, a next-line character or an escape sequence: Ini::set refuses only '\n' and '\r'.
+    for bad in ["kvm1\0", "kvm1\u{85}[evil]", "kvm1\u{1b}[2J"] {
+        let mut c = config.clone();
+        c.set("container#1", "name", bad).unwrap();
+        let cmd = Command::CreateObject {
+            path: path.clone(),
+            config: c,
+        };
+        let why = s.check(&cmd).unwrap_err().to_string();
+        assert!(
+            why.contains("container#1.name") && why.contains("one line without control characters"),
+            "{bad:?}: {why}"
+        );
+    }
+    let mut ok = config.clone();
+    ok.set("container#1", "name", "kvm1").unwrap();
+    let create = Command::CreateObject {
+        path: path.clone(),
+        config: ok,
+    };
+    s.check(&create).unwrap();
+    assert_eq!(s.apply(&create), Response::Done);
+    let update = |v: &str| Command::UpdateObject {
+        path: path.clone(),
+        set: vec![
+            (ObjectKey::parse("container#1.type").unwrap(), "kvm".to_string()),
+            (ObjectKey::parse("container#1.name").unwrap(), v.to_string()),
+        ],
+        unset: vec![],
+    };
+    let why = s.check(&update("kvm1\0")).unwrap_err().to_string();
+    assert!(why.contains("U+0000"), "{why}");
+    // In a log an older version wrote, it applies as it did.
+    assert_eq!(s.apply(&update("kvm1\0")), Response::Done);
+    assert_eq!(
+        s.objects[&path_of("demo/svc/kvm1")].config.get("container#1", "name"),
+        Some("kvm1\0")
+    );
+}
+
+#[test]
+fn object_configurations_are_bounded_at_creation_and_by_updates() {
+    let mut s = cluster();
+    let path = ObjectPath::parse("demo/cfg/big").unwrap();
+    let mut config = Ini::default();
+    config.set("DEFAULT", "id", &derived_uuid("demo/cfg/big")).unwrap();
+    // Decoded whole (a member's Propose), not parsed: the same bounds as a text.
+    let mut many = config.clone();
+    for i in 0..crate::config::ini::MAX_SECTIONS {
+        many.set(&format!("x#{i}"), "k", "v").unwrap();
+    }
+    let why = s
+        .check(&Command::CreateObject {
+            path: path.clone(),
+            config: many,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("demo/cfg/big") && why.contains("sections"), "{why}");
+    let small = Command::CreateObject {
+        path: path.clone(),
+        config,
+    };
+    s.check(&small).unwrap();
+    assert_eq!(s.apply(&small), Response::Done);
+    // An update whose values each pass may not grow a configuration past 1 MiB.
+    let svc = ObjectPath::parse("demo/svc/grow").unwrap();
+    let c = create("demo/svc/grow", "[DEFAULT]\nnodes = n1 n2\n");
+    assert_eq!(s.apply(&c), Response::Done);
+    let name = "k".repeat(crate::config::kind::MAX_VALUE_BYTES);
+    let mut set = vec![];
+    for i in 0..300 {
+        set.push((
+            ObjectKey::parse(&format!("container#c{i}.type")).unwrap(),
+            "kvm".to_string(),
+        ));
+        set.push((ObjectKey::parse(&format!("container#c{i}.name")).unwrap(), name.clone()));
+    }
+    let grow = |set: Vec<(ObjectKey, String)>| Command::UpdateObject {
+        path: svc.clone(),
+        set,
+        unset: vec![],
+    };
+    let why = s.check(&grow(set.clone())).unwrap_err().to_string();
+    assert!(why.contains("demo/svc/grow") && why.contains("1 MiB"), "{why}");
+    s.check(&grow(set[..200].to_vec())).unwrap();
+}

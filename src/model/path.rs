@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::echo::echo;
 pub use crate::config::keywords::ObjectKind;
 use crate::config::kind::check_name;
 
@@ -26,15 +27,15 @@ pub struct ObjectPath {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("{0:?} is not an object path: expected NAMESPACE/KIND/NAME or NAME")]
+    #[error("{:?} is not an object path: expected NAMESPACE/KIND/NAME or NAME", echo(.0))]
     Shape(String),
-    #[error("{0:?}: unknown kind {1:?} (kinds: svc, vol, cfg, sec, usr)")]
+    #[error("{:?}: unknown kind {:?} (kinds: svc, vol, cfg, sec, usr)", echo(.0), echo(.1))]
     Kind(String, String),
-    #[error("{0:?}: namespace {1:?}: {2}")]
+    #[error("{path:?}: namespace {namespace:?}: {2}", path = echo(.0), namespace = echo(.1))]
     Namespace(String, String, String),
-    #[error("{0:?}: name {1:?}: {2}")]
+    #[error("{path:?}: name {name:?}: {2}", path = echo(.0), name = echo(.1))]
     Name(String, String, String),
-    #[error("{0:?}: the system namespace holds only cfg, sec and usr objects")]
+    #[error("{:?}: the system namespace holds only cfg, sec and usr objects", echo(.0))]
     Reserved(String),
 }
 

@@ -1,6 +1,7 @@
 //! The tutorial's object steps, run with the real `omctl` against three real `omd` (two data
 //! nodes reporting a 5 GiB volume group `data`, and a witness), with output of the
-//! tutorial's shape; then bad input, refused with exit 1, naming the part, committing nothing.
+//! tutorial's shape; then bad input, refused with exit 1, naming the part, committing nothing
+//! (hostile and oversized values included, each error short).
 //! Then DRBD's fence-peer and unfence-peer handlers, run as DRBD runs them.
 
 #[path = "../support/mod.rs"]
@@ -214,6 +215,76 @@ async fn tutorial_object_steps_on_three_nodes() {
             stderr(&out)
         );
     }
+    // Hostile and oversized input: refused the same way, each error short whatever the input
+    // (a whole 16 KiB value in a gRPC error's header broke clients).
+    let conf = |name: &str, text: String| {
+        let f = tmp.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let twice = conf("twice.conf", "[DEFAULT]\n[DEFAULT]\nnodes = n1\n".into());
+    let sections = conf(
+        "sections.conf",
+        (0..50_000).map(|i| format!("[x#{i}]\nk = v\n")).collect(),
+    );
+    let huge = conf("huge.conf", format!("[DEFAULT]\nnodes = {}\n", "n1 ".repeat(400_000)));
+    let long = format!("orchestrate={}", "x".repeat(16 * 1024));
+    let hostile: &[(&[&str], &str)] = &[
+        (
+            &[
+                "cluster",
+                "config",
+                "update",
+                "--set",
+                "migration.uri=tcp://{host}:1\n[evil]\nk = v",
+            ],
+            "one line without control characters",
+        ),
+        (
+            &[
+                "cluster",
+                "config",
+                "update",
+                "--set",
+                "migration.libvirt_uri=qemu+ext:///system?command=/tmp/x",
+            ],
+            "transport \"qemu+ext\" is not allowed",
+        ),
+        (
+            &["cluster", "config", "update", "--set", "migration.uri=exec:/bin/sh"],
+            "only tcp://{host}",
+        ),
+        (
+            &["demo/svc/x", "create", "--config", &twice],
+            "line 2: section [DEFAULT] appears twice",
+        ),
+        (
+            &["demo/svc/x", "create", "--config", &sections],
+            "more than 1024 sections",
+        ),
+        (&["demo/svc/x", "create", "--config", &huge], "1 MiB"),
+        (&["demo/svc/x", "create", "--kw", &long], "(16384 bytes)"),
+        (
+            &[
+                "demo/svc/x",
+                "create",
+                "--kw",
+                "container#1.type=kvm",
+                "--kw",
+                "container#1.name=a\u{1b}[2J",
+            ],
+            "U+001B",
+        ),
+    ];
+    for (args, named) in hostile {
+        let out = omctl(&n2, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{named}: {err}");
+        assert!(err.contains(named), "{named:?} not in {err}");
+        assert!(err.len() < 1024, "{named}: a {} byte error", err.len());
+    }
+    let shown = ok(&n1, &["cluster", "config", "show"]);
+    assert!(!shown.contains("[evil]") && !shown.contains("qemu+ext"), "{shown}");
     assert_eq!(last_log_index(&n1), before, "a refused command reached the log");
 
     // A service from a --config file; keys of a secret changed and removed.

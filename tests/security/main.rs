@@ -5,6 +5,7 @@
 //!   operator token beyond its role; claims changed offline; a token after a key rotation;
 //! - the Raft transport: a member's certificate sending AppendEntries as another leader, a
 //!   Vote with term u64::MAX, a report about another node or with a smuggled ssh key, a
+//!   volume group report beyond any disk, a node address smuggling a DRBD line, a
 //!   client without a certificate, a certificate of another CA, a removed node's certificate;
 //! - joining: a rogue endpoint (a cluster other than the token's) gets nothing, changes
 //!   nothing;
@@ -346,6 +347,25 @@ async fn the_raft_transport_speaks_only_for_the_authenticated_current_member() {
     let reply = raft.propose(message(&smuggled)).await.unwrap().into_inner();
     let reply = String::from_utf8_lossy(&reply.data).to_string();
     assert!(reply.contains("Refused"), "{reply}");
+    // A member's own volume group report beyond any disk, and a node address smuggling a
+    // DRBD line: refused before Raft sees them (`pool list` would sum the report).
+    let huge = Command::ReportVolumeGroups {
+        node_id: 2,
+        vgs: [("data".to_string(), u64::MAX)].into(),
+    };
+    let smuggled_addr = Command::AddNode {
+        name: "n9".into(),
+        addr: "10.0.0.9:1215;\n    address ipv4 6.6.6.6:7789".into(),
+        witness: false,
+        token: None,
+    };
+    for (cmd, why) in [(huge, "BadVolumeGroups"), (smuggled_addr, "BadNodeAddr")] {
+        let reply = raft.propose(message(&cmd)).await.unwrap().into_inner();
+        let reply = String::from_utf8_lossy(&reply.data).to_string();
+        assert!(reply.contains("Refused") && reply.contains(why), "{reply}");
+    }
+    let mon = ok(&nodes[0].server(), &["mon"]);
+    assert!(!mon.contains("n9"), "{mon}");
 
     // Without a certificate, the Raft service answers nothing.
     let mut anonymous = raft_client(&n1_addr, &ca, None).await.unwrap();
