@@ -28,7 +28,7 @@ const MAX_TERM_STEP: u64 = 1 << 32;
 /// The sending node's id and its message.
 fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<(NodeId, T), Status> {
     let from = node_caller(&req)?;
-    let msg = serde_json::from_slice(&req.into_inner().data)
+    let msg = crate::raft::codec::decode(&req.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
     Ok((from, msg))
 }
@@ -56,7 +56,7 @@ impl RaftService {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
-    let data = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+    let data = crate::raft::codec::encode(v).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftMessage { data }))
 }
 

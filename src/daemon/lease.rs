@@ -131,11 +131,11 @@ pub async fn renew(weak: Weak<Node>) {
                 .unwrap_or_else(|_| Err("timed out".into())),
             Source::Leader(_) => {
                 let addr = leader.map(|l| l.1).unwrap_or_default();
-                let me = serde_json::to_vec(&m.id).expect("serialize node id");
+                let me = crate::raft::codec::encode(&m.id).expect("serialize node id");
                 let req = node.node_request(pb::RaftMessage { data: me }, cfg.renew);
                 let call = |ch| async move { pb::raft_client::RaftClient::new(ch).lease(req).await };
                 match node.channels.call(&addr, cfg.renew, call).await {
-                    Ok(reply) => serde_json::from_slice(&reply.data).unwrap_or_else(|e| Err(e.to_string())),
+                    Ok(reply) => crate::raft::codec::decode(&reply.data).unwrap_or_else(|e| Err(e.to_string())),
                     Err(s) => Err(s.message().to_string()),
                 }
             }

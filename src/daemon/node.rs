@@ -304,14 +304,14 @@ impl Node {
             }
         };
         let remote = |_: Arc<Member>, addr: String, _: Instant| {
-            let data = serde_json::to_vec(&cmd).expect("serialize command");
+            let data = crate::raft::codec::encode(&cmd).expect("serialize command");
             let req = self.node_request(pb::RaftMessage { data }, Duration::from_secs(10));
             async move {
                 let call = |ch| async move { pb::raft_client::RaftClient::new(ch).propose(req).await };
                 match self.channels.call(&addr, Duration::from_secs(10), call).await {
                     Ok(reply) => {
-                        let r: Result<(u64, Response), ProposeError> =
-                            serde_json::from_slice(&reply.data).map_err(|e| {
+                        let r: Result<(u64, Response), ProposeError> = crate::raft::codec::decode(&reply.data)
+                            .map_err(|e| {
                                 Attempt::Fail(outcome_unknown(format!(
                                     "undecodable reply from the leader {addr}: {e}"
                                 )))
@@ -358,7 +358,7 @@ impl Node {
                     .call(&addr, Duration::from_secs(5), call)
                     .await
                     .map_err(Attempt::Retry)?;
-                let idx: Result<Option<u64>, String> = serde_json::from_slice(&reply.data)
+                let idx: Result<Option<u64>, String> = crate::raft::codec::decode(&reply.data)
                     .map_err(|e| Attempt::Fail(Status::internal(format!("bad reply from leader: {e}"))))?;
                 let idx = idx.map_err(|e| Attempt::Retry(Status::unavailable(e)))?;
                 let wait = m.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));

@@ -57,11 +57,13 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trust {
     /// The cluster CA's certificate (DER).
+    #[serde(with = "serde_bytes")]
     pub ca: Vec<u8>,
     /// The node holding the CA key and the token signing key: admissions and token minting
     /// are done there.
     pub authority: NodeId,
     /// The public half of the token signing key (Ed25519).
+    #[serde(with = "serde_bytes")]
     pub signing_key: Vec<u8>,
     /// Counts signing keys: a token names the one it was signed with, and only the current
     /// one is accepted (a rotation invalidates every token minted before it).
@@ -140,12 +142,17 @@ pub enum Command {
     NodeCert { node_id: NodeId, fingerprint: String },
     /// The founding node's CA and token signing key (public halves).
     EstablishTrust {
+        #[serde(with = "serde_bytes")]
         ca: Vec<u8>,
         authority: NodeId,
+        #[serde(with = "serde_bytes")]
         signing_key: Vec<u8>,
     },
     /// A new token signing key: every token signed with an older one stops working.
-    RotateSigningKey { signing_key: Vec<u8> },
+    RotateSigningKey {
+        #[serde(with = "serde_bytes")]
+        signing_key: Vec<u8>,
+    },
     /// Revokes a certificate (a client's, by its fingerprint).
     RevokeCert { fingerprint: String },
     /// Forgets a node (its Raft membership is removed separately, before).
@@ -169,6 +176,7 @@ pub enum Command {
     PutKey {
         path: ObjectPath,
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         mode: KeyMode,
     },

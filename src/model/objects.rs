@@ -35,10 +35,28 @@ pub fn drbd_templates() -> ObjectPath {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Object {
     pub config: Ini,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "byte_values")]
     pub keys: BTreeMap<String, Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alloc: Option<Allocation>,
+}
+
+/// Serde for a map of byte strings: each value written as bytes (`serde_bytes`), which a
+/// binary encoding keeps as they are and JSON writes as it always did, an array of numbers.
+mod byte_values {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<String, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k, Bytes::new(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        let map = BTreeMap::<String, ByteBuf>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.into_vec())).collect())
+    }
 }
 
 impl Object {

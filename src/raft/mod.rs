@@ -4,6 +4,7 @@
 //! This module knows openraft and sled; it does not interpret commands (that is `model`) and
 //! it does not decide anything (that is the API and, later, the orchestrator).
 
+pub mod codec;
 pub mod network;
 pub mod store;
 

@@ -295,7 +295,7 @@ impl Peer {
                 );
                 RPCError::Unreachable(Unreachable::new(&e))
             })?;
-            let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let data = crate::raft::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             let mut request = tonic::Request::new(pb::RaftMessage { data });
             let ttl = option.hard_ttl();
             request.set_timeout(ttl);
@@ -329,7 +329,7 @@ impl Peer {
                 Ok(Ok(reply)) => reply.into_inner(),
             };
             let decoded: Result<Resp, RaftError<NodeId, E>> =
-                serde_json::from_slice(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+                crate::raft::codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
         }
         .await;
@@ -387,7 +387,7 @@ mod tests {
             let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
                 Ok(VoteResponse::new(Vote::new(1, 1), None, true));
             Ok(Response::new(RaftMessage {
-                data: serde_json::to_vec(&answer).unwrap(),
+                data: crate::raft::codec::encode(&answer).unwrap(),
             }))
         }
         async fn append_entries(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -529,7 +529,7 @@ mod tests {
         let authority = crate::tls::pki::Authority::ephemeral();
         let channels = Channels::new(Arc::new(authority.test_tls(1)));
         let vote = |ch| async move {
-            let data = serde_json::to_vec(&vote_request()).unwrap();
+            let data = crate::raft::codec::encode(&vote_request()).unwrap();
             pb::raft_client::RaftClient::new(ch)
                 .vote(pb::RaftMessage { data })
                 .await

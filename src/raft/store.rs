@@ -32,8 +32,12 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use super::{codec, Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::model::{ClusterState, Response};
+
+/// The store's format: 1 held JSON records; 2 writes binary ones (`codec`) and reads both.
+pub const FORMAT: u64 = 2;
+const FORMAT_KEY: &str = "format";
 
 /// A node's sled database. Cheap to clone.
 #[derive(Clone)]
@@ -55,7 +59,12 @@ pub enum StoreError {
     #[error("database error")]
     Db(#[from] sled::Error),
     #[error("corrupt record {0:?} in the database")]
-    Corrupt(&'static str, #[source] serde_json::Error),
+    Corrupt(&'static str, #[source] codec::CodecError),
+    #[error(
+        "the database in {0} has store format {1}, written by a newer omraft (this one reads formats 1 to {FORMAT}): \
+         run that version or a newer one"
+    )]
+    Format(PathBuf, u64),
 }
 
 impl Store {
@@ -68,6 +77,16 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| StoreError::Open(path.clone(), e))?;
+        let format = match db.get(FORMAT_KEY)? {
+            None => 1,
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX),
+        };
+        if format > FORMAT {
+            return Err(StoreError::Format(path, format));
+        }
+        if format < FORMAT {
+            db.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+        }
         let file = File::open(path.join("db")).map_err(StoreError::Sync)?;
         let dir_file = File::open(&path).map_err(StoreError::Sync)?;
         Ok(Store {
@@ -109,7 +128,7 @@ impl Store {
         let snapshots = self.tree("snapshot");
         let mut data = SmData::default();
         if let Some(bytes) = snapshots.get("data")? {
-            data = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
+            data = codec::decode(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
         }
         Ok(StateMachine {
             shared: Arc::new(SmShared {
@@ -124,9 +143,7 @@ impl Store {
     /// Reads a value of this node's local (not replicated) identity.
     pub fn local_get<T: for<'de> Deserialize<'de>>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
         match self.tree("local").get(key)? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(key, e))?,
-            )),
+            Some(v) => Ok(Some(codec::decode(&v).map_err(|e| StoreError::Corrupt(key, e))?)),
             None => Ok(None),
         }
     }
@@ -134,7 +151,7 @@ impl Store {
     /// Writes a value of this node's local identity, durably.
     pub fn local_set<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), StoreError> {
         self.tree("local")
-            .insert(key, serde_json::to_vec(value).expect("serialize"))?;
+            .insert(key, codec::encode(value).expect("serialize"))?;
         self.sync().map_err(StoreError::Sync)
     }
 
@@ -171,14 +188,14 @@ pub struct LogStore {
 impl LogStore {
     fn meta_get<T: for<'de> Deserialize<'de>>(&self, k: &str) -> Result<Option<T>, StorageError> {
         match self.meta.get(k).map_err(read_err)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(read_err)?)),
+            Some(v) => Ok(Some(codec::decode(&v).map_err(read_err)?)),
             None => Ok(None),
         }
     }
 
     fn meta_set<T: Serialize>(&self, k: &str, v: &T) -> Result<(), StorageError> {
         self.meta
-            .insert(k, serde_json::to_vec(v).map_err(write_err)?)
+            .insert(k, codec::encode(v).map_err(write_err)?)
             .map_err(write_err)?;
         Ok(())
     }
@@ -206,7 +223,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            out.push(serde_json::from_slice(&v).map_err(read_err)?);
+            out.push(codec::decode(&v).map_err(read_err)?);
         }
         Ok(out)
     }
@@ -218,7 +235,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.meta_get("last_purged")?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(serde_json::from_slice::<Entry>(&v).map_err(read_err)?.log_id),
+            Some((_, v)) => Some(codec::decode::<Entry>(&v).map_err(read_err)?.log_id),
             None => last_purged,
         };
         Ok(LogState {
@@ -256,7 +273,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(&key(entry.log_id.index), serde_json::to_vec(&entry).map_err(write_err)?);
+            batch.insert(&key(entry.log_id.index), codec::encode(&entry).map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
         // Acknowledge only once the entries are on disk.
@@ -340,7 +357,7 @@ impl StateMachine {
     }
 
     fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
-        let meta_bytes = serde_json::to_vec(meta).map_err(Self::snapshot_err)?;
+        let meta_bytes = codec::encode(meta).map_err(Self::snapshot_err)?;
         let mut batch = sled::Batch::default();
         batch.insert("meta", meta_bytes);
         batch.insert("data", data);
@@ -354,7 +371,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // Copy under the lock, serialize outside it: applying goes on meanwhile.
         let data = self.read(SmData::clone);
         let (last_applied, membership) = (data.last_applied, data.membership.clone());
-        let bytes = serde_json::to_vec(&data).map_err(Self::snapshot_err)?;
+        let bytes = codec::encode(&data).map_err(Self::snapshot_err)?;
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
@@ -436,7 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let mut new: SmData =
-            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.persist_snapshot(meta, &bytes)?;
@@ -455,7 +472,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, BasicNode> =
-            serde_json::from_slice(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            codec::decode(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data.to_vec())),
@@ -466,6 +483,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_store_of_json_records_reads_and_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |index| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        };
+        {
+            // What format 1 wrote: JSON records and no format key.
+            let db = sled::open(dir.path().join("raft.sled")).unwrap();
+            let log = db.open_tree("log").unwrap();
+            log.insert(key(1), serde_json::to_vec(&entry(1)).unwrap()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let mut logs = store.log_store();
+        assert_eq!(logs.try_get_log_entries(1..2).await.unwrap(), vec![entry(1)]);
+        let binary = codec::encode(&entry(2)).unwrap();
+        logs.log.insert(key(2), binary).unwrap();
+        assert_eq!(logs.try_get_log_entries(1..3).await.unwrap(), vec![entry(1), entry(2)]);
+        store.db.insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes()).unwrap();
+        store.db.flush().unwrap();
+        drop((logs, store));
+        let refused = Store::open(dir.path())
+            .err()
+            .expect("a newer format refused")
+            .to_string();
+        assert!(
+            refused.contains("store format 3") && refused.contains("newer omraft"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_panic_while_the_state_is_held_does_not_make_readers_panic() {
