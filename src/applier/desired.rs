@@ -79,6 +79,8 @@ fn host(addr: &str) -> &str {
 /// be worked out (a template that does not render): those resources are left alone.
 /// Without a valid lease (`leased` false) the node holds nothing: it is fenced.
 /// `may_take`: the node may promote and start guests (its watchdog is armed, or it has none).
+/// `read` then `Unrendered::render`; the applier's loop calls them apart, so that no
+/// template renders under the state's lock.
 pub fn desired(
     state: &ClusterState,
     me: NodeId,
@@ -86,9 +88,62 @@ pub fn desired(
     leased: bool,
     may_take: bool,
 ) -> (Desired, BTreeMap<String, String>) {
+    read(state, me, path, leased, may_take).render()
+}
+
+/// The desired state as read from the state, its DRBD resource files not yet rendered.
+pub struct Unrendered {
+    desired: Desired,
+    volumes: Vec<(DesiredVolume, Option<ToRender>)>,
+}
+
+/// A DRBD resource file to render: the template (or why there is none) and its data.
+struct ToRender {
+    template: Result<String, String>,
+    resource: String,
+    minor: u32,
+    data: TemplateData,
+}
+
+impl Unrendered {
+    /// Renders the DRBD resource files (each within `render::Budget::DEFAULT`), leaving out
+    /// the volumes whose file cannot be made, with why.
+    pub fn render(self) -> (Desired, BTreeMap<String, String>) {
+        let mut out = self.desired;
+        let mut errors = BTreeMap::new();
+        for (mut volume, to_render) in self.volumes {
+            if let Some(r) = to_render {
+                let rendered = match (r.template, omctl()) {
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(format!("omctl for the DRBD handlers: {e}")),
+                    (Ok(t), Ok(omctl)) => render::render_with(&t, &r.data, omctl).map_err(|e| e.to_string()),
+                };
+                match rendered.and_then(|c| render::check(&c, &r.data).map(|_| c).map_err(|e| e.to_string())) {
+                    Ok(config) => {
+                        volume.drbd = Some(DesiredDrbd {
+                            resource: r.resource,
+                            minor: r.minor,
+                            config,
+                            data: r.data,
+                        })
+                    }
+                    Err(e) => {
+                        errors.insert(volume.rid, format!("DRBD resource file: {e}"));
+                        continue;
+                    }
+                }
+            }
+            out.volumes.push(volume);
+        }
+        (out, errors)
+    }
+}
+
+/// `desired`'s reading of the state: cheap, and renders nothing.
+pub fn read(state: &ClusterState, me: NodeId, path: &ObjectPath, leased: bool, may_take: bool) -> Unrendered {
     let key = path.to_string();
     let svc = state.services.get(&key).cloned().unwrap_or_default();
-    let mut errors = BTreeMap::new();
+    let mut volumes = vec![];
     // The source of a switch in phase Stopping releases the service it still holds.
     let stopping = svc
         .migration
@@ -124,7 +179,7 @@ pub fn desired(
             }),
     };
     let Some(obj) = state.objects.get(&key) else {
-        return (out, errors);
+        return Unrendered { desired: out, volumes };
     };
     for section in obj.config.sections_of("container") {
         let eval = |kw: &str| state.eval(path, &obj.config, &section.name, kw, None).ok().flatten();
@@ -152,19 +207,22 @@ pub fn desired(
         if !alloc.nodes.contains(&me) {
             continue;
         }
-        let drbd = match &alloc.drbd {
-            None => None,
-            Some(d) => {
-                let pool = state.config.get(&format!("pool#{}", alloc.pool));
-                let template = match pool.and_then(|p| p.get("template")) {
-                    None => Some(BUILTIN_TEMPLATE.to_string()),
-                    Some(t) => state
-                        .objects
-                        .get(DRBD_TEMPLATES)
-                        .and_then(|o| o.keys.get(t))
-                        .and_then(|b| String::from_utf8(b.clone()).ok()),
-                };
-                let data = TemplateData {
+        let to_render = alloc.drbd.as_ref().map(|d| {
+            let pool = state.config.get(&format!("pool#{}", alloc.pool));
+            let template = match pool.and_then(|p| p.get("template")) {
+                None => Some(BUILTIN_TEMPLATE.to_string()),
+                Some(t) => state
+                    .objects
+                    .get(DRBD_TEMPLATES)
+                    .and_then(|o| o.keys.get(t))
+                    .and_then(|b| String::from_utf8(b.clone()).ok()),
+            };
+            ToRender {
+                template: template
+                    .ok_or_else(|| "the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
+                resource: alloc.lv.clone(),
+                minor: d.minor,
+                data: TemplateData {
                     name: alloc.lv.clone(),
                     nodes: d
                         .node_ids
@@ -180,36 +238,20 @@ pub fn desired(
                             })
                         })
                         .collect(),
-                };
-                let rendered = match (template, omctl()) {
-                    (None, _) => Err("the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
-                    (_, Err(e)) => Err(format!("omctl for the DRBD handlers: {e}")),
-                    (Some(t), Ok(omctl)) => render::render_with(&t, &data, omctl).map_err(|e| e.to_string()),
-                };
-                match rendered.and_then(|c| render::check(&c, &data).map(|_| c).map_err(|e| e.to_string())) {
-                    Ok(config) => Some(DesiredDrbd {
-                        resource: alloc.lv.clone(),
-                        minor: d.minor,
-                        config,
-                        data,
-                    }),
-                    Err(e) => {
-                        errors.insert(section.name.clone(), format!("DRBD resource file: {e}"));
-                        continue;
-                    }
-                }
+                },
             }
-        };
-        out.volumes.push(DesiredVolume {
+        });
+        let volume = DesiredVolume {
             rid: section.name.clone(),
             volume: vol_key,
             vg: alloc.vg.clone(),
             lv: alloc.lv.clone(),
             size: alloc.size,
-            drbd,
-        });
+            drbd: None,
+        };
+        volumes.push((volume, to_render));
     }
-    (out, errors)
+    Unrendered { desired: out, volumes }
 }
 
 #[cfg(test)]
