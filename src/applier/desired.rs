@@ -254,6 +254,39 @@ pub fn read(state: &ClusterState, me: NodeId, path: &ObjectPath, leased: bool, m
     Unrendered { desired: out, volumes }
 }
 
+/// The data a DRBD template is rendered with when it is written (by the API, within the
+/// same budget): a resource named as the cluster names volumes, on every data node of the
+/// cluster (the most any resource can have), at least two (then `node1`, `node2`).
+pub fn sample(state: &ClusterState) -> TemplateData {
+    let lv = crate::model::objects::DrbdResource {
+        name: "sample".into(),
+        namespace: "system".into(),
+        cluster: state.cluster_name(),
+    }
+    .to_string();
+    let mut hosts: Vec<(String, String)> = state
+        .nodes
+        .values()
+        .filter(|n| !n.witness)
+        .map(|n| (n.name.clone(), host(&n.addr).to_string()))
+        .collect();
+    for i in hosts.len()..2 {
+        hosts.push((format!("node{}", i + 1), format!("192.0.2.{}", i + 1)));
+    }
+    let nodes = hosts
+        .into_iter()
+        .zip(0..)
+        .map(|((name, host), node_id)| TemplateNode {
+            name,
+            addr: format!("ipv4 {host}:{}", crate::model::objects::DRBD_BASE_PORT),
+            device: "/dev/drbd0".into(),
+            disk: format!("/dev/data/{lv}"),
+            node_id,
+        })
+        .collect();
+    TemplateData { name: lv, nodes }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +319,47 @@ mod tests {
         let t = migration_target(&s, "n2", "10.0.0.2");
         assert_eq!(t.libvirt_uri, "qemu+ssh://root@10.0.0.2/system");
         assert_eq!(t.migration_uri.as_deref(), Some("tcp://10.0.0.2:49152"));
+    }
+
+    #[test]
+    fn templates_are_checked_on_every_data_node_or_two() {
+        let mut s = ClusterState::default();
+        let two = sample(&s);
+        assert_eq!(
+            two.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["node1", "node2"]
+        );
+        let add = |s: &mut ClusterState, id, name: &str, witness| {
+            let info = crate::model::NodeInfo {
+                name: name.into(),
+                addr: format!("10.0.0.{id}:1215"),
+                witness,
+                watchdog: false,
+                ssh_key: None,
+                cert: None,
+            };
+            s.nodes.insert(id, info);
+        };
+        for (id, name) in [(1, "n1"), (2, "n2"), (3, "n3")] {
+            add(&mut s, id, name, false);
+        }
+        add(&mut s, 4, "w", true);
+        let d = sample(&s);
+        assert_eq!(d.name, format!("sample.system.vol.{}", s.cluster_name()));
+        let nodes: Vec<_> = d
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.addr.as_str(), n.node_id))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("n1", "ipv4 10.0.0.1:7289", 0),
+                ("n2", "ipv4 10.0.0.2:7289", 1),
+                ("n3", "ipv4 10.0.0.3:7289", 2)
+            ]
+        );
+        render::check(&render::render(BUILTIN_TEMPLATE, &d).unwrap(), &d).unwrap();
     }
 
     #[test]
