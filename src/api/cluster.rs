@@ -220,6 +220,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let req = req.into_inner();
         let set: Vec<(String, String)> = req.set.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let (set, unset) = catalog::parse_update(&set, &req.unset).map_err(invalid)?;
+        self.check_pool_templates(&set).await?;
         self.commit(Command::UpdateConfig { set, unset }).await
     }
 

@@ -9,6 +9,7 @@ mod objects;
 mod raft;
 mod server;
 mod status;
+mod templates;
 
 pub use server::{serve, Listeners};
 

@@ -285,8 +285,10 @@ impl ClusterService {
         authorize(&req, Access::Operate)?;
         let req = req.into_inner();
         let mode = if req.change { KeyMode::Change } else { KeyMode::Add };
+        let p = path(&req.path)?;
+        self.check_key_template(&p, &req.name, &req.value).await?;
         let cmd = Command::PutKey {
-            path: path(&req.path)?,
+            path: p,
             key: req.name,
             value: req.value,
             mode,

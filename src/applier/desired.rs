@@ -95,6 +95,8 @@ fn host(addr: &str) -> &str {
 /// be worked out (a template that does not render): those resources are left alone.
 /// Without a valid lease (`leased` false) the node holds nothing: it is fenced.
 /// `may_take`: the node may promote and start guests (its watchdog is armed, or it has none).
+/// `read` then `Unrendered::render`; the applier's loop calls them apart, so that no
+/// template renders under the state's lock.
 pub fn desired(
     state: &ClusterState,
     me: NodeId,
@@ -102,8 +104,61 @@ pub fn desired(
     leased: bool,
     may_take: bool,
 ) -> (Desired, BTreeMap<String, String>) {
+    read(state, me, path, leased, may_take).render()
+}
+
+/// The desired state as read from the state, its DRBD resource files not yet rendered.
+pub struct Unrendered {
+    desired: Desired,
+    volumes: Vec<(DesiredVolume, Option<ToRender>)>,
+}
+
+/// A DRBD resource file to render: the template (or why there is none) and its data.
+struct ToRender {
+    template: Result<String, String>,
+    resource: String,
+    minor: u32,
+    data: TemplateData,
+}
+
+impl Unrendered {
+    /// Renders the DRBD resource files (each within `render::Budget::DEFAULT`), leaving out
+    /// the volumes whose file cannot be made, with why.
+    pub fn render(self) -> (Desired, BTreeMap<String, String>) {
+        let mut out = self.desired;
+        let mut errors = BTreeMap::new();
+        for (mut volume, to_render) in self.volumes {
+            if let Some(r) = to_render {
+                let rendered = match (r.template, omctl()) {
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(format!("omctl for the DRBD handlers: {e}")),
+                    (Ok(t), Ok(omctl)) => render::render_with(&t, &r.data, omctl).map_err(|e| e.to_string()),
+                };
+                match rendered.and_then(|c| render::check(&c, &r.data).map(|_| c).map_err(|e| e.to_string())) {
+                    Ok(config) => {
+                        volume.drbd = Some(DesiredDrbd {
+                            resource: r.resource,
+                            minor: r.minor,
+                            config,
+                            data: r.data,
+                        })
+                    }
+                    Err(e) => {
+                        errors.insert(volume.rid, format!("DRBD resource file: {e}"));
+                        continue;
+                    }
+                }
+            }
+            out.volumes.push(volume);
+        }
+        (out, errors)
+    }
+}
+
+/// `desired`'s reading of the state: cheap, and renders nothing.
+pub fn read(state: &ClusterState, me: NodeId, path: &ObjectPath, leased: bool, may_take: bool) -> Unrendered {
     let svc = state.services.get(path).cloned().unwrap_or_default();
-    let mut errors = BTreeMap::new();
+    let mut volumes = vec![];
     // The source of a switch in phase Stopping releases the service it still holds.
     let stopping = svc
         .migration
@@ -140,7 +195,7 @@ pub fn desired(
             }),
     };
     let Some(obj) = state.objects.get(path) else {
-        return (out, errors);
+        return Unrendered { desired: out, volumes };
     };
     for section in obj.config.sections_of("container") {
         let eval = |kw: &str| state.eval(path, &obj.config, &section.name, kw, None).ok().flatten();
@@ -168,19 +223,22 @@ pub fn desired(
         if !alloc.nodes.contains(&me) {
             continue;
         }
-        let drbd = match &alloc.drbd {
-            None => None,
-            Some(d) => {
-                let pool = state.config.get(&format!("pool#{}", alloc.pool));
-                let template = match pool.and_then(|p| p.get("template")) {
-                    None => Some(BUILTIN_TEMPLATE.to_string()),
-                    Some(t) => state
-                        .objects
-                        .get(&drbd_templates())
-                        .and_then(|o| o.keys.get(t))
-                        .and_then(|b| String::from_utf8(b.clone()).ok()),
-                };
-                let data = TemplateData {
+        let to_render = alloc.drbd.as_ref().map(|d| {
+            let pool = state.config.get(&format!("pool#{}", alloc.pool));
+            let template = match pool.and_then(|p| p.get("template")) {
+                None => Some(BUILTIN_TEMPLATE.to_string()),
+                Some(t) => state
+                    .objects
+                    .get(&drbd_templates())
+                    .and_then(|o| o.keys.get(t))
+                    .and_then(|b| String::from_utf8(b.clone()).ok()),
+            };
+            ToRender {
+                template: template
+                    .ok_or_else(|| "the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
+                resource: alloc.lv.clone(),
+                minor: d.minor,
+                data: TemplateData {
                     name: alloc.lv.clone(),
                     nodes: d
                         .node_ids
@@ -196,36 +254,53 @@ pub fn desired(
                             })
                         })
                         .collect(),
-                };
-                let rendered = match (template, omctl()) {
-                    (None, _) => Err("the pool's template is missing from system/cfg/drbd or not UTF-8".to_string()),
-                    (_, Err(e)) => Err(format!("omctl for the DRBD handlers: {e}")),
-                    (Some(t), Ok(omctl)) => render::render_with(&t, &data, omctl).map_err(|e| e.to_string()),
-                };
-                match rendered.and_then(|c| render::check(&c, &data).map(|_| c).map_err(|e| e.to_string())) {
-                    Ok(config) => Some(DesiredDrbd {
-                        resource: alloc.lv.clone(),
-                        minor: d.minor,
-                        config,
-                        data,
-                    }),
-                    Err(e) => {
-                        errors.insert(section.name.clone(), format!("DRBD resource file: {e}"));
-                        continue;
-                    }
-                }
+                },
             }
-        };
-        out.volumes.push(DesiredVolume {
+        });
+        let volume = DesiredVolume {
             rid: section.name.clone(),
             volume: vol.to_string(),
             vg: alloc.vg.clone(),
             lv: alloc.lv.clone(),
             size: alloc.size,
-            drbd,
-        });
+            drbd: None,
+        };
+        volumes.push((volume, to_render));
     }
-    (out, errors)
+    Unrendered { desired: out, volumes }
+}
+
+/// The data a DRBD template is rendered with when it is written (by the API, within the
+/// same budget): a resource named as the cluster names volumes, on every data node of the
+/// cluster (the most any resource can have), at least two (then `node1`, `node2`).
+pub fn sample(state: &ClusterState) -> TemplateData {
+    let lv = crate::model::objects::DrbdResource {
+        name: "sample".into(),
+        namespace: "system".into(),
+        cluster: state.cluster_name(),
+    }
+    .to_string();
+    let mut hosts: Vec<(String, String)> = state
+        .nodes
+        .values()
+        .filter(|n| !n.witness)
+        .map(|n| (n.name.clone(), host(&n.addr).to_string()))
+        .collect();
+    for i in hosts.len()..2 {
+        hosts.push((format!("node{}", i + 1), format!("192.0.2.{}", i + 1)));
+    }
+    let nodes = hosts
+        .into_iter()
+        .zip(0..)
+        .map(|((name, host), node_id)| TemplateNode {
+            name,
+            addr: format!("ipv4 {host}:{}", crate::model::objects::DRBD_BASE_PORT),
+            device: "/dev/drbd0".into(),
+            disk: format!("/dev/data/{lv}"),
+            node_id,
+        })
+        .collect();
+    TemplateData { name: lv, nodes }
 }
 
 #[cfg(test)]
@@ -287,6 +362,47 @@ mod tests {
         });
         assert_eq!(r, crate::model::Response::Done);
         assert!(unusable_migration_uris(&s).unwrap().contains("migration.uri"));
+    }
+
+    #[test]
+    fn templates_are_checked_on_every_data_node_or_two() {
+        let mut s = ClusterState::default();
+        let two = sample(&s);
+        assert_eq!(
+            two.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["node1", "node2"]
+        );
+        let add = |s: &mut ClusterState, id, name: &str, witness| {
+            let info = crate::model::NodeInfo {
+                name: name.into(),
+                addr: format!("10.0.0.{id}:1215"),
+                witness,
+                watchdog: false,
+                ssh_key: None,
+                cert: None,
+            };
+            s.nodes.insert(id, info);
+        };
+        for (id, name) in [(1, "n1"), (2, "n2"), (3, "n3")] {
+            add(&mut s, id, name, false);
+        }
+        add(&mut s, 4, "w", true);
+        let d = sample(&s);
+        assert_eq!(d.name, format!("sample.system.vol.{}", s.cluster_name()));
+        let nodes: Vec<_> = d
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.addr.as_str(), n.node_id))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("n1", "ipv4 10.0.0.1:7289", 0),
+                ("n2", "ipv4 10.0.0.2:7289", 1),
+                ("n3", "ipv4 10.0.0.3:7289", 2)
+            ]
+        );
+        render::check(&render::render(BUILTIN_TEMPLATE, &d).unwrap(), &d).unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::desired::desired;
+use super::desired::{self, Unrendered};
 use super::migration::{self, Act};
 use super::plan::{plan, report, Desired, Observed, Step};
 use crate::drivers::hypervisor::DomainState;
@@ -435,24 +435,25 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
         };
         let leased = host.lease_valid();
         let may_take = host.may_take();
-        #[allow(clippy::type_complexity)]
-        let (me, work): (NodeId, Vec<(ObjectPath, Desired, BTreeMap<String, String>)>) = host.read(|me, state| {
+        // Only read under the state's lock; the DRBD files render below, off the async workers.
+        let (me, work): (NodeId, Vec<(ObjectPath, Unrendered)>) = host.read(|me, state| {
             let work = services(state, me, &sent)
                 .into_iter()
                 .map(|p| {
-                    let (want, errors) = desired(state, me, &p, leased, may_take);
-                    (p, want, errors)
+                    let read = desired::read(state, me, &p, leased, may_take);
+                    (p, read)
                 })
                 .collect();
             (me, work)
         });
         let mut pending: Vec<(Option<ObjectPath>, Command)> = Vec::new();
         let mut holding = false;
-        for (path, want, render_errors) in work {
+        for (path, unrendered) in work {
             let mut retry = retries.remove(&path).unwrap_or_default();
             let d = drivers.clone();
             let p = path.clone();
             let (done, retry_back) = tokio::task::spawn_blocking(move || {
+                let (want, render_errors) = unrendered.render();
                 let done = pass(&d, &p, &want, render_errors, &mut retry, Instant::now());
                 (done, retry)
             })

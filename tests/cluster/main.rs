@@ -415,6 +415,100 @@ async fn unknown_keyword_or_bad_value_commits_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drbd_template_over_budget_is_refused_and_never_reaches_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n1 = start(
+        "n1",
+        &tmp.path().join("n1"),
+        &format!("127.0.0.1:{}", free_port()),
+        5000,
+    )
+    .await;
+    let mut c = n1.client().await;
+    wait_leader(&c, 1).await;
+    let cfg = "system/cfg/drbd";
+    c.object_create(pb::ObjectCreateRequest {
+        path: cfg.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let node = n1.node.clone().unwrap();
+    let index = || node.member().raft.metrics().borrow().last_log_index;
+    let put = |name: &str, value: &str, change: bool| pb::KeyPutRequest {
+        path: cfg.into(),
+        name: name.into(),
+        value: value.as_bytes().to_vec(),
+        change,
+    };
+    let before = index();
+    let flood = format!("{{{{range 1000000}}}}{}\n{{{{end}}}}", "x".repeat(99));
+    let refused = [
+        (put("bomb", &doubling_template(), false), "more than 100000 steps"),
+        (put("flood", &flood, false), "more than 65536 bytes of output"),
+    ];
+    for (req, why) in refused {
+        let err = c
+            .key_put(req.clone())
+            .await
+            .expect_err("a template over budget was accepted");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        let named = format!("{cfg}: key {:?}: the template is over budget: {why}", req.name);
+        assert!(
+            err.message().starts_with(&named),
+            "{named:?} not in {:?}",
+            err.message()
+        );
+    }
+    let keys = c.key_list(pb::ObjectRef { path: cfg.into() }).await.unwrap();
+    assert!(keys.into_inner().names.is_empty());
+    assert_eq!(index(), before, "a refused template reached the log");
+
+    // A template that fits is written; changing it into one over budget leaves it as it was.
+    c.key_put(put("good", TUTORIAL_TEMPLATE, false)).await.unwrap();
+    let before = index();
+    let err = c.key_put(put("good", &doubling_template(), true)).await.unwrap_err();
+    assert!(err.message().contains("steps"), "{err:?}");
+    assert_eq!(index(), before, "a refused change reached the log");
+    let decoded = c
+        .key_decode(pb::KeyRequest {
+            path: cfg.into(),
+            name: "good".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .value;
+    assert_eq!(decoded, TUTORIAL_TEMPLATE.as_bytes());
+
+    // A key an older version wrote without rendering it (straight into the log here): a pool
+    // naming it is refused, and nothing reaches the log.
+    let old = omraft::model::Command::PutKey {
+        path: omraft::model::ObjectPath::parse(cfg).unwrap(),
+        key: "old".into(),
+        value: doubling_template().into_bytes(),
+        mode: omraft::model::KeyMode::Add,
+    };
+    let (_, applied) = node.write(old).await.unwrap();
+    assert_eq!(applied, omraft::model::Response::Done);
+    let before = index();
+    let pool = |t: &str| set(&[("pool#p.type", "drbd"), ("pool#p.vg", "data"), ("pool#p.template", t)]);
+    let err = c.config_update(pool("old")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let named =
+        format!("pool#p.template=old: key \"old\" of {cfg}: the template is over budget: more than 100000 steps");
+    assert!(
+        err.message().starts_with(&named),
+        "{named:?} not in {:?}",
+        err.message()
+    );
+    assert_eq!(index(), before, "a refused pool reached the log");
+    assert!(!node.read(|d| d.state.config.contains_key("pool#p")));
+    c.config_update(pool("good")).await.unwrap();
+    n1.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removed_node_leaves_membership_and_state_and_its_name_can_rejoin_with_a_new_id() {
     let mut cluster = Cluster::three(5000).await;
     let mut c1 = cluster.nodes[0].client().await;

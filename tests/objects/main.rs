@@ -149,7 +149,25 @@ async fn tutorial_object_steps_on_three_nodes() {
 
     // Bad input: refused with exit 1, naming the part; nothing reaches the log.
     let before = last_log_index(&n1);
+    let bomb = doubling_template();
+    let flood = format!("{{{{range 1000000}}}}{}\n{{{{end}}}}", "x".repeat(99));
     let bad: &[(&[&str], &str)] = &[
+        (
+            &["system/cfg/drbd", "key", "add", "--name", "bomb", "--value", &bomb],
+            "key \"bomb\": the template is over budget: more than 100000 steps",
+        ),
+        (
+            &[
+                "system/cfg/drbd",
+                "key",
+                "change",
+                "--name",
+                "live-migration",
+                "--value",
+                &flood,
+            ],
+            "over budget: more than 65536 bytes of output",
+        ),
         (&["demo/svc/x", "create", "--kw", "disk#1.type=lv"], "[disk#1]"),
         (&["demo/svc/x", "create", "--kw", "volume#data.sise=1G"], "\"sise\""),
         (&["demo/svc/x", "create", "--kw", "orchestrate=always"], "orchestrate"),

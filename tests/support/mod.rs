@@ -136,6 +136,17 @@ pub const TUTORIAL_TEMPLATE: &str = "resource {{.Name}} {
 }
 ";
 
+/// A DRBD template of 40 defines, each calling the one before twice: 2^40 template calls,
+/// writing nothing. Such a template kept a node busy for good before rendering had a budget.
+pub fn doubling_template() -> String {
+    let mut t = String::from("{{define \"d0\"}}{{end}}");
+    for i in 1..=40 {
+        let p = i - 1;
+        t += &format!("{{{{define \"d{i}\"}}}}{{{{template \"d{p}\" .}}}}{{{{template \"d{p}\" .}}}}{{{{end}}}}");
+    }
+    t + "resource {{.Name}} {\n{{template \"d40\" .}}}\n"
+}
+
 /// The tutorial's guest as the simulated hypervisor runs it: its disk the service's DRBD device.
 pub const KVM1_XML: &str =
     "<domain><name>kvm1</name><devices><disk><source dev='/dev/drbd0'/></disk></devices></domain>";

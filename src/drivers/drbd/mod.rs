@@ -1,5 +1,7 @@
-//! DRBD 9: resource files (render), the commands (commands), and what DRBD reports (status).
+//! DRBD 9: resource files (render, within the bounds of budget), the commands (commands), and
+//! what DRBD reports (status).
 
+pub mod budget;
 pub mod commands;
 pub mod render;
 pub mod status;

@@ -1,9 +1,13 @@
 //! DRBD resource files: rendered from a Go `text/template` (a pool's template from
-//! `system/cfg/drbd`, or the built-in one) and checked before they are written anywhere.
+//! `system/cfg/drbd`, or the built-in one), within the budget of `budget.rs`, and checked
+//! before they are written anywhere.
 
 use std::path::Path;
 
 use serde::Serialize;
+
+use super::budget::{self, Failure};
+pub use super::budget::{Budget, Exceeded};
 
 /// What a template sees: `.Name` and `.Nodes`, each with `.Name`, `.Addr`, `.Device`,
 /// `.Disk`, `.NodeId`, as in the tutorial's template; `render_with` adds `.Omctl`.
@@ -65,6 +69,8 @@ pub const BUILTIN_TEMPLATE: &str = r#"resource {{.Name}} {
 pub enum RenderError {
     #[error("template: {0}")]
     Template(String),
+    #[error("the template is over budget: {0}")]
+    OverBudget(#[from] Exceeded),
     #[error("the rendered file is refused: {0}")]
     Invalid(String),
     #[error("drbdadm refused the rendered file: {0}")]
@@ -88,7 +94,8 @@ struct WithOmctl<'a> {
 }
 
 /// Renders `template` for `data` exactly as Go's `text/template` would, with `.Omctl` set to
-/// `DEFAULT_OMCTL`; a key the template uses and the data lacks is an error, not an empty string.
+/// `DEFAULT_OMCTL`, within `Budget::DEFAULT`; a key the template uses and the data lacks is
+/// an error, not an empty string.
 pub fn render(template: &str, data: &TemplateData) -> Result<String, RenderError> {
     render_with(template, data, DEFAULT_OMCTL)
 }
@@ -96,12 +103,22 @@ pub fn render(template: &str, data: &TemplateData) -> Result<String, RenderError
 /// `render`, with `.Omctl` set to `omctl` (an absolute path, quoted for the shell if it must
 /// be: see `shell_word`).
 pub fn render_with(template: &str, data: &TemplateData, omctl: &str) -> Result<String, RenderError> {
+    render_within(template, data, omctl, Budget::DEFAULT)
+}
+
+/// `render_with` within `budget`: over it, `RenderError::OverBudget` says which budget and
+/// how far the rendering got.
+pub fn render_within(template: &str, data: &TemplateData, omctl: &str, budget: Budget) -> Result<String, RenderError> {
+    const ROOT: &str = "drbd";
     let value = gotmpl::to_value(&WithOmctl { data, omctl }).map_err(|e| RenderError::Template(e.to_string()))?;
-    gotmpl::Template::new("drbd")
+    let parsed = gotmpl::Template::new(ROOT)
         .missing_key(gotmpl::MissingKey::Error)
         .parse(template)
-        .and_then(|t| t.execute_to_string(&value))
-        .map_err(|e| RenderError::Template(e.to_string()))
+        .map_err(|e| RenderError::Template(e.to_string()))?;
+    budget::execute(parsed, ROOT, &value, budget).map_err(|e| match e {
+        Failure::Exceeded(why) => RenderError::OverBudget(why),
+        Failure::Template(e) => RenderError::Template(e.to_string()),
+    })
 }
 
 /// `path` as one word for `/bin/sh -c` inside a DRBD handler string (`"..."`): as is when
@@ -340,6 +357,38 @@ mod tests {
         let file = dir.path().join("disk.res");
         std::fs::write(&file, &text).unwrap();
         assert!(check_with_drbdadm(drbdadm, &file, N1).is_err(), "{text}");
+    }
+
+    #[test]
+    fn the_budget_changes_nothing_of_what_a_template_renders() {
+        let data = tutorial();
+        let value = gotmpl::to_value(&WithOmctl {
+            data: &data,
+            omctl: DEFAULT_OMCTL,
+        })
+        .unwrap();
+        let plain = |t: &str| {
+            gotmpl::Template::new("drbd")
+                .missing_key(gotmpl::MissingKey::Error)
+                .parse(t)
+                .and_then(|t| t.execute_to_string(&value))
+                .unwrap()
+        };
+        let templates = [
+            BUILTIN_TEMPLATE,
+            LIVE_MIGRATION,
+            "{{define \"on\"}}on {{.Name}} { node-id {{.NodeId}}; }{{end}}resource {{.Name}} {\n\
+             {{- range $i, $n := .Nodes}}{{if $i}},{{end}} {{template \"on\" $n}}{{else}}none{{end}}\n\
+             {{with index .Nodes 1}}{{.Addr}}{{end}} {{block \"tail\" .}}{{len .Nodes}}{{end}}\n\
+             {{range .Nodes}}{{if eq .Name \"n1\"}}{{continue}}{{end}}{{.Name}}{{break}}{{end}}\n\
+             {{$x := printf \"%s:%d\" .Name 7}}{{$x}} {{print 1 2 \"a\"}}{{println .Omctl}}\
+             {{html \"<a>\"}} {{js \"'\"}} {{urlquery \"a b\"}} {{printf \"%q %v\" .Name nil}}\n}\n",
+            "   \n",
+            "",
+        ];
+        for t in templates {
+            assert_eq!(render(t, &data).unwrap(), plain(t), "{t}");
+        }
     }
 
     #[test]
