@@ -10,37 +10,10 @@ use std::path::{Path, PathBuf};
 
 use support::omd::*;
 
-/// Three daemons on the simulated drivers in `DIR/sim`, and pool `drbdvm` (drbd on `data`).
-async fn sim_cluster(tmp: &Path) -> (Vec<Omd>, PathBuf) {
-    let sim = tmp.join("sim");
-    let nodes = three_with(tmp, &["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()]).await;
-    ok(
-        &nodes[0].server(),
-        &[
-            "cluster",
-            "config",
-            "update",
-            "--set",
-            "pool#drbdvm.type=drbd",
-            "--set",
-            "pool#drbdvm.vg=data",
-        ],
-    );
-    (nodes, sim)
-}
-
-/// Runs omctl until it succeeds: what allocates a volume waits for the nodes' VG reports.
-async fn until_ok(server: &str, args: &[&str]) {
-    support::eventually(20, "the nodes' volume group reports", || async {
-        omctl(server, args).status.success().then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (nodes, sim) = sim_cluster(tmp.path()).await;
+    let (nodes, sim) = sim_cluster(tmp.path(), &[]).await;
     let (n1, n2) = (nodes[0].server(), nodes[1].server());
     ok(&n1, &["cluster", "config", "update", "--set", "cluster.name=drbd4kvm"]);
 
@@ -290,7 +263,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_commands_and_bad_templates_show_as_warnings_and_touch_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (nodes, sim) = sim_cluster(tmp.path()).await;
+    let (nodes, sim) = sim_cluster(tmp.path(), &[]).await;
     let n1 = nodes[0].server();
     // A template that renders, but not into a resource file our checks accept.
     ok(&n1, &["system/cfg/drbd", "create"]);
@@ -424,7 +397,7 @@ fn mon_row(mon: &str, frame: &str, label: &str) -> std::collections::BTreeMap<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut nodes, sim) = sim_cluster(tmp.path()).await;
+    let (mut nodes, sim) = sim_cluster(tmp.path(), &[]).await;
     let n1 = nodes[0].server();
 
     let vol = ["--kw", "volume#data.size=1G", "--kw", "volume#data.shared=true"];
@@ -515,7 +488,7 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
 /// Three daemons with the simulated drivers and an `orchestrate=ha` service whose guest runs
 /// on n1 (n1 is also the Raft leader); `running_on(node)` tells whether the guest runs there.
 async fn guest_on_n1(tmp: &Path) -> (Vec<Omd>, PathBuf) {
-    let (nodes, sim) = sim_cluster(tmp).await;
+    let (nodes, sim) = sim_cluster(tmp, &[]).await;
     let (n1, n2) = (nodes[0].server(), nodes[1].server());
     let vol = [
         "--kw",

@@ -68,41 +68,10 @@ async fn a_flood_of_connections_and_bodies_costs_the_node_neither_its_lease_nor_
     // it themselves. Then this process raises its own for the flood.
     own_file_limit(Some(1024));
     let tmp = tempfile::tempdir().unwrap();
-    let sim = tmp.path().join("sim");
-    let sim_arg = sim.to_str().unwrap();
-    let mut nodes = three_with(
-        tmp.path(),
-        &[
-            "--drivers",
-            "sim",
-            "--sim-dir",
-            sim_arg,
-            "--watchdog-timeout-ms",
-            "1000",
-        ],
-    )
-    .await;
+    let (mut nodes, sim) = sim_cluster(tmp.path(), &["--watchdog-timeout-ms", "1000"]).await;
     let (n1, n2) = (nodes[0].server(), nodes[1].server());
-    ok(
-        &n1,
-        &[
-            "cluster",
-            "config",
-            "update",
-            "--set",
-            "pool#drbdvm.type=drbd",
-            "--set",
-            "pool#drbdvm.vg=data",
-        ],
-    );
     let vol = ["--kw", "volume#data.size=1G", "--kw", "volume#data.shared=true"];
-    support::eventually(20, "the nodes' volume group reports", || async {
-        omctl(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat())
-            .status
-            .success()
-            .then_some(())
-    })
-    .await;
+    until_ok(&n1, &[&["demo/svc/kvm1", "create"][..], &vol].concat()).await;
     ok(&n1, &["demo/svc/kvm1", "provision", "--wait", "--time", "60s"]);
     let xml = tmp.path().join("kvm1.xml");
     std::fs::write(&xml, support::KVM1_XML).unwrap();
@@ -199,19 +168,13 @@ async fn a_flood_of_connections_and_bodies_costs_the_node_neither_its_lease_nor_
     let mut i = 0;
     while Instant::now() < deadline {
         i += 1;
-        let vg = format!("pool#probe.vg=vg{i}");
-        let out = omctl(
-            &n2,
-            &[
-                "cluster",
-                "config",
-                "update",
-                "--set",
-                "pool#probe.type=lvm",
-                "--set",
-                &vg,
-            ],
-        );
+        // A harmless keyword: an unused lvm pool's volume group.
+        let probe = ["--set", "pool#probe.type=lvm", "--set", &format!("pool#probe.vg=vg{i}")].map(String::from);
+        let args: Vec<&str> = ["cluster", "config", "update"]
+            .into_iter()
+            .chain(probe.iter().map(String::as_str))
+            .collect();
+        let out = omctl(&n2, &args);
         assert!(
             out.status.success(),
             "a write during the flood failed: {}",

@@ -266,3 +266,26 @@ pub fn omsim_virsh(sim: &Path, node: &str, args: &[&str]) -> Output {
         .output()
         .expect("run omsim")
 }
+
+/// Three daemons on the simulated drivers in `DIR/sim` (with `extra` arguments for each), and
+/// pool `drbdvm` (drbd on `data`).
+pub async fn sim_cluster(tmp: &Path, extra: &[&str]) -> (Vec<Omd>, PathBuf) {
+    let sim = tmp.join("sim");
+    let mut args = vec!["--drivers", "sim", "--sim-dir", sim.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let nodes = three_with(tmp, &args).await;
+    let pool = ["--set", "pool#drbdvm.type=drbd", "--set", "pool#drbdvm.vg=data"];
+    ok(
+        &nodes[0].server(),
+        &[&["cluster", "config", "update"][..], &pool].concat(),
+    );
+    (nodes, sim)
+}
+
+/// Runs omctl until it succeeds: what allocates a volume waits for the nodes' VG reports.
+pub async fn until_ok(server: &str, args: &[&str]) {
+    eventually(20, "the nodes' volume group reports", || async {
+        omctl(server, args).status.success().then_some(())
+    })
+    .await;
+}
