@@ -3,7 +3,8 @@
 //! within the budget every rendering has (`render::Budget::DEFAULT`, the applier's too), for
 //! the sample resource of `applier::desired::sample`. A template that does not, over budget
 //! or broken, is refused with why, before anything reaches the log. Rendering runs on a
-//! blocking thread, with no lock held: what it needs is cloned out of the state first.
+//! blocking thread, with no lock held: what it needs is cloned out of the state first; at
+//! most `CHECKS_AT_ONCE` at a time.
 
 use tonic::Status;
 
@@ -14,9 +15,18 @@ use crate::model::objects::{drbd_templates, DRBD_TEMPLATES, MAX_KEY_BYTES};
 use crate::model::{ConfigKey, ObjectPath};
 
 /// Renders `template` for `data` off the async workers; refuses it naming `what`.
+/// Template checks rendering at once: each may take its whole budget (up to a second of a
+/// thread), so many hostile writes at once wait their turn instead of taking every thread.
+const CHECKS_AT_ONCE: usize = 2;
+static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CHECKS_AT_ONCE);
+
 async fn check(what: String, template: Vec<u8>, data: TemplateData) -> Result<(), Status> {
     let text = String::from_utf8(template)
         .map_err(|_| Status::invalid_argument(format!("{what}: a DRBD template must be UTF-8 text")))?;
+    let _turn = CHECKS
+        .acquire()
+        .await
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?;
     let rendered = tokio::task::spawn_blocking(move || render::render(&text, &data))
         .await
         .map_err(|e| Status::internal(format!("{what}: rendering the template failed: {e}")))?;
