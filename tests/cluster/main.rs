@@ -28,6 +28,11 @@ struct Cluster {
     nodes: Vec<TestNode>,
 }
 
+/// A one-node cluster: n1 in `DIR/n1`, on a free loopback port.
+async fn founder(dir: &std::path::Path) -> TestNode {
+    start("n1", &dir.join("n1"), &format!("127.0.0.1:{}", free_port()), 5000).await
+}
+
 async fn start(name: &str, dir: &std::path::Path, addr: &str, snapshot_every: u64) -> TestNode {
     start_with(name, dir, addr, snapshot_every, None).await
 }
@@ -367,13 +372,7 @@ async fn join_with_bad_token_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_keyword_or_bad_value_commits_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut n1 = start(
-        "n1",
-        &tmp.path().join("n1"),
-        &format!("127.0.0.1:{}", free_port()),
-        5000,
-    )
-    .await;
+    let mut n1 = founder(tmp.path()).await;
     let mut c = n1.client().await;
     c.config_update(set(&[("cluster.name", "ok")])).await.unwrap();
     let node = n1.node.clone().unwrap();
@@ -417,13 +416,7 @@ async fn unknown_keyword_or_bad_value_commits_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drbd_template_over_budget_is_refused_and_never_reaches_the_log() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut n1 = start(
-        "n1",
-        &tmp.path().join("n1"),
-        &format!("127.0.0.1:{}", free_port()),
-        5000,
-    )
-    .await;
+    let mut n1 = founder(tmp.path()).await;
     let mut c = n1.client().await;
     wait_leader(&c, 1).await;
     let cfg = "system/cfg/drbd";
