@@ -2,8 +2,9 @@
 //! `keyword = value` lines, where a keyword may carry a node scope (`size@n1`).
 //!
 //! Order is kept as written (it is part of what `config show` prints) and the printed form
-//! parses back to the same value. A text is bounded (`MAX_BYTES`, `MAX_SECTIONS`) and parsed
-//! in time linear in its length; a section or a keyword of a section appears once.
+//! parses back to the same value. A text is bounded (`MAX_BYTES`, `MAX_SECTIONS`), and so is
+//! its printed form, which may be longer (`k=v` prints as `k = v`); it is parsed in time
+//! linear in its length; a section or a keyword of a section appears once.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -42,6 +43,8 @@ pub enum ParseError {
     Multiline(usize),
     #[error("the configuration is {0} bytes long, more than the {MAX_BYTES} (1 MiB) allowed")]
     TooLarge(usize),
+    #[error("printed as `keyword = value` lines, the configuration is {0} bytes long, more than the {MAX_BYTES} (1 MiB) allowed")]
+    PrintsTooLarge(usize),
     #[error("line {0}: more than {MAX_SECTIONS} sections")]
     TooManySections(usize),
     #[error("the configuration has {0} sections, more than the {MAX_SECTIONS} allowed")]
@@ -70,7 +73,8 @@ impl Default for Ini {
 impl Ini {
     /// Parses the text format. Comments start with `#` or `;` at the beginning of a line. A
     /// `[DEFAULT]` header may open the text (DEFAULT is always there, first); any section
-    /// named twice is refused with the line of the second.
+    /// named twice is refused with the line of the second. The printed form of what parses
+    /// is within `MAX_BYTES` too, so that it parses again.
     pub fn parse(text: &str) -> Result<Ini, ParseError> {
         if text.len() > MAX_BYTES {
             return Err(ParseError::TooLarge(text.len()));
@@ -125,6 +129,10 @@ impl Ini {
             }
             section.entries.push((k.into(), v.into()));
         }
+        let printed = ini.printed_len();
+        if printed > MAX_BYTES {
+            return Err(ParseError::PrintsTooLarge(printed));
+        }
         Ok(ini)
     }
 
@@ -134,11 +142,30 @@ impl Ini {
         if self.sections.len() > MAX_SECTIONS {
             return Err(ParseError::SectionCount(self.sections.len()));
         }
-        let len = self.to_string().len();
+        let len = self.printed_len();
         if len > MAX_BYTES {
             return Err(ParseError::TooLarge(len));
         }
         Ok(())
+    }
+
+    /// The length in bytes of the printed form (`Display`), without printing it.
+    pub fn printed_len(&self) -> usize {
+        let mut len = 0usize;
+        for (i, s) in self.printed_sections().enumerate() {
+            // A blank line before every section but the first, then `[NAME]`.
+            len += usize::from(i > 0) + s.name.len() + 3;
+            // `KEYWORD = VALUE`.
+            len += s.entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        }
+        len
+    }
+
+    /// The sections the printed form shows: all but an empty DEFAULT.
+    fn printed_sections(&self) -> impl Iterator<Item = &Section> {
+        self.sections
+            .iter()
+            .filter(|s| !(s.name == DEFAULT && s.entries.is_empty()))
     }
 
     fn section_mut(&mut self, name: &str) -> &mut Section {
@@ -210,15 +237,10 @@ impl Ini {
 impl fmt::Display for Ini {
     /// The text form: sections separated by a blank line, DEFAULT first.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for s in &self.sections {
-            if s.name == DEFAULT && s.entries.is_empty() {
-                continue;
-            }
-            if !first {
+        for (i, s) in self.printed_sections().enumerate() {
+            if i > 0 {
                 writeln!(f)?;
             }
-            first = false;
             writeln!(f, "[{}]", s.name)?;
             for (k, v) in &s.entries {
                 writeln!(f, "{k} = {v}")?;
@@ -309,6 +331,41 @@ mod tests {
             built.set(DEFAULT, &format!("k{i}"), &"v".repeat(4000)).unwrap();
         }
         assert!(matches!(built.check_bounds(), Err(ParseError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_text_whose_printed_form_is_over_the_bound_is_refused() {
+        // `k=v` prints as `k = v` under a `[DEFAULT]` header: two bytes more a line, and ten.
+        let line = |i: usize| format!("k{i:05}={}\n", "v".repeat(1000));
+        let lines = MAX_BYTES / line(0).len();
+        let text: String = (0..lines).map(line).collect();
+        assert!(text.len() <= MAX_BYTES);
+        let printed = text.len() + 2 * lines + "[DEFAULT]\n".len();
+        assert!(printed > MAX_BYTES);
+        assert_eq!(Ini::parse(&text), Err(ParseError::PrintsTooLarge(printed)));
+        // Exactly at the bound, printed, it parses and reads back.
+        let exact = format!("[DEFAULT]\nk = {}\n", "v".repeat(MAX_BYTES - 15));
+        assert_eq!(exact.len(), MAX_BYTES);
+        let ini = Ini::parse(&exact).unwrap();
+        assert_eq!(ini.to_string(), exact);
+        assert_eq!(Ini::parse(&exact[..exact.len() - 1]), Ok(ini));
+        let over = format!("[DEFAULT]\nk = {}", "v".repeat(MAX_BYTES - 14));
+        assert_eq!(Ini::parse(&over), Err(ParseError::PrintsTooLarge(MAX_BYTES + 1)));
+    }
+
+    #[test]
+    fn the_printed_length_is_that_of_the_text_printed() {
+        for text in [
+            TUTORIAL,
+            "",
+            "[DEFAULT]\n",
+            "[x#1]\n",
+            "k=v\n[a]\n[b]\nx=\n",
+            "[a]\nk=v",
+        ] {
+            let ini = Ini::parse(text).unwrap();
+            assert_eq!(ini.printed_len(), ini.to_string().len(), "{text:?}");
+        }
     }
 
     #[test]
