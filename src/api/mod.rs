@@ -110,7 +110,8 @@ pub fn refused(r: &crate::model::Rejection) -> Status {
             | O::Value { .. }
             | O::Reference { .. }
             | O::Missing { .. }
-            | O::TooLarge { .. },
+            | O::TooLarge { .. }
+            | O::Unreadable { .. },
         ) => Status::invalid_argument(message),
         _ => Status::failed_precondition(message),
     }

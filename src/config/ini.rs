@@ -49,6 +49,8 @@ pub enum ParseError {
     TooManySections(usize),
     #[error("the configuration has {0} sections, more than the {MAX_SECTIONS} allowed")]
     SectionCount(usize),
+    #[error("{0}: `config show` would print it as text that reads otherwise")]
+    NotAsWritten(String),
 }
 
 pub const DEFAULT: &str = "DEFAULT";
@@ -147,6 +149,48 @@ impl Ini {
             return Err(ParseError::TooLarge(len));
         }
         Ok(())
+    }
+
+    /// Refuses a configuration that does not print as text parsing back to it, as one built
+    /// keyword by keyword or decoded may not (a value with spaces around it, a keyword or a
+    /// section name that a line reads otherwise, DEFAULT missing or not first): what `config
+    /// show` prints is what the cluster holds. The error names the first part that would
+    /// change.
+    pub fn check_form(&self) -> Result<(), ParseError> {
+        if Ini::parse(&self.to_string()).as_ref() == Ok(self) {
+            return Ok(());
+        }
+        let not = |what: String| Err(ParseError::NotAsWritten(what));
+        if self.sections.first().is_none_or(|s| s.name != DEFAULT) {
+            return not("[DEFAULT] is not the first section".into());
+        }
+        let mut names = HashSet::new();
+        for s in &self.sections {
+            let alone = Ini::parse(&format!("[{}]\n", s.name));
+            if alone
+                .ok()
+                .and_then(|i| i.sections.last().map(|l| l.name.clone()))
+                .as_ref()
+                != Some(&s.name)
+            {
+                return not(format!("section name {:?}", echo(&s.name)));
+            }
+            if !names.insert(&s.name) {
+                return not(format!("section [{}] twice", echo(&s.name)));
+            }
+            let mut keywords = HashSet::new();
+            for (k, v) in &s.entries {
+                let line = Ini::parse(&format!("[x]\n{k} = {v}\n"));
+                let read = line.ok().and_then(|i| i.sections.last().map(|l| l.entries.clone()));
+                if read != Some(vec![(k.clone(), v.clone())]) {
+                    return not(format!("keyword {:?} = {:?} in [{}]", echo(k), echo(v), echo(&s.name)));
+                }
+                if !keywords.insert(k) {
+                    return not(format!("keyword {:?} twice in [{}]", echo(k), echo(&s.name)));
+                }
+            }
+        }
+        not("the configuration".into())
     }
 
     /// The length in bytes of the printed form (`Display`), without printing it.
@@ -351,6 +395,61 @@ mod tests {
         assert_eq!(Ini::parse(&exact[..exact.len() - 1]), Ok(ini));
         let over = format!("[DEFAULT]\nk = {}", "v".repeat(MAX_BYTES - 14));
         assert_eq!(Ini::parse(&over), Err(ParseError::PrintsTooLarge(MAX_BYTES + 1)));
+    }
+
+    /// A configuration as a command decoded from a member's proposal may carry it.
+    fn decoded(sections: &[(&str, &[(&str, &str)])]) -> Ini {
+        Ini {
+            sections: sections
+                .iter()
+                .map(|(name, entries)| Section {
+                    name: name.to_string(),
+                    entries: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_configuration_that_would_not_read_back_as_written_is_refused_naming_what() {
+        let mut ini = Ini::parse(TUTORIAL).unwrap();
+        ini.check_form().unwrap();
+        ini.set("container#2", "name", "kvm2").unwrap();
+        ini.check_form().unwrap();
+        let kv = [("k", "v")];
+        for (bad, what) in [
+            (decoded(&[]), "[DEFAULT] is not the first section"),
+            (decoded(&[("x#1", &kv), (DEFAULT, &[])]), "[DEFAULT] is not the first"),
+            (
+                decoded(&[(DEFAULT, &[]), ("x#1\n[evil]", &[])]),
+                r#"section name "x#1\n[evil]""#,
+            ),
+            (decoded(&[(DEFAULT, &[]), ("x]", &[])]), r#"section name "x]""#),
+            (decoded(&[(DEFAULT, &[]), (" x", &[])]), r#"section name " x""#),
+            (decoded(&[(DEFAULT, &[]), ("x", &[]), ("x", &[])]), "section [x] twice"),
+            (
+                decoded(&[(DEFAULT, &[("#k", "v")])]),
+                r##"keyword "#k" = "v" in [DEFAULT]"##,
+            ),
+            (decoded(&[(DEFAULT, &[("k=", "v")])]), r#"keyword "k=" = "v""#),
+            (
+                decoded(&[(DEFAULT, &[("k", "v\nw = x")])]),
+                r#"keyword "k" = "v\nw = x""#,
+            ),
+            (
+                decoded(&[(DEFAULT, &[("k", "v"), ("k", "w")])]),
+                r#"keyword "k" twice in [DEFAULT]"#,
+            ),
+        ] {
+            let e = bad.check_form().unwrap_err().to_string();
+            assert!(e.starts_with(what) && e.contains("reads otherwise"), "{bad:?}: {e}");
+        }
+        // Set keyword by keyword, as the API sets `--kw` values: spaces around a value would
+        // be gone once printed.
+        let mut spaced = Ini::default();
+        spaced.set("container#1", "name", " kvm1 ").unwrap();
+        let e = spaced.check_form().unwrap_err().to_string();
+        assert!(e.starts_with(r#"keyword "name" = " kvm1 " in [container#1]"#), "{e}");
     }
 
     #[test]

@@ -278,7 +278,8 @@ impl Command {
     /// The rules on what a new command carries, whatever the state: node addresses are
     /// `HOST:PORT`; configuration values are one line without control characters, and the
     /// migration URIs use the documented transports (`catalog::check_input`); an object's
-    /// configuration is bounded (`Ini::check_bounds`) and uses no retired keyword; a volume
+    /// configuration is bounded (`Ini::check_bounds`), uses no retired keyword and reads back
+    /// as written (`Ini::check_form`: a member's proposal carries it decoded); a volume
     /// group report is bounded. Checked before a command is proposed (`ClusterState::check`,
     /// `Node::write`, the leader's `Propose`), never by `apply`: an older log may hold what
     /// they refuse, and must replay to the same state.
@@ -304,7 +305,8 @@ impl Command {
                         keyword: k.clone(),
                     })
                     .collect();
-                Ok(ClusterState::check_retired(path, &keys)?)
+                ClusterState::check_retired(path, &keys)?;
+                Ok(ClusterState::check_form(path, config)?)
             }
             Command::UpdateObject { path, set, .. } => {
                 ClusterState::check_lines(
@@ -497,13 +499,15 @@ impl ClusterState {
     /// Checks `cmd` as new input, without changing anything: what runs before a command is
     /// proposed. The command's own values (`Command::check_input`), then what `apply` would
     /// refuse (`check_state`); an object update may not grow its configuration past the
-    /// bounds of a new one.
+    /// bounds of a new one, nor leave it unable to read back as written (a value with spaces
+    /// around it).
     pub fn check(&self, cmd: &Command) -> Result<(), Rejection> {
         cmd.check_input()?;
         match cmd {
             Command::UpdateObject { path, set, unset } => {
                 let (config, _) = self.plan_update(path, set, unset)?;
-                Ok(ClusterState::check_size(path, &config)?)
+                ClusterState::check_size(path, &config)?;
+                Ok(ClusterState::check_form(path, &config)?)
             }
             _ => self.check_state(cmd),
         }
@@ -1598,6 +1602,35 @@ mod tests {
         let huge = report(vec![("data", u64::MAX), ("more", u64::MAX)]);
         assert_eq!(s.apply(&huge), Response::Done);
         assert_eq!(s.free_capacity(1), u64::MAX);
+    }
+
+    #[test]
+    fn a_configuration_that_would_not_read_back_is_refused_before_the_log_and_an_old_entry_still_applies() {
+        let mut s = fencing_cluster();
+        // A member's proposal carries the configuration decoded: an empty section smuggling
+        // lines of its own into `config show`.
+        let config: Ini = serde_json::from_value(serde_json::json!({"sections": [
+            {"name": "DEFAULT", "entries": [["id", objects::derived_uuid("x")]]},
+            {"name": "x#1]\n[container#1]\ntype = kvm", "entries": []},
+        ]}))
+        .unwrap();
+        let create = Command::CreateObject {
+            path: path_of("demo/cfg/x"),
+            config,
+        };
+        let e = s.check(&create).unwrap_err().to_string();
+        assert!(e.contains("demo/cfg/x: section name") && e.contains("reads otherwise"), "{e}");
+        assert_eq!(s.apply(&create), Response::Done);
+        // Set through the API, a value with spaces around it would print as another one.
+        let update = |value: &str| Command::UpdateObject {
+            path: kvm1(),
+            set: vec![(ObjectKey::parse("nodes").unwrap(), value.into())],
+            unset: vec![],
+        };
+        let e = s.check(&update(" n1 n2")).unwrap_err().to_string();
+        assert!(e.contains(r#"keyword "nodes" = " n1 n2" in [DEFAULT]"#), "{e}");
+        s.check(&update("n1 n2")).unwrap();
+        assert_eq!(s.apply(&update(" n1 n2")), Response::Done);
     }
 
     #[test]
