@@ -471,7 +471,7 @@ pub enum Rejection {
     BadSshKey(NodeId, String),
     #[error("{0}: a switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
     Migrating(String, Phase),
-    #[error("{0}: {1}'s DRBD for {2} is {3} as the holder last saw it: a live switch needs it Connected/UpToDate")]
+    #[error("{0}: {1}'s DRBD for {rid} is {seen} as the holder last saw it: a live switch needs it Connected/UpToDate", rid = echo(.2), seen = echo(.3))]
     TargetNotReady(String, String, String, String),
     #[error("{0} is not started anywhere: a live switch moves a running guest (use switch)")]
     NotRunning(String),
@@ -1393,6 +1393,35 @@ mod tests {
         // Entries from before reports were numbered always apply.
         assert_eq!(s.apply(&report(Avail::Warn, 0)), Response::Done);
         assert_eq!(s.report_seqs[&path_of("demo/svc/kvm1")][&2], 11);
+    }
+
+    #[test]
+    fn a_live_switch_refusal_repeats_the_holders_report_cut_and_escaped() {
+        let mut s = fencing_cluster();
+        s.apply(&Command::Provision { path: kvm1() });
+        let resource = ResourceReport {
+            rid: format!("volume#data\u{1b}[2J{}", "x".repeat(10_000)),
+            avail: Avail::Up,
+            label: RES.into(),
+            messages: vec![],
+            peers: BTreeMap::from([("n2".to_string(), "StandAlone\n[evil]".to_string())]),
+        };
+        let report = Command::ReportInstance {
+            path: kvm1(),
+            node_id: 1,
+            report: InstanceReport {
+                avail: Avail::Up,
+                warn: false,
+                provisioned: true,
+                resources: vec![resource],
+            },
+            seq: 1,
+        };
+        assert_eq!(s.apply(&report), Response::Done);
+        let why = refused(&mut s, Command::LiveSwitch { path: kvm1(), to: 2 });
+        assert!(why.len() < 1024 && why.contains("… (10015 bytes)"), "{why}");
+        assert!(why.contains(r"is StandAlone\n[evil] as the holder last saw it"), "{why}");
+        assert!(!why.contains(['\u{1b}', '\n']), "{why}");
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub enum ObjectError {
         node: String,
         known: String,
     },
-    #[error("{path}: section [{section}] needs keyword {keyword}")]
+    #[error("{path}: section [{}] needs keyword {keyword}", echo(.section))]
     Missing {
         path: String,
         section: String,
