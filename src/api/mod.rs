@@ -104,6 +104,7 @@ pub fn refused(r: &crate::model::Rejection) -> Status {
         | R::Config(_)
         | R::BadSshKey(..)
         | R::BadDomain(_)
+        | R::Path(_)
         | R::Object(
             O::BadKey(_)
             | O::Keyword { .. }

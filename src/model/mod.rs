@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use catalog::{ConfigError, ConfigKey};
 pub use instances::{Avail, InstanceReport, Migration, Phase, ResourceReport, ServiceState};
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
-pub use path::{ObjectKind, ObjectPath};
+pub use path::{ObjectKind, ObjectPath, PathError};
 
 use crate::config::echo::echo;
 use crate::config::ini::Ini;
@@ -253,6 +253,44 @@ pub enum Command {
 }
 
 impl Command {
+    /// The object a command is about, if any.
+    pub fn path(&self) -> Option<&ObjectPath> {
+        match self {
+            Command::CreateObject { path, .. }
+            | Command::UpdateObject { path, .. }
+            | Command::DeleteObject { path }
+            | Command::PutKey { path, .. }
+            | Command::RemoveKey { path, .. }
+            | Command::Provision { path }
+            | Command::Unprovision { path }
+            | Command::MarkProvisioned { path, .. }
+            | Command::SetStarted { path, .. }
+            | Command::ReportInstance { path, .. }
+            | Command::CaptureDomain { path, .. }
+            | Command::Switch { path, .. }
+            | Command::Failover { path, .. }
+            | Command::LiveSwitch { path, .. }
+            | Command::MigrationPhase { path, .. }
+            | Command::Fence { path, .. }
+            | Command::FreezeService { path, .. } => Some(path),
+            Command::Bootstrap { .. }
+            | Command::AddNode { .. }
+            | Command::NodeCert { .. }
+            | Command::EstablishTrust { .. }
+            | Command::RotateSigningKey { .. }
+            | Command::RevokeCert { .. }
+            | Command::RemoveNode { .. }
+            | Command::UpdateConfig { .. }
+            | Command::ReportVolumeGroups { .. }
+            | Command::ReportMemory { .. }
+            | Command::ReportSshKey { .. }
+            | Command::ReportWatchdog { .. }
+            | Command::FreezeNode { .. }
+            | Command::OutdatePeer { .. }
+            | Command::UnfencePeer { .. } => None,
+        }
+    }
+
     /// The node a report is about, for commands only that node may send (its own
     /// observations): a node's certificate lets it report about itself and nobody else.
     pub fn reporting_node(&self) -> Option<NodeId> {
@@ -275,7 +313,9 @@ pub const MAX_VG_REPORT_GROUPS: usize = 1024;
 pub const MAX_VG_BYTES: u64 = 1 << 60;
 
 impl Command {
-    /// The rules on what a new command carries, whatever the state: node addresses are
+    /// The rules on what a new command carries, whatever the state: its object's path is one
+    /// `ObjectPath::parse` gives (a command decoded from a member's proposal carries it as
+    /// parts; no snapshot could hold another, see `ObjectPath::check`); node addresses are
     /// `HOST:PORT`; configuration values are one line without control characters, and the
     /// migration URIs use the documented transports (`catalog::check_input`); an object's
     /// configuration is bounded (`Ini::check_bounds`), uses no retired keyword and reads back
@@ -284,6 +324,9 @@ impl Command {
     /// `Node::write`, the leader's `Propose`), never by `apply`: an older log may hold what
     /// they refuse, and must replay to the same state.
     pub fn check_input(&self) -> Result<(), Rejection> {
+        if let Some(path) = self.path() {
+            path.check()?;
+        }
         match self {
             Command::Bootstrap { addr, .. } | Command::AddNode { addr, .. } => validate_node_addr(addr),
             Command::UpdateConfig { set, .. } => Ok(catalog::check_input(set)?),
@@ -453,6 +496,8 @@ pub enum Rejection {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Object(#[from] ObjectError),
+    #[error(transparent)]
+    Path(#[from] PathError),
     #[error("{0} is not a service")]
     NotAService(String),
     #[error("{0} has no data node to run on (check its nodes keyword)")]
@@ -1420,7 +1465,10 @@ mod tests {
         assert_eq!(s.apply(&report), Response::Done);
         let why = refused(&mut s, Command::LiveSwitch { path: kvm1(), to: 2 });
         assert!(why.len() < 1024 && why.contains("… (10015 bytes)"), "{why}");
-        assert!(why.contains(r"is StandAlone\n[evil] as the holder last saw it"), "{why}");
+        assert!(
+            why.contains(r"is StandAlone\n[evil] as the holder last saw it"),
+            "{why}"
+        );
         assert!(!why.contains(['\u{1b}', '\n']), "{why}");
     }
 
@@ -1648,7 +1696,10 @@ mod tests {
             config,
         };
         let e = s.check(&create).unwrap_err().to_string();
-        assert!(e.contains("demo/cfg/x: section name") && e.contains("reads otherwise"), "{e}");
+        assert!(
+            e.contains("demo/cfg/x: section name") && e.contains("reads otherwise"),
+            "{e}"
+        );
         assert_eq!(s.apply(&create), Response::Done);
         // Set through the API, a value with spaces around it would print as another one.
         let update = |value: &str| Command::UpdateObject {
@@ -1660,6 +1711,31 @@ mod tests {
         assert!(e.contains(r#"keyword "nodes" = " n1 n2" in [DEFAULT]"#), "{e}");
         s.check(&update("n1 n2")).unwrap();
         assert_eq!(s.apply(&update(" n1 n2")), Response::Done);
+    }
+
+    #[test]
+    fn a_path_no_parse_gives_is_refused_before_the_log_since_no_snapshot_could_hold_it() {
+        let mut s = fencing_cluster();
+        // A member's proposal carries a path as its parts, unchecked by `parse`.
+        let path = ObjectPath::new("../x", ObjectKind::Cfg, "y");
+        let create = Command::CreateObject {
+            path: path.clone(),
+            config: Ini::default(),
+        };
+        let e = s.check(&create).unwrap_err();
+        assert!(matches!(e, Rejection::Path(PathError::Shape(_))), "{e}");
+        assert!(e.to_string().contains(r#""../x/cfg/y" is not an object path"#), "{e}");
+        for cmd in [
+            Command::Provision { path: path.clone() },
+            Command::FreezeService { path, frozen: true },
+        ] {
+            assert!(matches!(cmd.check_input(), Err(Rejection::Path(_))), "{cmd}");
+        }
+        // Applied all the same (as an entry already in a log would be), the state writes a
+        // snapshot nothing reads.
+        assert_eq!(s.apply(&create), Response::Done);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(serde_json::from_str::<ClusterState>(&json).is_err());
     }
 
     #[test]
