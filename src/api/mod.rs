@@ -104,13 +104,15 @@ pub fn refused(r: &crate::model::Rejection) -> Status {
         | R::Config(_)
         | R::BadSshKey(..)
         | R::BadDomain(_)
+        | R::Path(_)
         | R::Object(
             O::BadKey(_)
             | O::Keyword { .. }
             | O::Value { .. }
             | O::Reference { .. }
             | O::Missing { .. }
-            | O::TooLarge { .. },
+            | O::TooLarge { .. }
+            | O::Unreadable { .. },
         ) => Status::invalid_argument(message),
         _ => Status::failed_precondition(message),
     }

@@ -10,6 +10,7 @@ use tonic::Status;
 
 use super::cluster::ClusterService;
 use crate::applier::desired;
+use crate::config::echo::echo;
 use crate::drivers::drbd::render::{self, TemplateData};
 use crate::model::objects::{drbd_templates, DRBD_TEMPLATES, MAX_KEY_BYTES};
 use crate::model::{ConfigKey, ObjectPath};
@@ -43,7 +44,7 @@ impl ClusterService {
             return Ok(());
         }
         let data = self.node.read(|d| desired::sample(&d.state));
-        check(format!("{path}: key {key:?}"), value.to_vec(), data).await
+        check(format!("{path}: key {:?}", echo(key)), value.to_vec(), data).await
     }
 
     /// The template each `pool#NAME.template` of `set` names must render (a key written by

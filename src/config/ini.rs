@@ -2,8 +2,9 @@
 //! `keyword = value` lines, where a keyword may carry a node scope (`size@n1`).
 //!
 //! Order is kept as written (it is part of what `config show` prints) and the printed form
-//! parses back to the same value. A text is bounded (`MAX_BYTES`, `MAX_SECTIONS`) and parsed
-//! in time linear in its length; a section or a keyword of a section appears once.
+//! parses back to the same value. A text is bounded (`MAX_BYTES`, `MAX_SECTIONS`), and so is
+//! its printed form, which may be longer (`k=v` prints as `k = v`); it is parsed in time
+//! linear in its length; a section or a keyword of a section appears once.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -42,10 +43,14 @@ pub enum ParseError {
     Multiline(usize),
     #[error("the configuration is {0} bytes long, more than the {MAX_BYTES} (1 MiB) allowed")]
     TooLarge(usize),
+    #[error("printed as `keyword = value` lines, the configuration is {0} bytes long, more than the {MAX_BYTES} (1 MiB) allowed")]
+    PrintsTooLarge(usize),
     #[error("line {0}: more than {MAX_SECTIONS} sections")]
     TooManySections(usize),
     #[error("the configuration has {0} sections, more than the {MAX_SECTIONS} allowed")]
     SectionCount(usize),
+    #[error("{0}: `config show` would print it as text that reads otherwise")]
+    NotAsWritten(String),
 }
 
 pub const DEFAULT: &str = "DEFAULT";
@@ -70,7 +75,8 @@ impl Default for Ini {
 impl Ini {
     /// Parses the text format. Comments start with `#` or `;` at the beginning of a line. A
     /// `[DEFAULT]` header may open the text (DEFAULT is always there, first); any section
-    /// named twice is refused with the line of the second.
+    /// named twice is refused with the line of the second. The printed form of what parses
+    /// is within `MAX_BYTES` too, so that it parses again.
     pub fn parse(text: &str) -> Result<Ini, ParseError> {
         if text.len() > MAX_BYTES {
             return Err(ParseError::TooLarge(text.len()));
@@ -125,6 +131,10 @@ impl Ini {
             }
             section.entries.push((k.into(), v.into()));
         }
+        let printed = ini.printed_len();
+        if printed > MAX_BYTES {
+            return Err(ParseError::PrintsTooLarge(printed));
+        }
         Ok(ini)
     }
 
@@ -134,11 +144,72 @@ impl Ini {
         if self.sections.len() > MAX_SECTIONS {
             return Err(ParseError::SectionCount(self.sections.len()));
         }
-        let len = self.to_string().len();
+        let len = self.printed_len();
         if len > MAX_BYTES {
             return Err(ParseError::TooLarge(len));
         }
         Ok(())
+    }
+
+    /// Refuses a configuration that does not print as text parsing back to it, as one built
+    /// keyword by keyword or decoded may not (a value with spaces around it, a keyword or a
+    /// section name that a line reads otherwise, DEFAULT missing or not first): what `config
+    /// show` prints is what the cluster holds. The error names the first part that would
+    /// change.
+    pub fn check_form(&self) -> Result<(), ParseError> {
+        if Ini::parse(&self.to_string()).as_ref() == Ok(self) {
+            return Ok(());
+        }
+        let not = |what: String| Err(ParseError::NotAsWritten(what));
+        if self.sections.first().is_none_or(|s| s.name != DEFAULT) {
+            return not("[DEFAULT] is not the first section".into());
+        }
+        let mut names = HashSet::new();
+        for s in &self.sections {
+            let alone = Ini::parse(&format!("[{}]\n", s.name));
+            if alone
+                .ok()
+                .and_then(|i| i.sections.last().map(|l| l.name.clone()))
+                .as_ref()
+                != Some(&s.name)
+            {
+                return not(format!("section name {:?}", echo(&s.name)));
+            }
+            if !names.insert(&s.name) {
+                return not(format!("section [{}] twice", echo(&s.name)));
+            }
+            let mut keywords = HashSet::new();
+            for (k, v) in &s.entries {
+                let line = Ini::parse(&format!("[x]\n{k} = {v}\n"));
+                let read = line.ok().and_then(|i| i.sections.last().map(|l| l.entries.clone()));
+                if read != Some(vec![(k.clone(), v.clone())]) {
+                    return not(format!("keyword {:?} = {:?} in [{}]", echo(k), echo(v), echo(&s.name)));
+                }
+                if !keywords.insert(k) {
+                    return not(format!("keyword {:?} twice in [{}]", echo(k), echo(&s.name)));
+                }
+            }
+        }
+        not("the configuration".into())
+    }
+
+    /// The length in bytes of the printed form (`Display`), without printing it.
+    pub fn printed_len(&self) -> usize {
+        let mut len = 0usize;
+        for (i, s) in self.printed_sections().enumerate() {
+            // A blank line before every section but the first, then `[NAME]`.
+            len += usize::from(i > 0) + s.name.len() + 3;
+            // `KEYWORD = VALUE`.
+            len += s.entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        }
+        len
+    }
+
+    /// The sections the printed form shows: all but an empty DEFAULT.
+    fn printed_sections(&self) -> impl Iterator<Item = &Section> {
+        self.sections
+            .iter()
+            .filter(|s| !(s.name == DEFAULT && s.entries.is_empty()))
     }
 
     fn section_mut(&mut self, name: &str) -> &mut Section {
@@ -210,15 +281,10 @@ impl Ini {
 impl fmt::Display for Ini {
     /// The text form: sections separated by a blank line, DEFAULT first.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for s in &self.sections {
-            if s.name == DEFAULT && s.entries.is_empty() {
-                continue;
-            }
-            if !first {
+        for (i, s) in self.printed_sections().enumerate() {
+            if i > 0 {
                 writeln!(f)?;
             }
-            first = false;
             writeln!(f, "[{}]", s.name)?;
             for (k, v) in &s.entries {
                 writeln!(f, "{k} = {v}")?;
@@ -309,6 +375,96 @@ mod tests {
             built.set(DEFAULT, &format!("k{i}"), &"v".repeat(4000)).unwrap();
         }
         assert!(matches!(built.check_bounds(), Err(ParseError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_text_whose_printed_form_is_over_the_bound_is_refused() {
+        // `k=v` prints as `k = v` under a `[DEFAULT]` header: two bytes more a line, and ten.
+        let line = |i: usize| format!("k{i:05}={}\n", "v".repeat(1000));
+        let lines = MAX_BYTES / line(0).len();
+        let text: String = (0..lines).map(line).collect();
+        assert!(text.len() <= MAX_BYTES);
+        let printed = text.len() + 2 * lines + "[DEFAULT]\n".len();
+        assert!(printed > MAX_BYTES);
+        assert_eq!(Ini::parse(&text), Err(ParseError::PrintsTooLarge(printed)));
+        // Exactly at the bound, printed, it parses and reads back.
+        let exact = format!("[DEFAULT]\nk = {}\n", "v".repeat(MAX_BYTES - 15));
+        assert_eq!(exact.len(), MAX_BYTES);
+        let ini = Ini::parse(&exact).unwrap();
+        assert_eq!(ini.to_string(), exact);
+        assert_eq!(Ini::parse(&exact[..exact.len() - 1]), Ok(ini));
+        let over = format!("[DEFAULT]\nk = {}", "v".repeat(MAX_BYTES - 14));
+        assert_eq!(Ini::parse(&over), Err(ParseError::PrintsTooLarge(MAX_BYTES + 1)));
+    }
+
+    /// A configuration as a command decoded from a member's proposal may carry it.
+    fn decoded(sections: &[(&str, &[(&str, &str)])]) -> Ini {
+        Ini {
+            sections: sections
+                .iter()
+                .map(|(name, entries)| Section {
+                    name: name.to_string(),
+                    entries: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_configuration_that_would_not_read_back_as_written_is_refused_naming_what() {
+        let mut ini = Ini::parse(TUTORIAL).unwrap();
+        ini.check_form().unwrap();
+        ini.set("container#2", "name", "kvm2").unwrap();
+        ini.check_form().unwrap();
+        let kv = [("k", "v")];
+        for (bad, what) in [
+            (decoded(&[]), "[DEFAULT] is not the first section"),
+            (decoded(&[("x#1", &kv), (DEFAULT, &[])]), "[DEFAULT] is not the first"),
+            (
+                decoded(&[(DEFAULT, &[]), ("x#1\n[evil]", &[])]),
+                r#"section name "x#1\n[evil]""#,
+            ),
+            (decoded(&[(DEFAULT, &[]), ("x]", &[])]), r#"section name "x]""#),
+            (decoded(&[(DEFAULT, &[]), (" x", &[])]), r#"section name " x""#),
+            (decoded(&[(DEFAULT, &[]), ("x", &[]), ("x", &[])]), "section [x] twice"),
+            (
+                decoded(&[(DEFAULT, &[("#k", "v")])]),
+                r##"keyword "#k" = "v" in [DEFAULT]"##,
+            ),
+            (decoded(&[(DEFAULT, &[("k=", "v")])]), r#"keyword "k=" = "v""#),
+            (
+                decoded(&[(DEFAULT, &[("k", "v\nw = x")])]),
+                r#"keyword "k" = "v\nw = x""#,
+            ),
+            (
+                decoded(&[(DEFAULT, &[("k", "v"), ("k", "w")])]),
+                r#"keyword "k" twice in [DEFAULT]"#,
+            ),
+        ] {
+            let e = bad.check_form().unwrap_err().to_string();
+            assert!(e.starts_with(what) && e.contains("reads otherwise"), "{bad:?}: {e}");
+        }
+        // Set keyword by keyword, as the API sets `--kw` values: spaces around a value would
+        // be gone once printed.
+        let mut spaced = Ini::default();
+        spaced.set("container#1", "name", " kvm1 ").unwrap();
+        let e = spaced.check_form().unwrap_err().to_string();
+        assert!(e.starts_with(r#"keyword "name" = " kvm1 " in [container#1]"#), "{e}");
+    }
+
+    #[test]
+    fn the_printed_length_is_that_of_the_text_printed() {
+        for text in [
+            TUTORIAL,
+            "",
+            "[DEFAULT]\n",
+            "[x#1]\n",
+            "k=v\n[a]\n[b]\nx=\n",
+            "[a]\nk=v",
+        ] {
+            let ini = Ini::parse(text).unwrap();
+            assert_eq!(ini.printed_len(), ini.to_string().len(), "{text:?}");
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub enum ConfigError {
     UnknownSection(String),
     #[error("unknown keyword {key}; see the keywords of section {1:?}: {2}", key = echo(&.0.to_string()))]
     UnknownKeyword(ConfigKey, String, String),
-    #[error("bad value {:?} for {key}: {why}", echo(.value))]
+    #[error("bad value {:?} for {}: {why}", echo(.value), echo(&.key.to_string()))]
     BadValue { key: ConfigKey, value: String, why: String },
     #[error("{0} is both set and unset in one update")]
     SetAndUnset(ConfigKey),

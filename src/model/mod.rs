@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use catalog::{ConfigError, ConfigKey};
 pub use instances::{Avail, InstanceReport, Migration, Phase, ResourceReport, ServiceState};
 pub use objects::{KeyMode, Object, ObjectError, ObjectKey};
-pub use path::{ObjectKind, ObjectPath};
+pub use path::{ObjectKind, ObjectPath, PathError};
 
 use crate::config::echo::echo;
 use crate::config::ini::Ini;
@@ -253,6 +253,44 @@ pub enum Command {
 }
 
 impl Command {
+    /// The object a command is about, if any.
+    pub fn path(&self) -> Option<&ObjectPath> {
+        match self {
+            Command::CreateObject { path, .. }
+            | Command::UpdateObject { path, .. }
+            | Command::DeleteObject { path }
+            | Command::PutKey { path, .. }
+            | Command::RemoveKey { path, .. }
+            | Command::Provision { path }
+            | Command::Unprovision { path }
+            | Command::MarkProvisioned { path, .. }
+            | Command::SetStarted { path, .. }
+            | Command::ReportInstance { path, .. }
+            | Command::CaptureDomain { path, .. }
+            | Command::Switch { path, .. }
+            | Command::Failover { path, .. }
+            | Command::LiveSwitch { path, .. }
+            | Command::MigrationPhase { path, .. }
+            | Command::Fence { path, .. }
+            | Command::FreezeService { path, .. } => Some(path),
+            Command::Bootstrap { .. }
+            | Command::AddNode { .. }
+            | Command::NodeCert { .. }
+            | Command::EstablishTrust { .. }
+            | Command::RotateSigningKey { .. }
+            | Command::RevokeCert { .. }
+            | Command::RemoveNode { .. }
+            | Command::UpdateConfig { .. }
+            | Command::ReportVolumeGroups { .. }
+            | Command::ReportMemory { .. }
+            | Command::ReportSshKey { .. }
+            | Command::ReportWatchdog { .. }
+            | Command::FreezeNode { .. }
+            | Command::OutdatePeer { .. }
+            | Command::UnfencePeer { .. } => None,
+        }
+    }
+
     /// The node a report is about, for commands only that node may send (its own
     /// observations): a node's certificate lets it report about itself and nobody else.
     pub fn reporting_node(&self) -> Option<NodeId> {
@@ -275,14 +313,20 @@ pub const MAX_VG_REPORT_GROUPS: usize = 1024;
 pub const MAX_VG_BYTES: u64 = 1 << 60;
 
 impl Command {
-    /// The rules on what a new command carries, whatever the state: node addresses are
+    /// The rules on what a new command carries, whatever the state: its object's path is one
+    /// `ObjectPath::parse` gives (a command decoded from a member's proposal carries it as
+    /// parts; no snapshot could hold another, see `ObjectPath::check`); node addresses are
     /// `HOST:PORT`; configuration values are one line without control characters, and the
     /// migration URIs use the documented transports (`catalog::check_input`); an object's
-    /// configuration is bounded (`Ini::check_bounds`) and uses no retired keyword; a volume
+    /// configuration is bounded (`Ini::check_bounds`), uses no retired keyword and reads back
+    /// as written (`Ini::check_form`: a member's proposal carries it decoded); a volume
     /// group report is bounded. Checked before a command is proposed (`ClusterState::check`,
     /// `Node::write`, the leader's `Propose`), never by `apply`: an older log may hold what
     /// they refuse, and must replay to the same state.
     pub fn check_input(&self) -> Result<(), Rejection> {
+        if let Some(path) = self.path() {
+            path.check()?;
+        }
         match self {
             Command::Bootstrap { addr, .. } | Command::AddNode { addr, .. } => validate_node_addr(addr),
             Command::UpdateConfig { set, .. } => Ok(catalog::check_input(set)?),
@@ -304,7 +348,8 @@ impl Command {
                         keyword: k.clone(),
                     })
                     .collect();
-                Ok(ClusterState::check_retired(path, &keys)?)
+                ClusterState::check_retired(path, &keys)?;
+                Ok(ClusterState::check_form(path, config)?)
             }
             Command::UpdateObject { path, set, .. } => {
                 ClusterState::check_lines(
@@ -451,6 +496,8 @@ pub enum Rejection {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Object(#[from] ObjectError),
+    #[error(transparent)]
+    Path(#[from] PathError),
     #[error("{0} is not a service")]
     NotAService(String),
     #[error("{0} has no data node to run on (check its nodes keyword)")]
@@ -469,7 +516,7 @@ pub enum Rejection {
     BadSshKey(NodeId, String),
     #[error("{0}: a switch is in progress (phase {1}); wait for it or abort it (switch --abort)")]
     Migrating(String, Phase),
-    #[error("{0}: {1}'s DRBD for {2} is {3} as the holder last saw it: a live switch needs it Connected/UpToDate")]
+    #[error("{0}: {1}'s DRBD for {rid} is {seen} as the holder last saw it: a live switch needs it Connected/UpToDate", rid = echo(.2), seen = echo(.3))]
     TargetNotReady(String, String, String, String),
     #[error("{0} is not started anywhere: a live switch moves a running guest (use switch)")]
     NotRunning(String),
@@ -497,13 +544,15 @@ impl ClusterState {
     /// Checks `cmd` as new input, without changing anything: what runs before a command is
     /// proposed. The command's own values (`Command::check_input`), then what `apply` would
     /// refuse (`check_state`); an object update may not grow its configuration past the
-    /// bounds of a new one.
+    /// bounds of a new one, nor leave it unable to read back as written (a value with spaces
+    /// around it).
     pub fn check(&self, cmd: &Command) -> Result<(), Rejection> {
         cmd.check_input()?;
         match cmd {
             Command::UpdateObject { path, set, unset } => {
                 let (config, _) = self.plan_update(path, set, unset)?;
-                Ok(ClusterState::check_size(path, &config)?)
+                ClusterState::check_size(path, &config)?;
+                Ok(ClusterState::check_form(path, &config)?)
             }
             _ => self.check_state(cmd),
         }
@@ -1392,6 +1441,38 @@ mod tests {
     }
 
     #[test]
+    fn a_live_switch_refusal_repeats_the_holders_report_cut_and_escaped() {
+        let mut s = fencing_cluster();
+        s.apply(&Command::Provision { path: kvm1() });
+        let resource = ResourceReport {
+            rid: format!("volume#data\u{1b}[2J{}", "x".repeat(10_000)),
+            avail: Avail::Up,
+            label: RES.into(),
+            messages: vec![],
+            peers: BTreeMap::from([("n2".to_string(), "StandAlone\n[evil]".to_string())]),
+        };
+        let report = Command::ReportInstance {
+            path: kvm1(),
+            node_id: 1,
+            report: InstanceReport {
+                avail: Avail::Up,
+                warn: false,
+                provisioned: true,
+                resources: vec![resource],
+            },
+            seq: 1,
+        };
+        assert_eq!(s.apply(&report), Response::Done);
+        let why = refused(&mut s, Command::LiveSwitch { path: kvm1(), to: 2 });
+        assert!(why.len() < 1024 && why.contains("… (10015 bytes)"), "{why}");
+        assert!(
+            why.contains(r"is StandAlone\n[evil] as the holder last saw it"),
+            "{why}"
+        );
+        assert!(!why.contains(['\u{1b}', '\n']), "{why}");
+    }
+
+    #[test]
     fn a_new_switch_forgets_which_nodes_were_gone() {
         let mut s = fencing_cluster();
         s.apply(&Command::Provision { path: kvm1() });
@@ -1598,6 +1679,63 @@ mod tests {
         let huge = report(vec![("data", u64::MAX), ("more", u64::MAX)]);
         assert_eq!(s.apply(&huge), Response::Done);
         assert_eq!(s.free_capacity(1), u64::MAX);
+    }
+
+    #[test]
+    fn a_configuration_that_would_not_read_back_is_refused_before_the_log_and_an_old_entry_still_applies() {
+        let mut s = fencing_cluster();
+        // A member's proposal carries the configuration decoded: an empty section smuggling
+        // lines of its own into `config show`.
+        let config: Ini = serde_json::from_value(serde_json::json!({"sections": [
+            {"name": "DEFAULT", "entries": [["id", objects::derived_uuid("x")]]},
+            {"name": "x#1]\n[container#1]\ntype = kvm", "entries": []},
+        ]}))
+        .unwrap();
+        let create = Command::CreateObject {
+            path: path_of("demo/cfg/x"),
+            config,
+        };
+        let e = s.check(&create).unwrap_err().to_string();
+        assert!(
+            e.contains("demo/cfg/x: section name") && e.contains("reads otherwise"),
+            "{e}"
+        );
+        assert_eq!(s.apply(&create), Response::Done);
+        // Set through the API, a value with spaces around it would print as another one.
+        let update = |value: &str| Command::UpdateObject {
+            path: kvm1(),
+            set: vec![(ObjectKey::parse("nodes").unwrap(), value.into())],
+            unset: vec![],
+        };
+        let e = s.check(&update(" n1 n2")).unwrap_err().to_string();
+        assert!(e.contains(r#"keyword "nodes" = " n1 n2" in [DEFAULT]"#), "{e}");
+        s.check(&update("n1 n2")).unwrap();
+        assert_eq!(s.apply(&update(" n1 n2")), Response::Done);
+    }
+
+    #[test]
+    fn a_path_no_parse_gives_is_refused_before_the_log_since_no_snapshot_could_hold_it() {
+        let mut s = fencing_cluster();
+        // A member's proposal carries a path as its parts, unchecked by `parse`.
+        let path = ObjectPath::new("../x", ObjectKind::Cfg, "y");
+        let create = Command::CreateObject {
+            path: path.clone(),
+            config: Ini::default(),
+        };
+        let e = s.check(&create).unwrap_err();
+        assert!(matches!(e, Rejection::Path(PathError::Shape(_))), "{e}");
+        assert!(e.to_string().contains(r#""../x/cfg/y" is not an object path"#), "{e}");
+        for cmd in [
+            Command::Provision { path: path.clone() },
+            Command::FreezeService { path, frozen: true },
+        ] {
+            assert!(matches!(cmd.check_input(), Err(Rejection::Path(_))), "{cmd}");
+        }
+        // Applied all the same (as an entry already in a log would be), the state writes a
+        // snapshot nothing reads.
+        assert_eq!(s.apply(&create), Response::Done);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(serde_json::from_str::<ClusterState>(&json).is_err());
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub enum ObjectError {
         node: String,
         known: String,
     },
-    #[error("{path}: section [{section}] needs keyword {keyword}")]
+    #[error("{path}: section [{}] needs keyword {keyword}", echo(.section))]
     Missing {
         path: String,
         section: String,
@@ -209,6 +209,8 @@ pub enum ObjectError {
     Key { path: String, key: String, why: String },
     #[error("{path}: {why}")]
     TooLarge { path: String, why: String },
+    #[error("{path}: {why}")]
+    Unreadable { path: String, why: String },
     #[error("the cluster config refers to {key} of {DRBD_TEMPLATES}: {why}")]
     Template { key: String, why: String },
 }
@@ -774,6 +776,15 @@ impl ClusterState {
     /// text (`Ini::check_bounds`): new input only, as `check_retired`.
     pub(super) fn check_size(path: &ObjectPath, config: &Ini) -> Result<(), ObjectError> {
         config.check_bounds().map_err(|e| ObjectError::TooLarge {
+            path: path.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Refuses a configuration of an object at `path` that would not read back as written
+    /// from `config show` (`Ini::check_form`): new input only, as `check_retired`.
+    pub(super) fn check_form(path: &ObjectPath, config: &Ini) -> Result<(), ObjectError> {
+        config.check_form().map_err(|e| ObjectError::Unreadable {
             path: path.to_string(),
             why: e.to_string(),
         })

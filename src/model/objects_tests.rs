@@ -168,6 +168,22 @@ fn a_volume_is_refused_when_every_drbd_port_is_taken_never_given_a_wrapped_one()
 }
 
 #[test]
+fn a_section_missing_a_required_keyword_is_named_cut_and_escaped() {
+    // An empty container section: its name was repeated whole, control characters and all.
+    let mut s = cluster();
+    for (name, shown) in [
+        ("container#\u{1b}x".to_string(), r"[container#\u{1b}x]".to_string()),
+        (
+            format!("container#{}", "x".repeat(10_000)),
+            format!("[container#{}… (10010 bytes)]", "x".repeat(190)),
+        ),
+    ] {
+        let why = refused(&mut s, create("demo/svc/x", &format!("[{name}]\n")));
+        assert_eq!(why, format!("demo/svc/x: section {shown} needs keyword type"));
+    }
+}
+
+#[test]
 fn refusals_name_the_part_and_change_nothing() {
     let mut s = cluster();
     s.apply(&svc_with_volume("kvm1", "4G"));

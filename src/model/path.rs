@@ -25,7 +25,7 @@ pub struct ObjectPath {
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum PathError {
     #[error("{:?} is not an object path: expected NAMESPACE/KIND/NAME or NAME", echo(.0))]
     Shape(String),
@@ -56,6 +56,18 @@ impl ObjectPath {
             return Err(PathError::Reserved(s.into()));
         }
         Ok(ObjectPath::new(ns, kind, name))
+    }
+
+    /// Checks a path that did not come through `parse` (decoded from a command) by the same
+    /// rules: as a key of the state's maps it is written as its text and read back through
+    /// `parse`, so a path `parse` refuses would leave a snapshot unreadable.
+    pub fn check(&self) -> Result<(), PathError> {
+        let text = self.to_string();
+        match ObjectPath::parse(&text) {
+            Ok(p) if p == *self => Ok(()),
+            Ok(_) => Err(PathError::Shape(text)),
+            Err(e) => Err(e),
+        }
     }
 
     /// A path from parts already checked (a service's own namespace and name, say).
@@ -161,6 +173,28 @@ mod tests {
         assert!(matches!(ObjectPath::parse("demo/svc/x_y"), Err(PathError::Name(..))));
         assert!(matches!(ObjectPath::parse("system/svc/x"), Err(PathError::Reserved(_))));
         assert!(ObjectPath::parse("system/cfg/drbd").is_ok());
+    }
+
+    #[test]
+    fn a_decoded_path_is_checked_as_a_parsed_one() {
+        ObjectPath::parse("demo/svc/kvm1").unwrap().check().unwrap();
+        let decoded = |namespace: &str, kind, name: &str| ObjectPath::new(namespace, kind, name).check();
+        assert!(matches!(
+            decoded("../x", ObjectKind::Cfg, "y"),
+            Err(PathError::Shape(_))
+        ));
+        assert!(matches!(
+            decoded("demo", ObjectKind::Svc, "a b"),
+            Err(PathError::Name(..))
+        ));
+        assert!(matches!(
+            decoded("\0emo", ObjectKind::Svc, "a"),
+            Err(PathError::Namespace(..))
+        ));
+        assert!(matches!(
+            decoded(SYSTEM, ObjectKind::Vol, "a"),
+            Err(PathError::Reserved(_))
+        ));
     }
 
     #[test]

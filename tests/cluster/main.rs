@@ -453,6 +453,20 @@ async fn a_drbd_template_over_budget_is_refused_and_never_reaches_the_log() {
             err.message()
         );
     }
+    // A key name of 100,000 bytes and a template whose error names a field as long: both
+    // repeated cut, in a short error.
+    let hostile = put(
+        &"k".repeat(100_000),
+        &format!("{{{{.{}}}}}", "A".repeat(100_000)),
+        false,
+    );
+    let err = c.key_put(hostile).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let message = err.message();
+    assert!(
+        message.len() < 1024 && message.contains("(100000 bytes)") && message.matches(" bytes)").count() == 2,
+        "{message:?}"
+    );
     let keys = c.key_list(pb::ObjectRef { path: cfg.into() }).await.unwrap();
     assert!(keys.into_inner().names.is_empty());
     assert_eq!(index(), before, "a refused template reached the log");

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::budget::{self, Failure};
 pub use super::budget::{Budget, Exceeded};
+use crate::config::echo::echo;
 
 /// What a template sees: `.Name` and `.Nodes`, each with `.Name`, `.Addr`, `.Device`,
 /// `.Disk`, `.NodeId`, as in the tutorial's template; `render_with` adds `.Omctl`.
@@ -110,15 +111,21 @@ pub fn render_with(template: &str, data: &TemplateData, omctl: &str) -> Result<S
 /// how far the rendering got.
 pub fn render_within(template: &str, data: &TemplateData, omctl: &str, budget: Budget) -> Result<String, RenderError> {
     const ROOT: &str = "drbd";
-    let value = gotmpl::to_value(&WithOmctl { data, omctl }).map_err(|e| RenderError::Template(e.to_string()))?;
+    let value = gotmpl::to_value(&WithOmctl { data, omctl }).map_err(template_error)?;
     let parsed = gotmpl::Template::new(ROOT)
         .missing_key(gotmpl::MissingKey::Error)
         .parse(template)
-        .map_err(|e| RenderError::Template(e.to_string()))?;
+        .map_err(template_error)?;
     budget::execute(parsed, ROOT, &value, budget).map_err(|e| match e {
         Failure::Exceeded(why) => RenderError::OverBudget(why),
-        Failure::Template(e) => RenderError::Template(e.to_string()),
+        Failure::Template(e) => template_error(e),
     })
+}
+
+/// gotmpl's error, which may quote the template at any length (a field name, a function
+/// name), as every error repeats input: through `echo`.
+fn template_error(e: impl std::fmt::Display) -> RenderError {
+    RenderError::Template(echo(&e.to_string()).to_string())
 }
 
 /// `path` as one word for `/bin/sh -c` inside a DRBD handler string (`"..."`): as is when
@@ -401,6 +408,25 @@ mod tests {
             render("{{range}}", &tutorial()),
             Err(RenderError::Template(_))
         ));
+    }
+
+    #[test]
+    fn a_template_error_repeats_the_template_cut() {
+        // gotmpl names the field, the function or the template whole (the fuzz target found
+        // a field name of 8 KiB repeated in full): the error stays short and on one line.
+        let long = "A".repeat(100_000);
+        for template in [
+            format!("{{{{.{long}}}}}"),
+            format!("{{{{{long}}}}}"),
+            format!("{{{{template \"{long}\"}}}}"),
+            format!("{{{{template \"\u{1b}[2J{long}\"}}}}"),
+        ] {
+            let e = render(&template, &tutorial()).unwrap_err().to_string();
+            assert!(e.len() < 1000 && e.contains("bytes)"), "{e}");
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+        let e = render("{{.Nmae}}", &tutorial()).unwrap_err().to_string();
+        assert_eq!(e, "template: map has no entry for key: Nmae", "short ones as they were");
     }
 
     #[test]
