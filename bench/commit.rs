@@ -12,6 +12,11 @@
 //! All levels share one cluster and every write adds a pool, so each level starts with the
 //! writes of the levels before it in the state: "prior writes" in the table and the JSON.
 //!
+//! Then the largest values: OMRAFT_BENCH_LARGE (default 8; 2 in a smoke run) keys of 1 MiB,
+//! the most a key may hold, put one at a time into `bench/cfg/big`, alternately through the
+//! leader and the follower. Their commit times are printed with the Raft term before and after:
+//! a term that moved means a value this size cost an election.
+//!
 //! Run without `--bench` (as `cargo test --all-targets` does), it is a short smoke run.
 //! The daemons are stopped (SIGTERM, SIGKILL after 5 s) and the directory removed on every exit,
 //! panics, SIGINT and SIGTERM included.
@@ -67,6 +72,75 @@ async fn writers(d: &Omd, n: usize) -> Result<Vec<impl runner::Writer>, String> 
     Ok(out)
 }
 
+/// The size of each large value: the most a key may hold.
+const LARGE_BYTES: usize = omraft::model::objects::MAX_KEY_BYTES;
+
+/// The large-value phase: each write's commit time, by the way it went, and the Raft term
+/// before and after.
+#[derive(Default)]
+struct Large {
+    leader_ms: Vec<f64>,
+    follower_ms: Vec<f64>,
+    terms: (u64, u64),
+}
+
+async fn term(d: &Omd) -> Result<u64, String> {
+    let mut c = client(d).await?;
+    let st = within(Duration::from_secs(5), "NodeStatus", async {
+        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    })
+    .await?;
+    Ok(st.into_inner().term)
+}
+
+async fn large_values(cluster: &Cluster, leader: &str, follower: &str, writes: usize) -> Result<Large, String> {
+    let (l, f) = (
+        cluster.by_name(leader).expect("ours"),
+        cluster.by_name(follower).expect("ours"),
+    );
+    let path = "bench/cfg/big".to_string();
+    let mut lc = client(l).await?;
+    within(Duration::from_secs(30), "ObjectCreate", async {
+        lc.object_create(pb::ObjectCreateRequest {
+            path: path.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    let mut out = Large {
+        terms: (term(l).await?, 0),
+        ..Large::default()
+    };
+    for i in 0..writes {
+        let (via, d) = if i % 2 == 0 { (leader, l) } else { (follower, f) };
+        let mut c = client(d).await?;
+        let put = pb::KeyPutRequest {
+            path: path.clone(),
+            name: format!("v{i}"),
+            value: vec![b'v'; LARGE_BYTES],
+            change: false,
+        };
+        let t = std::time::Instant::now();
+        within(Duration::from_secs(30), "KeyPut of 1 MiB", async {
+            c.key_put(put)
+                .await
+                .map_err(|e| format!("through {via}: {}", status_text(e)))
+        })
+        .await?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if d.name == leader {
+            &mut out.leader_ms
+        } else {
+            &mut out.follower_ms
+        }
+        .push(ms);
+    }
+    out.terms.1 = term(l).await?;
+    Ok(out)
+}
+
 struct Row {
     via: String,
     /// Writes issued before this level: the state already holds about this many pools.
@@ -78,10 +152,11 @@ struct Outcome {
     rows: Vec<Row>,
     aborted: Option<String>,
     notes: Vec<String>,
+    large: Large,
     total_ok: u64,
 }
 
-async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Result<Outcome, String> {
+async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize], large: usize) -> Result<Outcome, String> {
     let (leader, follower) = harness::form(cluster).await?;
 
     let next = Arc::new(AtomicU64::new(0));
@@ -90,6 +165,7 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Resul
         aborted: None,
         notes: Vec::new(),
         total_ok: 0,
+        large: Large::default(),
     };
     'targets: for (via, name) in [("leader", leader), ("follower", follower)] {
         for &n in levels {
@@ -128,6 +204,10 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize]) -> Resul
         }
     }
 
+    if out.aborted.is_none() {
+        out.large = large_values(cluster, leader, follower, large).await?;
+    }
+
     // Sanity: every acknowledged write is in the state.
     let mut c = client(cluster.by_name(leader).expect("our daemon")).await?;
     let show = within(Duration::from_secs(30), "ConfigShow", async {
@@ -164,6 +244,62 @@ struct JsonLevel<'a> {
 }
 
 #[derive(serde::Serialize)]
+struct JsonLarge {
+    bytes: usize,
+    writes: usize,
+    leader_p50_ms: f64,
+    leader_max_ms: f64,
+    follower_p50_ms: f64,
+    follower_max_ms: f64,
+    term_before: u64,
+    term_after: u64,
+}
+
+/// (median, max) of `ms`, 0 when empty.
+fn median_max(ms: &[f64]) -> (f64, f64) {
+    let mut v = ms.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => (0.0, 0.0),
+        n => (v[n / 2], v[n - 1]),
+    }
+}
+
+fn json_large(l: &Large) -> JsonLarge {
+    let (lp, lm) = median_max(&l.leader_ms);
+    let (fp, fm) = median_max(&l.follower_ms);
+    JsonLarge {
+        bytes: LARGE_BYTES,
+        writes: l.leader_ms.len() + l.follower_ms.len(),
+        leader_p50_ms: round(lp, 3),
+        leader_max_ms: round(lm, 3),
+        follower_p50_ms: round(fp, 3),
+        follower_max_ms: round(fm, 3),
+        term_before: l.terms.0,
+        term_after: l.terms.1,
+    }
+}
+
+fn print_large(l: &Large) {
+    println!();
+    println!(
+        "{:<18} {:>8} {:>10} {:>8} {:>12}",
+        "1 MiB keys via", "writes", "median ms", "max ms", "Raft term"
+    );
+    for (via, ms) in [("leader", &l.leader_ms), ("follower", &l.follower_ms)] {
+        let (p50, max) = median_max(ms);
+        println!(
+            "{:<18} {:>8} {:>10.2} {:>8.2} {:>12}",
+            via,
+            ms.len(),
+            p50,
+            max,
+            format!("{} -> {}", l.terms.0, l.terms.1)
+        );
+    }
+}
+
+#[derive(serde::Serialize)]
 struct JsonReport<'a> {
     bench: &'static str,
     nodes: usize,
@@ -175,6 +311,7 @@ struct JsonReport<'a> {
     os: &'static str,
     arch: &'static str,
     levels: Vec<JsonLevel<'a>>,
+    large_values: JsonLarge,
 }
 
 fn max_ms(l: &Level) -> f64 {
@@ -203,7 +340,7 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn print_json(rows: &[Row], phases: Phases) {
+fn print_json(rows: &[Row], large: &Large, phases: Phases) {
     let report = JsonReport {
         bench: "commit",
         nodes: NODES.len(),
@@ -231,6 +368,7 @@ fn print_json(rows: &[Row], phases: Phases) {
                 }
             })
             .collect(),
+        large_values: json_large(large),
     };
     println!("{}", serde_json::to_string(&report).expect("serializing the report"));
 }
@@ -262,6 +400,17 @@ fn main() -> ExitCode {
             }
         }
     };
+    let large = match std::env::var("OMRAFT_BENCH_LARGE") {
+        Err(_) if full => 8,
+        Err(_) => 2,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n <= 1000 => n,
+            _ => {
+                eprintln!("OMRAFT_BENCH_LARGE={v:?}: expected a number of 1 MiB writes, at most 1000");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let phases = Phases {
         warmup: Duration::from_secs_f64(if full { 1.0 } else { 0.2 }),
         measure: Duration::from_secs_f64(secs),
@@ -276,7 +425,7 @@ fn main() -> ExitCode {
         }
     };
     // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
-    let result = harness::run_interruptible(bench(&mut cluster, phases, &levels));
+    let result = harness::run_interruptible(bench(&mut cluster, phases, &levels, large));
     cluster.finish(result.is_err());
 
     match result {
@@ -289,13 +438,14 @@ fn main() -> ExitCode {
                 eprintln!("  note: {n}");
             }
             print_table(&out.rows);
+            print_large(&out.large);
             match out.aborted {
                 Some(why) => {
                     eprintln!("commit bench aborted: {why}");
                     ExitCode::FAILURE
                 }
                 None => {
-                    print_json(&out.rows, phases);
+                    print_json(&out.rows, &out.large, phases);
                     ExitCode::SUCCESS
                 }
             }

@@ -149,7 +149,7 @@ impl Claims {
         if claims.exp <= now {
             return Err(TokenError::Expired(now - claims.exp));
         }
-        if claims.iat > now + SKEW_SECS {
+        if claims.iat > now.saturating_add(SKEW_SECS) {
             return Err(TokenError::NotYetValid);
         }
         let life = claims.exp.saturating_sub(claims.iat);

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::node_caller;
 use crate::daemon::Node;
-use crate::model::Command;
+use crate::model::{Command, MAX_COMMAND_BYTES};
 use crate::pb::{self, RaftMessage};
 use crate::raft::{NodeId, TypeConfig};
 
@@ -91,6 +91,12 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let size = req.get_ref().data.len();
+        if size > MAX_COMMAND_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a proposal of {size} bytes: a command is at most {MAX_COMMAND_BYTES} bytes encoded"
+            )));
+        }
         let (from, cmd): (_, Command) = decode(req)?;
         if let Some(about) = cmd.reporting_node() {
             if about != from {

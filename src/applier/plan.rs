@@ -482,6 +482,7 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
         provisioned: provisioned && !desired.volumes.is_empty(),
         resources,
     }
+    .bounded()
 }
 
 #[cfg(test)]

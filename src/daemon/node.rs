@@ -327,10 +327,11 @@ impl Node {
     }
 
     /// Proposes on this node if it is the leader; `Err(ProposeError::NotLeader)` otherwise.
-    /// Serves `Propose`: a member's command breaking an input rule (`Command::check_input`)
-    /// is refused (`Response::Refused`, log index 0) before Raft sees it.
+    /// Serves `Propose`: a member's command breaking an input rule
+    /// (`ClusterState::check_proposal`) is refused (`Response::Refused`, log index 0) before
+    /// Raft sees it.
     pub async fn propose_local(&self, cmd: Command) -> Result<(u64, Response), ProposeError> {
-        if let Err(why) = cmd.check_input() {
+        if let Err(why) = self.read(|d| d.state.check_proposal(&cmd)) {
             return Ok((0, Response::Refused(why)));
         }
         match self.member().raft.client_write(cmd).await {

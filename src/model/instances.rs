@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::objects::Allocation;
 use super::path::{ObjectKind, ObjectPath};
 use super::{ClusterState, NodeId, Rejection};
+use crate::config::echo::echo;
 use crate::config::ini::DEFAULT;
 
 /// The desired state of one service.
@@ -163,6 +164,68 @@ pub struct InstanceReport {
     pub warn: bool,
     pub provisioned: bool,
     pub resources: Vec<ResourceReport>,
+}
+
+/// Bounds on what a node's instance report may carry (`InstanceReport::check_bounds`): far
+/// above what a service's resources give, low enough that no report fills the log.
+pub const MAX_REPORT_RESOURCES: usize = 4096;
+/// The most messages, and the most peers, one resource of a report lists.
+pub const MAX_REPORT_ITEMS: usize = 64;
+/// The longest string in a report (a resource id, label, message, peer or its state); the
+/// applier cuts longer messages (`InstanceReport::bounded`).
+pub const MAX_REPORT_STRING: usize = 4096;
+
+impl InstanceReport {
+    /// Why the report is larger than a node's report may be, if it is.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.resources.len() > MAX_REPORT_RESOURCES {
+            return Err(format!(
+                "{} resources, more than the {MAX_REPORT_RESOURCES} a report may list",
+                self.resources.len()
+            ));
+        }
+        for r in &self.resources {
+            if r.messages.len() > MAX_REPORT_ITEMS || r.peers.len() > MAX_REPORT_ITEMS {
+                return Err(format!(
+                    "resource {}: more than {MAX_REPORT_ITEMS} messages or peers",
+                    echo(&r.rid)
+                ));
+            }
+            let strings = [&r.rid, &r.label]
+                .into_iter()
+                .chain(&r.messages)
+                .chain(r.peers.iter().flat_map(|(k, v)| [k, v]));
+            for s in strings {
+                if s.len() > MAX_REPORT_STRING {
+                    return Err(format!(
+                        "resource {}: a string of {} bytes, more than {MAX_REPORT_STRING}",
+                        echo(&r.rid),
+                        s.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The report with each message cut to what a report may carry (a driver's error can
+    /// repeat a long output) and at most `MAX_REPORT_ITEMS` of them per resource.
+    pub fn bounded(mut self) -> InstanceReport {
+        for r in &mut self.resources {
+            r.messages.truncate(MAX_REPORT_ITEMS);
+            for m in &mut r.messages {
+                if m.len() > MAX_REPORT_STRING {
+                    let mut end = MAX_REPORT_STRING - 3;
+                    while !m.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    m.truncate(end);
+                    m.push_str("...");
+                }
+            }
+        }
+        self
+    }
 }
 
 impl ClusterState {

@@ -26,7 +26,7 @@ pub use path::{ObjectKind, ObjectPath, PathError};
 
 use crate::config::echo::echo;
 use crate::config::ini::Ini;
-use crate::config::kind::{check_addr, Kind};
+use crate::config::kind::{check_addr, check_line, Kind};
 
 /// Raft node id. Allocated by the cluster (`next_node_id`), never reused.
 pub type NodeId = u64;
@@ -380,10 +380,27 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::ReportInstance { node_id, report, .. } => report
+                .check_bounds()
+                .map_err(|why| Rejection::BadInstanceReport(*node_id, why)),
+            Command::CaptureDomain { name, .. } => {
+                if name.len() > MAX_DOMAIN_NAME_BYTES || check_line(name).is_err() {
+                    return Err(Rejection::BadDomain(name.clone()));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 }
+
+/// The longest libvirt domain name a node may capture a definition for.
+pub const MAX_DOMAIN_NAME_BYTES: usize = 255;
+
+/// The largest encoded command a member may propose to the leader: the largest object
+/// configuration or key value (1 MiB each) with room to spare. Checked on the encoded bytes,
+/// before decoding.
+pub const MAX_COMMAND_BYTES: usize = 4 << 20;
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -508,8 +525,10 @@ pub enum Rejection {
     Moved(String, NodeId),
     #[error("{0} already runs on node id {1}")]
     AlreadyThere(String, NodeId),
-    #[error("the domain XML of {} is too large or does not name the domain", echo(.0))]
+    #[error("the domain XML of {} is too large or does not name the domain, or the name is not one line of at most {MAX_DOMAIN_NAME_BYTES} bytes", echo(.0))]
     BadDomain(String),
+    #[error("instance report of node id {0}: {1}")]
+    BadInstanceReport(NodeId, String),
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
     #[error("ssh key of node id {0}: {1}")]
@@ -556,6 +575,22 @@ impl ClusterState {
             }
             _ => self.check_state(cmd),
         }
+    }
+
+    /// What the leader checks of a member's proposal before Raft sees it: the command's own
+    /// values (`Command::check_input`) and, for an object update, that the configuration it
+    /// leaves stays within a new one's bounds and reads back as written (as `check` does for
+    /// the API). Nothing else of the state: a new leader may not have applied all it committed
+    /// yet, and `apply` refuses what no longer fits.
+    pub fn check_proposal(&self, cmd: &Command) -> Result<(), Rejection> {
+        cmd.check_input()?;
+        if let Command::UpdateObject { path, set, unset } = cmd {
+            if let Ok((config, _)) = self.plan_update(path, set, unset) {
+                ClusterState::check_size(path, &config)?;
+                ClusterState::check_form(path, &config)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks `cmd` against the current state without changing anything: what `apply` holds
@@ -1747,5 +1782,63 @@ mod tests {
         let e = s.check(&cmd).unwrap_err().to_string();
         assert!(e.contains("migration.uri") && e.contains("one line"), "{e}");
         assert_eq!(s.apply(&cmd), Response::Done);
+    }
+
+    #[test]
+    fn node_reports_and_captured_domains_are_bounded_before_the_log() {
+        let s = fencing_cluster();
+        let resource = |messages: Vec<String>| ResourceReport {
+            rid: "volume#data".into(),
+            avail: Avail::Up,
+            label: "kvm1".into(),
+            messages,
+            peers: BTreeMap::new(),
+        };
+        let report = |resources| Command::ReportInstance {
+            path: kvm1(),
+            node_id: 1,
+            report: InstanceReport {
+                avail: Avail::Up,
+                warn: false,
+                provisioned: true,
+                resources,
+            },
+            seq: 1,
+        };
+        let refused = |c: &Command| s.check(c).unwrap_err().to_string();
+        let long = "m".repeat(instances::MAX_REPORT_STRING + 1);
+        let e = refused(&report(vec![resource(vec![long.clone()])]));
+        assert!(
+            e.contains("instance report of node id 1") && e.contains("4097 bytes"),
+            "{e}"
+        );
+        let e = refused(&report(vec![resource(vec![
+            "m".into();
+            instances::MAX_REPORT_ITEMS + 1
+        ])]));
+        assert!(e.contains("more than 64 messages"), "{e}");
+        let many = vec![resource(vec![]); instances::MAX_REPORT_RESOURCES + 1];
+        assert!(refused(&report(many)).contains("4097 resources"));
+        // What the applier reports is cut to fit, on a character boundary.
+        let cut = report(vec![resource(vec![format!("é{long}")])]);
+        let Command::ReportInstance { report: r, .. } = &cut else {
+            unreachable!()
+        };
+        let bounded = r.clone().bounded();
+        assert!(bounded.check_bounds().is_ok());
+        assert!(bounded.resources[0].messages[0].ends_with("..."));
+
+        let capture = |name: &str| Command::CaptureDomain {
+            path: kvm1(),
+            name: name.into(),
+            xml: format!("<domain><name>{name}</name></domain>"),
+        };
+        for bad in ["kvm1\n<evil/>", "k".repeat(MAX_DOMAIN_NAME_BYTES + 1).as_str()] {
+            assert!(
+                matches!(capture(bad).check_input(), Err(Rejection::BadDomain(_))),
+                "{bad:?}"
+            );
+        }
+        capture("kvm1").check_input().unwrap();
     }
 }

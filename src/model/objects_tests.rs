@@ -557,4 +557,15 @@ fn object_configurations_are_bounded_at_creation_and_by_updates() {
     let why = s.check(&grow(set.clone())).unwrap_err().to_string();
     assert!(why.contains("demo/svc/grow") && why.contains("1 MiB"), "{why}");
     s.check(&grow(set[..200].to_vec())).unwrap();
+    // The leader holds a member's proposal to the same bound (a member's check is its own).
+    let why = s.check_proposal(&grow(set.clone())).unwrap_err().to_string();
+    assert!(why.contains("demo/svc/grow") && why.contains("1 MiB"), "{why}");
+    s.check_proposal(&grow(set[..200].to_vec())).unwrap();
+    // An update of an object that is not there is `apply`'s to refuse, not the proposal's.
+    let gone = Command::UpdateObject {
+        path: ObjectPath::parse("demo/svc/gone").unwrap(),
+        set: set[..2].to_vec(),
+        unset: vec![],
+    };
+    s.check_proposal(&gone).unwrap();
 }

@@ -279,11 +279,43 @@ fn io_err(kind: std::io::ErrorKind, msg: String) -> std::io::Error {
     std::io::Error::new(kind, msg)
 }
 
+/// The most encoded bytes of log entries one AppendEntries call carries, unless its first entry
+/// alone is larger (it then goes alone: the value limit keeps an entry near 1 MiB).
+///
+/// openraft 0.9 bounds every append by the heartbeat interval, and heartbeats ride on the same
+/// calls: an append too large to be sent, decoded and synced within it would time out, be sent
+/// again, time out again, and leave the follower without heartbeats until it stood for
+/// election. A longer backlog therefore goes as several calls, each answered with the log id of
+/// the last entry it carried (`PartialSuccess`), and openraft sends the rest next.
+pub const APPEND_BYTES: usize = 1 << 20;
+
+/// How many of `entries`, from the first, fit in `budget` encoded bytes (at least one).
+fn append_prefix(entries: &[super::Entry], budget: usize) -> usize {
+    let mut bytes = 0;
+    for (n, entry) in entries.iter().enumerate() {
+        bytes += crate::raft::codec::encode(entry).map_or(usize::MAX, |e| e.len());
+        if n > 0 && bytes > budget {
+            return n;
+        }
+    }
+    entries.len()
+}
+
 impl Peer {
     /// One RPC to the peer, bounded by openraft's TTL, recorded in the link statistics.
     async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, option: RPCOption) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = crate::raft::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(rpc, data, option).await
+    }
+
+    /// `call` for a request already encoded.
+    async fn send<Resp, E>(&self, rpc: Rpc, data: Vec<u8>, option: RPCOption) -> Result<Resp, RpcErr<E>>
+    where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -295,7 +327,6 @@ impl Peer {
                 );
                 RPCError::Unreachable(Unreachable::new(&e))
             })?;
-            let data = crate::raft::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             let mut request = tonic::Request::new(pb::RaftMessage { data });
             let ttl = option.hard_ttl();
             request.set_timeout(ttl);
@@ -344,10 +375,20 @@ impl Peer {
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<openraft::error::Infallible>> {
-        self.call(Rpc::Append, &rpc, option).await
+        let data = crate::raft::codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if data.len() <= APPEND_BYTES || rpc.entries.len() < 2 {
+            return self.send(Rpc::Append, data, option).await;
+        }
+        rpc.entries.truncate(append_prefix(&rpc.entries, APPEND_BYTES));
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let answer = self.call(Rpc::Append, &rpc, option).await?;
+        Ok(match answer {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -378,8 +419,12 @@ mod tests {
     use super::*;
     use crate::pb::RaftMessage;
 
-    /// A peer that answers every vote request with a granted vote.
-    struct Voter;
+    /// A peer that answers every vote request with a granted vote, and every append with a
+    /// success, keeping the number of entries each append carried.
+    #[derive(Default)]
+    struct Voter {
+        appends: Arc<Mutex<Vec<usize>>>,
+    }
 
     #[tonic::async_trait]
     impl pb::raft_server::Raft for Voter {
@@ -390,8 +435,13 @@ mod tests {
                 data: crate::raft::codec::encode(&answer).unwrap(),
             }))
         }
-        async fn append_entries(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-            Err(Status::unimplemented("append_entries"))
+        async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            let req: AppendEntriesRequest<TypeConfig> = crate::raft::codec::decode(&req.into_inner().data).unwrap();
+            self.appends.lock().unwrap().push(req.entries.len());
+            let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(RaftMessage {
+                data: crate::raft::codec::encode(&answer).unwrap(),
+            }))
         }
         async fn install_snapshot(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
             Err(Status::unimplemented("install_snapshot"))
@@ -486,7 +536,7 @@ mod tests {
         let tls = |id| Arc::new(authority.test_tls(id));
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(pb::raft_server::RaftServer::new(Voter))
+                .add_service(pb::raft_server::RaftServer::new(Voter::default()))
                 .serve_with_incoming(crate::tls::incoming(listener, tls(2), tokio::runtime::Handle::current()).nodes),
         );
         let (proxy, addr) = Proxy::start(upstream).await;
@@ -547,7 +597,7 @@ mod tests {
         let upstream = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(pb::raft_server::RaftServer::new(Voter))
+                .add_service(pb::raft_server::RaftServer::new(Voter::default()))
                 .serve_with_incoming(
                     crate::tls::incoming(
                         listener,
@@ -568,5 +618,60 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(crate::tls::never_connected(&lost), None, "{lost:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_backlog_goes_as_several_appends_each_answered_for_what_it_carried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let authority = crate::tls::pki::Authority::ephemeral();
+        let voter = Voter::default();
+        let appends = voter.appends.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(voter))
+                .serve_with_incoming(
+                    crate::tls::incoming(
+                        listener,
+                        Arc::new(authority.test_tls(2)),
+                        tokio::runtime::Handle::current(),
+                    )
+                    .nodes,
+                ),
+        );
+        let mut network = Network {
+            channels: Channels::new(Arc::new(authority.test_tls(1))),
+            links: Arc::new(Links::default()),
+        };
+        let mut peer = network.new_client(2, &BasicNode { addr }).await;
+        let entry = |index: u64, bytes: usize| super::super::Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::model::Command::RevokeCert {
+                fingerprint: "f".repeat(bytes),
+            }),
+        };
+        let append = |entries| AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        };
+        let option = || RPCOption::new(Duration::from_secs(5));
+
+        // Ten entries of 300 KiB: the first three fit in the budget, and the answer says so.
+        let backlog = (1..=10).map(|i| entry(i, 300 << 10)).collect();
+        let answer = peer.append_entries(append(backlog), option()).await.unwrap();
+        let third = openraft::LogId::new(CommittedLeaderId::new(1, 1), 3);
+        assert_eq!(answer, AppendEntriesResponse::PartialSuccess(Some(third)));
+        // One entry over the budget goes alone, whole; small backlogs go whole.
+        let alone = peer
+            .append_entries(append(vec![entry(1, 2 << 20)]), option())
+            .await
+            .unwrap();
+        assert_eq!(alone, AppendEntriesResponse::Success);
+        let small = (1..=50).map(|i| entry(i, 100)).collect();
+        let whole = peer.append_entries(append(small), option()).await.unwrap();
+        assert_eq!(whole, AppendEntriesResponse::Success);
+        assert_eq!(*appends.lock().unwrap(), vec![3, 1, 50]);
     }
 }
