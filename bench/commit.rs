@@ -17,10 +17,17 @@
 //! leader and the follower. Their commit times are printed with the Raft term before and after:
 //! a term that moved means a value this size cost an election.
 //!
+//! Side by side with etcd: when an `etcd` binary is found (OMRAFT_ETCD, else the PATH; Debian's
+//! `etcd-server`), three etcd members start on loopback afterwards and the same levels run
+//! against them, through their leader then a follower, with `Put`s of a key and a value of the
+//! same size, each writer on its own connection (`bench/etcd.rs`); a second table gives both
+//! figures and omraft's share of etcd's. OMRAFT_BENCH_ETCD=0 leaves etcd out.
+//!
 //! Run without `--bench` (as `cargo test --all-targets` does), it is a short smoke run.
 //! The daemons are stopped (SIGTERM, SIGKILL after 5 s) and the directory removed on every exit,
 //! panics, SIGINT and SIGTERM included.
 
+mod etcd;
 mod harness;
 mod runner;
 #[path = "../tests/support/mod.rs"]
@@ -142,6 +149,7 @@ async fn large_values(cluster: &Cluster, leader: &str, follower: &str, writes: u
 }
 
 struct Row {
+    system: &'static str,
     via: String,
     /// Writes issued before this level: the state already holds about this many pools.
     prior_writes: u64,
@@ -150,10 +158,50 @@ struct Row {
 
 struct Outcome {
     rows: Vec<Row>,
+    etcd_version: Option<String>,
     aborted: Option<String>,
     notes: Vec<String>,
     large: Large,
     total_ok: u64,
+}
+
+/// The same levels against three etcd members, through their leader then a follower.
+async fn bench_etcd(bin: &std::path::Path, phases: Phases, levels: &[usize], out: &mut Outcome) -> Result<(), String> {
+    let mut members = etcd::Etcd::start(bin)?;
+    let leader = members.leader().await?;
+    eprintln!("  etcd: {} , leader {leader}", members.version);
+    out.etcd_version = Some(members.version.clone());
+    let next = Arc::new(AtomicU64::new(0));
+    for (via, url) in [("leader", leader.clone()), ("follower", members.follower(&leader))] {
+        for &n in levels {
+            let ws = etcd::writers(&url, n).await?;
+            let prior_writes = next.load(Ordering::Relaxed);
+            let level = runner::run_level(ws, next.clone(), phases).await;
+            eprintln!(
+                "  etcd {via} x{n}: {} writes, {:.0}/s, {} errors",
+                level.writes,
+                level.writes_per_sec(),
+                level.errors
+            );
+            if !level.error_samples.is_empty() {
+                out.notes
+                    .push(format!("etcd {via} x{n} errors: {}", level.error_samples.join(" | ")));
+            }
+            if level.error_ratio() > MAX_ERROR_RATIO {
+                return Err(format!(
+                    "etcd: {:.1}% of the writes failed at {via} x{n}",
+                    level.error_ratio() * 100.0
+                ));
+            }
+            out.rows.push(Row {
+                system: "etcd",
+                via: format!("{via} ({})", url.trim_start_matches("http://")),
+                prior_writes,
+                level,
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize], large: usize) -> Result<Outcome, String> {
@@ -162,6 +210,7 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize], large: u
     let next = Arc::new(AtomicU64::new(0));
     let mut out = Outcome {
         rows: Vec::new(),
+        etcd_version: None,
         aborted: None,
         notes: Vec::new(),
         total_ok: 0,
@@ -187,6 +236,7 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize], large: u
                     .push(format!("{via} x{n} errors: {}", level.error_samples.join(" | ")));
             }
             out.rows.push(Row {
+                system: "omraft",
                 via: format!("{via} ({name})"),
                 prior_writes,
                 level,
@@ -230,8 +280,59 @@ async fn bench(cluster: &mut Cluster, phases: Phases, levels: &[usize], large: u
 // ---------------------------------------------------------------------------------------------
 // Report
 
+/// omraft's figure and etcd's, matched by way (leader, follower) and concurrency.
+fn pairs(rows: &[Row]) -> Vec<(&Row, &Row)> {
+    let way = |r: &Row| r.via.split(' ').next().unwrap_or("").to_string();
+    rows.iter()
+        .filter(|r| r.system == "omraft")
+        .filter_map(|o| {
+            rows.iter()
+                .find(|e| e.system == "etcd" && way(e) == way(o) && e.level.concurrency == o.level.concurrency)
+                .map(|e| (o, e))
+        })
+        .collect()
+}
+
+fn print_comparison(rows: &[Row]) {
+    let pairs = pairs(rows);
+    if pairs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<9} {:>11} {:>26} {:>26} {:>13}",
+        "via", "concurrency", "etcd writes/s (p50/p99 ms)", "omraft writes/s (p50/p99)", "omraft/etcd"
+    );
+    let cell = |l: &Level| {
+        format!(
+            "{:.0} ({:.1} / {:.1})",
+            l.writes_per_sec(),
+            l.percentile_ms(50.0),
+            l.percentile_ms(99.0)
+        )
+    };
+    for (o, e) in pairs {
+        println!(
+            "{:<9} {:>11} {:>26} {:>26} {:>13.2}",
+            o.via.split(' ').next().unwrap_or(""),
+            o.level.concurrency,
+            cell(&e.level),
+            cell(&o.level),
+            o.level.writes_per_sec() / e.level.writes_per_sec().max(f64::MIN_POSITIVE)
+        );
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonRatio<'a> {
+    via: &'a str,
+    concurrency: usize,
+    omraft_per_etcd: f64,
+}
+
 #[derive(serde::Serialize)]
 struct JsonLevel<'a> {
+    system: &'static str,
     via: &'a str,
     concurrency: usize,
     prior_writes: u64,
@@ -312,6 +413,8 @@ struct JsonReport<'a> {
     arch: &'static str,
     levels: Vec<JsonLevel<'a>>,
     large_values: JsonLarge,
+    etcd_version: Option<&'a str>,
+    ratios: Vec<JsonRatio<'a>>,
 }
 
 fn max_ms(l: &Level) -> f64 {
@@ -320,13 +423,14 @@ fn max_ms(l: &Level) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<18} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12}",
-        "via", "concurrency", "writes", "writes/s", "p50 ms", "p99 ms", "max ms", "errors", "prior writes"
+        "{:<7} {:<26} {:>11} {:>8} {:>10} {:>8} {:>8} {:>8} {:>7} {:>12}",
+        "system", "via", "concurrency", "writes", "writes/s", "p50 ms", "p99 ms", "max ms", "errors", "prior writes"
     );
     for r in rows {
         let l = &r.level;
         println!(
-            "{:<18} {:>11} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>12}",
+            "{:<7} {:<26} {:>11} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>12}",
+            r.system,
             r.via,
             l.concurrency,
             l.writes,
@@ -340,7 +444,7 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn print_json(rows: &[Row], large: &Large, phases: Phases) {
+fn print_json(rows: &[Row], large: &Large, etcd_version: Option<&str>, phases: Phases) {
     let report = JsonReport {
         bench: "commit",
         nodes: NODES.len(),
@@ -356,6 +460,7 @@ fn print_json(rows: &[Row], large: &Large, phases: Phases) {
             .map(|r| {
                 let l = &r.level;
                 JsonLevel {
+                    system: r.system,
                     via: r.via.split(' ').next().unwrap_or(&r.via),
                     concurrency: l.concurrency,
                     prior_writes: r.prior_writes,
@@ -369,6 +474,18 @@ fn print_json(rows: &[Row], large: &Large, phases: Phases) {
             })
             .collect(),
         large_values: json_large(large),
+        etcd_version,
+        ratios: pairs(rows)
+            .into_iter()
+            .map(|(o, e)| JsonRatio {
+                via: o.via.split(' ').next().unwrap_or(""),
+                concurrency: o.level.concurrency,
+                omraft_per_etcd: round(
+                    o.level.writes_per_sec() / e.level.writes_per_sec().max(f64::MIN_POSITIVE),
+                    3,
+                ),
+            })
+            .collect(),
     };
     println!("{}", serde_json::to_string(&report).expect("serializing the report"));
 }
@@ -425,8 +542,26 @@ fn main() -> ExitCode {
         }
     };
     // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
-    let result = harness::run_interruptible(bench(&mut cluster, phases, &levels, large));
+    let mut result = harness::run_interruptible(bench(&mut cluster, phases, &levels, large));
     cluster.finish(result.is_err());
+    // Then etcd, on a machine omraft no longer loads.
+    let with_etcd = match std::env::var("OMRAFT_BENCH_ETCD").as_deref() {
+        Ok("0") => false,
+        Ok(_) => true,
+        Err(_) => full,
+    };
+    if let Ok(out) = &mut result {
+        match etcd::find() {
+            _ if !with_etcd || out.aborted.is_some() => {}
+            None => eprintln!("commit bench: no etcd binary (OMRAFT_ETCD, or etcd on the PATH): omraft alone"),
+            Some(bin) => {
+                if let Err(e) = harness::run_interruptible(bench_etcd(&bin, phases, &levels, out)) {
+                    eprintln!("commit bench: the etcd comparison failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
 
     match result {
         Err(e) => {
@@ -439,13 +574,14 @@ fn main() -> ExitCode {
             }
             print_table(&out.rows);
             print_large(&out.large);
+            print_comparison(&out.rows);
             match out.aborted {
                 Some(why) => {
                     eprintln!("commit bench aborted: {why}");
                     ExitCode::FAILURE
                 }
                 None => {
-                    print_json(&out.rows, &out.large, phases);
+                    print_json(&out.rows, &out.large, out.etcd_version.as_deref(), phases);
                     ExitCode::SUCCESS
                 }
             }

@@ -31,7 +31,7 @@ pub struct Cluster {
 }
 
 /// Distinct free loopback ports: bound together, then released.
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
         .collect();
