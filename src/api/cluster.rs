@@ -622,7 +622,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let node_id = match r {
             Applied::NodeAdded(id) => id,
             Applied::Refused(why) => return Err(super::refused(&why)),
-            Applied::Done => return Err(Status::internal("admission allocated no node id")),
+            Applied::Done | Applied::Batch(_) => return Err(Status::internal("admission allocated no node id")),
         };
         let (cert, ca) = {
             let a = self.node.authority.lock().expect("authority lock");

@@ -2,6 +2,7 @@
 //!
 //! - `node`: the store, the current Raft incarnation, the TLS identity, and the primitives the
 //!   API builds on (`write`, `read_linearizable`, both through `via_leader`).
+//! - `batch`: group commit, the writes waiting on the leader gathered into one log entry.
 //! - `lease`: this node's lease, its renewal loop, and the grants it records as the leader.
 //! - `watchdog`: arming, petting and disarming the watchdog that resets a node that can no
 //!   longer act.
@@ -10,6 +11,7 @@
 //! - `run`: starts a node and spawns every loop, handing the applier and the orchestrator
 //!   their narrow view of the node.
 
+pub mod batch;
 pub mod lease;
 pub mod node;
 pub mod reports;

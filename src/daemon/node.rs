@@ -18,6 +18,7 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 
+use super::batch::Batcher;
 use super::Watchdog;
 use crate::model::{ClusterState, Command, NodeId, Response};
 use crate::pb;
@@ -80,6 +81,8 @@ pub struct Member {
     pub id: NodeId,
     pub raft: Raft,
     pub sm: StateMachine,
+    /// Where this node's writes go when it leads: several to an entry (`batch`).
+    pub batch: Batcher,
 }
 
 /// A running node.
@@ -293,11 +296,11 @@ impl Node {
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(100));
-                match tokio::time::timeout(left, m.raft.client_write(cmd)).await {
-                    Ok(Ok(r)) => Ok((r.log_id.index, r.data)),
+                match tokio::time::timeout(left, m.batch.write(cmd)).await {
+                    Ok(Ok(written)) => Ok(written),
                     Ok(Err(e)) => Err(local_write_failure(&e)),
                     Err(_) => Err(Attempt::Fail(outcome_unknown(format!(
-                        "appended on this node, the leader, but not committed within {} s",
+                        "queued on this node, the leader, but not committed within {} s",
                         left.as_secs()
                     )))),
                 }
@@ -334,9 +337,11 @@ impl Node {
         if let Err(why) = self.read(|d| d.state.check_proposal(&cmd)) {
             return Ok((0, Response::Refused(why)));
         }
-        match self.member().raft.client_write(cmd).await {
-            Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NotLeader),
+        match self.member().batch.write(cmd).await {
+            Ok(written) => Ok(written),
+            Err(e) if matches!(*e, RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::NotLeader)
+            }
             Err(e) => Err(ProposeError::Failed(e.to_string())),
         }
     }
@@ -572,7 +577,8 @@ async fn start_member(
     let raft = Raft::new(id, config, network, store.log_store(), sm.clone())
         .await
         .map_err(StartError::Raft)?;
-    Ok(Arc::new(Member { id, raft, sm }))
+    let batch = Batcher::start(raft.clone());
+    Ok(Arc::new(Member { id, raft, sm, batch }))
 }
 
 /// This node's certificate and the CA's (DER), from the TLS directory.

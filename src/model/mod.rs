@@ -250,6 +250,11 @@ pub enum Command {
     OutdatePeer { resource: String, node_id: NodeId },
     /// A DRBD `unfence-peer` handler: `node_id` resynced `resource` and is up to date again.
     UnfencePeer { resource: String, node_id: NodeId },
+    /// Commands the leader gathered from concurrent writers into one log entry (group commit,
+    /// `daemon::batch`): applied in order, each exactly as it would be in an entry of its own,
+    /// answered by `Response::Batch` in the same order. Only the leader forms one; a batch is
+    /// never proposed, nor nested.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -287,7 +292,8 @@ impl Command {
             | Command::ReportWatchdog { .. }
             | Command::FreezeNode { .. }
             | Command::OutdatePeer { .. }
-            | Command::UnfencePeer { .. } => None,
+            | Command::UnfencePeer { .. }
+            | Command::Batch(_) => None,
         }
     }
 
@@ -383,6 +389,7 @@ impl Command {
             Command::ReportInstance { node_id, report, .. } => report
                 .check_bounds()
                 .map_err(|why| Rejection::BadInstanceReport(*node_id, why)),
+            Command::Batch(_) => Err(Rejection::Batch),
             Command::CaptureDomain { name, .. } => {
                 if name.len() > MAX_DOMAIN_NAME_BYTES || check_line(name).is_err() {
                     return Err(Rejection::BadDomain(name.clone()));
@@ -464,6 +471,7 @@ impl fmt::Display for Command {
             Command::UnfencePeer { resource, node_id } => {
                 write!(f, "DRBD {resource}: node {node_id} up to date again")
             }
+            Command::Batch(cmds) => write!(f, "a batch of {} commands", cmds.len()),
         }
     }
 }
@@ -477,6 +485,8 @@ pub enum Response {
     NodeAdded(NodeId),
     /// The command was refused by the state machine and changed nothing.
     Refused(Rejection),
+    /// What each command of a `Command::Batch` produced, in order.
+    Batch(Vec<Response>),
 }
 
 /// Why a command cannot be applied to the current state. Carried whole to the caller
@@ -529,6 +539,8 @@ pub enum Rejection {
     BadDomain(String),
     #[error("instance report of node id {0}: {1}")]
     BadInstanceReport(NodeId, String),
+    #[error("a batch of commands is formed by the leader only: it is never proposed, nor nested in another")]
+    Batch,
     #[error("node id {0} is not one of the nodes of {1}")]
     NotANodeOf(NodeId, String),
     #[error("ssh key of node id {0}: {1}")]
@@ -765,6 +777,8 @@ impl ClusterState {
                 }
                 Ok(())
             }
+            // `apply` takes a batch apart before checking: only a nested one gets here.
+            Command::Batch(_) => Err(Rejection::Batch),
         }
     }
 
@@ -778,6 +792,16 @@ impl ClusterState {
 
     /// Applies `cmd`. A command that fails `check` changes nothing and reports why.
     pub fn apply(&mut self, cmd: &Command) -> Response {
+        if let Command::Batch(cmds) = cmd {
+            return Response::Batch(
+                cmds.iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => Response::Refused(Rejection::Batch),
+                        c => self.apply(c),
+                    })
+                    .collect(),
+            );
+        }
         if matches!(cmd, Command::CreateObject { .. } | Command::UpdateObject { .. }) {
             self.ensure_index();
         }
@@ -1066,6 +1090,8 @@ impl ClusterState {
                 }
                 Response::Done
             }
+            // Taken apart above; `check_state` refused a nested one.
+            Command::Batch(_) => Response::Refused(Rejection::Batch),
         }
     }
 
@@ -1840,5 +1866,34 @@ mod tests {
             );
         }
         capture("kvm1").check_input().unwrap();
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_as_alone_and_is_never_proposed_nor_nested() {
+        let mut alone = fencing_cluster();
+        let mut batched = alone.clone();
+        let freeze = |frozen| Command::FreezeService { path: kvm1(), frozen };
+        let unknown = Command::FreezeService {
+            path: path_of("demo/svc/nothing"),
+            frozen: true,
+        };
+        let cmds = vec![
+            freeze(true),
+            unknown.clone(),
+            freeze(false),
+            Command::Batch(vec![freeze(true)]),
+        ];
+        // Alone, the same commands, but for the nested batch (refused in a batch, changing nothing).
+        let one_by_one: Vec<Response> = cmds[..3].iter().map(|c| alone.apply(c)).collect();
+        let Response::Batch(responses) = batched.apply(&Command::Batch(cmds.clone())) else {
+            panic!("a batch answers with a batch");
+        };
+        assert_eq!(responses[..3], one_by_one);
+        assert_eq!(responses[0], Response::Done);
+        assert!(matches!(responses[1], Response::Refused(_)), "{:?}", responses[1]);
+        assert_eq!(responses[3], Response::Refused(Rejection::Batch));
+        assert_eq!(batched, alone);
+        // Formed by the leader only: a member's proposal of one is refused.
+        assert_eq!(Command::Batch(cmds).check_input(), Err(Rejection::Batch));
     }
 }

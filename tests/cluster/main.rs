@@ -191,6 +191,64 @@ async fn write_through_follower_is_visible_on_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_answer() {
+    use omraft::model::{catalog, Command, ObjectPath, Response};
+    let cluster = Cluster::three(5000).await;
+    let mut c1 = cluster.nodes[0].client().await;
+    let leader_name = agreed_leader(&mut c1, 3).await.unwrap();
+    let leader = cluster.nodes.iter().find(|n| n.name == leader_name).unwrap();
+    let follower = cluster.nodes.iter().find(|n| n.name != leader_name).unwrap();
+    let (leader, follower) = (leader.node.clone().unwrap(), follower.node.clone().unwrap());
+    let last_index = || leader.member().raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let before = last_index();
+
+    // 64 writes at once, half through the leader and half through a follower (its Propose);
+    // every eighth one is refused by the state machine (no such service).
+    const WRITES: usize = 64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..WRITES {
+        let node = if i % 2 == 0 { leader.clone() } else { follower.clone() };
+        let cmd = if i % 8 == 7 {
+            Command::FreezeService {
+                path: ObjectPath::parse(&format!("demo/svc/missing{i}")).unwrap(),
+                frozen: true,
+            }
+        } else {
+            let set = [
+                (format!("pool#c{i}.type"), "lvm".to_string()),
+                (format!("pool#c{i}.vg"), "data".to_string()),
+            ];
+            let (set, unset) = catalog::parse_update(&set, &[]).unwrap();
+            Command::UpdateConfig { set, unset }
+        };
+        tasks.spawn(async move { (i, node.write(cmd).await) });
+    }
+    let mut indexes = std::collections::BTreeSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, written) = done.unwrap();
+        let (index, response) = written.unwrap_or_else(|e| panic!("write {i}: {e}"));
+        if i % 8 == 7 {
+            assert!(
+                matches!(&response, Response::Refused(why) if why.to_string().contains(&format!("missing{i}"))),
+                "write {i}: {response:?}"
+            );
+        } else {
+            assert_eq!(response, Response::Done, "write {i}");
+        }
+        indexes.insert(index);
+    }
+    // Each write answered for itself, yet they shared entries: fewer entries than writes.
+    let entries = last_index() - before;
+    assert!(
+        (entries as usize) < WRITES && indexes.len() < WRITES,
+        "{WRITES} writes took {entries} log entries ({} distinct indexes)",
+        indexes.len()
+    );
+    let pools = leader.read(|d| d.state.config.keys().filter(|k| k.starts_with("pool#c")).count());
+    assert_eq!(pools, WRITES - WRITES / 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_writes_continue_after_reelection() {
     let mut cluster = Cluster::three(5000).await;
     let mut c1 = cluster.nodes[0].client().await;
