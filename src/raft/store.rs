@@ -35,8 +35,10 @@ use serde::{Deserialize, Serialize};
 use super::{codec, Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::model::{ClusterState, Response};
 
-/// The store's format: 1 held JSON records; 2 writes binary ones (`codec`) and reads both.
-pub const FORMAT: u64 = 2;
+/// The store's format: 1 held JSON records; 2 writes binary ones (`codec`) and reads both;
+/// 3 may hold group commits (`Command::Batch`), which an older omraft could not read: it
+/// refuses the store with a message instead of failing on the first such entry.
+pub const FORMAT: u64 = 3;
 const FORMAT_KEY: &str = "format";
 
 /// A node's sled database. Cheap to clone.
@@ -512,7 +514,7 @@ mod tests {
             .expect("a newer format refused")
             .to_string();
         assert!(
-            refused.contains("store format 3") && refused.contains("newer omraft"),
+            refused.contains(&format!("store format {}", FORMAT + 1)) && refused.contains("newer omraft"),
             "{refused}"
         );
     }
