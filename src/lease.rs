@@ -40,32 +40,59 @@ pub struct Grant {
     pub commit_index: u64,
 }
 
-/// This node's lease.
+/// This node's lease: the grants it holds, each counting once the node applied the commit
+/// index it names.
+///
+/// A newer grant names a newer commit index than the node may have applied yet; it never
+/// takes away what an older grant, whose index the node applied, still gives: the newer answer
+/// could as well have been late or lost. (Counting only the newest grant made a follower whose
+/// apply trailed a busy leader's commits read its lease as lost, and stop its services, while
+/// every grant it held said otherwise.)
 #[derive(Debug, Clone, Default)]
 pub struct Lease {
-    valid_until: Option<Instant>,
-    min_applied: u64,
+    /// (commit index it requires, until when it runs), none of them outdone by another (a
+    /// lower or equal index running as long or longer); at most `MAX_GRANTS`.
+    grants: Vec<(u64, Instant)>,
 }
+
+/// The most grants a lease keeps: more than a lease's duration holds renewals.
+const MAX_GRANTS: usize = 64;
 
 impl Lease {
     /// Records a grant for a request sent at `sent_at`. A late answer to an old request never
     /// shortens a lease a newer one gave.
     pub fn granted(&mut self, sent_at: Instant, grant: Grant) {
-        let until = sent_at + Duration::from_millis(grant.duration_ms);
-        if self.valid_until.is_none_or(|v| until > v) {
-            self.valid_until = Some(until);
+        let entry = (grant.commit_index, sent_at + Duration::from_millis(grant.duration_ms));
+        let outdone = |a: &(u64, Instant), b: &(u64, Instant)| b.0 <= a.0 && b.1 >= a.1;
+        if self.grants.iter().any(|g| outdone(&entry, g)) {
+            return;
         }
-        self.min_applied = self.min_applied.max(grant.commit_index);
+        // What ran out before this request was sent can never count again.
+        self.grants.retain(|g| !outdone(g, &entry) && g.1 > sent_at);
+        self.grants.push(entry);
+        if self.grants.len() > MAX_GRANTS {
+            // The one that runs out first goes: the lease can only be shorter for it.
+            if let Some(first) = (0..self.grants.len()).min_by_key(|&i| self.grants[i].1) {
+                self.grants.remove(first);
+            }
+        }
     }
 
-    /// Whether the node may run services now, having applied the log up to `applied`.
+    /// Whether the node may run services now, having applied the log up to `applied`: some
+    /// grant whose index it applied still runs.
     pub fn is_valid(&self, now: Instant, applied: u64) -> bool {
-        self.valid_until.is_some_and(|v| now < v) && applied >= self.min_applied
+        self.grants
+            .iter()
+            .any(|&(index, until)| index <= applied && now < until)
     }
 
-    /// How long the lease still runs, if it does.
+    /// How long the lease still runs, if it does: as long as the leader counts on it, by its
+    /// latest grant, applied or not.
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
-        self.valid_until
+        self.grants
+            .iter()
+            .map(|&(_, until)| until)
+            .max()
             .and_then(|v| v.checked_duration_since(now))
             .filter(|d| !d.is_zero())
     }
@@ -168,6 +195,38 @@ mod tests {
         l.granted(t0, D);
         assert!(!l.is_valid(t0, 9), "the node has not yet learned what the leader knew");
         assert!(l.is_valid(t0, 10));
+    }
+
+    #[test]
+    fn a_newer_grant_not_yet_applied_never_takes_away_an_applied_one() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = Lease::default();
+        l.granted(t0, D);
+        // The leader committed more meanwhile; this node has not applied it yet.
+        let newer = Grant { commit_index: 20, ..D };
+        l.granted(t0 + ms(300), newer);
+        assert!(l.is_valid(t0 + ms(400), 10), "the applied grant still runs");
+        assert!(!l.is_valid(t0 + ms(3000), 10), "and no longer than it runs");
+        assert!(l.is_valid(t0 + ms(3000), 20), "the newer one counts once applied");
+        assert!(!l.is_valid(t0 + ms(3300), 20));
+        assert_eq!(
+            l.remaining(t0 + ms(3000)),
+            Some(ms(300)),
+            "the leader counts on the latest"
+        );
+        // Renewals that keep coming, each naming an index just out of reach, keep the lease as
+        // long as the node keeps applying what came before.
+        let mut l = Lease::default();
+        for i in 0..100u64 {
+            let grant = Grant {
+                commit_index: 10 + i,
+                ..D
+            };
+            l.granted(t0 + ms(300 * i), grant);
+            assert!(l.is_valid(t0 + ms(300 * i + 1), 10 + i - i.min(1)), "renewal {i}");
+        }
+        assert!(l.grants.len() <= 11, "{} grants kept", l.grants.len());
     }
 
     #[test]
