@@ -222,8 +222,85 @@ pub enum ObjectError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllocIndex {
     used: BTreeMap<(NodeId, String), u64>,
-    minors: BTreeSet<u32>,
-    pub(super) ports: BTreeSet<u32>,
+    minors: Runs,
+    pub(super) ports: Runs,
+}
+
+/// A set of numbers kept as runs of consecutive ones (first -> last), so that the lowest
+/// number missing from it is found in logarithmic time: minors and ports are allocated densely,
+/// and walking every one in use made each create cost as much as the volumes already there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Runs(BTreeMap<u32, u32>);
+
+impl Runs {
+    /// The run holding `v`, as (first, last).
+    fn run_of(&self, v: u32) -> Option<(u32, u32)> {
+        self.0
+            .range(..=v)
+            .next_back()
+            .filter(|(_, last)| **last >= v)
+            .map(|(first, last)| (*first, *last))
+    }
+
+    pub fn contains(&self, v: u32) -> bool {
+        self.run_of(v).is_some()
+    }
+
+    pub fn insert(&mut self, v: u32) {
+        if self.contains(v) {
+            return;
+        }
+        let mut first = v;
+        let mut last = v;
+        // Joins the run ending just below, and the one starting just above.
+        if let Some((f, l)) = v.checked_sub(1).and_then(|below| self.run_of(below)) {
+            debug_assert_eq!(l + 1, v);
+            first = f;
+        }
+        if let Some(above) = v.checked_add(1) {
+            if let Some(l) = self.0.remove(&above) {
+                last = l;
+            }
+        }
+        self.0.insert(first, last);
+    }
+
+    pub fn remove(&mut self, v: u32) {
+        let Some((first, last)) = self.run_of(v) else {
+            return;
+        };
+        self.0.remove(&first);
+        if first < v {
+            self.0.insert(first, v - 1);
+        }
+        if v < last {
+            self.0.insert(v + 1, last);
+        }
+    }
+
+    /// The lowest number from `from` not in the set; `None` when none is left below `u32::MAX`.
+    fn first_missing(&self, from: u32) -> Option<u32> {
+        match self.run_of(from) {
+            Some((_, last)) => last.checked_add(1),
+            None => Some(from),
+        }
+    }
+}
+
+impl Extend<u32> for Runs {
+    fn extend<I: IntoIterator<Item = u32>>(&mut self, iter: I) {
+        for v in iter {
+            self.insert(v);
+        }
+    }
+}
+
+impl FromIterator<u32> for Runs {
+    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Runs {
+        let mut runs = Runs::default();
+        runs.extend(iter);
+        runs
+    }
 }
 
 impl AllocIndex {
@@ -257,8 +334,8 @@ impl AllocIndex {
             }
         }
         if let Some(d) = &a.drbd {
-            self.minors.remove(&d.minor);
-            self.ports.remove(&u32::from(d.port));
+            self.minors.remove(d.minor);
+            self.ports.remove(u32::from(d.port));
         }
     }
 }
@@ -1151,15 +1228,10 @@ impl std::fmt::Display for DrbdResource {
 }
 
 /// The lowest number from `start` in neither `used` nor `planned`; `None` when none is left.
-fn first_free(used: &BTreeSet<u32>, planned: &BTreeSet<u32>, start: u32) -> Option<u32> {
+fn first_free(used: &Runs, planned: &BTreeSet<u32>, start: u32) -> Option<u32> {
     let mut candidate = start;
     loop {
-        for u in used.range(candidate..) {
-            if *u != candidate {
-                break;
-            }
-            candidate = candidate.checked_add(1)?;
-        }
+        candidate = used.first_missing(candidate)?;
         if !planned.contains(&candidate) {
             return Some(candidate);
         }
@@ -1173,12 +1245,49 @@ mod tests {
 
     #[test]
     fn first_free_fills_gaps() {
-        let used: BTreeSet<u32> = [0, 1, 3].into();
+        let used: Runs = [0, 1, 3].into_iter().collect();
         let none = BTreeSet::new();
         assert_eq!(first_free(&used, &none, 0), Some(2));
         assert_eq!(first_free(&used, &[2].into(), 0), Some(4));
-        assert_eq!(first_free(&none, &none, 7289), Some(7289));
-        assert_eq!(first_free(&[u32::MAX].into(), &none, u32::MAX), None, "no wrap");
+        assert_eq!(first_free(&Runs::default(), &none, 7289), Some(7289));
+        let top: Runs = [u32::MAX].into_iter().collect();
+        assert_eq!(first_free(&top, &none, u32::MAX), None, "no wrap");
+    }
+
+    #[test]
+    fn runs_hold_what_a_set_holds_and_find_the_lowest_gap() {
+        // Against a plain set, over a deterministic mix of inserts and removes.
+        let mut runs = Runs::default();
+        let mut set = BTreeSet::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x % 300) as u32;
+            if x.is_multiple_of(3) {
+                runs.remove(v);
+                set.remove(&v);
+            } else {
+                runs.insert(v);
+                set.insert(v);
+            }
+            let from = ((x >> 20) % 300) as u32;
+            let lowest = (from..).find(|c| !set.contains(c));
+            assert_eq!(runs.first_missing(from), lowest, "from {from} in {set:?}");
+        }
+        assert_eq!(runs.0.iter().map(|(f, l)| l - f + 1).sum::<u32>() as usize, set.len());
+        for (first, last) in &runs.0 {
+            assert!(
+                !runs.0.contains_key(&(last + 1)),
+                "runs {first}..{last} and the next touch"
+            );
+        }
+        let mut edge = Runs::default();
+        edge.insert(u32::MAX);
+        edge.insert(u32::MAX - 1);
+        edge.remove(u32::MAX);
+        assert!(edge.contains(u32::MAX - 1) && !edge.contains(u32::MAX));
     }
 
     #[test]
