@@ -521,6 +521,20 @@ mod tests {
         }
     }
 
+    /// Serves `voter` as node 2 on `listener`, over TLS from `authority`.
+    fn serve_as_node_2(voter: Voter, listener: tokio::net::TcpListener, authority: &crate::tls::pki::Authority) {
+        let incoming = crate::tls::incoming(
+            listener,
+            Arc::new(authority.test_tls(2)),
+            tokio::runtime::Handle::current(),
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(voter))
+                .serve_with_incoming(incoming.nodes),
+        );
+    }
+
     fn vote_request() -> VoteRequest<NodeId> {
         VoteRequest::new(
             Vote::new(1, 1),
@@ -534,11 +548,7 @@ mod tests {
         let upstream = listener.local_addr().unwrap();
         let authority = crate::tls::pki::Authority::ephemeral();
         let tls = |id| Arc::new(authority.test_tls(id));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::raft_server::RaftServer::new(Voter::default()))
-                .serve_with_incoming(crate::tls::incoming(listener, tls(2), tokio::runtime::Handle::current()).nodes),
-        );
+        serve_as_node_2(Voter::default(), listener, &authority);
         let (proxy, addr) = Proxy::start(upstream).await;
         let mut network = Network {
             channels: Channels::new(tls(1)),
@@ -595,18 +605,7 @@ mod tests {
         // Connected, then cut: the request may have reached the peer.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::raft_server::RaftServer::new(Voter::default()))
-                .serve_with_incoming(
-                    crate::tls::incoming(
-                        listener,
-                        Arc::new(authority.test_tls(2)),
-                        tokio::runtime::Handle::current(),
-                    )
-                    .nodes,
-                ),
-        );
+        serve_as_node_2(Voter::default(), listener, &authority);
         let (proxy, addr) = Proxy::start(upstream).await;
         channels
             .call(&addr, Duration::from_secs(2), vote)
@@ -627,18 +626,7 @@ mod tests {
         let authority = crate::tls::pki::Authority::ephemeral();
         let voter = Voter::default();
         let appends = voter.appends.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::raft_server::RaftServer::new(voter))
-                .serve_with_incoming(
-                    crate::tls::incoming(
-                        listener,
-                        Arc::new(authority.test_tls(2)),
-                        tokio::runtime::Handle::current(),
-                    )
-                    .nodes,
-                ),
-        );
+        serve_as_node_2(voter, listener, &authority);
         let mut network = Network {
             channels: Channels::new(Arc::new(authority.test_tls(1))),
             links: Arc::new(Links::default()),
