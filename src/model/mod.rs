@@ -582,11 +582,17 @@ impl ClusterState {
         match cmd {
             Command::UpdateObject { path, set, unset } => {
                 let (config, _) = self.plan_update(path, set, unset)?;
-                ClusterState::check_size(path, &config)?;
-                Ok(ClusterState::check_form(path, &config)?)
+                ClusterState::check_updated(path, &config)
             }
             _ => self.check_state(cmd),
         }
+    }
+
+    /// The configuration an object update leaves: within a new one's bounds, and reading back
+    /// as written.
+    fn check_updated(path: &ObjectPath, config: &Ini) -> Result<(), Rejection> {
+        ClusterState::check_size(path, config)?;
+        Ok(ClusterState::check_form(path, config)?)
     }
 
     /// What the leader checks of a member's proposal before Raft sees it: the command's own
@@ -598,8 +604,7 @@ impl ClusterState {
         cmd.check_input()?;
         if let Command::UpdateObject { path, set, unset } = cmd {
             if let Ok((config, _)) = self.plan_update(path, set, unset) {
-                ClusterState::check_size(path, &config)?;
-                ClusterState::check_form(path, &config)?;
+                ClusterState::check_updated(path, &config)?;
             }
         }
         Ok(())
@@ -1401,6 +1406,21 @@ mod tests {
         }
     }
 
+    /// Node 1's first report of kvm1, up, with `resources`.
+    fn up_report(resources: Vec<ResourceReport>) -> Command {
+        Command::ReportInstance {
+            path: kvm1(),
+            node_id: 1,
+            report: InstanceReport {
+                avail: Avail::Up,
+                warn: false,
+                provisioned: true,
+                resources,
+            },
+            seq: 1,
+        }
+    }
+
     fn kvm1() -> ObjectPath {
         ObjectPath::parse("demo/svc/kvm1").unwrap()
     }
@@ -1512,18 +1532,7 @@ mod tests {
             messages: vec![],
             peers: BTreeMap::from([("n2".to_string(), "StandAlone\n[evil]".to_string())]),
         };
-        let report = Command::ReportInstance {
-            path: kvm1(),
-            node_id: 1,
-            report: InstanceReport {
-                avail: Avail::Up,
-                warn: false,
-                provisioned: true,
-                resources: vec![resource],
-            },
-            seq: 1,
-        };
-        assert_eq!(s.apply(&report), Response::Done);
+        assert_eq!(s.apply(&up_report(vec![resource])), Response::Done);
         let why = refused(&mut s, Command::LiveSwitch { path: kvm1(), to: 2 });
         assert!(why.len() < 1024 && why.contains("… (10015 bytes)"), "{why}");
         assert!(
@@ -1820,33 +1829,22 @@ mod tests {
             messages,
             peers: BTreeMap::new(),
         };
-        let report = |resources| Command::ReportInstance {
-            path: kvm1(),
-            node_id: 1,
-            report: InstanceReport {
-                avail: Avail::Up,
-                warn: false,
-                provisioned: true,
-                resources,
-            },
-            seq: 1,
-        };
         let refused = |c: &Command| s.check(c).unwrap_err().to_string();
         let long = "m".repeat(instances::MAX_REPORT_STRING + 1);
-        let e = refused(&report(vec![resource(vec![long.clone()])]));
+        let e = refused(&up_report(vec![resource(vec![long.clone()])]));
         assert!(
             e.contains("instance report of node id 1") && e.contains("4097 bytes"),
             "{e}"
         );
-        let e = refused(&report(vec![resource(vec![
+        let e = refused(&up_report(vec![resource(vec![
             "m".into();
             instances::MAX_REPORT_ITEMS + 1
         ])]));
         assert!(e.contains("more than 64 messages"), "{e}");
         let many = vec![resource(vec![]); instances::MAX_REPORT_RESOURCES + 1];
-        assert!(refused(&report(many)).contains("4097 resources"));
+        assert!(refused(&up_report(many)).contains("4097 resources"));
         // What the applier reports is cut to fit, on a character boundary.
-        let cut = report(vec![resource(vec![format!("é{long}")])]);
+        let cut = up_report(vec![resource(vec![format!("é{long}")])]);
         let Command::ReportInstance { report: r, .. } = &cut else {
             unreachable!()
         };

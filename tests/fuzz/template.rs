@@ -21,7 +21,7 @@ struct WithOmctl<'a> {
     omctl: &'a str,
 }
 
-const OMCTL: &str = "/usr/sbin/omctl";
+const OMCTL: &str = render::DEFAULT_OMCTL;
 
 /// A resource on `n` nodes, as the applier renders one.
 fn data(n: u32) -> TemplateData {
