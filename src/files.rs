@@ -11,13 +11,21 @@ pub fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 
 /// Writes `data` to `path` with permission bits `mode` from its creation: a temporary file in
 /// the same directory (made with `mode`, so a secret is never readable by others, even for a
-/// moment), synced, then renamed over `path`. The parent directory is created if missing.
+/// moment), synced, then renamed over `path`, and the directory synced so the rename survives a
+/// power loss too. The parent directory is created if missing.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomic_parts(path, &[data], mode)
+}
+
+/// `write_atomic` of the concatenation of `parts`, without copying them into one buffer.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".omraft.tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -27,7 +35,10 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         .create_new(true)
         .mode(mode)
         .open(&tmp)?;
-    f.write_all(data)?;
+    for part in parts {
+        f.write_all(part)?;
+    }
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -1,14 +1,24 @@
 //! The sled-backed Raft log and state machine.
 //!
-//! One sled database per node, with trees:
-//! - `log`: entries keyed by big-endian index;
+//! One sled database per node (`raft.sled`), with trees:
+//! - `log`: entries, each cut in chunks of at most `CHUNK` bytes keyed by big-endian index and
+//!   chunk number;
 //! - `raft`: the vote, the committed log id and the last purged log id;
-//! - `snapshot`: the current snapshot (meta and data);
 //! - `local`: this node's identity (id, cluster secret), which is not replicated.
 //!
+//! The current snapshot (meta and data) is a file beside it, `raft.snapshot`, written whole to
+//! a temporary file, synced and renamed.
+//!
 //! sled's own flush is not power-loss safe (it uses `sync_file_range`), so every write that
-//! openraft must find again after a crash (appends, votes, truncations, snapshots) is followed
-//! by `flush` and an `fsync` of the database file and its directory before it is acknowledged.
+//! openraft must find again after a crash (appends, votes, truncations) is followed by `flush`
+//! and an `fsync` of the database file and its directory before it is acknowledged.
+//!
+//! sled writes a record larger than a quarter of its segment (a large value, or a tree node
+//! holding several) to a file of its own under `blobs/`, and never syncs those files: such a
+//! record could be acknowledged and lost on power loss, or leave the log pointing at a torn
+//! file that sled then refuses to open. Hence 4 MiB segments and 16 KiB chunks: sled splits a
+//! leaf past 16 records, so a node stays near 300 KiB, far below the 1 MiB at which sled would
+//! make a blob; and the snapshot, which grows with the cluster, is kept out of sled.
 //!
 //! The state machine lives in memory and is rebuilt at start from the last snapshot plus the
 //! committed entries after it, which openraft re-applies.
@@ -37,15 +47,27 @@ use crate::model::{ClusterState, Response};
 
 /// The store's format: 1 held JSON records; 2 writes binary ones (`codec`) and reads both;
 /// 3 may hold group commits (`Command::Batch`), which an older omraft could not read: it
-/// refuses the store with a message instead of failing on the first such entry.
-pub const FORMAT: u64 = 3;
+/// refuses the store with a message instead of failing on the first such entry; 4 cuts log
+/// entries in chunks, uses `SEGMENT_SIZE` and keeps the snapshot in its own file. A store of
+/// formats 1 to 3 is copied into format 4 when opened (`migrate`).
+pub const FORMAT: u64 = 4;
 const FORMAT_KEY: &str = "format";
+
+/// sled's segment size: a record over a quarter of it would become an unsynced blob.
+const SEGMENT_SIZE: usize = 4 << 20;
+/// The largest piece of a log entry sled holds as one value.
+const CHUNK: usize = 16 << 10;
+/// What a snapshot file starts with.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"omraftS1";
 
 /// A node's sled database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The database directory, `raft.sled`.
     dir: PathBuf,
+    /// The snapshot file, `raft.snapshot`.
+    snapshot: PathBuf,
     /// The database file, kept open to fsync it.
     file: Arc<File>,
     dir_file: Arc<File>,
@@ -62,6 +84,10 @@ pub enum StoreError {
     Db(#[from] sled::Error),
     #[error("corrupt record {0:?} in the database")]
     Corrupt(&'static str, #[source] codec::CodecError),
+    #[error("cannot copy the database in {0} to store format {FORMAT}")]
+    Migrate(PathBuf, #[source] std::io::Error),
+    #[error("corrupt snapshot file {0}: {1}")]
+    Snapshot(PathBuf, String),
     #[error(
         "the database in {0} has store format {1}, written by a newer omraft (this one reads formats 1 to {FORMAT}): \
          run that version or a newer one"
@@ -70,30 +96,37 @@ pub enum StoreError {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir`.
+    /// Opens (or creates) the database under `dir`, copying an older format's into this one.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("raft.sled");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(32 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| StoreError::Open(path.clone(), e))?;
+        let snapshot = dir.join("raft.snapshot");
+        finish_migration(dir).map_err(|e| StoreError::Migrate(path.clone(), e))?;
+        let segment = sled_segment_size(&path).map_err(StoreError::Sync)?;
+        let db = open_sled(&path, segment.unwrap_or(SEGMENT_SIZE))?;
         let format = match db.get(FORMAT_KEY)? {
+            None if !db.was_recovered() => {
+                db.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+                FORMAT
+            }
             None => 1,
             Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX),
         };
         if format > FORMAT {
             return Err(StoreError::Format(path, format));
         }
-        if format < FORMAT {
-            db.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
-        }
+        let db = if format < FORMAT {
+            migrate(dir, db, &snapshot).map_err(|e| StoreError::Migrate(path.clone(), e))?;
+            tracing::info!(path = %path.display(), from = format, to = FORMAT, "store copied to the current format");
+            open_sled(&path, SEGMENT_SIZE)?
+        } else {
+            db
+        };
         let file = File::open(path.join("db")).map_err(StoreError::Sync)?;
         let dir_file = File::open(&path).map_err(StoreError::Sync)?;
         Ok(Store {
             db,
             dir: path,
+            snapshot,
             file: Arc::new(file),
             dir_file: Arc::new(dir_file),
         })
@@ -108,7 +141,25 @@ impl Store {
     pub fn sync(&self) -> Result<(), std::io::Error> {
         self.db.flush().map_err(std::io::Error::other)?;
         self.file.sync_data()?;
-        self.dir_file.sync_all()
+        self.dir_file.sync_all()?;
+        self.sync_blobs()
+    }
+
+    /// Syncs blob files, should sled ever make one despite `CHUNK` and `SEGMENT_SIZE` (it
+    /// would be a bug: the log may reach the disk before the blob, which a sync after the fact
+    /// cannot order), and says so.
+    fn sync_blobs(&self) -> Result<(), std::io::Error> {
+        let blobs = self.dir.join("blobs");
+        let mut any = false;
+        for f in std::fs::read_dir(&blobs)? {
+            File::open(f?.path())?.sync_all()?;
+            any = true;
+        }
+        if any {
+            File::open(&blobs)?.sync_all()?;
+            tracing::warn!(dir = %blobs.display(), "sled wrote a record to a blob file; synced it after the fact");
+        }
+        Ok(())
     }
 
     fn tree(&self, name: &str) -> sled::Tree {
@@ -127,19 +178,46 @@ impl Store {
 
     /// The state machine half, loaded from the last snapshot.
     pub fn state_machine(&self) -> Result<StateMachine, StoreError> {
-        let snapshots = self.tree("snapshot");
         let mut data = SmData::default();
-        if let Some(bytes) = snapshots.get("data")? {
-            data = codec::decode(&bytes).map_err(|e| StoreError::Corrupt("snapshot", e))?;
+        if let Some(snapshot) = self.read_snapshot()? {
+            data = codec::decode(snapshot.snapshot.get_ref()).map_err(|e| StoreError::Corrupt("snapshot", e))?;
         }
         Ok(StateMachine {
             shared: Arc::new(SmShared {
                 data: RwLock::new(data),
                 store: self.clone(),
-                snapshots,
                 counter: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The snapshot file's meta and data, if there is one.
+    fn read_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let mut bytes = match std::fs::read(&self.snapshot) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Sync(e)),
+        };
+        let corrupt = |why: &str| StoreError::Snapshot(self.snapshot.clone(), why.into());
+        let head = SNAPSHOT_MAGIC.len() + 4;
+        if bytes.len() < head || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+            return Err(corrupt("not an omraft snapshot"));
+        }
+        let meta_len = u32::from_be_bytes(bytes[SNAPSHOT_MAGIC.len()..head].try_into().expect("4 bytes")) as usize;
+        if bytes.len() - head < meta_len {
+            return Err(corrupt("shorter than its header says"));
+        }
+        let meta = codec::decode(&bytes[head..head + meta_len]).map_err(|e| corrupt(&e.to_string()))?;
+        bytes.drain(..head + meta_len);
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+
+    /// Replaces the snapshot file, durably.
+    fn write_snapshot(&self, meta: &[u8], data: &[u8]) -> Result<(), std::io::Error> {
+        write_snapshot_file(&self.snapshot, meta, data)
     }
 
     /// Reads a value of this node's local (not replicated) identity.
@@ -160,15 +238,141 @@ impl Store {
     /// Forgets all Raft state (log, vote, snapshot): used when this node joins another cluster.
     /// Call only while no Raft instance uses the store.
     pub fn wipe_raft(&self) -> Result<(), StoreError> {
-        for t in ["log", "raft", "snapshot"] {
+        for t in ["log", "raft"] {
             self.tree(t).clear()?;
+        }
+        match std::fs::remove_file(&self.snapshot) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Sync(e)),
+            _ => {}
         }
         self.sync().map_err(StoreError::Sync)
     }
 }
 
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn open_sled(path: &Path, segment_size: usize) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(32 * 1024 * 1024)
+        .segment_size(segment_size)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| StoreError::Open(path.to_owned(), e))
+}
+
+/// The segment size a sled database was made with (its `conf` file), if it exists.
+fn sled_segment_size(path: &Path) -> Result<Option<usize>, std::io::Error> {
+    // Text lines, then a 4-byte checksum.
+    let conf = match std::fs::read(path.join("conf")) {
+        Ok(c) => String::from_utf8_lossy(&c).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(conf
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size:"))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+fn write_snapshot_file(path: &Path, meta: &[u8], data: &[u8]) -> Result<(), std::io::Error> {
+    let len = u32::try_from(meta.len()).map_err(std::io::Error::other)?.to_be_bytes();
+    crate::files::write_atomic_parts(path, &[SNAPSHOT_MAGIC, &len, meta, data], 0o600)
+}
+
+/// Copies a store of an older format (`db`, opened with its own segment size) into a new
+/// database in format `FORMAT`, then puts the new one in its place. The old one stays whole
+/// until the new one is synced; a crash in between is finished by `finish_migration`.
+fn migrate(dir: &Path, db: sled::Db, snapshot: &Path) -> Result<(), std::io::Error> {
+    let (path, new_path, old_path) = migration_paths(dir);
+    let io = std::io::Error::other;
+    if new_path.exists() {
+        std::fs::remove_dir_all(&new_path)?;
+    }
+    let new = sled::Config::new()
+        .path(&new_path)
+        .segment_size(SEGMENT_SIZE)
+        .open()
+        .map_err(io)?;
+    for name in ["raft", "local"] {
+        let (from, to) = (db.open_tree(name).map_err(io)?, new.open_tree(name).map_err(io)?);
+        for kv in from.iter() {
+            let (k, v) = kv.map_err(io)?;
+            to.insert(k, v).map_err(io)?;
+        }
+    }
+    let (from, to) = (db.open_tree("log").map_err(io)?, new.open_tree("log").map_err(io)?);
+    for kv in from.iter() {
+        let (k, v) = kv.map_err(io)?;
+        let index = k
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| std::io::Error::other(format!("a log key of {} bytes", k.len())))?;
+        let mut batch = sled::Batch::default();
+        put_chunks(&mut batch, index, &v);
+        to.apply_batch(batch).map_err(io)?;
+    }
+    let old_snapshot = db.open_tree("snapshot").map_err(io)?;
+    if let (Some(meta), Some(data)) = (
+        old_snapshot.get("meta").map_err(io)?,
+        old_snapshot.get("data").map_err(io)?,
+    ) {
+        write_snapshot_file(snapshot, &meta, &data)?;
+    }
+    new.insert(FORMAT_KEY, &FORMAT.to_be_bytes()).map_err(io)?;
+    new.flush().map_err(io)?;
+    File::open(new_path.join("db"))?.sync_all()?;
+    File::open(&new_path)?.sync_all()?;
+    drop((new, db));
+    std::fs::rename(&path, &old_path)?;
+    std::fs::rename(&new_path, &path)?;
+    File::open(dir)?.sync_all()?;
+    std::fs::remove_dir_all(&old_path)
+}
+
+/// The database, the copy being made and the old one being replaced.
+fn migration_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("raft.sled"),
+        dir.join("raft.sled.new"),
+        dir.join("raft.sled.old"),
+    )
+}
+
+/// Finishes or undoes a migration a crash interrupted: a synced copy waiting for its rename
+/// takes its place; an unfinished copy, or the old database after the swap, is removed.
+fn finish_migration(dir: &Path) -> Result<(), std::io::Error> {
+    let (path, new_path, old_path) = migration_paths(dir);
+    if !path.exists() && new_path.exists() {
+        std::fs::rename(&new_path, &path)?;
+        File::open(dir)?.sync_all()?;
+    }
+    for leftover in [new_path, old_path] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover)?;
+        }
+    }
+    Ok(())
+}
+
+/// A log key: the entry's index, then the chunk's number, both big-endian.
+fn key(index: u64, chunk: u32) -> [u8; 12] {
+    let mut k = [0; 12];
+    k[..8].copy_from_slice(&index.to_be_bytes());
+    k[8..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+fn parse_key(k: &[u8]) -> Option<(u64, u32)> {
+    let index = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    let chunk = u32::from_be_bytes(k.get(8..)?.try_into().ok()?);
+    Some((index, chunk))
+}
+
+/// Adds an encoded entry's chunks to `batch`.
+fn put_chunks(batch: &mut sled::Batch, index: u64, bytes: &[u8]) {
+    for (n, part) in bytes.chunks(CHUNK).enumerate() {
+        batch.insert(&key(index, n as u32), part);
+    }
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -205,6 +409,62 @@ impl LogStore {
     fn sync(&self) -> Result<(), StorageError> {
         self.store.sync().map_err(write_err)
     }
+
+    /// The entries with indexes in `start..end`, each put together from its chunks.
+    fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let corrupt = |what: String| read_err(std::io::Error::other(format!("the log's {what}")));
+        let mut out = Vec::new();
+        let mut current: Option<(u64, u32, Vec<u8>)> = None;
+        let mut finish = |current: Option<(u64, u32, Vec<u8>)>| -> Result<(), StorageError> {
+            if let Some((_, _, bytes)) = current {
+                out.push(codec::decode(&bytes).map_err(read_err)?);
+            }
+            Ok(())
+        };
+        for kv in self.log.range(key(start, 0)..key(end, 0)) {
+            let (k, v) = kv.map_err(read_err)?;
+            let (index, chunk) = parse_key(&k).ok_or_else(|| corrupt(format!("key of {} bytes", k.len())))?;
+            match &mut current {
+                Some((i, last, bytes)) if *i == index && *last + 1 == chunk => {
+                    bytes.extend_from_slice(&v);
+                    *last = chunk;
+                }
+                _ if chunk == 0 => finish(current.replace((index, 0, v.to_vec())))?,
+                _ => return Err(corrupt(format!("entry {index} misses the chunk before {chunk}"))),
+            }
+        }
+        finish(current)?;
+        Ok(out)
+    }
+
+    /// Writes `entries` to the log, replacing what their indexes held, without syncing.
+    fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StorageError> {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            encoded.push((entry.log_id.index, codec::encode(&entry).map_err(write_err)?));
+        }
+        let mut batch = sled::Batch::default();
+        // What these indexes held goes first: a longer entry's last chunks must not outlive it
+        // (openraft truncates a conflicting suffix before appending, so this is normally empty).
+        if let (Some((first, _)), Some((last, _))) = (encoded.first(), encoded.last()) {
+            for k in self.log.range(key(*first, 0)..key(last.saturating_add(1), 0)).keys() {
+                batch.remove(k.map_err(write_err)?);
+            }
+        }
+        for (index, bytes) in &encoded {
+            put_chunks(&mut batch, *index, bytes);
+        }
+        self.log.apply_batch(batch).map_err(write_err)
+    }
+
+    /// Removes the log's keys in `range` (of keys), in one batch.
+    fn remove(&self, range: impl RangeBounds<[u8; 12]>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(range).keys() {
+            batch.remove(k.map_err(write_err)?);
+        }
+        self.log.apply_batch(batch).map_err(write_err)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -215,19 +475,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         use std::ops::Bound;
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
+            Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for kv in self.log.range(key(start)..) {
-            let (k, v) = kv.map_err(read_err)?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte log key"));
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(codec::decode(&v).map_err(read_err)?);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read(start, end)
     }
 }
 
@@ -237,7 +493,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.meta_get("last_purged")?;
         let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(codec::decode::<Entry>(&v).map_err(read_err)?.log_id),
+            Some((k, _)) => {
+                let (index, _) = parse_key(&k).unwrap_or_default();
+                let entry = self.read(index, index.saturating_add(1))?;
+                Some(
+                    entry
+                        .last()
+                        .ok_or_else(|| read_err(std::io::Error::other("the log's last entry is unreadable")))?
+                        .log_id,
+                )
+            }
             None => last_purged,
         };
         Ok(LogState {
@@ -273,11 +538,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&key(entry.log_id.index), codec::encode(&entry).map_err(write_err)?);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.write_entries(entries)?;
         // Acknowledge only once the entries are on disk.
         let store = self.store.clone();
         let res = tokio::task::spawn_blocking(move || store.sync())
@@ -293,11 +554,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(key(log_id.index)..).keys() {
-            batch.remove(k.map_err(write_err)?);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
+        self.remove(key(log_id.index, 0)..)?;
         self.sync()
     }
 
@@ -305,12 +562,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash in between leaves entries that are ignored.
         self.meta_set("last_purged", &log_id)?;
         self.sync()?;
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(..=key(log_id.index)).keys() {
-            batch.remove(k.map_err(write_err)?);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.remove(..=key(log_id.index, u32::MAX))
     }
 }
 
@@ -325,11 +577,10 @@ pub struct SmData {
 struct SmShared {
     data: RwLock<SmData>,
     store: Store,
-    snapshots: sled::Tree,
     counter: AtomicU64,
 }
 
-/// The state machine: `ClusterState` in memory, snapshots in sled. Cheap to clone.
+/// The state machine: `ClusterState` in memory, the last snapshot in its file. Cheap to clone.
 #[derive(Clone)]
 pub struct StateMachine {
     shared: Arc<SmShared>,
@@ -360,11 +611,10 @@ impl StateMachine {
 
     fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
         let meta_bytes = codec::encode(meta).map_err(Self::snapshot_err)?;
-        let mut batch = sled::Batch::default();
-        batch.insert("meta", meta_bytes);
-        batch.insert("data", data);
-        self.shared.snapshots.apply_batch(batch).map_err(Self::snapshot_err)?;
-        self.shared.store.sync().map_err(Self::snapshot_err)
+        self.shared
+            .store
+            .write_snapshot(&meta_bytes, data)
+            .map_err(Self::snapshot_err)
     }
 }
 
@@ -464,21 +714,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let read = |k| {
-            self.shared
-                .snapshots
-                .get(k)
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))
-        };
-        let (Some(meta), Some(data)) = (read("meta")?, read("data")?) else {
-            return Ok(None);
-        };
-        let meta: SnapshotMeta<NodeId, BasicNode> =
-            codec::decode(&meta).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
-        }))
+        self.shared
+            .store
+            .read_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
 
@@ -486,29 +725,158 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
 
+    fn log_id(index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// An entry putting a key of `size` bytes.
+    fn entry(index: u64, size: usize) -> Entry {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(crate::model::Command::PutKey {
+                path: crate::model::ObjectPath::parse("system/cfg/c").unwrap(),
+                key: "k".into(),
+                value: vec![index as u8; size],
+                mode: crate::model::KeyMode::Add,
+            }),
+        }
+    }
+
+    fn blobs(dir: &Path) -> Vec<std::fs::DirEntry> {
+        match std::fs::read_dir(dir.join("raft.sled").join("blobs")) {
+            Ok(d) => d.map(Result::unwrap).collect(),
+            Err(_) => vec![],
+        }
+    }
+
     #[tokio::test]
-    async fn a_store_of_json_records_reads_and_a_newer_format_is_refused() {
+    async fn no_log_entry_or_snapshot_becomes_a_blob_sled_would_not_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = |index| Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: openraft::EntryPayload::Blank,
-        };
+        let big = crate::model::MAX_COMMAND_BYTES;
+        let sizes = [10, CHUNK - 100, CHUNK, CHUNK + 1, 256 << 10, 300 << 10, big];
+        let mut written = Vec::new();
         {
-            // What format 1 wrote: JSON records and no format key.
-            let db = sled::open(dir.path().join("raft.sled")).unwrap();
-            let log = db.open_tree("log").unwrap();
-            log.insert(key(1), serde_json::to_vec(&entry(1)).unwrap()).unwrap();
-            db.flush().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let logs = store.log_store();
+            // Every size alone, then a backlog of large entries in one append, three times.
+            let mut index = 0;
+            for _ in 0..3 {
+                for size in sizes {
+                    index += 1;
+                    logs.write_entries([entry(index, size)]).unwrap();
+                    written.push(entry(index, size));
+                    store.sync().unwrap();
+                }
+                let backlog: Vec<_> = (0..40).map(|i| entry(index + 1 + i, 200 << 10)).collect();
+                index += 40;
+                logs.write_entries(backlog.clone()).unwrap();
+                written.extend(backlog);
+                store.sync().unwrap();
+            }
+            // An entry written again shorter: the longer one's last chunks go.
+            logs.write_entries([entry(7, 10)]).unwrap();
+            written[6] = entry(7, 10);
+            store.sync().unwrap();
+            // A snapshot larger than any segment.
+            store.write_snapshot(b"meta", &vec![7; 20 << 20]).unwrap();
+            assert!(
+                blobs(dir.path()).is_empty(),
+                "sled wrote blobs: {:?}",
+                blobs(dir.path())
+            );
         }
         let store = Store::open(dir.path()).unwrap();
         let mut logs = store.log_store();
-        assert_eq!(logs.try_get_log_entries(1..2).await.unwrap(), vec![entry(1)]);
-        let binary = codec::encode(&entry(2)).unwrap();
-        logs.log.insert(key(2), binary).unwrap();
-        assert_eq!(logs.try_get_log_entries(1..3).await.unwrap(), vec![entry(1), entry(2)]);
+        let last = written.len() as u64;
+        assert_eq!(logs.try_get_log_entries(1..=last).await.unwrap(), written);
+        assert_eq!(logs.try_get_log_entries(7..8).await.unwrap(), vec![entry(7, 10)]);
+        assert_eq!(logs.get_log_state().await.unwrap().last_log_id, Some(log_id(last)));
+        assert_eq!(
+            std::fs::read(dir.path().join("raft.snapshot")).unwrap().len(),
+            8 + 4 + 4 + (20 << 20)
+        );
+        logs.truncate(log_id(8)).await.unwrap();
+        logs.purge(log_id(3)).await.unwrap();
+        assert_eq!(logs.try_get_log_entries(..).await.unwrap(), written[3..7].to_vec());
+        assert!(
+            blobs(dir.path()).is_empty(),
+            "sled wrote blobs: {:?}",
+            blobs(dir.path())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_store_is_copied_into_this_format_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let blank = |index| Entry {
+            log_id: log_id(index),
+            payload: openraft::EntryPayload::Blank,
+        };
+        let vote = Vote::new(3, 2);
+        let meta = SnapshotMeta::<NodeId, BasicNode> {
+            last_log_id: Some(log_id(1)),
+            last_membership: Default::default(),
+            snapshot_id: "s".into(),
+        };
+        let data = SmData {
+            last_applied: Some(log_id(1)),
+            ..Default::default()
+        };
+        {
+            // What formats 1 to 3 wrote: sled's default segments, 8-byte log keys (format 1:
+            // JSON records and no format key), the snapshot in a tree.
+            let db = sled::open(dir.path().join("raft.sled")).unwrap();
+            let log = db.open_tree("log").unwrap();
+            log.insert(2u64.to_be_bytes(), serde_json::to_vec(&blank(2)).unwrap())
+                .unwrap();
+            log.insert(3u64.to_be_bytes(), codec::encode(&entry(3, 300 << 10)).unwrap())
+                .unwrap();
+            let raft = db.open_tree("raft").unwrap();
+            raft.insert("vote", codec::encode(&vote).unwrap()).unwrap();
+            db.open_tree("local")
+                .unwrap()
+                .insert("node_id", codec::encode(&9u64).unwrap())
+                .unwrap();
+            let snapshot = db.open_tree("snapshot").unwrap();
+            snapshot.insert("meta", codec::encode(&meta).unwrap()).unwrap();
+            snapshot.insert("data", codec::encode(&data).unwrap()).unwrap();
+            db.flush().unwrap();
+            assert_eq!(
+                blobs(dir.path()).len(),
+                1,
+                "the old layout made a blob of the large entry"
+            );
+        }
+        // A copy a crash interrupted is made again.
+        std::fs::create_dir(dir.path().join("raft.sled.new")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut logs = store.log_store();
+        assert_eq!(
+            logs.try_get_log_entries(2..4).await.unwrap(),
+            vec![blank(2), entry(3, 300 << 10)]
+        );
+        assert_eq!(logs.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(store.local_get::<u64>("node_id").unwrap(), Some(9));
+        let mut sm = store.state_machine().unwrap();
+        assert_eq!(sm.read(|d| d.last_applied), Some(log_id(1)));
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("the snapshot moved to its file");
+        assert_eq!(current.meta, meta);
+        assert_eq!(sled_segment_size(store.path()).unwrap(), Some(SEGMENT_SIZE));
+        assert!(blobs(dir.path()).is_empty());
+        for leftover in ["raft.sled.new", "raft.sled.old"] {
+            assert!(!dir.path().join(leftover).exists(), "{leftover} left behind");
+        }
+
+        // A new entry in the new layout, then a newer format refused.
+        logs.write_entries([blank(4)]).unwrap();
+        assert_eq!(logs.try_get_log_entries(2..).await.unwrap().len(), 3);
         store.db.insert(FORMAT_KEY, &(FORMAT + 1).to_be_bytes()).unwrap();
-        store.db.flush().unwrap();
-        drop((logs, store));
+        store.sync().unwrap();
+        drop((logs, sm, current, store));
         let refused = Store::open(dir.path())
             .err()
             .expect("a newer format refused")
@@ -517,6 +885,21 @@ mod tests {
             refused.contains(&format!("store format {}", FORMAT + 1)) && refused.contains("newer omraft"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_copy_interrupted_between_its_renames_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.local_set("node_id", &5u64).unwrap();
+        }
+        // The crash came after the old database moved aside, before the new one took its place.
+        std::fs::rename(dir.path().join("raft.sled"), dir.path().join("raft.sled.new")).unwrap();
+        std::fs::create_dir(dir.path().join("raft.sled.old")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.local_get::<u64>("node_id").unwrap(), Some(5));
+        assert!(!dir.path().join("raft.sled.old").exists());
     }
 
     #[test]
