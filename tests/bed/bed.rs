@@ -158,20 +158,25 @@ impl Bed {
             .collect()
     }
 
-    /// The omd logs' tails and the bed's status, for a failure's message.
+    /// The omd logs' tails (long enough to hold a whole failover) and where the guest runs,
+    /// for a failure's message.
     pub fn logs(&self) -> String {
-        HOSTS
+        let mut out: Vec<String> = HOSTS
             .iter()
             .map(|(h, _)| {
                 let log = std::fs::read_to_string(self.dir.join(format!("omd-{h}.log"))).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 format!(
-                    "---- omd {h} ----\n{}",
-                    lines[lines.len().saturating_sub(25)..].join("\n")
+                    "---- omd {h} ({} lines, the last 150) ----\n{}",
+                    lines.len(),
+                    lines[lines.len().saturating_sub(150)..].join("\n")
                 )
             })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .collect();
+        for h in ["n1", "n2"] {
+            out.push(format!("---- guest running on {h}: {}", self.running(h)));
+        }
+        out.join("\n")
     }
 }
 
