@@ -266,7 +266,11 @@ pub async fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
                     .await
                     .map_err(status_text)?
                     .into_inner();
-                let mon = c.mon(pb::MonRequest {}).await.map_err(status_text)?.into_inner();
+                let mon = c
+                    .mon(pb::MonRequest::default())
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
                 Ok::<_, String>((st.raft_role, mon.nodes.len()))
             };
             let why = match tokio::time::timeout(Duration::from_secs(2), probe).await {
@@ -348,7 +352,7 @@ pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Res
         cluster.check_alive()?;
         let got = within(Duration::from_secs(5), "Mon", async {
             let mut c = client(&cluster.daemons[0]).await?;
-            c.mon(pb::MonRequest {}).await.map_err(status_text)
+            c.mon(pb::MonRequest::default()).await.map_err(status_text)
         })
         .await;
         let last = match got {

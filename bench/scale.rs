@@ -536,7 +536,7 @@ async fn reads(d: &Omd, omctl_bin: &Path) -> Result<Reads, String> {
     let (ms, reply) = timed("Mon", RPC_RUNS, || {
         let mut c = c.clone();
         async move {
-            c.mon(pb::MonRequest {})
+            c.mon(pb::MonRequest::default())
                 .await
                 .map(|r| r.into_inner())
                 .map_err(status_text)

@@ -689,7 +689,8 @@ impl pb::cluster_server::Cluster for ClusterService {
 
     async fn mon(&self, req: Request<MonRequest>) -> Result<Response<MonReply>, Status> {
         authorize(&req, Access::View)?;
-        Ok(Response::new(status::mon(&self.node).await))
+        let page = status::MonPage::parse(req.get_ref()).map_err(Status::invalid_argument)?;
+        Ok(Response::new(status::mon(&self.node, &page).await))
     }
 
     async fn object_create(&self, req: Request<ObjectCreateRequest>) -> Result<Response<ConfigUpdateReply>, Status> {

@@ -12,6 +12,7 @@ mod status;
 mod templates;
 
 pub use server::{serve, Listeners};
+pub use status::{MonPage, MON_PAGE, MON_PAGE_MAX};
 
 use auth::{Caller, Role};
 use tonic::{Request, Status};

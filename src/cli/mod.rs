@@ -75,7 +75,12 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the cluster: daemons, nodes and objects, per node.
+    /// Show the cluster: daemons, nodes, the services counted by health, and one page of
+    /// them with each node's instance state.
+    ///
+    /// A page holds 50 services (--limit); the line under it gives the command for the next
+    /// one (--after). --filter keeps the services whose path matches a glob, counts included;
+    /// --all lists every matching service (fetched a page at a time).
     Mon {
         /// Refresh until interrupted.
         #[arg(long, short)]
@@ -83,6 +88,18 @@ pub enum Command {
         /// Seconds between refreshes with --watch.
         #[arg(long, default_value_t = 2)]
         interval: u64,
+        /// Only services whose path matches this glob (`*`, `?`), e.g. 'prod/svc/*'.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Services after this path: the next page.
+        #[arg(long, default_value = "")]
+        after: String,
+        /// Services in a page (at most 1000; default 50, and 1000 for --all's pages).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Every matching service, not one page.
+        #[arg(long, conflicts_with = "after")]
+        all: bool,
     },
     /// Cluster-wide commands: configuration, join, removal.
     #[command(subcommand)]
@@ -391,10 +408,48 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
 
 async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
     match &cli.command {
-        Command::Mon { watch, interval } => {
+        Command::Mon {
+            watch,
+            interval,
+            filter,
+            after,
+            limit,
+            all,
+        } => {
             let mut c = connect(cli).await?;
             loop {
-                let reply = c.mon(pb::MonRequest {}).await?.into_inner();
+                let req = pb::MonRequest {
+                    filter: filter.clone(),
+                    after: after.clone(),
+                    limit: limit.unwrap_or(if *all {
+                        crate::api::MON_PAGE_MAX
+                    } else {
+                        crate::api::MON_PAGE
+                    }),
+                };
+                let mut reply = c.mon(req.clone()).await?.into_inner();
+                // --all: the next pages' services after the first's; the first's counts.
+                while let Some(next) = reply
+                    .summary
+                    .as_ref()
+                    .map(|s| s.next_after.clone())
+                    .filter(|n| *all && !n.is_empty())
+                {
+                    let more = c
+                        .mon(pb::MonRequest {
+                            after: next,
+                            ..req.clone()
+                        })
+                        .await?
+                        .into_inner();
+                    if more.objects.is_empty() {
+                        break;
+                    }
+                    reply.objects.extend(more.objects);
+                    if let (Some(s), Some(m)) = (reply.summary.as_mut(), more.summary) {
+                        s.next_after = m.next_after;
+                    }
+                }
                 if *watch && cli.output == Output::Human {
                     out.clear_screen();
                 }
@@ -553,7 +608,7 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
         }
         Command::Daemon(DaemonCmd::Hb(HbCmd::Status)) => {
             let mut c = connect(cli).await?;
-            let reply = c.mon(pb::MonRequest {}).await?.into_inner();
+            let reply = c.mon(pb::MonRequest::default()).await?.into_inner();
             out.hb(&reply);
             Ok(())
         }

@@ -301,7 +301,32 @@ struct MonView<'a> {
     cluster: &'a str,
     queried: &'a str,
     nodes: Vec<NodeView<'a>>,
+    summary: MonSummaryView<'a>,
     objects: Vec<MonObjectView<'a>>,
+}
+
+/// The services a `mon` counted; `next_after` is null on the last page.
+#[derive(Serialize)]
+struct MonSummaryView<'a> {
+    services: u64,
+    matching: u64,
+    up: u64,
+    warn: u64,
+    down: u64,
+    next_after: Option<&'a str>,
+}
+
+impl<'a> From<&'a pb::MonSummary> for MonSummaryView<'a> {
+    fn from(s: &'a pb::MonSummary) -> Self {
+        MonSummaryView {
+            services: s.services,
+            matching: s.matching,
+            up: s.up,
+            warn: s.warn,
+            down: s.down,
+            next_after: (!s.next_after.is_empty()).then_some(s.next_after.as_str()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -875,11 +900,14 @@ impl Printer {
     }
 
     pub fn mon(&mut self, r: &pb::MonReply) {
+        let no_summary = pb::MonSummary::default();
+        let summary = r.summary.as_ref().unwrap_or(&no_summary);
         if self.format == Output::Json {
             let view = MonView {
                 cluster: &r.cluster_name,
                 queried: &r.queried,
                 nodes: r.nodes.iter().map(NodeView::from).collect(),
+                summary: summary.into(),
                 objects: r
                     .objects
                     .iter()
@@ -967,10 +995,23 @@ impl Printer {
             })
             .collect();
         let objects = frame("Objects ~ *", &names, &object_rows);
+        let filtered = if summary.matching == summary.services {
+            String::new()
+        } else {
+            format!(", {} matching the filter", summary.matching)
+        };
         let mut text = format!(
-            "Cluster {} (queried {})\n\n{daemon}\n{nodes}\n{objects}",
-            r.cluster_name, r.queried
+            "Cluster {} (queried {})\n\n{daemon}\n{nodes}\nServices: {}{filtered}: {} up, {} warn, {} down\n\n{objects}",
+            r.cluster_name, r.queried, summary.services, summary.up, summary.warn, summary.down
         );
+        if !summary.next_after.is_empty() {
+            text.push_str(&format!(
+                "\n{} of {} shown; the next page: omctl mon --after {} (with the same --filter); every one: --all\n",
+                r.objects.len(),
+                summary.matching,
+                summary.next_after
+            ));
+        }
         for n in r.nodes.iter().filter(|n| !n.error.is_empty()) {
             text.push_str(&format!("\n{}: unreachable: {}\n", n.name, n.error));
         }

@@ -204,6 +204,22 @@ pub fn tick(
     }
 }
 
+/// How long the orchestrator may sleep after a tick at `now`: `lease.renew`, or less when a
+/// wait ends sooner (this leader's own wait after its election, or a lease, as granted, running
+/// out plus the drift margin), so a failover is decided the moment it may be rather than up to
+/// one renewal later.
+pub fn next_tick(memory: &Leadership, grants: &BTreeMap<NodeId, Instant>, now: Instant, cfg: &LeaseConfig) -> Duration {
+    let margin = cfg.duration + cfg.drift;
+    memory
+        .since
+        .into_iter()
+        .chain(grants.values().copied())
+        .map(|t| t + margin)
+        .filter(|&end| end > now)
+        .map(|end| end - now)
+        .fold(cfg.renew, Duration::min)
+}
+
 /// What the orchestrator loop needs of its node.
 pub trait Host: Send + Sync + 'static {
     /// The node is stopping: the loop ends.
@@ -241,7 +257,7 @@ pub async fn run<H: Host>(host: Arc<H>) {
             }
         }
         drop(host);
-        tokio::time::sleep(cfg.renew).await;
+        tokio::time::sleep(next_tick(&memory, &grants, now, &cfg)).await;
     }
 }
 

@@ -1,8 +1,9 @@
-//! `decide` on its own: which service moves where, and when nothing may move.
+//! `decide` on its own: which service moves where, and when nothing may move; `next_tick`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use super::decide;
+use super::{decide, next_tick, tick, Leadership, Tick};
 use crate::config::ini::Ini;
 use crate::model::objects::derived_uuid;
 use crate::model::objects_tests::path_of;
@@ -616,4 +617,34 @@ fn the_policy_chooses_only_among_eligible_nodes() {
         frozen: true,
     });
     assert_eq!(failovers(&decide(&s, &set(&[1]), &set(&[2, 4]))), vec![f("a", 1, 4)]);
+}
+
+#[test]
+fn the_next_tick_comes_when_a_wait_ends_and_never_later_than_a_renewal() {
+    let cfg = crate::lease::LeaseConfig::default();
+    let t0 = Instant::now();
+    let margin = cfg.duration + cfg.drift;
+    let mut memory = Leadership::default();
+    let empty = BTreeMap::new();
+    assert_eq!(next_tick(&memory, &empty, t0, &cfg), cfg.renew, "not leading");
+    // Leading since t0: the wait after the election ends at t0 + margin.
+    let s = state_leading_since(&mut memory, t0, &cfg);
+    assert!(s.commands.is_empty());
+    assert_eq!(next_tick(&memory, &empty, t0, &cfg), cfg.renew);
+    let near = t0 + margin - Duration::from_millis(40);
+    assert_eq!(next_tick(&memory, &empty, near, &cfg), Duration::from_millis(40));
+    // Past it: a dead node's last grant decides, a live one's (renewed) does not.
+    let now = t0 + margin + Duration::from_secs(10);
+    let grants = BTreeMap::from([
+        (1, now - margin + Duration::from_millis(70)),
+        (2, now - Duration::from_millis(100)),
+    ]);
+    assert_eq!(next_tick(&memory, &grants, now, &cfg), Duration::from_millis(70));
+    let grants = BTreeMap::from([(2, now - Duration::from_millis(100))]);
+    assert_eq!(next_tick(&memory, &grants, now, &cfg), cfg.renew);
+}
+
+/// One tick as the leader of term 1 at `now`, on a cluster with nothing to move.
+fn state_leading_since(memory: &mut Leadership, now: Instant, cfg: &crate::lease::LeaseConfig) -> Tick {
+    tick(memory, 1, true, &ClusterState::default(), &BTreeMap::new(), now, cfg)
 }

@@ -262,7 +262,7 @@ async fn leader_killed_writes_continue_after_reelection() {
         let mut c = cs.clone();
         let old = leader.clone();
         async move {
-            let mon = c.mon(pb::MonRequest {}).await.ok()?.into_inner();
+            let mon = c.mon(pb::MonRequest::default()).await.ok()?.into_inner();
             let me = mon.nodes.iter().find(|n| n.reachable)?;
             let l = me.status.as_ref()?.leader_name.clone();
             (!l.is_empty() && l != old).then_some(l)

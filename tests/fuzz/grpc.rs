@@ -272,6 +272,18 @@ proptest! {
     }
 
     #[test]
+    fn a_mon_request_is_paged_or_refused_with_a_bounded_message(
+        filter in field_text(),
+        after in prop_oneof![field_text(), Just("demo/svc/kvm1".to_string())],
+        limit in prop_oneof![0u32..2000, Just(u32::MAX)],
+    ) {
+        match omraft::api::MonPage::parse(&pb::MonRequest { filter, after, limit }) {
+            Ok(_) => prop_assert!(limit <= omraft::api::MON_PAGE_MAX),
+            Err(e) => check_error("MonPage::parse", &e)?,
+        }
+    }
+
+    #[test]
     fn the_text_of_a_write_request_is_checked_as_the_api_checks_it(
         path in field_text(),
         text in crate::ini::text(),

@@ -364,6 +364,46 @@ async fn tutorial_object_steps_on_three_nodes() {
     // Deleting the service frees its volume.
     assert_eq!(ok(&n2, &["demo/svc/kvm1", "delete"]), "");
     assert!(ok(&n1, &["pool", "list"]).contains("data  0             10g       0         10g"));
+
+    // mon: counts of every service, one page of them, the next through --after, all with --all.
+    for p in ["page/svc/p1", "page/svc/p2", "page/svc/p3"] {
+        ok(&n1, &[p, "create"]);
+    }
+    let text = ok(&n2, &["mon", "--filter", "page/*", "--limit", "2"]);
+    assert!(
+        text.contains("Services: 4, 3 matching the filter: 0 up, 0 warn, 3 down"),
+        "{text}"
+    );
+    assert!(
+        text.contains("page/svc/p1") && text.contains("page/svc/p2") && !text.contains("page/svc/p3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 of 3 shown; the next page: omctl mon --after page/svc/p2"),
+        "{text}"
+    );
+    let text = ok(
+        &n2,
+        &["mon", "--filter", "page/*", "--limit", "2", "--after", "page/svc/p2"],
+    );
+    assert!(
+        text.contains("page/svc/p3") && !text.contains("page/svc/p1") && !text.contains("next page"),
+        "{text}"
+    );
+    let paths = |json: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(json).expect("mon json");
+        v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = ok(&n1, &["mon", "--all", "--limit", "1", "-o", "json"]);
+    assert_eq!(
+        paths(&all),
+        ["demo/svc/kvm2", "page/svc/p1", "page/svc/p2", "page/svc/p3"]
+    );
 }
 
 const RES: &str = "kvm1.demo.vol.drbd4kvm";

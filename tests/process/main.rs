@@ -134,6 +134,7 @@ async fn omctl_shows_the_tutorial_cluster_steps() {
         "Nodes ",
         "Objects ~ *",
         "witness",
+        "Services: 0: 0 up, 0 warn, 0 down",
     ] {
         assert!(text.contains(want), "mon lacks {want:?}:\n{text}");
     }
@@ -141,6 +142,8 @@ async fn omctl_shows_the_tutorial_cluster_steps() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("mon json");
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
     assert!(v["nodes"].as_array().unwrap().iter().all(|n| n["reachable"] == true));
+    assert_eq!(v["summary"]["services"], 0);
+    assert_eq!(v["summary"]["next_after"], serde_json::Value::Null);
 
     let out = omctl(&s1, &["daemon", "hb", "status"]);
     let text = stdout(&out);
@@ -175,6 +178,11 @@ async fn omctl_refuses_bad_input_with_exit_1_and_names_it() {
         (&["cluster", "config", "get", "--kw", "pool#p.colour"], "pool#p.colour"),
         (&["cluster", "config", "show", "--section", "pool#none"], "pool#none"),
         (&["cluster", "remove", "--node", "n9"], "n9"),
+        (&["mon", "--limit", "5000"], "mon limit 5000"),
+        (
+            &["mon", "--after", "not/a/path/at/all"],
+            "mon after \"not/a/path/at/all\"",
+        ),
     ];
     for (args, named) in cases {
         let out = omctl(&n1.server(), args);
@@ -348,7 +356,7 @@ async fn a_hung_follower_does_not_block_writes_or_mon() {
         );
     }
     let t = std::time::Instant::now();
-    let mon = c.mon(pb::MonRequest {}).await.unwrap().into_inner();
+    let mon = c.mon(pb::MonRequest::default()).await.unwrap().into_inner();
     assert!(t.elapsed() < Duration::from_secs(3), "mon took {:?}", t.elapsed());
     let row = mon.nodes.iter().find(|n| n.name == hung.name).unwrap();
     assert!(!row.reachable, "a stopped node shows as reachable");

@@ -419,7 +419,9 @@ async fn the_raft_transport_speaks_only_for_the_authenticated_current_member() {
         // A member's certificate may call `mon`; a revoked one gets an error: refused in the
         // handshake (TLS 1.3 judges the client's certificate after the client finished, so the
         // client sees the connection close) or by the handler.
-        let res = pb::cluster_client::ClusterClient::new(ch).mon(pb::MonRequest {}).await;
+        let res = pb::cluster_client::ClusterClient::new(ch)
+            .mon(pb::MonRequest::default())
+            .await;
         assert!(res.is_err(), "a removed node's certificate was served");
     }
     // Its socket cannot mint tokens either (the signing key was never there).

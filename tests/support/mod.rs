@@ -91,7 +91,7 @@ pub async fn join_token(c: &mut Client) -> String {
 
 /// The leader's name as `mon` on `c` reports it, once every listed node agrees.
 pub async fn agreed_leader(c: &mut Client, voters: usize) -> Option<String> {
-    let mon = c.mon(pb::MonRequest {}).await.ok()?.into_inner();
+    let mon = c.mon(pb::MonRequest::default()).await.ok()?.into_inner();
     let up: Vec<_> = mon
         .nodes
         .iter()
