@@ -540,13 +540,145 @@ async fn trial(cluster: &mut Cluster, sim: &Sim, n: usize) -> Result<Trial, Stri
     Ok(t)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Live switches
+
+/// Live switches timed before the failover trials (OMRAFT_SWITCH_TRIALS).
+const DEFAULT_SWITCHES: u64 = 5;
+const SMOKE_SWITCHES: u64 = 1;
+
+/// One `omctl switch --live --wait`: its wall time, the simulated migration job's length, and
+/// when (seconds after the command started) each phase change was committed, from the logs.
+#[derive(Clone, Default, serde::Serialize)]
+struct Switch {
+    from: String,
+    to: String,
+    wall_s: f64,
+    migration_s: f64,
+    /// Wall time less the migration job: the orchestration's own time.
+    overhead_s: f64,
+    phases: Vec<(String, f64)>,
+}
+
+/// Live-switches the guest to the other data node `k` times with the real omctl, each time
+/// from a settled service; the settling is not timed.
+async fn live_switches(cluster: &mut Cluster, sim: &Sim, k: u64) -> Result<Vec<Switch>, String> {
+    let omctl = support::omd::OMCTL;
+    let migration_s = std::fs::read_to_string(sim.dir.join("migrate-ms"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(omraft::sim::hypervisor::DEFAULT_MIGRATE_MS) as f64
+        / 1000.0;
+    let mut out = Vec::new();
+    for _ in 0..k {
+        let mut from = None;
+        for node in DATA_NODES {
+            if sim.running_on(node).await? {
+                from = Some(node);
+            }
+        }
+        let from = from.ok_or_else(|| format!("{DOMAIN} runs on no data node before a live switch"))?;
+        let to = DATA_NODES.iter().copied().find(|n| *n != from).expect("two data nodes");
+        let offsets: Vec<(String, u64)> = harness::NODES
+            .iter()
+            .map(|n| {
+                let path = cluster.by_name(n).expect("ours").log_path();
+                (
+                    path.display().to_string(),
+                    std::fs::metadata(&path).map_or(0, |m| m.len()),
+                )
+            })
+            .collect();
+        let t0 = harness::epoch_secs(SystemTime::now());
+        let started = Instant::now();
+        let cmd = tokio::process::Command::new(omctl)
+            .arg("--server")
+            .arg(cluster.by_name(from).expect("ours").server())
+            .args([SERVICE, "switch", "--live", "--wait", "--to", to, "--time", "60s"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let done = tokio::time::timeout(Duration::from_secs(90), cmd)
+            .await
+            .map_err(|_| "omctl switch --live --wait: no answer within 90 s".to_string())?
+            .map_err(|e| format!("running {omctl}: {e}"))?;
+        let wall_s = started.elapsed().as_secs_f64();
+        if !done.status.success() {
+            return Err(format!(
+                "omctl switch --live --to {to}: {}",
+                String::from_utf8_lossy(&done.stderr).trim()
+            ));
+        }
+        if !sim.running_on(to).await? || sim.running_on(from).await? {
+            return Err(format!("after switch --live --wait, {DOMAIN} is not on {to} only"));
+        }
+        let logs: String = offsets.iter().map(|(p, o)| log_from(Path::new(p), *o)).collect();
+        let mut phases: Vec<(String, f64)> = logs
+            .lines()
+            .filter(|l| l.contains(&format!(" of {SERVICE}: ")) && l.contains(" -> "))
+            .filter_map(|l| {
+                let t = harness::parse_rfc3339_utc(l.split_whitespace().next()?)?;
+                let change = l.rsplit(&format!(" of {SERVICE}: ")).next()?.trim().to_string();
+                (t >= t0).then_some((change, t - t0))
+            })
+            .collect();
+        phases.sort_by(|a, b| a.1.total_cmp(&b.1));
+        phases.dedup_by(|a, b| a.0 == b.0);
+        eprintln!("  live switch {from} -> {to}: {wall_s:.2} s");
+        out.push(Switch {
+            from: from.into(),
+            to: to.into(),
+            wall_s,
+            migration_s,
+            overhead_s: wall_s - migration_s,
+            phases,
+        });
+        wait_settled(cluster, to, Some(to), SETTLE_LIMIT).await?;
+    }
+    Ok(out)
+}
+
+fn print_switches(switches: &[Switch]) {
+    if switches.is_empty() {
+        return;
+    }
+    println!(
+        "live switch of {SERVICE}: omctl switch --live --wait, wall time less the simulated migration \
+         job ({:.2} s), and when each phase change was committed; seconds",
+        switches[0].migration_s
+    );
+    println!("{:<8} {:>6} {:>9}  phases committed at", "switch", "wall", "overhead");
+    for s in switches {
+        let phases: Vec<String> = s.phases.iter().map(|(p, t)| format!("{p} {t:.2}")).collect();
+        println!(
+            "{:<8} {:>6.2} {:>9.2}  {}",
+            format!("{}->{}", s.from, s.to),
+            s.wall_s,
+            s.overhead_s,
+            phases.join(", ")
+        );
+    }
+    let st = |f: fn(&Switch) -> f64| stats(switches.iter().map(|s| Some(f(s))));
+    if let (Some(w), Some(o)) = (st(|s| s.wall_s), st(|s| s.overhead_s)) {
+        println!(
+            "median   {:>6.2} {:>9.2}  (min-max overhead {:.2}-{:.2}; target < 0.5 s)",
+            w.median, o.median, o.min, o.max
+        );
+    }
+    println!();
+}
+
 struct Outcome {
+    switches: Vec<Switch>,
     trials: Vec<Trial>,
 }
 
-async fn bench(cluster: &mut Cluster, sim: &Sim, trials: usize, p: &Profile) -> Result<Outcome, String> {
+async fn bench(cluster: &mut Cluster, sim: &Sim, trials: usize, switches: u64, p: &Profile) -> Result<Outcome, String> {
     set_up(cluster, sim, p).await?;
-    let mut out = Outcome { trials: Vec::new() };
+    let mut out = Outcome {
+        switches: live_switches(cluster, sim, switches).await?,
+        trials: Vec::new(),
+    };
     for n in 1..=trials {
         out.trials.push(trial(cluster, sim, n).await?);
     }
@@ -669,6 +801,10 @@ struct JsonReport {
     total_killed_leader: Option<Stats>,
     total_killed_follower: Option<Stats>,
     per_trial: Vec<Trial>,
+    /// `omctl switch --live --wait`: wall time and overhead (wall less the migration job).
+    live_switch_wall_s: Option<Stats>,
+    live_switch_overhead_s: Option<Stats>,
+    per_switch: Vec<Switch>,
     profile: Profile,
     sim_sync_ms: u64,
     witness: &'static str,
@@ -745,6 +881,19 @@ fn print_json(out: &Outcome, p: &Profile) {
         total_killed_leader: split(out, true),
         total_killed_follower: split(out, false),
         per_trial,
+        live_switch_wall_s: stats(out.switches.iter().map(|s| Some(s.wall_s))).map(|s| Stats {
+            median: r3(s.median),
+            min: r3(s.min),
+            max: r3(s.max),
+            n: s.n,
+        }),
+        live_switch_overhead_s: stats(out.switches.iter().map(|s| Some(s.overhead_s))).map(|s| Stats {
+            median: r3(s.median),
+            min: r3(s.min),
+            max: r3(s.max),
+            n: s.n,
+        }),
+        per_switch: out.switches.clone(),
         profile: *p,
         sim_sync_ms: SIM_SYNC_MS.parse().unwrap_or(0),
         witness: WITNESS,
@@ -767,6 +916,19 @@ fn main() -> ExitCode {
         SMOKE_TRIALS as u64,
     ) {
         Ok(n) => n as usize,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let switches = match harness::count_from_env(
+        "OMRAFT_SWITCH_TRIALS",
+        "live switches",
+        0..=100,
+        DEFAULT_SWITCHES,
+        SMOKE_SWITCHES,
+    ) {
+        Ok(n) => n,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
@@ -813,7 +975,7 @@ fn main() -> ExitCode {
         dir: cluster.dir().join("sim"),
     };
     // An interrupted run still stops its daemons: SIGINT and SIGTERM end it like a failure.
-    let result = harness::run_interruptible(bench(&mut cluster, &sim, trials, &p));
+    let result = harness::run_interruptible(bench(&mut cluster, &sim, trials, switches, &p));
     cluster.finish(result.is_err());
     match result {
         Err(e) => {
@@ -821,6 +983,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(out) => {
+            print_switches(&out.switches);
             print_table(&out, &p);
             print_json(&out, &p);
             ExitCode::SUCCESS

@@ -17,6 +17,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     write_atomic_parts(path, &[data], mode)
 }
 
+/// How much of a file `write_atomic` writes between two syncs.
+const SYNC_EVERY: usize = 4 << 20;
+
 /// `write_atomic` of the concatenation of `parts`, without copying them into one buffer.
 pub fn write_atomic_parts(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -35,8 +38,18 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::R
         .create_new(true)
         .mode(mode)
         .open(&tmp)?;
+    // A large file is synced as it goes, every `SYNC_EVERY` bytes: its writeback then never
+    // holds up another file's sync (the Raft log's) for more than one piece.
+    let mut unsynced = 0;
     for part in parts {
-        f.write_all(part)?;
+        for piece in part.chunks(SYNC_EVERY) {
+            f.write_all(piece)?;
+            unsynced += piece.len();
+            if unsynced >= SYNC_EVERY {
+                f.sync_data()?;
+                unsynced = 0;
+            }
+        }
     }
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -402,6 +402,9 @@ pub trait Host: Send + Sync + 'static {
     fn read<T>(&self, f: impl FnOnce(NodeId, &ClusterState) -> T) -> T;
     /// Resolves when the applied state changes or the lease lapses. Holds nothing of the host.
     fn changed(&self) -> impl Future<Output = ()> + Send + 'static;
+    /// A count that moves when a command that gives appliers work at once was applied
+    /// (`Command::moves_a_service`).
+    fn moves(&self) -> u64;
     /// Whether this node holds a valid lease (it may run services).
     fn lease_valid(&self) -> bool;
     /// Whether this node may take resources (its watchdog, if any, is armed).
@@ -420,20 +423,41 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
     let mut sent: BTreeSet<ObjectPath> = Default::default();
     let mut seq = 0;
     let mut retries: BTreeMap<ObjectPath, Retry> = BTreeMap::new();
+    // What the last pass saw: the `moves` count and the lease; when it started.
+    let (mut moves, mut was_leased, mut last_pass) = (0, false, None::<tokio::time::Instant>);
     loop {
-        // Wait holding nothing of the node, so a stopped node is released at once.
-        let changed = match weak.upgrade().filter(|h| !h.closing()) {
-            Some(host) => host.changed(),
+        // A service moved (a switch phase, a failover, a start...) or the lease lapsed since
+        // the last pass: a pass at once, so each hand-over of a switch costs a commit, not a
+        // pause. Otherwise at most one pass every `PASS_GAP`, however fast the log moves
+        // (reports, writes), and at least one a second.
+        let urgent = |host: &H| host.moves() != moves || (was_leased && !host.lease_valid());
+        // Wait holding nothing of the node, so a stopped node is released at once. The
+        // change signal is taken before looking: what is applied after wakes it, what was
+        // applied before (during the last pass) shows in `moves`.
+        let (changed, urgent_now) = match weak.upgrade().filter(|h| !h.closing()) {
+            Some(host) => (host.changed(), urgent(&host)),
             None => return,
         };
-        tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        if !urgent_now {
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        let urgent = match weak.upgrade() {
+            Some(host) => urgent(&host),
+            None => return,
+        };
+        if let Some(last) = last_pass.filter(|_| !urgent) {
+            tokio::time::sleep_until(last + PASS_GAP).await;
         }
         let Some(host) = weak.upgrade().filter(|h| !h.closing()) else {
             return;
         };
+        last_pass = Some(tokio::time::Instant::now());
+        moves = host.moves();
         let leased = host.lease_valid();
+        was_leased = leased;
         let may_take = host.may_take();
         // Only read under the state's lock; the DRBD files render below, off the async workers.
         let (me, work): (NodeId, Vec<(ObjectPath, Unrendered)>) = host.read(|me, state| {
@@ -501,8 +525,9 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
                 Err(_) => warn!("{what}: not committed within 2 s; outcome unknown (it may still commit)"),
             }
         }
-        // At most one pass every 200 ms, however fast the log moves.
         drop(host);
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The pause between two passes of the applier while nothing urgent happens.
+const PASS_GAP: Duration = Duration::from_millis(200);

@@ -487,7 +487,7 @@ async fn orchestrate(
                 error = Some(format!("{action} not done on every node within {:?}", w.time));
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
     out.orchestration(path, &id, error.as_deref());

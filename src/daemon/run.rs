@@ -93,6 +93,10 @@ impl crate::applier::run::Host for Node {
         Node::lease_valid(self)
     }
 
+    fn moves(&self) -> u64 {
+        self.member().sm.moves()
+    }
+
     fn may_take(&self) -> bool {
         self.watchdog.may_take()
     }

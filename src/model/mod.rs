@@ -319,6 +319,29 @@ pub const MAX_VG_REPORT_GROUPS: usize = 1024;
 pub const MAX_VG_BYTES: u64 = 1 << 60;
 
 impl Command {
+    /// Whether applying this command may give some node's applier work at once (a service's
+    /// lifecycle, placement or switch phase, a freeze, a DRBD fencing mark) rather than only
+    /// record what a node reported or change configuration: its applier then runs without
+    /// waiting out its pause between passes.
+    pub fn moves_a_service(&self) -> bool {
+        match self {
+            Command::Provision { .. }
+            | Command::Unprovision { .. }
+            | Command::SetStarted { .. }
+            | Command::Switch { .. }
+            | Command::Failover { .. }
+            | Command::LiveSwitch { .. }
+            | Command::MigrationPhase { .. }
+            | Command::Fence { .. }
+            | Command::FreezeService { .. }
+            | Command::FreezeNode { .. }
+            | Command::OutdatePeer { .. }
+            | Command::UnfencePeer { .. } => true,
+            Command::Batch(cmds) => cmds.iter().any(Command::moves_a_service),
+            _ => false,
+        }
+    }
+
     /// The rules on what a new command carries, whatever the state: its object's path is one
     /// `ObjectPath::parse` gives (a command decoded from a member's proposal carries it as
     /// parts; no snapshot could hold another, see `ObjectPath::check`); node addresses are

@@ -187,6 +187,7 @@ impl Store {
                 data: RwLock::new(data),
                 store: self.clone(),
                 counter: AtomicU64::new(0),
+                moves: AtomicU64::new(0),
             }),
         })
     }
@@ -578,6 +579,8 @@ struct SmShared {
     data: RwLock<SmData>,
     store: Store,
     counter: AtomicU64,
+    /// Commands applied that give appliers work at once (`Command::moves_a_service`).
+    moves: AtomicU64,
 }
 
 /// The state machine: `ClusterState` in memory, the last snapshot in its file. Cheap to clone.
@@ -596,6 +599,12 @@ impl StateMachine {
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    /// How many commands that give appliers work at once (`Command::moves_a_service`) this
+    /// node applied since it started: an applier that sees it move runs at once.
+    pub fn moves(&self) -> u64 {
+        self.shared.moves.load(Ordering::Relaxed)
+    }
+
     /// The state, for writing. A panic elsewhere while it was held does not make every later
     /// reader panic too: `apply` catches its own panics (see there).
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
@@ -609,21 +618,32 @@ impl StateMachine {
         StorageIOError::write_snapshot(None, &e).into()
     }
 
-    fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError> {
+    /// Writes the snapshot file on a blocking thread (tens of megabytes for a large cluster:
+    /// never on an async worker), and gives `data` back.
+    async fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError> {
         let meta_bytes = codec::encode(meta).map_err(Self::snapshot_err)?;
-        self.shared
-            .store
-            .write_snapshot(&meta_bytes, data)
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.write_snapshot(&meta_bytes, &data).map(|()| data))
+            .await
+            .map_err(Self::snapshot_err)?
             .map_err(Self::snapshot_err)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Copy under the lock, serialize outside it: applying goes on meanwhile.
+        // Copy under the lock, serialize outside it (on a blocking thread): applying goes on
+        // meanwhile.
         let data = self.read(SmData::clone);
         let (last_applied, membership) = (data.last_applied, data.membership.clone());
-        let bytes = codec::encode(&data).map_err(Self::snapshot_err)?;
+        let bytes = tokio::task::spawn_blocking(move || codec::encode(&data))
+            .await
+            .map_err(Self::snapshot_err)?
+            .map_err(Self::snapshot_err)?;
         let n = self.shared.counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
@@ -634,7 +654,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id,
         };
-        self.persist_snapshot(&meta, &bytes)?;
+        let bytes = self.persist_snapshot(&meta, bytes).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -660,6 +680,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.push(match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(cmd) => {
+                    if cmd.moves_a_service() {
+                        self.shared.moves.fetch_add(1, Ordering::Relaxed);
+                    }
                     // `apply` is meant never to panic. Should it, the entry is not marked
                     // applied and the error stops Raft on this node (every node applies the
                     // same entry, so every node stops there): nothing is applied after a
@@ -708,7 +731,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
-        self.persist_snapshot(meta, &bytes)?;
+        self.persist_snapshot(meta, bytes).await?;
         *self.write() = new;
         Ok(())
     }
