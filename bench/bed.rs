@@ -40,6 +40,11 @@ struct Live {
     downtime_s: Option<f64>,
     /// The guest's uptime between its last console line on the source and its first on the target.
     console_gap_s: Option<f64>,
+    /// Seconds after the command started at which each phase change committed (the logs).
+    to_dual_primary_s: Option<f64>,
+    to_migrating_s: Option<f64>,
+    to_finalize_s: Option<f64>,
+    to_done_s: Option<f64>,
 }
 
 /// Seconds of one failover, from the power loss.
@@ -74,6 +79,7 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
         let (from, to) = if n % 2 == 0 { ("n1", "n2") } else { ("n2", "n1") };
         let seen = bed.console(to).len();
         let t0 = Instant::now();
+        let after = epoch_secs(SystemTime::now());
         bed.ok(
             from,
             &[
@@ -101,6 +107,17 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
             _ => None,
         };
         eprintln!("  live switch {from} -> {to}: {total_s:.2} s");
+        let logs: String = ["n1", "n2", "w"]
+            .iter()
+            .map(|h| std::fs::read_to_string(bed.dir.join(format!("omd-{h}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let phase = |change: &str| {
+            stamps(&logs, &format!("of demo/svc/kvm1: {change}"), after)
+                .into_iter()
+                .reduce(f64::min)
+                .map(|t| t - after)
+        };
         out.push(Live {
             from: from.into(),
             to: to.into(),
@@ -108,6 +125,10 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
             job_s,
             downtime_s,
             console_gap_s,
+            to_dual_primary_s: phase("Prepare -> DualPrimary"),
+            to_migrating_s: phase("DualPrimary -> Migrating"),
+            to_finalize_s: phase("Migrating -> Finalize"),
+            to_done_s: phase("Finalize -> Done"),
         });
     }
     Ok(out)
@@ -207,6 +228,10 @@ fn main() -> ExitCode {
     row("libvirt migration job", l(|x| x.job_s));
     row("guest downtime (libvirt)", l(|x| x.downtime_s));
     row("console gap (guest uptime)", l(|x| x.console_gap_s));
+    row("committed DualPrimary at", l(|x| x.to_dual_primary_s));
+    row("committed Migrating at", l(|x| x.to_migrating_s));
+    row("committed Finalize at", l(|x| x.to_finalize_s));
+    row("committed Done at", l(|x| x.to_done_s));
     println!("failover (power loss of the active host):");
     row("detection + lease wait", fo(|x| x.detect_s));
     row("commit", fo(|x| x.commit_s));

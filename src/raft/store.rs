@@ -150,8 +150,13 @@ impl Store {
     /// cannot order), and says so.
     fn sync_blobs(&self) -> Result<(), std::io::Error> {
         let blobs = self.dir.join("blobs");
+        let files = match std::fs::read_dir(&blobs) {
+            Ok(files) => files,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let mut any = false;
-        for f in std::fs::read_dir(&blobs)? {
+        for f in files {
             File::open(f?.path())?.sync_all()?;
             any = true;
         }
