@@ -15,7 +15,7 @@
 //! |-------------|--------------------------------------------|-----------------------------------------|
 //! | Prepare     | checks the guest runs here and the target's DRBD is Connected and UpToDate; allows two primaries; commits DualPrimary, or Abort with why | - |
 //! | DualPrimary | allows two primaries again if a reboot reset it (plan) | allows two primaries, promotes only while connected to the source (plan); commits Migrating |
-//! | Migrating   | live-migrates each guest still here; commits Finalize, or Abort on failure; with the guest gone, asks the target: Abort at once if it is on neither side, after `VANISHED_GRACE` if the target does not answer | as in DualPrimary; commits Finalize once every guest runs here |
+//! | Migrating   | live-migrates each guest still here; commits Finalize, or Abort on failure (or when a guest is paused here); with the guest gone, asks the target: Abort at once if it is on neither side, after `VANISHED_GRACE` if the target does not answer | as in DualPrimary; commits Finalize once every guest runs here (running: an incoming domain, paused while the copy lasts, is not enough) |
 //! | Finalize    | stops what is left, demotes (plan); disallows two primaries | once the source is Secondary: disallows, commits Done |
 //! | Abort       | once the target is Secondary (at once if the switch never reached DualPrimary): disallows, commits Done; restarts the guest if it is gone (plan) | stops what it has, demotes (plan), disallows |
 
@@ -54,13 +54,23 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
         .filter_map(|v| v.drbd.as_ref())
         .map(|d| (d.resource.as_str(), observed.drbd.get(&d.resource)))
         .collect();
-    let running_here = |want: bool| {
+    let state = |c: &super::plan::DesiredContainer| observed.domains.get(&c.domain).copied();
+    // Guests not running here: absent, shut off, or paused (as a live switch's incoming
+    // domain is until the copy ends).
+    let not_running_here = || {
         desired
             .containers
             .iter()
-            .filter(|c| (observed.domains.get(&c.domain) == Some(&DomainState::Running)) == want)
+            .filter(|c| state(c) != Some(DomainState::Running))
             .map(|c| c.domain.as_str())
             .collect::<Vec<_>>()
+    };
+    // Some guest still here, running or paused.
+    let any_active_here = || {
+        desired
+            .containers
+            .iter()
+            .any(|c| state(c).is_some_and(DomainState::active))
     };
     let all_role = |role: &str| drbd.iter().all(|(_, st)| st.is_some_and(|s| s.role == role));
     let peer_secondary = || {
@@ -68,17 +78,17 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
             .all(|(_, st)| st.is_some_and(|s| peers_demoted(s, &desired.gone)))
     };
     match (m.phase, m.source) {
-        (Phase::Stopping, true) if running_here(true).is_empty() && all_role("Secondary") => {
+        (Phase::Stopping, true) if !any_active_here() && all_role("Secondary") => {
             vec![Act::Commit(Phase::Starting, None)]
         }
-        (Phase::Starting, false) if running_here(false).is_empty() && all_role("Primary") => {
+        (Phase::Starting, false) if not_running_here().is_empty() && all_role("Primary") => {
             vec![Act::Commit(Phase::Done, None)]
         }
         (Phase::Prepare, true) => {
             if let Some(why) = &m.unusable {
                 return abort(why.clone());
             }
-            if let Some(d) = running_here(false).first() {
+            if let Some(d) = not_running_here().first() {
                 return abort(format!("the guest {d} does not run on the source"));
             }
             for (res, st) in &drbd {
@@ -112,7 +122,7 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
         (Phase::Migrating, true) => {
             if desired.containers.is_empty() {
                 vec![Act::Commit(Phase::Finalize, None)]
-            } else if running_here(true).is_empty() {
+            } else if !any_active_here() {
                 // Gone from here: on the target, which commits Finalize as soon as it sees it,
                 // or nowhere (this node was reset during the copy). Never restarted here in
                 // this phase. Where it runs is asked of the target's hypervisor: on neither
@@ -124,7 +134,7 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
                     desired
                         .containers
                         .iter()
-                        .all(|c| peer.get(&c.domain).is_some_and(|s| *s != DomainState::Running))
+                        .all(|c| peer.get(&c.domain).is_some_and(|s| !s.active()))
                 });
                 match (nowhere, vanished_for) {
                     (Some(true), _) => abort(format!(
@@ -144,7 +154,9 @@ pub fn next(desired: &Desired, observed: &Observed, vanished_for: Option<Duratio
                 vec![Act::Migrate]
             }
         }
-        (Phase::Migrating, false) if !desired.containers.is_empty() && running_here(false).is_empty() => {
+        // Running, not merely arrived: libvirt's incoming domain is active but paused from
+        // the start of the copy, and the copy can still fail.
+        (Phase::Migrating, false) if !desired.containers.is_empty() && not_running_here().is_empty() => {
             vec![Act::Commit(Phase::Finalize, None)]
         }
         // Aborted before the target could promote: nothing to wait for.
@@ -218,6 +230,10 @@ mod tests {
         assert_eq!(next(&src, &running, None), vec![]);
         let demoted = seen("Secondary", "UpToDate", "Connected", DomainState::ShutOff);
         assert_eq!(next(&src, &demoted, None), vec![Act::Commit(Phase::Starting, None)]);
+        // A paused guest still holds its disks: stopped first, never handed over.
+        let paused = seen("Secondary", "UpToDate", "Connected", DomainState::Paused);
+        assert_eq!(next(&src, &paused, None), vec![]);
+        assert!(matches!(&plan(&src, &paused)[..], [Step::StopDomain { .. }, ..]));
         let dst = part(Phase::Starting, false);
         let promoted = seen("Primary", "UpToDate", "Connected", DomainState::ShutOff);
         assert_eq!(plan(&dst, &promoted), vec![Step::StartDomain { name: "kvm1".into() }]);
@@ -348,8 +364,10 @@ mod tests {
         assert_eq!(next(&src, &gone, Some(Duration::from_secs(1))), vec![]);
         assert!(aborts(next(&src, &gone, Some(VANISHED_GRACE))));
         // The target says it has it (running, or arriving paused): wait, however long.
-        gone.peer_domains = Some([("kvm1".to_string(), DomainState::Running)].into());
-        assert_eq!(next(&src, &gone, Some(VANISHED_GRACE * 10)), vec![]);
+        for there in [DomainState::Running, DomainState::Paused] {
+            gone.peer_domains = Some([("kvm1".to_string(), there)].into());
+            assert_eq!(next(&src, &gone, Some(VANISHED_GRACE * 10)), vec![], "{there:?}");
+        }
         // The target says it has none: at once.
         for there in [DomainState::Absent, DomainState::ShutOff] {
             gone.peer_domains = Some([("kvm1".to_string(), there)].into());
@@ -376,6 +394,14 @@ mod tests {
         assert_eq!(plan(&dst, &here), vec![], "the target must not stop the arriving guest");
         assert_eq!(next(&dst, &here, None), vec![Act::Commit(Phase::Finalize, None)]);
         assert_eq!(next(&dst, &gone, None), vec![]);
+        // libvirt's incoming domain: active, paused until the copy ends, which may still
+        // fail. Not the guest running there yet, and not to be stopped either.
+        let arriving = seen("Primary", "UpToDate", "Connected", DomainState::Paused);
+        assert_eq!(next(&dst, &arriving, None), vec![]);
+        assert_eq!(plan(&dst, &arriving), vec![]);
+        // Paused on the source (at the very end of the copy): still here, never restarted.
+        assert_eq!(next(&src, &arriving, None), vec![Act::Migrate]);
+        assert_eq!(plan(&src, &arriving), vec![]);
     }
 
     #[test]

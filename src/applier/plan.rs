@@ -75,7 +75,7 @@ impl Desired {
             .filter(|m| m.source && m.phase == Phase::Migrating && !self.containers.is_empty())?;
         self.containers
             .iter()
-            .all(|c| observed.domains.get(&c.domain) != Some(&DomainState::Running))
+            .all(|c| !observed.domains.get(&c.domain).is_some_and(|s| s.active()))
             .then_some(m)
     }
 
@@ -140,9 +140,9 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// A guest runs or a DRBD resource is Primary here.
+    /// A guest is active (running or paused) or a DRBD resource is Primary here.
     pub fn holds_anything(&self) -> bool {
-        self.domains.values().any(|d| *d == DomainState::Running) || self.drbd.values().any(|st| st.role == "Primary")
+        self.domains.values().any(|d| d.active()) || self.drbd.values().any(|st| st.role == "Primary")
     }
 }
 
@@ -219,7 +219,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Step> {
     let state = |c: &DesiredContainer| observed.domains.get(&c.domain).copied().unwrap_or(DomainState::Absent);
     // The live-switch target keeps the guest that arrives by migration.
     if !desired.active && (desired.fenced || !desired.dual_target()) {
-        for c in desired.containers.iter().filter(|c| state(c) == DomainState::Running) {
+        for c in desired.containers.iter().filter(|c| state(c).active()) {
             // Fenced: no graceful shutdown, the lease is already gone.
             let timeout_secs = if desired.fenced { 0 } else { c.stop_timeout_secs };
             steps.push(Step::StopDomain {
@@ -436,6 +436,9 @@ pub fn report(desired: &Desired, observed: &Observed, errors: &BTreeMap<String, 
                 "domain {} is not defined here and was never captured",
                 c.domain
             ));
+        }
+        if state == DomainState::Paused && desired.active {
+            messages.push(format!("domain {} is paused", c.domain));
         }
         if let Some(e) = errors.get(&c.rid) {
             messages.push(e.clone());

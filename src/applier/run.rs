@@ -134,8 +134,14 @@ fn drive_migration(
             }
             Act::Migrate => {
                 for c in &desired.containers {
-                    if observed.domains.get(&c.domain) != Some(&DomainState::Running) {
-                        continue;
+                    match observed.domains.get(&c.domain) {
+                        Some(DomainState::Running) => {}
+                        // libvirt would move it paused, and the target waits for it running.
+                        Some(DomainState::Paused) => {
+                            let why = format!("the guest {} is paused on the source", c.domain);
+                            return Some(commit(Phase::Abort, Some(why)));
+                        }
+                        _ => continue,
                     }
                     info!(object = %path, "live switch {}: migrating {} to {}", m.id, c.domain, m.peer.node);
                     if let Err(e) = drivers.hypervisor.migrate(&c.domain, &m.peer) {

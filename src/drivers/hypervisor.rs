@@ -9,11 +9,24 @@ use serde::{Deserialize, Serialize};
 /// A domain's state as libvirt reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DomainState {
+    /// Active and executing.
     Running,
+    /// Active, not executing: paused, suspended, crashed, or a live migration's incoming
+    /// domain until its copy ends. Its QEMU holds the disks open.
+    Paused,
     /// Defined, not running.
     ShutOff,
     /// Not defined on this node.
     Absent,
+}
+
+impl DomainState {
+    /// A QEMU process exists for it, running or paused: it holds the disks and the guest's
+    /// memory, so for every safety rule the guest is on this node. Only `Running` counts as
+    /// the guest running here (a live switch's target ends the copy on it).
+    pub fn active(self) -> bool {
+        matches!(self, DomainState::Running | DomainState::Paused)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

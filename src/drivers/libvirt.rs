@@ -68,11 +68,18 @@ impl Hypervisor for Libvirt {
     fn state(&self, name: &str) -> Result<DomainState, HypervisorError> {
         match self.domain(name)? {
             None => Ok(DomainState::Absent),
-            Some(d) => Ok(if d.is_active().map_err(refused)? {
-                DomainState::Running
-            } else {
-                DomainState::ShutOff
-            }),
+            Some(d) => {
+                if !d.is_active().map_err(refused)? {
+                    return Ok(DomainState::ShutOff);
+                }
+                // A live migration's incoming domain is active from the start of the copy,
+                // paused until it ends: not the guest running here yet.
+                use virt::domain::DomainState as Virt;
+                Ok(match d.state().map_err(refused)?.0 {
+                    Enum::Known(Virt::Paused | Virt::PMSuspended | Virt::Crashed) => DomainState::Paused,
+                    _ => DomainState::Running,
+                })
+            }
         }
     }
 
@@ -97,8 +104,8 @@ impl Hypervisor for Libvirt {
         if !d.is_active().map_err(refused)? {
             return Ok(());
         }
-        if timeout.is_zero() {
-            // Fencing: no time for the guest to shut down cleanly.
+        if timeout.is_zero() || self.state(name)? == DomainState::Paused {
+            // Fencing: no time for the guest to shut down cleanly. Paused: it cannot.
             return d.destroy().map_err(refused);
         }
         d.shutdown().map_err(refused)?;
@@ -176,6 +183,13 @@ mod tests {
             hv.destroy("omraft-t1").is_err(),
             "destroying a stopped domain is refused"
         );
+        // Paused (as a live migration's incoming domain is during the copy): active, not
+        // running, and stopped at once (a paused guest cannot honour a shutdown).
+        hv.start("omraft-t1").unwrap();
+        hv.existing("omraft-t1").unwrap().suspend().unwrap();
+        assert_eq!(hv.state("omraft-t1").unwrap(), DomainState::Paused);
+        hv.stop("omraft-t1", Duration::from_secs(60)).unwrap();
+        assert_eq!(hv.state("omraft-t1").unwrap(), DomainState::ShutOff);
         assert!(hv.define("<domain>").is_err());
         hv.undefine("omraft-t1").unwrap();
         assert_eq!(hv.state("omraft-t1").unwrap(), DomainState::Absent);

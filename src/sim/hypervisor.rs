@@ -5,6 +5,11 @@
 //! device that is not Primary on this node (QEMU's "Wrong medium type"). While a simulated
 //! domain runs, its DRBD devices are open, so DRBD refuses to demote them. A domain running on
 //! two nodes at once is appended to `violations.log`.
+//!
+//! A live migration is libvirt's: from the start of the memory copy the target holds an
+//! incoming domain, active (its disks open) but paused, which resumes when the copy ends and
+//! goes away when the migration fails, when the process driving it dies, or when the target
+//! loses power.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +54,37 @@ struct SimDomain {
     /// How many times the guest booted: a live migration carries it over, a restart adds one.
     #[serde(default)]
     boots: u64,
+    /// Set while this is a live migration's incoming domain: running, but paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incoming: Option<Incoming>,
+}
+
+impl SimDomain {
+    /// Running and executing: not an incoming domain still paused.
+    fn executing(&self) -> bool {
+        self.running && self.incoming.is_none()
+    }
+}
+
+/// An incoming domain's migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Incoming {
+    /// The process copying the memory (the source's daemon): when it is gone, so is the
+    /// migration, and with it the incoming domain.
+    pid: u32,
+    /// The inactive definition the incoming domain replaced, restored when it goes away.
+    prior: Option<String>,
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// Simulated libvirt of one node.
@@ -86,12 +122,61 @@ impl SimHypervisor {
     }
 
     fn load(&self) -> Result<SimDomains, HypervisorError> {
-        self.file.read().map_err(|e| self.state_err(e))
+        let d: SimDomains = self.file.read().map_err(|e| self.state_err(e))?;
+        let orphans = d
+            .domains
+            .values()
+            .any(|x| x.incoming.as_ref().is_some_and(|i| !alive(i.pid)));
+        if orphans {
+            return self.update(|d| {
+                Ok(SimDomains {
+                    domains: d.domains.clone(),
+                })
+            });
+        }
+        Ok(d)
     }
 
     /// Runs `f` on this node's domains under the file's lock; saved only when `f` succeeds.
+    /// Incoming domains whose migration died are gone first.
     fn update<T>(&self, f: impl FnOnce(&mut SimDomains) -> Result<T, HypervisorError>) -> Result<T, HypervisorError> {
-        self.file.update(f).map_err(|e| self.state_err(e))?
+        self.file
+            .update(|d: &mut SimDomains| {
+                let dead: Vec<String> = d
+                    .domains
+                    .iter()
+                    .filter(|(_, x)| x.incoming.as_ref().is_some_and(|i| !alive(i.pid)))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in dead {
+                    self.drop_incoming(d, &name)?;
+                }
+                f(d)
+            })
+            .map_err(|e| self.state_err(e))?
+    }
+
+    /// Removes the incoming domain `name` (its disks closed), restoring the definition it
+    /// replaced.
+    fn drop_incoming(&self, d: &mut SimDomains, name: &str) -> Result<(), HypervisorError> {
+        let Some(x) = d.domains.remove(name) else { return Ok(()) };
+        let Some(incoming) = x.incoming else {
+            d.domains.insert(name.to_string(), x);
+            return Ok(());
+        };
+        self.set_devices_open(&x.xml, false)?;
+        if let Some(xml) = incoming.prior {
+            d.domains.insert(
+                name.to_string(),
+                SimDomain {
+                    xml,
+                    running: false,
+                    boots: x.boots,
+                    incoming: None,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Other nodes on which `name` runs, from their state files.
@@ -112,7 +197,7 @@ impl SimHypervisor {
             .filter(|n| {
                 state_file(&self.dir, n)
                     .read::<SimDomains>()
-                    .is_ok_and(|d| d.domains.get(name).is_some_and(|x| x.running))
+                    .is_ok_and(|d| d.domains.get(name).is_some_and(SimDomain::executing))
             })
             .collect()
     }
@@ -149,9 +234,26 @@ impl SimHypervisor {
         Ok(())
     }
 
+    /// Whether the network between this node and `other` is cut: the one DRBD's cut flags
+    /// cut.
+    fn cut_from(&self, other: &str) -> bool {
+        [self.node.as_str(), other]
+            .iter()
+            .any(|n| self.dir.join(format!("netcut-{n}")).exists())
+    }
+
     /// Pulls the plug on this node: every guest stops, and with them the DRBD state here.
     pub fn power_off(&self) -> Result<(), HypervisorError> {
         self.update(|d| {
+            let incoming: Vec<String> = d
+                .domains
+                .iter()
+                .filter(|(_, x)| x.incoming.is_some())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in incoming {
+                self.drop_incoming(d, &name)?;
+            }
             for x in d.domains.values_mut() {
                 x.running = false;
             }
@@ -166,7 +268,11 @@ impl SimHypervisor {
         Ok(d.domains
             .iter()
             .map(|(n, x)| {
-                let state = if x.running { "running" } else { "shut off" };
+                let state = match (x.running, &x.incoming) {
+                    (true, None) => "running",
+                    (true, Some(_)) => "paused",
+                    (false, _) => "shut off",
+                };
                 format!("{n} {state} boots={}\n", x.boots)
             })
             .collect())
@@ -181,6 +287,7 @@ impl Hypervisor for SimHypervisor {
     fn state(&self, name: &str) -> Result<DomainState, HypervisorError> {
         Ok(match self.load()?.domains.get(name) {
             None => DomainState::Absent,
+            Some(d) if d.incoming.is_some() => DomainState::Paused,
             Some(d) if d.running => DomainState::Running,
             Some(_) => DomainState::ShutOff,
         })
@@ -197,6 +304,7 @@ impl Hypervisor for SimHypervisor {
                 xml: String::new(),
                 running: false,
                 boots: 0,
+                incoming: None,
             });
             e.xml = xml.to_string();
             Ok(())
@@ -230,14 +338,11 @@ impl Hypervisor for SimHypervisor {
     }
 
     fn state_at(&self, name: &str, at: &MigrationTarget) -> Result<DomainState, HypervisorError> {
-        // The network between the hosts is the one DRBD's cut flags cut.
-        for n in [&self.node, &at.node] {
-            if self.dir.join(format!("netcut-{n}")).exists() {
-                return Err(refused(format!(
-                    "unable to connect to {}: no route to host",
-                    at.libvirt_uri
-                )));
-            }
+        if self.cut_from(&at.node) {
+            return Err(refused(format!(
+                "unable to connect to {}: no route to host",
+                at.libvirt_uri
+            )));
         }
         SimHypervisor::new(&self.dir, &at.node).state(name)
     }
@@ -248,7 +353,7 @@ impl Hypervisor for SimHypervisor {
             _ => return Err(not_running()),
         };
         let target = SimHypervisor::new(&self.dir, &to.node);
-        if target.state(name)? == DomainState::Running {
+        if target.state(name)?.active() {
             return Err(refused(format!(
                 "operation failed: domain '{name}' is already active on {}",
                 to.node
@@ -270,28 +375,8 @@ impl Hypervisor for SimHypervisor {
                 )));
             }
         }
-        // Memory copy while the guest runs here, then the switch-over: it stops here first.
-        // It takes `SIM_DIR/migrate-ms` milliseconds (`DEFAULT_MIGRATE_MS` without the file).
-        let pause = std::fs::read_to_string(self.dir.join("migrate-ms"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(DEFAULT_MIGRATE_MS);
-        std::thread::sleep(Duration::from_millis(pause));
-        // A migration that fails halfway (`SIM_DIR/migrate-fail` exists): the job is
-        // cancelled, the guest keeps running here.
-        if self.dir.join("migrate-fail").exists() {
-            return Err(refused("operation failed: migration job: unexpectedly failed"));
-        }
-        let boots = self.update(|d| match d.domains.get(name) {
-            Some(x) if x.running => {
-                let boots = x.boots;
-                self.set_devices_open(&x.xml, false)?;
-                d.domains.remove(name);
-                Ok(boots)
-            }
-            _ => Err(not_running()),
-        })?;
-        // The same guest, resumed there: defined, running, not booted again.
+        // The incoming domain: paused there, its disks open, from the start of the copy.
+        let boots = self.load()?.domains.get(name).map_or(0, |x| x.boots);
         target.update(|d| {
             if d.domains.get(name).is_some_and(|x| x.running) {
                 return Err(refused(format!(
@@ -300,15 +385,70 @@ impl Hypervisor for SimHypervisor {
                 )));
             }
             target.set_devices_open(&xml, true)?;
+            let prior = d.domains.get(name).map(|x| x.xml.clone());
             d.domains.insert(
                 name.to_string(),
                 SimDomain {
                     xml: xml.clone(),
                     running: true,
                     boots,
+                    incoming: Some(Incoming {
+                        pid: std::process::id(),
+                        prior,
+                    }),
                 },
             );
             Ok(())
+        })?;
+        // The memory copy while the guest runs here takes `SIM_DIR/migrate-ms` milliseconds
+        // (`DEFAULT_MIGRATE_MS` without the file).
+        let pause = std::fs::read_to_string(self.dir.join("migrate-ms"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MIGRATE_MS);
+        std::thread::sleep(Duration::from_millis(pause));
+        // A migration that fails halfway (`SIM_DIR/migrate-fail` exists), across a network
+        // cut, or whose incoming domain went away: the job is cancelled, the guest keeps
+        // running here.
+        let cancel = |why: &str| {
+            let _ = target.update(|d| {
+                if d.domains.get(name).is_some_and(|x| x.incoming.is_some()) {
+                    target.drop_incoming(d, name)?;
+                }
+                Ok(())
+            });
+            refused(format!("operation failed: migration job: {why}"))
+        };
+        if self.dir.join("migrate-fail").exists() {
+            return Err(cancel("unexpectedly failed"));
+        }
+        if self.cut_from(&to.node) {
+            return Err(cancel(&format!("the connection to {} was lost", to.node)));
+        }
+        if target.load()?.domains.get(name).is_none_or(|x| x.incoming.is_none()) {
+            return Err(cancel(&format!("the incoming domain on {} is gone", to.node)));
+        }
+        // The switch-over: the guest stops here, then resumes there (not booted again).
+        self.update(|d| match d.domains.get(name) {
+            Some(x) if x.running => {
+                self.set_devices_open(&x.xml, false)?;
+                d.domains.remove(name);
+                Ok(())
+            }
+            _ => Err(not_running()),
+        })
+        .inspect_err(|_| {
+            cancel("the guest stopped on the source");
+        })?;
+        target.update(|d| match d.domains.get_mut(name) {
+            Some(x) if x.incoming.is_some() => {
+                x.incoming = None;
+                Ok(())
+            }
+            _ => Err(refused(format!(
+                "operation failed: migration job: the incoming domain on {} is gone",
+                to.node
+            ))),
         })?;
         target.log_if_running_elsewhere(name);
         Ok(())
@@ -321,6 +461,8 @@ impl Hypervisor for SimHypervisor {
 
     fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
         self.update(|d| match d.domains.get_mut(name) {
+            // Destroying an incoming domain kills the migration.
+            Some(x) if x.incoming.is_some() => self.drop_incoming(d, name),
             Some(x) if x.running => {
                 self.set_devices_open(&x.xml, false)?;
                 x.running = false;
@@ -397,6 +539,33 @@ mod tests {
             std::fs::read_to_string(dir.path().join("violations.log")).unwrap_or_default(),
             ""
         );
+        // During the copy the target holds the incoming domain, paused; a copy that fails
+        // removes it and leaves the guest running where it was.
+        std::fs::write(dir.path().join("migrate-ms"), "400").unwrap();
+        let back = std::thread::spawn({
+            let dir = dir.path().to_path_buf();
+            move || SimHypervisor::new(&dir, "n2").migrate("vm", &to("n1"))
+        });
+        let mut seen = None;
+        for _ in 0..100 {
+            if a.state("vm").unwrap() == DomainState::Paused {
+                seen = Some((a.list().unwrap(), b.state("vm").unwrap()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            seen,
+            Some(("vm paused boots=1\n".to_string(), DomainState::Running)),
+            "arriving on n1, still running on n2"
+        );
+        std::fs::write(dir.path().join("migrate-fail"), "").unwrap();
+        assert!(back.join().unwrap().unwrap_err().to_string().contains("migration job"));
+        assert_eq!(
+            (a.state("vm").unwrap(), b.state("vm").unwrap()),
+            (DomainState::Absent, DomainState::Running)
+        );
+        std::fs::remove_file(dir.path().join("migrate-fail")).unwrap();
         // A guest on DRBD needs the target to be Primary as well.
         let disk = "<domain><name>db</name><devices><disk><source dev='/dev/drbd3'/></disk></devices></domain>";
         b.define(disk).unwrap();

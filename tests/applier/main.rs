@@ -633,3 +633,47 @@ async fn killing_the_leader_during_a_live_switch_leaves_the_guest_running_once()
     nodes[0].start();
     runs_once(&sim, 30).await;
 }
+
+/// How many times the guest booted on `node` (`omsim virsh list`), empty when it is not there.
+fn boots(sim: &Path, node: &str) -> String {
+    let list = String::from_utf8_lossy(&omsim_virsh(sim, node, &["list"]).stdout).to_string();
+    list.split("boots=")
+        .nth(1)
+        .map(|b| b.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// libvirt's incoming domain is active from the start of the copy, but paused: the target
+/// must not take it for the guest running there. A copy that fails after the target saw it
+/// aborts the switch, and the guest keeps running on the source, never rebooted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_migration_failing_late_leaves_the_guest_running_on_the_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, sim) = guest_on_n1(tmp.path()).await;
+    let n1 = nodes[0].server();
+    let before = boots(&sim, "n1");
+    std::fs::write(sim.join("migrate-ms"), "4000").unwrap();
+    let switch = tokio::task::spawn_blocking({
+        let n1 = n1.clone();
+        move || omctl(&n1, &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"])
+    });
+    support::eventually(10, "the incoming domain on n2", || {
+        let list = String::from_utf8_lossy(&omsim_virsh(&sim, "n2", &["list"]).stdout).to_string();
+        async move { list.contains("kvm1 paused").then_some(()) }
+    })
+    .await;
+    // Long enough for n2's applier to see the incoming domain and act on what it sees.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    std::fs::write(sim.join("migrate-fail"), "").unwrap();
+    let out = switch.await.unwrap();
+    assert!(
+        out.status.code() == Some(2) && stdout(&out).contains("switch aborted: migrating kvm1"),
+        "{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        logs(&nodes)
+    );
+    runs_once(&sim, 20).await;
+    assert!(running_on(&sim, "n1"), "the guest stays on n1");
+    assert_eq!(boots(&sim, "n1"), before, "the guest kept running on n1");
+}

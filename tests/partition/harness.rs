@@ -348,7 +348,8 @@ impl Node {
 // ---------------------------------------------------------------------------------------------
 // What the cluster and the simulators say
 
-/// The nodes on which the guest kvm1 runs, from the simulated libvirt's files.
+/// The nodes on which the guest kvm1 runs, from the simulated libvirt's files: running and
+/// not a live migration's incoming domain (paused until its copy ends).
 pub fn running_nodes(sim: &Path) -> Vec<String> {
     NAMES
         .iter()
@@ -357,7 +358,8 @@ pub fn running_nodes(sim: &Path) -> Vec<String> {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
-            v["domains"]["kvm1"]["running"].as_bool().unwrap_or(false)
+            let d = &v["domains"]["kvm1"];
+            d["running"].as_bool().unwrap_or(false) && d["incoming"].is_null()
         })
         .map(|n| n.to_string())
         .collect()

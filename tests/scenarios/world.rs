@@ -793,12 +793,12 @@ impl World {
         }
     }
 
-    /// Whether a guest runs or a DRBD resource is Primary on `node`.
+    /// Whether a guest is active (running or paused) or a DRBD resource is Primary on `node`.
     fn holding(&self, node: &str) -> bool {
         let drbd = Sim::new(&self.sim, node);
-        self.services.iter().any(|s| {
-            self.hv(node).state(s).ok() == Some(DomainState::Running) || drbd.is_primary(&res(s)).unwrap_or(false)
-        })
+        self.services
+            .iter()
+            .any(|s| self.hv(node).state(s).is_ok_and(DomainState::active) || drbd.is_primary(&res(s)).unwrap_or(false))
     }
 
     /// Nodes on which kvm1's guest runs.
