@@ -856,7 +856,8 @@ mod tests {
                 placement: Some(1),
                 migration: Some(switch(Phase::Stopping, false, None)),
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         let r = instance_status(&s, &p);
         assert!(r.frozen);

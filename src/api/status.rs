@@ -281,10 +281,12 @@ mod tests {
     fn services(n: usize) -> ClusterState {
         let mut state = ClusterState::default();
         let object = || serde_json::from_str::<crate::model::Object>(r#"{"config":{"sections":[]}}"#).unwrap();
-        state.objects.insert(ObjectPath::parse("ns/cfg/c").unwrap(), object());
+        state
+            .objects
+            .insert(ObjectPath::parse("ns/cfg/c").unwrap(), object().into());
         for i in 0..n {
             let path = ObjectPath::parse(&format!("ns/svc/s{i:04}")).unwrap();
-            state.objects.insert(path.clone(), object());
+            state.objects.insert(path.clone(), object().into());
             let (avail, warn) = match i % 10 {
                 0 => (Avail::Down, false),
                 1 => (Avail::Up, true),
@@ -296,7 +298,7 @@ mod tests {
                 provisioned: true,
                 resources: vec![],
             };
-            state.reports.insert(path, [(1, report)].into());
+            state.reports.insert(path, std::sync::Arc::new([(1, report)].into()));
         }
         state
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -280,11 +281,21 @@ impl ClusterState {
         Ok(())
     }
 
+    /// The service's state, for changing it (copied first if a snapshot shares it).
+    pub(super) fn service_mut(&mut self, path: &ObjectPath) -> Option<&mut ServiceState> {
+        self.services.get_mut(path).map(Arc::make_mut)
+    }
+
+    /// The service's state, created empty if it has none, for changing it.
+    pub(super) fn service_entry(&mut self, path: &ObjectPath) -> &mut ServiceState {
+        Arc::make_mut(self.services.entry(path.clone()).or_default())
+    }
+
     /// Marks a service provisioned, placed on the node its placement policy prefers (if it is
     /// not placed yet) and started there.
     pub(super) fn provision(&mut self, path: &ObjectPath) {
         let first = super::placement::first_choice(self, path);
-        let s = self.services.entry(path.clone()).or_default();
+        let s = self.service_entry(path);
         s.provisioned = true;
         if s.placement.is_none() {
             s.placement = first;
@@ -348,7 +359,7 @@ impl ClusterState {
     /// Begins a switch (phase `Stopping`) or a live switch (`Prepare`) of a started service;
     /// a stopped one is just placed on `to`, and started there.
     pub(super) fn begin_switch(&mut self, path: &ObjectPath, to: NodeId, live: bool) {
-        let s = self.services.entry(path.clone()).or_default();
+        let s = self.service_entry(path);
         let (Some(from), true) = (s.placement, s.started) else {
             // No switch record: an older one's outcome no longer applies.
             s.last_migration = None;
@@ -393,7 +404,7 @@ impl ClusterState {
         error: Option<&str>,
         fenced: Option<NodeId>,
     ) {
-        let Some(s) = self.services.get_mut(path) else {
+        let Some(s) = self.service_mut(path) else {
             return;
         };
         let Some(m) = s.migration.as_mut() else { return };
@@ -418,7 +429,7 @@ impl ClusterState {
 
     /// Ends a live switch that a failover overtook: the leader moved the service instead.
     pub(super) fn interrupt_migration(&mut self, path: &ObjectPath, why: String) {
-        let Some(s) = self.services.get_mut(path) else {
+        let Some(s) = self.service_mut(path) else {
             return;
         };
         if let Some(mut m) = s.migration.take() {
@@ -431,7 +442,7 @@ impl ClusterState {
     /// Places a service on `to`, started: the old node stops and demotes, `to` promotes once
     /// it sees it demoted, then starts the guests.
     pub(super) fn switch(&mut self, path: &ObjectPath, to: NodeId) {
-        let s = self.services.entry(path.clone()).or_default();
+        let s = self.service_entry(path);
         s.placement = Some(to);
         s.started = true;
         s.epoch = s.epoch.saturating_add(1);
@@ -439,7 +450,7 @@ impl ClusterState {
     }
 
     pub(super) fn unprovision(&mut self, path: &ObjectPath) {
-        if let Some(s) = self.services.get_mut(path) {
+        if let Some(s) = self.service_mut(path) {
             s.provisioned = false;
             s.started = false;
             s.state_only.clear();
@@ -447,7 +458,7 @@ impl ClusterState {
     }
 
     pub(super) fn set_started(&mut self, path: &ObjectPath, started: bool) {
-        if let Some(s) = self.services.get_mut(path) {
+        if let Some(s) = self.service_mut(path) {
             s.started = started;
         }
     }

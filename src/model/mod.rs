@@ -16,6 +16,7 @@ pub(crate) mod placement_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +78,10 @@ pub struct Trust {
 /// Cluster configuration: `section -> keyword -> value`, as validated against the catalog.
 pub type ClusterConfig = BTreeMap<String, BTreeMap<String, String>>;
 
-/// Everything the Raft log decides. Small and cloneable: snapshots serialize it whole.
+/// Everything the Raft log decides. Snapshots serialize it whole, from a copy taken under the
+/// state machine's lock: each object, service and report is shared (`Arc`) between the copy and
+/// the live state, so the copy costs a pointer per entry, and an entry changed after it is
+/// copied then (`Arc::make_mut`), that entry alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// The next node id to hand out. Only grows, so a wiped node never reuses an id.
@@ -86,7 +90,7 @@ pub struct ClusterState {
     pub config: ClusterConfig,
     /// Objects by path (`NAMESPACE/KIND/NAME`).
     #[serde(default, with = "path::keyed")]
-    pub objects: BTreeMap<ObjectPath, Object>,
+    pub objects: BTreeMap<ObjectPath, Arc<Object>>,
     /// Each node's volume groups and their sizes in bytes, as the node last reported them.
     #[serde(default)]
     pub vgs: BTreeMap<NodeId, BTreeMap<String, u64>>,
@@ -96,17 +100,17 @@ pub struct ClusterState {
     pub memory: BTreeMap<NodeId, u64>,
     /// What the cluster wants of each service: provisioned, placement, started.
     #[serde(default, with = "path::keyed")]
-    pub services: BTreeMap<ObjectPath, ServiceState>,
+    pub services: BTreeMap<ObjectPath, Arc<ServiceState>>,
     /// Nodes the orchestrator places nothing on.
     #[serde(default)]
     pub frozen_nodes: std::collections::BTreeSet<NodeId>,
     /// What each node last reported of each service instance, by path then node.
     #[serde(default, with = "path::keyed")]
-    pub reports: BTreeMap<ObjectPath, BTreeMap<NodeId, InstanceReport>>,
+    pub reports: BTreeMap<ObjectPath, Arc<BTreeMap<NodeId, InstanceReport>>>,
     /// The sequence number of each stored report (same keys as `reports`): a report with a
     /// lower or equal one arrived late and is refused.
     #[serde(default, with = "path::keyed")]
-    pub report_seqs: BTreeMap<ObjectPath, BTreeMap<NodeId, u64>>,
+    pub report_seqs: BTreeMap<ObjectPath, Arc<BTreeMap<NodeId, u64>>>,
     /// DRBD fencing, by DRBD resource name: the nodes whose disk of it a peer's `fence-peer`
     /// handler had the cluster mark outdated. Their data is old until they resync and the
     /// peer's `unfence-peer` handler clears the mark; nothing fails over to them meanwhile.
@@ -960,7 +964,7 @@ impl ClusterState {
             },
             Command::UpdateObject { path, set, unset } => match self.plan_update(path, set, unset) {
                 Ok((config, volumes)) => {
-                    if let Some(o) = self.objects.get_mut(path) {
+                    if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
                         o.config = config;
                     }
                     self.insert_objects(volumes);
@@ -984,13 +988,13 @@ impl ClusterState {
                 Err(e) => Response::Refused(e.into()),
             },
             Command::PutKey { path, key, value, .. } => {
-                if let Some(o) = self.objects.get_mut(path) {
+                if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
                     o.keys.insert(key.clone(), value.clone());
                 }
                 Response::Done
             }
             Command::RemoveKey { path, key } => {
-                if let Some(o) = self.objects.get_mut(path) {
+                if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
                     o.keys.remove(key);
                 }
                 Response::Done
@@ -1016,11 +1020,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::MarkProvisioned { path, node_id } => {
-                self.services
-                    .entry(path.clone())
-                    .or_default()
-                    .state_only
-                    .insert(*node_id);
+                self.service_entry(path).state_only.insert(*node_id);
                 Response::Done
             }
             Command::SetStarted { path, started } => {
@@ -1033,12 +1033,9 @@ impl ClusterState {
                 report,
                 seq,
             } => {
-                self.reports
-                    .entry(path.clone())
-                    .or_default()
-                    .insert(*node_id, report.clone());
+                Arc::make_mut(self.reports.entry(path.clone()).or_default()).insert(*node_id, report.clone());
                 if *seq != 0 {
-                    self.report_seqs.entry(path.clone()).or_default().insert(*node_id, *seq);
+                    Arc::make_mut(self.report_seqs.entry(path.clone()).or_default()).insert(*node_id, *seq);
                 }
                 Response::Done
             }
@@ -1063,7 +1060,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::Fence { path, node_id } => {
-                self.services.entry(path.clone()).or_default().fenced.insert(*node_id);
+                self.service_entry(path).fenced.insert(*node_id);
                 Response::Done
             }
             Command::MigrationPhase {
@@ -1082,11 +1079,11 @@ impl ClusterState {
                     format!("interrupted: node id {from} lost its lease and the service failed over"),
                 );
                 self.switch(path, *to);
-                self.services.entry(path.clone()).or_default().fenced.insert(*from);
+                self.service_entry(path).fenced.insert(*from);
                 Response::Done
             }
             Command::FreezeService { path, frozen } => {
-                self.services.entry(path.clone()).or_default().frozen = *frozen;
+                self.service_entry(path).frozen = *frozen;
                 Response::Done
             }
             Command::FreezeNode { node_id, frozen } => {
@@ -1098,11 +1095,7 @@ impl ClusterState {
                 Response::Done
             }
             Command::CaptureDomain { path, name, xml } => {
-                self.services
-                    .entry(path.clone())
-                    .or_default()
-                    .domains
-                    .insert(name.clone(), xml.clone());
+                self.service_entry(path).domains.insert(name.clone(), xml.clone());
                 Response::Done
             }
             Command::OutdatePeer { resource, node_id } => {
@@ -1307,7 +1300,7 @@ mod tests {
             placement: Some(1),
             ..ServiceState::default()
         };
-        state.services.insert(path_of("demo/svc/a"), started.clone());
+        state.services.insert(path_of("demo/svc/a"), started.clone().into());
         assert!(state.hosts(1));
         assert!(!state.hosts(2), "another node's service");
         for idle in [
@@ -1320,7 +1313,7 @@ mod tests {
                 ..started.clone()
             },
         ] {
-            state.services.insert(path_of("demo/svc/a"), idle);
+            state.services.insert(path_of("demo/svc/a"), idle.into());
             assert!(!state.hosts(1));
         }
         let switching = ServiceState {
@@ -1334,7 +1327,7 @@ mod tests {
             }),
             ..started
         };
-        state.services.insert(path_of("demo/svc/a"), switching);
+        state.services.insert(path_of("demo/svc/a"), switching.into());
         assert!(state.hosts(1) && state.hosts(2));
         assert!(!state.hosts(3), "not a participant");
     }

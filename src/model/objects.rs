@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -304,7 +305,7 @@ impl FromIterator<u32> for Runs {
 }
 
 impl AllocIndex {
-    pub fn build(objects: &BTreeMap<ObjectPath, Object>) -> AllocIndex {
+    pub fn build(objects: &BTreeMap<ObjectPath, Arc<Object>>) -> AllocIndex {
         let mut index = AllocIndex::default();
         for a in objects.values().filter_map(|o| o.alloc.as_ref()) {
             index.add(a);
@@ -553,7 +554,7 @@ impl ClusterState {
             if let Some(a) = &object.alloc {
                 index.add(a);
             }
-            if let Some(old) = self.objects.insert(key, object).and_then(|o| o.alloc) {
+            if let Some(old) = self.objects.insert(key, Arc::new(object)).and_then(|o| o.alloc.clone()) {
                 index.remove(&old);
             }
         }
@@ -562,7 +563,7 @@ impl ClusterState {
     /// Removes an object, keeping the allocation index in step.
     pub(super) fn remove_object(&mut self, key: &ObjectPath) {
         self.ensure_index();
-        if let Some(a) = self.objects.remove(key).and_then(|o| o.alloc) {
+        if let Some(a) = self.objects.remove(key).and_then(|o| o.alloc.clone()) {
             self.index.0.as_mut().expect("ensured").remove(&a);
         }
     }
@@ -622,6 +623,7 @@ impl ClusterState {
             let existing = self
                 .objects
                 .get(&vol)
+                .map(|o| &**o)
                 .or_else(|| out.iter().find(|(k, _)| *k == vol).map(|(_, o)| o));
             if let Some(existing) = existing {
                 check_existing_volume(&p, &vol, existing, s, size, &pool)?;

@@ -2,6 +2,7 @@
 //! uniqueness under random create/delete sequences.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -568,4 +569,44 @@ fn object_configurations_are_bounded_at_creation_and_by_updates() {
         unset: vec![],
     };
     s.check_proposal(&gone).unwrap();
+}
+
+/// A snapshot copies the state under the state machine's lock: every entry is shared with the
+/// copy, so the copy costs a pointer per entry; a change afterwards copies the entry it
+/// changes, alone, and the copy keeps what it saw.
+#[test]
+fn a_copy_of_the_state_shares_its_entries_until_one_changes() {
+    let mut s = cluster();
+    let (a, b) = (path_of("demo/svc/a"), path_of("demo/svc/b"));
+    for c in [svc_with_volume("a", "1G"), svc_with_volume("b", "1G")] {
+        assert_eq!(s.apply(&c), Response::Done);
+    }
+    for p in [&a, &b] {
+        s.apply(&Command::FreezeService {
+            path: p.clone(),
+            frozen: false,
+        });
+    }
+    let copy = s.clone();
+    let orchestrate = vec![(ObjectKey::parse("orchestrate").unwrap(), "ha".to_string())];
+    let update = Command::UpdateObject {
+        path: a.clone(),
+        set: orchestrate,
+        unset: vec![],
+    };
+    assert_eq!(s.apply(&update), Response::Done);
+    s.apply(&Command::FreezeService {
+        path: a.clone(),
+        frozen: true,
+    });
+    assert!(s.services[&a].frozen && !copy.services[&a].frozen);
+    assert_ne!(s.objects[&a], copy.objects[&a]);
+    assert!(!Arc::ptr_eq(&s.objects[&a], &copy.objects[&a]));
+    assert!(Arc::ptr_eq(&s.objects[&b], &copy.objects[&b]));
+    assert!(Arc::ptr_eq(&s.services[&b], &copy.services[&b]));
+    let volumes: Vec<_> = s.objects.keys().filter(|p| p.kind == ObjectKind::Vol).collect();
+    assert_eq!(volumes.len(), 2);
+    for v in volumes {
+        assert!(Arc::ptr_eq(&s.objects[v], &copy.objects[v]), "{v}");
+    }
 }
