@@ -256,6 +256,15 @@ impl Ini {
         Ok(())
     }
 
+    /// Gives back the room its lists grew past their length: a configuration the cluster
+    /// state keeps for as long as the object lives, built one `set` at a time.
+    pub fn shrink_to_fit(&mut self) {
+        self.sections.shrink_to_fit();
+        for s in &mut self.sections {
+            s.entries.shrink_to_fit();
+        }
+    }
+
     /// Removes a value; a section other than DEFAULT left empty disappears.
     pub fn unset(&mut self, section: &str, keyword: &str) -> bool {
         let Some(i) = self.sections.iter().position(|s| s.name == section) else {

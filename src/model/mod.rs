@@ -966,6 +966,7 @@ impl ClusterState {
                 Ok((config, volumes)) => {
                     if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
                         o.config = config;
+                        o.config.shrink_to_fit();
                     }
                     self.insert_objects(volumes);
                     Response::Done

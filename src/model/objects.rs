@@ -549,7 +549,8 @@ impl ClusterState {
     /// Adds or replaces objects, keeping the allocation index in step.
     pub(super) fn insert_objects(&mut self, objects: Vec<(ObjectPath, Object)>) {
         self.ensure_index();
-        for (key, object) in objects {
+        for (key, mut object) in objects {
+            object.config.shrink_to_fit();
             let index = self.index.0.as_mut().expect("ensured");
             if let Some(a) = &object.alloc {
                 index.add(a);

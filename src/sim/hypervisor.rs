@@ -234,6 +234,47 @@ impl SimHypervisor {
         Ok(())
     }
 
+    /// The start of an incoming live migration of the domain `xml` describes, booted `boots`
+    /// times: defined here, paused, its disks open (DRBD must be Primary here), for as long as
+    /// this process lives or until the copy ends (`migrate`) or fails (`cancel_incoming`).
+    pub fn receive(&self, xml: &str, boots: u64) -> Result<(), HypervisorError> {
+        let name = domain_name(xml).ok_or_else(|| refused("XML error: missing domain name"))?;
+        self.update(|d| {
+            if d.domains.get(name).is_some_and(|x| x.running) {
+                return Err(refused(format!(
+                    "operation failed: domain '{name}' is already active on {}",
+                    self.node
+                )));
+            }
+            self.set_devices_open(xml, true)?;
+            let prior = d.domains.get(name).map(|x| x.xml.clone());
+            d.domains.insert(
+                name.to_string(),
+                SimDomain {
+                    xml: xml.to_string(),
+                    running: true,
+                    boots,
+                    incoming: Some(Incoming {
+                        pid: std::process::id(),
+                        prior,
+                    }),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// A failed incoming migration: libvirt removes the incoming domain (its disks closed),
+    /// restoring the definition it replaced. Nothing when there is none.
+    pub fn cancel_incoming(&self, name: &str) -> Result<(), HypervisorError> {
+        self.update(|d| {
+            if d.domains.get(name).is_some_and(|x| x.incoming.is_some()) {
+                self.drop_incoming(d, name)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Whether the network between this node and `other` is cut: the one DRBD's cut flags
     /// cut.
     fn cut_from(&self, other: &str) -> bool {
@@ -377,29 +418,7 @@ impl Hypervisor for SimHypervisor {
         }
         // The incoming domain: paused there, its disks open, from the start of the copy.
         let boots = self.load()?.domains.get(name).map_or(0, |x| x.boots);
-        target.update(|d| {
-            if d.domains.get(name).is_some_and(|x| x.running) {
-                return Err(refused(format!(
-                    "operation failed: domain '{name}' is already active on {}",
-                    to.node
-                )));
-            }
-            target.set_devices_open(&xml, true)?;
-            let prior = d.domains.get(name).map(|x| x.xml.clone());
-            d.domains.insert(
-                name.to_string(),
-                SimDomain {
-                    xml: xml.clone(),
-                    running: true,
-                    boots,
-                    incoming: Some(Incoming {
-                        pid: std::process::id(),
-                        prior,
-                    }),
-                },
-            );
-            Ok(())
-        })?;
+        target.receive(&xml, boots)?;
         // The memory copy while the guest runs here takes `SIM_DIR/migrate-ms` milliseconds
         // (`DEFAULT_MIGRATE_MS` without the file).
         let pause = std::fs::read_to_string(self.dir.join("migrate-ms"))
@@ -411,12 +430,7 @@ impl Hypervisor for SimHypervisor {
         // cut, or whose incoming domain went away: the job is cancelled, the guest keeps
         // running here.
         let cancel = |why: &str| {
-            let _ = target.update(|d| {
-                if d.domains.get(name).is_some_and(|x| x.incoming.is_some()) {
-                    target.drop_incoming(d, name)?;
-                }
-                Ok(())
-            });
+            let _ = target.cancel_incoming(name);
             refused(format!("operation failed: migration job: {why}"))
         };
         if self.dir.join("migrate-fail").exists() {

@@ -12,6 +12,7 @@ mod world;
 
 use std::time::Duration;
 
+use omraft::drivers::hypervisor::Hypervisor;
 use omraft::model::{Command, Phase, Response};
 use world::{path, World};
 
@@ -1032,4 +1033,35 @@ fn s44_the_lower_priority_number_fails_over_first_and_gets_the_node_its_policy_p
         moves[0].0 + 1,
         "decided in one orchestrator step: {moves:?}"
     );
+}
+
+/// libvirt's incoming domain is active from the start of a live migration's copy, but paused,
+/// and the copy can still fail: the target waits for the guest to run before it commits
+/// `Finalize`, so a copy that fails late aborts, and the guest stays on the source, never
+/// rebooted.
+#[test]
+fn s45_a_target_waits_for_the_guest_to_run_not_for_its_incoming_domain() {
+    let mut w = World::new(45);
+    let before = boots(&w, "n1");
+    live(&mut w, "n1", "n2");
+    until_migrating(&mut w);
+    // The source's daemon is inside its migrate call: no pass of its own meanwhile, while
+    // the copy has begun: the incoming domain paused on n2.
+    w.hang("n1");
+    let xml = w.hv("n1").xml(world::VM).unwrap().unwrap();
+    w.hv("n2").receive(&xml, before.parse().unwrap()).unwrap();
+    w.run_for(Duration::from_millis(800));
+    assert_eq!(
+        w.phase(),
+        Some(Phase::Migrating),
+        "the target took the arriving guest for a running one"
+    );
+    // The copy fails: the incoming domain goes, the source's migrate call fails.
+    w.hv("n2").cancel_incoming(world::VM).unwrap();
+    w.migrations_fail(true);
+    w.resume("n1");
+    settles_on(&mut w, "n1", S(20));
+    assert_eq!(boots(&w, "n1"), before, "the guest kept running on n1");
+    let why = w.last_migration_error().unwrap_or_default();
+    assert!(why.contains("migrating kvm1"), "{why}");
 }
