@@ -6,7 +6,8 @@
 //!   OMRAFT_BED_TRIALS times (default 5): `switch --live --wait` as omctl sees it, libvirt's
 //!   migration job (`domjobinfo --completed` on the target: time and downtime), and the gap in
 //!   the guest's console (uptime between its last line on the source and its first on the
-//!   target);
+//!   target); from the daemons' logs, when each phase committed, when the source's migrate
+//!   call returned and when the source demoted;
 //! - failover: OMRAFT_BED_TRIALS fresh beds, each with the guest on n1, whose host loses power
 //!   (every process in it killed); the breakdown from the logs: detection and lease wait (power
 //!   loss to the leader's decision), commit, the libvirt start on n2, and its first console
@@ -45,6 +46,10 @@ struct Live {
     to_migrating_s: Option<f64>,
     to_finalize_s: Option<f64>,
     to_done_s: Option<f64>,
+    /// When the source's migrate call returned, and when the source's DRBD volume was
+    /// demoted (its log), also after the command started.
+    migrate_returned_s: Option<f64>,
+    source_demoted_s: Option<f64>,
 }
 
 /// Seconds of one failover, from the power loss.
@@ -112,12 +117,14 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
             .map(|h| std::fs::read_to_string(bed.dir.join(format!("omd-{h}.log"))).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n");
-        let phase = |change: &str| {
-            stamps(&logs, &format!("of demo/svc/kvm1: {change}"), after)
+        let first = |text: &str, pattern: &str| {
+            stamps(text, pattern, after)
                 .into_iter()
                 .reduce(f64::min)
                 .map(|t| t - after)
         };
+        let phase = |change: &str| first(&logs, &format!("of demo/svc/kvm1: {change}"));
+        let source_log = std::fs::read_to_string(bed.dir.join(format!("omd-{from}.log"))).unwrap_or_default();
         out.push(Live {
             from: from.into(),
             to: to.into(),
@@ -129,6 +136,8 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
             to_migrating_s: phase("DualPrimary -> Migrating"),
             to_finalize_s: phase("Migrating -> Finalize"),
             to_done_s: phase("Finalize -> Done"),
+            migrate_returned_s: first(&source_log, "migrated kvm1 to"),
+            source_demoted_s: first(&source_log, "done object=demo/svc/kvm1 step=Secondary"),
         });
     }
     Ok(out)
@@ -231,6 +240,8 @@ fn main() -> ExitCode {
     row("committed DualPrimary at", l(|x| x.to_dual_primary_s));
     row("committed Migrating at", l(|x| x.to_migrating_s));
     row("committed Finalize at", l(|x| x.to_finalize_s));
+    row("source's migrate call returned at", l(|x| x.migrate_returned_s));
+    row("source demoted at", l(|x| x.source_demoted_s));
     row("committed Done at", l(|x| x.to_done_s));
     println!("failover (power loss of the active host):");
     row("detection + lease wait", fo(|x| x.detect_s));
@@ -245,6 +256,8 @@ fn main() -> ExitCode {
         "live_job_s": l(|x| x.job_s),
         "live_downtime_s": l(|x| x.downtime_s),
         "live_console_gap_s": l(|x| x.console_gap_s),
+        "live_migrate_returned_s": l(|x| x.migrate_returned_s),
+        "live_source_demoted_s": l(|x| x.source_demoted_s),
         "failover_detect_s": fo(|x| x.detect_s),
         "failover_commit_s": fo(|x| x.commit_s),
         "failover_start_s": fo(|x| x.start_s),

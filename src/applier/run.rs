@@ -148,6 +148,7 @@ fn drive_migration(
                         warn!(object = %path, "live switch {}: migrating {}: {e}", m.id, c.domain);
                         return Some(commit(Phase::Abort, Some(format!("migrating {}: {e}", c.domain))));
                     }
+                    info!(object = %path, "live switch {}: migrated {} to {}", m.id, c.domain, m.peer.node);
                 }
                 return Some(commit(Phase::Finalize, None));
             }
