@@ -64,22 +64,25 @@ impl Libvirt {
     }
 }
 
+/// A defined domain's state: shut off, running, or active but paused.
+fn domain_state(d: &Domain) -> Result<DomainState, HypervisorError> {
+    if !d.is_active().map_err(refused)? {
+        return Ok(DomainState::ShutOff);
+    }
+    // A live migration's incoming domain is active from the start of the copy, paused until
+    // it ends: not the guest running here yet.
+    use virt::domain::DomainState as Virt;
+    Ok(match d.state().map_err(refused)?.0 {
+        Enum::Known(Virt::Paused | Virt::PMSuspended | Virt::Crashed) => DomainState::Paused,
+        _ => DomainState::Running,
+    })
+}
+
 impl Hypervisor for Libvirt {
     fn state(&self, name: &str) -> Result<DomainState, HypervisorError> {
         match self.domain(name)? {
             None => Ok(DomainState::Absent),
-            Some(d) => {
-                if !d.is_active().map_err(refused)? {
-                    return Ok(DomainState::ShutOff);
-                }
-                // A live migration's incoming domain is active from the start of the copy,
-                // paused until it ends: not the guest running here yet.
-                use virt::domain::DomainState as Virt;
-                Ok(match d.state().map_err(refused)?.0 {
-                    Enum::Known(Virt::Paused | Virt::PMSuspended | Virt::Crashed) => DomainState::Paused,
-                    _ => DomainState::Running,
-                })
-            }
+            Some(d) => domain_state(&d),
         }
     }
 
@@ -101,10 +104,11 @@ impl Hypervisor for Libvirt {
 
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), HypervisorError> {
         let d = self.existing(name)?;
-        if !d.is_active().map_err(refused)? {
+        let state = domain_state(&d)?;
+        if !state.active() {
             return Ok(());
         }
-        if timeout.is_zero() || self.state(name)? == DomainState::Paused {
+        if timeout.is_zero() || state == DomainState::Paused {
             // Fencing: no time for the guest to shut down cleanly. Paused: it cannot.
             return d.destroy().map_err(refused);
         }

@@ -281,6 +281,11 @@ impl ClusterState {
         Ok(())
     }
 
+    /// The object at `path`, for changing it (copied first if a snapshot shares it).
+    pub(super) fn object_mut(&mut self, path: &ObjectPath) -> Option<&mut super::objects::Object> {
+        self.objects.get_mut(path).map(Arc::make_mut)
+    }
+
     /// The service's state, for changing it (copied first if a snapshot shares it).
     pub(super) fn service_mut(&mut self, path: &ObjectPath) -> Option<&mut ServiceState> {
         self.services.get_mut(path).map(Arc::make_mut)

@@ -964,7 +964,7 @@ impl ClusterState {
             },
             Command::UpdateObject { path, set, unset } => match self.plan_update(path, set, unset) {
                 Ok((config, volumes)) => {
-                    if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
+                    if let Some(o) = self.object_mut(path) {
                         o.config = config;
                         o.config.shrink_to_fit();
                     }
@@ -989,13 +989,13 @@ impl ClusterState {
                 Err(e) => Response::Refused(e.into()),
             },
             Command::PutKey { path, key, value, .. } => {
-                if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
+                if let Some(o) = self.object_mut(path) {
                     o.keys.insert(key.clone(), value.clone());
                 }
                 Response::Done
             }
             Command::RemoveKey { path, key } => {
-                if let Some(o) = self.objects.get_mut(path).map(Arc::make_mut) {
+                if let Some(o) = self.object_mut(path) {
                     o.keys.remove(key);
                 }
                 Response::Done

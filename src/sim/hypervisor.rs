@@ -64,6 +64,11 @@ impl SimDomain {
     fn executing(&self) -> bool {
         self.running && self.incoming.is_none()
     }
+
+    /// An incoming domain whose migration died with the process copying it.
+    fn orphaned(&self) -> bool {
+        self.incoming.as_ref().is_some_and(|i| !alive(i.pid))
+    }
 }
 
 /// An incoming domain's migration.
@@ -123,11 +128,7 @@ impl SimHypervisor {
 
     fn load(&self) -> Result<SimDomains, HypervisorError> {
         let d: SimDomains = self.file.read().map_err(|e| self.state_err(e))?;
-        let orphans = d
-            .domains
-            .values()
-            .any(|x| x.incoming.as_ref().is_some_and(|i| !alive(i.pid)));
-        if orphans {
+        if d.domains.values().any(SimDomain::orphaned) {
             return self.update(|d| {
                 Ok(SimDomains {
                     domains: d.domains.clone(),
@@ -145,7 +146,7 @@ impl SimHypervisor {
                 let dead: Vec<String> = d
                     .domains
                     .iter()
-                    .filter(|(_, x)| x.incoming.as_ref().is_some_and(|i| !alive(i.pid)))
+                    .filter(|(_, x)| x.orphaned())
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in dead {
@@ -157,13 +158,13 @@ impl SimHypervisor {
     }
 
     /// Removes the incoming domain `name` (its disks closed), restoring the definition it
-    /// replaced.
+    /// replaced; nothing when `name` is not an incoming domain.
     fn drop_incoming(&self, d: &mut SimDomains, name: &str) -> Result<(), HypervisorError> {
-        let Some(x) = d.domains.remove(name) else { return Ok(()) };
-        let Some(incoming) = x.incoming else {
-            d.domains.insert(name.to_string(), x);
+        if d.domains.get(name).is_none_or(|x| x.incoming.is_none()) {
             return Ok(());
-        };
+        }
+        let x = d.domains.remove(name).expect("looked up above");
+        let incoming = x.incoming.expect("looked up above");
         self.set_devices_open(&x.xml, false)?;
         if let Some(xml) = incoming.prior {
             d.domains.insert(
@@ -267,12 +268,7 @@ impl SimHypervisor {
     /// A failed incoming migration: libvirt removes the incoming domain (its disks closed),
     /// restoring the definition it replaced. Nothing when there is none.
     pub fn cancel_incoming(&self, name: &str) -> Result<(), HypervisorError> {
-        self.update(|d| {
-            if d.domains.get(name).is_some_and(|x| x.incoming.is_some()) {
-                self.drop_incoming(d, name)?;
-            }
-            Ok(())
-        })
+        self.update(|d| self.drop_incoming(d, name))
     }
 
     /// Whether the network between this node and `other` is cut: the one DRBD's cut flags

@@ -173,14 +173,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
 
     // switch --live: dual primary, then the guest migrates without a reboot. A migration
     // that fails halfway aborts: the guest stays where it was, running, and the error shows.
-    let boots = |node: &str| {
-        let list = String::from_utf8_lossy(&virsh(node, &["list"]).stdout).to_string();
-        list.split("boots=")
-            .nth(1)
-            .map(|b| b.trim().to_string())
-            .unwrap_or_default()
-    };
-    let before = boots("n1");
+    let before = boots(&sim, "n1");
     std::fs::write(sim.join("migrate-fail"), "").unwrap();
     let out = omctl(&n1, &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"]);
     assert!(
@@ -189,7 +182,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         stdout(&out)
     );
     assert!(running_on("n1") && !running_on("n2"), "the guest stays on n1");
-    assert_eq!(boots("n1"), before, "the guest kept running on n1");
+    assert_eq!(boots(&sim, "n1"), before, "the guest kept running on n1");
     std::fs::remove_file(sim.join("migrate-fail")).unwrap();
     let out = ok(&n1, &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"]);
     assert!(out.lines().nth(1).is_some_and(|l| l.ends_with("  -")), "{out}");
@@ -198,7 +191,7 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         "OBJECT         NODE  AVAIL\ndemo/svc/kvm1  n1    down\ndemo/svc/kvm1  n2    up\n"
     );
     assert!(running_on("n2") && !running_on("n1"));
-    assert_eq!(boots("n2"), before, "the guest moved without a reboot");
+    assert_eq!(boots(&sim, "n2"), before, "the guest moved without a reboot");
     let out = omctl(&n1, &["demo/svc/kvm1", "switch", "--abort"]);
     assert!(stderr(&out).contains("no switch in progress"), "{}", stderr(&out));
     ok(
