@@ -90,16 +90,22 @@ impl MonPage {
     }
 }
 
-/// A service as a whole: `Warn` when an instance that is not down warns, else `Up` when one
-/// is up, else `Down` (no instance up, or none reported).
+/// An instance's avail as `mon` shows it: `Warn` when it is not down and carries warnings.
+fn shown_avail(r: &crate::model::instances::InstanceReport) -> Avail {
+    if r.warn && r.avail != Avail::Down {
+        Avail::Warn
+    } else {
+        r.avail
+    }
+}
+
+/// A service as a whole: `Warn` when an instance shows `warn` (`shown_avail`), else `Up` when
+/// one is up, else `Down` (no instance up, or none reported).
 fn service_health(state: &ClusterState, path: &ObjectPath) -> Avail {
     let Some(reports) = state.reports.get(path) else {
         return Avail::Down;
     };
-    if reports
-        .values()
-        .any(|r| (r.warn && r.avail != Avail::Down) || r.avail == Avail::Warn)
-    {
+    if reports.values().any(|r| shown_avail(r) == Avail::Warn) {
         Avail::Warn
     } else if reports.values().any(|r| r.avail == Avail::Up) {
         Avail::Up
@@ -135,12 +141,7 @@ fn instance_avails(
         .iter()
         .filter_map(|(id, rep)| {
             let name = state.nodes.get(id)?.name.clone();
-            let avail = if rep.warn && rep.avail != crate::model::Avail::Down {
-                "warn".into()
-            } else {
-                rep.avail.to_string()
-            };
-            Some((name, avail))
+            Some((name, shown_avail(rep).to_string()))
         })
         .collect()
 }
