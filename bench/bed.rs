@@ -7,7 +7,10 @@
 //!   migration job (`domjobinfo --completed` on the target: time and downtime), and the gap in
 //!   the guest's console (uptime between its last line on the source and its first on the
 //!   target); from the daemons' logs, when each phase committed, when the source's migrate
-//!   call returned and when the source demoted;
+//!   call started and returned and when the source demoted; and omraft's share of the switch:
+//!   its total minus the source's libvirt migrate call (libvirt's whole migration: the
+//!   target's QEMU started, the copy, then the source's QEMU stopped, which takes over a
+//!   second under TCG here, as a plain `virsh destroy` does);
 //! - failover: OMRAFT_BED_TRIALS fresh beds, each with the guest on n1, whose host loses power
 //!   (every process in it killed); the breakdown from the logs: detection and lease wait (power
 //!   loss to the leader's decision), commit, the libvirt start on n2, and its first console
@@ -46,10 +49,16 @@ struct Live {
     to_migrating_s: Option<f64>,
     to_finalize_s: Option<f64>,
     to_done_s: Option<f64>,
-    /// When the source's migrate call returned, and when the source's DRBD volume was
-    /// demoted (its log), also after the command started.
+    /// When the source's migrate call started and returned, and when the source's DRBD volume
+    /// was demoted (its log), also after the command started.
+    migrate_started_s: Option<f64>,
     migrate_returned_s: Option<f64>,
     source_demoted_s: Option<f64>,
+    /// The source's libvirt migrate call, start to return: libvirt's whole migration (the
+    /// target's QEMU started, the copy, the source's QEMU stopped), of which the job is a part.
+    migrate_call_s: Option<f64>,
+    /// omraft's own share: the switch as omctl saw it minus the migrate call.
+    overhead_s: Option<f64>,
 }
 
 /// Seconds of one failover, from the power loss.
@@ -125,6 +134,9 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
         };
         let phase = |change: &str| first(&logs, &format!("of demo/svc/kvm1: {change}"));
         let source_log = std::fs::read_to_string(bed.dir.join(format!("omd-{from}.log"))).unwrap_or_default();
+        let migrate_started_s = first(&source_log, "migrating kvm1 to");
+        let migrate_returned_s = first(&source_log, "migrated kvm1 to");
+        let migrate_call_s = migrate_started_s.zip(migrate_returned_s).map(|(s, r)| r - s);
         out.push(Live {
             from: from.into(),
             to: to.into(),
@@ -136,8 +148,11 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
             to_migrating_s: phase("DualPrimary -> Migrating"),
             to_finalize_s: phase("Migrating -> Finalize"),
             to_done_s: phase("Finalize -> Done"),
-            migrate_returned_s: first(&source_log, "migrated kvm1 to"),
+            migrate_started_s,
+            migrate_returned_s,
             source_demoted_s: first(&source_log, "done object=demo/svc/kvm1 step=Secondary"),
+            migrate_call_s,
+            overhead_s: migrate_call_s.map(|c| total_s - c),
         });
     }
     Ok(out)
@@ -239,10 +254,13 @@ fn main() -> ExitCode {
     row("console gap (guest uptime)", l(|x| x.console_gap_s));
     row("committed DualPrimary at", l(|x| x.to_dual_primary_s));
     row("committed Migrating at", l(|x| x.to_migrating_s));
+    row("source's migrate call started at", l(|x| x.migrate_started_s));
     row("committed Finalize at", l(|x| x.to_finalize_s));
     row("source's migrate call returned at", l(|x| x.migrate_returned_s));
     row("source demoted at", l(|x| x.source_demoted_s));
     row("committed Done at", l(|x| x.to_done_s));
+    row("libvirt migrate call (start to return)", l(|x| x.migrate_call_s));
+    row("omraft's share (total - migrate call)", l(|x| x.overhead_s));
     println!("failover (power loss of the active host):");
     row("detection + lease wait", fo(|x| x.detect_s));
     row("commit", fo(|x| x.commit_s));
@@ -258,6 +276,8 @@ fn main() -> ExitCode {
         "live_console_gap_s": l(|x| x.console_gap_s),
         "live_migrate_returned_s": l(|x| x.migrate_returned_s),
         "live_source_demoted_s": l(|x| x.source_demoted_s),
+        "live_migrate_call_s": l(|x| x.migrate_call_s),
+        "live_overhead_s": l(|x| x.overhead_s),
         "failover_detect_s": fo(|x| x.detect_s),
         "failover_commit_s": fo(|x| x.commit_s),
         "failover_start_s": fo(|x| x.start_s),

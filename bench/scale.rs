@@ -2,6 +2,10 @@
 //! a replicated DRBD volume: create throughput as the state grows, then read latencies and the
 //! daemons' memory with the state full.
 //!
+//! Before any daemon starts, it applies up to 20,000 services like those below (a 1G shared
+//! DRBD volume on three nodes) to a `ClusterState` in its own process and reports the state's
+//! resident bytes per service and its volume.
+//!
 //! `cargo bench --bench scale` starts three `omd` (the binaries cargo built for this bench) in a
 //! temporary directory, all three data nodes reporting a 100 TiB volume group `data`, and joins
 //! them. Through the leader's unix socket it sets `cluster.name`, creates the `system/cfg/drbd`
@@ -62,6 +66,8 @@ const CLI_RUNS: usize = 5;
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Every node is a data node with this volume group: 10,000 x 1 GiB fits many times over.
 const VG: &str = "data=100T";
+/// The volume group of `VG`, by name.
+const VG_NAME: &str = "data";
 const POOL: &str = "drbdvm";
 /// The local (lvm) pool of the second half of a run above `DRBD_ONLY_MAX` services.
 const LOCAL_POOL: &str = "local";
@@ -898,6 +904,8 @@ struct JsonReport {
     hwm_mb: BTreeMap<&'static str, f64>,
     create_cpu_s: BTreeMap<&'static str, f64>,
     data_dir_mb: BTreeMap<&'static str, f64>,
+    state_services: u64,
+    state_bytes_per_service: i64,
     leader: &'static str,
     follower: &'static str,
     targets: Vec<JsonTarget>,
@@ -907,7 +915,8 @@ struct JsonReport {
     arch: &'static str,
 }
 
-fn print_json(out: &Outcome, a: &After) {
+/// `state`: (services, bytes per service) of `state_bytes_per_service`.
+fn print_json(out: &Outcome, a: &After, state: (u64, i64)) {
     let c = &out.creates;
     let lat = sorted_latencies(&c.done);
     let per_node = |f: &dyn Fn(&NodeFigures) -> f64| -> BTreeMap<&'static str, f64> {
@@ -954,6 +963,8 @@ fn print_json(out: &Outcome, a: &After) {
         hwm_mb: per_node(&|n| n.hwm_mb),
         create_cpu_s: per_node(&|n| n.create_cpu_s),
         data_dir_mb: per_node(&|n| n.data_dir_mb),
+        state_services: state.0,
+        state_bytes_per_service: state.1,
         leader: out.leader,
         follower: out.follower,
         targets: targets(out, a)
@@ -974,12 +985,104 @@ fn print_json(out: &Outcome, a: &After) {
     println!("{}", serde_json::to_string(&report).expect("serializing the report"));
 }
 
+/// Services of the in-process measure of the state's size (`state_bytes_per_service`).
+const STATE_N: u64 = 20_000;
+
+/// This process's resident bytes (/proc/self/statm).
+fn resident_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<i64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// The state's resident bytes per service and its volume: `n` services as the cluster creates
+/// them (a 1G shared volume on three nodes, DRBD allocated), applied to a `ClusterState` in
+/// this process, which is single-threaded then; the growth of its resident memory over `n`.
+fn state_bytes_per_service(n: u64) -> Result<i64, String> {
+    use omraft::config::ini::Ini;
+    use omraft::model::objects::{derived_uuid, KeyMode};
+    use omraft::model::path::ObjectPath;
+    use omraft::model::{ClusterState, Command, ConfigKey, Response};
+    let mut s = ClusterState::default();
+    let mut ok = |c: Command| match s.apply(&c) {
+        Response::Refused(why) => Err(format!("state measure: {c}: {why:?}")),
+        _ => Ok(()),
+    };
+    let set = |pairs: &[(&str, &str)]| Command::UpdateConfig {
+        set: pairs
+            .iter()
+            .map(|(k, v)| (ConfigKey::parse(k).expect("a cluster key").0, v.to_string()))
+            .collect(),
+        unset: vec![],
+    };
+    let path = |p: &str| ObjectPath::parse(p).expect("a path");
+    let create = |p: &str, text: &str| {
+        let mut config = Ini::parse(text).expect("a configuration");
+        config.set("DEFAULT", "id", &derived_uuid(p)).expect("one line");
+        Command::CreateObject { path: path(p), config }
+    };
+    ok(Command::Bootstrap {
+        node_id: 1,
+        name: "n1".into(),
+        addr: "127.0.0.1:1".into(),
+    })?;
+    for (name, addr) in [("n2", "127.0.0.1:2"), ("n3", "127.0.0.1:3")] {
+        ok(Command::AddNode {
+            name: name.into(),
+            addr: addr.into(),
+            witness: false,
+            token: None,
+        })?;
+    }
+    for node_id in 1..=3 {
+        ok(Command::ReportVolumeGroups {
+            node_id,
+            vgs: BTreeMap::from([(VG_NAME.to_string(), 100u64 << 40)]),
+        })?;
+    }
+    ok(set(&[("cluster.name", "bench")]))?;
+    ok(create("system/cfg/drbd", ""))?;
+    ok(Command::PutKey {
+        path: path("system/cfg/drbd"),
+        key: "live-migration".into(),
+        value: b"resource {{.Name}} {}".to_vec(),
+        mode: KeyMode::Add,
+    })?;
+    ok(set(&[
+        (&format!("pool#{POOL}.type"), "drbd"),
+        (&format!("pool#{POOL}.vg"), VG_NAME),
+        (&format!("pool#{POOL}.template"), "live-migration"),
+    ]))?;
+    let before = resident_bytes();
+    for i in 0..n {
+        ok(create(
+            &format!("bench/svc/s{i}"),
+            "[volume#data]\nsize = 1G\nshared = true\n",
+        ))?;
+    }
+    let grown = resident_bytes() - before;
+    drop(s);
+    Ok(grown / n as i64)
+}
+
 fn main() -> ExitCode {
     // DRBD ports are u16 from 7289: at most 58,246 volumes.
     let n = match harness::count_from_env("OMRAFT_SCALE_N", "services", 1..=100_000, DEFAULT_N, SMOKE_N) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state_n = n.min(STATE_N);
+    let state_bytes = match state_bytes_per_service(state_n) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("scale bench: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -1006,6 +1109,10 @@ fn main() -> ExitCode {
                 eprintln!("  note: {note}");
             }
             print_tables(&out);
+            println!(
+                "state in one process (model only, {state_n} services applied): {} bytes per service and its volume",
+                state_bytes
+            );
             match &out.after {
                 None => {
                     eprintln!(
@@ -1015,7 +1122,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
                 Some(a) => {
-                    print_json(&out, a);
+                    print_json(&out, a, (state_n, state_bytes));
                     ExitCode::SUCCESS
                 }
             }

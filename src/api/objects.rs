@@ -158,13 +158,13 @@ impl ClusterService {
             .filter(|s| req.section.is_empty() || s.name == req.section)
             .filter(|s| !s.entries.is_empty())
             .map(|s| Section {
-                name: s.name.clone(),
+                name: s.name.to_string(),
                 values: s
                     .entries
                     .iter()
                     .map(|(k, v)| KeyValue {
-                        key: k.clone(),
-                        value: v.clone(),
+                        key: k.to_string(),
+                        value: v.to_string(),
                     })
                     .collect(),
             })
@@ -558,7 +558,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
                     let name = s.eval(p, &o.config, &sec.name, "name", None).ok()??;
                     let vol = s.objects.get(&p.volume(&name))?;
                     let a = vol.alloc.as_ref().filter(|a| a.drbd.is_some())?;
-                    Some((sec.name.clone(), a.lv.clone()))
+                    Some((sec.name.to_string(), a.lv.clone()))
                 })
                 .collect()
         })

@@ -204,7 +204,7 @@ pub fn read(state: &ClusterState, me: NodeId, path: &ObjectPath, leased: bool, m
         }
         let Some(domain) = eval("name") else { continue };
         out.containers.push(DesiredContainer {
-            rid: section.name.clone(),
+            rid: section.name.to_string(),
             xml: svc.domains.get(&domain).cloned(),
             domain,
             stop_timeout_secs: eval("stop_timeout")
@@ -258,7 +258,7 @@ pub fn read(state: &ClusterState, me: NodeId, path: &ObjectPath, leased: bool, m
             }
         });
         let volume = DesiredVolume {
-            rid: section.name.clone(),
+            rid: section.name.to_string(),
             volume: vol.to_string(),
             vg: alloc.vg.clone(),
             lv: alloc.lv.clone(),

@@ -10,14 +10,18 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use super::echo::echo;
 
-/// One `[name]` section and its `keyword = value` lines, in order.
+/// One `[name]` section and its `keyword = value` lines, in order. Names, keywords and values
+/// are `SmolStr`: those up to 23 bytes, nearly all of them, sit inside the entry rather than in
+/// an allocation of their own (the state keeps one configuration per object, for as long as
+/// it lives). They encode as strings do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
-    pub name: String,
-    pub entries: Vec<(String, String)>,
+    pub name: SmolStr,
+    pub entries: Vec<(SmolStr, SmolStr)>,
 }
 
 /// An object's configuration. `DEFAULT` is always present and first.
@@ -127,7 +131,7 @@ impl Ini {
             }
             let section = &mut ini.sections[current];
             if !keywords.insert(k.to_string()) {
-                return Err(ParseError::DuplicateKeyword(n, k.into(), section.name.clone()));
+                return Err(ParseError::DuplicateKeyword(n, k.into(), section.name.to_string()));
             }
             section.entries.push((k.into(), v.into()));
         }
@@ -412,8 +416,8 @@ mod tests {
             sections: sections
                 .iter()
                 .map(|(name, entries)| Section {
-                    name: name.to_string(),
-                    entries: entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    name: (*name).into(),
+                    entries: entries.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
                 })
                 .collect(),
         }

@@ -377,8 +377,8 @@ impl Command {
                 )?;
                 let keys: Vec<ObjectKey> = entries
                     .map(|(s, k, _)| ObjectKey {
-                        section: s.name.clone(),
-                        keyword: k.clone(),
+                        section: s.name.to_string(),
+                        keyword: k.to_string(),
                     })
                     .collect();
                 ClusterState::check_retired(path, &keys)?;

@@ -409,8 +409,8 @@ impl ClusterState {
         for section in config.sections() {
             for (kw, value) in &section.entries {
                 let key = ObjectKey {
-                    section: section.name.clone(),
-                    keyword: kw.clone(),
+                    section: section.name.to_string(),
+                    keyword: kw.to_string(),
                 };
                 let (name, scope) = key.split_scope();
                 let def = match keywords::lookup(path.kind, &section.name, name) {
@@ -452,7 +452,7 @@ impl ClusterState {
                     def.kind.check(value).map_err(|why| ObjectError::Value {
                         path: p.clone(),
                         key: key.to_string(),
-                        value: value.clone(),
+                        value: value.to_string(),
                         why,
                     })?;
                 }
@@ -475,7 +475,7 @@ impl ClusterState {
                 if config.get(&section.name, def.name).is_none() {
                     return Err(ObjectError::Missing {
                         path: p.clone(),
-                        section: section.name.clone(),
+                        section: section.name.to_string(),
                         keyword: def.name.into(),
                     });
                 }
