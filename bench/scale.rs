@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{client, round, status_text, within, Cluster, Omd};
+use omraft::cli::client::Client;
 use omraft::pb;
 use prost::Message;
 
@@ -472,6 +473,136 @@ async fn wait_applied(cluster: &Cluster, leader: &Omd) -> Result<Duration, Strin
 }
 
 // ---------------------------------------------------------------------------------------------
+// A node that missed the log: it catches up from a snapshot
+
+/// Config maps created while the late node is down: more than a snapshot interval (5,000
+/// entries), so the leader snapshots and purges the entries the late node missed.
+const LATE_WRITES: u64 = 6_000;
+
+/// How a node that was down while the log moved on came back.
+struct Late {
+    node: &'static str,
+    /// From its restart until it applied what the leader had then.
+    caught_up: Duration,
+    /// The snapshot it installed (its log says so): bytes, and the install's own time.
+    snapshot_bytes: Option<u64>,
+    install_ms: Option<u64>,
+    /// Writes through the leader while it caught up, one at a time: count and slowest.
+    writes: usize,
+    slowest_write: Duration,
+}
+
+/// Kills `late` (SIGKILL), creates LATE_WRITES config maps through `leader`, starts `late`
+/// again and times it until it applied the leader's last entry, while a writer keeps creating
+/// config maps through the leader, one at a time, to see whether the catch-up stalls writes.
+async fn late_node(cluster: &mut Cluster, leader: &'static str, late: &'static str) -> Result<Late, String> {
+    cluster.kill9(late)?;
+    let ld = cluster.by_name(leader).expect("our daemon");
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::<Result<(), String>>::new();
+    for _ in 0..CONCURRENCY {
+        let mut c = client(ld).await?;
+        let next = next.clone();
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= LATE_WRITES {
+                    return Ok(());
+                }
+                let req = pb::ObjectCreateRequest {
+                    path: format!("bench/cfg/late{i}"),
+                    kws: vec![],
+                    config_text: String::new(),
+                };
+                within(CREATE_TIMEOUT, "a config map's create", async {
+                    c.object_create(req).await.map_err(status_text)
+                })
+                .await?;
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| format!("a writer failed: {e}"))??;
+    }
+    let mut lc = client(ld).await?;
+    let status = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            within(Duration::from_secs(10), "NodeStatus", async {
+                c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+    let target = status(&mut lc).await?.last_log_index.unwrap_or(0);
+    let writer_client = client(ld).await?;
+    cluster.restart(late)?;
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut c, stop) = (writer_client, stop.clone());
+        tokio::spawn(async move {
+            let (mut writes, mut slowest, mut i) = (0usize, Duration::ZERO, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let req = pb::ObjectCreateRequest {
+                    path: format!("bench/cfg/during{i}"),
+                    kws: vec![],
+                    config_text: String::new(),
+                };
+                i += 1;
+                let t = Instant::now();
+                within(CREATE_TIMEOUT, "a create while a node catches up", async {
+                    c.object_create(req).await.map_err(status_text)
+                })
+                .await?;
+                slowest = slowest.max(t.elapsed());
+                writes += 1;
+            }
+            Ok::<_, String>((writes, slowest))
+        })
+    };
+    let d = cluster.by_name(late).expect("our daemon");
+    let deadline = t0 + Duration::from_secs(120);
+    let caught_up = loop {
+        // Refused while it starts: it answers once it listens.
+        let applied = match client(d).await {
+            Ok(mut c) => status(&mut c).await.ok().and_then(|s| s.applied_index),
+            Err(_) => None,
+        };
+        if applied.unwrap_or(0) >= target {
+            break t0.elapsed();
+        }
+        if Instant::now() >= deadline {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "{late} had applied {applied:?} of {target} entries 120 s after its restart"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let (writes, slowest_write) = writer.await.map_err(|e| format!("the writer failed: {e}"))??;
+    let log = d.log();
+    let field = |name: &str| -> Option<u64> {
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("installed a snapshot from the leader"))?;
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Ok(Late {
+        node: late,
+        caught_up,
+        snapshot_bytes: field("bytes"),
+        install_ms: field("ms"),
+        writes,
+        slowest_write,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reads with the state full
 
 /// Median of durations, in milliseconds: the middle one, or the mean of the middle two.
@@ -607,6 +738,7 @@ struct After {
     catch_up: Duration,
     leader: Reads,
     follower: Reads,
+    late: Late,
     nodes: Vec<NodeFigures>,
 }
 
@@ -692,12 +824,23 @@ async fn bench(cluster: &mut Cluster, n: u64, omctl_bin: &Path) -> Result<Outcom
             data_dir_mb: dir_bytes(&d.dir) as f64 / (1u64 << 20) as f64,
         });
     }
+    let third = harness::NODES
+        .into_iter()
+        .find(|n| *n != leader && *n != follower)
+        .expect("three nodes");
+    eprintln!("  {third} down while {LATE_WRITES} config maps are created, then back");
+    let late = late_node(cluster, leader, third).await?;
+    eprintln!(
+        "  {third} caught up {:.2} s after its restart",
+        late.caught_up.as_secs_f64()
+    );
     cluster.check_alive()?;
     out.after = Some(After {
         catch_up,
         leader: leader_reads,
         follower: follower_reads,
         nodes,
+        late,
     });
     Ok(out)
 }
@@ -841,6 +984,19 @@ fn print_tables(out: &Outcome) {
         );
     }
     println!();
+    let l = &a.late;
+    let some = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "{} down for {LATE_WRITES} creates, then back: caught up in {:.2} s; snapshot installed: {} bytes in {} ms; \
+         {} creates through the leader meanwhile, the slowest {:.1} ms",
+        l.node,
+        l.caught_up.as_secs_f64(),
+        some(l.snapshot_bytes),
+        some(l.install_ms),
+        l.writes,
+        l.slowest_write.as_secs_f64() * 1e3
+    );
+    println!();
     let ts = targets(out, a);
     let missed: Vec<&Target> = ts.iter().filter(|t| !t.met()).collect();
     if missed.is_empty() {
@@ -906,6 +1062,12 @@ struct JsonReport {
     data_dir_mb: BTreeMap<&'static str, f64>,
     state_services: u64,
     state_bytes_per_service: i64,
+    late_node: &'static str,
+    late_caught_up_s: f64,
+    late_snapshot_bytes: Option<u64>,
+    late_install_ms: Option<u64>,
+    late_writes: usize,
+    late_slowest_write_ms: f64,
     leader: &'static str,
     follower: &'static str,
     targets: Vec<JsonTarget>,
@@ -965,6 +1127,12 @@ fn print_json(out: &Outcome, a: &After, state: (u64, i64)) {
         data_dir_mb: per_node(&|n| n.data_dir_mb),
         state_services: state.0,
         state_bytes_per_service: state.1,
+        late_node: a.late.node,
+        late_caught_up_s: round(a.late.caught_up.as_secs_f64(), 3),
+        late_snapshot_bytes: a.late.snapshot_bytes,
+        late_install_ms: a.late.install_ms,
+        late_writes: a.late.writes,
+        late_slowest_write_ms: round(a.late.slowest_write.as_secs_f64() * 1e3, 3),
         leader: out.leader,
         follower: out.follower,
         targets: targets(out, a)

@@ -432,11 +432,21 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
     let mut retries: BTreeMap<ObjectPath, Retry> = BTreeMap::new();
     // What the last pass saw: the `moves` count and the lease; when it started.
     let (mut moves, mut was_leased, mut last_pass) = (0, false, None::<tokio::time::Instant>);
+    // Whether the last pass took part in a live switch, and how long it took.
+    let (mut switching, mut last_took) = (false, Duration::ZERO);
     loop {
         // A service moved (a switch phase, a failover, a start...) or the lease lapsed since
         // the last pass: a pass at once, so each hand-over of a switch costs a commit, not a
         // pause. Otherwise at most one pass every `PASS_GAP`, however fast the log moves
-        // (reports, writes), and at least one a second.
+        // (reports, writes), and at least one a second; but every `SWITCH_GAP` while this node
+        // takes part in a live switch, whose next step may wait on what the other node does
+        // to its own DRBD and guest, which commits nothing (its demotion, its guest running).
+        // Then the gap is at least the last pass's length (up to `PASS_GAP`): a node with many
+        // services does not spend all its time in passes.
+        let gap = match switching {
+            true => SWITCH_GAP.max(last_took).min(PASS_GAP),
+            false => PASS_GAP,
+        };
         let urgent = |host: &H| host.moves() != moves || (was_leased && !host.lease_valid());
         // Wait holding nothing of the node, so a stopped node is released at once. The
         // change signal is taken before looking: what is applied after wakes it, what was
@@ -446,9 +456,10 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
             None => return,
         };
         if !urgent_now {
+            let idle = if switching { gap } else { Duration::from_secs(1) };
             tokio::select! {
                 _ = changed => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(idle) => {}
             }
         }
         let urgent = match weak.upgrade() {
@@ -456,7 +467,7 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
             None => return,
         };
         if let Some(last) = last_pass.filter(|_| !urgent) {
-            tokio::time::sleep_until(last + PASS_GAP).await;
+            tokio::time::sleep_until(last + gap).await;
         }
         let Some(host) = weak.upgrade().filter(|h| !h.closing()) else {
             return;
@@ -479,14 +490,15 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
         });
         let mut pending: Vec<(Option<ObjectPath>, Command)> = Vec::new();
         let mut holding = false;
+        switching = false;
         for (path, unrendered) in work {
             let mut retry = retries.remove(&path).unwrap_or_default();
             let d = drivers.clone();
             let p = path.clone();
-            let (done, retry_back) = tokio::task::spawn_blocking(move || {
+            let (done, retry_back, in_switch) = tokio::task::spawn_blocking(move || {
                 let (want, render_errors) = unrendered.render();
                 let done = pass(&d, &p, &want, render_errors, &mut retry, Instant::now());
-                (done, retry)
+                (done, retry, want.migration.is_some())
             })
             .await
             .unwrap_or_else(|e| {
@@ -495,8 +507,9 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
                     report: None,
                     commands: vec![],
                 };
-                (done, Retry::default())
+                (done, Retry::default(), false)
             });
+            switching |= in_switch;
             retries.insert(path.clone(), retry_back);
             pending.extend(done.commands.into_iter().map(|c| (None, c)));
             match &done.observed {
@@ -533,8 +546,12 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
             }
         }
         drop(host);
+        last_took = last_pass.map_or(Duration::ZERO, |t| t.elapsed());
     }
 }
 
 /// The pause between two passes of the applier while nothing urgent happens.
 const PASS_GAP: Duration = Duration::from_millis(200);
+
+/// The pause between two passes while this node takes part in a live switch.
+const SWITCH_GAP: Duration = Duration::from_millis(50);

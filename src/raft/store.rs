@@ -731,13 +731,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
+        let len = bytes.len();
         let mut new: SmData =
             codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.persist_snapshot(meta, bytes).await?;
         *self.write() = new;
+        tracing::info!(
+            bytes = len,
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            ms = started.elapsed().as_millis() as u64,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
