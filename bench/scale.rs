@@ -20,7 +20,11 @@
 //! With the state full it times, on the leader's and a follower's socket, `ObjectList */svc/*`
 //! and `Mon` (median of 10 calls on one connection), and the real `omctl mon` and
 //! `omctl object ls */svc/*` end to end (median of 5 runs), then reads each daemon's VmRSS and
-//! VmHWM from /proc. It prints tables, then one JSON line starting with `{"bench":"scale"`.
+//! VmHWM from /proc. Last, a fourth `omd` (n4) joins the full cluster: the time of its `Join`
+//! call and until it applied the leader's last entry, the snapshot it installed (from its log:
+//! bytes and the install's time), and the slowest of the creates a writer keeps making through
+//! the leader meanwhile, one at a time. It prints tables, then one JSON line starting with
+//! `{"bench":"scale"`.
 //! The targets (omctl mon, its default one-page view, under 100 ms; RSS per daemon under 100 MB
 //! up to 10,000 services, under 400 MB up to 100,000) are reported as met or missed, never
 //! asserted; more than 1% failed creates aborts the run.
@@ -42,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{client, round, status_text, within, Cluster, Omd};
+use harness::{client, round, status_text, within, Cluster, Launch, Omd};
 use omraft::cli::client::Client;
 use omraft::pb;
 use prost::Message;
@@ -473,75 +477,82 @@ async fn wait_applied(cluster: &Cluster, leader: &Omd) -> Result<Duration, Strin
 }
 
 // ---------------------------------------------------------------------------------------------
-// A node that missed the log: it catches up from a snapshot
+// A late joiner: a fourth node joins the full cluster
 
-/// Config maps created while the late node is down: more than a snapshot interval (5,000
-/// entries), so the leader snapshots and purges the entries the late node missed.
-const LATE_WRITES: u64 = 6_000;
+/// The node that joins last.
+const LATE: &str = "n4";
 
-/// How a node that was down while the log moved on came back.
+/// How the late joiner came in.
 struct Late {
-    node: &'static str,
-    /// From its restart until it applied what the leader had then.
+    /// Its `Join` call, and from its start until it applied what the leader had then.
+    join: Duration,
     caught_up: Duration,
-    /// The snapshot it installed (its log says so): bytes, and the install's own time.
+    /// The snapshot it installed, if the leader sent one (its log says so): bytes, and the
+    /// install's own time (decode, write, swap).
     snapshot_bytes: Option<u64>,
     install_ms: Option<u64>,
-    /// Writes through the leader while it caught up, one at a time: count and slowest.
+    /// Writes through the leader meanwhile, one at a time: count and slowest.
     writes: usize,
     slowest_write: Duration,
 }
 
-/// Kills `late` (SIGKILL), creates LATE_WRITES config maps through `leader`, starts `late`
-/// again and times it until it applied the leader's last entry, while a writer keeps creating
-/// config maps through the leader, one at a time, to see whether the catch-up stalls writes.
-async fn late_node(cluster: &mut Cluster, leader: &'static str, late: &'static str) -> Result<Late, String> {
-    cluster.kill9(late)?;
-    let ld = cluster.by_name(leader).expect("our daemon");
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::<Result<(), String>>::new();
-    for _ in 0..CONCURRENCY {
-        let mut c = client(ld).await?;
-        let next = next.clone();
-        tasks.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= LATE_WRITES {
-                    return Ok(());
-                }
-                let req = pb::ObjectCreateRequest {
-                    path: format!("bench/cfg/late{i}"),
-                    kws: vec![],
-                    config_text: String::new(),
-                };
-                within(CREATE_TIMEOUT, "a config map's create", async {
-                    c.object_create(req).await.map_err(status_text)
-                })
-                .await?;
-            }
-        });
+/// NodeStatus of the node `c` talks to.
+async fn node_status(c: &Client) -> Result<pb::NodeStatus, String> {
+    let mut c = c.clone();
+    within(Duration::from_secs(10), "NodeStatus", async {
+        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Starts a fourth `omd`, joins it through `leader` and times it until it applied what the
+/// leader had when it asked to join (a state this large reaches it as a snapshot: the leader
+/// keeps only the last entries), while a writer keeps creating config maps through the
+/// leader, one at a time, to see whether the catch-up stalls writes.
+async fn late_joiner(cluster: &mut Cluster, leader: &'static str) -> Result<Late, String> {
+    let (lc, leader_addr) = {
+        let ld = cluster.by_name(leader).expect("our daemon");
+        (client(ld).await?, ld.addr.clone())
+    };
+    let addr = format!("127.0.0.1:{}", harness::free_ports(1)[0]);
+    let launch = Launch {
+        args: vec!["--report-vg".to_string(), VG.to_string()],
+        ..Launch::default()
+    };
+    let d = Omd::launch(LATE, &cluster.dir().join(LATE), &addr, launch)?;
+    cluster.daemons.push(d);
+    // Ready once it leads its own one-node cluster, as every node does before it joins.
+    let d = cluster.by_name(LATE).expect("our daemon");
+    let ready = Instant::now() + Duration::from_secs(30);
+    loop {
+        let role = match client(d).await {
+            Ok(c) => node_status(&c).await.map(|s| s.raft_role),
+            Err(e) => Err(e),
+        };
+        match role {
+            Ok(role) if role == "leader" => break,
+            _ if Instant::now() < ready => tokio::time::sleep(Duration::from_millis(50)).await,
+            got => return Err(format!("{LATE} not ready 30 s after its start: {got:?}")),
+        }
     }
-    while let Some(joined) = tasks.join_next().await {
-        joined.map_err(|e| format!("a writer failed: {e}"))??;
-    }
-    let mut lc = client(ld).await?;
-    let status = |c: &mut Client| {
-        let mut c = c.clone();
-        async move {
-            within(Duration::from_secs(10), "NodeStatus", async {
-                c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    let token = within(Duration::from_secs(10), "IssueToken", async {
+        lc.clone()
+            .issue_token(pb::IssueTokenRequest {
+                role: "join".into(),
+                duration_secs: 600,
+                node: LATE.into(),
             })
             .await
-            .map(|r| r.into_inner())
-        }
-    };
-    let target = status(&mut lc).await?.last_log_index.unwrap_or(0);
-    let writer_client = client(ld).await?;
-    cluster.restart(late)?;
-    let t0 = Instant::now();
+            .map_err(status_text)
+    })
+    .await?
+    .into_inner()
+    .token;
+    let target = node_status(&lc).await?.last_log_index.unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (mut c, stop) = (writer_client, stop.clone());
+        let (mut c, stop) = (lc.clone(), stop.clone());
         tokio::spawn(async move {
             let (mut writes, mut slowest, mut i) = (0usize, Duration::ZERO, 0u64);
             while !stop.load(Ordering::Relaxed) {
@@ -552,7 +563,7 @@ async fn late_node(cluster: &mut Cluster, leader: &'static str, late: &'static s
                 };
                 i += 1;
                 let t = Instant::now();
-                within(CREATE_TIMEOUT, "a create while a node catches up", async {
+                within(CREATE_TIMEOUT, "a create while a node joins", async {
                     c.object_create(req).await.map_err(status_text)
                 })
                 .await?;
@@ -562,27 +573,39 @@ async fn late_node(cluster: &mut Cluster, leader: &'static str, late: &'static s
             Ok::<_, String>((writes, slowest))
         })
     };
-    let d = cluster.by_name(late).expect("our daemon");
+    let t0 = Instant::now();
+    let c = client(d).await?;
+    let joined = within(Duration::from_secs(120), "joining the late node", async {
+        c.clone()
+            .join(pb::JoinRequest {
+                node: leader_addr,
+                token,
+                witness: false,
+            })
+            .await
+            .map_err(status_text)
+    })
+    .await;
+    let join = t0.elapsed();
     let deadline = t0 + Duration::from_secs(120);
     let caught_up = loop {
-        // Refused while it starts: it answers once it listens.
-        let applied = match client(d).await {
-            Ok(mut c) => status(&mut c).await.ok().and_then(|s| s.applied_index),
-            Err(_) => None,
-        };
+        if let Err(e) = &joined {
+            break Err(format!("{LATE} could not join: {e}"));
+        }
+        let applied = node_status(&c).await?.applied_index;
         if applied.unwrap_or(0) >= target {
-            break t0.elapsed();
+            break Ok(t0.elapsed());
         }
         if Instant::now() >= deadline {
-            stop.store(true, Ordering::Relaxed);
-            return Err(format!(
-                "{late} had applied {applied:?} of {target} entries 120 s after its restart"
+            break Err(format!(
+                "{LATE} had applied {applied:?} of {target} entries 120 s after asking to join"
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     stop.store(true, Ordering::Relaxed);
     let (writes, slowest_write) = writer.await.map_err(|e| format!("the writer failed: {e}"))??;
+    let caught_up = caught_up?;
     let log = d.log();
     let field = |name: &str| -> Option<u64> {
         let line = log
@@ -593,7 +616,7 @@ async fn late_node(cluster: &mut Cluster, leader: &'static str, late: &'static s
         line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
     Ok(Late {
-        node: late,
+        join,
         caught_up,
         snapshot_bytes: field("bytes"),
         install_ms: field("ms"),
@@ -824,14 +847,10 @@ async fn bench(cluster: &mut Cluster, n: u64, omctl_bin: &Path) -> Result<Outcom
             data_dir_mb: dir_bytes(&d.dir) as f64 / (1u64 << 20) as f64,
         });
     }
-    let third = harness::NODES
-        .into_iter()
-        .find(|n| *n != leader && *n != follower)
-        .expect("three nodes");
-    eprintln!("  {third} down while {LATE_WRITES} config maps are created, then back");
-    let late = late_node(cluster, leader, third).await?;
+    eprintln!("  {LATE} joins the cluster late");
+    let late = late_joiner(cluster, leader).await?;
     eprintln!(
-        "  {third} caught up {:.2} s after its restart",
+        "  {LATE} applied the leader's last entry {:.2} s after asking to join",
         late.caught_up.as_secs_f64()
     );
     cluster.check_alive()?;
@@ -987,9 +1006,9 @@ fn print_tables(out: &Outcome) {
     let l = &a.late;
     let some = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!(
-        "{} down for {LATE_WRITES} creates, then back: caught up in {:.2} s; snapshot installed: {} bytes in {} ms; \
-         {} creates through the leader meanwhile, the slowest {:.1} ms",
-        l.node,
+        "late joiner {LATE}: joined in {:.2} s, applied the leader's last entry after {:.2} s; \
+         snapshot installed: {} bytes in {} ms; {} creates through the leader meanwhile, the slowest {:.1} ms",
+        l.join.as_secs_f64(),
         l.caught_up.as_secs_f64(),
         some(l.snapshot_bytes),
         some(l.install_ms),
@@ -1062,7 +1081,7 @@ struct JsonReport {
     data_dir_mb: BTreeMap<&'static str, f64>,
     state_services: u64,
     state_bytes_per_service: i64,
-    late_node: &'static str,
+    late_join_s: f64,
     late_caught_up_s: f64,
     late_snapshot_bytes: Option<u64>,
     late_install_ms: Option<u64>,
@@ -1127,7 +1146,7 @@ fn print_json(out: &Outcome, a: &After, state: (u64, i64)) {
         data_dir_mb: per_node(&|n| n.data_dir_mb),
         state_services: state.0,
         state_bytes_per_service: state.1,
-        late_node: a.late.node,
+        late_join_s: round(a.late.join.as_secs_f64(), 3),
         late_caught_up_s: round(a.late.caught_up.as_secs_f64(), 3),
         late_snapshot_bytes: a.late.snapshot_bytes,
         late_install_ms: a.late.install_ms,

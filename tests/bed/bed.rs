@@ -192,9 +192,10 @@ pub fn virsh(dir: &Path, host: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether the guest runs on `host`, as its libvirtd says (a dead libvirtd: no).
+/// Whether the guest runs on `host`, as its libvirtd says (a dead libvirtd: no). Running, not
+/// merely active: a live migration's incoming domain is active but paused until the copy ends.
 pub fn running(dir: &Path, host: &str) -> bool {
-    virsh(dir, host, &["list", "--name"])
+    virsh(dir, host, &["list", "--name", "--state-running"])
         .lines()
         .any(|l| l.trim() == "kvm1")
 }

@@ -169,3 +169,63 @@ fn losing_the_witness_moves_nothing() {
         },
     );
 }
+
+/// A live switch whose real copy fails late: libvirt's job on the source is aborted while the
+/// incoming domain waits, paused, on n2. The switch must abort and the guest go on running on
+/// n1, the same boot (its console counter goes on), never running on both hosts.
+#[test]
+fn a_live_switch_whose_copy_fails_late_keeps_the_guest_running_on_the_source() {
+    let _one = ONE_BED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = formed() else { return };
+    guest_on_n1(&bed, None);
+    until(30, "console lines on n1", &bed, || bed.console("n1").len() >= 3);
+    let poller = Poller::start(&bed.dir);
+    // A slow copy: the guest's 160 MiB at 4 MiB/s take about 40 s (the migrate call passes no
+    // bandwidth, so libvirt uses the domain's).
+    bed.virsh("n1", &["migrate-setspeed", "kvm1", "--bandwidth", "4"]);
+    let out = std::thread::scope(|s| {
+        let switch = s.spawn(|| bed.omctl("n1", &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "120s"]));
+        until(60, "the incoming domain, paused, on n2", &bed, || {
+            bed.virsh("n2", &["domstate", "kvm1"]).contains("paused")
+        });
+        // Well into the copy, then libvirt's job is cancelled on the source.
+        std::thread::sleep(Duration::from_secs(3));
+        let aborted = bed.run("n1", &["virsh", "-c", "qemu:///system", "domjobabort", "kvm1"]);
+        assert!(
+            aborted.status.success(),
+            "domjobabort: {}",
+            String::from_utf8_lossy(&aborted.stderr)
+        );
+        switch.join().expect("the switch's thread")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() == Some(2) && stdout.contains("switch aborted: migrating kvm1"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bed.logs()
+    );
+    until(
+        30,
+        "the guest on n1 only, the incoming domain gone from n2",
+        &bed,
+        || bed.running("n1") && !bed.running("n2") && !bed.virsh("n2", &["list", "--all"]).contains("kvm1"),
+    );
+    // The same boot: the counter goes on, no line restarts it.
+    let before = bed.console("n1").len();
+    until(10, "new console lines on n1", &bed, || {
+        bed.console("n1").len() >= before + 3
+    });
+    let lines = bed.console("n1");
+    assert!(
+        lines.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "the guest's counter restarted: {lines:?}"
+    );
+    poller.finish();
+    let violations = std::fs::read_to_string(bed.dir.join("sim/violations.log")).unwrap_or_default();
+    assert_eq!(violations, "");
+    assert!(
+        bed.ok("n1", &["demo/svc/kvm1", "instance", "ls"]).contains("n1    up"),
+        "the service is up on n1"
+    );
+}
