@@ -734,8 +734,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
         let len = bytes.len();
-        let mut new: SmData =
-            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        // Decoded on a blocking thread (a large state takes seconds): the node's async workers
+        // go on answering the leader's heartbeats and appends meanwhile.
+        let (decoded, bytes) = tokio::task::spawn_blocking(move || (codec::decode::<SmData>(&bytes), bytes))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut new = decoded.map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.persist_snapshot(meta, bytes).await?;
@@ -750,10 +754,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.shared
-            .store
-            .read_snapshot()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        // Read on a blocking thread: the file may hold tens of MB.
+        let store = self.shared.store.clone();
+        let read = tokio::task::spawn_blocking(move || store.read_snapshot())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        read.map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }
 
