@@ -92,12 +92,7 @@ struct Large {
 }
 
 async fn term(d: &Omd) -> Result<u64, String> {
-    let mut c = client(d).await?;
-    let st = within(Duration::from_secs(5), "NodeStatus", async {
-        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
-    })
-    .await?;
-    Ok(st.into_inner().term)
+    Ok(harness::node_status(d).await?.term)
 }
 
 async fn large_values(cluster: &Cluster, leader: &str, follower: &str, writes: usize) -> Result<Large, String> {

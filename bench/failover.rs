@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use harness::{client, epoch_secs, round, stamps, stats, status_text, within, Cluster, Launch, Omd, Stats};
+use harness::{
+    client, epoch_secs, node_status, round, stamps, stats, status_text, within, Cluster, Launch, Omd, Stats,
+};
 use omraft::pb;
 
 const DEFAULT_TRIALS: usize = 10;
@@ -382,15 +384,6 @@ struct Trial {
 
 fn lease_ms(s: &pb::NodeStatus) -> Option<u64> {
     s.lease_ms
-}
-
-async fn node_status(d: &Omd) -> Result<pb::NodeStatus, String> {
-    let mut c = client(d).await?;
-    within(RPC_LIMIT, "NodeStatus", async {
-        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
-    })
-    .await
-    .map(|r| r.into_inner())
 }
 
 async fn trial(cluster: &mut Cluster, sim: &Sim, n: usize) -> Result<Trial, String> {

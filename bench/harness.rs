@@ -250,11 +250,59 @@ pub async fn client(d: &Omd) -> Result<Client, String> {
     connect(&d.server(), None, None, None).await.map_err(|e| e.to_string())
 }
 
+/// `d`'s NodeStatus, on a connection of its own, bounded by 5 s.
+pub async fn node_status(d: &Omd) -> Result<pb::NodeStatus, String> {
+    let mut c = client(d).await?;
+    within(Duration::from_secs(5), "NodeStatus", async {
+        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// A join token for `node`, minted by `by` (it works once, and only for that node's name).
+pub async fn join_token(by: &Omd, node: &str) -> Result<String, String> {
+    let mut c = client(by).await?;
+    let reply = within(Duration::from_secs(10), "IssueToken", async {
+        c.issue_token(pb::IssueTokenRequest {
+            role: "join".into(),
+            duration_secs: 600,
+            node: node.to_string(),
+        })
+        .await
+        .map_err(status_text)
+    })
+    .await?;
+    Ok(reply.into_inner().token)
+}
+
+/// `d` joins the cluster of the node at `addr` with `token`, bounded by 120 s.
+pub async fn join(d: &Omd, addr: &str, token: String, witness: bool) -> Result<pb::JoinReply, String> {
+    let mut c = client(d).await?;
+    let req = pb::JoinRequest {
+        node: addr.to_string(),
+        token,
+        witness,
+    };
+    within(Duration::from_secs(120), &format!("joining {}", d.name), async {
+        c.join(req)
+            .await
+            .map_err(|s| format!("joining {}: {}", d.name, status_text(s)))
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
 /// Waits until every daemon's unix socket answers and the daemon leads its one-node cluster
 /// with itself registered in the state (before that, it refuses to admit other nodes).
 pub async fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
+    wait_ready_from(cluster, 0).await
+}
+
+/// [`wait_ready`] for the daemons from index `first` on (those started later, still alone).
+pub async fn wait_ready_from(cluster: &mut Cluster, first: usize) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    for i in 0..cluster.daemons.len() {
+    for i in first..cluster.daemons.len() {
         let mut answered = false;
         loop {
             cluster.check_alive()?;
@@ -305,35 +353,10 @@ pub async fn form_cluster(cluster: &mut Cluster) -> Result<(), String> {
 /// host services).
 pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Result<(), String> {
     let n1 = &cluster.daemons[0];
-    let mut c1 = client(n1).await?;
     for d in &cluster.daemons[1..] {
-        // A join token works once, and this one only for this node's name.
-        let token = within(Duration::from_secs(10), "IssueToken", async {
-            c1.issue_token(pb::IssueTokenRequest {
-                role: "join".into(),
-                duration_secs: 600,
-                node: d.name.to_string(),
-            })
-            .await
-            .map_err(status_text)
-        })
-        .await?
-        .into_inner()
-        .token;
+        let token = join_token(n1, &d.name).await?;
         let t0 = Instant::now();
-        let mut c = client(d).await?;
-        let req = pb::JoinRequest {
-            node: n1.addr.clone(),
-            token,
-            witness: witnesses.contains(&d.name.as_str()),
-        };
-        let reply = within(Duration::from_secs(120), &format!("joining {}", d.name), async {
-            c.join(req)
-                .await
-                .map_err(|s| format!("joining {}: {}", d.name, status_text(s)))
-        })
-        .await?
-        .into_inner();
+        let reply = join(d, &n1.addr, token, witnesses.contains(&d.name.as_str())).await?;
         eprintln!(
             "  {} joined{} as node id {} in {:.2} s",
             d.name,
@@ -387,12 +410,7 @@ pub async fn form_cluster_with(cluster: &mut Cluster, witnesses: &[&str]) -> Res
 
 /// (leader, a follower), as the first daemon asked sees them.
 pub async fn roles(cluster: &Cluster) -> Result<(&'static str, &'static str), String> {
-    let mut c = client(&cluster.daemons[0]).await?;
-    let st = within(Duration::from_secs(5), "NodeStatus", async {
-        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
-    })
-    .await?
-    .into_inner();
+    let st = node_status(&cluster.daemons[0]).await?;
     let leader = NODES
         .iter()
         .copied()

@@ -46,8 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{client, round, status_text, within, Cluster, Launch, Omd};
-use omraft::cli::client::Client;
+use harness::{client, node_status, round, status_text, within, Cluster, Launch, Omd};
 use omraft::pb;
 use prost::Message;
 
@@ -141,10 +140,10 @@ async fn set_up(cluster: &Cluster, leader: &Omd) -> Result<(), String> {
         c.config_update(pb::ConfigUpdateRequest {
             set: vec![
                 kv(&format!("pool#{POOL}.type"), "drbd"),
-                kv(&format!("pool#{POOL}.vg"), "data"),
+                kv(&format!("pool#{POOL}.vg"), VG_NAME),
                 kv(&format!("pool#{POOL}.template"), "live-migration"),
                 kv(&format!("pool#{LOCAL_POOL}.type"), "lvm"),
-                kv(&format!("pool#{LOCAL_POOL}.vg"), "data"),
+                kv(&format!("pool#{LOCAL_POOL}.vg"), VG_NAME),
             ],
             unset: vec![],
         })
@@ -445,35 +444,29 @@ fn dir_bytes(dir: &Path) -> u64 {
 async fn wait_applied(cluster: &Cluster, leader: &Omd) -> Result<Duration, String> {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(120);
-    let mut lc = client(leader).await?;
-    let target = within(Duration::from_secs(10), "NodeStatus", async {
-        lc.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
-    })
-    .await?
-    .into_inner()
-    .last_log_index
-    .unwrap_or(0);
+    let target = node_status(leader).await?.last_log_index.unwrap_or(0);
     for d in &cluster.daemons {
-        let mut c = client(d).await?;
-        loop {
-            let st = within(Duration::from_secs(10), "NodeStatus", async {
-                c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
-            })
-            .await?
-            .into_inner();
-            if st.applied_index.unwrap_or(0) >= target {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} had applied {:?} of {target} entries 120 s after the last create",
-                    d.name, st.applied_index
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_node_applied(d, target, deadline, "after the last create").await?;
     }
     Ok(t0.elapsed())
+}
+
+/// Waits until `d` has applied `target`, polling every 20 ms until `deadline`; the error
+/// says how far it got, 120 s `since` what.
+async fn wait_node_applied(d: &Omd, target: u64, deadline: Instant, since: &str) -> Result<(), String> {
+    loop {
+        let applied = node_status(d).await?.applied_index;
+        if applied.unwrap_or(0) >= target {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} had applied {applied:?} of {target} entries 120 s {since}",
+                d.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,25 +489,11 @@ struct Late {
     slowest_write: Duration,
 }
 
-/// NodeStatus of the node `c` talks to.
-async fn node_status(c: &Client) -> Result<pb::NodeStatus, String> {
-    let mut c = c.clone();
-    within(Duration::from_secs(10), "NodeStatus", async {
-        c.node_status(pb::NodeStatusRequest {}).await.map_err(status_text)
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
 /// Starts a fourth `omd`, joins it through `leader` and times it until it applied what the
 /// leader had when it asked to join (a state this large reaches it as a snapshot: the leader
 /// keeps only the last entries), while a writer keeps creating config maps through the
 /// leader, one at a time, to see whether the catch-up stalls writes.
 async fn late_joiner(cluster: &mut Cluster, leader: &'static str) -> Result<Late, String> {
-    let (lc, leader_addr) = {
-        let ld = cluster.by_name(leader).expect("our daemon");
-        (client(ld).await?, ld.addr.clone())
-    };
     let addr = format!("127.0.0.1:{}", harness::free_ports(1)[0]);
     let launch = Launch {
         args: vec!["--report-vg".to_string(), VG.to_string()],
@@ -522,37 +501,16 @@ async fn late_joiner(cluster: &mut Cluster, leader: &'static str) -> Result<Late
     };
     let d = Omd::launch(LATE, &cluster.dir().join(LATE), &addr, launch)?;
     cluster.daemons.push(d);
-    // Ready once it leads its own one-node cluster, as every node does before it joins.
-    let d = cluster.by_name(LATE).expect("our daemon");
-    let ready = Instant::now() + Duration::from_secs(30);
-    loop {
-        let role = match client(d).await {
-            Ok(c) => node_status(&c).await.map(|s| s.raft_role),
-            Err(e) => Err(e),
-        };
-        match role {
-            Ok(role) if role == "leader" => break,
-            _ if Instant::now() < ready => tokio::time::sleep(Duration::from_millis(50)).await,
-            got => return Err(format!("{LATE} not ready 30 s after its start: {got:?}")),
-        }
-    }
-    let token = within(Duration::from_secs(10), "IssueToken", async {
-        lc.clone()
-            .issue_token(pb::IssueTokenRequest {
-                role: "join".into(),
-                duration_secs: 600,
-                node: LATE.into(),
-            })
-            .await
-            .map_err(status_text)
-    })
-    .await?
-    .into_inner()
-    .token;
-    let target = node_status(&lc).await?.last_log_index.unwrap_or(0);
+    harness::wait_ready_from(cluster, cluster.daemons.len() - 1).await?;
+    let (ld, d) = (
+        cluster.by_name(leader).expect("our daemon"),
+        cluster.by_name(LATE).expect("our daemon"),
+    );
+    let token = harness::join_token(ld, LATE).await?;
+    let target = node_status(ld).await?.last_log_index.unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (mut c, stop) = (lc.clone(), stop.clone());
+        let (mut c, stop) = (client(ld).await?, stop.clone());
         tokio::spawn(async move {
             let (mut writes, mut slowest, mut i) = (0usize, Duration::ZERO, 0u64);
             while !stop.load(Ordering::Relaxed) {
@@ -574,38 +532,16 @@ async fn late_joiner(cluster: &mut Cluster, leader: &'static str) -> Result<Late
         })
     };
     let t0 = Instant::now();
-    let c = client(d).await?;
-    let joined = within(Duration::from_secs(120), "joining the late node", async {
-        c.clone()
-            .join(pb::JoinRequest {
-                node: leader_addr,
-                token,
-                witness: false,
-            })
-            .await
-            .map_err(status_text)
-    })
+    let caught_up = async {
+        harness::join(d, &ld.addr, token, false).await?;
+        let join = t0.elapsed();
+        wait_node_applied(d, target, t0 + Duration::from_secs(120), "after asking to join").await?;
+        Ok::<_, String>((join, t0.elapsed()))
+    }
     .await;
-    let join = t0.elapsed();
-    let deadline = t0 + Duration::from_secs(120);
-    let caught_up = loop {
-        if let Err(e) = &joined {
-            break Err(format!("{LATE} could not join: {e}"));
-        }
-        let applied = node_status(&c).await?.applied_index;
-        if applied.unwrap_or(0) >= target {
-            break Ok(t0.elapsed());
-        }
-        if Instant::now() >= deadline {
-            break Err(format!(
-                "{LATE} had applied {applied:?} of {target} entries 120 s after asking to join"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
     stop.store(true, Ordering::Relaxed);
     let (writes, slowest_write) = writer.await.map_err(|e| format!("the writer failed: {e}"))??;
-    let caught_up = caught_up?;
+    let (join, caught_up) = caught_up?;
     let log = d.log();
     let field = |name: &str| -> Option<u64> {
         let line = log

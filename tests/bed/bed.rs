@@ -111,6 +111,17 @@ impl Bed {
         virsh(&self.dir, host, args)
     }
 
+    /// `virsh ARGS` on `host` that must succeed; its stdout.
+    pub fn virsh_ok(&self, host: &str, args: &[&str]) -> String {
+        let out = virsh_output(&self.dir, host, args);
+        assert!(
+            out.status.success(),
+            "virsh {args:?} on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn running(&self, host: &str) -> bool {
         running(&self.dir, host)
     }
@@ -181,15 +192,19 @@ impl Bed {
 }
 
 pub fn virsh(dir: &Path, host: &str, args: &[&str]) -> String {
-    let out = Command::new(TESTBED)
+    String::from_utf8_lossy(&virsh_output(dir, host, args).stdout).into_owned()
+}
+
+/// `virsh ARGS` against `host`'s libvirtd, as it ended.
+fn virsh_output(dir: &Path, host: &str, args: &[&str]) -> Output {
+    Command::new(TESTBED)
         .arg("virsh")
         .arg(dir)
         .arg(host)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("scripts/testbed virsh");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .expect("scripts/testbed virsh")
 }
 
 /// Whether the guest runs on `host`, as its libvirtd says (a dead libvirtd: no). Running, not
