@@ -5,6 +5,7 @@
 //! cluster's term to where openraft's arithmetic overflows.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
@@ -66,6 +67,8 @@ impl pb::raft_server::Raft for RaftService {
         let (from, rpc): (_, AppendEntriesRequest<TypeConfig>) = decode(req)?;
         self.check_vote(from, &rpc.vote, "AppendEntries")?;
         let leader = from;
+        // Before Raft sees it, so before it is answered: votes are held from here (`votes`).
+        self.node.votes.heard_from_leader(Instant::now()).await;
         let res = self.node.member().raft.append_entries(rpc).await;
         if res.is_ok() {
             self.node.links.rx(leader);
@@ -76,7 +79,15 @@ impl pb::raft_server::Raft for RaftService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let (from, rpc): (_, VoteRequest<NodeId>) = decode(req)?;
         self.check_vote(from, &rpc.vote, "Vote")?;
-        encode(&self.node.member().raft.vote(rpc).await)
+        let raft = self.node.member().raft.clone();
+        let granted = |r: &Result<openraft::raft::VoteResponse<NodeId>, _>| r.as_ref().is_ok_and(|r| r.vote_granted);
+        match self.node.votes.vote(Instant::now(), raft.vote(rpc), granted).await {
+            Ok(res) => encode(&res),
+            Err(refused) => {
+                tracing::debug!("vote for node id {from}: {refused}");
+                Err(Status::failed_precondition(refused.to_string()))
+            }
+        }
     }
 
     async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

@@ -92,7 +92,13 @@ impl Node {
         // The term read before the quorum confirms: if it moved on meanwhile, the grant is
         // recorded under an older term and the orchestrator ignores it (it waits instead).
         let term = m.raft.metrics().borrow().current_term;
+        let epoch = self.votes.epoch().await;
         match m.raft.ensure_linearizable().await {
+            // A vote given while the quorum confirmed: the new leader's wait may not cover this
+            // grant (`votes`), so it is not given.
+            Ok(_) if !self.votes.confirmed(epoch, Instant::now()).await => {
+                Err("this node voted for another candidate while confirming its leadership".into())
+            }
             Ok(read) => {
                 // Recorded after the quorum confirmed: the node's lease cannot outlast this
                 // instant plus the duration (it runs from the node's request, sent earlier).

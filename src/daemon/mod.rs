@@ -6,6 +6,8 @@
 //! - `lease`: this node's lease, its renewal loop, and the grants it records as the leader.
 //! - `watchdog`: arming, petting and disarming the watchdog that resets a node that can no
 //!   longer act.
+//! - `votes`: the vote hold, which lets a new leader count its wait for earlier leases from
+//!   before its election.
 //! - `reports`: what the node reports of itself (watchdog presence, volume groups).
 //! - `ssh_trust`: `cluster.ssh_trust`'s key pair and `authorized_keys`.
 //! - `run`: starts a node and spawns every loop, handing the applier and the orchestrator
@@ -17,6 +19,7 @@ pub mod node;
 pub mod reports;
 pub mod run;
 pub mod ssh_trust;
+pub mod votes;
 pub mod watchdog;
 
 pub use node::{

@@ -68,7 +68,7 @@ impl Settings {
         }
     }
 
-    fn raft_config(&self) -> openraft::Config {
+    pub fn raft_config(&self) -> openraft::Config {
         let mut c = crate::raft::config(self.heartbeat_ms, self.election_timeout_ms);
         c.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every);
         c.max_in_snapshot_log_to_keep = self.keep_logs;
@@ -105,6 +105,8 @@ pub struct Node {
     pub leases: super::lease::Leases,
     /// This node's watchdog.
     pub watchdog: super::watchdog::NodeWatchdog,
+    /// Votes held after hearing from a leader (see `votes`).
+    pub votes: super::votes::VoteHold,
     /// Set by `shutdown`: background loops end.
     closing: AtomicBool,
 }
@@ -205,6 +207,7 @@ impl Node {
             member: RwLock::new(member),
             join_lock: tokio::sync::Mutex::new(()),
             leases: super::lease::Leases::default(),
+            votes: super::votes::VoteHold::default(),
             watchdog,
             closing: AtomicBool::new(false),
         });

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{lease, node, reports, ssh_trust, Node, Settings, StartError};
 use crate::drivers::Drivers;
@@ -117,6 +117,25 @@ impl crate::orchestrator::Host for Node {
 
     fn leadership(&self) -> (u64, bool) {
         Node::leadership(self)
+    }
+
+    fn vote_window(&self) -> Duration {
+        let c = self.settings.raft_config();
+        super::votes::window(
+            Duration::from_millis(c.election_timeout_min),
+            Duration::from_millis(c.election_timeout_max),
+        )
+    }
+
+    fn last_confirmed(&self) -> impl Future<Output = Option<Instant>> + Send {
+        self.votes.last_confirmed()
+    }
+
+    fn leadership_changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut server = self.member().raft.server_metrics();
+        async move {
+            let _ = server.changed().await;
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {

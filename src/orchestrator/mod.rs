@@ -146,14 +146,38 @@ pub fn lease_views(
     (expired, leased)
 }
 
-/// Whether a leader elected at `since` may move anything at `now`: it cannot know the grants
-/// of the leader before it, so it first waits one lease duration plus the drift margin.
+/// Whether a leader whose wait for its predecessors' leases counts from `since` may move
+/// anything at `now`: it cannot know their grants, so it waits one lease duration plus the
+/// drift margin from `since` (see `Lead` for where `since` lies).
 pub fn may_act(since: Instant, now: Instant, cfg: &LeaseConfig) -> bool {
     now >= since + cfg.duration + cfg.drift
 }
 
+/// This node leads: what the orchestrator needs to know of its leadership.
+#[derive(Debug, Clone, Copy)]
+pub struct Lead {
+    /// The Raft term it leads in.
+    pub term: u64,
+    /// How long before the election every earlier grant began (`daemon::votes::window`): the
+    /// voters that elected this node held their votes that long after the last leader's
+    /// confirmation they saw. Zero counts from the election itself.
+    pub window: Duration,
+    /// When this node last had a lease grant confirmed, in any term: its own grants of an
+    /// earlier term began before that.
+    pub confirmed: Option<Instant>,
+}
+
+impl Lead {
+    /// From when a leader that first saw itself leading at `now` counts its wait: `window`
+    /// before, but not before its own last confirmed grant.
+    fn since(&self, now: Instant) -> Instant {
+        let before = now.checked_sub(self.window).unwrap_or(now);
+        self.confirmed.filter(|c| *c > before && *c <= now).unwrap_or(before)
+    }
+}
+
 /// What the orchestrator remembers from one tick to the next: the term this node leads in and
-/// when it first saw itself leading in it.
+/// from when it counts its wait for its predecessors' leases (`Lead::since`).
 #[derive(Debug, Clone, Default)]
 pub struct Leadership {
     term: u64,
@@ -171,26 +195,28 @@ pub struct Tick {
     pub commands: Vec<Command>,
 }
 
-/// One step of the orchestrator at `now`, Raft saying this node `leads` in `term`, with the
-/// leases this node granted in that term (`grants`). Leadership is tracked by term: a node
+/// One step of the orchestrator at `now`, Raft saying whether this node leads (`lead`), with
+/// the leases this node granted in that term (`grants`). Leadership is tracked by term: a node
 /// that lost and regained it between two ticks (another leader may have granted leases
-/// meanwhile) starts over, waiting one lease duration plus the margin before it moves
-/// anything.
+/// meanwhile) starts over, waiting one lease duration plus the margin, from `Lead::since`,
+/// before it moves anything.
 pub fn tick(
     memory: &mut Leadership,
-    term: u64,
-    leads: bool,
+    lead: Option<Lead>,
     state: &ClusterState,
     grants: &BTreeMap<NodeId, Instant>,
     now: Instant,
     cfg: &LeaseConfig,
 ) -> Tick {
-    if !leads {
+    let Some(lead) = lead else {
         memory.since = None;
         return Tick::default();
-    }
-    if memory.since.is_none() || memory.term != term {
-        *memory = Leadership { term, since: Some(now) };
+    };
+    if memory.since.is_none() || memory.term != lead.term {
+        *memory = Leadership {
+            term: lead.term,
+            since: Some(lead.since(now)),
+        };
     }
     if !memory.since.is_some_and(|since| may_act(since, now, cfg)) {
         return Tick::default();
@@ -226,6 +252,13 @@ pub trait Host: Send + Sync + 'static {
     fn closing(&self) -> bool;
     /// The current Raft term, and whether this node leads in it.
     fn leadership(&self) -> (u64, bool);
+    /// How long before its election a leader's wait for earlier leases may count from
+    /// (`Lead::window`).
+    fn vote_window(&self) -> Duration;
+    /// When this node last had a lease grant confirmed as the leader (`Lead::confirmed`).
+    fn last_confirmed(&self) -> impl Future<Output = Option<Instant>> + Send;
+    /// Resolves when the term or the leader changes after the call. Holds nothing of the host.
+    fn leadership_changed(&self) -> impl Future<Output = ()> + Send + 'static;
     /// Reads the applied state.
     fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T;
     /// The leases this node granted as the leader of `term`.
@@ -244,10 +277,21 @@ pub async fn run<H: Host>(host: Arc<H>) {
             return;
         };
         let cfg = host.read(|s| crate::model::catalog::lease_config(&s.config));
+        // Taken before looking, so a change from now on wakes the sleep below: a new leader
+        // starts counting its wait at once.
+        let changed = host.leadership_changed();
         let (term, leads) = host.leadership();
         let grants = if leads { host.grants(term) } else { BTreeMap::new() };
+        let lead = match leads {
+            true => Some(Lead {
+                term,
+                window: host.vote_window(),
+                confirmed: host.last_confirmed().await,
+            }),
+            false => None,
+        };
         let now = Instant::now();
-        let done = host.read(|s| tick(&mut memory, term, leads, s, &grants, now, &cfg));
+        let done = host.read(|s| tick(&mut memory, lead, s, &grants, now, &cfg));
         for cmd in done.commands {
             warn!(expired = ?done.expired, leased = ?done.leased, "lease expired: {cmd}");
             match tokio::time::timeout(Duration::from_secs(2), host.write(cmd)).await {
@@ -257,7 +301,10 @@ pub async fn run<H: Host>(host: Arc<H>) {
             }
         }
         drop(host);
-        tokio::time::sleep(next_tick(&memory, &grants, now, &cfg)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(next_tick(&memory, &grants, now, &cfg)) => {}
+            _ = changed => {}
+        }
     }
 }
 

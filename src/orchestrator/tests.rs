@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::{decide, next_tick, tick, Leadership, Tick};
+use super::{decide, next_tick, tick, Lead, Leadership, Tick};
 use crate::config::ini::Ini;
 use crate::model::objects::derived_uuid;
 use crate::model::objects_tests::path_of;
@@ -646,5 +646,53 @@ fn the_next_tick_comes_when_a_wait_ends_and_never_later_than_a_renewal() {
 
 /// One tick as the leader of term 1 at `now`, on a cluster with nothing to move.
 fn state_leading_since(memory: &mut Leadership, now: Instant, cfg: &crate::lease::LeaseConfig) -> Tick {
-    tick(memory, 1, true, &ClusterState::default(), &BTreeMap::new(), now, cfg)
+    let lead = Lead {
+        term: 1,
+        window: Duration::ZERO,
+        confirmed: None,
+    };
+    tick(memory, Some(lead), &ClusterState::default(), &BTreeMap::new(), now, cfg)
+}
+
+#[test]
+fn a_new_leader_counts_its_wait_from_the_window_before_it_saw_itself_lead_but_not_before_its_own_last_grant() {
+    let cfg = crate::lease::LeaseConfig::default();
+    let margin = cfg.duration + cfg.drift;
+    let ms = Duration::from_millis;
+    let t0 = Instant::now() + Duration::from_secs(60);
+    let lead = |term, confirmed| Lead {
+        term,
+        window: ms(450),
+        confirmed,
+    };
+    let leading = |memory: &mut Leadership, l: Lead, now| {
+        tick(memory, Some(l), &ClusterState::default(), &BTreeMap::new(), now, &cfg);
+        next_tick(memory, &BTreeMap::new(), now, &cfg)
+    };
+    // Elected, seen at t0: the wait ends at t0 - 450 ms + margin.
+    let mut memory = Leadership::default();
+    assert_eq!(leading(&mut memory, lead(2, None), t0), cfg.renew);
+    let end = t0 - ms(450) + margin;
+    assert_eq!(next_tick(&memory, &BTreeMap::new(), end - ms(30), &cfg), ms(30));
+    assert!(super::may_act(memory_since(&memory), end, &cfg));
+    assert!(!super::may_act(memory_since(&memory), end - ms(1), &cfg));
+    // The same node led before and had a grant confirmed 100 ms before it saw itself lead
+    // again: that grant may run until 100 ms before t0 plus the duration.
+    let mut memory = Leadership::default();
+    leading(&mut memory, lead(3, Some(t0 - ms(100))), t0);
+    assert_eq!(memory_since(&memory), t0 - ms(100));
+    // An older confirmation than the window changes nothing.
+    let mut memory = Leadership::default();
+    leading(&mut memory, lead(3, Some(t0 - ms(900))), t0);
+    assert_eq!(memory_since(&memory), t0 - ms(450));
+    // Still leading in the same term later: the start stays where it was.
+    leading(&mut memory, lead(3, None), t0 + ms(200));
+    assert_eq!(memory_since(&memory), t0 - ms(450));
+    // A new term starts over.
+    leading(&mut memory, lead(4, None), t0 + ms(300));
+    assert_eq!(memory_since(&memory), t0 - ms(150));
+}
+
+fn memory_since(memory: &Leadership) -> Instant {
+    memory.since.expect("leading")
 }

@@ -34,6 +34,8 @@ use crate::support;
 use crate::support::omd::{omsim_virsh, stderr, stdout, Launch, Omd};
 
 pub const SERVICE: &str = "demo/svc/kvm1";
+/// The port every daemon listens on, at its namespace's address.
+pub const PORT: u16 = 1215;
 /// The nodes, in order: n1 and n2 hold data, w is the witness.
 pub const NAMES: [&str; 3] = ["n1", "n2", "w"];
 /// The live-switch phases in which both data nodes may be Primary.
@@ -257,6 +259,18 @@ impl Net {
         self.drop_at(to, from);
     }
 
+    /// Calls from `from` to `to`'s daemon lost: `to` drops `from`'s packets to the daemons'
+    /// port. Calls from `to` to `from` run over connections of their own and pass, answers
+    /// included.
+    pub fn drop_calls(&self, from: &str, to: &str) {
+        let (ns, ip) = (&self.host(to).ns, &self.host(from).ip);
+        let port = PORT.to_string();
+        must(&[
+            "ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "omp", "input", "ip", "saddr", ip, "tcp", "dport",
+            &port, "drop",
+        ]);
+    }
+
     /// Every drop rule removed.
     pub fn heal(&self) {
         for h in &self.hosts {
@@ -316,7 +330,7 @@ impl Node {
             ],
             wrapper: ["ip", "netns", "exec", &host.ns].map(String::from).into(),
         };
-        let listen = format!("{}:1215", host.ip);
+        let listen = format!("{}:{PORT}", host.ip);
         let omd = Omd::launch(&host.name, &dir, &listen, launch).unwrap_or_else(|e| panic!("{e}"));
         Node {
             name: host.name.clone(),
@@ -848,6 +862,12 @@ impl Cluster {
     pub fn drop_one_way(&mut self, from: &str, to: &str) {
         self.note(&format!("Raft: packets from {from} to {to} dropped (not back)"));
         self.net.drop_one_way(from, to);
+    }
+
+    /// `from`'s calls to `to` lost; `to`'s calls to `from` answered (`Net::drop_calls`).
+    pub fn drop_calls(&mut self, from: &str, to: &str) {
+        self.note(&format!("Raft: calls from {from} to {to} lost (not back)"));
+        self.net.drop_calls(from, to);
     }
 
     pub fn heal(&mut self) {

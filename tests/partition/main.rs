@@ -324,3 +324,61 @@ async fn a_pair_cut_between_the_data_nodes_keeps_the_guest_once_and_converges() 
     c.note(&format!("converged: the guest on {on}"));
     c.finish();
 }
+
+/// A leader that cannot reach one voter, while that voter's calls reach it, keeps leading:
+/// the voter, hearing no heartbeat, stands for election; the other voter hears the leader and
+/// refuses, and so does the leader itself, which holds its vote after each lease grant a
+/// quorum confirmed (openraft 0.9's own rule exempts the leader). A new leader counts its wait
+/// for its predecessors' leases from before its election on this: had the leader voted, the
+/// cut node would lead at once while the old grants still ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_calls_to_a_voter_are_lost_keeps_leading_its_vote_held() {
+    let _one = one_at_a_time().await;
+    let mut c = Cluster::with_guest(8).await;
+    let leader = c.until(10.0, "an agreed leader", |s| s.agreed_leader()).await;
+    let guest = c.snapshot().await.running;
+    // A node that does not run the guest: its lease lapsing moves nothing, so no write makes
+    // its log fall behind (which alone would lose it every election).
+    let cut = NAMES
+        .iter()
+        .copied()
+        .find(|n| *n != leader && !guest.iter().any(|g| g == n))
+        .expect("a follower without the guest");
+    let other = NAMES.iter().copied().find(|n| *n != leader && *n != cut).unwrap();
+    let term = |s: &Result<omraft::pb::NodeStatus, String>| s.as_ref().map(|s| s.term).unwrap_or(0);
+    let before = term(&node_status(&c.server(cut), 1.0).await);
+    c.note(&format!("{leader} leads in term {before}; {other} reaches both"));
+    c.drop_calls(&leader, cut);
+    // The cut node stands every election timeout (300-450 ms after openraft's 450 ms lease).
+    let t = std::time::Instant::now();
+    let mut looks = 0;
+    while t.elapsed() < std::time::Duration::from_secs(4) {
+        for n in [leader.as_str(), other] {
+            if let Ok(s) = node_status(&c.server(n), 1.0).await {
+                assert_eq!(
+                    s.leader_name,
+                    leader,
+                    "{n} names {:?} as leader {:.1} s after the cut\n{}",
+                    s.leader_name,
+                    t.elapsed().as_secs_f64(),
+                    c.report()
+                );
+                looks += 1;
+            }
+        }
+        c.sleep(0.2).await;
+    }
+    assert!(looks >= 20, "the nodes answered only {looks} times\n{}", c.report());
+    // It did stand (each candidacy a new term), and lost every time.
+    let after = term(&node_status(&c.server(cut), 1.0).await);
+    c.note(&format!("{cut} stood for election up to term {after}"));
+    assert!(
+        after > before,
+        "{cut} never stood for election (term {after})\n{}",
+        c.report()
+    );
+    c.heal();
+    let on = c.settles_after_heal().await;
+    c.note(&format!("converged: the guest on {on}"));
+    c.finish();
+}

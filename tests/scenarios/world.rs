@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 use omraft::applier::desired::desired;
 use omraft::applier::run::{pass, report_to_send, services, Retry};
 use omraft::config::ini::Ini;
+use omraft::daemon::votes::HOLD;
 use omraft::drivers::hypervisor::{DomainState, Hypervisor};
 use omraft::drivers::watchdog;
 use omraft::drivers::Drivers;
 use omraft::lease::{Grant, Grants, Lease, LeaseConfig, Source};
 use omraft::model::objects::derived_uuid;
 use omraft::model::{ClusterState, Command, ConfigKey, NodeId, ObjectPath, Phase, Response};
-use omraft::orchestrator::{tick, Leadership};
+use omraft::orchestrator::{tick, Lead, Leadership};
 use omraft::sim::drbd::{Sim, StandIns};
 use omraft::sim::hypervisor::SimHypervisor;
 use omraft::sim::InProcess;
@@ -197,6 +198,13 @@ pub struct World {
     /// The Raft term: one more at each election.
     term: u64,
     leaderless_since: Option<Duration>,
+    /// When each node last heard from a leader that reached a majority (the leader itself
+    /// included): Raft's messages, the confirmations of lease grants.
+    heard: BTreeMap<NodeId, Duration>,
+    /// How long before its election the current leader counts its wait for earlier leases
+    /// from (`orchestrator::Lead::window`): what the vote hold gave it, the time since its
+    /// voters last heard from a leader, at most `votes::HOLD`.
+    window: Duration,
     /// When the next election completes, once the leader is lost.
     election_at: Duration,
     pub cfg: LeaseConfig,
@@ -303,6 +311,8 @@ impl World {
             leader: Some(1),
             term: 1,
             leaderless_since: None,
+            heard: BTreeMap::new(),
+            window: Duration::ZERO,
             election_at: Duration::ZERO,
             cfg: LeaseConfig::default(),
             pair_cuts: Default::default(),
@@ -520,6 +530,7 @@ impl World {
         let Some(l) = self.valid_leader() else { return };
         let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|n| self.linked(l, *n)).collect();
         for id in ids {
+            self.heard.insert(id, self.t);
             let log = &self.log;
             let n = self.nodes.get_mut(&id).unwrap();
             while n.applied() < log.len() {
@@ -599,11 +610,28 @@ impl World {
             return;
         }
         let pick = candidates[self.rng.below(candidates.len() as u64) as usize];
-        self.leader = Some(pick);
-        self.term += 1;
+        self.elected(pick);
         self.leaderless_since = None;
-        let name = self.nodes[&pick].name.clone();
-        self.note(format!("{name} elected leader"));
+    }
+
+    /// `id` wins an election (every node it reaches voted): its window is what its voters'
+    /// vote hold guarantees, the time since the last of them heard from a leader.
+    fn elected(&mut self, id: NodeId) {
+        let last = self
+            .nodes
+            .keys()
+            .filter(|n| self.linked(id, **n))
+            .filter_map(|n| self.heard.get(n))
+            .max()
+            .copied();
+        self.window = last.map_or(HOLD, |last| (self.t - last).min(HOLD));
+        self.leader = Some(id);
+        self.term += 1;
+        let name = self.nodes[&id].name.clone();
+        self.note(format!(
+            "{name} elected leader (counting from {} ms before)",
+            self.window.as_millis()
+        ));
     }
 
     /// A data node asks the leader for a lease; then the watchdog rule.
@@ -706,7 +734,12 @@ impl World {
         let (term, now, cfg) = (self.term, self.now(), self.cfg);
         let n = self.nodes.get_mut(&id).unwrap();
         let grants = n.grants.of_term(term);
-        let done = tick(&mut n.orchestrator, term, leads, &n.state, &grants, now, &cfg);
+        let lead = leads.then_some(Lead {
+            term,
+            window: self.window,
+            confirmed: None,
+        });
+        let done = tick(&mut n.orchestrator, lead, &n.state, &grants, now, &cfg);
         for cmd in done.commands {
             let _ = self.propose(id, cmd);
         }
@@ -998,9 +1031,7 @@ impl World {
         if !self.responds(id) || reach * 2 <= self.nodes.len() {
             return self.note(format!("{name} cannot lead"));
         }
-        self.leader = Some(id);
-        self.term += 1;
-        self.note(format!("{name} elected leader"));
+        self.elected(id);
     }
 
     /// A daemon (re)starts: fresh memory, the log it had on disk.
