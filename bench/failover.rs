@@ -5,7 +5,7 @@
 //! in a temporary directory with `--drivers sim --sim-dir DIR/sim` and OMRAFT_SIM_SYNC_MS=500:
 //! n1 and n2 data nodes reporting a 5 GiB volume group `data`, n3 joined as a witness. The Raft,
 //! lease and watchdog timings come from a profile (`OMRAFT_FAILOVER_PROFILE`): `default` (the
-//! defaults: heartbeat 200 ms, election timeout 600 ms, lease.renew 300ms, lease.duration 3s,
+//! defaults: heartbeat 100 ms, election timeout 250 ms, lease.renew 200ms, lease.duration 2400ms,
 //! lease.drift 500ms, watchdog 1500 ms) or `fast` (100 ms, 300 ms, 150ms, 1500ms, 300ms,
 //! 700 ms: every safety rule kept, margins thinner). Through the gRPC API it declares
 //! the pool `drbdvm`, creates `demo/svc/kvm1` (orchestrate=ha, a shared 1G volume), provisions
@@ -78,11 +78,11 @@ struct Profile {
 const PROFILES: [Profile; 2] = [
     Profile {
         name: "default",
-        duration_ms: 3000,
+        duration_ms: 2400,
         drift_ms: 500,
-        renew_ms: 300,
-        heartbeat_ms: 200,
-        election_timeout_ms: 600,
+        renew_ms: 200,
+        heartbeat_ms: 100,
+        election_timeout_ms: 250,
         watchdog_timeout_ms: 1500,
     },
     Profile {

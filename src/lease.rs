@@ -25,8 +25,8 @@ pub struct LeaseConfig {
 impl Default for LeaseConfig {
     fn default() -> LeaseConfig {
         LeaseConfig {
-            renew: Duration::from_millis(300),
-            duration: Duration::from_secs(3),
+            renew: Duration::from_millis(200),
+            duration: Duration::from_millis(2400),
             drift: Duration::from_millis(500),
         }
     }

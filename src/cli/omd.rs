@@ -38,12 +38,12 @@ pub struct Args {
     #[arg(long, env = "OMD_ADVERTISE", value_parser = parse_addr)]
     pub advertise: Option<String>,
     /// Raft heartbeat interval in milliseconds; also the time a peer has to answer an append.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
     /// Minimal Raft election timeout in milliseconds (the maximum is 1.5 times it). After a
     /// leader's loss an election takes about 2.5 times it: keep that well under the lease
-    /// duration (`lease.duration`, 3 s by default), or every node loses its lease meanwhile.
-    #[arg(long, default_value_t = 600)]
+    /// duration (`lease.duration`, 2.4 s by default), or every node loses its lease meanwhile.
+    #[arg(long, default_value_t = 250)]
     pub election_timeout_ms: u64,
     /// Build a state snapshot every this many log entries.
     #[arg(long, default_value_t = 5000)]

@@ -98,6 +98,18 @@ impl crate::applier::run::Host for Node {
     }
 
     fn may_take(&self) -> bool {
+        if !self.watchdog.may_take() {
+            // Given something since the last renewal: arm now rather than at the next one.
+            let m = self.member();
+            let (cfg, hosting) = m.sm.read(|d| {
+                let witness = d.state.nodes.get(&m.id).is_some_and(|n| n.witness);
+                let cfg = crate::model::catalog::lease_config(&d.state.config);
+                (cfg, !witness && d.state.hosts(m.id))
+            });
+            if hosting {
+                self.watchdog.step(true, self.lease_remaining(), &cfg, self.closing());
+            }
+        }
         self.watchdog.may_take()
     }
 

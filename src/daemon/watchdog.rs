@@ -155,6 +155,9 @@ pub struct NodeWatchdog {
     /// The applier saw a guest running or a DRBD resource Primary here at its last pass: the
     /// watchdog stays armed while it does, whatever the log says.
     holding: AtomicBool,
+    /// Held through `step`: the renewal loop and the applier (arming before it takes
+    /// anything) never arm twice.
+    stepping: Mutex<()>,
 }
 
 impl NodeWatchdog {
@@ -165,6 +168,7 @@ impl NodeWatchdog {
             armed: AtomicBool::new(false),
             device: Mutex::new(DeviceSlot::default()),
             holding: AtomicBool::new(false),
+            stepping: Mutex::new(()),
         }
     }
 
@@ -193,6 +197,7 @@ impl NodeWatchdog {
     /// `lease` is the replicated lease configuration (a device's timeout must suit it);
     /// `closing`: a clean stop began, so nothing is armed any more.
     pub fn step(&self, hosting: bool, remaining: Option<Duration>, lease: &LeaseConfig, closing: bool) {
+        let _one = self.stepping.lock().expect("watchdog step lock");
         let margin = match &self.kind {
             Watchdog::None => return,
             Watchdog::Sim { timeout_ms, .. } => Duration::from_millis(*timeout_ms),

@@ -66,7 +66,7 @@ pub const CATALOG: &[Keyword] = &[
         name: "renew",
         kind: Kind::Interval,
         required: false,
-        default: Some("300ms"),
+        default: Some("200ms"),
         doc: "How often a node asks the leader to renew its lease.",
     },
     Keyword {
@@ -74,7 +74,7 @@ pub const CATALOG: &[Keyword] = &[
         name: "duration",
         kind: Kind::Interval,
         required: false,
-        default: Some("3s"),
+        default: Some("2400ms"),
         doc: "How long a lease lasts from the request; a node without one stops its services.",
     },
     Keyword {
@@ -289,7 +289,7 @@ pub fn plan(cfg: &ClusterConfig, set: &[(ConfigKey, String)], unset: &[ConfigKey
                 .and_then(|v| crate::config::kind::parse_millis(v).ok())
                 .unwrap_or(default)
         };
-        let (renew, duration, drift) = (ms("renew", 300), ms("duration", 3000), ms("drift", 500));
+        let (renew, duration, drift) = (ms("renew", 200), ms("duration", 2400), ms("drift", 500));
         if renew.saturating_mul(2) > duration || drift >= duration {
             return Err(ConfigError::BadValue {
                 key: ConfigKey {

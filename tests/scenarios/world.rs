@@ -47,7 +47,7 @@ const LATE_MAX: Duration = Duration::from_secs(30);
 /// `omd`'s default election timeout (minimum; the maximum is 1.5 times it): a follower stands
 /// for election the maximum (openraft's leader lease) plus a random timeout after it last
 /// heard from its leader.
-const ELECTION_MIN: Duration = Duration::from_millis(600);
+const ELECTION_MIN: Duration = Duration::from_millis(250);
 const WATCHDOG_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const SVC: &str = "demo/svc/kvm1";
 pub const VM: &str = "kvm1";
