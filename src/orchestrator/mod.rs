@@ -29,7 +29,14 @@ use crate::model::{ClusterState, Command, NodeId, ObjectKind, ObjectPath, Phase}
 /// failovers, by `priority` (lower first; equal ones by path), each placed knowing where the
 /// ones before it go (`spread` counts them).
 pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<NodeId>) -> Vec<Command> {
+    plan(state, expired, leased).0
+}
+
+/// `decide`, with the services it would move but cannot, each with why (`Tick::held`).
+fn plan(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<NodeId>) -> (Vec<Command>, Vec<Held>) {
     let mut out = Vec::new();
+    let mut held = Vec::new();
+    let name = |id: &NodeId| state.nodes.get(id).map_or_else(|| id.to_string(), |n| n.name.clone());
     // (priority, path, from, eligible targets in nodes order)
     let mut moving: Vec<(u64, ObjectPath, NodeId, Vec<NodeId>)> = Vec::new();
     for (path, obj) in &state.objects {
@@ -45,10 +52,7 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
                 let other = if svc.placement == Some(m.from) { m.to } else { m.from };
                 if expired.contains(&other) && watchdog(&other) {
                     let before_finalize = m.phase.before_hand_over();
-                    let name = state
-                        .nodes
-                        .get(&other)
-                        .map_or_else(|| other.to_string(), |n| n.name.clone());
+                    let name = name(&other);
                     out.push(Command::MigrationPhase {
                         path: path.clone(),
                         id: m.id,
@@ -87,6 +91,13 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
         }
         // Without a watchdog, nothing proves a hung or dead daemon's node stopped its guest.
         if !watchdog(&from) {
+            held.push(Held {
+                path: path.clone(),
+                why: format!(
+                    "its node {} lost its lease but has no watchdog: nothing proves the guest stopped there",
+                    name(&from)
+                ),
+            });
             continue;
         }
         let provisioned_on = |n: &NodeId| {
@@ -98,18 +109,43 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
                     .is_some_and(|r| r.provisioned)
         };
         // A node whose disk a DRBD fence-peer had outdated holds old data until it resyncs.
-        let eligible: Vec<NodeId> = state
-            .service_nodes(path)
-            .into_iter()
-            .filter(|n| {
-                *n != from
-                    && leased.contains(n)
-                    && !state.frozen_nodes.contains(n)
-                    && provisioned_on(n)
-                    && state.outdated_on(path, *n).is_empty()
-            })
-            .collect();
-        if !eligible.is_empty() {
+        let unfit = |n: &NodeId| {
+            let outdated = state.outdated_on(path, *n);
+            if !leased.contains(n) {
+                Some("holds no lease".to_string())
+            } else if state.frozen_nodes.contains(n) {
+                Some("is frozen".into())
+            } else if !provisioned_on(n) {
+                Some("has not provisioned it".into())
+            } else if !outdated.is_empty() {
+                Some(format!(
+                    "has an outdated disk (a DRBD fence-peer marked {}; it resyncs, then unfence-peer clears the mark)",
+                    outdated.join(", ")
+                ))
+            } else {
+                None
+            }
+        };
+        let others: Vec<NodeId> = state.service_nodes(path).into_iter().filter(|n| *n != from).collect();
+        let eligible: Vec<NodeId> = others.iter().copied().filter(|n| unfit(n).is_none()).collect();
+        if eligible.is_empty() {
+            let reasons: Vec<String> = others
+                .iter()
+                .filter_map(|n| unfit(n).map(|why| format!("{} {why}", name(n))))
+                .collect();
+            held.push(Held {
+                path: path.clone(),
+                why: format!(
+                    "its node {} lost its lease and no other node may take it: {}",
+                    name(&from),
+                    if reasons.is_empty() {
+                        "it has no other node".to_string()
+                    } else {
+                        reasons.join("; ")
+                    }
+                ),
+            });
+        } else {
             moving.push((state.priority(path), path.clone(), from, eligible));
         }
     }
@@ -122,7 +158,14 @@ pub fn decide(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSe
             out.push(Command::Failover { path, from, to });
         }
     }
-    out
+    (out, held)
+}
+
+/// An `orchestrate=ha` service the orchestrator would move and cannot, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub path: ObjectPath,
+    pub why: String,
 }
 
 /// The data nodes whose lease, as this leader granted it (`grants`: when it last granted each),
@@ -193,6 +236,8 @@ pub struct Tick {
     pub leased: BTreeSet<NodeId>,
     /// What to commit.
     pub commands: Vec<Command>,
+    /// The services left where they are though their node lost its lease.
+    pub held: Vec<Held>,
 }
 
 /// One step of the orchestrator at `now`, Raft saying whether this node leads (`lead`), with
@@ -222,11 +267,12 @@ pub fn tick(
         return Tick::default();
     }
     let (expired, leased) = lease_views(state, grants, now, cfg);
-    let commands = decide(state, &expired, &leased);
+    let (commands, held) = plan(state, &expired, &leased);
     Tick {
         expired,
         leased,
         commands,
+        held,
     }
 }
 
@@ -272,6 +318,8 @@ pub async fn run<H: Host>(host: Arc<H>) {
     let weak: Weak<H> = Arc::downgrade(&host);
     drop(host);
     let mut memory = Leadership::default();
+    // What was last said of each held service: said again only when it changes.
+    let mut told: BTreeMap<ObjectPath, String> = BTreeMap::new();
     loop {
         let Some(host) = weak.upgrade().filter(|h| !h.closing()) else {
             return;
@@ -292,6 +340,13 @@ pub async fn run<H: Host>(host: Arc<H>) {
         };
         let now = Instant::now();
         let done = host.read(|s| tick(&mut memory, lead, s, &grants, now, &cfg));
+        for h in &done.held {
+            if told.get(&h.path) != Some(&h.why) {
+                warn!(service = %h.path, "not failing over: {}", h.why);
+                told.insert(h.path.clone(), h.why.clone());
+            }
+        }
+        told.retain(|path, _| done.held.iter().any(|h| &h.path == path));
         for cmd in done.commands {
             warn!(expired = ?done.expired, leased = ?done.leased, "lease expired: {cmd}");
             match tokio::time::timeout(Duration::from_secs(2), host.write(cmd)).await {

@@ -696,3 +696,50 @@ fn a_new_leader_counts_its_wait_from_the_window_before_it_saw_itself_lead_but_no
 fn memory_since(memory: &Leadership) -> Instant {
     memory.since.expect("leading")
 }
+
+#[test]
+fn a_service_that_cannot_fail_over_is_held_with_the_reason_for_each_node() {
+    let held = |s: &ClusterState, expired: &[NodeId], leased: &[NodeId]| {
+        let (commands, held) = super::plan(s, &set(expired), &set(leased));
+        assert!(moves(&commands).is_empty(), "{commands:?}");
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].path, path());
+        held[0].why.clone()
+    };
+    let mut s = cluster();
+    // Moving, nothing held; the holder leased, nothing to say.
+    assert!(super::plan(&s, &set(&[1]), &set(&[2])).1.is_empty());
+    assert!(super::plan(&s, &set(&[]), &set(&[1, 2])).1.is_empty());
+    let why = held(&s, &[1, 2], &[]);
+    assert!(
+        why.contains("node n1 lost its lease") && why.contains("n2 holds no lease"),
+        "{why}"
+    );
+    let resource = s.objects[&path_of("demo/vol/kvm1")].alloc.as_ref().unwrap().lv.clone();
+    s.apply(&Command::OutdatePeer {
+        resource: resource.clone(),
+        node_id: 2,
+    });
+    let why = held(&s, &[1], &[2]);
+    assert!(
+        why.contains(&format!("n2 has an outdated disk (a DRBD fence-peer marked {resource}")),
+        "{why}"
+    );
+    s.apply(&Command::UnfencePeer { resource, node_id: 2 });
+    s.apply(&Command::FreezeNode {
+        node_id: 2,
+        frozen: true,
+    });
+    let why = held(&s, &[1], &[2]);
+    assert!(why.contains("n2 is frozen"), "{why}");
+    s.apply(&Command::FreezeNode {
+        node_id: 2,
+        frozen: false,
+    });
+    s.apply(&Command::ReportWatchdog {
+        node_id: 1,
+        armed: false,
+    });
+    let why = held(&s, &[1], &[2]);
+    assert!(why.contains("node n1 lost its lease but has no watchdog"), "{why}");
+}

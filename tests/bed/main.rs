@@ -130,9 +130,14 @@ fn a_network_cut_of_the_active_host_fences_it_before_the_other_starts_the_guest(
         "n1's network cut",
         "n2",
         |bed| {
-            std::fs::write(bed.dir.join("sim/netcut-n1"), "").unwrap();
+            // The link first, then the simulated DRBD connection, as a real cut is seen: Raft
+            // notices within a heartbeat, DRBD after its ping timeout. The other order lets
+            // n1's fence-peer handler commit, while n1 still has its quorum, that n2's disk is
+            // outdated; n1 then goes on writing until its lease runs out, and rightly nothing
+            // fails over to n2 (the orchestrator's unit tests cover that refusal).
             let out = bed.run("n1", &["ip", "link", "set", "eth0", "down"]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(bed.dir.join("sim/netcut-n1"), "").unwrap();
         },
         // Its lease ran out: it destroyed its guest, then its watchdog reset it.
         |bed| assert!(reset_by_watchdog(bed, "n1")),
