@@ -6,7 +6,9 @@
 //! handlers (`drbd.rs`) answer with the codes DRBD reads instead.
 
 pub mod client;
+pub mod config_file;
 pub mod drbd;
+mod manpages;
 mod object;
 pub mod omd;
 mod render;
@@ -29,6 +31,7 @@ use render::Printer;
 /// `DATA_DIR/tls/ca.crt`), with a token (`omctl daemon auth --role root|operator|viewer`).
 #[derive(Debug, Parser)]
 #[command(
+    name = "omctl",
     version,
     propagate_version = true,
     after_help = "Object commands: omctl PATH COMMAND, where PATH is NAMESPACE/KIND/NAME (or NAME for\n\
@@ -119,6 +122,17 @@ pub enum Command {
     /// DRBD's fence-peer and unfence-peer handlers, run by DRBD (see their --help).
     #[command(subcommand)]
     Drbd(drbd::DrbdCmd),
+    /// Print a completion script for a shell, e.g. `omctl completion bash >
+    /// /etc/bash_completion.d/omctl` (zsh: a `_omctl` file in $fpath; fish:
+    /// ~/.config/fish/completions/omctl.fish).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of omctl and omd into DIR (omctl.1, omctl-COMMAND.1, omd.8), as
+    /// the package installs them.
+    #[command(hide = true)]
+    Manpages { dir: std::path::PathBuf },
     /// PATH COMMAND...: commands on one object (NAMESPACE/KIND/NAME); see `omctl PATH --help`.
     #[command(external_subcommand)]
     Path(Vec<String>),
@@ -408,6 +422,22 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
 
 async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
     match &cli.command {
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "omctl",
+                &mut script,
+            );
+            out.raw(&script);
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            let pages = manpages::write(dir).map_err(|e| user_error(format!("{}: {e}", dir.display())))?;
+            out.names(&pages.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+            Ok(())
+        }
         Command::Mon {
             watch,
             interval,

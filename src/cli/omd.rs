@@ -19,9 +19,24 @@ use crate::files::restrict;
 /// Starts one node. A fresh data directory founds a new one-node cluster; an existing one
 /// resumes from disk. Join other clusters with `omctl cluster join`. The local API listens on
 /// DATA_DIR/omd.sock (mode 0600); the TCP listener serves peers and authenticated clients.
+///
+/// Every flag can also be set in a configuration file: TOML, its keys the long flags without
+/// their dashes (`listen = "10.30.0.11:1215"`, `report-vg = ["data=5G"]`). Flags and the OMD_*
+/// variables override the file. `omd --print-config` shows the settings in effect.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "omd", version)]
 pub struct Args {
+    /// The configuration file (default /etc/omraft/omd.toml when it exists).
+    #[arg(long, env = "OMD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings in effect, as a configuration file saying where each came from, and
+    /// exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// How the log (standard error) is written: text lines, or one JSON object per event (its
+    /// fields, target and level, for a log collector).
+    #[arg(long, env = "OMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// This node's name: lowercase letters, digits and '-' (defaults to the hostname).
     #[arg(long, env = "OMD_NODE_NAME")]
     pub node_name: Option<String>,
@@ -104,6 +119,13 @@ pub struct Args {
     /// simulated DRBD and LVM (the real-host test bed, where the DRBD module cannot load).
     #[arg(long, requires = "sim_dir")]
     pub real_libvirt: bool,
+}
+
+/// How `omd` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Which drivers a node uses.
@@ -343,6 +365,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     tracing::info!(node = %name, listen = %args.listen, socket = %sock.display(), "omd serving");
+    // Raft runs and both listeners are bound (connections wait in their backlogs until
+    // `serve` takes them): the node is ready.
+    notify_systemd(&format!("READY=1\nSTATUS=serving as {name} on {}", args.listen));
 
     let listeners = Listeners {
         tcp,
@@ -356,11 +381,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
+        notify_systemd("STOPPING=1\nSTATUS=releasing this node's services and stopping");
     };
     serve(node.clone(), listeners, stop).await.context("serving the API")?;
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd how the daemon is doing (`Type=notify` units): `state` as one datagram to
+/// `$NOTIFY_SOCKET`, a socket path or, with a leading `@`, an abstract socket name. Nothing
+/// when the variable is unset (not started by systemd); a failure is logged, never fatal.
+fn notify_systemd(state: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name).and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    });
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd {state:?} through {}: {e}", path.to_string_lossy());
+    }
 }
 
 #[cfg(test)]

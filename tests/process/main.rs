@@ -293,6 +293,79 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     assert!(n1.log().contains("resumed from"), "{}", n1.log());
 }
 
+/// As systemd runs it: settings from a configuration file (`--print-config` says which), the
+/// log as JSON, READY=1 on `$NOTIFY_SOCKET` once the node serves and STOPPING=1 at SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_run_from_a_config_file_notifies_systemd_and_logs_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("omd.toml");
+    std::fs::write(
+        &config,
+        "log-format = \"json\"\nheartbeat-ms = 100\nelection-timeout-ms = 600\nreport-mem = \"3G\"\n",
+    )
+    .unwrap();
+    let shown = Command::new(OMD)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--print-config",
+            "--heartbeat-ms",
+            "50",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for line in [
+        "log-format = \"json\"  # from the configuration file",
+        "heartbeat-ms = 50  # from the command line",
+        "report-mem = \"3G\"  # from the configuration file",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line:?} not in\n{shown}");
+    }
+
+    let notify = tmp.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let launch = Launch {
+        args: vec!["--config".into(), config.to_str().unwrap().into()],
+        env: vec![("NOTIFY_SOCKET".into(), notify.to_str().unwrap().into())],
+        wrapper: vec![],
+    };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut n1 = Omd::launch("n1", &tmp.path().join("n1"), &addr, launch).unwrap();
+    let got = || {
+        let mut buf = [0u8; 512];
+        let n = systemd
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no word to systemd: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = got();
+    assert!(
+        ready.starts_with("READY=1\n") && ready.contains("serving as n1"),
+        "{ready:?}"
+    );
+    // Ready means serving: the local API answers at once.
+    let server = format!("unix:{}", n1.dir.join("omd.sock").display());
+    let mon = ok(&server, &["mon"]);
+    assert!(mon.contains("n1"), "{mon}");
+    let status = n1.term();
+    assert!(status.success(), "exit {status:?}\n{}", n1.log());
+    let stopping = got();
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping:?}");
+    let log = n1.log();
+    let mut messages = vec![];
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(event["level"].is_string() && event["timestamp"].is_string(), "{line}");
+        messages.push(event["fields"]["message"].as_str().unwrap_or_default().to_string());
+    }
+    let file_line = format!("configuration file: {}", config.display());
+    assert!(messages.contains(&file_line), "{file_line:?} not among {messages:?}");
+    assert!(messages.iter().any(|m| m == "omd serving"), "{messages:?}");
+}
+
 #[test]
 fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
     let bin = Path::new(env!("CARGO_BIN_EXE_omd")).parent().unwrap();
