@@ -181,8 +181,8 @@ fn failover() -> Result<Failover, String> {
         .collect::<Vec<_>>()
         .join("\n");
     let first = |pattern: &str| stamps(&logs, pattern, after).into_iter().reduce(f64::min);
-    let decided = first("lease expired: failover demo/svc/kvm1");
-    let committed = first("failover committed");
+    let decided = first("demo/svc/kvm1: failover from");
+    let committed = first("demo/svc/kvm1: failover committed");
     let started = first("done object=demo/svc/kvm1 step=StartDomain");
     let since = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
     Ok(Failover {

@@ -106,8 +106,8 @@ fn profile() -> Result<Profile, String> {
         .ok_or_else(|| format!("OMRAFT_FAILOVER_PROFILE={name:?}: expected one of default, fast"))
 }
 /// The log lines of the breakdown.
-const DECISION: &str = "lease expired: failover demo/svc/kvm1";
-const COMMITTED: &str = "failover committed";
+const DECISION: &str = "demo/svc/kvm1: failover from";
+const COMMITTED: &str = "demo/svc/kvm1: failover committed";
 const PRIMARY: &str = "done object=demo/svc/kvm1 step=Primary";
 const START: &str = "done object=demo/svc/kvm1 step=StartDomain";
 
@@ -743,7 +743,7 @@ fn print_table(out: &Outcome, p: &Profile) {
         );
     }
     println!(
-        "  detect+lease: power loss to the leader's \"lease expired: failover\"; commit: to \"failover committed\"; \
+        "  detect+lease: power loss to the leader's \"failover from\" decision; commit: to its \"failover committed\"; \
          promote: to the target's DRBD Primary; start: to its StartDomain; total: power loss to `omsim virsh list` \
          showing the guest running (polled every {} ms); restore: restart of the killed node to the service settled \
          again (not part of the failover). leader: the Raft leader before the kill, (k) when it was the killed node; \

@@ -34,6 +34,10 @@ pub mod tls;
 /// Code generated from `proto/omraft.proto`.
 pub mod pb {
     tonic::include_proto!("omraft.v1");
+
+    /// The compiled `proto/omraft.proto` (a protobuf `FileDescriptorSet`, with its comments),
+    /// served by the gRPC reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/omraft_descriptor.bin"));
 }
 
 /// The modules from the bottom layer up: a module may use only the modules of lower layers

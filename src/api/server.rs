@@ -4,13 +4,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
+use tonic_health::ServingStatus;
 
 use super::auth::{self, unix_now, Caller};
 use super::cluster::ClusterService;
@@ -131,6 +132,19 @@ pub async fn serve(
             .max_encoding_message_size(NODE_MESSAGE)
     };
 
+    // Standard gRPC tooling: the health service ("" while serving; the Cluster service while
+    // this node is in touch with a quorum) and reflection, to clients and the local socket,
+    // behind the same credentials as the API.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the descriptor set built into omd is valid")
+    };
+    let health_watch = tokio::spawn(watch_health(Arc::downgrade(&node), health.clone()));
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -155,14 +169,23 @@ pub async fn serve(
             RaftServer::new(RaftService { node: node.clone() }).max_decoding_message_size(CLIENT_MESSAGE),
             nodes_only,
         ))
-        .add_service(InterceptedService::new(cluster(), any_caller))
+        .add_service(InterceptedService::new(cluster(), any_caller.clone()))
+        .add_service(InterceptedService::new(health_service.clone(), any_caller.clone()))
+        .add_service(InterceptedService::new(reflection(), any_caller))
         .serve_with_incoming_shutdown(incoming.clients, wait(stop_rx.clone()));
     let clients = handle.spawn(clients);
     let unix = Server::builder()
         .add_service(InterceptedService::new(cluster(), local))
+        .add_service(InterceptedService::new(health_service, local))
+        .add_service(InterceptedService::new(reflection(), local))
         .serve_with_incoming_shutdown(super::local::trusted_incoming(listeners.unix), wait(stop_rx));
     tokio::spawn(async move {
         shutdown.await;
+        health_watch.abort();
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status(CLUSTER_SERVICE, ServingStatus::NotServing)
+            .await;
         let _ = stop_tx.send(true);
     });
     let (a, b, c) = tokio::join!(nodes, clients, unix);
@@ -170,6 +193,27 @@ pub async fn serve(
     drop(clients_rt);
     let b = b.map_err(std::io::Error::other)?;
     a.and(b).and(c).map_err(std::io::Error::other)
+}
+
+/// The `Cluster` service's name, as the health service reports it.
+const CLUSTER_SERVICE: &str = <ClusterServer<ClusterService> as tonic::server::NamedService>::NAME;
+
+/// Keeps the `Cluster` service's health status at SERVING while the node is in touch with a
+/// quorum (`Node::in_quorum`), NOT_SERVING otherwise; every half second, until the node goes.
+async fn watch_health(node: Weak<Node>, health: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    while let Some(serving) = node.upgrade().map(|n| n.in_quorum()) {
+        if last != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(CLUSTER_SERVICE, status).await;
+            last = Some(serving);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Who the caller of a TCP request is: its token if it gives one, else the node or client role

@@ -54,14 +54,29 @@ pub async fn connect(
     ca: Option<&std::path::Path>,
     cert: Option<&std::path::Path>,
 ) -> Result<Client, ConnectError> {
-    let auth = match token {
-        Some(t) => Some(
+    let auth = auth(token)?;
+    let channel = channel(server, ca, cert).await?;
+    Ok(ClusterClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20))
+}
+
+/// The interceptor giving `token` to every call (nothing without one).
+pub fn auth(token: Option<&str>) -> Result<Auth, ConnectError> {
+    match token {
+        Some(t) => Ok(Auth(Some(
             format!("Bearer {}", t.trim())
                 .parse()
                 .map_err(|_| ConnectError::BadToken)?,
-        ),
-        None => None,
-    };
+        ))),
+        None => Ok(Auth(None)),
+    }
+}
+
+/// A connection to `server`, for any of its gRPC services (`connect` for the cluster's).
+pub async fn channel(
+    server: &str,
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+) -> Result<Channel, ConnectError> {
     let unreachable = |e: tonic::transport::Error| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -102,7 +117,7 @@ pub async fn connect(
     } else {
         return Err(ConnectError::BadServer(server.to_string()));
     };
-    Ok(ClusterClient::with_interceptor(channel, Auth(auth)).max_decoding_message_size(64 << 20))
+    Ok(channel)
 }
 
 /// The client certificate in `dir` (client.key, client.crt).

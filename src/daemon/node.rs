@@ -233,6 +233,22 @@ impl Node {
         Some((id, addr))
     }
 
+    /// Whether this node is in touch with a quorum as far as it knows: it follows a known
+    /// leader, or it leads and a quorum acknowledged it within twice the election timeout
+    /// (the gRPC health status; a leader cut off keeps believing it leads).
+    pub fn in_quorum(&self) -> bool {
+        let m = self.member();
+        let metrics = m.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(leader) if leader == m.id => metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms < 2 * self.settings.election_timeout_ms),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     fn is_leader(&self) -> bool {
         self.leadership().1
     }

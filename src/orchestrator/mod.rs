@@ -347,12 +347,21 @@ pub async fn run<H: Host>(host: Arc<H>) {
             }
         }
         told.retain(|path, _| done.held.iter().any(|h| &h.path == path));
+        let names = match done.commands.is_empty() {
+            true => BTreeMap::new(),
+            false => host.read(|s| s.nodes.iter().map(|(id, n)| (*id, n.name.clone())).collect()),
+        };
         for cmd in done.commands {
-            warn!(expired = ?done.expired, leased = ?done.leased, "lease expired: {cmd}");
+            // The decision with its nodes and reason, then its outcome.
+            let (service, kind, decision) = describe(&cmd, &names);
+            info!(service = %service, "{service}: {decision}");
             match tokio::time::timeout(Duration::from_secs(2), host.write(cmd)).await {
-                Ok(Ok(_)) => info!("failover committed"),
-                Ok(Err(e)) => warn!("failover: {e}"),
-                Err(_) => warn!("failover: outcome unknown: not committed within 2 s (it may still commit)"),
+                Ok(Ok(_)) => info!(service = %service, "{service}: {kind} committed"),
+                Ok(Err(e)) => warn!(service = %service, "{service}: {kind} not committed: {e}"),
+                Err(_) => warn!(
+                    service = %service,
+                    "{service}: {kind}: outcome unknown: not committed within 2 s (it may still commit)"
+                ),
             }
         }
         drop(host);
@@ -360,6 +369,51 @@ pub async fn run<H: Host>(host: Arc<H>) {
             _ = tokio::time::sleep(next_tick(&memory, &grants, now, &cfg)) => {}
             _ = changed => {}
         }
+    }
+}
+
+/// A decision of `decide` in words: its service, its kind, and what it does to which nodes and
+/// why.
+fn describe(cmd: &Command, names: &BTreeMap<NodeId, String>) -> (String, &'static str, String) {
+    let name = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| format!("node {id}"));
+    match cmd {
+        Command::Failover { path, from, to } => (
+            path.to_string(),
+            "failover",
+            format!(
+                "failover from {} to {}: the lease of {} ran out, plus the drift margin",
+                name(from),
+                name(to),
+                name(from)
+            ),
+        ),
+        Command::Fence { path, node_id } => (
+            path.to_string(),
+            "fence",
+            format!(
+                "{} recorded fenced: its lease ran out, so it stopped the service there",
+                name(node_id)
+            ),
+        ),
+        Command::MigrationPhase {
+            path,
+            id,
+            to,
+            fenced,
+            error,
+            ..
+        } => (
+            path.to_string(),
+            "live switch end",
+            format!(
+                "live switch {id} ends ({to}){}: {}",
+                fenced
+                    .map(|n| format!(", {} recorded fenced", name(&n)))
+                    .unwrap_or_default(),
+                error.as_deref().unwrap_or("a participant lost its lease")
+            ),
+        ),
+        other => (String::new(), "decision", other.to_string()),
     }
 }
 

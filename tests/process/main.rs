@@ -366,6 +366,107 @@ async fn a_node_run_from_a_config_file_notifies_systemd_and_logs_json() {
     assert!(messages.iter().any(|m| m == "omd serving"), "{messages:?}");
 }
 
+/// `grpc.health.v1.Health/Check` for `service`, with `token` if any.
+async fn health(channel: &tonic::transport::Channel, token: Option<&str>, service: &str) -> Result<i32, tonic::Status> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let auth = omraft::cli::client::auth(token).unwrap();
+    let mut c = HealthClient::with_interceptor(channel.clone(), auth);
+    let req = HealthCheckRequest {
+        service: service.into(),
+    };
+    c.check(req).await.map(|r| r.into_inner().status)
+}
+
+/// Standard gRPC tooling against a follower: health and reflection answer with the cluster's
+/// credentials only, over TCP (TLS, a viewer token) and on the local socket; the `Cluster`
+/// service's health turns NOT_SERVING while the node is cut from its quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_standard_clients_with_credentials() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    const CLUSTER: &str = "omraft.v1.Cluster";
+    let (serving, not_serving) = (ServingStatus::Serving as i32, ServingStatus::NotServing as i32);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three(tmp.path()).await;
+    let leader = agreed_leader(&mut local_client(&nodes[0].dir).await, 3).await.unwrap();
+    let follower = nodes.iter().find(|n| n.name != leader).unwrap();
+    let unix = format!("unix:{}", follower.dir.join("omd.sock").display());
+    // Tokens are minted by n1, which holds the signing key.
+    let n1 = format!("unix:{}", nodes[0].dir.join("omd.sock").display());
+    let token = ok(&n1, &["daemon", "auth", "--role", "viewer"]).trim().to_string();
+    let ca = follower.dir.join("tls/ca.crt");
+    let tcp = omraft::cli::client::channel(&format!("https://{}", follower.addr), Some(&ca), None)
+        .await
+        .unwrap();
+    let local = omraft::cli::client::channel(&unix, None, None).await.unwrap();
+
+    let refused = health(&tcp, None, "").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(health(&tcp, Some(&token), "").await.unwrap(), serving);
+    assert_eq!(health(&local, None, "").await.unwrap(), serving);
+    eventually(10, "the Cluster service serving", || async {
+        (health(&tcp, Some(&token), CLUSTER).await.ok() == Some(serving)).then_some(())
+    })
+    .await;
+    let unknown = health(&tcp, Some(&token), "omraft.v1.Nothing").await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
+    // Reflection: the services, then the file that defines the API.
+    let auth = omraft::cli::client::auth(Some(&token)).unwrap();
+    let mut reflect = ServerReflectionClient::with_interceptor(tcp.clone(), auth);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let asks = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(CLUSTER.into())),
+    ];
+    let mut answers = reflect
+        .server_reflection_info(tokio_stream::iter(asks))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut services = vec![];
+    let mut file = vec![];
+    while let Some(answer) = answers.message().await.unwrap() {
+        match answer.message_response.unwrap() {
+            MessageResponse::ListServicesResponse(l) => services.extend(l.service.into_iter().map(|s| s.name)),
+            MessageResponse::FileDescriptorResponse(f) => file.extend(f.file_descriptor_proto),
+            other => panic!("{other:?}"),
+        }
+    }
+    for name in [CLUSTER, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(services.iter().any(|s| s == name), "{name} not in {services:?}");
+    }
+    assert!(
+        file.iter().any(|f| String::from_utf8_lossy(f).contains("omraft.proto")),
+        "no omraft.proto among {} files",
+        file.len()
+    );
+
+    // Its peers hung: no leader it can follow, and the health check says so.
+    let others: Vec<&Omd> = nodes.iter().filter(|n| n.name != follower.name).collect();
+    for n in &others {
+        assert!(n.signal("STOP"));
+    }
+    eventually(10, "the Cluster service not serving", || async {
+        (health(&local, None, CLUSTER).await.ok() == Some(not_serving)).then_some(())
+    })
+    .await;
+    for n in &others {
+        assert!(n.signal("CONT"));
+    }
+    eventually(20, "the Cluster service serving again", || async {
+        (health(&local, None, CLUSTER).await.ok() == Some(serving)).then_some(())
+    })
+    .await;
+}
+
 #[test]
 fn quick_start_demo_walks_the_tutorial_cluster_steps_and_cleans_up() {
     let bin = Path::new(env!("CARGO_BIN_EXE_omd")).parent().unwrap();
