@@ -570,6 +570,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
             None => InstanceView {
                 node: name(id),
                 node_frozen: s.frozen_nodes.contains(&id),
+                node_drained: s.drained(id),
                 reported: false,
                 avail: "n/a".into(),
                 outdated: s.outdated_on(p, id),
@@ -579,6 +580,7 @@ pub fn instance_status(s: &ClusterState, p: &ObjectPath) -> InstanceStatusReply 
                 node: name(id),
                 outdated: s.outdated_on(p, id),
                 node_frozen: s.frozen_nodes.contains(&id),
+                node_drained: s.drained(id),
                 reported: true,
                 avail: r.avail.to_string(),
                 warn: r.warn,

@@ -211,10 +211,16 @@ pub fn node_status(node: &Node) -> pb::NodeStatus {
 /// then one page of the services (`MonPage`) and the counts of all.
 pub async fn mon(node: &Arc<Node>, page: &MonPage) -> pb::MonReply {
     let m = node.member();
-    let (state_nodes, voters, learners, cluster, (objects, summary)) = m.sm.read(|d| {
+    let (state_nodes, frozen, placed, voters, learners, cluster, (objects, summary)) = m.sm.read(|d| {
         let mem = d.membership.membership();
+        let mut placed: std::collections::BTreeMap<u64, u64> = Default::default();
+        for p in d.state.services.values().filter_map(|s| s.placement) {
+            *placed.entry(p).or_default() += 1;
+        }
         (
             d.state.nodes.clone(),
+            d.state.frozen_nodes.clone(),
+            placed,
             mem.voter_ids().collect::<Vec<_>>(),
             mem.learner_ids().collect::<Vec<_>>(),
             crate::daemon::cluster_name(&d.state),
@@ -240,6 +246,8 @@ pub async fn mon(node: &Arc<Node>, page: &MonPage) -> pb::MonReply {
             reachable: false,
             error: String::new(),
             status: None,
+            frozen: frozen.contains(&id),
+            placed: placed.get(&id).copied().unwrap_or(0),
         };
         let node = node.clone();
         set.spawn(async move {

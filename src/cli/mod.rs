@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config_file;
+mod drain;
 pub mod drbd;
 mod manpages;
 mod object;
@@ -156,6 +157,32 @@ pub enum NodeCmd {
     },
     /// Thaw a frozen node.
     Thaw {
+        #[arg(long)]
+        node: String,
+    },
+    /// Move every service off a node for maintenance, then keep it frozen so nothing returns.
+    ///
+    /// Each service placed on the node goes to the first of its other nodes that has it
+    /// provisioned, is not frozen and has no outdated disk; if one has nowhere to go, the drain
+    /// is refused with why and nothing changes. Otherwise the node is frozen, then the services
+    /// move one at a time, each waited for and reported: started ones by a switch (the guest
+    /// stops, then starts on the other node) or with --live a live switch; stopped ones are
+    /// only placed elsewhere. A move that fails stops the drain: the node stays frozen, and
+    /// running the drain again goes on. `mon` shows the node `drained` once nothing is placed
+    /// on it; `node undrain` thaws it (services do not move back by themselves).
+    Drain {
+        #[arg(long)]
+        node: String,
+        /// Live-migrate the running guests. A live switch refused (e.g. the target's disk not
+        /// in sync) stops the drain: it never falls back to stopping a guest.
+        #[arg(long)]
+        live: bool,
+        /// How long each move may take.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        time: Duration,
+    },
+    /// Thaw a drained node: services may be placed on it again.
+    Undrain {
         #[arg(long)]
         node: String,
     },
@@ -605,7 +632,11 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
         }
         Command::Path(args) => object::run(cli, args, out).await,
         Command::Drbd(cmd) => drbd::run(cli, cmd, out).await,
-        Command::Node(NodeCmd::Freeze { node } | NodeCmd::Thaw { node }) => {
+        Command::Node(NodeCmd::Drain { node, live, time }) => {
+            let mut c = connect(cli).await?;
+            drain::drain(&mut c, out, node, *live, *time).await
+        }
+        Command::Node(NodeCmd::Freeze { node } | NodeCmd::Thaw { node } | NodeCmd::Undrain { node }) => {
             let frozen = matches!(&cli.command, Command::Node(NodeCmd::Freeze { .. }));
             let mut c = connect(cli).await?;
             let r = c

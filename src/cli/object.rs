@@ -412,7 +412,7 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
 }
 
 /// Whether every node shows the result of `action`.
-fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
+pub(super) fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
     let all_reported = s.instances.iter().all(|i| i.reported);
     let placed = s.instances.iter().find(|i| i.node == s.placement);
     match action {

@@ -80,6 +80,8 @@ struct InstanceStatusView<'a> {
     provisioned: bool,
     /// The node is frozen: nothing is placed on it automatically.
     frozen: bool,
+    /// The node is drained: frozen, with no service placed on it.
+    drained: bool,
     /// DRBD resources a peer's fence-peer marked outdated here.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     outdated: &'a [String],
@@ -146,6 +148,7 @@ impl<'a> From<&'a pb::InstanceStatusReply> for StatusView<'a> {
                     warn: i.warn,
                     provisioned: i.provisioned,
                     frozen: i.node_frozen,
+                    drained: i.node_drained,
                     outdated: &i.outdated,
                     resources: i
                         .resources
@@ -294,6 +297,30 @@ struct NodeView<'a> {
     term: Option<u64>,
     applied_index: Option<u64>,
     last_log_index: Option<u64>,
+    /// Nothing is placed on it automatically.
+    frozen: bool,
+    /// Services placed on it.
+    placed: u64,
+    /// Frozen with no service placed on it.
+    drained: bool,
+}
+
+#[derive(Serialize)]
+struct DrainView<'a> {
+    node: &'a str,
+    /// Every service moved: the node is frozen with nothing placed on it.
+    drained: bool,
+    moved: Vec<MovedView<'a>>,
+    /// The services still placed on the node (the drain stopped).
+    left: &'a [&'a str],
+}
+
+#[derive(Serialize)]
+struct MovedView<'a> {
+    path: &'a str,
+    to: &'a str,
+    /// switch or live-switch.
+    how: &'a str,
 }
 
 #[derive(Serialize)]
@@ -367,6 +394,9 @@ impl<'a> From<&'a pb::MonNode> for NodeView<'a> {
             term: s.map(|s| s.term),
             applied_index: s.and_then(|s| s.applied_index),
             last_log_index: s.and_then(|s| s.last_log_index),
+            frozen: n.frozen,
+            placed: n.placed,
+            drained: n.frozen && n.placed == 0,
         }
     }
 }
@@ -660,6 +690,34 @@ impl Printer {
     }
 
     /// `OBJECT ORCHESTRATION_ID ERROR`, as the tutorial's provision and switch print.
+    /// A step of a longer command, as it happens (human output only: JSON gets the result).
+    pub fn progress(&mut self, line: &str) {
+        if self.format == Output::Human {
+            self.write(&format!("{line}\n"));
+            let _ = self.flush();
+        }
+    }
+
+    /// What `node drain` moved (service, to, how) and what it left on the node.
+    pub fn drained(&mut self, node: &str, moved: &[(String, String, &str)], left: &[&str]) {
+        match self.format {
+            Output::Human if left.is_empty() => self.write(&format!(
+                "node {node} drained: {} services moved, frozen\n",
+                moved.len()
+            )),
+            Output::Human => {}
+            Output::Json => self.json(&DrainView {
+                node,
+                drained: left.is_empty(),
+                moved: moved
+                    .iter()
+                    .map(|(path, to, how)| MovedView { path, to, how })
+                    .collect(),
+                left,
+            }),
+        }
+    }
+
     pub fn orchestration(&mut self, path: &str, id: &str, error: Option<&str>) {
         match self.format {
             Output::Human => {
@@ -755,7 +813,9 @@ impl Printer {
                 if s.provisioned && i.reported && !i.provisioned {
                     flags.push("not-provisioned");
                 }
-                if s.frozen || i.node_frozen {
+                if i.node_drained {
+                    flags.push("drained");
+                } else if s.frozen || i.node_frozen {
                     flags.push("frozen");
                 }
                 if !i.outdated.is_empty() {
@@ -976,6 +1036,27 @@ impl Printer {
                     r.nodes
                         .iter()
                         .map(|n| if n.witness { "witness".into() } else { "data".into() })
+                        .collect(),
+                ),
+                // open: services may be placed here; frozen: none is placed automatically;
+                // drained: frozen, and none is placed here.
+                (
+                    "placement",
+                    r.nodes
+                        .iter()
+                        .map(|n| match (n.witness, n.frozen, n.placed) {
+                            (true, ..) => "-".into(),
+                            (false, true, 0) => "drained".into(),
+                            (false, true, _) => "frozen".into(),
+                            (false, false, _) => "open".into(),
+                        })
+                        .collect(),
+                ),
+                (
+                    "services",
+                    r.nodes
+                        .iter()
+                        .map(|n| if n.witness { "-".into() } else { n.placed.to_string() })
                         .collect(),
                 ),
             ],

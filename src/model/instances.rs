@@ -489,6 +489,16 @@ impl ClusterState {
     }
 
     /// The DRBD resources of a service whose disk on `node` is marked outdated.
+    /// How many services are placed on `node`, started or not.
+    pub fn placed_on(&self, node: NodeId) -> usize {
+        self.services.values().filter(|s| s.placement == Some(node)).count()
+    }
+
+    /// Whether `node` is drained: frozen, with no service placed on it.
+    pub fn drained(&self, node: NodeId) -> bool {
+        self.frozen_nodes.contains(&node) && self.placed_on(node) == 0
+    }
+
     pub fn outdated_on(&self, path: &ObjectPath, node: NodeId) -> Vec<String> {
         self.service_drbd_resources(path)
             .into_iter()

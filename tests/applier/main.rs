@@ -678,3 +678,74 @@ async fn a_live_migration_failing_late_leaves_the_guest_running_on_the_source() 
     assert!(running_on(&sim, "n1"), "the guest stays on n1");
     assert_eq!(boots(&sim, "n1"), before, "the guest kept running on n1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_drain_moves_the_guest_live_then_keeps_the_node_frozen_and_refuses_when_nowhere_to_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, sim) = guest_on_n1(tmp.path()).await;
+    let n1 = nodes[0].server();
+    let placement = |mon: &str| mon_row(mon, "Nodes", "placement");
+
+    // n2 frozen: kvm1 has nowhere to go, and the drain changes nothing.
+    ok(&n1, &["node", "freeze", "--node", "n2"]);
+    let out = omctl(&n1, &["node", "drain", "--node", "n1", "--live"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("node n1 not drained, nothing changed") && e.contains("demo/svc/kvm1: nowhere to go: n2 is frozen"),
+        "{e}"
+    );
+    let mon = ok(&n1, &["mon"]);
+    assert_eq!(placement(&mon)["n1"], "open", "{mon}");
+    assert_eq!(mon_row(&mon, "Nodes", "services")["n1"], "1", "{mon}");
+    assert!(running_on(&sim, "n1") && !running_on(&sim, "n2"));
+    ok(&n1, &["node", "thaw", "--node", "n2"]);
+
+    // Drained live: the guest runs on n2, n1 frozen with nothing on it.
+    let out = ok(&n1, &["node", "drain", "--node", "n1", "--live", "--time", "60s"]);
+    assert!(out.contains("demo/svc/kvm1: live-switch to n2 done"), "{out}");
+    assert!(out.contains("node n1 drained: 1 services moved, frozen"), "{out}");
+    assert!(running_on(&sim, "n2") && !running_on(&sim, "n1"));
+    let mon = ok(&n1, &["mon"]);
+    assert_eq!(
+        (
+            placement(&mon)["n1"].as_str(),
+            placement(&mon)["n2"].as_str(),
+            placement(&mon)["n3"].as_str()
+        ),
+        ("drained", "open", "-"),
+        "{mon}"
+    );
+    let status = ok(&n1, &["demo/svc/kvm1", "instance", "status", "-r"]);
+    assert!(
+        status.lines().any(|l| l.contains("n1") && l.contains("drained")),
+        "{status}"
+    );
+    let json = ok(&n1, &["-o", "json", "mon"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["frozen"].as_bool(), row["drained"].as_bool()),
+        (Some(true), Some(true)),
+        "{row}"
+    );
+
+    // Nothing returns to a drained node: a drain of n2 now has nowhere to go.
+    let out = omctl(&n1, &["node", "drain", "--node", "n2"]);
+    assert!(stderr(&out).contains("n1 is frozen"), "{}", stderr(&out));
+    // Undrained, n1 may take services again; nothing moves back by itself.
+    ok(&n1, &["node", "undrain", "--node", "n1"]);
+    let mon = ok(&n1, &["mon"]);
+    assert_eq!(placement(&mon)["n1"], "open", "{mon}");
+    assert!(running_on(&sim, "n2") && !running_on(&sim, "n1"));
+    assert_eq!(
+        std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
+        ""
+    );
+}
