@@ -171,6 +171,7 @@ pub enum NodeCmd {
     /// running the drain again goes on. `mon` shows the node `drained` once nothing is placed
     /// on it; `node undrain` thaws it (services do not move back by themselves).
     Drain {
+        /// The node to drain.
         #[arg(long)]
         node: String,
         /// Live-migrate the running guests. A live switch refused (e.g. the target's disk not
@@ -183,6 +184,7 @@ pub enum NodeCmd {
     },
     /// Thaw a drained node: services may be placed on it again.
     Undrain {
+        /// The node to thaw.
         #[arg(long)]
         node: String,
     },

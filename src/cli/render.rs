@@ -813,10 +813,11 @@ impl Printer {
                 if s.provisioned && i.reported && !i.provisioned {
                     flags.push("not-provisioned");
                 }
+                if s.frozen || i.node_frozen {
+                    flags.push("frozen");
+                }
                 if i.node_drained {
                     flags.push("drained");
-                } else if s.frozen || i.node_frozen {
-                    flags.push("frozen");
                 }
                 if !i.outdated.is_empty() {
                     flags.push("outdated");

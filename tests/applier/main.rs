@@ -218,9 +218,10 @@ async fn provision_status_stop_start_unprovision_on_simulated_drivers() {
         "{tree}"
     );
     ok(&n1, &["demo/svc/kvm1", "thaw"]);
+    // n2 frozen with nothing placed on it: drained too.
     let tree = ok(&n1, &["demo/svc/kvm1", "instance", "status", "-r"]);
     assert!(
-        tree.contains("n2                           down  frozen idle"),
+        tree.contains("n2                           down  frozen drained idle"),
         "{tree}"
     );
     assert!(
