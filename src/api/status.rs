@@ -213,14 +213,10 @@ pub async fn mon(node: &Arc<Node>, page: &MonPage) -> pb::MonReply {
     let m = node.member();
     let (state_nodes, frozen, placed, voters, learners, cluster, (objects, summary)) = m.sm.read(|d| {
         let mem = d.membership.membership();
-        let mut placed: std::collections::BTreeMap<u64, u64> = Default::default();
-        for p in d.state.services.values().filter_map(|s| s.placement) {
-            *placed.entry(p).or_default() += 1;
-        }
         (
             d.state.nodes.clone(),
             d.state.frozen_nodes.clone(),
-            placed,
+            d.state.placed_per_node(),
             mem.voter_ids().collect::<Vec<_>>(),
             mem.learner_ids().collect::<Vec<_>>(),
             crate::daemon::cluster_name(&d.state),

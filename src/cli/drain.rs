@@ -136,30 +136,13 @@ async fn switch(c: &mut Client, m: &Move, how: &str, time: Duration) -> Result<(
     })
     .await
     .map_err(Failure::write)?;
-    let deadline = Instant::now() + time;
-    loop {
-        let s = c
-            .instance_status(pb::ObjectRef { path: m.path.clone() })
-            .await?
-            .into_inner();
-        if super::object::done(how, &s) {
-            if s.placement != m.to {
-                return Err(Failure {
-                    user: false,
-                    message: match s.last_migration_error.as_str() {
-                        "" => format!("it ended on {}", s.placement),
-                        e => format!("switch aborted: {e}"),
-                    },
-                });
-            }
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(Failure {
-                user: false,
-                message: format!("not done on every node within {time:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let message = match super::object::wait_done(c, &m.path, how, time).await? {
+        Some(s) if s.placement == m.to => return Ok(()),
+        Some(s) => match s.last_migration_error.as_str() {
+            "" => format!("it ended on {}", s.placement),
+            e => format!("switch aborted: {e}"),
+        },
+        None => format!("not done on every node within {time:?}"),
+    };
+    Err(Failure { user: false, message })
 }

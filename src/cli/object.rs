@@ -412,7 +412,7 @@ pub async fn run(cli: &Cli, args: &[String], out: &mut Printer) -> Result<(), Fa
 }
 
 /// Whether every node shows the result of `action`.
-pub(super) fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
+fn done(action: &str, s: &pb::InstanceStatusReply) -> bool {
     let all_reported = s.instances.iter().all(|i| i.reported);
     let placed = s.instances.iter().find(|i| i.node == s.placement);
     match action {
@@ -450,6 +450,30 @@ async fn action(
     orchestrate(c, out, path, action, req, w).await
 }
 
+/// Polls `path`'s status every 100 ms until every node shows the result of `action`: that
+/// status, or `None` once `time` passed.
+pub(super) async fn wait_done(
+    c: &mut super::client::Client,
+    path: &str,
+    action: &str,
+    time: std::time::Duration,
+) -> Result<Option<pb::InstanceStatusReply>, Failure> {
+    let deadline = std::time::Instant::now() + time;
+    loop {
+        let s = c
+            .instance_status(pb::ObjectRef { path: path.into() })
+            .await?
+            .into_inner();
+        if done(action, &s) {
+            return Ok(Some(s));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Commits `req`, then with --wait polls until every node shows the result of `action`.
 async fn orchestrate(
     c: &mut super::client::Client,
@@ -468,26 +492,16 @@ async fn orchestrate(
     let id = crate::model::objects::derived_uuid(&format!("{path}@{index}"));
     let mut error = None;
     if w.wait {
-        let deadline = std::time::Instant::now() + w.time;
-        loop {
-            let s = c
-                .instance_status(pb::ObjectRef { path: path.into() })
-                .await?
-                .into_inner();
-            if done(action, &s) {
-                // A switch that ended aborted failed, and says why.
+        match wait_done(c, path, action, w.time).await? {
+            // A switch that ended aborted failed, and says why.
+            Some(s)
                 if matches!(action, "switch" | "live-switch" | "takeover" | "giveback")
-                    && !s.last_migration_error.is_empty()
-                {
-                    error = Some(format!("switch aborted: {}", s.last_migration_error));
-                }
-                break;
+                    && !s.last_migration_error.is_empty() =>
+            {
+                error = Some(format!("switch aborted: {}", s.last_migration_error));
             }
-            if std::time::Instant::now() >= deadline {
-                error = Some(format!("{action} not done on every node within {:?}", w.time));
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some(_) => {}
+            None => error = Some(format!("{action} not done on every node within {:?}", w.time)),
         }
     }
     out.orchestration(path, &id, error.as_deref());

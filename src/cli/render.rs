@@ -396,9 +396,14 @@ impl<'a> From<&'a pb::MonNode> for NodeView<'a> {
             last_log_index: s.and_then(|s| s.last_log_index),
             frozen: n.frozen,
             placed: n.placed,
-            drained: n.frozen && n.placed == 0,
+            drained: drained(n),
         }
     }
+}
+
+/// A data node frozen with no service placed on it (`node drain` leaves it so).
+fn drained(n: &pb::MonNode) -> bool {
+    n.frozen && n.placed == 0
 }
 
 /// `45s`, `3m23`, `2h05`, `3d04`: the tutorial's uptime style.
@@ -689,7 +694,6 @@ impl Printer {
         }
     }
 
-    /// `OBJECT ORCHESTRATION_ID ERROR`, as the tutorial's provision and switch print.
     /// A step of a longer command, as it happens (human output only: JSON gets the result).
     pub fn progress(&mut self, line: &str) {
         if self.format == Output::Human {
@@ -718,6 +722,7 @@ impl Printer {
         }
     }
 
+    /// `OBJECT ORCHESTRATION_ID ERROR`, as the tutorial's provision and switch print.
     pub fn orchestration(&mut self, path: &str, id: &str, error: Option<&str>) {
         match self.format {
             Output::Human => {
@@ -1045,11 +1050,14 @@ impl Printer {
                     "placement",
                     r.nodes
                         .iter()
-                        .map(|n| match (n.witness, n.frozen, n.placed) {
-                            (true, ..) => "-".into(),
-                            (false, true, 0) => "drained".into(),
-                            (false, true, _) => "frozen".into(),
-                            (false, false, _) => "open".into(),
+                        .map(|n| {
+                            match (n.witness, n.frozen) {
+                                (true, _) => "-",
+                                _ if drained(n) => "drained",
+                                (false, true) => "frozen",
+                                (false, false) => "open",
+                            }
+                            .into()
                         })
                         .collect(),
                 ),

@@ -488,17 +488,21 @@ impl ClusterState {
             .collect()
     }
 
-    /// The DRBD resources of a service whose disk on `node` is marked outdated.
-    /// How many services are placed on `node`, started or not.
-    pub fn placed_on(&self, node: NodeId) -> usize {
-        self.services.values().filter(|s| s.placement == Some(node)).count()
+    /// How many services are placed on each node, started or not (nodes without any absent).
+    pub fn placed_per_node(&self) -> std::collections::BTreeMap<NodeId, u64> {
+        let mut placed = std::collections::BTreeMap::new();
+        for node in self.services.values().filter_map(|s| s.placement) {
+            *placed.entry(node).or_default() += 1;
+        }
+        placed
     }
 
     /// Whether `node` is drained: frozen, with no service placed on it.
     pub fn drained(&self, node: NodeId) -> bool {
-        self.frozen_nodes.contains(&node) && self.placed_on(node) == 0
+        self.frozen_nodes.contains(&node) && !self.services.values().any(|s| s.placement == Some(node))
     }
 
+    /// The DRBD resources of a service whose disk on `node` is marked outdated.
     pub fn outdated_on(&self, path: &ObjectPath, node: NodeId) -> Vec<String> {
         self.service_drbd_resources(path)
             .into_iter()

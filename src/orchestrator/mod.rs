@@ -110,21 +110,20 @@ fn plan(state: &ClusterState, expired: &BTreeSet<NodeId>, leased: &BTreeSet<Node
         };
         // A node whose disk a DRBD fence-peer had outdated holds old data until it resyncs.
         let unfit = |n: &NodeId| {
-            let outdated = state.outdated_on(path, *n);
             if !leased.contains(n) {
-                Some("holds no lease".to_string())
+                return Some("holds no lease".to_string());
             } else if state.frozen_nodes.contains(n) {
-                Some("is frozen".into())
+                return Some("is frozen".into());
             } else if !provisioned_on(n) {
-                Some("has not provisioned it".into())
-            } else if !outdated.is_empty() {
-                Some(format!(
+                return Some("has not provisioned it".into());
+            }
+            let outdated = state.outdated_on(path, *n);
+            (!outdated.is_empty()).then(|| {
+                format!(
                     "has an outdated disk (a DRBD fence-peer marked {}; it resyncs, then unfence-peer clears the mark)",
                     outdated.join(", ")
-                ))
-            } else {
-                None
-            }
+                )
+            })
         };
         let others: Vec<NodeId> = state.service_nodes(path).into_iter().filter(|n| *n != from).collect();
         let eligible: Vec<NodeId> = others.iter().copied().filter(|n| unfit(n).is_none()).collect();
