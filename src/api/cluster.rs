@@ -19,6 +19,11 @@ use crate::pb::{self, *};
 
 pub struct ClusterService {
     pub node: Arc<Node>,
+    /// Open `Events` streams (at most `events::MAX_STREAMS`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// True once the server stops: open streams end, so the graceful stop does not wait on
+    /// them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn invalid(e: ConfigError) -> Status {
@@ -215,6 +220,14 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
+    type EventsStream = super::events::EventStream;
+
+    async fn events(&self, req: Request<EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        authorize(&req, Access::View)?;
+        let stopping = self.stopping.clone();
+        super::events::stream(&self.node, &self.streams, stopping, req.into_inner()).map(Response::new)
+    }
+
     async fn config_update(&self, req: Request<ConfigUpdateRequest>) -> Result<Response<ConfigUpdateReply>, Status> {
         authorize(&req, Access::Admin)?;
         let req = req.into_inner();

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cluster;
+mod events;
 mod local;
 mod objects;
 mod raft;

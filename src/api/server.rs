@@ -126,10 +126,16 @@ pub async fn serve(
     let raft = RaftServer::new(RaftService { node: node.clone() })
         .max_decoding_message_size(NODE_MESSAGE)
         .max_encoding_message_size(NODE_MESSAGE);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let streams = Arc::new(tokio::sync::Semaphore::new(super::events::MAX_STREAMS));
     let cluster = || {
-        ClusterServer::new(ClusterService { node: node.clone() })
-            .max_decoding_message_size(CLIENT_MESSAGE)
-            .max_encoding_message_size(NODE_MESSAGE)
+        ClusterServer::new(ClusterService {
+            node: node.clone(),
+            streams: streams.clone(),
+            stopping: stop_rx.clone(),
+        })
+        .max_decoding_message_size(CLIENT_MESSAGE)
+        .max_encoding_message_size(NODE_MESSAGE)
     };
 
     // Standard gRPC tooling: the health service ("" while serving; the Cluster service while
@@ -145,7 +151,6 @@ pub async fn serve(
     };
     let health_watch = tokio::spawn(watch_health(Arc::downgrade(&node), health.clone()));
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };

@@ -211,9 +211,10 @@ pub fn node_status(node: &Node) -> pb::NodeStatus {
 /// then one page of the services (`MonPage`) and the counts of all.
 pub async fn mon(node: &Arc<Node>, page: &MonPage) -> pb::MonReply {
     let m = node.member();
-    let (state_nodes, frozen, placed, voters, learners, cluster, (objects, summary)) = m.sm.read(|d| {
+    let (applied, state_nodes, frozen, placed, voters, learners, cluster, (objects, summary)) = m.sm.read(|d| {
         let mem = d.membership.membership();
         (
+            d.last_applied.map_or(0, |l| l.index),
             d.state.nodes.clone(),
             d.state.frozen_nodes.clone(),
             d.state.placed_per_node(),
@@ -273,6 +274,7 @@ pub async fn mon(node: &Arc<Node>, page: &MonPage) -> pb::MonReply {
         nodes,
         objects,
         summary: Some(summary),
+        applied_index: applied,
     }
 }
 

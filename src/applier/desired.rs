@@ -122,6 +122,11 @@ struct ToRender {
 }
 
 impl Unrendered {
+    /// The desired state, its DRBD resource files not yet rendered.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
     /// Renders the DRBD resource files (each within `render::Budget::DEFAULT`), leaving out
     /// the volumes whose file cannot be made, with why.
     pub fn render(self) -> (Desired, BTreeMap<String, String>) {

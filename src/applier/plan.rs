@@ -197,6 +197,27 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// What kind of step it is, for the metrics: `create-lv`, `primary`, `start-domain`...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::CreateLv { .. } => "create-lv",
+            Step::AllowTwoPrimaries { .. } => "allow-two-primaries",
+            Step::WriteConfig { .. } => "write-config",
+            Step::CreateMd { .. } => "create-md",
+            Step::Up { .. } => "up",
+            Step::Primary { .. } => "primary",
+            Step::Secondary { .. } => "secondary",
+            Step::Down { .. } => "down",
+            Step::RemoveConfig { .. } => "remove-config",
+            Step::RemoveLv { .. } => "remove-lv",
+            Step::DefineDomain { .. } => "define-domain",
+            Step::StartDomain { .. } => "start-domain",
+            Step::StopDomain { .. } => "stop-domain",
+        }
+    }
+}
+
 pub(super) fn peers_demoted(st: &ResourceStatus, gone: &BTreeSet<String>) -> bool {
     st.connections.iter().all(|c| {
         (c.connection_state == "Connected" && c.peer_role == "Secondary")

@@ -209,6 +209,8 @@ pub struct Retry {
     failures: u32,
     next: Option<Instant>,
     errors: BTreeMap<String, String>,
+    /// The kind of the step that failed in the last reconcile, if one did (`Step::kind`).
+    pub failed: Option<&'static str>,
     /// Source of a live switch in `Migrating`: since when (and for which switch) no guest
     /// runs here.
     vanished: Option<(u64, Instant)>,
@@ -268,6 +270,7 @@ fn reconcile(
                 Ok(()) => info!(object = %path, ?step, "done"),
                 Err(err) => {
                     warn!(object = %path, ?step, "failed: {err}");
+                    retry.failed = Some(step.kind());
                     retry.failures += 1;
                     let wait = Duration::from_secs(1u64 << retry.failures.min(5)).min(Duration::from_secs(30));
                     retry.next = Some(now + wait);
@@ -420,6 +423,10 @@ pub trait Host: Send + Sync + 'static {
     fn set_holding(&self, holding: bool);
     /// Commits `cmd` (through the leader).
     fn write(&self, cmd: Command) -> impl Future<Output = Result<crate::model::Response, String>> + Send;
+    /// A step of kind `kind` (`Step::kind`) failed (counted in the metrics).
+    fn step_failed(&self, kind: &'static str) {
+        let _ = kind;
+    }
 }
 
 /// Runs the applier of `host` on `drivers` until the host closes.
@@ -510,6 +517,10 @@ pub async fn run<H: Host>(host: Arc<H>, drivers: Drivers) {
                 (done, Retry::default(), false)
             });
             switching |= in_switch;
+            let mut retry_back = retry_back;
+            if let Some(kind) = retry_back.failed.take() {
+                host.step_failed(kind);
+            }
             retries.insert(path.clone(), retry_back);
             pending.extend(done.commands.into_iter().map(|c| (None, c)));
             match &done.observed {

@@ -108,7 +108,11 @@ pub async fn channel(
             .map_err(|e| bad_ca(e.to_string()))?;
         let endpoint = Endpoint::from_shared(format!("http://{}", hostport.trim_end_matches('/')))
             .map_err(|_| ConnectError::BadServer(server.to_string()))?
-            .connect_timeout(Duration::from_secs(3));
+            .connect_timeout(Duration::from_secs(3))
+            // Pings keep a quiet stream (`events --follow`) alive: the daemon closes a
+            // client connection that sends nothing for a minute.
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
         crate::tls::connect(endpoint, std::sync::Arc::new(config))
             .await
             .map_err(unreachable)?

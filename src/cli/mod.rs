@@ -9,6 +9,7 @@ pub mod client;
 pub mod config_file;
 mod drain;
 pub mod drbd;
+mod events;
 mod manpages;
 mod object;
 pub mod omd;
@@ -68,6 +69,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `omctl mon`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonArgs {
+    /// Redraw in place after each change the cluster commits (from its event stream), until
+    /// interrupted.
+    #[arg(long, short)]
+    watch: bool,
+    /// With --watch, seconds between redraws while nothing is committed: whether a node
+    /// answers is not in the log.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Only services whose path matches this glob (`*`, `?`), e.g. 'prod/svc/*'.
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// Services after this path: the next page.
+    #[arg(long, default_value = "")]
+    after: String,
+    /// Services in a page (at most 1000; default 50, and 1000 for --all's pages).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Every matching service, not one page.
+    #[arg(long, conflicts_with = "after")]
+    all: bool,
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -85,25 +111,22 @@ pub enum Command {
     /// A page holds 50 services (--limit); the line under it gives the command for the next
     /// one (--after). --filter keeps the services whose path matches a glob, counts included;
     /// --all lists every matching service (fetched a page at a time).
-    Mon {
-        /// Refresh until interrupted.
+    Mon(MonArgs),
+    /// The cluster's events: placement changes, switch phases, failovers and whose lease ran
+    /// out, fencing marks, instance status changes, membership; each with the log index of
+    /// the entry that gave it.
+    ///
+    /// The daemon asked keeps its last 10,000 events, from its last snapshot on; every node
+    /// gives the same events for an entry. --follow keeps printing as entries are applied and,
+    /// when the connection is lost, connects again and resumes after the last event printed,
+    /// with nothing missed or repeated. -o json prints one JSON object per line.
+    Events {
+        /// Keep printing events as they come, until interrupted.
         #[arg(long, short)]
-        watch: bool,
-        /// Seconds between refreshes with --watch.
-        #[arg(long, default_value_t = 2)]
-        interval: u64,
-        /// Only services whose path matches this glob (`*`, `?`), e.g. 'prod/svc/*'.
-        #[arg(long, default_value = "")]
-        filter: String,
-        /// Services after this path: the next page.
-        #[arg(long, default_value = "")]
-        after: String,
-        /// Services in a page (at most 1000; default 50, and 1000 for --all's pages).
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Every matching service, not one page.
-        #[arg(long, conflicts_with = "after")]
-        all: bool,
+        follow: bool,
+        /// Start at this log index (the INDEX column; 0: the oldest event the daemon keeps).
+        #[arg(long, value_name = "INDEX", default_value_t = 0)]
+        since: u64,
     },
     /// Cluster-wide commands: configuration, join, removal.
     #[command(subcommand)]
@@ -449,6 +472,42 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
     Ok(client::connect(&cli.server, cli.token.as_deref(), ca.as_deref(), cli.cert.as_deref()).await?)
 }
 
+/// The page `args` asks for (every page's services with --all, the first's counts).
+async fn mon_page(c: &mut Client, args: &MonArgs) -> Result<pb::MonReply, Failure> {
+    let req = pb::MonRequest {
+        filter: args.filter.clone(),
+        after: args.after.clone(),
+        limit: args.limit.unwrap_or(if args.all {
+            crate::api::MON_PAGE_MAX
+        } else {
+            crate::api::MON_PAGE
+        }),
+    };
+    let mut reply = c.mon(req.clone()).await?.into_inner();
+    while let Some(next) = reply
+        .summary
+        .as_ref()
+        .map(|s| s.next_after.clone())
+        .filter(|n| args.all && !n.is_empty())
+    {
+        let more = c
+            .mon(pb::MonRequest {
+                after: next,
+                ..req.clone()
+            })
+            .await?
+            .into_inner();
+        if more.objects.is_empty() {
+            break;
+        }
+        reply.objects.extend(more.objects);
+        if let (Some(s), Some(m)) = (reply.summary.as_mut(), more.summary) {
+            s.next_after = m.next_after;
+        }
+    }
+    Ok(reply)
+}
+
 async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
     match &cli.command {
         Command::Completion { shell } => {
@@ -467,62 +526,16 @@ async fn run(cli: &Cli, out: &mut Printer) -> Result<(), Failure> {
             out.names(&pages.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
             Ok(())
         }
-        Command::Mon {
-            watch,
-            interval,
-            filter,
-            after,
-            limit,
-            all,
-        } => {
-            let mut c = connect(cli).await?;
-            loop {
-                let req = pb::MonRequest {
-                    filter: filter.clone(),
-                    after: after.clone(),
-                    limit: limit.unwrap_or(if *all {
-                        crate::api::MON_PAGE_MAX
-                    } else {
-                        crate::api::MON_PAGE
-                    }),
-                };
-                let mut reply = c.mon(req.clone()).await?.into_inner();
-                // --all: the next pages' services after the first's; the first's counts.
-                while let Some(next) = reply
-                    .summary
-                    .as_ref()
-                    .map(|s| s.next_after.clone())
-                    .filter(|n| *all && !n.is_empty())
-                {
-                    let more = c
-                        .mon(pb::MonRequest {
-                            after: next,
-                            ..req.clone()
-                        })
-                        .await?
-                        .into_inner();
-                    if more.objects.is_empty() {
-                        break;
-                    }
-                    reply.objects.extend(more.objects);
-                    if let (Some(s), Some(m)) = (reply.summary.as_mut(), more.summary) {
-                        s.next_after = m.next_after;
-                    }
-                }
-                if *watch && cli.output == Output::Human {
-                    out.clear_screen();
-                }
-                out.mon(&reply);
-                if !*watch {
-                    return Ok(());
-                }
-                out.flush().ok();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs((*interval).max(1))) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
-                }
-            }
+        Command::Mon(args) if args.watch => {
+            let interval = Duration::from_secs(args.interval.max(1));
+            events::watch_mon(cli, args, interval, out).await
         }
+        Command::Mon(args) => {
+            let mut c = connect(cli).await?;
+            out.mon(&mon_page(&mut c, args).await?);
+            Ok(())
+        }
+        Command::Events { follow, since } => events::events(cli, *since, *follow, out).await,
         Command::Cluster(ClusterCmd::Config(cmd)) => config(cli, cmd, out).await,
         Command::Cluster(ClusterCmd::Join { node, token, witness }) => {
             let token = match token.as_deref() {

@@ -46,6 +46,10 @@ pub struct Args {
     /// TCP address to listen on for peers and remote clients (HOST:PORT).
     #[arg(long, env = "OMD_LISTEN", default_value = "127.0.0.1:1215", value_parser = parse_addr)]
     pub listen: String,
+    /// Serve Prometheus metrics on this address (IP:PORT), at /metrics, without credentials:
+    /// bind it to a management address. Off when not given.
+    #[arg(long, env = "OMD_METRICS_LISTEN", value_name = "IP:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Address peers use to reach this node, if not --listen (required when listening on 0.0.0.0).
     ///
     /// HOST:PORT, HOST a DNS name, an IPv4 address or an IPv6 address in brackets: it goes
@@ -336,6 +340,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let unix = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     restrict(&sock, 0o600)?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-listen {addr}"))?,
+        ),
+        None => None,
+    };
 
     let settings = Settings {
         heartbeat_ms: args.heartbeat_ms,
@@ -350,12 +362,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let drivers = drivers(&args, &name)?;
     crate::applier::desired::set_handler_socket(&sock);
     let loops = Loops {
-        drivers: Some(drivers),
+        drivers: Some(drivers.clone()),
         ssh_dir: Some(args.ssh_dir.clone()),
     };
     let node = crate::daemon::run::start(settings, loops)
         .await
         .context("starting the node")?;
+    if let Some(listener) = metrics {
+        let addr = listener.local_addr().context("--metrics-listen")?;
+        let weak = std::sync::Arc::downgrade(&node);
+        tokio::spawn(crate::daemon::metrics::count_events(weak.clone()));
+        tokio::spawn(crate::daemon::metrics::serve(weak, Some(drivers), listener));
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
     if let Watchdog::Device { timeout_ms, .. } = &node.settings.watchdog {
         // Early word only: the lease configuration may still change (a join, `config set`);
         // the daemon checks again each time it would arm the device.

@@ -117,6 +117,38 @@ struct StatusView<'a> {
     instances: Vec<InstanceStatusView<'a>>,
 }
 
+/// One event of `omctl events -o json`, a line of its own.
+#[derive(Serialize)]
+struct EventView<'a> {
+    index: u64,
+    /// When the daemon applied its entry, UTC.
+    time: String,
+    unix_ms: u64,
+    kind: &'a str,
+    service: Option<&'a str>,
+    node: Option<&'a str>,
+    peer: Option<&'a str>,
+    phase: Option<&'a str>,
+    message: &'a str,
+}
+
+/// `unix_ms` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn utc(unix_ms: u64) -> String {
+    let (days, ms) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{milli:03}Z")
+}
+
 fn some(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
@@ -862,6 +894,34 @@ impl Printer {
         self.write(&t);
     }
 
+    /// One event: a line (human), or a JSON object on a line of its own.
+    pub fn event(&mut self, e: &pb::Event) {
+        match self.format {
+            Output::Human => self.write(&format!(
+                "{:>8}  {}  {:<14} {}\n",
+                e.index,
+                utc(e.unix_ms),
+                e.kind,
+                e.message
+            )),
+            Output::Json => {
+                let view = EventView {
+                    index: e.index,
+                    time: utc(e.unix_ms),
+                    unix_ms: e.unix_ms,
+                    kind: &e.kind,
+                    service: some(&e.service),
+                    node: some(&e.node),
+                    peer: some(&e.peer),
+                    phase: some(&e.phase),
+                    message: &e.message,
+                };
+                let line = serde_json::to_string(&view).expect("views serialize");
+                self.write(&(line + "\n"));
+            }
+        }
+    }
+
     pub fn clear_screen(&mut self) {
         self.write("\x1b[2J\x1b[H");
     }
@@ -1160,6 +1220,14 @@ impl Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_times_are_utc_calendar_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        // 2000-02-29 (a leap day of a century leap year) 23:59:59.999.
+        assert_eq!(utc(951_868_799_999), "2000-02-29T23:59:59.999Z");
+        assert_eq!(utc(1_796_390_445_123), "2026-12-04T13:20:45.123Z");
+    }
 
     #[test]
     fn uptime_style() {

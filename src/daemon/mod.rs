@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod lease;
+pub mod metrics;
 pub mod node;
 pub mod reports;
 pub mod run;

@@ -107,6 +107,8 @@ pub struct Node {
     pub watchdog: super::watchdog::NodeWatchdog,
     /// Votes held after hearing from a leader (see `votes`).
     pub votes: super::votes::VoteHold,
+    /// The metrics' counters since the daemon started.
+    pub counters: super::metrics::Counters,
     /// Set by `shutdown`: background loops end.
     closing: AtomicBool,
 }
@@ -208,6 +210,7 @@ impl Node {
             join_lock: tokio::sync::Mutex::new(()),
             leases: super::lease::Leases::default(),
             votes: super::votes::VoteHold::default(),
+            counters: Default::default(),
             watchdog,
             closing: AtomicBool::new(false),
         });

@@ -120,6 +120,10 @@ impl crate::applier::run::Host for Node {
     fn write(&self, cmd: Command) -> impl Future<Output = Result<Response, String>> + Send {
         commit(self, cmd)
     }
+
+    fn step_failed(&self, kind: &'static str) {
+        self.counters.step_failed(kind);
+    }
 }
 
 impl crate::orchestrator::Host for Node {

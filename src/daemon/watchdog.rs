@@ -183,6 +183,11 @@ impl NodeWatchdog {
         self.kind == Watchdog::None || self.armed.load(SeqCst)
     }
 
+    /// Whether the watchdog is armed now.
+    pub fn armed(&self) -> bool {
+        self.armed.load(SeqCst)
+    }
+
     /// Whether the applier's last pass saw this node holding a guest or a Primary.
     pub fn holding(&self) -> bool {
         self.holding.load(SeqCst)

@@ -5,6 +5,7 @@
 //! applying the same log gives the same state on every node (an architecture invariant in ARCHITECTURE.md).
 
 pub mod catalog;
+pub mod events;
 pub mod instances;
 pub mod objects;
 #[cfg(test)]
@@ -1393,27 +1394,6 @@ mod tests {
 
     /// n1, n2 and the witness w (id 3); cluster drbd4kvm; demo/svc/kvm1 with a DRBD volume on
     /// n1 and n2 (resource `kvm1.demo.vol.drbd4kvm`), demo/svc/local with an LVM-only one.
-    fn fencing_cluster() -> ClusterState {
-        let mut s = objects_tests::nodes_with_vgs();
-        let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
-        let set = vec![
-            kv("cluster.name", "drbd4kvm"),
-            kv("pool#drbdvm.type", "drbd"),
-            kv("pool#drbdvm.vg", "data"),
-            kv("pool#lvm.type", "lvm"),
-            kv("pool#lvm.vg", "data"),
-        ];
-        assert_eq!(s.apply(&Command::UpdateConfig { set, unset: vec![] }), Response::Done);
-        for (name, pool) in [("kvm1", "drbdvm"), ("local", "lvm")] {
-            let text = format!("[volume#data]\nname = {{name}}\npool = {pool}\nsize = 1G\n");
-            let mut config = Ini::parse(&text).unwrap();
-            config.set("DEFAULT", "id", &objects::derived_uuid(name)).unwrap();
-            let path = ObjectPath::parse(&format!("demo/svc/{name}")).unwrap();
-            assert_eq!(s.apply(&Command::CreateObject { path, config }), Response::Done);
-        }
-        s
-    }
-
     const RES: &str = "kvm1.demo.vol.drbd4kvm";
 
     fn outdate(resource: &str, node_id: NodeId) -> Command {
@@ -1446,7 +1426,7 @@ mod tests {
 
     #[test]
     fn a_fenced_peer_is_marked_outdated_until_unfenced() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         assert_eq!(s.apply(&outdate(RES, 2)), Response::Done);
         assert_eq!(s.apply(&outdate(RES, 2)), Response::Done, "twice is harmless");
         assert_eq!(s.outdated[RES], BTreeSet::from([2]));
@@ -1467,7 +1447,7 @@ mod tests {
 
     #[test]
     fn outdating_an_unknown_node_or_resource_or_a_witness_is_refused() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         assert!(refused(&mut s, outdate(RES, 9)).contains("no node with id 9"));
         let why = refused(&mut s, outdate("kvm9.demo.vol.drbd4kvm", 2));
         assert!(why.contains("kvm9.demo.vol.drbd4kvm is not the DRBD resource"), "{why}");
@@ -1487,14 +1467,14 @@ mod tests {
 
     #[test]
     fn the_node_holding_the_service_is_never_outdated() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         assert_eq!(s.apply(&Command::Provision { path: kvm1() }), Response::Done);
         let why = refused(&mut s, outdate(RES, 1));
         assert!(why.contains("node n1 holds demo/svc/kvm1"), "{why}");
         assert_eq!(s.apply(&outdate(RES, 2)), Response::Done);
         // A live switch's dual-primary window: both sides may ask, the holder (the source
         // until Finalize) wins.
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         s.apply(&Command::Provision { path: kvm1() });
         assert_eq!(s.apply(&Command::LiveSwitch { path: kvm1(), to: 2 }), Response::Done);
         let id = s.services[&path_of("demo/svc/kvm1")].migration.as_ref().unwrap().id;
@@ -1513,7 +1493,7 @@ mod tests {
 
     #[test]
     fn a_report_older_than_the_stored_one_is_refused_and_changes_nothing() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         s.apply(&Command::Provision { path: kvm1() });
         let report = |avail, seq| Command::ReportInstance {
             path: kvm1(),
@@ -1540,7 +1520,7 @@ mod tests {
 
     #[test]
     fn a_live_switch_refusal_repeats_the_holders_report_cut_and_escaped() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         s.apply(&Command::Provision { path: kvm1() });
         let resource = ResourceReport {
             rid: format!("volume#data\u{1b}[2J{}", "x".repeat(10_000)),
@@ -1561,7 +1541,7 @@ mod tests {
 
     #[test]
     fn a_new_switch_forgets_which_nodes_were_gone() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         s.apply(&Command::Provision { path: kvm1() });
         let fence = Command::Fence {
             path: kvm1(),
@@ -1577,11 +1557,11 @@ mod tests {
 
     #[test]
     fn marks_go_with_the_volume_the_node_or_the_disks() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         s.apply(&outdate(RES, 2));
         assert_eq!(s.apply(&Command::RemoveNode { node_id: 2 }), Response::Done);
         assert!(s.outdated.is_empty(), "removed node");
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         s.apply(&Command::Provision { path: kvm1() });
         s.apply(&outdate(RES, 2));
         assert_eq!(s.apply(&Command::Unprovision { path: kvm1() }), Response::Done);
@@ -1593,7 +1573,7 @@ mod tests {
 
     #[test]
     fn a_state_saved_before_fencing_existed_still_loads() {
-        let mut v = serde_json::to_value(fencing_cluster()).unwrap();
+        let mut v = serde_json::to_value(objects_tests::drbd_cluster()).unwrap();
         v.as_object_mut().unwrap().remove("outdated");
         let s: ClusterState = serde_json::from_value(v).unwrap();
         assert!(s.outdated.is_empty());
@@ -1770,7 +1750,7 @@ mod tests {
 
     #[test]
     fn a_configuration_that_would_not_read_back_is_refused_before_the_log_and_an_old_entry_still_applies() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         // A member's proposal carries the configuration decoded: an empty section smuggling
         // lines of its own into `config show`.
         let config: Ini = serde_json::from_value(serde_json::json!({"sections": [
@@ -1802,7 +1782,7 @@ mod tests {
 
     #[test]
     fn a_path_no_parse_gives_is_refused_before_the_log_since_no_snapshot_could_hold_it() {
-        let mut s = fencing_cluster();
+        let mut s = objects_tests::drbd_cluster();
         // A member's proposal carries a path as its parts, unchecked by `parse`.
         let path = ObjectPath::new("../x", ObjectKind::Cfg, "y");
         let create = Command::CreateObject {
@@ -1838,7 +1818,7 @@ mod tests {
 
     #[test]
     fn node_reports_and_captured_domains_are_bounded_before_the_log() {
-        let s = fencing_cluster();
+        let s = objects_tests::drbd_cluster();
         let resource = |messages: Vec<String>| ResourceReport {
             rid: "volume#data".into(),
             avail: Avail::Up,
@@ -1885,7 +1865,7 @@ mod tests {
 
     #[test]
     fn a_batch_applies_each_command_as_alone_and_is_never_proposed_nor_nested() {
-        let mut alone = fencing_cluster();
+        let mut alone = objects_tests::drbd_cluster();
         let mut batched = alone.clone();
         let freeze = |frozen| Command::FreezeService { path: kvm1(), frozen };
         let unknown = Command::FreezeService {

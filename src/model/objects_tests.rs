@@ -62,6 +62,29 @@ pub(crate) fn nodes_with_vgs() -> ClusterState {
     s
 }
 
+/// Nodes n1, n2 and witness w with volume group `data`, pools `drbdvm` (DRBD) and `lvm`, and
+/// services demo/svc/kvm1 (a DRBD volume) and demo/svc/local (an LVM volume), not provisioned.
+pub(crate) fn drbd_cluster() -> ClusterState {
+    let mut s = objects_tests::nodes_with_vgs();
+    let kv = |k: &str, v: &str| (ConfigKey::parse(k).unwrap().0, v.to_string());
+    let set = vec![
+        kv("cluster.name", "drbd4kvm"),
+        kv("pool#drbdvm.type", "drbd"),
+        kv("pool#drbdvm.vg", "data"),
+        kv("pool#lvm.type", "lvm"),
+        kv("pool#lvm.vg", "data"),
+    ];
+    assert_eq!(s.apply(&Command::UpdateConfig { set, unset: vec![] }), Response::Done);
+    for (name, pool) in [("kvm1", "drbdvm"), ("local", "lvm")] {
+        let text = format!("[volume#data]\nname = {{name}}\npool = {pool}\nsize = 1G\n");
+        let mut config = Ini::parse(&text).unwrap();
+        config.set("DEFAULT", "id", &objects::derived_uuid(name)).unwrap();
+        let path = ObjectPath::parse(&format!("demo/svc/{name}")).unwrap();
+        assert_eq!(s.apply(&Command::CreateObject { path, config }), Response::Done);
+    }
+    s
+}
+
 fn cluster() -> ClusterState {
     let mut s = nodes_with_vgs();
     let ok = |s: &mut ClusterState, c: Command| assert!(!matches!(s.apply(&c), Response::Refused(_)), "{c}");

@@ -5,6 +5,7 @@
 //! it does not decide anything (that is the API and, later, the orchestrator).
 
 pub mod codec;
+pub mod journal;
 pub mod network;
 pub mod store;
 

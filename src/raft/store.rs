@@ -40,10 +40,12 @@ use openraft::{
     BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     StoredMembership, Vote,
 };
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
 
+use super::journal::{self, Journal};
 use super::{codec, Entry, LogId, NodeId, StorageError, TypeConfig};
-use crate::model::{ClusterState, Response};
+use crate::model::{events, ClusterState, Response};
 
 /// The store's format: 1 held JSON records; 2 writes binary ones (`codec`) and reads both;
 /// 3 may hold group commits (`Command::Batch`), which an older omraft could not read: it
@@ -71,6 +73,30 @@ pub struct Store {
     /// The database file, kept open to fsync it.
     file: Arc<File>,
     dir_file: Arc<File>,
+    /// How long the log's writes take (the metrics).
+    pub timings: Arc<LogTimings>,
+}
+
+/// How long appending to the log and syncing it take, and the last commit index Raft saved:
+/// what the metrics show of the store.
+pub struct LogTimings {
+    /// Writing an append's entries to sled (not yet durable), in seconds.
+    pub append: Histogram,
+    /// Making them durable (sled flush and fsyncs), in seconds.
+    pub sync: Histogram,
+    pub committed: AtomicU64,
+}
+
+impl Default for LogTimings {
+    fn default() -> LogTimings {
+        // 50 µs to about 3 s.
+        let buckets = || exponential_buckets(0.000_05, 2.0, 16);
+        LogTimings {
+            append: Histogram::new(buckets()),
+            sync: Histogram::new(buckets()),
+            committed: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Errors of opening or maintaining the store outside openraft's traits.
@@ -129,6 +155,7 @@ impl Store {
             snapshot,
             file: Arc::new(file),
             dir_file: Arc::new(dir_file),
+            timings: Arc::default(),
         })
     }
 
@@ -187,8 +214,10 @@ impl Store {
         if let Some(snapshot) = self.read_snapshot()? {
             data = codec::decode(snapshot.snapshot.get_ref()).map_err(|e| StoreError::Corrupt("snapshot", e))?;
         }
+        let applied = data.last_applied.map_or(0, |l| l.index);
         Ok(StateMachine {
             shared: Arc::new(SmShared {
+                journal: Arc::new(Journal::new(applied, journal::CAPACITY)),
                 data: RwLock::new(data),
                 store: self.clone(),
                 counter: AtomicU64::new(0),
@@ -532,6 +561,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not synced: a lost committed index is recovered from the leader.
+        let index = committed.map_or(0, |c| c.index);
+        self.store.timings.committed.store(index, Ordering::Relaxed);
         self.meta_set("committed", &committed)
     }
 
@@ -544,12 +575,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         self.write_entries(entries)?;
+        self.store.timings.append.observe(started.elapsed().as_secs_f64());
         // Acknowledge only once the entries are on disk.
         let store = self.store.clone();
-        let res = tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .map_err(std::io::Error::other);
+        let res = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let synced = store.sync();
+            store.timings.sync.observe(started.elapsed().as_secs_f64());
+            synced
+        })
+        .await
+        .map_err(std::io::Error::other);
         let res = res.and_then(|r| r);
         let failed = res.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(res);
@@ -586,6 +624,8 @@ struct SmShared {
     counter: AtomicU64,
     /// Commands applied that give appliers work at once (`Command::moves_a_service`).
     moves: AtomicU64,
+    /// The events of the entries applied since the last snapshot.
+    journal: Arc<Journal>,
 }
 
 /// The state machine: `ClusterState` in memory, the last snapshot in its file. Cheap to clone.
@@ -602,6 +642,11 @@ impl StateMachine {
             .data
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The events of the entries this node applied (`omctl events`, the metrics).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.shared.journal
     }
 
     /// How many commands that give appliers work at once (`Command::moves_a_service`) this
@@ -682,6 +727,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut data = self.write();
         let mut out = Vec::new();
         for entry in entries {
+            let mut events = Vec::new();
             out.push(match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Normal(cmd) => {
@@ -693,7 +739,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // same entry, so every node stops there): nothing is applied after a
                     // half-applied entry, and readers keep reading instead of panicking on a
                     // poisoned lock.
-                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data.state.apply(&cmd)));
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        events::apply(&mut data.state, &cmd, &mut events)
+                    }));
                     match applied {
                         Ok(r) => r,
                         Err(panic) => {
@@ -709,11 +757,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
                 EntryPayload::Membership(m) => {
+                    let voters = m.voter_ids().collect();
+                    let learners = m.learner_ids().collect();
+                    events.push(events::membership(&data.state, &voters, &learners));
                     data.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Done
                 }
             });
             data.last_applied = Some(entry.log_id);
+            self.shared.journal.record(entry.log_id.index, events);
         }
         Ok(out)
     }
@@ -743,7 +795,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         new.last_applied = meta.last_log_id;
         new.membership = meta.last_membership.clone();
         self.persist_snapshot(meta, bytes).await?;
-        *self.write() = new;
+        let mut data = self.write();
+        *data = new;
+        self.shared.journal.reset(meta.last_log_id.map_or(0, |l| l.index));
+        drop(data);
         tracing::info!(
             bytes = len,
             index = meta.last_log_id.map_or(0, |l| l.index),

@@ -490,7 +490,12 @@ async fn a_node_cut_from_the_quorum_loses_its_lease_and_fences_itself() {
 /// Three daemons with the simulated drivers and an `orchestrate=ha` service whose guest runs
 /// on n1 (n1 is also the Raft leader); `running_on(node)` tells whether the guest runs there.
 async fn guest_on_n1(tmp: &Path) -> (Vec<Omd>, PathBuf) {
-    let (nodes, sim) = sim_cluster(tmp, &[]).await;
+    guest_on_n1_with(tmp, &[]).await
+}
+
+/// `guest_on_n1` with extra `omd` arguments for every node.
+async fn guest_on_n1_with(tmp: &Path, extra: &[&str]) -> (Vec<Omd>, PathBuf) {
+    let (nodes, sim) = sim_cluster(tmp, extra).await;
     let (n1, n2) = (nodes[0].server(), nodes[1].server());
     let vol = [
         "--kw",
@@ -749,4 +754,243 @@ async fn node_drain_moves_the_guest_live_then_keeps_the_node_frozen_and_refuses_
         std::fs::read_to_string(sim.join("violations.log")).unwrap_or_default(),
         ""
     );
+}
+
+/// A node's metrics (`--metrics-listen 127.0.0.1:0`: the port its log names), as
+/// `name{labels}` -> value.
+fn scrape(node: &Omd) -> std::collections::BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let log = node.log();
+    let marker = "metrics on http://";
+    let at = log
+        .rfind(marker)
+        .unwrap_or_else(|| panic!("{} serves no metrics:\n{log}", node.name));
+    let addr = log[at + marker.len()..].split('/').next().unwrap().to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(15))).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+fn metric(m: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+/// `omctl events -o json` lines as (index, kind, message).
+fn event_lines(text: &str) -> Vec<(u64, String, String)> {
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+            (
+                v["index"].as_u64().unwrap(),
+                v["kind"].as_str().unwrap().to_string(),
+                v["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_and_the_metrics_follow_a_switch_and_a_failover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, sim) = guest_on_n1_with(tmp.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
+    let (n1, n3) = (nodes[0].server(), nodes[2].server());
+    let kvm1 = "service=\"demo/svc/kvm1\"";
+    let before = scrape(&nodes[1]);
+    assert_eq!(
+        metric(&before, &format!("omraft_service_placement{{{kvm1},node=\"n1\"}}")),
+        1.0
+    );
+    assert_eq!(
+        metric(&before, &format!("omraft_switches_total{{{kvm1},kind=\"live\"}}")),
+        0.0
+    );
+    assert_eq!(metric(&before, "omraft_raft_role{role=\"follower\"}"), 1.0);
+    assert!(metric(&before, "omraft_raft_applied_index") > 0.0);
+    assert!(metric(&before, "omraft_lease_remaining_seconds") > 0.0);
+    let leader = scrape(&nodes[0]);
+    assert_eq!(metric(&leader, "omraft_raft_role{role=\"leader\"}"), 1.0);
+    assert!(
+        leader.contains_key("omraft_raft_peer_lag_entries{peer=\"n2\"}"),
+        "{leader:?}"
+    );
+    assert!(metric(&leader, "omraft_raft_sync_seconds_count") > 0.0);
+    assert_eq!(
+        metric(
+            &leader,
+            "omraft_guest_running{service=\"demo/svc/kvm1\",guest=\"kvm1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &leader,
+            "omraft_drbd_role{resource=\"kvm1.demo.vol.default\",role=\"Primary\"}"
+        ),
+        1.0
+    );
+
+    // Followers of the events (on the witness, which stays up) and of mon, from now on.
+    let start = event_lines(&ok(&n3, &["events", "-o", "json"])).last().unwrap().0;
+    let follow_out = tmp.path().join("events.out");
+    let mut follower = std::process::Command::new(OMCTL)
+        .args([
+            "--server",
+            &n3,
+            "events",
+            "--follow",
+            "-o",
+            "json",
+            "--since",
+            &(start + 1).to_string(),
+        ])
+        .stdout(std::fs::File::create(&follow_out).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("events.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mon_out = tmp.path().join("mon.out");
+    let mut mon = std::process::Command::new(OMCTL)
+        .args(["--server", &n1, "mon", "--watch", "--interval", "600"])
+        .stdout(std::fs::File::create(&mon_out).unwrap())
+        .spawn()
+        .unwrap();
+    let frames = || {
+        std::fs::read_to_string(&mon_out)
+            .unwrap_or_default()
+            .matches("\x1b[2J")
+            .count()
+    };
+    support::eventually(10, "mon's first frame", || async { (frames() == 1).then_some(()) }).await;
+
+    // A live switch to n2.
+    ok(&n1, &["demo/svc/kvm1", "switch", "--live", "--wait", "--time", "60s"]);
+    // mon redrew from the events, long before its 600 s interval.
+    support::eventually(10, "mon to redraw after the switch", || async {
+        (frames() > 1).then_some(())
+    })
+    .await;
+    let switched = scrape(&nodes[1]);
+    assert_eq!(
+        metric(&switched, &format!("omraft_service_placement{{{kvm1},node=\"n2\"}}")),
+        1.0
+    );
+    assert_eq!(
+        metric(&switched, &format!("omraft_switches_total{{{kvm1},kind=\"live\"}}")),
+        1.0
+    );
+    for phase in ["Prepare", "DualPrimary", "Migrating", "Finalize"] {
+        let key = format!("omraft_switch_phase_seconds_count{{phase=\"{phase}\"}}");
+        assert_eq!(metric(&switched, &key), 1.0, "{key}: {switched:?}");
+    }
+    support::eventually(10, "the guest seen running on n2", || async {
+        let m = scrape(&nodes[1]);
+        (metric(&m, "omraft_guest_running{service=\"demo/svc/kvm1\",guest=\"kvm1\"}") == 1.0).then_some(())
+    })
+    .await;
+
+    // The witness restarts under the follower, which resumes where it was.
+    nodes[2].term();
+    nodes[2].start();
+    until_ok(&n3, &["events", "--since", "1"]).await;
+
+    // n2's plug pulled: the service fails over to n1.
+    nodes[1].kill9();
+    assert!(omsim_virsh(&sim, "n2", &["poweroff"]).status.success());
+    support::eventually(30, "the guest back on n1", || async {
+        running_on(&sim, "n1").then_some(())
+    })
+    .await;
+    support::eventually(10, "n1's metrics to count the failover", || async {
+        let m = scrape(&nodes[0]);
+        let done = metric(&m, &format!("omraft_failovers_total{{{kvm1}}}")) == 1.0
+            && metric(&m, "omraft_lease_expiries_total{node=\"n2\"}") >= 1.0
+            && metric(&m, &format!("omraft_service_placement{{{kvm1},node=\"n1\"}}")) == 1.0;
+        done.then_some(())
+    })
+    .await;
+    support::eventually(10, "the follower to see the failover", || async {
+        std::fs::read_to_string(&follow_out)
+            .unwrap_or_default()
+            .contains("\"kind\":\"failover\"")
+            .then_some(())
+    })
+    .await;
+    let followed = event_lines(&std::fs::read_to_string(&follow_out).unwrap());
+    let (_, _) = (follower.kill(), follower.wait());
+    let (_, _) = (mon.kill(), mon.wait());
+    let err = std::fs::read_to_string(tmp.path().join("events.err")).unwrap();
+    assert!(
+        err.contains("lost the event stream") && err.contains("resuming"),
+        "{err}"
+    );
+
+    // What the follower printed across the restart is what n1 has of the same entries: no
+    // gap, no repeat, in the same order.
+    let last = followed.last().unwrap().0;
+    let n1_events: Vec<_> = event_lines(&ok(&n1, &["events", "-o", "json", "--since", &(start + 1).to_string()]))
+        .into_iter()
+        .filter(|e| e.0 <= last)
+        .collect();
+    assert_eq!(followed, n1_events);
+    let kinds: Vec<&str> = followed.iter().map(|e| e.1.as_str()).collect();
+    for kind in [
+        "switch",
+        "switch-phase",
+        "placement",
+        "lease-expired",
+        "failover",
+        "fenced",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {followed:#?}");
+    }
+    let failover = followed.iter().find(|e| e.1 == "failover").unwrap();
+    assert_eq!(
+        failover.2,
+        "demo/svc/kvm1 failed over from n2 to n1: n2's lease ran out"
+    );
+    assert!(
+        followed
+            .iter()
+            .any(|e| e.1 == "switch-phase" && e.2.ends_with(": Done")),
+        "{followed:#?}"
+    );
+
+    // Every metric the Grafana dashboard plots is one the daemons serve (no step failed here).
+    let served: std::collections::BTreeSet<String> = [scrape(&nodes[0]), scrape(&nodes[2])]
+        .iter()
+        .flat_map(|m| m.keys().map(|k| k.split('{').next().unwrap().to_string()))
+        .collect();
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/omraft.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut plotted: Vec<&str> = dashboard
+        .match_indices("omraft_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .collect();
+    plotted.dedup();
+    assert!(plotted.len() > 15, "{plotted:?}");
+    for name in plotted {
+        assert!(
+            served.contains(name) || name == "omraft_applier_step_failures_total",
+            "the dashboard plots {name}, which no daemon serves: {served:?}"
+        );
+    }
 }
