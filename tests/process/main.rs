@@ -293,6 +293,48 @@ async fn sigterm_stops_cleanly_and_restart_resumes_from_disk() {
     assert!(n1.log().contains("resumed from"), "{}", n1.log());
 }
 
+/// A node keeps the events of the entries it applied from its last snapshot on: older ones are
+/// refused with the first index it has, which then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_before_what_a_node_keeps_are_refused_naming_the_first_it_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut n1 = Omd::spawn_with("n1", tmp.path(), &addr, &["--snapshot-every", "10", "--keep-logs", "0"]);
+    wait_leader(&local_client(&n1.dir).await, 1).await;
+    let server = n1.server();
+    for i in 0..25 {
+        ok(
+            &server,
+            &["cluster", "config", "update", "--set", &format!("cluster.name=c{i}")],
+        );
+    }
+    let all = ok(&server, &["events", "--since", "1"]);
+    let configs: Vec<&str> = all.lines().filter(|l| l.contains(" config ")).collect();
+    assert_eq!(configs.len(), 25, "{all}");
+    assert!(configs[0].contains("cluster configuration: cluster.name"), "{all}");
+
+    // Restarted, the node's state comes from its snapshot: the entries before it are gone.
+    assert!(n1.term().success());
+    n1.start();
+    wait_leader(&local_client(&n1.dir).await, 1).await;
+    let out = omctl(&server, &["events", "--since", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no longer kept on this node (asked from 1)"), "{err}");
+    let first: u64 = err
+        .split("before log index ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(first > 10, "{err}");
+    let kept = ok(&server, &["events", "--since", &first.to_string(), "-o", "json"]);
+    for line in kept.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["index"].as_u64().unwrap() >= first, "{line}");
+    }
+}
+
 /// As systemd runs it: settings from a configuration file (`--print-config` says which), the
 /// log as JSON, READY=1 on `$NOTIFY_SOCKET` once the node serves and STOPPING=1 at SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
