@@ -123,7 +123,7 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
         eprintln!("  live switch {from} -> {to}: {total_s:.2} s");
         let logs: String = ["n1", "n2", "w"]
             .iter()
-            .map(|h| std::fs::read_to_string(bed.dir.join(format!("omd-{h}.log"))).unwrap_or_default())
+            .map(|h| std::fs::read_to_string(bed.log_path(h)).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n");
         let first = |text: &str, pattern: &str| {
@@ -133,7 +133,7 @@ fn live_switches(trials: usize) -> Result<Vec<Live>, String> {
                 .map(|t| t - after)
         };
         let phase = |change: &str| first(&logs, &format!("of demo/svc/kvm1: {change}"));
-        let source_log = std::fs::read_to_string(bed.dir.join(format!("omd-{from}.log"))).unwrap_or_default();
+        let source_log = std::fs::read_to_string(bed.log_path(from)).unwrap_or_default();
         let migrate_started_s = first(&source_log, "migrating kvm1 to");
         let migrate_returned_s = first(&source_log, "migrated kvm1 to");
         let migrate_call_s = migrate_started_s.zip(migrate_returned_s).map(|(s, r)| r - s);
@@ -177,7 +177,7 @@ fn failover() -> Result<Failover, String> {
     let after = epoch_secs(t0);
     let logs: String = ["n2", "w"]
         .iter()
-        .map(|h| std::fs::read_to_string(bed.dir.join(format!("omd-{h}.log"))).unwrap_or_default())
+        .map(|h| std::fs::read_to_string(bed.log_path(h)).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("\n");
     let first = |pattern: &str| stamps(&logs, pattern, after).into_iter().reduce(f64::min);

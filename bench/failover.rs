@@ -955,6 +955,7 @@ fn main() -> ExitCode {
             // Restarted daemons keep it.
             env: vec![("OMRAFT_SIM_SYNC_MS".into(), SIM_SYNC_MS.into())],
             wrapper: vec![],
+            installed: None,
         }
     }) {
         Ok(c) => c,

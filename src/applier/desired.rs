@@ -21,8 +21,24 @@ pub fn set_handler_socket(socket: &std::path::Path) {
     let _ = HANDLER_SOCKET.set(socket.to_path_buf());
 }
 
-/// `.Omctl` for DRBD templates: the `omctl` beside the running executable (omd), as a shell
-/// word for DRBD's handlers, followed by `--server unix:SOCKET` when the daemon named its
+/// Where the `omctl` of the `omd` at `exe` is: beside it (a build tree, `/usr/local/sbin`), or
+/// in the `bin` beside its `sbin` (the package: `/usr/sbin/omd`, `/usr/bin/omctl`); the one
+/// beside it when neither exists.
+pub fn omctl_of(exe: &std::path::Path) -> std::path::PathBuf {
+    let beside = exe.with_file_name("omctl");
+    let bin = exe
+        .parent()
+        .filter(|dir| dir.file_name().is_some_and(|n| n == "sbin"))
+        .and_then(|sbin| sbin.parent())
+        .map(|prefix| prefix.join("bin").join("omctl"));
+    match bin {
+        Some(bin) if !beside.exists() && bin.exists() => bin,
+        _ => beside,
+    }
+}
+
+/// `.Omctl` for DRBD templates: the running executable's (omd's) `omctl` (`omctl_of`), as a
+/// shell word for DRBD's handlers, followed by `--server unix:SOCKET` when the daemon named its
 /// socket; worked out once. An error when the path cannot be a handler's word; a warning is
 /// logged if no omctl is there, since DRBD would find its fence-peer handler broken and keep
 /// I/O frozen at every loss of a peer.
@@ -30,11 +46,12 @@ fn omctl() -> Result<&'static str, &'static str> {
     static OMCTL: OnceLock<Result<String, String>> = OnceLock::new();
     let r = OMCTL.get_or_init(|| {
         let path = std::env::current_exe()
-            .map(|e| e.with_file_name("omctl"))
+            .map(|e| omctl_of(&e))
             .map_err(|e| format!("the path of omd itself is unknown ({e}), so omctl's is"))?;
         if !path.exists() {
             tracing::warn!(
-                "{} does not exist: the DRBD fence-peer handlers of the built-in template need omctl beside omd",
+                "{} does not exist: the DRBD fence-peer handlers of the built-in template need omctl beside omd \
+                 (or in the bin beside its sbin)",
                 path.display()
             );
         }
@@ -318,6 +335,24 @@ mod tests {
         let word = omctl().unwrap();
         assert_eq!(word, render::shell_word(beside.to_str().unwrap()).unwrap());
         assert!(word.trim_start_matches('\'').starts_with('/'), "absolute: {word}");
+    }
+
+    #[test]
+    fn a_packaged_omd_finds_omctl_in_the_bin_beside_its_sbin() {
+        let root = tempfile::tempdir().unwrap();
+        let (sbin, bin) = (root.path().join("usr/sbin"), root.path().join("usr/bin"));
+        std::fs::create_dir_all(&sbin).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let omd = sbin.join("omd");
+        // Neither there: the one beside omd, which the warning names.
+        assert_eq!(omctl_of(&omd), sbin.join("omctl"));
+        std::fs::write(bin.join("omctl"), "").unwrap();
+        assert_eq!(omctl_of(&omd), bin.join("omctl"), "the package's layout");
+        std::fs::write(sbin.join("omctl"), "").unwrap();
+        assert_eq!(omctl_of(&omd), sbin.join("omctl"), "beside omd comes first");
+        // A build tree has no sbin: beside it only.
+        let tree = root.path().join("target/debug");
+        assert_eq!(omctl_of(&tree.join("omd")), tree.join("omctl"));
     }
 
     #[test]

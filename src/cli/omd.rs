@@ -86,6 +86,10 @@ pub struct Args {
     /// The simulators' shared directory (with --drivers sim).
     #[arg(long, required_if_eq("drivers", "sim"))]
     pub sim_dir: Option<PathBuf>,
+    /// With --drivers sim: the simulator program (default: omsim beside omd; the package does
+    /// not contain it).
+    #[arg(long, value_name = "PATH")]
+    pub omsim: Option<PathBuf>,
     /// Where DRBD resource files are written (default /etc/drbd.d; SIM_DIR/NODE/drbd.d with sim).
     #[arg(long)]
     pub drbd_config_dir: Option<PathBuf>,
@@ -166,10 +170,10 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
         DriverKind::Sim => {
             let dir = args.sim_dir.clone().context("--drivers sim needs --sim-dir")?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let omsim = std::env::current_exe()?.with_file_name("omsim");
+            let omsim = omsim(args)?;
             if !omsim.exists() {
                 bail!(
-                    "--drivers sim needs the omsim binary beside omd ({} is missing)",
+                    "--drivers sim needs the omsim binary ({} is missing: give --omsim PATH)",
                     omsim.display()
                 );
             }
@@ -198,6 +202,14 @@ fn drivers(args: &Args, node: &str) -> anyhow::Result<Drivers> {
     })
 }
 
+/// The simulator program: `--omsim`, else omsim beside omd.
+fn omsim(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.omsim {
+        Some(path) => Ok(path.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("omsim")),
+    }
+}
+
 /// The watchdog `args` ask for: the simulator's, the device when it can be read, else none
 /// (loudly). Whether the device's timeout suits the lease is checked when it is armed, since
 /// the lease configuration is replicated state that changes at run time and with a join.
@@ -213,7 +225,7 @@ fn watchdog(args: &Args) -> anyhow::Result<Watchdog> {
     Ok(match (&args.drivers, &args.sim_dir) {
         (DriverKind::Sim, Some(dir)) => Watchdog::Sim {
             dir: dir.clone(),
-            omsim: std::env::current_exe()?.with_file_name("omsim"),
+            omsim: omsim(args)?,
             timeout_ms: args.watchdog_timeout_ms,
         },
         (DriverKind::Sim, None) => none("--drivers sim without --sim-dir".into()),

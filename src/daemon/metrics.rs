@@ -87,16 +87,19 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 pub async fn count_events(weak: Weak<Node>) {
     let Some(node) = Node::alive(&weak) else { return };
     let mut journal = node.member().sm.journal().clone();
-    // Everything applied or committed when the daemon started is a replay.
+    // Everything committed when the daemon started is a replay: the commit index its store
+    // kept (openraft applies up to it at start), or what it applied already.
     let replayed = {
-        let started = node
+        use openraft::storage::RaftLogStorage;
+        let stored = node.store.log_store().read_committed().await.ok().flatten();
+        let applied = node
             .member()
             .raft
             .metrics()
             .borrow()
             .last_applied
             .map_or(0, |l| l.index);
-        started.max(node.store.timings.committed.load(std::sync::atomic::Ordering::Relaxed))
+        stored.map_or(0, |c| c.index).max(applied)
     };
     let mut cursor = Cursor {
         index: replayed,

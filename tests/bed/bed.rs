@@ -1,19 +1,50 @@
 //! The real-host test bed's harness, shared by `tests/bed` and `bench/bed.rs`: the bed
-//! (`scripts/testbed`), real `omd` in its hosts (the process harness of `tests/support/omd.rs`,
-//! run under `scripts/testbed run`), `omctl` and `virsh` inside them, the guest's console, a
-//! split-brain poller, and the tutorial up to the guest running on n1.
+//! (`scripts/testbed`) with omraft's Debian package installed (`scripts/package`, of the
+//! binaries this test run built), each host set up as README's "Installing on hosts" says (its
+//! `/etc/omraft/omd.toml`, `/usr/sbin/omd` started as the unit starts it, the process harness of
+//! `tests/support/omd.rs` under `scripts/testbed run`), the package's `omctl` and `virsh`
+//! inside the hosts, the guest's console, a split-brain poller, and the tutorial up to the
+//! guest running on n1.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::support::omd::{Launch, Omd, OMCTL, OMSIM};
+use crate::support::omd::{Launch, Omd, OMSIM};
 
 pub const TESTBED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testbed");
 pub const GUEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/testbed-guest");
 pub const HOSTS: [(&str, &str); 3] = [("n1", "10.77.0.11"), ("n2", "10.77.0.12"), ("w", "10.77.0.13")];
+pub const PACKAGE_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package");
 
+/// omraft's package of the binaries this test run built (`scripts/package --debug --no-build`),
+/// made once per process.
+fn package() -> &'static Path {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
+        let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bed-package");
+        let out = Command::new(PACKAGE_SCRIPT)
+            .args(["--debug", "--no-build"])
+            .arg(&out_dir)
+            .output()
+            .expect("run scripts/package");
+        assert!(
+            out.status.success(),
+            "scripts/package failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("scripts/package prints the package's path")
+                .trim(),
+        )
+    })
+}
 /// A bed that is up, with the `omd` it started; torn down on drop.
 pub struct Bed {
     pub dir: PathBuf,
@@ -28,6 +59,8 @@ impl Bed {
         let dir = tmp.path().join("bed");
         let out = Command::new(TESTBED)
             .arg("up")
+            .arg("--package")
+            .arg(package())
             .arg(&dir)
             .output()
             .expect("run scripts/testbed");
@@ -57,19 +90,36 @@ impl Bed {
             .expect("scripts/testbed run")
     }
 
+    /// The host's `/var/lib/omraft`, as seen from outside it.
     pub fn data_dir(&self, host: &str) -> PathBuf {
-        self.dir.join(format!("omd-{host}"))
+        self.dir.join(host).join("omraft-lib")
     }
 
-    /// Starts `omd` in `host`: the real libvirt of that host, the simulators in DIR/sim.
+    /// The log of the host's `omd` (its standard error, as the journal would have it).
+    pub fn log_path(&self, host: &str) -> PathBuf {
+        self.data_dir(host).with_extension("log")
+    }
+
+    /// Starts `omd` in `host` as the package's unit does (`/usr/sbin/omd`, its settings in the
+    /// host's `/etc/omraft/omd.toml`, the package's file with this host's lines added): the real
+    /// libvirt of that host, the simulators in DIR/sim (`omsim`, which the package leaves out,
+    /// from this test run's build).
     pub fn start_omd(&mut self, host: &str, addr: &str) {
-        let mut args: Vec<String> = vec!["--drivers".into(), "sim".into(), "--sim-dir".into()];
-        args.push(self.dir.join("sim").display().to_string());
+        let config = self.dir.join(host).join("omraft-etc/omd.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+        let sim = self.dir.join("sim");
+        text.push_str(&format!(
+            "\n# The test bed's host {host}.\nnode-name = \"{host}\"\nlisten = \"{addr}:1215\"\n\
+             drivers = \"sim\"\nsim-dir = \"{}\"\nomsim = \"{OMSIM}\"\nssh-dir = \"/var/lib/omraft/ssh\"\n",
+            sim.display()
+        ));
         if host != "w" {
-            args.extend(["--real-libvirt", "--report-vg", "data=5G"].map(String::from));
+            text.push_str("real-libvirt = true\nreport-vg = [\"data=5G\"]\n");
         }
+        std::fs::write(&config, text).unwrap();
         let launch = Launch {
-            args,
+            args: vec![],
+            installed: Some("/usr/sbin/omd".into()),
             env: vec![
                 ("OMRAFT_SIM_SYNC_MS".into(), "1000".into()),
                 // A watchdog reset takes the whole host down, guests included.
@@ -87,10 +137,9 @@ impl Bed {
         self.omd.push(omd);
     }
 
-    /// omctl inside `host`, against that host's daemon.
+    /// The package's omctl inside `host`, against that host's daemon (its default socket).
     pub fn omctl(&self, host: &str, args: &[&str]) -> Output {
-        let server = format!("unix:{}", self.data_dir(host).join("omd.sock").display());
-        let mut all = vec![OMCTL, "--server", &server];
+        let mut all = vec!["/usr/bin/omctl"];
         all.extend_from_slice(args);
         self.run(host, &all)
     }
@@ -175,7 +224,7 @@ impl Bed {
         let mut out: Vec<String> = HOSTS
             .iter()
             .map(|(h, _)| {
-                let log = std::fs::read_to_string(self.dir.join(format!("omd-{h}.log"))).unwrap_or_default();
+                let log = std::fs::read_to_string(self.log_path(h)).unwrap_or_default();
                 // Raft's retries towards an unreachable peer would fill the excerpt.
                 let lines: Vec<&str> = log
                     .lines()

@@ -329,6 +329,7 @@ impl Node {
                 ("OMRAFT_SIM_RESET".into(), "netns".into()),
             ],
             wrapper: ["ip", "netns", "exec", &host.ns].map(String::from).into(),
+            installed: None,
         };
         let listen = format!("{}:{PORT}", host.ip);
         let omd = Omd::launch(&host.name, &dir, &listen, launch).unwrap_or_else(|e| panic!("{e}"));

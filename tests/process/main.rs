@@ -372,6 +372,7 @@ async fn a_node_run_from_a_config_file_notifies_systemd_and_logs_json() {
         args: vec!["--config".into(), config.to_str().unwrap().into()],
         env: vec![("NOTIFY_SOCKET".into(), notify.to_str().unwrap().into())],
         wrapper: vec![],
+        installed: None,
     };
     let addr = format!("127.0.0.1:{}", free_port());
     let mut n1 = Omd::launch("n1", &tmp.path().join("n1"), &addr, launch).unwrap();

@@ -26,6 +26,9 @@ pub struct Launch {
     /// A command to run it under, `omd` and its arguments following (the test bed's
     /// `scripts/testbed run DIR HOST`, which execs it in the host); empty: run directly.
     pub wrapper: Vec<String>,
+    /// An installed `omd` to run instead of cargo's, with `args` only: its name, address and
+    /// directories come from its configuration file (the test bed's package).
+    pub installed: Option<String>,
 }
 
 /// An `omd` process, SIGKILLed on drop.
@@ -71,6 +74,7 @@ impl Omd {
             args,
             env: vec![("OMRAFT_SIM_SYNC_MS".into(), "1500".into())],
             wrapper: vec![],
+            installed: None,
         };
         Omd::launch(name, &root.join(name), addr, launch).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -92,17 +96,21 @@ impl Omd {
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let err = log.try_clone().map_err(|e| format!("{}: {e}", path.display()))?;
+        let omd = self.launch.installed.as_deref().unwrap_or(OMD);
         let (program, wrapped): (&str, Vec<&str>) = match self.launch.wrapper.split_first() {
-            Some((w, rest)) => (w, rest.iter().map(String::as_str).chain([OMD]).collect()),
-            None => (OMD, vec![]),
+            Some((w, rest)) => (w, rest.iter().map(String::as_str).chain([omd]).collect()),
+            None => (omd, vec![]),
         };
-        let child = Command::new(program)
-            .args(wrapped)
-            .args(["--node-name", &self.name, "--listen", &self.addr, "--data-dir"])
-            .arg(&self.dir)
-            // Never the machine's own /root/.ssh.
-            .arg("--ssh-dir")
-            .arg(self.dir.join("ssh"))
+        let mut cmd = Command::new(program);
+        cmd.args(wrapped);
+        if self.launch.installed.is_none() {
+            cmd.args(["--node-name", &self.name, "--listen", &self.addr, "--data-dir"])
+                .arg(&self.dir)
+                // Never the machine's own /root/.ssh.
+                .arg("--ssh-dir")
+                .arg(self.dir.join("ssh"));
+        }
+        let child = cmd
             .args(&self.launch.args)
             .env_remove("OMD_ADVERTISE")
             .envs(self.launch.env.iter().map(|(k, v)| (k, v)))

@@ -67,24 +67,13 @@ const TRANSLATIONS: &[(&[&str], Act, &str)] = &[
     (
         &["apt-get"],
         Act::Nothing,
-        "packages: DRBD, LVM and libvirt are simulated; the build tools are those cargo used",
+        "packages: DRBD, LVM and libvirt are simulated; omraft's package holds the omd and omctl \
+         cargo built for this test (CARGO_BIN_EXE_*), the package the real-host test bed installs",
     ),
     (
-        &["cargo", "build", "--release", "--locked"],
+        &["cp", "/usr/share/doc/omraft/examples/omd-softdog.conf"],
         Act::Nothing,
-        "cargo built omd and omctl from this checkout for this test",
-    ),
-    (
-        &[
-            "install",
-            "-m",
-            "0755",
-            "target/release/omd",
-            "target/release/omctl",
-            "/usr/local/sbin/",
-        ],
-        Act::Nothing,
-        "/usr/local/sbin/omd and omctl are cargo's binaries (CARGO_BIN_EXE_*)",
+        "softdog's options: the watchdog is simulated",
     ),
     (
         &["pvcreate"],
@@ -104,17 +93,12 @@ const TRANSLATIONS: &[(&[&str], Act, &str)] = &[
     (
         &["cat"],
         Act::WriteFile,
-        "files the later steps read: the unit, the DRBD template",
-    ),
-    (
-        &["systemctl", "daemon-reload"],
-        Act::Nothing,
-        "the test reads the unit file when it starts omd",
+        "files the later steps read: omd's configuration, the DRBD template",
     ),
     (
         &["systemctl", "enable", "--now", "omd"],
         Act::StartOmd,
-        "starting omd from its unit",
+        "starting omd from the package's unit, with the host's configuration file",
     ),
     (&["scp"], Act::Scp, "moving a join token between hosts"),
     (
@@ -816,39 +800,39 @@ impl World {
     /// leader known.
     fn start_omd(&mut self, host: &str) -> Result<(), String> {
         let h = self.host(host);
-        let unit_path = h.path("/etc/systemd/system/omd.service");
-        let unit = std::fs::read_to_string(&unit_path).map_err(|e| format!("{}: {e}", unit_path.display()))?;
-        let mut exec = None;
-        let mut pre = Vec::new();
-        for (i, l) in unit.lines().enumerate() {
-            if let Some(c) = l.strip_prefix("ExecStartPre=") {
-                pre.push((i + 1, c.to_string()));
-            } else if let Some(c) = l.strip_prefix("ExecStart=") {
-                exec = Some(c.to_string());
+        // The package's unit: its ExecStart, reading /etc/omraft/omd.toml.
+        let unit = include_str!("../../contrib/systemd/omd.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .ok_or("the unit has no ExecStart")?;
+        let words = word_list(exec)?;
+        if words != ["/usr/sbin/omd"] {
+            return Err(format!(
+                "the unit runs {words:?}, not /usr/sbin/omd and its configuration file"
+            ));
+        }
+        let config = h.path("/etc/omraft/omd.toml");
+        let text = std::fs::read_to_string(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let table: toml::Table = text.parse().map_err(|e| format!("{}: {e}", config.display()))?;
+        // The test supplies these: the simulated drivers and the host's own directories; and
+        // the addresses, mapped to loopback.
+        for key in ["drivers", "sim-dir", "data-dir", "ssh-dir", "report-vg", "advertise"] {
+            if table.contains_key(key) {
+                return Err(format!("/etc/omraft/omd.toml sets {key}, which the test sets"));
             }
         }
-        for (line, c) in pre {
-            let words = word_list(&c)?;
-            let cmd = Cmd {
-                line,
-                words,
-                stdin: None,
-                stdout: None,
-            };
-            self.run(host, &cmd)
-                .map_err(|e| format!("omd.service ExecStartPre: {e}"))?;
-        }
-        let exec = exec.ok_or("the unit has no ExecStart")?;
-        let words = word_list(&exec)?;
-        if !words[0].ends_with("/omd") {
-            return Err(format!("ExecStart runs {:?}, not omd", words[0]));
-        }
-        // The test supplies these: the simulated drivers and the host's own directories.
-        for flag in ["--drivers", "--sim-dir", "--data-dir", "--ssh-dir", "--report-vg"] {
-            if words.contains(&flag.to_string()) {
-                return Err(format!("ExecStart gives {flag}, which the test sets"));
-            }
-        }
+        let listen = table
+            .get("listen")
+            .and_then(|v| v.as_str())
+            .ok_or("/etc/omraft/omd.toml sets no listen address")?;
+        let words = [
+            "omd".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+            "--listen".into(),
+            listen.to_string(),
+        ];
         let h = self.host(host);
         let mut args = words[1..]
             .iter()
