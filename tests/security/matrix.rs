@@ -111,6 +111,7 @@ async fn call(rpc: &str, ch: Channel, token: Option<&str>) -> Result<(), Status>
         "InstanceStatus" => go!(c.instance_status(pb::ObjectRef::default())),
         "ReportVolumeGroups" => go!(c.report_volume_groups(pb::ReportVolumeGroupsRequest::default())),
         "DrbdFence" => go!(c.drbd_fence(pb::DrbdFenceRequest::default())),
+        "Events" => go!(c.events(pb::EventsRequest::default())),
         other => panic!("the role matrix has no call for {other}: add one"),
     }
 }
