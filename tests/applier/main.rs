@@ -789,6 +789,16 @@ fn metric(m: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
+/// A child process killed (by pid) and reaped when dropped, a failing test's included.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `omctl events -o json` lines as (index, kind, message).
 fn event_lines(text: &str) -> Vec<(u64, String, String)> {
     text.lines()
@@ -846,7 +856,7 @@ async fn the_event_stream_and_the_metrics_follow_a_switch_and_a_failover() {
     // Followers of the events (on the witness, which stays up) and of mon, from now on.
     let start = event_lines(&ok(&n3, &["events", "-o", "json"])).last().unwrap().0;
     let follow_out = tmp.path().join("events.out");
-    let mut follower = std::process::Command::new(OMCTL)
+    let follower = std::process::Command::new(OMCTL)
         .args([
             "--server",
             &n3,
@@ -860,12 +870,14 @@ async fn the_event_stream_and_the_metrics_follow_a_switch_and_a_failover() {
         .stdout(std::fs::File::create(&follow_out).unwrap())
         .stderr(std::fs::File::create(tmp.path().join("events.err")).unwrap())
         .spawn()
+        .map(KilledOnDrop)
         .unwrap();
     let mon_out = tmp.path().join("mon.out");
-    let mut mon = std::process::Command::new(OMCTL)
+    let mon = std::process::Command::new(OMCTL)
         .args(["--server", &n1, "mon", "--watch", "--interval", "600"])
         .stdout(std::fs::File::create(&mon_out).unwrap())
         .spawn()
+        .map(KilledOnDrop)
         .unwrap();
     let frames = || {
         std::fs::read_to_string(&mon_out)
@@ -929,8 +941,7 @@ async fn the_event_stream_and_the_metrics_follow_a_switch_and_a_failover() {
     })
     .await;
     let followed = event_lines(&std::fs::read_to_string(&follow_out).unwrap());
-    let (_, _) = (follower.kill(), follower.wait());
-    let (_, _) = (mon.kill(), mon.wait());
+    drop((follower, mon));
     let err = std::fs::read_to_string(tmp.path().join("events.err")).unwrap();
     assert!(
         err.contains("lost the event stream") && err.contains("resuming"),
