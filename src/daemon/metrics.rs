@@ -13,7 +13,7 @@
 //! The listener is plain HTTP without credentials, as Prometheus scrapes: bind it to a
 //! management address. It serves a few scrapes at once, each bounded in time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -299,8 +299,26 @@ pub async fn render(node: &Arc<Node>, drivers: Option<&Drivers>) -> String {
         "raft_peer_lag_entries",
         "On the leader: entries each peer's log is behind the leader's",
     );
-    let (names, state_view) = m.sm.read(|d| (d.state.nodes.clone(), ServiceView::of(&d.state, m.id)));
-    let name = |id: u64| names.get(&id).map_or_else(|| format!("node {id}"), |n| n.name.clone());
+    let (term, leads) = node.leadership();
+    let grants = if leads {
+        node.leases.grants(term)
+    } else {
+        Default::default()
+    };
+    // Names of the state's nodes, the peers and the leased nodes, read with the state.
+    let (names, state_view) = m.sm.read(|d| {
+        let ids = d
+            .state
+            .nodes
+            .keys()
+            .chain(raft.replication.iter().flatten().map(|(id, _)| id));
+        let names: BTreeMap<u64, String> = ids
+            .chain(grants.keys())
+            .map(|id| (*id, d.state.node_name(*id)))
+            .collect();
+        (names, ServiceView::of(&d.state, m.id))
+    });
+    let name = |id: u64| names[&id].clone();
     for (peer, matched) in raft.replication.iter().flatten() {
         if *peer != m.id {
             let behind = last_log.saturating_sub(matched.map_or(0, |l| l.index));
@@ -344,11 +362,10 @@ pub async fn render(node: &Arc<Node>, drivers: Option<&Drivers>) -> String {
         "lease_granted_remaining_seconds",
         "On the leader: what is left of the lease it last granted each node",
     );
-    let (term, leads) = node.leadership();
     if leads {
         let duration = state_view.lease_duration;
         let now = Instant::now();
-        for (id, at) in node.leases.grants(term) {
+        for (id, at) in grants {
             let left = (at + duration).saturating_duration_since(now).as_secs_f64();
             granted.get_or_create(&labels(&[("node", &name(id))])).set(left);
         }
@@ -411,8 +428,8 @@ pub async fn render(node: &Arc<Node>, drivers: Option<&Drivers>) -> String {
         let _ = c.aborts.get_or_create(&labels(&[("service", &s.path)]));
         let _ = c.failovers.get_or_create(&labels(&[("service", &s.path)]));
     }
-    for n in names.values() {
-        let _ = c.lease_expiries.get_or_create(&labels(&[("node", &n.name)]));
+    for n in &state_view.nodes {
+        let _ = c.lease_expiries.get_or_create(&labels(&[("node", n)]));
     }
     for kind in EventKind::ALL {
         let _ = c.events.get_or_create(&labels(&[("kind", kind.as_str())]));
@@ -516,6 +533,8 @@ pub async fn render(node: &Arc<Node>, drivers: Option<&Drivers>) -> String {
 /// What a scrape shows of the replicated state, copied under its lock.
 struct ServiceView {
     lease_duration: Duration,
+    /// The names of the state's nodes.
+    nodes: Vec<String>,
     services: Vec<ServiceRow>,
     /// The guests of the services this node reports on: (service, domain).
     guests: Vec<(String, String)>,
@@ -533,12 +552,6 @@ struct ServiceRow {
 
 impl ServiceView {
     fn of(state: &crate::model::ClusterState, me: u64) -> ServiceView {
-        let name = |id: &u64| {
-            state
-                .nodes
-                .get(id)
-                .map_or_else(|| format!("node {id}"), |n| n.name.clone())
-        };
         let mut guests = vec![];
         let services = state
             .services
@@ -553,20 +566,21 @@ impl ServiceView {
                 }
                 ServiceRow {
                     path: path.to_string(),
-                    placement: s.placement.as_ref().map(name),
+                    placement: s.placement.map(|id| state.node_name(id)),
                     started: s.started,
                     frozen: s.frozen,
                     switching: s.migration.is_some(),
                     avail: reports
                         .iter()
                         .flat_map(|r| r.iter())
-                        .map(|(id, r)| (name(id), r.avail))
+                        .map(|(id, r)| (state.node_name(*id), r.avail))
                         .collect(),
                 }
             })
             .collect();
         ServiceView {
             lease_duration: crate::model::catalog::lease_config(&state.config).duration,
+            nodes: state.nodes.values().map(|n| n.name.clone()).collect(),
             services,
             guests,
         }

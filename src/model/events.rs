@@ -172,14 +172,6 @@ impl Event {
     }
 }
 
-/// A node's name, or `node N` for an id the state does not know (any more).
-fn name(state: &ClusterState, id: NodeId) -> String {
-    state
-        .nodes
-        .get(&id)
-        .map_or_else(|| format!("node {id}"), |n| n.name.clone())
-}
-
 /// Applies `cmd` to `state`, adding the events it gives to `out`: none when it is refused
 /// (a refused command changes nothing), each command of a batch as in an entry of its own.
 pub fn apply(state: &mut ClusterState, cmd: &Command, out: &mut Vec<Event>) -> Response {
@@ -203,7 +195,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command, out: &mut Vec<Event>) -> R
 
 /// The Raft membership became `voters` and `learners`.
 pub fn membership(state: &ClusterState, voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>) -> Event {
-    let names = |ids: &BTreeSet<NodeId>| ids.iter().map(|id| name(state, *id)).collect::<Vec<_>>().join(", ");
+    let names = |ids: &BTreeSet<NodeId>| ids.iter().map(|id| state.node_name(*id)).collect::<Vec<_>>().join(", ");
     let mut message = format!("voters: {}", names(voters));
     if !learners.is_empty() {
         message.push_str(&format!("; learners: {}", names(learners)));
@@ -239,7 +231,7 @@ impl Before {
                     .and_then(|r| r.get(node_id))
                     .map(|r| (r.avail, r.warn, r.provisioned));
             }
-            Command::RemoveNode { node_id } => before.node_name = Some(name(state, *node_id)),
+            Command::RemoveNode { node_id } => before.node_name = Some(state.node_name(*node_id)),
             Command::ReportWatchdog { node_id, .. } => {
                 before.flag = state.nodes.get(node_id).is_some_and(|n| n.watchdog);
             }
@@ -253,7 +245,7 @@ impl Before {
     }
 
     fn events(self, state: &ClusterState, cmd: &Command, out: &mut Vec<Event>) {
-        let n = |id: &NodeId| name(state, *id);
+        let n = |id: &NodeId| state.node_name(*id);
         match cmd {
             Command::Bootstrap { name, .. } => {
                 out.push(Event::new(EventKind::NodeAdded, format!("{name} founded the cluster")).node(name.clone()));
@@ -267,26 +259,18 @@ impl Before {
                 out.push(Event::new(EventKind::NodeRemoved, format!("{name} was removed")).node(name));
             }
             Command::UpdateConfig { set, unset } => {
-                let keys: Vec<String> = set
-                    .iter()
-                    .map(|(k, _)| k.to_string())
-                    .chain(unset.iter().map(|k| format!("-{k}")))
-                    .collect();
+                let keys = changed_keys(set, unset);
                 out.push(Event::new(
                     EventKind::Config,
-                    format!("cluster configuration: {}", keys.join(", ")),
+                    format!("cluster configuration: {}", keys),
                 ));
             }
             Command::CreateObject { path, .. } => {
                 out.push(Event::new(EventKind::ObjectCreated, format!("{path} created")).service(path));
             }
             Command::UpdateObject { path, set, unset } => {
-                let keys: Vec<String> = set
-                    .iter()
-                    .map(|(k, _)| k.to_string())
-                    .chain(unset.iter().map(|k| format!("-{k}")))
-                    .collect();
-                let message = format!("{path} configuration: {}", keys.join(", "));
+                let keys = changed_keys(set, unset);
+                let message = format!("{path} configuration: {keys}");
                 out.push(Event::new(EventKind::ObjectUpdated, message).service(path));
             }
             Command::DeleteObject { path } => {
@@ -359,6 +343,16 @@ impl Before {
     }
 }
 
+/// The keys an update sets, and those it unsets with a `-`, comma-separated.
+fn changed_keys<K: fmt::Display, V>(set: &[(K, V)], unset: &[K]) -> String {
+    let keys: Vec<String> = set
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .chain(unset.iter().map(|k| format!("-{k}")))
+        .collect();
+    keys.join(", ")
+}
+
 fn lease_expired(node: String, path: Option<&ObjectPath>) -> Event {
     let mut e = Event::new(EventKind::LeaseExpired, format!("{node}'s lease ran out")).node(node);
     if let Some(p) = path {
@@ -378,7 +372,7 @@ fn service_events(
 ) {
     let empty = ServiceState::default();
     let (b, a) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
-    let n = |id: NodeId| name(state, id);
+    let n = |id: NodeId| state.node_name(id);
     if a.provisioned != b.provisioned {
         let (kind, what) = match a.provisioned {
             true => (EventKind::Provisioned, "provisioned"),
@@ -414,15 +408,13 @@ fn service_events(
     }
     if a.placement != b.placement {
         if let Some(to) = a.placement {
-            let mut message = format!("{path} placed on {}", n(to));
-            let mut e = Event::new(EventKind::Placement, String::new())
+            let mut e = Event::new(EventKind::Placement, format!("{path} placed on {}", n(to)))
                 .service(path)
                 .node(n(to));
             if let Some(from) = b.placement {
-                message.push_str(&format!(" (was {})", n(from)));
+                e.message.push_str(&format!(" (was {})", n(from)));
                 e = e.peer(n(from));
             }
-            e.message = message;
             out.push(e);
         }
     }
@@ -454,8 +446,8 @@ fn service_events(
 fn phase_event(state: &ClusterState, path: &ObjectPath, m: &super::Migration) -> Event {
     let mut message = format!(
         "{path}: switch from {} to {}: {}",
-        name(state, m.from),
-        name(state, m.to),
+        state.node_name(m.from),
+        state.node_name(m.to),
         m.phase
     );
     if let Some(e) = &m.error {
@@ -463,8 +455,8 @@ fn phase_event(state: &ClusterState, path: &ObjectPath, m: &super::Migration) ->
     }
     Event::new(EventKind::SwitchPhase, message)
         .service(path)
-        .node(name(state, m.to))
-        .peer(name(state, m.from))
+        .node(state.node_name(m.to))
+        .peer(state.node_name(m.from))
         .phase(m.phase)
 }
 

@@ -600,6 +600,13 @@ pub enum Rejection {
 }
 
 impl ClusterState {
+    /// A node's name, or `node N` for an id the state does not know (any more).
+    pub fn node_name(&self, id: NodeId) -> String {
+        self.nodes
+            .get(&id)
+            .map_or_else(|| format!("node {id}"), |n| n.name.clone())
+    }
+
     /// Checks `cmd` as new input, without changing anything: what runs before a command is
     /// proposed. The command's own values (`Command::check_input`), then what `apply` would
     /// refuse (`check_state`); an object update may not grow its configuration past the
